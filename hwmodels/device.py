@@ -1,0 +1,332 @@
+"""Accelerator specifications and the shipped device catalog (``devices.yaml``).
+
+Why: roofline pricing needs, per device, the peak arithmetic rate for each numeric
+format, the memory capacity and bandwidth, the links to other devices, power and
+price. These are datasheet facts (each catalog entry cites its source) plus a
+few *uncalibrated* efficiency constants that calibration replaces. A new device
+is one YAML entry; a device that is not in the catalog can be given inline in a
+scenario with the same fields (:func:`device_from_dict`).
+
+>>> h100 = get_device("h100")
+>>> h100.name, round(h100.ridge_point("bf16"))
+('h100-sxm', 295)
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from importlib import resources
+from typing import Any
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from capsim.errors import CapsimError
+from capsim.registry import Registry, normalise_name
+
+DTYPES: tuple[str, ...] = ("fp32", "tf32", "bf16", "fp16", "fp8", "int8", "int4")
+"""Numeric formats a device may list a peak for (dense tensor-core rates, except fp32)."""
+
+_DTYPE_SYNONYMS: Mapping[str, str] = {
+    "float32": "fp32",
+    "float": "fp32",
+    "bfloat16": "bf16",
+    "float16": "fp16",
+    "half": "fp16",
+    "float8": "fp8",
+    "fp8-e4m3": "fp8",
+    "fp8-e5m2": "fp8",
+}
+
+CATALOG_FILE = "devices.yaml"
+_CATALOG_WHERE = f"hwmodels/{CATALOG_FILE}"
+
+
+def canonical_dtype(dtype: str) -> str:
+    """``'bfloat16'`` -> ``'bf16'`` etc.; unknown names are returned normalised, unchanged."""
+    key = normalise_name(dtype)
+    return _DTYPE_SYNONYMS.get(key, key)
+
+
+class Interconnect(BaseModel):
+    """Links of one device: scale-up fabric, host PCIe, and the per-message latency.
+
+    Bandwidths are per device and per direction (the datasheets' "900 GB/s NVLink"
+    is both directions added: 450 GB/s each way).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    nvlink_gbs: float = Field(
+        ge=0,
+        description="Scale-up GPU-to-GPU bandwidth per direction, GB/s (NVLink via NVSwitch, "
+        "or AMD Infinity Fabric); 0 when devices only talk over PCIe.",
+    )
+    pcie_gbs: float = Field(gt=0, description="Host link bandwidth per direction, GB/s.")
+    link_latency_us: float = Field(ge=0, description="Fixed cost of one message between devices, microseconds.")
+
+
+class Efficiency(BaseModel):
+    """Fractions of peak a real kernel reaches, and the fixed cost of launching one.
+
+    These are UNCALIBRATED defaults, to be replaced by values fitted to measured
+    kernels. compute 0.7: large bf16 GEMMs reach ~0.96 of peak (aiconfigurator's
+    A100/H100 tables: 299/312 and 956/989 TFLOP/s) but transformer-shaped GEMMs
+    measured by vidur reach ~0.75 (H100, Llama-2-7B MLP up-projection at 4096
+    tokens), and small ones much less. memory 0.8 and 3 us: NVIDIA aiconfigurator's
+    ``mem_bw_empirical_scaling_factor`` and ``mem_empirical_constant_latency``
+    (ai-dynamo/aiconfigurator systems/*.yaml).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    compute: float = Field(default=0.7, gt=0, le=1, description="Achieved / peak FLOP/s.")
+    memory: float = Field(default=0.8, gt=0, le=1, description="Achieved / peak bandwidth.")
+    launch_overhead_us: float = Field(default=3.0, ge=0, description="Fixed time added to every kernel, microseconds.")
+
+
+class DeviceSpec(BaseModel):
+    """One accelerator: datasheet peaks, memory, links, power, price and efficiencies.
+
+    Units are the datasheets': TFLOP/s (10^12), GB/s (10^9 B/s), W, USD. Memory
+    capacity is in GiB (2^30 B): GPU memory is built from binary-sized DRAM dies,
+    so the marketed "80 GB" of an H100 is 80 GiB = 85,899,345,920 B, as NVIDIA's
+    aiconfigurator records it; where aiconfigurator gives the capacity the driver
+    reports (H200 141 GiB, L40S 46,068 MiB with ECC) we use that. The runtime's
+    own reservation (CUDA context, allocator slack) is the memory planner's job.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(description="Catalog id, lower-case and hyphenated, e.g. 'h100-sxm'.")
+    aliases: tuple[str, ...] = Field(default=(), description="Other names for this device.")
+    vendor: str = Field(description="Maker, e.g. 'nvidia', 'amd'.")
+    source: str = Field(default="", description="Datasheet or document the numbers come from.")
+    peak_tflops: dict[str, float] = Field(
+        description="DENSE peak (no 2:4 sparsity) per numeric format, TFLOP/s (TOP/s for "
+        f"integers); keys from {', '.join(DTYPES)}, only formats the hardware runs natively."
+    )
+    memory_gib: float = Field(gt=0, description="Device memory capacity, GiB (2^30 bytes).")
+    memory_bandwidth_gbs: float = Field(gt=0, description="Peak memory bandwidth, GB/s.")
+    sram_mib: float = Field(ge=0, description="Last-level on-chip cache (L2, or AMD Infinity Cache), MiB.")
+    num_sms: int | None = Field(
+        default=None,
+        gt=0,
+        description="Streaming multiprocessors (NVIDIA) or compute units (AMD).",
+    )
+    interconnect: Interconnect
+    tdp_w: float = Field(gt=0, description="Board power limit (TDP/TBP), W.")
+    idle_w: float = Field(ge=0, description="Power when powered on but idle, W.")
+    price_usd_per_hour: float = Field(ge=0, description="Rental price of one device, USD/h.")
+    price_source: str = Field(default="", description="Where the price comes from, with a date.")
+    efficiency: Efficiency = Field(default_factory=Efficiency)
+
+    @field_validator("name")
+    @classmethod
+    def _normalise_name(cls, value: str) -> str:
+        return normalise_name(value)
+
+    @field_validator("peak_tflops")
+    @classmethod
+    def _check_peaks(cls, value: dict[str, float]) -> dict[str, float]:
+        peaks: dict[str, float] = {}
+        for dtype, tflops in value.items():
+            key = canonical_dtype(dtype)
+            if key not in DTYPES:
+                raise ValueError(f"unknown numeric format {dtype!r}; use one of {', '.join(DTYPES)}")
+            if not tflops > 0:
+                raise ValueError(f"peak for {dtype!r} must be positive, got {tflops}")
+            peaks[key] = float(tflops)
+        if not peaks:
+            raise ValueError("give at least one peak, e.g. {bf16: 312}")
+        return peaks
+
+    @model_validator(mode="after")
+    def _check_power(self) -> DeviceSpec:
+        if self.idle_w > self.tdp_w:
+            raise ValueError(f"idle_w ({self.idle_w}) cannot exceed tdp_w ({self.tdp_w})")
+        return self
+
+    def __hash__(self) -> int:
+        # The peak table is a dict; hash a frozen view so specs can key memo caches.
+        return hash(
+            (
+                self.name,
+                frozenset(self.peak_tflops.items()),
+                self.memory_gib,
+                self.memory_bandwidth_gbs,
+                self.interconnect,
+                self.efficiency,
+                self.price_usd_per_hour,
+                self.tdp_w,
+                self.idle_w,
+            )
+        )
+
+    # -- derived ------------------------------------------------------------------------
+
+    @property
+    def dtypes(self) -> tuple[str, ...]:
+        """Numeric formats this device lists a peak for, in :data:`DTYPES` order."""
+        return tuple(d for d in DTYPES if d in self.peak_tflops)
+
+    def peak_flops(self, dtype: str) -> float:
+        """Dense peak in FLOP/s (OP/s for integer formats) for ``dtype``.
+
+        Raises :class:`~capsim.errors.CapsimError` naming the device and its formats
+        when the device has no native peak for ``dtype``.
+        """
+        key = canonical_dtype(dtype)
+        if key not in self.peak_tflops:
+            raise CapsimError(
+                f"device {self.name!r} has no {dtype} peak (it lists {', '.join(self.dtypes)})",
+                where=f"device {self.name}",
+                fix=f"use one of {', '.join(self.dtypes)}, or add peak_tflops.{key} to the "
+                "device's entry if the hardware supports it",
+            )
+        return self.peak_tflops[key] * 1e12
+
+    @property
+    def memory_bytes(self) -> int:
+        """Memory capacity in bytes (``memory_gib * 2**30``)."""
+        return round(self.memory_gib * 2**30)
+
+    @property
+    def memory_bandwidth(self) -> float:
+        """Peak memory bandwidth in bytes/s."""
+        return self.memory_bandwidth_gbs * 1e9
+
+    @property
+    def nvlink_bandwidth(self) -> float:
+        """Scale-up bandwidth per direction in bytes/s (0 without NVLink/Infinity Fabric)."""
+        return self.interconnect.nvlink_gbs * 1e9
+
+    @property
+    def pcie_bandwidth(self) -> float:
+        """Host PCIe bandwidth per direction in bytes/s."""
+        return self.interconnect.pcie_gbs * 1e9
+
+    def ridge_point(self, dtype: str) -> float:
+        """Arithmetic intensity (FLOP/byte) where peak compute meets peak bandwidth."""
+        return self.peak_flops(dtype) / self.memory_bandwidth
+
+
+# -- loading ----------------------------------------------------------------------------
+
+
+def _from_validation_error(err: ValidationError, where: str) -> CapsimError:
+    """Turn pydantic's report into one CapsimError naming the first bad field."""
+    errors = err.errors()
+    # A misspelt key also makes the intended key "missing"; report the misspelling.
+    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+    loc = ".".join(str(part) for part in first["loc"])
+    place = f"{where}.{loc}" if loc else where
+    if first["type"] == "extra_forbidden":
+        bad = str(first["loc"][-1])
+        known = sorted(
+            Interconnect.model_fields
+            if "interconnect" in first["loc"][:-1]
+            else Efficiency.model_fields
+            if "efficiency" in first["loc"][:-1]
+            else DeviceSpec.model_fields
+        )
+        close = difflib.get_close_matches(bad, known, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        return CapsimError(
+            f"unknown device field {bad!r}",
+            where=place,
+            fix=f"{hint}known fields: {', '.join(known)}",
+        )
+    message = first["msg"].removeprefix("Value error, ")
+    extra = f" (and {err.error_count() - 1} more problem(s))" if err.error_count() > 1 else ""
+    return CapsimError(
+        f"invalid device: {message}{extra}",
+        where=place,
+        fix="correct the value; see the field descriptions in hwmodels/device.py",
+    )
+
+
+def device_from_dict(data: Mapping[str, Any], *, where: str = "hardware.device") -> DeviceSpec:
+    """Build a :class:`DeviceSpec` from a mapping (an inline device in a scenario).
+
+    Same schema as a catalog entry; unknown keys and bad values raise
+    :class:`~capsim.errors.CapsimError` whose ``where`` starts with ``where``.
+    """
+    if not isinstance(data, Mapping):
+        raise CapsimError(
+            f"an inline device must be a mapping of fields, got {type(data).__name__}",
+            where=where,
+            fix="give either a catalog name (a string) or a mapping of DeviceSpec fields",
+        )
+    try:
+        return DeviceSpec.model_validate(dict(data))
+    except ValidationError as err:
+        raise _from_validation_error(err, where) from None
+
+
+def _read_catalog_yaml() -> dict[str, Any]:
+    text = resources.files(__package__).joinpath(CATALOG_FILE).read_text(encoding="utf-8")
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise CapsimError(f"cannot parse the device catalog: {err}", where=_CATALOG_WHERE) from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("devices"), dict):
+        raise CapsimError(
+            "the device catalog must have a top-level 'devices:' mapping",
+            where=_CATALOG_WHERE,
+        )
+    return doc["devices"]
+
+
+def load_device_catalog() -> dict[str, DeviceSpec]:
+    """Read and validate every entry of the shipped catalog, keyed by canonical id."""
+    specs: dict[str, DeviceSpec] = {}
+    for key, entry in _read_catalog_yaml().items():
+        name = normalise_name(key)
+        where = f"{_CATALOG_WHERE}: {name}"
+        if not isinstance(entry, dict):
+            raise CapsimError("catalog entry must be a mapping of fields", where=where)
+        if "name" in entry and normalise_name(entry["name"]) != name:
+            raise CapsimError(
+                f"entry name {entry['name']!r} differs from its key {key!r}",
+                where=where,
+            )
+        specs[name] = device_from_dict({**entry, "name": name}, where=where)
+    return specs
+
+
+def _build_registry(specs: Mapping[str, DeviceSpec]) -> Registry[DeviceSpec]:
+    """Registry of ``specs``; refuses an alias that is claimed twice or shadows an id."""
+    registry: Registry[DeviceSpec] = Registry("device")
+    owner: dict[str, str] = {}
+    for name, spec in specs.items():
+        for alias in spec.aliases:
+            key = normalise_name(alias)
+            if key in specs or owner.setdefault(key, name) != name:
+                raise CapsimError(
+                    f"alias {alias!r} of {name!r} is already used by {key if key in specs else owner[key]!r}",
+                    where=f"{_CATALOG_WHERE}: {name}.aliases",
+                    fix="give each alias to one device only",
+                )
+        registry.add(name, spec, aliases=spec.aliases)
+    return registry
+
+
+DEVICES: Registry[DeviceSpec] = _build_registry(load_device_catalog())
+"""Every catalog device by id and alias (filled at import from ``devices.yaml``)."""
+
+
+def get_device(name: str) -> DeviceSpec:
+    """The catalog device called ``name`` (an id or alias, any case, '_' or '-').
+
+    Raises :class:`~capsim.errors.UnknownNameError` with the closest names otherwise.
+    """
+    return DEVICES.get(name)

@@ -1,0 +1,43 @@
+"""Links between devices and the collectives that run over them.
+
+A link is priced with the alpha-beta model: ``time = alpha + bytes / beta``
+(latency plus bytes over bandwidth). Collectives are built from link transfers
+with the textbook ring algorithm (COSTMODEL.md, "Parallelism"):
+
+* ring all-reduce over ``t`` ranks moves ``2 (t-1)/t * bytes`` per rank in
+  ``2 (t-1)`` latency-bound steps;
+* a pipeline send moves ``bytes`` once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Link:
+    """A point-to-point link: per-direction bandwidth (B/s) and per-message latency (s)."""
+
+    name: str
+    bandwidth: float
+    latency_s: float
+
+    def transfer_time(self, nbytes: float) -> float:
+        return self.latency_s + nbytes / self.bandwidth
+
+
+def ring_allreduce_coefficients(link: Link, ranks: int) -> tuple[float, float]:
+    """(fixed seconds, seconds per byte) of a ring all-reduce over ``ranks``.
+
+    Returned as coefficients so a caller can price any message size with one
+    multiply-add; zero for a single rank.
+    """
+    if ranks <= 1:
+        return 0.0, 0.0
+    steps = 2 * (ranks - 1)
+    return steps * link.latency_s, (2.0 * (ranks - 1) / ranks) / link.bandwidth
+
+
+def ring_allreduce_time(link: Link, ranks: int, nbytes: float) -> float:
+    fixed, per_byte = ring_allreduce_coefficients(link, ranks)
+    return fixed + per_byte * nbytes

@@ -1,0 +1,351 @@
+"""The ``capsim`` command line.
+
+Results go to stdout, diagnostics to stderr. Bad input ends with a one-
+paragraph message naming the field and the fix, and exit status 2; ``--debug``
+shows the traceback as well.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from capsim import __version__
+from capsim.errors import CapsimError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="capsim: simulate LLM serving and plan capacity.",
+    pretty_exceptions_enable=False,
+)
+out_console = Console()
+err_console = Console(stderr=True)
+
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show the Python traceback on errors.")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override a field by dotted path, e.g. --set workload.qps=8 (repeatable)."),
+]
+
+
+def _guard(debug: bool, action: Callable[[], Any]) -> Any:
+    """Run ``action``; turn user errors into a clear message and exit status 2."""
+    try:
+        return action()
+    except CapsimError as exc:
+        if debug:
+            traceback.print_exc()
+        err_console.print(f"[bold red]error:[/] {exc.render()}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    except typer.Exit:
+        raise
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        raise typer.Exit(130) from None
+    except Exception as exc:  # a bug, not bad input: say so, and how to see more
+        if debug:
+            traceback.print_exc()
+        err_console.print(
+            f"[bold red]internal error:[/] {type(exc).__name__}: {exc}. "
+            "This is a capsim bug; rerun with --debug and report the traceback.",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(1) from None
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._=-]+", "_", name).strip("_") or "run"
+
+
+def _run_one(scenario) -> tuple[dict[str, Any], Any]:
+    from simulator.engine import simulate
+    from simulator.metrics.summary import summarise
+
+    output = simulate(scenario)
+    summary = summarise(output.result, scenario.slo)
+    summary = {"name": scenario.name, **summary, "rejected": output.rejected, "workload": output.workload}
+    return summary, output
+
+
+@app.command()
+def run(
+    scenario_file: Annotated[Path, typer.Argument(help="Scenario YAML file.")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Directory for CSVs, summary.json and plots.")] = None,
+    set_: SetOpt = None,
+    plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write PNG plots.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summaries as JSON instead of tables.")] = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Simulate a scenario (or every configuration it lists) and print the results."""
+
+    def action() -> None:
+        from simulator.config.loader import load_scenarios
+        from simulator.metrics.table import comparison_table, summary_table
+        from simulator.metrics.writers import write_outputs
+
+        scenarios = load_scenarios(scenario_file, set_ or [])
+        summaries: list[dict[str, Any]] = []
+        progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            console=err_console, transient=True, disable=len(scenarios) == 1 or not err_console.is_terminal,
+        )
+        with progress:
+            task = progress.add_task("simulating", total=len(scenarios))
+            for sc in scenarios:
+                progress.update(task, description=f"simulating {sc.name}")
+                summary, output = _run_one(sc)
+                summaries.append(summary)
+                if out is not None:
+                    target = out if len(scenarios) == 1 else out / _slug(sc.name)
+                    write_outputs(output.result, summary, target, plots=plots)
+                progress.advance(task)
+        if out is not None and len(scenarios) > 1:
+            import pandas as pd
+
+            out.mkdir(parents=True, exist_ok=True)
+            pd.DataFrame(summaries).to_csv(out / "comparison.csv", index=False)
+        if as_json:
+            print(json.dumps(summaries[0] if len(summaries) == 1 else summaries, indent=2, default=_json_default))
+        elif len(summaries) == 1:
+            out_console.print(summary_table(summaries[0], title=f"{scenarios[0].name}: {_headline(scenarios[0])}"))
+        else:
+            out_console.print(comparison_table(summaries, title=str(scenario_file)))
+        if out is not None:
+            err_console.print(f"results written to {out}/")
+
+    _guard(debug, action)
+
+
+def _json_default(value: Any) -> Any:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _headline(sc) -> str:
+    model = sc.model if isinstance(sc.model, str) else sc.model.get("name", "inline model")
+    dev = sc.deployment.device if isinstance(sc.deployment.device, str) else sc.deployment.device.get("name", "inline")
+    d = sc.deployment
+    return f"{model} on {d.num_replicas}x{dev} (tp={d.tp}, pp={d.pp}), scheduler {sc.scheduler.name}"
+
+
+@app.command()
+def validate(
+    scenario_file: Annotated[Path, typer.Argument(help="Scenario YAML file.")],
+    set_: SetOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Check a scenario file: schema, names, and that every configuration fits in memory."""
+
+    def action() -> None:
+        from simulator.config.loader import load_scenarios
+        from simulator.memory_plan import GIB
+        from simulator.system import build_system
+
+        scenarios = load_scenarios(scenario_file, set_ or [])
+        for sc in scenarios:
+            system = build_system(sc)
+            m = system.memory
+            out_console.print(
+                f"[green]ok[/] {sc.name}: {system.model.name} on {sc.deployment.num_replicas}x{system.device.name} "
+                f"tp={sc.deployment.tp} pp={sc.deployment.pp}; weights {m.weights_bytes / GIB:.1f} GiB/GPU, "
+                f"KV capacity {m.kv_capacity_tokens:,} tokens/replica",
+                highlight=False,
+            )
+
+    _guard(debug, action)
+
+
+LIST_KINDS = ("models", "devices", "schedulers", "routers", "traces", "arrivals", "lengths")
+
+
+@app.command("list")
+def list_(
+    kind: Annotated[str, typer.Argument(help=f"One of: {', '.join(LIST_KINDS)}.")],
+    debug: DebugOpt = False,
+) -> None:
+    """List catalog entries and registered plug-ins."""
+
+    def action() -> None:
+        from capsim.registry import Registry
+
+        kinds = Registry[Callable[[], Table]]("list kind")
+        kinds.add("models", _models_table)
+        kinds.add("devices", _devices_table)
+        kinds.add("schedulers", _schedulers_table)
+        kinds.add("routers", _routers_table)
+        kinds.add("traces", _traces_table)
+        kinds.add("arrivals", lambda: _registry_table("arrival processes", "traces.arrivals", "ARRIVALS"))
+        kinds.add("lengths", lambda: _registry_table("length distributions", "traces.lengths", "LENGTHS"))
+        out_console.print(kinds.get(kind)())
+
+    _guard(debug, action)
+
+
+def _models_table() -> Table:
+    from simulator.models import MODELS
+
+    t = Table(title="models")
+    for col in ("id", "params", "layers", "hidden", "heads/kv", "experts", "context", "aliases"):
+        t.add_column(col)
+    for name in MODELS.names():
+        m = MODELS.get(name)
+        t.add_row(
+            name, f"{m.total_params() / 1e9:.1f}B", str(m.num_layers), str(m.hidden_size),
+            f"{m.num_heads}/{m.num_kv_heads}", f"{m.experts_per_token}/{m.num_experts}" if m.is_moe else "-",
+            str(m.max_context), ", ".join(MODELS.aliases_of(name)[:3]),
+        )
+    return t
+
+
+def _devices_table() -> Table:
+    from hwmodels.device import DEVICES
+
+    t = Table(title="devices")
+    for col in ("id", "bf16 TFLOP/s", "fp8", "memory GiB", "GB/s", "NVLink GB/s", "TDP W", "$/h", "aliases"):
+        t.add_column(col)
+    for name in DEVICES.names():
+        d = DEVICES.get(name)
+        t.add_row(
+            name, f"{d.peak_tflops.get('bf16', 0):g}", f"{d.peak_tflops.get('fp8', 0):g}" if "fp8" in d.peak_tflops else "-",
+            f"{d.memory_gib:g}", f"{d.memory_bandwidth_gbs:g}", f"{d.interconnect.nvlink_gbs:g}", f"{d.tdp_w:g}",
+            f"{d.price_usd_per_hour:.2f}", ", ".join(DEVICES.aliases_of(name)[:3]),
+        )
+    return t
+
+
+def _first_line(obj: Any) -> str:
+    doc = (obj.__doc__ or "").strip()
+    return doc.splitlines()[0] if doc else ""
+
+
+def _schedulers_table() -> Table:
+    from simulator.schedulers import SCHEDULERS
+
+    t = Table(title="schedulers")
+    for col in ("id", "what", "parameters (defaults)", "aliases"):
+        t.add_column(col)
+    for name in SCHEDULERS.names():
+        cls = SCHEDULERS.get(name)
+        params = ", ".join(f"{k}={f.default}" for k, f in cls.Params.model_fields.items())
+        t.add_row(name, _first_line(cls), params, ", ".join(SCHEDULERS.aliases_of(name)))
+    return t
+
+
+def _routers_table() -> Table:
+    from simulator.routers import ROUTERS
+
+    t = Table(title="routers")
+    for col in ("id", "what", "aliases"):
+        t.add_column(col)
+    for name in ROUTERS.names():
+        t.add_row(name, _first_line(ROUTERS.get(name)), ", ".join(ROUTERS.aliases_of(name)))
+    return t
+
+
+def _traces_table() -> Table:
+    from traces.catalog import list_traces
+
+    t = Table(title="shipped traces (also: any file via workload.trace.path)")
+    rows = list_traces()
+    if not rows:
+        return t
+    keys = list(rows[0].keys() if isinstance(rows[0], dict) else vars(rows[0]).keys())
+    for k in keys:
+        t.add_column(k)
+    for r in rows:
+        d = r if isinstance(r, dict) else vars(r)
+        t.add_row(*(str(d[k]) for k in keys))
+    return t
+
+
+def _registry_table(title: str, module: str, attr: str) -> Table:
+    import importlib
+
+    reg = getattr(importlib.import_module(module), attr)
+    t = Table(title=title)
+    t.add_column("id")
+    t.add_column("what")
+    for name in reg.names():
+        t.add_row(name, _first_line(reg.get(name)))
+    return t
+
+
+@app.command()
+def estimate(
+    model: Annotated[str, typer.Option(help="Catalog model id.")] = "llama-3.1-8b",
+    device: Annotated[str, typer.Option(help="Catalog device id.")] = "h100-sxm",
+    tp: Annotated[int, typer.Option(help="Tensor-parallel degree.")] = 1,
+    pp: Annotated[int, typer.Option(help="Pipeline-parallel degree.")] = 1,
+    batch: Annotated[int, typer.Option(help="Requests decoded together.")] = 1,
+    prompt: Annotated[int, typer.Option(help="Prompt tokens per request.")] = 1024,
+    output: Annotated[int, typer.Option(help="Output tokens per request.")] = 256,
+    weight_dtype: Annotated[str, typer.Option(help="Weight format (bf16, fp8, int8, int4).")] = "bf16",
+    kv_dtype: Annotated[str, typer.Option(help="KV-cache format.")] = "bf16",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Steady-state roofline answer for one batch shape, without a trace."""
+
+    def action() -> None:
+        from simulator.config.schema import DeploymentConfig, Scenario
+        from simulator.estimate import estimate as run_estimate
+        from simulator.system import build_system
+
+        scenario = Scenario(
+            model=model,
+            deployment=DeploymentConfig(device=device, tp=tp, pp=pp, weight_dtype=weight_dtype, kv_dtype=kv_dtype),
+            scheduler={"name": "vllm", "max_num_seqs": max(batch, 1), "max_num_batched_tokens": max(batch * prompt, 1)},
+        )
+        result = run_estimate(build_system(scenario), batch=batch, prompt=prompt, output=output)
+        if as_json:
+            print(json.dumps(result.as_dict(), indent=2))
+            return
+        t = Table(title=f"{result.model} on {result.device} tp={tp} pp={pp}: batch {batch}, prompt {prompt}, output {output}")
+        t.add_column("quantity")
+        t.add_column("value", justify="right")
+        rows = [
+            ("prefill of the batch", f"{result.prefill_s * 1e3:.2f} ms ({result.prefill_bound}-bound)"),
+            ("first decode step", f"{result.first_decode_step_s * 1e3:.2f} ms"),
+            ("mean decode step (TPOT)", f"{result.tpot_s * 1e3:.2f} ms ({result.decode_bound}-bound)"),
+            ("end-to-end", f"{result.e2e_s:.3f} s"),
+            ("output tokens/s", f"{result.output_tokens_per_s:,.0f}"),
+            ("weights per GPU", f"{result.weights_gib:.2f} GiB"),
+            ("KV of the batch per GPU", f"{result.kv_gib:.2f} GiB"),
+            ("activation reserve per GPU", f"{result.activation_reserve_gib:.2f} GiB"),
+            ("free per GPU", f"{result.free_gib:.2f} GiB" + ("" if result.fits else "  (batch does NOT fit)")),
+            ("decode MFU / MBU", f"{result.mfu_decode:.1%} / {result.mbu_decode:.1%}"),
+            ("overall", f"{result.bound}-bound"),
+        ]
+        for k, v in rows:
+            t.add_row(k, v)
+        out_console.print(t)
+
+    _guard(debug, action)
+
+
+@app.command()
+def version() -> None:
+    """Print the capsim version."""
+    print(__version__)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

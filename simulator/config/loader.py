@@ -1,0 +1,194 @@
+"""Reading scenario files: YAML -> overrides -> expansion -> validated scenarios.
+
+Every failure here becomes a :class:`~capsim.errors.CapsimError` that names
+the file and the field (``deployment.tp``) and says how to fix it: YAML syntax
+errors with their line, pydantic errors with their path, overrides that do not
+parse.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from capsim.errors import CapsimError
+from simulator.config.schema import Scenario, ScenarioFile
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Parse a YAML mapping, with a clear error for a missing file or bad syntax."""
+    p = Path(path)
+    if not p.is_file():
+        raise CapsimError(f"no such file {str(p)!r}", where="scenario", fix="check the path")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise CapsimError(
+            f"malformed YAML ({problem})", where=f"{p}{line}", fix="fix the YAML syntax (indentation, colons, quotes)"
+        ) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise CapsimError(
+            f"expected a mapping of sections (model:, deployment:, ...), got {type(data).__name__}",
+            where=str(p),
+            fix="start the file with keys such as 'model:' and 'workload:'",
+        )
+    return data
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``'workload.qps=8'`` -> ``('workload.qps', 8)``; the value is parsed as YAML."""
+    if "=" not in text:
+        raise CapsimError(
+            f"override {text!r} has no '='", where="--set", fix="write --set section.field=value, e.g. --set workload.qps=8"
+        )
+    path, raw = text.split("=", 1)
+    path = path.strip()
+    if not path:
+        raise CapsimError(f"override {text!r} has no field path", where="--set", fix="write --set section.field=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return path, value
+
+
+def set_path(data: dict[str, Any], path: str, value: Any) -> None:
+    """Set ``data['a']['b'] = value`` for ``path='a.b'``, creating sections as needed."""
+    keys = path.split(".")
+    node = data
+    for i, key in enumerate(keys[:-1]):
+        child = node.get(key)
+        if child is None or not isinstance(child, dict):
+            if child is not None:
+                raise CapsimError(
+                    f"cannot set {path!r}: {'.'.join(keys[: i + 1])} is a value ({child!r}), not a section",
+                    where="--set",
+                    fix="set the section itself, or give the inline definition as a YAML mapping",
+                )
+            child = {}
+            node[key] = child
+        node = child
+    node[keys[-1]] = value
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _apply(data: dict[str, Any], updates: dict[str, Any]) -> dict[str, Any]:
+    """Apply a mix of nested sections and dotted paths."""
+    out = copy.deepcopy(data)
+    for key, value in updates.items():
+        if "." in key:
+            set_path(out, key, copy.deepcopy(value))
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _format_loc(loc: tuple) -> str:
+    parts = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        else:
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts)
+
+
+def validation_error(exc: ValidationError, source: str) -> CapsimError:
+    """Turn pydantic's report into one paragraph naming each field and the fix."""
+    lines = []
+    for err in exc.errors()[:5]:
+        loc = _format_loc(tuple(err.get("loc", ())))
+        msg = err.get("msg", "invalid")
+        if err.get("type") == "extra_forbidden":
+            msg = "unknown field (check the spelling; `capsim validate --explain` lists the fields)"
+        elif "input" in err and err.get("type") not in ("missing",):
+            msg = f"{msg} (got {err['input']!r})"
+        lines.append(f"{loc or '(top level)'}: {msg}")
+    more = len(exc.errors()) - 5
+    if more > 0:
+        lines.append(f"... and {more} more")
+    first_loc = _format_loc(tuple(exc.errors()[0].get("loc", ()))) if exc.errors() else ""
+    return CapsimError(
+        "invalid scenario: " + "; ".join(lines),
+        where=f"{source}" + (f" ({first_loc})" if first_loc else ""),
+        fix="correct the field(s) named above; every field is described in README.md",
+    )
+
+
+def validate_as(model: type[BaseModel], data: dict[str, Any], source: str):
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise validation_error(exc, source) from None
+
+
+def _grid_points(grid: dict[str, list[Any]]) -> list[tuple[str, dict[str, Any]]]:
+    keys = list(grid)
+    points = []
+    for values in itertools.product(*(grid[k] for k in keys)):
+        label = ",".join(f"{k.split('.')[-1]}={v}" for k, v in zip(keys, values))
+        points.append((label, dict(zip(keys, values))))
+    return points
+
+
+def expand(data: dict[str, Any], source: str) -> list[Scenario]:
+    """The configurations a scenario file describes (one, or its runs x grid)."""
+    validate_as(ScenarioFile, data, source)  # report errors against the file as written
+    runs = data.get("runs") or None
+    grid = data.get("grid") or None
+    base = {k: v for k, v in data.items() if k not in ("runs", "grid")}
+    base_name = base.get("name", "scenario")
+    variants: list[tuple[str, dict[str, Any]]] = []
+    run_list = runs if runs else [None]
+    grid_list = _grid_points(grid) if grid else [None]
+    for run in run_list:
+        for point in grid_list:
+            cfg = base
+            names = []
+            if run is not None:
+                run = dict(run)
+                names.append(run.pop("name"))
+                cfg = _apply(cfg, run.pop("set", {}) or {})
+                cfg = _apply(cfg, run)
+            if point is not None:
+                names.append(point[0])
+                cfg = _apply(cfg, point[1])
+            name = " ".join(names) if names else base_name
+            cfg = {**cfg, "name": name}
+            variants.append((name, cfg))
+    where = source
+    out = []
+    for name, cfg in variants:
+        label = where if len(variants) == 1 else f"{where} [{name}]"
+        out.append(validate_as(Scenario, cfg, label))
+    return out
+
+
+def load_scenarios(path: str | Path, overrides: list[str] | None = None) -> list[Scenario]:
+    """Read ``path``, apply ``--set`` overrides to the base, and expand runs and grid."""
+    data = read_yaml(path)
+    for text in overrides or []:
+        key, value = parse_override(text)
+        set_path(data, key, value)
+    return expand(data, str(path))

@@ -1,0 +1,164 @@
+"""The scenario schema: pydantic models that mirror the YAML one to one.
+
+A scenario says *what* to simulate -- model, hardware and deployment,
+scheduler, router, workload, SLOs and simulation options. Every field carries a
+description (``capsim validate`` and the dashboard show them); unknown keys are
+errors, so a typo never silently falls back to a default.
+
+Scheduler and router parameters live beside their ``name``; they are checked
+against the parameter model the named plug-in registers, so a new scheduler's
+parameters are validated without touching this file.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from simulator.metrics.slo import SLOConfig
+from traces.config import WorkloadConfig
+
+STRICT = ConfigDict(extra="forbid")
+
+
+class DeploymentConfig(BaseModel):
+    """Hardware and how the model is laid out on it."""
+
+    model_config = STRICT
+
+    device: str | dict[str, Any] = Field(
+        "h100-sxm", description="Catalog device id (`capsim list devices`) or an inline device definition."
+    )
+    num_replicas: int = Field(1, gt=0, description="Independent model replicas behind the router.")
+    tp: int = Field(1, gt=0, description="Tensor-parallel degree: GPUs that split every layer.")
+    pp: int = Field(1, gt=0, description="Pipeline-parallel degree: stages that split the layers.")
+    weight_dtype: str = Field("bf16", description="Weight format: fp32, bf16, fp16, fp8, int8 or int4.")
+    kv_dtype: str = Field("bf16", description="KV-cache format: bf16, fp16, fp8 or int8.")
+    activation_dtype: str = Field("bf16", description="Activation format (bf16 or fp16).")
+    memory_utilization: float = Field(
+        0.9, gt=0, le=1, description="Fraction of GPU memory the server may use (vLLM --gpu-memory-utilization)."
+    )
+    activation_reserve_gib: float | None = Field(
+        None,
+        ge=0,
+        description="GPU memory per GPU held back for activations and workspace; "
+        "None estimates it from the scheduler's token and sequence budgets.",
+    )
+    block_size: int = Field(16, gt=0, description="Tokens per KV-cache block (vLLM --block-size).")
+
+    @property
+    def gpus_per_replica(self) -> int:
+        return self.tp * self.pp
+
+
+class PluginConfig(BaseModel):
+    """A registry name plus that plug-in's own parameters (validated against it later)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class SchedulerConfig(PluginConfig):
+    """Batch scheduler (`capsim list schedulers`) and its parameters."""
+
+    name: str = Field("vllm", description="Scheduler id: vllm, sarathi, orca or static.")
+
+
+class RouterConfig(PluginConfig):
+    """How requests are spread over replicas."""
+
+    name: str = Field("round-robin", description="Router id: round-robin, random or least-outstanding.")
+
+
+class SimulationConfig(BaseModel):
+    """How much to simulate and what to measure."""
+
+    model_config = STRICT
+
+    num_requests: int | None = Field(
+        1000, gt=0, description="Requests to generate or replay (None: all of a trace, or until duration_s)."
+    )
+    duration_s: float | None = Field(
+        None, gt=0, description="Stop generating arrivals after this many seconds (with or instead of num_requests)."
+    )
+    warmup_s: float = Field(
+        0.0, ge=0, description="Requests arriving before this time are simulated but excluded from the statistics."
+    )
+    max_time_s: float | None = Field(
+        None,
+        gt=0,
+        description="Stop the simulation at this simulated time even if requests are unfinished "
+        "(they count as SLO misses). None runs until every request finishes.",
+    )
+    oversized: Literal["error", "drop"] = Field(
+        "error",
+        description="Requests that can never be served (longer than the model context, the KV capacity or the "
+        "scheduler's prefill budget): 'error' stops with a message, 'drop' removes them and reports how many.",
+    )
+
+
+class Scenario(BaseModel):
+    """One configuration to simulate."""
+
+    model_config = STRICT
+
+    name: str = Field("scenario", description="Label used in tables and output files.")
+    description: str = Field("", description="Free text.")
+    seed: int = Field(0, ge=0, description="Seed of every random draw; same seed, same results.")
+    model: str | dict[str, Any] = Field(
+        "llama-3.1-8b", description="Catalog model id (`capsim list models`) or an inline model definition."
+    )
+    deployment: DeploymentConfig = Field(default_factory=DeploymentConfig)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    router: RouterConfig = Field(default_factory=RouterConfig)
+    workload: WorkloadConfig = Field(default_factory=WorkloadConfig)
+    slo: SLOConfig = Field(default_factory=SLOConfig)
+    simulation: SimulationConfig = Field(default_factory=SimulationConfig)
+
+
+class RunEntry(BaseModel):
+    """One entry of a scenario file's ``runs:`` list: a name and overrides of the base scenario."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(description="Label of this configuration in the comparison table.")
+    set: dict[str, Any] = Field(
+        default_factory=dict, description="Overrides by dotted path, e.g. {'deployment.tp': 2}."
+    )
+
+
+class ScenarioFile(Scenario):
+    """A scenario file: one base scenario, optionally expanded into several configurations."""
+
+    runs: list[RunEntry] | None = Field(
+        None, description="Configurations to compare: each overrides fields of the base scenario."
+    )
+    grid: dict[str, list[Any]] | None = Field(
+        None,
+        description="Cartesian product of values by dotted path, e.g. {'workload.qps': [2, 4, 8]}; "
+        "combined with runs, every run is crossed with the grid.",
+    )
+
+    @field_validator("grid")
+    @classmethod
+    def _non_empty_grid(cls, grid):
+        if grid is not None:
+            for key, values in grid.items():
+                if not isinstance(values, list) or not values:
+                    raise ValueError(f"grid entry {key!r} must be a non-empty list of values")
+        return grid
+
+    @model_validator(mode="after")
+    def _unique_run_names(self):
+        if self.runs:
+            names = [r.name for r in self.runs]
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"run names must be unique; repeated: {', '.join(dupes)}")
+        return self

@@ -1,0 +1,18 @@
+"""Per-iteration cost model: batch shape -> operators -> roofline time.
+
+See :mod:`simulator.costmodel.operators` for the operator table (FLOPs and bytes
+per layer, from COSTMODEL.md) and :mod:`simulator.costmodel.iteration` for the
+memoised, vectorised pricing the engine calls in its hot loop.
+"""
+
+from simulator.costmodel.features import BatchShape
+from simulator.costmodel.iteration import IterationCost, IterationCostModel
+from simulator.costmodel.operators import OperatorTable, build_operator_table
+
+__all__ = [
+    "BatchShape",
+    "IterationCost",
+    "IterationCostModel",
+    "OperatorTable",
+    "build_operator_table",
+]

@@ -1,0 +1,83 @@
+"""The features of a batch that operator costs depend on.
+
+Why features: every operator's FLOPs and bytes are (almost) linear in a few
+aggregate quantities of the batch -- tokens processed, sequences that produce
+logits, causal attention work, KV tokens read -- so an operator is a row of
+coefficients, and pricing a batch (or a whole run of decode iterations, as an
+array of feature vectors) is one matrix product. The only non-linear feature,
+the number of distinct MoE experts a batch touches, is computed here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# Indices into a feature vector.
+ONE = 0  # constant term (weights read once per iteration)
+PREFILL_TOKENS = 1  # new prompt tokens in this iteration (all chunks)
+DECODE_SEQS = 2  # decode sequences, one new token each
+LOGIT_SEQS = 3  # sequences that produce logits (decode seqs + prefill chunks that finish a prompt)
+PREFILL_ATTN_WORK = 4  # sum over chunks of q * (c + q/2): causal query-key pairs
+PREFILL_KV_READ = 5  # sum over chunks of (c + q): KV tokens a chunk's attention reads
+DECODE_CONTEXT = 6  # sum over decode sequences of their context length
+EXPERTS_HIT = 7  # expected distinct MoE experts touched by the batch's tokens
+NUM_FEATURES = 8
+
+FEATURE_NAMES = (
+    "one",
+    "prefill_tokens",
+    "decode_seqs",
+    "logit_seqs",
+    "prefill_attn_work",
+    "prefill_kv_read",
+    "decode_context",
+    "experts_hit",
+)
+
+
+def expected_experts_hit(tokens, num_experts: int, top_k: int):
+    """Expected distinct experts hit by ``tokens`` tokens with uniform top-k routing.
+
+    E * (1 - (1 - k/E)^n) (COSTMODEL.md, "MoE"). Dense models (E = 1) return 1.
+    """
+    tokens = np.asarray(tokens, dtype=float)
+    if num_experts <= 1:
+        return np.ones_like(tokens)
+    return num_experts * (1.0 - (1.0 - top_k / num_experts) ** tokens)
+
+
+@dataclass(frozen=True)
+class BatchShape:
+    """Aggregate shape of one iteration's batch.
+
+    ``prefill_chunks`` holds ``(new_tokens, cached_tokens, finishes_prompt)``
+    for each prefill chunk; decode sequences are summarised by their count and
+    the sum of their context lengths (the attention roofline depends only on
+    the sum).
+    """
+
+    prefill_chunks: tuple[tuple[int, int, bool], ...] = ()
+    decode_seqs: int = 0
+    decode_context: int = 0
+
+    @property
+    def prefill_tokens(self) -> int:
+        return sum(q for q, _, _ in self.prefill_chunks)
+
+    @property
+    def tokens(self) -> int:
+        return self.prefill_tokens + self.decode_seqs
+
+    def features(self, num_experts: int = 1, top_k: int = 1) -> np.ndarray:
+        x = np.zeros(NUM_FEATURES)
+        x[ONE] = 1.0
+        x[PREFILL_TOKENS] = self.prefill_tokens
+        x[DECODE_SEQS] = self.decode_seqs
+        x[LOGIT_SEQS] = self.decode_seqs + sum(1 for _, _, done in self.prefill_chunks if done)
+        x[PREFILL_ATTN_WORK] = sum(q * (c + q / 2.0) for q, c, _ in self.prefill_chunks)
+        x[PREFILL_KV_READ] = sum(q + c for q, c, _ in self.prefill_chunks)
+        x[DECODE_CONTEXT] = self.decode_context
+        x[EXPERTS_HIT] = expected_experts_hit(self.tokens, num_experts, top_k)
+        return x

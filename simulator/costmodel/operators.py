@@ -1,0 +1,224 @@
+"""The operator table of a transformer replica.
+
+Each operator is a row of coefficients over the batch features of
+:mod:`simulator.costmodel.features`: ``flops = F . x`` and ``bytes = M . x``,
+per GPU (tensor-parallel work is already divided by ``t``). Formulas are those
+of COSTMODEL.md; the comments name each term. Collectives are separate rows
+priced by the alpha-beta link model instead of the roofline.
+
+Why a table rather than code that computes a batch's cost directly: techniques
+transform costs by editing rows (sparse attention scales the KV-read bytes of
+the attention rows, offload moves a row to another device), the ``estimate``
+command and the dashboard show the per-operator breakdown from the same rows
+the simulator prices, and the engine prices a whole run of iterations with one
+matrix product.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from hwmodels.links import Link, ring_allreduce_coefficients
+from simulator.costmodel import features as F
+from simulator.models.spec import ModelSpec
+
+
+@dataclass(frozen=True)
+class Operator:
+    """One operator: FLOPs and bytes as coefficient vectors over batch features."""
+
+    name: str
+    op_class: str  # "gemm", "attention_prefill", "attention_decode", "elementwise", "lm_head", ...
+    flops: np.ndarray
+    bytes: np.ndarray
+    launches: float = 1.0
+
+
+@dataclass(frozen=True)
+class Collective:
+    """A communication step: ``time = coef . x`` seconds (alpha-beta link model)."""
+
+    name: str
+    time: np.ndarray
+    bytes: np.ndarray  # bytes each GPU sends, for accounting
+
+
+@dataclass(frozen=True)
+class OperatorTable:
+    """All operators of one forward pass of a replica, per GPU.
+
+    ``layer_ops`` and ``layer_comms`` run once per layer (``num_layers`` times,
+    stages one after another for a single batch); ``iteration_ops`` and
+    ``iteration_comms`` once per iteration.
+    """
+
+    num_layers: int
+    tp: int
+    pp: int
+    num_experts: int
+    experts_per_token: int
+    layer_ops: tuple[Operator, ...]
+    iteration_ops: tuple[Operator, ...]
+    layer_comms: tuple[Collective, ...] = ()
+    iteration_comms: tuple[Collective, ...] = ()
+    notes: tuple[str, ...] = field(default=())
+
+    def with_ops(self, **changes) -> "OperatorTable":
+        """A copy with some fields replaced (techniques transform tables this way)."""
+        return replace(self, **changes)
+
+
+def _vec(**coefficients: float) -> np.ndarray:
+    """Coefficient vector from feature names, e.g. ``_vec(prefill_tokens=2.0, one=5.0)``."""
+    v = np.zeros(F.NUM_FEATURES)
+    for name, value in coefficients.items():
+        v[F.FEATURE_NAMES.index(name)] = value
+    return v
+
+
+def _per_token(value: float) -> dict[str, float]:
+    """The same coefficient on every token of the iteration (prefill and decode)."""
+    return {"prefill_tokens": value, "decode_seqs": value}
+
+
+def build_operator_table(
+    model: ModelSpec,
+    *,
+    tp: int,
+    pp: int,
+    weight_bytes: float,
+    kv_bytes: float,
+    act_bytes: float,
+    tp_link: Link,
+    pp_link: Link,
+) -> OperatorTable:
+    """Operators of ``model`` sharded ``tp``-way per layer and ``pp``-way across layers."""
+    d, L = model.hidden_size, model.num_layers
+    h, dh = model.num_heads, model.head_dim
+    hkv = model.num_kv_heads
+    f, V = model.ffn_size, model.vocab_size
+    t = tp
+    # Query heads split evenly; KV heads are replicated when there are fewer than t.
+    h_gpu = h / t
+    hkv_gpu = float(-(-hkv // t)) if hkv >= t else 1.0
+    qkv_out = (h_gpu + 2 * hkv_gpu) * dh
+    mlp_mats = 3 if model.mlp == "gated" else 2
+    ba, bw, bkv = act_bytes, weight_bytes, kv_bytes
+
+    norm = Operator(
+        "norm",
+        "elementwise",
+        flops=_vec(**_per_token(5.0 * d)),
+        bytes=_vec(**_per_token(2.0 * d * ba)),
+    )
+    qkv = Operator(
+        "qkv_proj",
+        "gemm",
+        flops=_vec(**_per_token(2.0 * d * qkv_out)),
+        bytes=_vec(one=d * qkv_out * bw, **_per_token((d + qkv_out) * ba)),
+    )
+    # Causal prefill attention: 4*h*dh FLOPs per query-key pair (QK^T and AV);
+    # reads the chunk's KV (cached + new) once, writes the new tokens' KV.
+    attn_prefill = Operator(
+        "attention_prefill",
+        "attention_prefill",
+        flops=_vec(prefill_attn_work=4.0 * h_gpu * dh),
+        bytes=_vec(
+            prefill_kv_read=2.0 * hkv_gpu * dh * bkv,
+            prefill_tokens=2.0 * h_gpu * dh * ba + 2.0 * hkv_gpu * dh * bkv,
+        ),
+    )
+    # Decode attention: one query per sequence against its whole context.
+    attn_decode = Operator(
+        "attention_decode",
+        "attention_decode",
+        flops=_vec(decode_context=4.0 * h_gpu * dh),
+        bytes=_vec(
+            decode_context=2.0 * hkv_gpu * dh * bkv,
+            decode_seqs=2.0 * h_gpu * dh * ba + 2.0 * hkv_gpu * dh * bkv,
+        ),
+    )
+    o_proj = Operator(
+        "o_proj",
+        "gemm",
+        flops=_vec(**_per_token(2.0 * h_gpu * dh * d)),
+        bytes=_vec(one=h_gpu * dh * d * bw, **_per_token((h_gpu * dh + d) * ba)),
+    )
+    expert_weight_bytes = mlp_mats * d * (f / t) * bw
+    mlp_act_bytes = (2.0 * d + mlp_mats * f / t) * ba
+    if model.is_moe:
+        k, E = model.experts_per_token, model.num_experts
+        router = Operator(
+            "moe_router",
+            "gemm",
+            flops=_vec(**_per_token(2.0 * d * E)),
+            bytes=_vec(one=d * E * bw, **_per_token(d * ba)),
+        )
+        experts = Operator(
+            "moe_experts",
+            "gemm",
+            flops=_vec(**_per_token(k * 2.0 * mlp_mats * d * f / t)),
+            bytes=_vec(experts_hit=expert_weight_bytes, **_per_token(k * mlp_act_bytes)),
+            launches=2.0 * mlp_mats,
+        )
+        mlp_ops: tuple[Operator, ...] = (router, experts)
+    else:
+        mlp_ops = (
+            Operator(
+                "mlp",
+                "gemm",
+                flops=_vec(**_per_token(2.0 * mlp_mats * d * f / t)),
+                bytes=_vec(one=expert_weight_bytes, **_per_token(mlp_act_bytes)),
+                launches=float(mlp_mats),
+            ),
+        )
+    layer_ops = (norm, qkv, attn_prefill, attn_decode, o_proj, norm, *mlp_ops)
+
+    # LM head on the last position of each sequence that produces logits, plus the final norm.
+    lm_head = Operator(
+        "lm_head",
+        "gemm",
+        flops=_vec(logit_seqs=2.0 * d * V / t),
+        bytes=_vec(one=d * (V / t) * bw, logit_seqs=(d + V / t) * ba),
+    )
+    embedding = Operator(
+        "embedding",
+        "elementwise",
+        flops=_vec(),
+        bytes=_vec(**_per_token(2.0 * d * ba)),
+    )
+    iteration_ops = (embedding, lm_head)
+
+    layer_comms: tuple[Collective, ...] = ()
+    if t > 1:
+        fixed, per_byte = ring_allreduce_coefficients(tp_link, t)
+        msg = d * ba  # bytes per token of one all-reduce
+        ar = Collective(
+            "tp_allreduce",
+            time=_vec(one=fixed, **_per_token(per_byte * msg)),
+            bytes=_vec(**_per_token(2.0 * (t - 1) / t * msg)),
+        )
+        layer_comms = (ar, ar)  # after attention and after the MLP
+    iteration_comms: tuple[Collective, ...] = ()
+    if pp > 1:
+        msg = d * ba
+        send = Collective(
+            "pp_send",
+            time=_vec(one=(pp - 1) * pp_link.latency_s, **_per_token((pp - 1) * msg / pp_link.bandwidth)),
+            bytes=_vec(**_per_token((pp - 1) * msg)),
+        )
+        iteration_comms = (send,)
+
+    return OperatorTable(
+        num_layers=L,
+        tp=t,
+        pp=pp,
+        num_experts=model.num_experts,
+        experts_per_token=model.experts_per_token,
+        layer_ops=layer_ops,
+        iteration_ops=iteration_ops,
+        layer_comms=layer_comms,
+        iteration_comms=iteration_comms,
+    )

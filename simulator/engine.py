@@ -1,0 +1,152 @@
+"""Run one scenario: workload -> router -> replicas -> records.
+
+The SimPy environment holds three kinds of process: the arrival process (open
+loop: requests at their trace or sampled times; closed loop: each client
+submits its next request when the previous one finishes, after a think time),
+and one :class:`~simulator.replica.Replica` loop per replica. Everything a run
+mutates is created here and owned by this call, so simulations are
+independent and deterministic for a seed.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import simpy
+
+from simulator.admission import enforce, unservable_mask
+from simulator.config.schema import Scenario
+from simulator.kvcache import BlockManager
+from simulator.metrics.result import RunInfo, SimulationResult
+from simulator.recorder import Recorder
+from simulator.replica import Replica
+from simulator.requests import RequestTable
+from simulator.system import System, build_system
+from traces.build import build_requests
+from traces.stream import RequestStream
+
+
+@dataclass
+class RunOutput:
+    """A finished simulation: its records plus what was decided before it started."""
+
+    result: SimulationResult
+    system: System
+    rejected: int
+    workload: str
+
+
+def simulate(scenario: Scenario, *, system: System | None = None, stream: RequestStream | None = None) -> RunOutput:
+    """Simulate ``scenario`` and return its records."""
+    wall0 = time.perf_counter()
+    system = system or build_system(scenario)
+    sim = scenario.simulation
+    if stream is None:
+        stream = build_requests(
+            scenario.workload, seed=scenario.seed, num_requests=sim.num_requests, duration_s=sim.duration_s
+        )
+    prompt, output, arrival = stream.prompt_tokens, stream.output_tokens, stream.arrival_s
+    mask, reasons = unservable_mask(
+        prompt,
+        output,
+        max_context=system.model.max_context,
+        kv_capacity_tokens=system.memory.kv_capacity_tokens,
+        max_prefill_tokens=system.scheduler_cls(system.scheduler_params, None).max_prefill_tokens(),
+    )
+    enforce(mask, reasons, prompt, output, sim.oversized)
+    keep = ~mask
+    table = RequestTable(arrival[keep], prompt[keep], output[keep])
+
+    env = simpy.Environment()
+    recorder = Recorder()
+    dep = system.deployment
+    closed = stream.closed_loop
+    rng = np.random.default_rng(np.random.SeedSequence(scenario.seed).spawn(2)[1])
+    replicas: list[Replica] = []
+    router = system.router_cls(replicas, rng)
+
+    next_request = [0]
+
+    def submit_next(_event=None) -> None:
+        rid = next_request[0]
+        if rid >= table.n:
+            return
+        next_request[0] = rid + 1
+        table.arrival_s[rid] = env.now
+        replicas[router.pick(rid)].submit(rid)
+
+    on_finish = None
+    if closed is not None:
+        think = closed.think_time_s
+
+        def on_finish(finished: np.ndarray, now: float) -> None:
+            for _ in range(len(finished)):
+                if think > 0:
+                    env.timeout(think).callbacks.append(submit_next)
+                else:
+                    submit_next()
+
+    blocks_total = system.memory.kv_blocks
+    make_scheduler = lambda state: system.scheduler_cls(system.scheduler_params, state)  # noqa: E731
+    cost = system.cost_model()
+    for i in range(dep.num_replicas):
+        blocks = BlockManager(blocks_total, dep.block_size, table)
+        replicas.append(
+            Replica(env, i, table, blocks, cost, make_scheduler, recorder, on_finish, system.model.max_context,
+                    warmup_s=sim.warmup_s)
+        )
+
+    if closed is None:
+        env.process(_open_loop_arrivals(env, table, replicas, router))
+    else:
+        for _ in range(min(closed.concurrency, table.n)):
+            submit_next()
+
+    if sim.max_time_s is not None:
+        env.run(until=sim.max_time_s)
+    else:
+        env.run()
+
+    wall = time.perf_counter() - wall0
+    info = RunInfo(
+        scenario_name=scenario.name,
+        seed=scenario.seed,
+        model=system.model.name,
+        device=system.device.name,
+        num_replicas=dep.num_replicas,
+        gpus_per_replica=dep.gpus_per_replica,
+        peak_flops_per_gpu=system.roofline.peak_flops,
+        mem_bandwidth_per_gpu=system.roofline.memory_bandwidth,
+        price_usd_per_gpu_hour=system.device.price_usd_per_hour,
+        tdp_w=system.device.tdp_w,
+        idle_w=system.device.idle_w,
+        kv_capacity_tokens_per_replica=system.memory.kv_capacity_tokens,
+        kv_block_size=dep.block_size,
+        weights_bytes_per_gpu=system.memory.weights_bytes,
+        gpu_memory_bytes=system.memory.gpu_memory_bytes,
+        warmup_s=sim.warmup_s,
+        wall_time_s=wall,
+        sim_end_s=float(env.now),
+    )
+    if closed is not None and next_request[0] < table.n:
+        # Requests never issued (the run stopped first) did not arrive: drop them from the records.
+        issued = next_request[0]
+        frame = table.to_frame().iloc[:issued]
+    else:
+        frame = table.to_frame()
+    result = SimulationResult(frame, recorder.iterations_frame(), recorder.token_gaps(), info)
+    return RunOutput(result, system, int(mask.sum()), stream.source)
+
+
+def _open_loop_arrivals(env: simpy.Environment, table: RequestTable, replicas: list[Replica], router):
+    """Submit each request at its arrival time (simultaneous arrivals share one event)."""
+    arrivals = table.arrival_s.tolist()
+    pick = router.pick
+    timeout = env.timeout
+    for rid, at in enumerate(arrivals):
+        delay = at - env.now
+        if delay > 0:
+            yield timeout(delay)
+        replicas[pick(rid)].submit(rid)

@@ -1,0 +1,125 @@
+"""Steady-state estimate without a trace (``capsim estimate``).
+
+A roofline calculator over the same operator table and memory plan the
+simulator uses: a batch of ``batch`` requests with ``prompt`` tokens each is
+prefilled in one iteration, then decodes ``output - 1`` steps together (the
+first output token comes from the prefill). No queueing, no arrivals: it
+answers "how fast is one batch of this shape on this hardware".
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from capsim.errors import CapsimError
+from simulator.costmodel.features import BatchShape
+from simulator.memory_plan import GIB
+from simulator.system import System
+
+
+@dataclass(frozen=True)
+class Estimate:
+    model: str
+    device: str
+    tp: int
+    pp: int
+    batch: int
+    prompt: int
+    output: int
+    prefill_s: float  # the whole batch's prefill iteration
+    first_decode_step_s: float  # decode step at context prompt + 1
+    tpot_s: float  # mean decode-step time over the generation
+    decode_s: float  # all decode steps
+    e2e_s: float  # prefill + decode of the batch
+    ttft_s: float  # = prefill_s: every request's first token comes from the prefill
+    output_tokens_per_s: float
+    prefill_tokens_per_s: float
+    weights_gib: float  # per GPU
+    kv_gib: float  # per GPU, the batch at its longest (prompt + output tokens each)
+    activation_reserve_gib: float
+    free_gib: float  # per GPU, usable memory left after weights, reserve and the batch's KV
+    kv_capacity_tokens: int  # per replica
+    fits: bool
+    prefill_bound: str
+    decode_bound: str
+    bound: str  # bound of the phase that takes most of e2e
+    mfu_decode: float
+    mbu_decode: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _phase_bound(rows) -> str:
+    compute = sum(r.time_s for r in rows if r.bound == "compute")
+    memory = sum(r.time_s for r in rows if r.bound == "memory")
+    comm = sum(r.time_s for r in rows if r.bound == "communication")
+    return max((compute, "compute"), (memory, "memory"), (comm, "communication"))[1]
+
+
+def estimate(system: System, *, batch: int, prompt: int, output: int) -> Estimate:
+    for name, value in (("batch", batch), ("prompt", prompt), ("output", output)):
+        if value < 1:
+            raise CapsimError(f"{name} must be at least 1, got {value}", where=f"--{name}", fix="pass a positive integer")
+    if prompt + output > system.model.max_context:
+        raise CapsimError(
+            f"prompt + output = {prompt + output} tokens exceeds the context of {system.model.name} "
+            f"({system.model.max_context})",
+            where="--prompt/--output",
+            fix="shorten them or pick a model with a longer context",
+        )
+    cost = system.cost_model()
+    prefill_shape = BatchShape(prefill_chunks=((prompt, 0, True),) * batch)
+    prefill = cost.iteration(prefill_shape)
+    steps = output - 1
+    if steps > 0:
+        run = cost.decode_run(batch, batch * (prompt + 1), steps)
+        durations = run.durations
+        flops, nbytes = cost.decode_work(batch, batch * (prompt + 1), steps)
+    else:
+        durations = np.zeros(0)
+        flops = nbytes = 0.0
+    decode_s = float(durations.sum())
+    first_step = float(durations[0]) if steps else 0.0
+    tpot = float(durations.mean()) if steps else 0.0
+    e2e = prefill.time_s + decode_s
+    mem = system.memory
+    kv_tokens = batch * (prompt + output)
+    kv_bytes = kv_tokens * mem.kv_bytes_per_token
+    free = mem.usable_bytes - mem.weights_bytes - mem.reserve_bytes - kv_bytes
+    mid_context = batch * (prompt + 1 + steps // 2)
+    decode_rows = cost.breakdown(BatchShape(decode_seqs=batch, decode_context=mid_context))
+    prefill_bound = _phase_bound(cost.breakdown(prefill_shape))
+    decode_bound = _phase_bound(decode_rows) if steps else prefill_bound
+    gpus = system.deployment.gpus_per_replica
+    dev = system.roofline
+    return Estimate(
+        model=system.model.name,
+        device=system.device.name,
+        tp=system.deployment.tp,
+        pp=system.deployment.pp,
+        batch=batch,
+        prompt=prompt,
+        output=output,
+        prefill_s=prefill.time_s,
+        first_decode_step_s=first_step,
+        tpot_s=tpot,
+        decode_s=decode_s,
+        e2e_s=e2e,
+        ttft_s=prefill.time_s,
+        output_tokens_per_s=batch * output / e2e,
+        prefill_tokens_per_s=batch * prompt / prefill.time_s,
+        weights_gib=mem.weights_bytes / GIB,
+        kv_gib=kv_bytes / GIB,
+        activation_reserve_gib=mem.reserve_bytes / GIB,
+        free_gib=free / GIB,
+        kv_capacity_tokens=mem.kv_capacity_tokens,
+        fits=kv_tokens <= mem.kv_capacity_tokens,
+        prefill_bound=prefill_bound,
+        decode_bound=decode_bound,
+        bound=decode_bound if decode_s >= prefill.time_s else prefill_bound,
+        mfu_decode=flops / (decode_s * dev.peak_flops * gpus) if decode_s else 0.0,
+        mbu_decode=nbytes / (decode_s * dev.memory_bandwidth * gpus) if decode_s else 0.0,
+    )

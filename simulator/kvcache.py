@@ -1,0 +1,103 @@
+"""Paged KV-cache accounting (vLLM's PagedAttention block manager, SOSP 2023).
+
+KV memory is handed out in blocks of ``block_size`` tokens. A sequence holding
+``n`` tokens of KV occupies ``ceil(n / block_size)`` blocks, so internal
+fragmentation is at most ``block_size - 1`` tokens per sequence. Schedulers
+that reserve memory up front (Orca reserves the maximum sequence length,
+request-level batching the padded batch) set a per-sequence reservation; a
+sequence then occupies ``ceil(max(n, reserved) / block_size)`` blocks.
+
+Only block *counts* are tracked: which physical block holds which token does
+not change any cost the simulator models.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from simulator.requests import RequestTable
+
+
+def blocks_for(tokens, block_size: int):
+    """Blocks that ``tokens`` tokens occupy (works on scalars and arrays)."""
+    return -(-tokens // block_size)
+
+
+class BlockManager:
+    """Block budget of one replica."""
+
+    def __init__(self, total_blocks: int, block_size: int, table: RequestTable):
+        self.total_blocks = int(total_blocks)
+        self.block_size = int(block_size)
+        self.used_blocks = 0
+        self.peak_used_blocks = 0
+        self._t = table
+
+    @property
+    def free_blocks(self) -> int:
+        return self.total_blocks - self.used_blocks
+
+    def held_by(self, rid: int) -> int:
+        t = self._t
+        return int(blocks_for(max(int(t.kv_tokens[rid]), int(t.kv_reserved[rid])), self.block_size))
+
+    def blocks_to_grow(self, rid: int, new_kv_tokens: int) -> int:
+        """Extra blocks ``rid`` needs to hold ``new_kv_tokens`` tokens."""
+        t = self._t
+        after = blocks_for(max(new_kv_tokens, int(t.kv_reserved[rid])), self.block_size)
+        return int(after) - self.held_by(rid)
+
+    def reserve(self, rid: int, tokens: int) -> None:
+        """Reserve ``tokens`` of KV for ``rid`` up front (caller checked the budget)."""
+        before = self.held_by(rid)
+        self._t.kv_reserved[rid] = tokens
+        self._add(self.held_by(rid) - before)
+
+    def grow(self, rid: int, new_kv_tokens: int) -> None:
+        """Set ``rid``'s stored KV to ``new_kv_tokens`` and account the blocks."""
+        before = self.held_by(rid)
+        self._t.kv_tokens[rid] = new_kv_tokens
+        self._add(self.held_by(rid) - before)
+
+    def release(self, rid: int) -> None:
+        """Free everything ``rid`` holds (finish or preemption)."""
+        self.used_blocks -= self.held_by(rid)
+        self._t.kv_tokens[rid] = 0
+        self._t.kv_reserved[rid] = 0
+
+    def _add(self, blocks: int) -> None:
+        self.used_blocks += blocks
+        if self.used_blocks > self.peak_used_blocks:
+            self.peak_used_blocks = self.used_blocks
+
+    # ---------------------------------------------------------------- runs
+    def growth_after(self, ids: np.ndarray, steps: int) -> int:
+        """Blocks the sequences ``ids`` need in addition after each stores ``steps`` more tokens."""
+        t, bs = self._t, self.block_size
+        kv, res = t.kv_tokens[ids], t.kv_reserved[ids]
+        now = blocks_for(np.maximum(kv, res), bs)
+        later = blocks_for(np.maximum(kv + steps, res), bs)
+        return int((later - now).sum())
+
+    def max_steps(self, ids: np.ndarray, limit: int) -> int:
+        """Largest ``k <= limit`` such that ``k`` more tokens per sequence fit in the free blocks."""
+        free = self.free_blocks
+        # Fast path: even the worst case (every sequence opens a block at once
+        # and again every block_size steps) fits.
+        if len(ids) * (1 + (limit - 1) // self.block_size + 1) <= free:
+            return limit
+        if self.growth_after(ids, limit) <= free:
+            return limit
+        lo, hi = 0, limit  # growth(lo) fits, growth(hi) does not
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if self.growth_after(ids, mid) <= free:
+                lo = mid
+            else:
+                hi = mid
+        return lo
+
+    def grow_all(self, ids: np.ndarray, steps: int) -> None:
+        """Every sequence in ``ids`` stores ``steps`` more tokens (a decode run)."""
+        self._add(self.growth_after(ids, steps))
+        self._t.kv_tokens[ids] += steps

@@ -1,0 +1,118 @@
+"""How a replica's GPU memory divides into weights, activations and KV cache.
+
+KV capacity = GPU memory x utilisation - weights - activation/workspace
+reserve, divided by KV bytes per token (COSTMODEL.md, "Memory"). The reserve
+matters at the margin (it decides whether a 70B model fits on 2 GPUs), so
+when the user does not give it we estimate it the way vLLM's profiling run
+finds it -- the activations of the largest batch the scheduler may form, plus
+the fp32 logits of its sequences -- plus a fixed runtime workspace.
+
+A model that does not fit raises :class:`~capsim.errors.DoesNotFitError`
+naming the shortfall and what would fix it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from capsim.errors import DoesNotFitError
+from hwmodels.device import DeviceSpec
+from simulator.models.spec import ModelSpec
+
+GIB = float(2**30)
+#: CUDA context, cuBLAS/NCCL workspaces and allocator slack per GPU. An
+#: assumption (vLLM logs show 0.5-1.5 GiB of "non-torch" memory on H100s).
+RUNTIME_WORKSPACE_BYTES = 1.0 * GIB
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Per-GPU memory budget of one replica (worst pipeline stage)."""
+
+    gpu_memory_bytes: float
+    usable_bytes: float
+    weights_bytes: float
+    reserve_bytes: float
+    kv_bytes_per_token: float  # per GPU
+    kv_capacity_tokens: int  # per replica
+    block_size: int
+
+    @property
+    def kv_bytes(self) -> float:
+        return self.usable_bytes - self.weights_bytes - self.reserve_bytes
+
+    @property
+    def kv_blocks(self) -> int:
+        return self.kv_capacity_tokens // self.block_size
+
+
+def weights_per_gpu(model: ModelSpec, tp: int, pp: int, bytes_per_weight: float) -> float:
+    """Weight bytes on the most loaded GPU: its stage's layers split ``tp`` ways plus embeddings.
+
+    With one stage a GPU holds 1/tp of the input embedding and of the LM head;
+    with several, the first stage holds the embedding and the last the LM head,
+    so the worst stage holds one ``V x d`` matrix (both when they are tied).
+    """
+    layers_per_stage = -(-model.num_layers // pp)
+    body = layers_per_stage * model.layer_params / tp
+    vd = model.vocab_size * model.hidden_size + model.learned_positions * model.hidden_size
+    if pp == 1:
+        emb = model.embedding_params / tp
+    else:
+        emb = vd / tp
+    return (body + emb) * bytes_per_weight
+
+
+def activation_reserve(
+    model: ModelSpec, tp: int, max_batch_tokens: int, max_seqs: int, act_bytes: float
+) -> float:
+    """Estimated peak activation memory per GPU plus runtime workspace.
+
+    The largest live tensors of a forward pass over ``max_batch_tokens``
+    tokens: the residual stream and a normalised copy (2 d), the QKV output,
+    and the MLP's intermediate (gate and up for gated MLPs), split tp ways;
+    plus fp32 logits of ``max_seqs`` sequences over the vocabulary.
+    """
+    d, f = model.hidden_size, model.ffn_size * model.experts_per_token
+    mats = 2 if model.mlp == "gated" else 1
+    per_token = (2 * d + (model.q_dim + 2 * model.kv_dim) / tp + mats * f / tp) * act_bytes
+    logits = max_seqs * model.vocab_size / tp * 4.0
+    return max_batch_tokens * per_token + logits + RUNTIME_WORKSPACE_BYTES
+
+
+def plan_memory(
+    model: ModelSpec,
+    device: DeviceSpec,
+    *,
+    tp: int,
+    pp: int,
+    weight_bytes: float,
+    kv_bytes: float,
+    act_bytes: float,
+    memory_utilization: float,
+    block_size: int,
+    reserve_bytes: float,
+) -> MemoryPlan:
+    """Budget one replica's memory; raise when nothing is left for the KV cache."""
+    gpu = float(device.memory_bytes)
+    usable = gpu * memory_utilization
+    weights = weights_per_gpu(model, tp, pp, weight_bytes)
+    layers_per_stage = -(-model.num_layers // pp)
+    kv_heads_gpu = -(-model.num_kv_heads // tp)  # replicated when fewer KV heads than ranks
+    kv_per_token = 2.0 * layers_per_stage * kv_heads_gpu * model.head_dim * kv_bytes
+    left = usable - weights - reserve_bytes
+    min_tokens = block_size
+    if left < kv_per_token * min_tokens:
+        short = (weights + reserve_bytes + kv_per_token * min_tokens - usable) / GIB
+        raise DoesNotFitError(
+            f"{model.name} does not fit on {device.name} with tp={tp}, pp={pp}: each GPU has "
+            f"{usable / GIB:.1f} GiB usable ({device.memory_gib:g} GiB x {memory_utilization:g}) but needs "
+            f"{weights / GIB:.1f} GiB of weights + {reserve_bytes / GIB:.1f} GiB of activations/workspace "
+            f"+ KV cache; short by {short:.1f} GiB per GPU",
+            where="deployment",
+            fix="raise deployment.tp or deployment.pp, use a device with more memory, a smaller "
+            "weight_dtype (fp8/int4), or a higher memory_utilization",
+        )
+    capacity = int(left // kv_per_token)
+    capacity -= capacity % block_size
+    return MemoryPlan(gpu, usable, weights, reserve_bytes, kv_per_token, capacity, block_size)

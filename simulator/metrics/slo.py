@@ -1,0 +1,71 @@
+"""Service-level objectives: per-request latency targets and the fraction of requests that must meet them.
+
+Why per request: goodput and attainment count *requests* that met every target, which is what a serving operator
+promises ("90% of requests see a first token within 500 ms and never wait more than 100 ms for the next token").
+A request that had not finished when the simulation stopped is a miss: it cannot be shown to meet its targets, and
+counting it as a hit would reward an overloaded configuration for leaving work undone.
+
+>>> slo = SLOConfig(ttft_s=0.5, tbt_s=0.1)
+>>> slo.targets()
+{'ttft_s': 0.5, 'tbt_s': 0.1}
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+
+from simulator.metrics.result import request_latencies
+
+
+class SLOConfig(BaseModel):
+    """Latency targets (seconds; leave a target out to not constrain it) and the attainment goal."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ttft_s: float | None = Field(None, gt=0, description="Time to first token target: first_token − arrival ≤ ttft_s.")
+    tpot_s: float | None = Field(
+        None,
+        gt=0,
+        description="Time per output token target, (e2e − ttft) / (output_tokens − 1) ≤ tpot_s; "
+        "requests with a single output token have no decode phase and always meet it.",
+    )
+    tbt_s: float | None = Field(
+        None,
+        gt=0,
+        description="Time between tokens target, applied to each request's largest gap between consecutive "
+        "output tokens (max_tbt_s), so one long stall is a miss.",
+    )
+    e2e_s: float | None = Field(None, gt=0, description="End-to-end latency target: finish − arrival ≤ e2e_s.")
+    attainment: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="Fraction of (post-warm-up) requests that must meet all the given targets for the SLO to be met.",
+    )
+
+    def targets(self) -> dict[str, float]:
+        """The latency targets that are set, by name."""
+        names = ("ttft_s", "tpot_s", "tbt_s", "e2e_s")
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+
+    def meets(self, requests: pd.DataFrame) -> np.ndarray:
+        """Per request (in row order), whether it finished and met every set target.
+
+        With no targets set, every finished request meets the SLO and every unfinished one misses it.
+        """
+        finished = np.isfinite(requests["finish_s"].to_numpy(dtype=np.float64))
+        lat = request_latencies(requests)
+        ok = finished.copy()
+        if self.ttft_s is not None:
+            ok &= lat["ttft_s"].to_numpy() <= self.ttft_s
+        if self.e2e_s is not None:
+            ok &= lat["e2e_s"].to_numpy() <= self.e2e_s
+        if self.tpot_s is not None:
+            tpot = lat["tpot_s"].to_numpy()
+            ok &= np.isnan(tpot) | (tpot <= self.tpot_s)  # NaN here means a one-token request: nothing to pace
+        if self.tbt_s is not None:
+            worst = requests["max_tbt_s"].to_numpy(dtype=np.float64)
+            ok &= np.isnan(worst) | (worst <= self.tbt_s)  # NaN: the request produced at most one token
+        return ok

@@ -1,0 +1,236 @@
+"""One flat, JSON-serialisable dictionary of headline numbers for a simulation run.
+
+Why flat: a sweep produces one summary per run, and flat dictionaries become the rows of one tidy table that can be
+merged, filtered and plotted; every key is described in :data:`SUMMARY_KEYS` (which the docs and the dashboard
+reuse), and a run with nothing to measure gives NaN values rather than an exception.
+
+Metric definitions
+------------------
+*Measured requests* are those with ``arrival_s ≥ warmup_s``; requests arriving during warm-up (while queues and
+batches are still filling from empty) are left out of every latency and SLO statistic.
+
+* **TTFT** (time to first token) = first_token − arrival, over measured requests that produced a first token.
+* **TBT** (time between tokens) = each gap between consecutive output tokens of a request, one sample per gap, from
+  ``token_gaps`` (weighted; percentiles are exact, see :mod:`simulator.metrics.quantiles`). A first gap includes any
+  stall, e.g. from preemption or a prefill that shared the batch.
+* **TPOT** (time per output token) = (E2E − TTFT) / (output_tokens − 1), over finished measured requests with more
+  than one output token: the request's *average* pace after the first token (TBT is the per-gap view).
+* **E2E** (end-to-end latency) = finish − arrival, over finished measured requests.
+* **Queueing delay** = schedule − arrival (first time scheduled), over measured requests that were scheduled.
+* Percentiles are numpy's default linear interpolation (type 7); means are arithmetic.
+
+*Measurement window* = [first arrival among measured requests, last finish among them]. Rates divide by its length:
+
+* **throughput** = finished measured requests / window; **input/output tokens per second** = their prompt/output
+  tokens / window.
+* **SLO attainment** = fraction of measured requests (finished or not) that meet every set target of the
+  :class:`~simulator.metrics.slo.SLOConfig`; unfinished requests count as misses. **slo_met** = attainment ≥ the
+  configured attainment target. **Goodput** = measured requests meeting the SLO / window.
+
+Iteration statistics use the parts of iteration runs that fall inside the window (a run cut by the window edge
+counts pro rata by time):
+
+* **MFU** = model FLOPs / (peak FLOP/s per GPU × window × GPUs); **MBU** = HBM bytes / (bandwidth per GPU × window ×
+  GPUs). Both average over the whole window, idle time included.
+* **mean batch size** = iteration-weighted mean of prefill_seqs + decode_seqs; **mean decode batch** likewise of
+  decode_seqs.
+* **KV utilisation** = kv_blocks_used / kv_blocks_total at the start of each run; the mean is weighted by busy time
+  (idle stretches are left out), the peak is the largest value seen in the window.
+* **Energy and cost** over the window follow :mod:`simulator.metrics.energy`; per-token values divide by the output
+  tokens of finished measured requests.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from simulator.metrics.energy import cost_usd, energy_joules
+from simulator.metrics.quantiles import token_gap_mean, token_gap_quantiles
+from simulator.metrics.result import SimulationResult, request_latencies
+from simulator.metrics.slo import SLOConfig
+
+#: Latency metrics reported, with their human names.
+LATENCY_METRICS: dict[str, str] = {
+    "ttft": "time to first token",
+    "tbt": "time between consecutive output tokens (every gap)",
+    "tpot": "time per output token after the first",
+    "e2e": "end-to-end latency",
+    "queue": "queueing delay before first scheduled",
+}
+#: Percentiles reported for each latency metric.
+PERCENTILES: tuple[int, ...] = (50, 90, 95, 99)
+
+
+def _latency_keys() -> dict[str, str]:
+    keys: dict[str, str] = {}
+    for m, name in LATENCY_METRICS.items():
+        keys[f"{m}_mean_s"] = f"mean {name} (s)"
+        for p in PERCENTILES:
+            keys[f"{m}_p{p}_s"] = f"p{p} {name} (s)"
+    return keys
+
+
+#: Every key of the summary, in order, with its meaning (see the module docstring for the definitions).
+SUMMARY_KEYS: dict[str, str] = {
+    "num_requests": "measured requests (arrived at or after warm-up)",
+    "completed": "measured requests that finished",
+    "unfinished": "measured requests not finished when the simulation stopped",
+    "warmup_requests": "requests that arrived during warm-up (excluded from statistics)",
+    **_latency_keys(),
+    "window_start_s": "measurement window start: first measured arrival (s)",
+    "window_end_s": "measurement window end: last measured finish (s)",
+    "window_s": "measurement window length (s)",
+    "throughput_rps": "finished measured requests per second",
+    "input_tps": "prompt tokens of finished measured requests per second",
+    "output_tps": "output tokens of finished measured requests per second",
+    "slo_attainment": "fraction of measured requests meeting every SLO target (unfinished ones miss)",
+    "slo_met": "whether slo_attainment reaches the SLO's attainment target",
+    "goodput_rps": "measured requests meeting the SLO per second",
+    "slo_target_attainment": "the SLO's attainment target",
+    "slo_ttft_s": "TTFT target (s), null if not set",
+    "slo_tpot_s": "TPOT target (s), null if not set",
+    "slo_tbt_s": "TBT target on each request's largest gap (s), null if not set",
+    "slo_e2e_s": "E2E target (s), null if not set",
+    "num_gpus": "GPUs in the deployment (replicas × GPUs per replica)",
+    "mfu": "model FLOPs utilisation over the window",
+    "mbu": "memory bandwidth utilisation over the window",
+    "mean_batch_size": "iteration-weighted mean of prefill + decode sequences per iteration",
+    "mean_decode_batch": "iteration-weighted mean of decode sequences per iteration",
+    "kv_util_mean": "busy-time-weighted mean fraction of KV blocks in use",
+    "kv_util_peak": "largest fraction of KV blocks in use",
+    "preemptions": "preemptions suffered by measured requests",
+    "iterations": "iterations simulated (whole run)",
+    "energy_j": "GPU energy over the window (J)",
+    "energy_per_output_token_j": "GPU energy per output token (J)",
+    "cost_usd": "GPU rental cost over the window (USD)",
+    "cost_per_million_output_tokens_usd": "GPU cost per million output tokens (USD)",
+    "sim_time_s": "simulated time at the end of the run (s)",
+    "wall_time_s": "wall-clock time the simulation took (s)",
+    "sim_speed_rps": "requests simulated (warm-up included) per wall-clock second",
+}
+
+NAN = float("nan")
+
+
+def _ratio(num: float, den: float) -> float:
+    """num / den, NaN when the denominator is zero or undefined (no exceptions on empty runs)."""
+    if den is None or not math.isfinite(den) or den <= 0:
+        return NAN
+    return float(num) / float(den)
+
+
+def _describe(prefix: str, mean: float, quantiles: np.ndarray) -> dict[str, float]:
+    out = {f"{prefix}_mean_s": float(mean)}
+    for p, value in zip(PERCENTILES, quantiles, strict=True):
+        out[f"{prefix}_p{p}_s"] = float(value)
+    return out
+
+
+def _sample_stats(prefix: str, values: np.ndarray) -> dict[str, float]:
+    values = values[np.isfinite(values)]
+    if len(values) == 0:
+        return _describe(prefix, NAN, np.full(len(PERCENTILES), NAN))
+    return _describe(prefix, values.mean(), np.quantile(values, np.array(PERCENTILES) / 100))
+
+
+def _iteration_stats(result: SimulationResult, t0: float, t1: float, window: float) -> dict[str, float]:
+    """Utilisation, batch, KV, energy and cost over [t0, t1]; NaN throughout when the window is undefined."""
+    info = result.info
+    keys = ("mfu", "mbu", "mean_batch_size", "mean_decode_batch", "kv_util_mean", "kv_util_peak", "energy_j", "cost_usd")
+    if not math.isfinite(window) or window <= 0:
+        return dict.fromkeys(keys, NAN)
+    it = result.iterations
+
+    def col(name: str) -> np.ndarray:
+        return it[name].to_numpy(dtype=np.float64)
+
+    start, end = col("start_s"), col("end_s")
+    duration = end - start
+    overlap = np.clip(np.minimum(end, t1) - np.maximum(start, t0), 0.0, None)
+    inside = (start >= t0) & (start <= t1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        frac = np.where(duration > 0, overlap / duration, inside.astype(np.float64))
+        util = col("kv_blocks_used") / col("kv_blocks_total")
+    iters = col("num_iterations") * frac
+    seen = frac > 0
+    num_gpus = info.num_gpus
+    busy_gpu_s = float(overlap.sum()) * info.gpus_per_replica
+    kv_peak = float(np.nanmax(util[seen])) if seen.any() and np.isfinite(util[seen]).any() else NAN
+    kv_weight = overlap * np.isfinite(util)
+    return {
+        "mfu": _ratio(float(np.dot(col("flops"), frac)), info.peak_flops_per_gpu * window * num_gpus),
+        "mbu": _ratio(float(np.dot(col("bytes"), frac)), info.mem_bandwidth_per_gpu * window * num_gpus),
+        "mean_batch_size": _ratio(float(np.dot(iters, col("prefill_seqs") + col("decode_seqs"))), float(iters.sum())),
+        "mean_decode_batch": _ratio(float(np.dot(iters, col("decode_seqs"))), float(iters.sum())),
+        "kv_util_mean": _ratio(float(np.dot(kv_weight, np.nan_to_num(util))), float(kv_weight.sum())),
+        "kv_util_peak": kv_peak,
+        "energy_j": energy_joules(
+            window_s=window, busy_gpu_s=busy_gpu_s, num_gpus=num_gpus, idle_w=info.idle_w, active_w=info.tdp_w
+        ),
+        "cost_usd": cost_usd(window_s=window, num_gpus=num_gpus, price_usd_per_gpu_hour=info.price_usd_per_gpu_hour),
+    }
+
+
+def measured_requests(result: SimulationResult) -> pd.DataFrame:
+    """The requests that count for statistics: those that arrived at or after the warm-up time."""
+    req = result.requests
+    return req[req["arrival_s"].to_numpy(dtype=np.float64) >= result.info.warmup_s]
+
+
+def summarise(result: SimulationResult, slo: SLOConfig) -> dict[str, Any]:
+    """The headline numbers of one run; keys and meanings in :data:`SUMMARY_KEYS`, definitions in the module doc."""
+    info = result.info
+    req = measured_requests(result)
+    lat = request_latencies(req)
+    finish = req["finish_s"].to_numpy(dtype=np.float64)
+    finished = np.isfinite(finish)
+    n, n_done = len(req), int(finished.sum())
+
+    out: dict[str, Any] = {
+        "num_requests": n,
+        "completed": n_done,
+        "unfinished": n - n_done,
+        "warmup_requests": len(result.requests) - n,
+    }
+    for m in ("ttft", "tpot", "e2e", "queue"):
+        out.update(_sample_stats(m, lat[f"{m}_s"].to_numpy()))
+    gap_q = token_gap_quantiles(result.token_gaps, np.array(PERCENTILES) / 100)
+    out.update(_describe("tbt", token_gap_mean(result.token_gaps), gap_q))
+
+    t0 = float(req["arrival_s"].min()) if n else NAN
+    t1 = float(finish[finished].max()) if n_done else NAN
+    window = t1 - t0 if n_done and t1 > t0 else NAN
+    done = req[finished]
+    out_tokens = float(done["output_tokens"].sum())
+    meets = slo.meets(req)
+    out.update(
+        {
+            "window_start_s": t0,
+            "window_end_s": t1,
+            "window_s": window,
+            "throughput_rps": _ratio(n_done, window),
+            "input_tps": _ratio(float(done["prompt_tokens"].sum()), window),
+            "output_tps": _ratio(out_tokens, window),
+            "slo_attainment": _ratio(float(meets.sum()), n),
+        }
+    )
+    out["slo_met"] = bool(n > 0 and out["slo_attainment"] >= slo.attainment)
+    out["goodput_rps"] = _ratio(float(meets.sum()), window)
+    out["slo_target_attainment"] = slo.attainment
+    for name in ("ttft_s", "tpot_s", "tbt_s", "e2e_s"):
+        out[f"slo_{name}"] = getattr(slo, name)
+    out["num_gpus"] = info.num_gpus
+
+    out.update(_iteration_stats(result, t0, t1, window))
+    out["preemptions"] = int(req["preemptions"].sum()) if n else 0
+    out["iterations"] = int(result.iterations["num_iterations"].sum())
+    out["energy_per_output_token_j"] = _ratio(out["energy_j"], out_tokens)
+    out["cost_per_million_output_tokens_usd"] = _ratio(out["cost_usd"] * 1e6, out_tokens)
+    out["sim_time_s"] = float(info.sim_end_s)
+    out["wall_time_s"] = float(info.wall_time_s)
+    out["sim_speed_rps"] = _ratio(len(result.requests), info.wall_time_s)
+    return {key: out[key] for key in SUMMARY_KEYS}

@@ -1,0 +1,144 @@
+"""Terminal tables (rich) for one summary or a comparison of several.
+
+Why two tables: after one run a user wants everything about it; after a sweep or a capacity search they want the
+few numbers that decide between configurations side by side, with the SLO verdict coloured. Missing or NaN values
+show as "–" so partial summaries (e.g. a run with no finished requests) still print.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from rich.table import Table
+
+from simulator.metrics.summary import LATENCY_METRICS, PERCENTILES
+
+DASH = "–"
+
+
+def _number(value: Any) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def fmt_seconds(value: Any) -> str:
+    """Latency with a unit that keeps 2–3 significant digits: ``0.0123`` → ``12.3 ms``."""
+    x = _number(value)
+    if x is None:
+        return DASH
+    if abs(x) < 1e-3:
+        return f"{x * 1e6:.0f} µs"
+    if abs(x) < 0.01:
+        return f"{x * 1e3:.2f} ms"
+    if abs(x) < 1:
+        return f"{x * 1e3:.1f} ms" if abs(x) < 0.1 else f"{x * 1e3:.0f} ms"
+    return f"{x:.2f} s"
+
+
+def fmt_number(value: Any, digits: int = 2) -> str:
+    x = _number(value)
+    if x is None:
+        return DASH
+    return f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.{digits}f}"
+
+
+def fmt_percent(value: Any) -> str:
+    x = _number(value)
+    return DASH if x is None else f"{100 * x:.1f}%"
+
+
+def fmt_usd(value: Any) -> str:
+    x = _number(value)
+    return DASH if x is None else f"${x:,.3f}" if abs(x) < 1 else f"${x:,.2f}"
+
+
+def fmt_attainment(summary: Mapping[str, Any]) -> str:
+    """Attainment in green when the SLO is met, red when not."""
+    text = fmt_percent(summary.get("slo_attainment"))
+    if text == DASH or "slo_met" not in summary:
+        return text
+    return f"[green]{text}[/]" if summary["slo_met"] else f"[red]{text}[/]"
+
+
+#: Columns of the comparison table after the name: header, and how to render a summary into the cell.
+COMPARISON_COLUMNS: list[tuple[str, Callable[[Mapping[str, Any]], str]]] = [
+    ("TTFT p50", lambda s: fmt_seconds(s.get("ttft_p50_s"))),
+    ("TTFT p99", lambda s: fmt_seconds(s.get("ttft_p99_s"))),
+    ("TPOT p50", lambda s: fmt_seconds(s.get("tpot_p50_s"))),
+    ("TPOT p99", lambda s: fmt_seconds(s.get("tpot_p99_s"))),
+    ("E2E p99", lambda s: fmt_seconds(s.get("e2e_p99_s"))),
+    ("req/s", lambda s: fmt_number(s.get("throughput_rps"))),
+    ("goodput", lambda s: fmt_number(s.get("goodput_rps"))),
+    ("SLO att.", fmt_attainment),
+    ("MFU", lambda s: fmt_percent(s.get("mfu"))),
+    ("$/Mtok", lambda s: fmt_usd(s.get("cost_per_million_output_tokens_usd"))),
+    ("J/tok", lambda s: fmt_number(s.get("energy_per_output_token_j"))),
+]
+
+
+def comparison_table(rows: Sequence[Mapping[str, Any]], *, title: str | None = None) -> Table:
+    """One row per summary; the first column is the row's ``name`` (or ``scenario_name``, or its position)."""
+    table = Table(title=title, header_style="bold")
+    table.add_column("name", no_wrap=True)
+    for header, _ in COMPARISON_COLUMNS:
+        table.add_column(header, justify="right")
+    for i, row in enumerate(rows):
+        name = row.get("name", row.get("scenario_name", f"#{i + 1}"))
+        table.add_row(str(name), *(render(row) for _, render in COMPARISON_COLUMNS))
+    return table
+
+
+def _latency_table(summary: Mapping[str, Any]) -> Table:
+    table = Table(title="Latency", header_style="bold", title_justify="left")
+    table.add_column("metric")
+    table.add_column("mean", justify="right")
+    for p in PERCENTILES:
+        table.add_column(f"p{p}", justify="right")
+    for key, name in LATENCY_METRICS.items():
+        cells = [fmt_seconds(summary.get(f"{key}_mean_s"))]
+        cells += [fmt_seconds(summary.get(f"{key}_p{p}_s")) for p in PERCENTILES]
+        table.add_row(f"{key.upper()} [dim]({name})[/]", *cells)
+    return table
+
+
+def _totals_table(summary: Mapping[str, Any]) -> Table:
+    table = Table(title="Throughput, SLO, utilisation, cost", header_style="bold", title_justify="left")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    g = summary.get
+    rows = [
+        ("requests (finished / unfinished)", f"{g('completed', DASH)} / {g('unfinished', DASH)}"),
+        ("throughput (req/s)", fmt_number(g("throughput_rps"))),
+        ("input / output tokens/s", f"{fmt_number(g('input_tps'))} / {fmt_number(g('output_tps'))}"),
+        ("SLO attainment (target)", f"{fmt_attainment(summary)} ({fmt_percent(g('slo_target_attainment'))})"),
+        ("goodput (req/s)", fmt_number(g("goodput_rps"))),
+        ("MFU / MBU", f"{fmt_percent(g('mfu'))} / {fmt_percent(g('mbu'))}"),
+        ("mean batch (decode)", f"{fmt_number(g('mean_batch_size'), 1)} ({fmt_number(g('mean_decode_batch'), 1)})"),
+        ("KV utilisation mean / peak", f"{fmt_percent(g('kv_util_mean'))} / {fmt_percent(g('kv_util_peak'))}"),
+        ("preemptions", fmt_number(g("preemptions"), 0)),
+        ("energy (J/output token)", fmt_number(g("energy_per_output_token_j"), 3)),
+        ("cost ($ / M output tokens)", fmt_usd(g("cost_per_million_output_tokens_usd"))),
+        ("simulated / wall time", f"{fmt_seconds(g('sim_time_s'))} / {fmt_seconds(g('wall_time_s'))}"),
+        ("simulation speed (req/wall s)", fmt_number(g("sim_speed_rps"), 0)),
+    ]
+    for label, value in rows:
+        table.add_row(label, value)
+    return table
+
+
+def summary_table(summary: Mapping[str, Any], *, title: str | None = None) -> Table:
+    """Everything in one summary: a latency table (mean and percentiles) above a table of the other metrics."""
+    grid = Table.grid(padding=(1, 0))
+    if title:
+        grid.title = title
+    grid.add_column()
+    grid.add_row(_latency_table(summary))
+    grid.add_row(_totals_table(summary))
+    return grid

@@ -1,0 +1,245 @@
+"""Architecture of a decoder-only transformer, and the sizes that follow from it.
+
+Why a dedicated type: every cost the simulator charges -- weight bytes, KV bytes
+per token, FLOPs per operator -- is a closed-form function of a dozen
+architecture numbers (COSTMODEL.md, "Notation"). Keeping those numbers in one
+validated, immutable object means a typo in a catalog entry or an inline model
+fails at load time with a clear message instead of producing a plausible but
+wrong simulation.
+
+>>> m = ModelSpec(name="tiny", num_layers=2, hidden_size=64, num_heads=4, num_kv_heads=2,
+...               ffn_size=128, vocab_size=100, mlp="gated", max_context=512, norm="rmsnorm")
+>>> m.head_dim, m.kv_bytes_per_token(2)
+(16, 256)
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from capsim.registry import normalise_name
+
+_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+
+
+class ModelSpec(BaseModel):
+    """Architecture numbers of one model, as its Hugging Face ``config.json`` states them.
+
+    Parameter counts follow COSTMODEL.md: QKV ``d*(h + 2*h_kv)*d_h``, output
+    projection ``h*d_h*d``, MLP ``3*d*f`` (gated) or ``2*d*f`` (plain) per expert,
+    a router of ``d*E`` for MoE, two norms per layer plus a final one, and
+    ``V*d`` for the input embedding plus another ``V*d`` for the LM head when
+    they are not tied.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(description="Catalog id, lower-case and hyphenated, e.g. 'llama-3.1-8b'.")
+    aliases: tuple[str, ...] = Field(
+        default=(),
+        description="Other names that resolve to this model (HF ids, short names).",
+    )
+    source: str = Field(
+        default="",
+        description="URL of the config.json (or paper) the numbers were copied from.",
+    )
+    num_layers: int = Field(gt=0, description="L: transformer blocks (num_hidden_layers).")
+    hidden_size: int = Field(gt=0, description="d: residual stream width.")
+    num_heads: int = Field(gt=0, description="h: query heads (num_attention_heads).")
+    num_kv_heads: int = Field(
+        gt=0,
+        description="h_kv: key/value heads; = h for MHA, 1 for MQA, in between for GQA.",
+    )
+    head_dim: int = Field(gt=0, description="d_h: width of one head; defaults to hidden_size / num_heads.")
+    ffn_size: int = Field(gt=0, description="f: MLP intermediate size; for MoE the size of ONE expert.")
+    vocab_size: int = Field(gt=0, description="V: rows of the embedding and LM-head matrices.")
+    mlp: Literal["gated", "plain"] = Field(
+        description="'gated' (SwiGLU/GeGLU: up, gate, down = 3 matrices) or 'plain' (GELU/ReLU: up, down = 2 matrices)."
+    )
+    num_experts: int = Field(default=1, gt=0, description="E: MLP experts per layer (1 = dense).")
+    experts_per_token: int = Field(default=1, gt=0, description="k: experts each token is routed to.")
+    tied_embeddings: bool = Field(
+        default=False,
+        description="True when the LM head shares the input embedding matrix.",
+    )
+    learned_positions: int = Field(
+        default=0,
+        ge=0,
+        description="Rows of a learned absolute position table (OPT: 2048 + 2); "
+        "0 for RoPE/ALiBi models. Counted in the parameters only.",
+    )
+    max_context: int = Field(gt=0, description="Longest sequence the model supports (tokens).")
+    norm: Literal["rmsnorm", "layernorm"] = Field(
+        description="Normalisation: rmsnorm has a weight vector, layernorm weight and bias."
+    )
+    attn_bias: bool = Field(
+        default=False,
+        description="Bias vectors on the Q, K and V projections (Qwen2, OPT, BLOOM). "
+        "Tiny; kept only so parameter counts match the model card.",
+    )
+    dense_bias: bool = Field(
+        default=False,
+        description="Bias vectors on the attention output projection and every MLP matrix "
+        "(OPT, BLOOM: 'bias everywhere'). Qwen2 has attn_bias but not this.",
+    )
+    parallel_attention: bool = Field(
+        default=False,
+        description="Attention and MLP read the same normalised input (GPT-J/Falcon). "
+        "Same FLOPs and bytes as the sequential block, so no cost change; recorded for "
+        "completeness.",
+    )
+    published_params_b: float | None = Field(
+        default=None,
+        gt=0,
+        description="Parameter count the model card (or HF Hub) states, in billions; "
+        "used only to check total_params().",
+    )
+
+    # -- validation -------------------------------------------------------------------
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_head_dim(cls, data: Any) -> Any:
+        """Fill ``head_dim`` with ``hidden_size / num_heads`` when it is not given."""
+        if not isinstance(data, dict) or data.get("head_dim") is not None:
+            return data
+        hidden, heads = data.get("hidden_size"), data.get("num_heads")
+        if isinstance(hidden, int) and isinstance(heads, int) and hidden > 0 and heads > 0:
+            if hidden % heads:
+                raise ValueError(
+                    f"hidden_size {hidden} is not divisible by num_heads {heads}; give head_dim explicitly"
+                )
+            data = {**data, "head_dim": hidden // heads}
+        return data
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        key = normalise_name(value)
+        if not _NAME_PATTERN.match(key):
+            raise ValueError(
+                f"model name {value!r} must be letters, digits, '.', '-' or '_' "
+                "(it is used as an id, e.g. 'my-llama-7b')"
+            )
+        return key
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> ModelSpec:
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads "
+                f"({self.num_kv_heads}): each KV head serves a whole group of query heads"
+            )
+        if self.experts_per_token > self.num_experts:
+            raise ValueError(
+                f"experts_per_token ({self.experts_per_token}) cannot exceed num_experts ({self.num_experts})"
+            )
+        return self
+
+    # -- derived sizes ----------------------------------------------------------------
+
+    @property
+    def is_moe(self) -> bool:
+        """True for mixture-of-experts models (more than one expert per layer)."""
+        return self.num_experts > 1
+
+    @property
+    def q_dim(self) -> int:
+        """Width of all query heads together: h * d_h."""
+        return self.num_heads * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        """Width of all key (or all value) heads together: h_kv * d_h."""
+        return self.num_kv_heads * self.head_dim
+
+    @property
+    def attn_params_per_layer(self) -> int:
+        """QKV ``d*(h + 2*h_kv)*d_h`` plus output projection ``h*d_h*d`` (plus biases)."""
+        d, qkv_out = self.hidden_size, self.q_dim + 2 * self.kv_dim
+        params = d * qkv_out + self.q_dim * d
+        if self.attn_bias:
+            params += qkv_out
+        if self.dense_bias:
+            params += d
+        return params
+
+    @property
+    def mlp_params_per_expert(self) -> int:
+        """One MLP: ``3*d*f`` gated (up, gate, down) or ``2*d*f`` plain (up, down), plus biases."""
+        d, f = self.hidden_size, self.ffn_size
+        n_up = 2 if self.mlp == "gated" else 1  # matrices d -> f
+        params = (n_up + 1) * d * f
+        if self.dense_bias:
+            params += n_up * f + d
+        return params
+
+    @property
+    def router_params_per_layer(self) -> int:
+        """MoE gate ``d*E`` (its FLOPs are ``2*d*E`` per token); 0 for dense models."""
+        return self.hidden_size * self.num_experts if self.is_moe else 0
+
+    @property
+    def mlp_params_per_layer(self) -> int:
+        """All experts plus the router: ``E * expert + d*E``."""
+        return self.num_experts * self.mlp_params_per_expert + self.router_params_per_layer
+
+    @property
+    def active_mlp_params_per_layer(self) -> int:
+        """What one token touches: ``k * expert + d*E`` (the router sees every token)."""
+        return self.experts_per_token * self.mlp_params_per_expert + self.router_params_per_layer
+
+    @property
+    def norm_params_per_layer(self) -> int:
+        """Two norms per block: ``d`` each for RMSNorm, ``2*d`` (weight and bias) for LayerNorm.
+
+        Falcon-7B shares one norm between its parallel branches; counting two
+        overstates it by ``d`` per layer (0.002 %), which we accept for a simpler schema.
+        """
+        return 2 * self._norm_params
+
+    @property
+    def layer_params(self) -> int:
+        """Parameters of one transformer block (all experts counted)."""
+        return self.attn_params_per_layer + self.mlp_params_per_layer + self.norm_params_per_layer
+
+    @property
+    def lm_head_params(self) -> int:
+        """The ``V*d`` LM-head matrix read for every sampled position, tied or not."""
+        return self.vocab_size * self.hidden_size
+
+    @property
+    def embedding_params(self) -> int:
+        """``V*d`` input embedding, ``x2`` when the LM head is untied, plus learned positions."""
+        copies = 1 if self.tied_embeddings else 2
+        return copies * self.vocab_size * self.hidden_size + self.learned_positions * self.hidden_size
+
+    def total_params(self) -> int:
+        """All parameters: embeddings + L blocks + the final norm."""
+        return self.embedding_params + self.num_layers * self.layer_params + self._norm_params
+
+    def active_params_per_token(self) -> int:
+        """Parameters one token uses: the total minus the ``E - k`` experts it skips per layer.
+
+        This is the figure MoE model cards quote (Mixtral-8x7B: 12.9B of 46.7B).
+        """
+        skipped = (self.num_experts - self.experts_per_token) * self.mlp_params_per_expert
+        return self.total_params() - self.num_layers * skipped
+
+    def kv_bytes_per_token(self, bytes_per_elem: float = 2) -> float:
+        """KV-cache bytes one token occupies across all layers: ``2*L*h_kv*d_h*b``.
+
+        The 2 is one key plus one value vector per layer.
+        """
+        return 2 * self.num_layers * self.kv_dim * bytes_per_elem
+
+    def weight_bytes(self, bytes_per_weight: float = 2) -> float:
+        """Bytes of all weights at ``bytes_per_weight`` (2 for bf16, 0.5 for int4)."""
+        return self.total_params() * bytes_per_weight
+
+    @property
+    def _norm_params(self) -> int:
+        return self.hidden_size * (2 if self.norm == "layernorm" else 1)

@@ -1,0 +1,80 @@
+"""Column-wise logs of iterations and token gaps, cheap to append in the hot loop.
+
+Why ``array.array`` columns: a million-request simulation produces millions of
+iteration runs; a list of tuples of Python floats would take gigabytes, while
+typed arrays take eight bytes a value and turn into numpy without copying
+element by element.
+"""
+
+from __future__ import annotations
+
+from array import array
+
+import numpy as np
+import pandas as pd
+
+from simulator.metrics.result import TokenGaps
+
+ITERATION_COLUMNS = (
+    ("replica", "l"),
+    ("start_s", "d"),
+    ("end_s", "d"),
+    ("num_iterations", "l"),
+    ("prefill_tokens", "l"),
+    ("prefill_seqs", "l"),
+    ("decode_seqs", "l"),
+    ("context_tokens", "q"),
+    ("duration_first_s", "d"),
+    ("duration_last_s", "d"),
+    ("kv_blocks_used", "l"),
+    ("kv_blocks_total", "l"),
+    ("flops", "d"),
+    ("bytes", "d"),
+)
+
+
+class Recorder:
+    """Appends iteration runs and token-gap runs for one simulation."""
+
+    def __init__(self) -> None:
+        self._cols = {name: array(code) for name, code in ITERATION_COLUMNS}
+        self._append = [self._cols[name].append for name, _ in ITERATION_COLUMNS]
+        self.gap_first = array("d")
+        self.gap_step = array("d")
+        self.gap_count = array("q")
+        self.gap_weight = array("q")
+
+    def iteration(self, *values) -> None:
+        """One run of identical-composition iterations, in :data:`ITERATION_COLUMNS` order."""
+        for append, value in zip(self._append, values):
+            append(value)
+
+    def gap_run(self, first: float, step: float, count: int, weight: int) -> None:
+        """``count`` gaps ``first, first+step, ...``, each seen by ``weight`` sequences."""
+        self.gap_first.append(first)
+        self.gap_step.append(step)
+        self.gap_count.append(count)
+        self.gap_weight.append(weight)
+
+    def gap_values(self, values: np.ndarray, weight: int = 1) -> None:
+        """Individual gaps, grouped by equal value (sequences that stalled together share one)."""
+        uniq, counts = np.unique(values, return_counts=True)
+        for v, c in zip(uniq.tolist(), counts.tolist()):
+            self.gap_run(v, 0.0, 1, c * weight)
+
+    def iterations_frame(self) -> pd.DataFrame:
+        df = pd.DataFrame({name: np.frombuffer(col, dtype=col.typecode) if len(col) else np.zeros(0) for name, col in self._cols.items()})
+        df["busy_s"] = df["end_s"] - df["start_s"]
+        return df
+
+    def token_gaps(self) -> TokenGaps:
+        def arr(a: array, dtype) -> np.ndarray:
+            return np.frombuffer(a, dtype=a.typecode).astype(dtype) if len(a) else np.zeros(0, dtype=dtype)
+
+        return TokenGaps(
+            first=arr(self.gap_first, float),
+            step=arr(self.gap_step, float),
+            count=arr(self.gap_count, np.int64),
+            weight=arr(self.gap_weight, np.int64),
+            single_values=np.zeros(0),
+        )

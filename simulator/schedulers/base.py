@@ -1,0 +1,155 @@
+"""What every batch scheduler shares.
+
+A scheduler decides *which* work forms the next iteration of a replica; the
+cost model decides what that work costs. Concrete schedulers (one module
+each) only say how they pick a batch; this base class owns the mechanics they
+share -- admitting a request into the KV cache, preempting by recompute,
+retiring finished sequences -- as Vidur's replica-scheduler base does.
+
+A scheduler returns a :class:`Plan`:
+
+* one iteration with prefill chunks (and optionally decode sequences riding
+  along, for mixed batching), or
+* a *decode run*: the same decode batch repeated until something changes --
+  a sequence finishes, memory runs out, or (when ``interruptible``) a request
+  arrives. The engine prices and advances the whole run at once.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from capsim.registry import Registry
+
+if TYPE_CHECKING:
+    from simulator.replica import ReplicaState
+
+EMPTY_IDS = np.zeros(0, dtype=np.int64)
+
+
+class SchedulerParams(BaseModel):
+    """Base of every scheduler's parameter model (unknown keys are errors)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    def max_batch_tokens(self) -> int:
+        """Most tokens one iteration can process (sizes the activation reserve)."""
+        return 8192
+
+    def max_batch_seqs(self) -> int:
+        """Most sequences one iteration can hold (sizes the logits buffer)."""
+        return 256
+
+
+@dataclass(frozen=True)
+class PrefillChunk:
+    """``tokens`` new prompt tokens of request ``rid`` after ``cached`` already in KV.
+
+    ``completes`` is true when the chunk finishes the (re)prefill, so the
+    iteration emits the request's next token. ``cost_tokens`` is what the
+    kernel actually processes (request-level batching pads prompts).
+    """
+
+    rid: int
+    tokens: int
+    cached: int
+    completes: bool
+    cost_tokens: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    prefill: tuple[PrefillChunk, ...]
+    decode_ids: np.ndarray
+    repeat: bool = False  # a decode run: repeat until a sequence finishes or memory runs out
+    interruptible: bool = True  # an arrival ends the run at the next iteration boundary
+
+
+class Scheduler:
+    """Base class; subclasses implement :meth:`plan` and set ``Params``."""
+
+    Params: ClassVar[type[SchedulerParams]] = SchedulerParams
+    #: Finished sequences stay in the batch as padding until the whole batch is done.
+    pads_finished: ClassVar[bool] = False
+    #: Whether prefill of a waiting request may run beside decode in one iteration.
+    mixed_batches: ClassVar[bool] = False
+
+    def __init__(self, params: SchedulerParams, state: "ReplicaState"):
+        self.params = params
+        self.state = state
+
+    # -- to implement ---------------------------------------------------------
+    def plan(self) -> Plan | None:
+        raise NotImplementedError
+
+    def max_prefill_tokens(self) -> int | None:
+        """Largest (re)prefill this scheduler can run in one iteration, if bounded."""
+        return None
+
+    # -- shared mechanics -----------------------------------------------------
+    @property
+    def waiting(self) -> deque[int]:
+        return self.state.waiting
+
+    @property
+    def running(self) -> list[int]:
+        return self.state.running
+
+    def running_ids(self) -> np.ndarray:
+        return np.fromiter(self.state.running, dtype=np.int64, count=len(self.state.running))
+
+    def admit(self, rid: int, now: float) -> PrefillChunk:
+        """Move ``rid`` from the waiting queue into the batch with its full (re)prefill."""
+        st = self.state
+        t = st.table
+        target = t.prefill_target(rid)
+        st.blocks.grow(rid, target)
+        if np.isnan(t.schedule_s[rid]):
+            t.schedule_s[rid] = now
+        st.running.append(rid)
+        return PrefillChunk(rid, target, 0, True, target)
+
+    def preempt_one(self) -> bool:
+        """Free memory by preempting the most recently admitted sequence (recompute).
+
+        vLLM's default policy: the victim loses its KV and goes back to the
+        front of the waiting queue; its generated tokens are kept and re-
+        prefilled with the prompt when it is admitted again.
+        """
+        st = self.state
+        if not st.running:
+            return False
+        victim = st.running.pop()
+        st.blocks.release(victim)
+        st.table.preemptions[victim] += 1
+        st.waiting.appendleft(victim)
+        self.on_preempted(victim)
+        return True
+
+    def on_preempted(self, rid: int) -> None:
+        """Hook for schedulers that track extra per-sequence state."""
+
+    def retire(self, finished: np.ndarray) -> None:
+        """Sequences that generated their last token leave the batch and free their KV."""
+        st = self.state
+        if self.pads_finished:
+            if all(st.table.generated[r] >= st.table.output[r] for r in st.running):
+                for r in st.running:
+                    st.blocks.release(r)
+                st.running.clear()
+            return
+        gone = set(finished.tolist())
+        for r in gone:
+            st.blocks.release(r)
+        st.running[:] = [r for r in st.running if r not in gone]
+
+    def fits_with_watermark(self, blocks_needed: int, watermark_blocks: int) -> bool:
+        return self.state.blocks.free_blocks - blocks_needed >= watermark_blocks
+
+
+SCHEDULERS: Registry[type[Scheduler]] = Registry("scheduler")

@@ -1,0 +1,106 @@
+"""Chunked prefill with decode-first batching (Agrawal et al., "Taming
+Throughput-Latency Tradeoff in LLM Inference with Sarathi-Serve", OSDI 2024;
+the default policy of vLLM v1).
+
+Every iteration has a token budget. Running decodes are scheduled first (one
+token each); the rest of the budget goes to prompt chunks -- first of requests
+already part-way through their prefill, then of newly admitted ones -- so a
+long prompt never stalls the decodes for more than one budget's worth of work.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from simulator.kvcache import blocks_for
+from simulator.schedulers.base import SCHEDULERS, Plan, PrefillChunk, Scheduler, SchedulerParams
+
+
+class SarathiParams(SchedulerParams):
+    max_num_seqs: int = Field(256, gt=0, description="Most sequences in the batch.")
+    chunk_size: int = Field(
+        512, gt=0, description="Token budget per iteration (decode tokens + prefill chunk tokens)."
+    )
+    watermark: float = Field(0.01, ge=0, lt=1, description="Fraction of KV blocks kept free when admitting.")
+
+    def max_batch_tokens(self) -> int:
+        return self.chunk_size
+
+    def max_batch_seqs(self) -> int:
+        return self.max_num_seqs
+
+
+@SCHEDULERS.register("sarathi", aliases=("chunked-prefill", "sarathi-serve", "vllm-v1"))
+class SarathiScheduler(Scheduler):
+    """Decode-first, budgeted iterations with chunked prefills."""
+
+    Params = SarathiParams
+    mixed_batches = True
+
+    def __init__(self, params, state):
+        super().__init__(params, state)
+        self.prefilling: dict[int, int] = {}  # rid -> prefill target tokens
+
+    def on_preempted(self, rid: int) -> None:
+        self.prefilling.pop(rid, None)
+
+    def plan(self) -> Plan | None:
+        st, p = self.state, self.params
+        t, blocks, bs = st.table, st.blocks, st.blocks.block_size
+        decoding = [r for r in st.running if r not in self.prefilling]
+        # Decodes need one new token of KV each; preempt until that fits.
+        while decoding:
+            ids = self._ids(decoding)
+            if blocks.growth_after(ids, 1) <= blocks.free_blocks:
+                break
+            self.preempt_one()
+            decoding = [r for r in st.running if r not in self.prefilling]
+        budget = p.chunk_size - len(decoding)
+        chunks: list[PrefillChunk] = []
+        for rid, target in list(self.prefilling.items()):
+            if budget <= 0:
+                break
+            chunk = self._chunk(rid, target, budget)
+            if chunk is None:
+                break
+            chunks.append(chunk)
+            budget -= chunk.tokens
+        watermark = int(p.watermark * blocks.total_blocks)
+        decode_growth = blocks.growth_after(self._ids(decoding), 1) if decoding else 0
+        while budget > 0 and st.waiting and len(st.running) < p.max_num_seqs:
+            rid = st.waiting[0]
+            q = min(t.prefill_target(rid), budget)
+            if blocks.free_blocks - decode_growth - int(blocks_for(q, bs)) < watermark:
+                break
+            st.waiting.popleft()
+            if t.schedule_s[rid] != t.schedule_s[rid]:  # NaN: first admission
+                t.schedule_s[rid] = st.now
+            st.running.append(rid)
+            self.prefilling[rid] = t.prefill_target(rid)
+            chunk = self._chunk(rid, self.prefilling[rid], budget)
+            chunks.append(chunk)
+            budget -= chunk.tokens
+        ids = self._ids(decoding)
+        if chunks:
+            return Plan(tuple(chunks), ids)
+        if decoding:
+            return Plan((), ids, repeat=True)
+        return None
+
+    def _chunk(self, rid: int, target: int, budget: int) -> PrefillChunk | None:
+        st = self.state
+        done = int(st.table.kv_tokens[rid])
+        q = min(target - done, budget)
+        if st.blocks.blocks_to_grow(rid, done + q) > st.blocks.free_blocks:
+            return None
+        st.blocks.grow(rid, done + q)
+        completes = done + q == target
+        if completes:
+            del self.prefilling[rid]
+        return PrefillChunk(rid, q, done, completes, q)
+
+    @staticmethod
+    def _ids(rids: list[int]):
+        import numpy as np
+
+        return np.fromiter(rids, dtype=np.int64, count=len(rids))

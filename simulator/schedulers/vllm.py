@@ -1,0 +1,71 @@
+"""vLLM continuous batching (Kwon et al., "Efficient Memory Management for Large
+Language Model Serving with PagedAttention", SOSP 2023; vLLM v0 scheduler).
+
+Prefill-first: whenever a waiting request can be admitted, the next iteration
+is a prefill-only batch of as many waiting requests (first come, first served)
+as fit the sequence cap, the token budget and the free KV blocks above a small
+watermark; running decodes pause for that iteration. Otherwise every running
+sequence decodes. KV blocks are allocated on demand; when a decode step finds
+no free block the newest sequence is preempted and later recomputed.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from simulator.kvcache import blocks_for
+from simulator.schedulers.base import EMPTY_IDS, SCHEDULERS, Plan, Scheduler, SchedulerParams
+
+
+class VllmParams(SchedulerParams):
+    max_num_seqs: int = Field(256, gt=0, description="Most sequences in one batch (vLLM --max-num-seqs).")
+    max_num_batched_tokens: int = Field(
+        8192,
+        gt=0,
+        description="Most prompt tokens in one prefill iteration (vLLM --max-num-batched-tokens); "
+        "must cover the longest prompt, since this scheduler does not chunk prefills.",
+    )
+    watermark: float = Field(
+        0.01, ge=0, lt=1, description="Fraction of KV blocks kept free when admitting new requests."
+    )
+
+    def max_batch_tokens(self) -> int:
+        return max(self.max_num_batched_tokens, self.max_num_seqs)
+
+    def max_batch_seqs(self) -> int:
+        return self.max_num_seqs
+
+
+@SCHEDULERS.register("vllm", aliases=("continuous", "vllm-v0", "paged"))
+class VllmScheduler(Scheduler):
+    """Prefill-first continuous batching with paged KV and recompute preemption."""
+
+    Params = VllmParams
+
+    def max_prefill_tokens(self) -> int | None:
+        return self.params.max_num_batched_tokens
+
+    def plan(self) -> Plan | None:
+        st, p = self.state, self.params
+        waiting, running = st.waiting, st.running
+        if waiting:
+            watermark = int(p.watermark * st.blocks.total_blocks)
+            chunks = []
+            tokens = 0
+            bs = st.blocks.block_size
+            while waiting and len(running) < p.max_num_seqs:
+                rid = waiting[0]
+                need = st.table.prefill_target(rid)
+                # A preempted sequence may exceed the budget; let it run alone.
+                if tokens + need > p.max_num_batched_tokens and chunks:
+                    break
+                if not self.fits_with_watermark(int(blocks_for(need, bs)), watermark):
+                    break
+                waiting.popleft()
+                chunks.append(self.admit(rid, st.now))
+                tokens += need
+            if chunks:
+                return Plan(tuple(chunks), EMPTY_IDS)
+        if running:
+            return Plan((), self.running_ids(), repeat=True)
+        return None

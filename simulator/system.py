@@ -1,0 +1,138 @@
+"""From a validated scenario to the objects a simulation runs: the *system*.
+
+Resolves catalog names (model, device, scheduler, router), picks numeric
+formats, budgets memory and builds the replica cost model. Shared by ``capsim
+run`` and ``capsim estimate`` so both price work identically.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from capsim.errors import CapsimError
+from hwmodels.device import DeviceSpec, device_from_dict, get_device
+from hwmodels.links import Link
+from hwmodels.roofline import RooflineDevice
+from simulator.config.schema import DeploymentConfig, Scenario
+from simulator.costmodel.iteration import IterationCostModel
+from simulator.costmodel.operators import OperatorTable, build_operator_table
+from simulator.costmodel.precision import COMPUTE_FORMAT_FOR_WEIGHTS, bytes_per_element
+from simulator.memory_plan import GIB, MemoryPlan, activation_reserve, plan_memory
+from simulator.models import get_model, model_from_dict
+from simulator.models.spec import ModelSpec
+from simulator.routers import ROUTERS, Router
+from simulator.schedulers import SCHEDULERS, Scheduler, SchedulerParams
+
+
+@dataclass(frozen=True)
+class System:
+    """Everything about one configuration that does not depend on the workload."""
+
+    model: ModelSpec
+    device: DeviceSpec
+    deployment: DeploymentConfig
+    compute_format: str
+    roofline: RooflineDevice
+    table: OperatorTable
+    memory: MemoryPlan
+    scheduler_cls: type[Scheduler]
+    scheduler_params: SchedulerParams
+    router_cls: type[Router]
+
+    def cost_model(self) -> IterationCostModel:
+        """A fresh (empty-cache) cost model; one per simulation keeps runs independent."""
+        return IterationCostModel(self.table, self.roofline)
+
+    @property
+    def num_gpus(self) -> int:
+        return self.deployment.num_replicas * self.deployment.gpus_per_replica
+
+
+def resolve_model(model: str | dict[str, Any]) -> ModelSpec:
+    return model_from_dict(model) if isinstance(model, dict) else get_model(model)
+
+
+def resolve_device(device: str | dict[str, Any]) -> DeviceSpec:
+    return device_from_dict(device, where="deployment.device") if isinstance(device, dict) else get_device(device)
+
+
+def scheduler_params(name: str, params: dict[str, Any]) -> tuple[type[Scheduler], SchedulerParams]:
+    cls = SCHEDULERS.get(name)
+    try:
+        return cls, cls.Params.model_validate(params)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(x) for x in err.get("loc", ()))
+        msg = "unknown parameter" if err.get("type") == "extra_forbidden" else err.get("msg", "invalid")
+        known = ", ".join(cls.Params.model_fields)
+        raise CapsimError(
+            f"{msg}: {field!r} (got {err.get('input')!r})" if field else msg,
+            where=f"scheduler.{field}" if field else "scheduler",
+            fix=f"parameters of scheduler {SCHEDULERS.canonical(name)!r} are: {known}",
+        ) from None
+
+
+def links_of(device: DeviceSpec) -> tuple[Link, Link]:
+    """(tensor-parallel link, pipeline link): NVLink-class fabric where present, else PCIe."""
+    lat = device.interconnect.link_latency_us * 1e-6
+    if device.nvlink_bandwidth > 0:
+        fabric = Link("nvlink", device.nvlink_bandwidth, lat)
+    else:
+        fabric = Link("pcie", device.pcie_bandwidth, lat)
+    return fabric, fabric
+
+
+def build_system(scenario: Scenario) -> System:
+    dep = scenario.deployment
+    model = resolve_model(scenario.model)
+    device = resolve_device(dep.device)
+    sched_cls, sched_params = scheduler_params(scenario.scheduler.name, scenario.scheduler.params)
+    router_cls = ROUTERS.get(scenario.router.name)
+    if scenario.router.params:
+        raise CapsimError(
+            f"router {scenario.router.name!r} takes no parameters (got {', '.join(scenario.router.params)})",
+            where="router",
+            fix="remove them",
+        )
+    wb = bytes_per_element(dep.weight_dtype, field="deployment.weight_dtype")
+    kb = bytes_per_element(dep.kv_dtype, field="deployment.kv_dtype")
+    ab = bytes_per_element(dep.activation_dtype, field="deployment.activation_dtype")
+    fmt = COMPUTE_FORMAT_FOR_WEIGHTS[dep.weight_dtype]
+    try:
+        peak = device.peak_flops(fmt)
+    except CapsimError as exc:
+        raise CapsimError(exc.problem, where="deployment.weight_dtype", fix=exc.fix) from None
+    if model.num_heads % dep.tp:
+        raise CapsimError(
+            f"tp={dep.tp} does not divide the {model.num_heads} attention heads of {model.name}",
+            where="deployment.tp",
+            fix="choose a tp that divides the number of heads (1, 2, 4, 8 usually)",
+        )
+    if dep.pp > model.num_layers:
+        raise CapsimError(
+            f"pp={dep.pp} exceeds the {model.num_layers} layers of {model.name}",
+            where="deployment.pp",
+            fix="use at most one stage per layer",
+        )
+    eff = device.efficiency
+    roofline = RooflineDevice(
+        device.name, peak, device.memory_bandwidth, eff.compute, eff.memory, eff.launch_overhead_us * 1e-6
+    )
+    tp_link, pp_link = links_of(device)
+    table = build_operator_table(
+        model, tp=dep.tp, pp=dep.pp, weight_bytes=wb, kv_bytes=kb, act_bytes=ab, tp_link=tp_link, pp_link=pp_link
+    )
+    if dep.activation_reserve_gib is not None:
+        reserve = dep.activation_reserve_gib * GIB
+    else:
+        reserve = activation_reserve(
+            model, dep.tp, sched_params.max_batch_tokens(), sched_params.max_batch_seqs(), ab
+        )
+    memory = plan_memory(
+        model, device, tp=dep.tp, pp=dep.pp, weight_bytes=wb, kv_bytes=kb, act_bytes=ab,
+        memory_utilization=dep.memory_utilization, block_size=dep.block_size, reserve_bytes=reserve,
+    )
+    return System(model, device, dep, fmt, roofline, table, memory, sched_cls, sched_params, router_cls)

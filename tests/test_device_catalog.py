@@ -1,0 +1,238 @@
+"""The device catalog: entries load, agree with the public spec files we ship under
+shared/data, derive roofline numbers correctly, and reject bad input clearly."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from capsim.errors import CapsimError, UnknownNameError
+from hwmodels import DEVICES, device_from_dict, get_device, load_device_catalog
+from hwmodels.device import DTYPES
+
+CATALOG = load_device_catalog()
+REPO = Path(__file__).resolve().parents[1]
+
+REQUIRED_IDS = {
+    "a100-80gb-sxm",
+    "a100-40gb-sxm",
+    "h100-sxm",
+    "h100-pcie",
+    "h200",
+    "l40s",
+    "a6000",
+    "rtx-4090",
+    "mi300x",
+    "b200",
+    "l4",
+    "a10g",
+}
+
+
+def _shared_data() -> Path | None:
+    """shared/data holds third-party spec files (llm-analysis, aiconfigurator) when present."""
+    candidates = [
+        os.environ.get("CAPSIM_SHARED_DATA"),
+        REPO / "shared" / "data",
+        REPO.parent / "shared" / "data",
+    ]
+    for candidate in candidates:
+        if candidate and Path(candidate).is_dir():
+            return Path(candidate)
+    return None
+
+
+SHARED = _shared_data()
+
+# catalog id -> cli99/llm-analysis gpu_configs file (vendor datasheet numbers)
+LLM_ANALYSIS = {
+    "a100-80gb-sxm": "a100-sxm-80gb.json",
+    "a100-40gb-sxm": "a100-sxm-40gb.json",
+    "h100-sxm": "h100-sxm-80gb.json",
+    "h100-pcie": "h100-pcie-80gb.json",
+    "a6000": "a6000-48gb.json",
+    "a10g": "a10g-pcie-24gb.json",
+}
+
+# catalog id -> NVIDIA aiconfigurator systems file
+AICONFIGURATOR = {
+    "a100-80gb-sxm": "a100_sxm.yaml",
+    "h100-sxm": "h100_sxm.yaml",
+    "h100-pcie": "h100_pcie.yaml",
+    "h200": "h200_sxm.yaml",
+    "l40s": "l40s.yaml",
+    "l4": "l4.yaml",
+    "b200": "b200_sxm.yaml",
+}
+
+
+def test_every_required_device_loads_with_sources():
+    assert REQUIRED_IDS <= set(CATALOG)
+    assert set(DEVICES.names()) == set(CATALOG)
+    for name, dev in CATALOG.items():
+        assert dev.name == name
+        assert dev.source and dev.price_source, name
+        assert set(dev.peak_tflops) <= set(DTYPES)
+        assert "bf16" in dev.peak_tflops or "fp16" in dev.peak_tflops, name
+        assert 0 <= dev.idle_w < dev.tdp_w
+        assert dev.price_usd_per_hour > 0
+
+
+def test_a100_and_h100_datasheet_numbers():
+    a100, h100 = get_device("a100"), get_device("h100")
+    assert a100.peak_flops("bf16") == 312e12
+    assert a100.memory_bandwidth == 2039e9
+    assert a100.memory_bytes == 80 * 2**30
+    assert h100.peak_flops("bf16") == 989e12
+    assert h100.peak_flops("fp8") == 1979e12
+    assert h100.memory_bandwidth == 3350e9
+    assert h100.nvlink_bandwidth == 450e9  # 900 GB/s bidirectional
+    assert h100.memory_bytes == 85_899_345_920
+
+
+@pytest.mark.parametrize("name", sorted(LLM_ANALYSIS))
+def test_datasheet_numbers_match_llm_analysis(name):
+    if SHARED is None:
+        pytest.skip("shared/data not present (set CAPSIM_SHARED_DATA to the shared data folder)")
+    path = SHARED / "llm_analysis_gpu_specs" / "gpu_configs" / LLM_ANALYSIS[name]
+    if not path.is_file():
+        pytest.skip(f"{path} not present")
+    ref = json.loads(path.read_text())
+    dev = CATALOG[name]
+    assert dev.peak_tflops["fp16"] == pytest.approx(ref["peak_fp16_TFLOPS"], rel=0.01)
+    assert dev.peak_tflops["int8"] == pytest.approx(ref["peak_i8_TFLOPS"], rel=0.01)
+    # Hopper has no int4 tensor cores; llm-analysis lists an int4 peak for it anyway.
+    if "int4" in dev.peak_tflops:
+        assert dev.peak_tflops["int4"] == pytest.approx(ref["peak_i4_TFLOPS"], rel=0.01)
+    assert dev.memory_bandwidth_gbs == pytest.approx(ref["hbm_bandwidth_in_GB_per_sec"], rel=0.01)
+    assert dev.memory_gib == pytest.approx(ref["mem_per_GPU_in_GB"], rel=0.01)
+    if dev.interconnect.nvlink_gbs:
+        assert dev.interconnect.nvlink_gbs == pytest.approx(ref["intra_node_bandwidth_in_GB_per_sec"], rel=0.01)
+
+
+@pytest.mark.parametrize("name", sorted(AICONFIGURATOR))
+def test_numbers_match_aiconfigurator_systems(name):
+    if SHARED is None:
+        pytest.skip("shared/data not present (set CAPSIM_SHARED_DATA to the shared data folder)")
+    path = SHARED / "aiconfigurator" / "systems" / AICONFIGURATOR[name]
+    if not path.is_file():
+        pytest.skip(f"{path} not present")
+    ref = yaml.safe_load(path.read_text())
+    gpu, node = ref["gpu"], ref["node"]
+    dev = CATALOG[name]
+    assert dev.memory_bytes == gpu["mem_capacity"]
+    assert dev.memory_bandwidth == pytest.approx(gpu["mem_bw"], rel=0.001)
+    assert dev.peak_flops("bf16") == pytest.approx(gpu["bfloat16_tc_flops"], rel=0.01)
+    if "fp8_tc_flops" in gpu:
+        assert dev.peak_flops("fp8") == pytest.approx(gpu["fp8_tc_flops"], rel=0.01)
+    assert dev.tdp_w == gpu["power"]
+    assert dev.pcie_bandwidth == pytest.approx(node["pcie_bw"])
+    if dev.interconnect.nvlink_gbs:
+        assert dev.nvlink_bandwidth == pytest.approx(node["intra_node_bw"])
+    assert dev.efficiency.memory == gpu["mem_bw_empirical_scaling_factor"]
+    assert dev.efficiency.launch_overhead_us * 1e-6 == pytest.approx(gpu["mem_empirical_constant_latency"])
+
+
+def test_ridge_points_match_the_cost_model_primer():
+    assert get_device("a100-80gb-sxm").ridge_point("bf16") == pytest.approx(153, abs=1)
+    assert get_device("h100-sxm").ridge_point("bf16") == pytest.approx(295, abs=1)
+
+
+@pytest.mark.parametrize(
+    "alias, canonical",
+    [
+        ("a100", "a100-80gb-sxm"),
+        ("a100-80gb", "a100-80gb-sxm"),
+        ("A100_SXM", "a100-80gb-sxm"),
+        ("h100", "h100-sxm"),
+        ("h100-80gb", "h100-sxm"),
+        ("H100-SXM5", "h100-sxm"),
+        ("h200-sxm", "h200"),
+        ("rtx-a6000", "a6000"),
+        ("4090", "rtx-4090"),
+    ],
+)
+def test_aliases_resolve(alias, canonical):
+    assert get_device(alias).name == canonical
+
+
+def test_unknown_device_suggests_the_closest_name():
+    with pytest.raises(UnknownNameError) as info:
+        get_device("h100-sxm6")
+    assert "h100-sxm" in str(info.value)
+
+
+def test_unsupported_dtype_names_the_device_and_its_formats():
+    with pytest.raises(CapsimError) as info:
+        get_device("a100").peak_flops("fp8")
+    message = str(info.value)
+    assert "a100-80gb-sxm" in message and "fp8" in message and "bf16" in message
+
+
+def test_dtype_synonyms_map_to_catalog_keys():
+    h100 = get_device("h100")
+    assert h100.peak_flops("bfloat16") == h100.peak_flops("bf16")
+    assert h100.peak_flops("float16") == h100.peak_flops("fp16")
+
+
+def test_consumer_card_lists_fp32_accumulate_rate():
+    # 165.2 TFLOP/s bf16 with fp32 accumulate, not the 330 fp16-accumulate figure.
+    assert get_device("rtx-4090").peak_tflops["bf16"] == pytest.approx(165.2)
+
+
+def test_inline_device_round_trips_and_is_hashable():
+    h100 = get_device("h100")
+    clone = device_from_dict(h100.model_dump())
+    assert clone == h100 and hash(clone) == hash(h100)
+    assert {h100: 1}[clone] == 1
+
+
+def _inline(**changes):
+    base = get_device("l4").model_dump()
+    base.update(name="my-card", aliases=())
+    base.update(changes)
+    return base
+
+
+def test_inline_device_with_unknown_key_is_rejected():
+    with pytest.raises(CapsimError) as info:
+        device_from_dict(_inline(memory_gb=24), where="hardware.device")
+    message = str(info.value)
+    assert "memory_gb" in message and message.startswith("hardware.device")
+
+
+def test_inline_device_with_unknown_nested_key_is_rejected():
+    links = {
+        "nvlink_gbs": 0,
+        "pcie_gbs": 32,
+        "link_latency_us": 10,
+        "infiniband_gbs": 50,
+    }
+    with pytest.raises(CapsimError, match="infiniband_gbs"):
+        device_from_dict(_inline(interconnect=links))
+
+
+@pytest.mark.parametrize(
+    "changes, words",
+    [
+        ({"peak_tflops": {"bf16": 100, "fp6": 400}}, "fp6"),
+        ({"peak_tflops": {"bf16": -1}}, "positive"),
+        ({"peak_tflops": {}}, "at least one"),
+        ({"idle_w": 500}, "idle_w"),
+        ({"memory_gib": 0}, "memory_gib"),
+    ],
+)
+def test_inline_device_with_bad_values_is_rejected(changes, words):
+    with pytest.raises(CapsimError) as info:
+        device_from_dict(_inline(**changes))
+    assert words in str(info.value)
+
+
+def test_device_specs_are_immutable():
+    with pytest.raises(ValidationError, match="frozen"):
+        get_device("h100").memory_gib = 1  # type: ignore[misc]

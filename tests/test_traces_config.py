@@ -1,0 +1,53 @@
+"""WorkloadConfig: defaults, arrival-specific checks and trace settings."""
+
+import pytest
+from pydantic import ValidationError
+
+from traces import ARRIVALS, TraceConfig, WorkloadConfig
+
+
+def test_defaults_are_fixed_512_and_128_without_a_trace():
+    cfg = WorkloadConfig(qps=2.0)
+    assert cfg.arrival == "poisson"
+    assert cfg.length_config("prompt").describe() == "fixed(512)"
+    assert cfg.length_config("output").describe() == "fixed(128)"
+    # With a trace, unset sides come from the trace, also after a dump/reload round trip.
+    traced = WorkloadConfig.model_validate({**cfg.model_dump(), "trace": {"name": "sharegpt-lengths"}})
+    assert traced.length_config("prompt") is None
+
+
+def test_names_are_normalised():
+    assert WorkloadConfig(arrival="Closed_Loop", concurrency=2).arrival == "closed-loop"
+    assert ARRIVALS.names() == ["closed-loop", "constant", "gamma", "poisson", "servegen", "trace"]
+
+
+@pytest.mark.parametrize(
+    ("cfg", "needle"),
+    [
+        ({"arrival": "trace"}, "needs workload.trace"),
+        ({"arrival": "closed-loop"}, "needs 'concurrency'"),
+        ({"arrival": "poisson", "qps": 1, "cv": 2.0}, "'cv' is not used by arrival 'poisson'"),
+        ({"arrival": "closed-loop", "concurrency": 4, "qps": 3}, "'qps' is not used by arrival 'closed-loop'"),
+        ({"arrival": "poisson", "qps": -1}, "qps"),
+        ({"arrival": "poison", "qps": 1}, "did you mean 'poisson'"),
+        (
+            {"arrival": "trace", "qps": 3, "trace": {"name": "azure-conv-2023", "time_scale": 0.5}},
+            "either qps or trace.time_scale",
+        ),
+        ({"trace": {"name": "azure-conv-2032"}}, "did you mean 'azure-conv-2023'"),
+        ({"trace": {}}, "exactly one of 'name'"),
+        ({"trace": {"path": "x.csv", "format": "azur"}}, "did you mean 'azure'"),
+        ({"trace": {"path": "x.csv", "format": "vidur", "columns": {"prompt": "p"}}}, "generic csv/jsonl"),
+        ({"trace": {"path": "x.csv", "columns": {"promt": "p"}}}, "trace.columns.promt"),
+        ({"trace": {"name": "azure-conv-2023", "sample_fraction": 0}}, "sample_fraction"),
+    ],
+)
+def test_bad_workloads_are_rejected_with_a_clear_message(cfg, needle):
+    with pytest.raises(ValidationError) as err:
+        WorkloadConfig.model_validate(cfg)
+    assert needle in str(err.value)
+
+
+def test_trace_label():
+    assert TraceConfig(name="azure-code-2023").label() == "azure-code-2023"
+    assert TraceConfig(path="/tmp/some/dir/my.csv").label() == "my.csv"

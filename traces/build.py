@@ -1,0 +1,144 @@
+"""Turn a :class:`~traces.config.WorkloadConfig` into a :class:`~traces.stream.RequestStream`.
+
+Determinism: every random choice comes from ``numpy.random.SeedSequence(seed)``
+spawned into independent child streams -- arrivals, prompt lengths, output
+lengths, trace rows, trace sub-sampling -- so the same seed gives identical
+arrays, and changing one part of the workload (say the output distribution)
+leaves the samples of the other parts unchanged.
+
+>>> from traces.config import WorkloadConfig
+>>> s = build_requests(WorkloadConfig(qps=8.0), seed=1, num_requests=1000)
+>>> len(s), s.source
+(1000, 'poisson(8 req/s) x fixed(512)/fixed(128)')
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from capsim.errors import CapsimError
+from traces.arrivals import ARRIVALS
+from traces.config import WorkloadConfig
+from traces.lengths import describe_lengths, sample_lengths
+from traces.replay import load_trace_source, prepare_trace
+from traces.stream import RequestStream
+
+#: Order of the child seed streams; append new ones at the end to keep old streams reproducible.
+_STREAMS = ("arrivals", "prompt", "output", "trace_rows", "trace_sample")
+
+
+def _check_limits(num_requests: int | None, duration_s: float | None, finite: bool) -> None:
+    if num_requests is not None and (int(num_requests) != num_requests or num_requests < 0):
+        raise CapsimError(f"num_requests must be a whole number >= 0, got {num_requests!r}", where="num_requests")
+    if duration_s is not None and not (np.isfinite(duration_s) and duration_s > 0):
+        raise CapsimError(f"duration_s must be a positive number of seconds, got {duration_s!r}", where="duration_s")
+    if num_requests is None and duration_s is None and not finite:
+        raise CapsimError(
+            "a synthetic workload needs a length: a number of requests or a duration",
+            where="workload",
+            fix="give num_requests and/or duration_s (trace replay defaults to the whole trace)",
+        )
+
+
+def build_requests(
+    cfg: WorkloadConfig,
+    *,
+    seed: int,
+    num_requests: int | None = None,
+    duration_s: float | None = None,
+    base_dir: str | Path | None = None,
+) -> RequestStream:
+    """Build the request stream of a workload.
+
+    Synthetic arrivals: exactly ``num_requests`` requests, or all arrivals
+    before ``duration_s`` when only that is given; with both, whichever ends
+    first. Trace replay: the prepared trace (window, sub-sample, time_scale,
+    ``qps`` rescale) cut to ``num_requests``/``duration_s``, the whole trace if
+    neither is given, re-based so the first request arrives at 0.
+
+    Lengths: from ``workload.prompt``/``output``; with ``workload.trace`` set,
+    from the trace rows (the replayed rows, or rows drawn with replacement as
+    (prompt, output) pairs for synthetic arrivals) unless that side is given
+    explicitly; processes that carry lengths (ServeGen) fill a side neither sets.
+    ``base_dir`` anchors relative trace paths (the scenario's folder).
+    """
+    process = ARRIVALS.get(cfg.arrival)
+    _check_limits(num_requests, duration_s, process.finite)
+    base = Path(base_dir) if base_dir is not None else None
+    children = np.random.SeedSequence(seed).spawn(len(_STREAMS))
+    rngs = {name: np.random.default_rng(child) for name, child in zip(_STREAMS, children, strict=True)}
+
+    trace = label = None
+    if cfg.trace is not None:
+        loaded, label = load_trace_source(cfg.trace, base_dir=base)
+        trace = prepare_trace(loaded, cfg.trace, rngs["trace_sample"])
+
+    draw = process.sample(cfg, rngs["arrivals"], num_requests=num_requests, duration_s=duration_s, trace=trace)
+    n = len(draw.arrival_s)
+    if process.finite and num_requests is not None and n < num_requests and duration_s is None:
+        what = f"trace {label!r} holds" if label is not None else f"{process.describe(cfg)} yields"
+        warnings.warn(f"{what} only {n} requests; asked for {num_requests}", stacklevel=2)
+
+    rows = draw.rows
+    if trace is not None and rows is None:
+        rows = rngs["trace_rows"].integers(0, len(trace), size=n)  # (prompt, output) pairs stay together
+
+    lengths: dict[str, np.ndarray] = {}
+    names: dict[str, str | None] = {}  # None: the side comes from the trace or the arrival process
+    for role in ("prompt", "output"):
+        length_cfg = cfg.length_config(role)
+        if length_cfg is None and trace is not None:
+            lengths[role] = trace[f"{role}_tokens"].to_numpy(dtype=np.int64)[rows]
+            names[role] = None
+        elif length_cfg is None:  # the arrival process drew them (e.g. ServeGen's per-client tables)
+            lengths[role] = draw.lengths[role]
+            names[role] = None
+        else:
+            lengths[role] = sample_lengths(length_cfg, rngs[role], n, role=role, base_dir=base)
+            names[role] = describe_lengths(length_cfg)
+
+    hashes = None
+    if trace is not None and cfg.prompt is None and "prefix_block_hashes" in trace.columns:
+        column = trace["prefix_block_hashes"].to_numpy()
+        hashes = tuple(column[rows])
+
+    return RequestStream(
+        arrival_s=draw.arrival_s,
+        prompt_tokens=lengths["prompt"],
+        output_tokens=lengths["output"],
+        source=_source(cfg, process.describe(cfg), names, label),
+        closed_loop=process.closed_loop(cfg),
+        prefix_block_hashes=hashes,
+    )
+
+
+def _source(cfg: WorkloadConfig, arrivals: str, names: dict[str, str | None], label: str | None) -> str:
+    """Human description of where the stream came from, e.g. ``azure-conv-2023 (sample 0.5)``."""
+    if label is None:
+        sides = [names[role] or "its lengths" for role in ("prompt", "output")]
+        return f"{arrivals} x {sides[0]}/{sides[1]}" if sides[0] != sides[1] else f"{arrivals} with {sides[0]}"
+    tc = cfg.trace
+    mods = []
+    if tc.start_s is not None or tc.duration_s is not None:
+        end = f"{(tc.start_s or 0) + tc.duration_s:g}" if tc.duration_s is not None else "end"
+        mods.append(f"window {tc.start_s or 0:g}-{end} s")
+    if tc.sample_fraction != 1:
+        mods.append(f"sample {tc.sample_fraction:g}")
+    if tc.time_scale != 1:
+        mods.append(f"time x{tc.time_scale:g}")
+    if cfg.qps is not None and ARRIVALS.get(cfg.arrival).needs_trace:
+        mods.append(f"rescaled to {cfg.qps:g} req/s")
+    if tc.max_prompt_tokens is not None or tc.max_output_tokens is not None:
+        mods.append(f"clipped to {tc.max_prompt_tokens or '-'}/{tc.max_output_tokens or '-'} tokens")
+    suffix = f" ({', '.join(mods)})" if mods else ""
+    if ARRIVALS.get(cfg.arrival).needs_trace:
+        text = f"{label}{suffix}"
+    else:
+        text = f"{arrivals} x {label}{suffix} lengths"
+    overridden = [f"{role} {names[role]}" for role in ("prompt", "output") if names[role] is not None]
+    if overridden:
+        text += f" with {', '.join(overridden)}"
+    return text

@@ -1,0 +1,37 @@
+"""Generic CSV traces: any header, columns found by name or by ``workload.trace.columns``.
+
+The arrival column may be numbers (``arrival_unit`` s, ms or us) or
+date-time text; without an arrival column the trace supplies lengths only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from traces.loaders.common import TraceFormat, read_csv_table, register_format
+from traces.loaders.generic import frame_from_table
+
+
+def sniff(names: Sequence[str]) -> bool:
+    """Never claims a file: generic CSV is the fallback of ``format: auto`` for non-JSONL files."""
+    return False
+
+
+def load(path: str | Path, columns: object = None) -> pd.DataFrame:
+    """Load a CSV with a header; ``columns`` maps ``arrival``/``prompt``/``output`` (+ ``arrival_unit``)."""
+    path = Path(path)
+    return frame_from_table(read_csv_table(path), columns, path)
+
+
+FORMAT = register_format(
+    TraceFormat(
+        name="csv",
+        kind="csv",
+        description="any CSV with a header; columns by common names or workload.trace.columns",
+        sniff=sniff,
+        load=load,
+    )
+)
