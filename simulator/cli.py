@@ -7,6 +7,7 @@ shows the traceback as well.
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 import sys
@@ -21,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from capsim import __version__
-from capsim.errors import CapsimError
+from capsim.errors import CapsimError, UnknownNameError
 
 app = typer.Typer(
     add_completion=False,
@@ -116,8 +117,14 @@ def run(
 
             out.mkdir(parents=True, exist_ok=True)
             pd.DataFrame(summaries).to_csv(out / "comparison.csv", index=False)
+        for summary in summaries:
+            _warn_if_nothing_measured(summary)
         if as_json:
-            print(json.dumps(summaries[0] if len(summaries) == 1 else summaries, indent=2, default=_json_default))
+            from simulator.metrics.writers import to_json_value
+
+            doc = to_json_value(summaries[0] if len(summaries) == 1 else summaries)
+            # Strict JSON (NaN -> null) so that jq and other readers accept it.
+            print(json.dumps(doc, indent=2, default=_json_default, allow_nan=False))
         elif len(summaries) == 1:
             out_console.print(summary_table(summaries[0], title=f"{scenarios[0].name}: {_headline(scenarios[0])}"))
         else:
@@ -126,6 +133,18 @@ def run(
             err_console.print(f"results written to {out}/")
 
     _guard(debug, action)
+
+
+def _warn_if_nothing_measured(summary: dict[str, Any]) -> None:
+    """Say why every statistic is empty when all requests fell inside the warm-up window."""
+    if summary.get("num_requests") == 0 and summary.get("warmup_requests", 0) > 0:
+        err_console.print(
+            f"[yellow]warning:[/] {summary.get('name', 'run')}: all {summary['warmup_requests']} requests arrived "
+            "during simulation.warmup_s, so no statistics were measured. Fix: lower simulation.warmup_s or raise "
+            "simulation.num_requests",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 def _json_default(value: Any) -> Any:
@@ -190,7 +209,19 @@ def list_(
         kinds.add("traces", _traces_table)
         kinds.add("arrivals", lambda: _registry_table("arrival processes", "traces.arrivals", "ARRIVALS"))
         kinds.add("lengths", lambda: _registry_table("length distributions", "traces.lengths", "LENGTHS"))
-        out_console.print(kinds.get(kind)())
+        if kind not in kinds:
+            close = difflib.get_close_matches(kind.lower(), LIST_KINDS, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise UnknownNameError(
+                f"unknown list kind {kind!r}", where="capsim list", fix=f"{hint}use one of {', '.join(LIST_KINDS)}"
+            )
+        table = kinds.get(kind)()
+        if table.columns:
+            # Never truncate the ids: they are what the user copies into a scenario (also when piped).
+            first = table.columns[0]
+            first.no_wrap = True
+            first.min_width = max((len(str(c)) for c in first.cells), default=0)
+        out_console.print(table)
 
     _guard(debug, action)
 

@@ -36,6 +36,9 @@ class RunOutput:
     system: System
     rejected: int
     workload: str
+    table: RequestTable  # final per-request state, for invariant checks
+    kv_blocks_used_at_end: list[int]
+    kv_blocks_peak: list[int]
 
 
 def simulate(scenario: Scenario, *, system: System | None = None, stream: RequestStream | None = None) -> RunOutput:
@@ -137,7 +140,10 @@ def simulate(scenario: Scenario, *, system: System | None = None, stream: Reques
     else:
         frame = table.to_frame()
     result = SimulationResult(frame, recorder.iterations_frame(), recorder.token_gaps(), info)
-    return RunOutput(result, system, int(mask.sum()), stream.source)
+    return RunOutput(
+        result, system, int(mask.sum()), stream.source, table,
+        [r.blocks.used_blocks for r in replicas], [r.blocks.peak_used_blocks for r in replicas],
+    )
 
 
 def _open_loop_arrivals(env: simpy.Environment, table: RequestTable, replicas: list[Replica], router):

@@ -76,7 +76,7 @@ def estimate(system: System, *, batch: int, prompt: int, output: int) -> Estimat
     steps = output - 1
     if steps > 0:
         run = cost.decode_run(batch, batch * (prompt + 1), steps)
-        durations = run.durations
+        durations = run.all_durations()
         flops, nbytes = cost.decode_work(batch, batch * (prompt + 1), steps)
     else:
         durations = np.zeros(0)

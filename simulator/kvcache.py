@@ -32,6 +32,7 @@ class BlockManager:
         self.used_blocks = 0
         self.peak_used_blocks = 0
         self._t = table
+        self._reservations = False  # becomes True once any sequence reserves KV up front
 
     @property
     def free_blocks(self) -> int:
@@ -50,6 +51,7 @@ class BlockManager:
     def reserve(self, rid: int, tokens: int) -> None:
         """Reserve ``tokens`` of KV for ``rid`` up front (caller checked the budget)."""
         before = self.held_by(rid)
+        self._reservations = True
         self._t.kv_reserved[rid] = tokens
         self._add(self.held_by(rid) - before)
 
@@ -74,7 +76,10 @@ class BlockManager:
     def growth_after(self, ids: np.ndarray, steps: int) -> int:
         """Blocks the sequences ``ids`` need in addition after each stores ``steps`` more tokens."""
         t, bs = self._t, self.block_size
-        kv, res = t.kv_tokens[ids], t.kv_reserved[ids]
+        kv = t.kv_tokens[ids]
+        if not self._reservations:
+            return int((blocks_for(kv + steps, bs) - blocks_for(kv, bs)).sum())
+        res = t.kv_reserved[ids]
         now = blocks_for(np.maximum(kv, res), bs)
         later = blocks_for(np.maximum(kv + steps, res), bs)
         return int((later - now).sum())
@@ -97,7 +102,21 @@ class BlockManager:
                 hi = mid
         return lo
 
-    def grow_all(self, ids: np.ndarray, steps: int) -> None:
-        """Every sequence in ``ids`` stores ``steps`` more tokens (a decode run)."""
-        self._add(self.growth_after(ids, steps))
-        self._t.kv_tokens[ids] += steps
+    def grow_all(self, ids: np.ndarray, steps: int, kv: np.ndarray | None = None) -> None:
+        """Every sequence in ``ids`` stores ``steps`` more tokens (a decode run).
+
+        ``kv`` may pass ``kv_tokens[ids]`` when the caller already gathered it.
+        """
+        t = self._t
+        if kv is None:
+            kv = t.kv_tokens[ids]
+        new = kv + steps
+        if self._reservations:
+            res = t.kv_reserved[ids]
+            growth = blocks_for(np.maximum(new, res), self.block_size) - blocks_for(np.maximum(kv, res), self.block_size)
+        else:
+            # Running sequences hold >= 1 token, so ceil(n/bs) = (n-1)//bs + 1.
+            bs = self.block_size
+            growth = (new - 1) // bs - (kv - 1) // bs
+        self._add(int(growth.sum()))
+        t.kv_tokens[ids] = new

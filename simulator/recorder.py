@@ -44,10 +44,24 @@ class Recorder:
         self.gap_count = array("q")
         self.gap_weight = array("q")
 
-    def iteration(self, *values) -> None:
+    def iteration(self, replica, start, end, iterations, prefill_tokens, prefill_seqs, decode_seqs, context,
+                  first, last, kv_used, kv_total, flops, nbytes) -> None:
         """One run of identical-composition iterations, in :data:`ITERATION_COLUMNS` order."""
-        for append, value in zip(self._append, values):
-            append(value)
+        a = self._append
+        a[0](replica)
+        a[1](start)
+        a[2](end)
+        a[3](iterations)
+        a[4](prefill_tokens)
+        a[5](prefill_seqs)
+        a[6](decode_seqs)
+        a[7](context)
+        a[8](first)
+        a[9](last)
+        a[10](kv_used)
+        a[11](kv_total)
+        a[12](flops)
+        a[13](nbytes)
 
     def gap_run(self, first: float, step: float, count: int, weight: int) -> None:
         """``count`` gaps ``first, first+step, ...``, each seen by ``weight`` sequences."""

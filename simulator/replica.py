@@ -18,7 +18,7 @@ from collections.abc import Callable
 import numpy as np
 import simpy
 
-from simulator.costmodel.iteration import IterationCostModel
+from simulator.costmodel.iteration import DecodeRun, IterationCostModel
 from simulator.kvcache import BlockManager
 from simulator.recorder import Recorder
 from simulator.requests import RequestTable
@@ -35,6 +35,18 @@ class ReplicaState:
         self.max_context = max_context
         self.waiting: deque[int] = deque()
         self.running: list[int] = []
+        self._running_ids: np.ndarray | None = None
+
+    def changed(self) -> None:
+        """Schedulers call this after changing ``running`` (invalidates the cached id array)."""
+        self._running_ids = None
+
+    def running_ids(self) -> np.ndarray:
+        """``running`` as an int64 array, rebuilt only after the batch changed."""
+        ids = self._running_ids
+        if ids is None:
+            ids = self._running_ids = np.fromiter(self.running, dtype=np.int64, count=len(self.running))
+        return ids
 
     @property
     def now(self) -> float:
@@ -121,7 +133,7 @@ class Replica:
         end = self.env.now
         finished: list[int] = []
         if n_dec:
-            self._advance_decodes(ids, 1, np.array([cost.time_s]), end, start, True)
+            self._advance_decodes(ids, DecodeRun(1, cost.time_s, 0.0, True), end, start)
         for c in plan.prefill:
             if not c.completes:
                 continue
@@ -157,7 +169,8 @@ class Replica:
             live = ids[t.generated[ids] < t.output[ids]]
         else:
             live = ids
-        limit = int((t.output[live] - t.generated[live]).min())
+        remaining = t.output[live] - t.generated[live]
+        limit = int(remaining.min())
         steps = self.blocks.max_steps(ids, limit)
         if steps == 0:
             # No block for even one more token: preempt and plan again.
@@ -165,74 +178,80 @@ class Replica:
                 raise RuntimeError("decode cannot grow and nothing can be preempted")
             return
         n = len(ids)
-        ctx0 = int(t.kv_tokens[ids].sum()) + n
+        kv = t.kv_tokens[ids]
+        ctx0 = int(kv.sum()) + n
         run = self.cost.decode_run(n, ctx0, steps)
         start = env.now
-        ends = start + np.cumsum(run.durations)
-        done = steps
         if steps > 1 and plan.interruptible:
             self._in_run = True
             try:
-                yield env.timeout(ends[-1] - start)
+                yield env.timeout(run.total)
             except simpy.Interrupt:
+                # Finish the iteration in flight, then let the scheduler see the arrival.
                 now = env.now
-                j = min(int(np.searchsorted(ends, now, side="left")), steps - 1)
-                done = j + 1
+                done = run.iterations_ending_by(now - start)
                 self._in_run = False
-                yield env.timeout(max(ends[j] - now, 0.0))
+                yield env.timeout(max(start + run.prefix(done).total - now, 0.0))
+                run = run.prefix(done)
             self._in_run = False
             self._interrupt_pending = False
         else:
-            yield env.timeout(ends[-1] - start)
-        durations = run.durations[:done]
-        self._advance_decodes(ids, done, durations, float(ends[done - 1]), start, run.affine, live)
-        flops, nbytes = self.cost.decode_work(n, ctx0, done)
+            yield env.timeout(run.total)
+        end = env.now
+        self._advance_decodes(ids, run, end, start, live, kv)
+        flops, nbytes = self.cost.decode_work(n, ctx0, run.iterations)
         self.recorder.iteration(
-            self.index, start, float(ends[done - 1]), done, 0, 0, n, ctx0,
-            float(durations[0]), float(durations[-1]),
+            self.index, start, end, run.iterations, 0, 0, n, ctx0, run.first, run.last,
             self.blocks.used_blocks, self.blocks.total_blocks, flops, nbytes,
         )
-        finished = live[t.generated[live] == t.output[live]]
-        if len(finished):
-            self._finish(finished, env.now)
+        if run.iterations == limit:
+            self._finish(live[remaining == limit], end)
 
-    def _advance_decodes(self, ids, steps, durations, end, start, affine, live=None):
-        """``steps`` decode iterations of ``ids`` ended at ``end``: tokens, gaps and KV."""
+    def _advance_decodes(self, ids, run: DecodeRun, end, start, live=None, kv=None):
+        """The decode iterations of ``run`` of ``ids`` ended at ``end``: tokens, gaps and KV."""
         t = self.table
         if live is None:
             live = ids[t.generated[ids] < t.output[ids]] if self.scheduler.pads_finished else ids
-        self.blocks.grow_all(ids, steps)
+        self.blocks.grow_all(ids, run.iterations, kv)
         if self.warmup_s > 0 and len(live):
             # Gaps of warm-up requests stay out of the TBT statistics (they carry no request id).
-            counted = live[t.arrival_s[live] >= self.warmup_s]
-            if len(counted) < len(live):
-                uncounted = live[t.arrival_s[live] < self.warmup_s]
-                self._advance_tokens(uncounted, steps, durations, end, start, affine, record=False)
-            live = counted
+            early = t.arrival_s[live] < self.warmup_s
+            if early.any():
+                self._advance_tokens(live[early], run, end, start, record=False)
+                live = live[~early]
         if len(live):
-            self._advance_tokens(live, steps, durations, end, start, affine, record=True)
+            self._advance_tokens(live, run, end, start, record=True)
 
-    def _advance_tokens(self, live, steps, durations, end, start, affine, record):
-        """Emit ``steps`` tokens to each sequence in ``live``; record their gaps if ``record``."""
+    def _advance_tokens(self, live, run: DecodeRun, end, start, record):
+        """Emit ``run.iterations`` tokens to each sequence in ``live``; record their gaps if ``record``."""
         t, rec = self.table, self.recorder
-        first_gaps = start + durations[0] - t.last_token_s[live]
+        steps = run.iterations
+        first_gaps = (start + run.first) - t.last_token_s[live]
+        lo, hi = first_gaps.min(), first_gaps.max()
         if record:
-            rec.gap_values(first_gaps)
-        gap_max = first_gaps
-        if steps > 1:
-            inner = durations[1:]
-            if affine:
-                step = float(inner[1] - inner[0]) if steps > 2 else 0.0
-                if record:
-                    rec.gap_run(float(inner[0]), step, steps - 1, len(live))
-                inner_max = max(float(inner[0]), float(inner[-1]))
+            if lo == hi:  # the usual case: every sequence got its last token at the same boundary
+                rec.gap_run(float(lo), 0.0, 1, len(live))
             else:
-                if record:
-                    for v in inner.tolist():
+                n_lo = int((first_gaps == lo).sum())
+                if n_lo + int((first_gaps == hi).sum()) == len(live):  # e.g. stalled decodes + a new prefill
+                    rec.gap_run(float(lo), 0.0, 1, n_lo)
+                    rec.gap_run(float(hi), 0.0, 1, len(live) - n_lo)
+                else:
+                    rec.gap_values(first_gaps)
+        if steps > 1:
+            if record:
+                if run.affine:
+                    rec.gap_run(run.first + run.step, run.step, steps - 1, len(live))
+                else:
+                    for v in run.durations[1:].tolist():
                         rec.gap_run(v, 0.0, 1, len(live))
-                inner_max = float(inner.max())
-            gap_max = np.maximum(first_gaps, inner_max)
-        t.max_tbt_s[live] = np.maximum(t.max_tbt_s[live], gap_max)
+            inner_max = max(run.first + run.step, run.last) if run.affine else float(run.durations[1:].max())
+            if inner_max >= hi:
+                t.max_tbt_s[live] = np.maximum(t.max_tbt_s[live], inner_max)
+            else:
+                t.max_tbt_s[live] = np.maximum(t.max_tbt_s[live], np.maximum(first_gaps, inner_max))
+        else:
+            t.max_tbt_s[live] = np.maximum(t.max_tbt_s[live], first_gaps)
         t.generated[live] += steps
         t.last_token_s[live] = end
 

@@ -7,12 +7,13 @@ run`` and ``capsim estimate`` so both price work identically.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
 
-from capsim.errors import CapsimError
+from capsim.errors import CapsimError, UnknownNameError
 from hwmodels.device import DeviceSpec, device_from_dict, get_device
 from hwmodels.links import Link
 from hwmodels.roofline import RooflineDevice
@@ -51,16 +52,26 @@ class System:
         return self.deployment.num_replicas * self.deployment.gpus_per_replica
 
 
+def _lookup(get: Callable[[str], Any], name: str, field: str) -> Any:
+    """``get(name)``, with an unknown name reported against the scenario field that holds it."""
+    try:
+        return get(name)
+    except UnknownNameError as exc:
+        raise UnknownNameError(exc.problem, where=field, fix=exc.fix) from None
+
+
 def resolve_model(model: str | dict[str, Any]) -> ModelSpec:
-    return model_from_dict(model) if isinstance(model, dict) else get_model(model)
+    return model_from_dict(model) if isinstance(model, dict) else _lookup(get_model, model, "model")
 
 
 def resolve_device(device: str | dict[str, Any]) -> DeviceSpec:
-    return device_from_dict(device, where="deployment.device") if isinstance(device, dict) else get_device(device)
+    if isinstance(device, dict):
+        return device_from_dict(device, where="deployment.device")
+    return _lookup(get_device, device, "deployment.device")
 
 
 def scheduler_params(name: str, params: dict[str, Any]) -> tuple[type[Scheduler], SchedulerParams]:
-    cls = SCHEDULERS.get(name)
+    cls = _lookup(SCHEDULERS.get, name, "scheduler.name")
     try:
         return cls, cls.Params.model_validate(params)
     except ValidationError as exc:
@@ -90,7 +101,7 @@ def build_system(scenario: Scenario) -> System:
     model = resolve_model(scenario.model)
     device = resolve_device(dep.device)
     sched_cls, sched_params = scheduler_params(scenario.scheduler.name, scenario.scheduler.params)
-    router_cls = ROUTERS.get(scenario.router.name)
+    router_cls = _lookup(ROUTERS.get, scenario.router.name, "router.name")
     if scenario.router.params:
         raise CapsimError(
             f"router {scenario.router.name!r} takes no parameters (got {', '.join(scenario.router.params)})",

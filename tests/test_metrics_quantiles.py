@@ -50,7 +50,9 @@ def token_gaps(draw: st.DrawFn) -> TokenGaps:
     data=st.data(),
     qs=LEVELS,
 )
-def test_weighted_quantiles_match_numpy_on_repeated_sample(values: list[float], data: st.DataObject, qs: list[float]) -> None:
+def test_weighted_quantiles_match_numpy_on_repeated_sample(
+    values: list[float], data: st.DataObject, qs: list[float]
+) -> None:
     weights = data.draw(st.lists(st.integers(0, 6), min_size=len(values), max_size=len(values)))
     sample = np.repeat(values, weights)
     got = weighted_quantiles(values, weights, qs)
@@ -62,7 +64,9 @@ def test_weighted_quantiles_match_numpy_on_repeated_sample(values: list[float], 
 
 @settings(max_examples=200, deadline=None)
 @given(gaps=token_gaps(), qs=LEVELS, max_pairs=st.sampled_from([1, 2, 5, 10_000]))
-def test_token_gap_quantiles_are_exact_for_every_expansion_limit(gaps: TokenGaps, qs: list[float], max_pairs: int) -> None:
+def test_token_gap_quantiles_are_exact_for_every_expansion_limit(
+    gaps: TokenGaps, qs: list[float], max_pairs: int
+) -> None:
     sample = expanded(gaps)
     got = token_gap_quantiles(gaps, qs, max_pairs=max_pairs)
     assert gaps.num_samples == len(sample)
@@ -95,7 +99,9 @@ def test_runs_whose_values_collapse_under_rounding_are_counted_exactly() -> None
     gaps = TokenGaps.from_runs(first=[1.0, 0.5], step=[1e-20, 0.25], count=[1000, 3], weight=[1, 400])
     sample = gaps.expand()
     for max_pairs in (1, 3, 10**6):
-        np.testing.assert_allclose(token_gap_quantiles(gaps, [0.1, 0.5, 0.9], max_pairs=max_pairs), np.quantile(sample, [0.1, 0.5, 0.9]))
+        np.testing.assert_allclose(
+            token_gap_quantiles(gaps, [0.1, 0.5, 0.9], max_pairs=max_pairs), np.quantile(sample, [0.1, 0.5, 0.9])
+        )
 
 
 def test_expand_matches_reference_loop_and_builder_and_concat_agree() -> None:
@@ -132,8 +138,11 @@ def test_weighted_quantiles_reject_bad_input() -> None:
 def test_cdf_points_are_monotone_and_end_at_one_in_both_modes() -> None:
     rng = np.random.default_rng(3)
     gaps = TokenGaps(
-        first=rng.random(200) + 0.01, step=np.full(200, 0.001), count=rng.integers(1, 20, 200),
-        weight=rng.integers(1, 9, 200), single_values=rng.random(10) + 0.01,
+        first=rng.random(200) + 0.01,
+        step=np.full(200, 0.001),
+        count=rng.integers(1, 20, 200),
+        weight=rng.integers(1, 9, 200),
+        single_values=rng.random(10) + 0.01,
     )
     for max_pairs in (10**6, 50):
         x, f = token_gap_cdf(gaps, num_points=64, max_pairs=max_pairs)

@@ -9,7 +9,9 @@ parse.
 from __future__ import annotations
 
 import copy
+import difflib
 import itertools
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -114,14 +116,48 @@ def _format_loc(loc: tuple) -> str:
     return "".join(parts)
 
 
-def validation_error(exc: ValidationError, source: str) -> CapsimError:
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside a field annotation (``X``, ``X | None``, ``list[X]``), if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _sibling_fields(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Field names valid beside the last element of ``loc`` (empty when the path leaves the schema)."""
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue  # an item of a list such as runs[0]
+        field = model.model_fields.get(str(part))
+        inner = _model_in(field.annotation) if field is not None else None
+        if inner is None:
+            return []
+        model = inner
+    return list(model.model_fields)
+
+
+def _unknown_field_message(model: type[BaseModel], loc: tuple) -> str:
+    """'unknown field; did you mean 'tp'? (fields here: ...)' for a misspelt key at ``loc``."""
+    known = _sibling_fields(model, loc)
+    if not known:
+        return "unknown field (check the spelling)"
+    close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"unknown field; {hint}valid fields here: {', '.join(known)}"
+
+
+def validation_error(exc: ValidationError, source: str, model: type[BaseModel] = ScenarioFile) -> CapsimError:
     """Turn pydantic's report into one paragraph naming each field and the fix."""
     lines = []
     for err in exc.errors()[:5]:
         loc = _format_loc(tuple(err.get("loc", ())))
         msg = err.get("msg", "invalid")
         if err.get("type") == "extra_forbidden":
-            msg = "unknown field (check the spelling; `capsim validate --explain` lists the fields)"
+            msg = _unknown_field_message(model, tuple(err.get("loc", ())))
         elif "input" in err and err.get("type") not in ("missing",):
             msg = f"{msg} (got {err['input']!r})"
         lines.append(f"{loc or '(top level)'}: {msg}")
@@ -132,7 +168,7 @@ def validation_error(exc: ValidationError, source: str) -> CapsimError:
     return CapsimError(
         "invalid scenario: " + "; ".join(lines),
         where=f"{source}" + (f" ({first_loc})" if first_loc else ""),
-        fix="correct the field(s) named above; every field is described in README.md",
+        fix="correct the field(s) named above; every field is described in simulator/config/schema.py (workload: traces/config.py)",
     )
 
 
@@ -140,15 +176,15 @@ def validate_as(model: type[BaseModel], data: dict[str, Any], source: str):
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise validation_error(exc, source) from None
+        raise validation_error(exc, source, model) from None
 
 
 def _grid_points(grid: dict[str, list[Any]]) -> list[tuple[str, dict[str, Any]]]:
     keys = list(grid)
     points = []
     for values in itertools.product(*(grid[k] for k in keys)):
-        label = ",".join(f"{k.split('.')[-1]}={v}" for k, v in zip(keys, values))
-        points.append((label, dict(zip(keys, values))))
+        label = ",".join(f"{k.split('.')[-1]}={v}" for k, v in zip(keys, values, strict=True))
+        points.append((label, dict(zip(keys, values, strict=True))))
     return points
 
 

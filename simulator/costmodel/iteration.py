@@ -16,6 +16,7 @@ The engine asks two questions, millions of times per capacity plan:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,14 +36,74 @@ class IterationCost:
     bytes: float  # memory traffic summed over the replica's GPUs
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class DecodeRun:
-    """``k`` decode iterations of an unchanged batch."""
+    """``iterations`` decode iterations of an unchanged batch.
 
-    durations: np.ndarray  # seconds, one per iteration
-    affine: bool  # durations[j] == durations[0] + j * step exactly (within float error)
-    flops: float  # total over the run, all GPUs
-    bytes: float
+    When ``affine`` the durations are exactly ``first + j * step`` and no array
+    is built (the common case: one roofline regime for the whole run); else
+    ``durations`` holds them all.
+    """
+
+    iterations: int
+    first: float  # duration of the first iteration, seconds
+    step: float  # growth per iteration when affine
+    affine: bool
+    durations: np.ndarray | None = None
+
+    @property
+    def last(self) -> float:
+        if self.affine:
+            return self.first + self.step * (self.iterations - 1)
+        return float(self.durations[-1])
+
+    @property
+    def total(self) -> float:
+        k = self.iterations
+        if self.affine:
+            return k * self.first + self.step * k * (k - 1) / 2.0
+        return float(self.durations.sum())
+
+    @property
+    def max(self) -> float:
+        return max(self.first, self.last) if self.affine else float(self.durations.max())
+
+    def all_durations(self) -> np.ndarray:
+        if self.affine:
+            return self.first + self.step * np.arange(self.iterations, dtype=float)
+        return self.durations
+
+    def iterations_ending_by(self, elapsed: float) -> int:
+        """Iterations needed to reach the first boundary at or after ``elapsed`` seconds into the run.
+
+        That is the smallest ``n >= 1`` whose cumulative duration is >= ``elapsed``
+        (capped at the run's length): the iteration in flight completes.
+        """
+        k = self.iterations
+        if not self.affine:
+            ends = np.cumsum(self.durations)
+            return min(int(np.searchsorted(ends, elapsed, side="left")) + 1, k)
+        a, s = self.first, self.step
+        # cumulative(n) = n*a + s*n*(n-1)/2 is increasing in n; solve cumulative(n) = elapsed.
+        if s == 0.0:
+            n = math.ceil(elapsed / a) if a > 0 else 1
+        else:
+            b = a - s / 2.0
+            n = math.ceil((-b + math.sqrt(b * b + 2.0 * s * elapsed)) / s)
+        n = min(max(n, 1), k)
+        # Guard the float edge: step to the exact boundary.
+        while n < k and n * a + s * n * (n - 1) / 2.0 < elapsed:
+            n += 1
+        while n > 1 and (n - 1) * a + s * (n - 1) * (n - 2) / 2.0 >= elapsed:
+            n -= 1
+        return n
+
+    def prefix(self, done: int) -> "DecodeRun":
+        """The first ``done`` iterations of this run."""
+        if self.affine:
+            return DecodeRun(done, self.first, self.step, True)
+        d = self.durations[:done]
+        return DecodeRun(done, float(d[0]), 0.0, False, d)
 
 
 @dataclass(frozen=True)
@@ -72,11 +133,13 @@ class IterationCostModel:
         ops = list(table.layer_ops)
         self._lf = np.array([op.flops for op in ops]) / device.effective_flops
         self._lm = np.array([op.bytes for op in ops]) / device.effective_bandwidth
-        self._l_launch = float(sum(op.launches for op in ops)) * device.launch_overhead_s
+        # Launch overhead per operator, charged only when the operator has work in the
+        # batch (a decode-only step launches no prefill-attention kernel), as breakdown() does.
+        self._l_launch = np.array([op.launches for op in ops], dtype=float) * device.launch_overhead_s
         iops = list(table.iteration_ops)
         self._if = np.array([op.flops for op in iops]) / device.effective_flops
         self._im = np.array([op.bytes for op in iops]) / device.effective_bandwidth
-        self._i_launch = float(sum(op.launches for op in iops)) * device.launch_overhead_s
+        self._i_launch = np.array([op.launches for op in iops], dtype=float) * device.launch_overhead_s
         self._comm = layers * sum((c.time for c in table.layer_comms), np.zeros(F.NUM_FEATURES)) + sum(
             (c.time for c in table.iteration_comms), np.zeros(F.NUM_FEATURES)
         )
@@ -96,7 +159,7 @@ class IterationCostModel:
         self._ctx_rows = np.flatnonzero(dep)
         self._static_rows = np.flatnonzero(~dep)
         self._cache: dict[tuple, IterationCost] = {}
-        self._decode_static_cache: dict[int, float] = {}
+        self._decode_cache: dict[int, tuple] = {}
         self._E = table.num_experts
         self._k = table.experts_per_token
 
@@ -106,8 +169,10 @@ class IterationCostModel:
 
     def price_features(self, x: np.ndarray) -> float:
         """Seconds for one iteration with feature vector ``x``."""
-        layer = np.maximum(self._lf @ x, self._lm @ x).sum() + self._l_launch
-        it = np.maximum(self._if @ x, self._im @ x).sum() + self._i_launch
+        lc, lm = self._lf @ x, self._lm @ x
+        ic, im = self._if @ x, self._im @ x
+        layer = np.maximum(lc, lm).sum() + self._l_launch @ ((lc != 0) | (lm != 0))
+        it = np.maximum(ic, im).sum() + self._i_launch @ ((ic != 0) | (im != 0))
         return float(self._layers * layer + it + self._comm @ x)
 
     def iteration(self, shape: BatchShape) -> IterationCost:
@@ -159,48 +224,68 @@ class IterationCostModel:
         x[F.EXPERTS_HIT] = F.expected_experts_hit(batch, self._E, self._k)
         return x
 
-    def _decode_static_time(self, batch: int) -> float:
-        """Seconds of a decode iteration of ``batch`` sequences, without context-dependent operators."""
-        hit = self._decode_static_cache.get(batch)
+    def _decode_coefficients(self, batch: int) -> tuple:
+        """Per batch size, once: the context-independent time and the context-dependent rows as lines.
+
+        A context-dependent operator's compute and memory times are lines in
+        the summed context ``C``: ``a_f*C + b_f`` and ``a_m*C + b_m``.
+        """
+        hit = self._decode_cache.get(batch)
         if hit is None:
             x = self._decode_base(batch)
-            s = self._static_rows
-            layer = np.maximum(self._lf[s] @ x, self._lm[s] @ x).sum() + self._l_launch
-            it = np.maximum(self._if @ x, self._im @ x).sum() + self._i_launch
-            hit = float(self._layers * layer + it + self._comm @ x)
-            self._decode_static_cache[batch] = hit
+            s, rows = self._static_rows, self._ctx_rows
+            lc, lm = self._lf[s] @ x, self._lm[s] @ x
+            ic, im = self._if @ x, self._im @ x
+            # Context-dependent rows always have work in a decode step, so they always launch.
+            launch = self._l_launch[s] @ ((lc != 0) | (lm != 0)) + self._l_launch[rows].sum()
+            layer = np.maximum(lc, lm).sum() + launch
+            it = np.maximum(ic, im).sum() + self._i_launch @ ((ic != 0) | (im != 0))
+            static = float(self._layers * layer + it + self._comm @ x)
+            L = self._layers
+            af = L * self._lf[rows, F.DECODE_CONTEXT]
+            bf = L * (self._lf[rows] @ x)
+            am = L * self._lm[rows, F.DECODE_CONTEXT]
+            bm = L * (self._lm[rows] @ x)
+            fl, by = self._flops_total, self._bytes_total
+            work = (float(fl @ x), float(by @ x), float(fl[F.DECODE_CONTEXT]), float(by[F.DECODE_CONTEXT]))
+            single = len(rows) == 1
+            lines = (float(af[0]), float(bf[0]), float(am[0]), float(bm[0])) if single else (af, bf, am, bm)
+            hit = (static, single, lines, work)
+            self._decode_cache[batch] = hit
         return hit
 
     def decode_run(self, batch: int, context0: int, iterations: int) -> DecodeRun:
         """``iterations`` decode steps of ``batch`` sequences whose contexts sum to
         ``context0`` in the first step and grow by ``batch`` per step."""
         k = int(iterations)
-        static = self._decode_static_time(batch)
-        rows = self._ctx_rows
+        static, single, lines, _ = self._decode_coefficients(batch)
+        c_last = context0 + batch * (k - 1)
+        if single:
+            af, bf, am, bm = lines
+            compute_first = af * context0 + bf >= am * context0 + bm
+            compute_last = af * c_last + bf >= am * c_last + bm
+            if compute_first == compute_last:
+                a, b = (af, bf) if compute_first else (am, bm)
+                return DecodeRun(k, static + a * context0 + b, a * batch, True)
+            ctx = context0 + batch * np.arange(k, dtype=float)
+            d = static + np.maximum(af * ctx + bf, am * ctx + bm)
+            return DecodeRun(k, float(d[0]), 0.0, False, d)
+        af, bf, am, bm = lines
         ctx = context0 + batch * np.arange(k, dtype=float)
-        x0 = self._decode_base(batch)
-        # Context-dependent rows: value = a * ctx + b (b from the non-context features).
-        af, bf = self._lf[rows, F.DECODE_CONTEXT], self._lf[rows] @ x0
-        am, bm = self._lm[rows, F.DECODE_CONTEXT], self._lm[rows] @ x0
         comp = np.outer(af, ctx) + bf[:, None]
         mem = np.outer(am, ctx) + bm[:, None]
-        durations = static + self._layers * np.maximum(comp, mem).sum(axis=0)
-        regime_first = comp[:, 0] >= mem[:, 0]
-        regime_last = comp[:, -1] >= mem[:, -1]
-        affine = bool(np.array_equal(regime_first, regime_last))
-        flops, nbytes = self.decode_work(batch, context0, k)
-        return DecodeRun(durations, affine, flops, nbytes)
+        d = static + np.maximum(comp, mem).sum(axis=0)
+        if np.array_equal(comp[:, 0] >= mem[:, 0], comp[:, -1] >= mem[:, -1]):
+            step = float(d[1] - d[0]) if k > 1 else 0.0
+            return DecodeRun(k, float(d[0]), step, True)
+        return DecodeRun(k, float(d[0]), 0.0, False, d)
 
     def decode_work(self, batch: int, context0: int, iterations: int) -> tuple[float, float]:
         """(FLOPs, bytes) over all GPUs of ``iterations`` decode steps, in closed form."""
         k = iterations
-        x0 = self._decode_base(batch)
+        flops0, bytes0, flops_c, bytes_c = self._decode_coefficients(batch)[3]
         ctx_sum = context0 * k + batch * k * (k - 1) / 2.0
-        fl, by = self._flops_total, self._bytes_total
-        return (
-            k * float(fl @ x0) + fl[F.DECODE_CONTEXT] * ctx_sum,
-            k * float(by @ x0) + by[F.DECODE_CONTEXT] * ctx_sum,
-        )
+        return k * flops0 + flops_c * ctx_sum, k * bytes0 + bytes_c * ctx_sum
 
     # --------------------------------------------------------------- breakdown
     def breakdown(self, shape: BatchShape) -> list[OperatorBreakdown]:

@@ -18,13 +18,16 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from simulator.metrics.quantiles import ecdf_points, token_gap_cdf
 from simulator.metrics.result import SimulationResult, request_latencies
 
-#: Above this many replicas the time series show the mean over replicas instead of one line each.
-MAX_REPLICA_LINES = 8
-TIME_BINS = 500
+#: Above this many replicas the time series show the mean over replicas and a min–max band, not one line each.
+MAX_REPLICA_LINES = 4
+#: Bins of the batch/KV time series and of the throughput series (fewer: request counts per bin are small).
+TIME_BINS = 300
+THROUGHPUT_BINS = 120
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -50,6 +53,8 @@ def _cdf_panel(ax: Axes, x: np.ndarray, f: np.ndarray, title: str, target: float
     ax.set_ylim(0, 1.02)
     if x[0] > 0 and x[-1] / x[0] > 100:
         ax.set_xscale("log")
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=6))
     if target is not None:
         ax.axvline(target, color="tab:red", linestyle="--", label=f"SLO {target:g} s")
         ax.legend(loc="lower right")
@@ -95,14 +100,14 @@ def binned_mean(start: np.ndarray, end: np.ndarray, value: np.ndarray, edges: np
     return np.diff(g) / np.diff(edges)
 
 
-def _time_edges(result: SimulationResult) -> np.ndarray:
+def _time_edges(result: SimulationResult, bins: int = TIME_BINS) -> np.ndarray:
     it = result.iterations
     t_end = max(
         float(result.info.sim_end_s),
         float(it["end_s"].max()) if len(it) else 0.0,
         float(np.nanmax(result.requests["finish_s"])) if result.requests["finish_s"].notna().any() else 0.0,
     )
-    return np.linspace(0.0, max(t_end, 1e-9), TIME_BINS + 1)
+    return np.linspace(0.0, max(t_end, 1e-9), bins + 1)
 
 
 def _mark_warmup(ax: Axes, warmup_s: float) -> None:
@@ -121,13 +126,24 @@ def _series(ax: Axes, result: SimulationResult, edges: np.ndarray, value: np.nda
     if len(it) == 0:
         _no_data(ax)
         return
+    order = np.argsort(replica, kind="stable")
+    bounds = np.searchsorted(replica[order], replicas)
+    rows = np.split(order, bounds[1:])
+    per_replica = np.array([binned_mean(start[i], end[i], value[i], edges) for i in rows])
     if len(replicas) <= MAX_REPLICA_LINES:
-        for r in replicas:
-            sel = replica == r
-            ax.stairs(binned_mean(start[sel], end[sel], value[sel], edges), edges, label=f"replica {r}")
+        for r, series in zip(replicas, per_replica, strict=True):
+            ax.stairs(series, edges, label=f"replica {r}")
     else:
-        n = max(len(replicas), int(result.info.num_replicas))
-        ax.stairs(binned_mean(start, end, value, edges) / n, edges, label=f"mean over {n} replicas")
+        n = max(len(replicas), int(result.info.num_replicas))  # replicas that never ran count as zero
+        ax.stairs(per_replica.sum(axis=0) / n, edges, label=f"mean over {n} replicas")
+        ax.stairs(
+            per_replica.max(axis=0),
+            edges,
+            baseline=per_replica.min(axis=0),
+            fill=True,
+            alpha=0.25,
+            label="min–max over replicas",
+        )
     _mark_warmup(ax, result.info.warmup_s)
     ax.legend(loc="upper right", fontsize="small")
 
@@ -151,7 +167,7 @@ def plot_batch_and_kv(result: SimulationResult, path: Path) -> Path:
 
 def plot_throughput(result: SimulationResult, path: Path) -> Path:
     """Completed requests per second and generated tokens per second over time, in bins."""
-    edges = _time_edges(result)
+    edges = _time_edges(result, THROUGHPUT_BINS)
     width = np.diff(edges)
     req = result.requests
     finish = req["finish_s"].to_numpy(np.float64)
@@ -167,7 +183,9 @@ def plot_throughput(result: SimulationResult, path: Path) -> Path:
     it = result.iterations
     start, end = it["start_s"].to_numpy(np.float64), it["end_s"].to_numpy(np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
-        rate = np.where(end > start, (it["decode_seqs"] * it["num_iterations"]).to_numpy(np.float64) / (end - start), 0.0)
+        rate = np.where(
+            end > start, (it["decode_seqs"] * it["num_iterations"]).to_numpy(np.float64) / (end - start), 0.0
+        )
     ax_tok.stairs(binned_mean(start, end, rate, edges), edges, label="all replicas")
     ax_tok.set_ylabel("tokens / s")
     ax_tok.set_title("Output tokens from decode steps")

@@ -84,7 +84,9 @@ def _quantiles_by_rank(value_at: Callable[[np.ndarray], np.ndarray], total: int,
     return _lerp(both[: len(q)], both[len(q) :], gamma)
 
 
-def weighted_quantiles(values: np.ndarray | list[float], weights: np.ndarray | list[int], qs: float | list[float] | np.ndarray) -> np.ndarray:
+def weighted_quantiles(
+    values: np.ndarray | list[float], weights: np.ndarray | list[int], qs: float | list[float] | np.ndarray
+) -> np.ndarray:
     """Exact type-7 quantiles of the sample in which ``values[i]`` occurs ``weights[i]`` times.
 
     Equal to ``np.quantile(np.repeat(values, weights), qs)`` without building the repeated array. Returns NaN for
@@ -107,7 +109,9 @@ def weighted_quantiles(values: np.ndarray | list[float], weights: np.ndarray | l
     return _quantiles_by_rank(lambda ranks: sorted_v[np.searchsorted(cum, ranks, side="right")], total, q)
 
 
-def _expand(first: np.ndarray, step: np.ndarray, k0: np.ndarray, n: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _expand(
+    first: np.ndarray, step: np.ndarray, k0: np.ndarray, n: np.ndarray, weight: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Values ``first + k·step`` for k in [k0, k0 + n) of every run, with the run's weight; vectorised."""
     sel = n > 0
     first, step, k0, n, weight = first[sel], step[sel], k0[sel], n[sel], weight[sel]
@@ -118,48 +122,24 @@ def _expand(first: np.ndarray, step: np.ndarray, k0: np.ndarray, n: np.ndarray, 
     return first[run] + k * step[run], weight[run]
 
 
-class _GapIndex:
-    """The gaps split into ascending progressions (count ≥ 2, step ≠ 0) and weighted points (everything else)."""
+class _Runs:
+    """Ascending arithmetic progressions (step > 0, count ≥ 2) with weights; value k of run j is first + k·step."""
 
-    def __init__(self, gaps: TokenGaps):
-        c, w, s = gaps.count, gaps.weight, gaps.step
-        live = (c > 0) & (w > 0)
-        prog = live & (c >= 2) & (s != 0)
-        pts = live & ~prog
-        f, s, c, w = gaps.first[prog], s[prog], c[prog], w[prog]
-        descending = s < 0
-        self.first = np.where(descending, f + (c - 1) * s, f)
-        self.step = np.abs(s)
-        self.count = c
-        self.weight = w
-        pv = np.concatenate([gaps.first[pts], gaps.single_values])
-        pw = np.concatenate([gaps.count[pts] * gaps.weight[pts], np.ones(len(gaps.single_values), dtype=np.int64)])
-        order = np.argsort(pv, kind="stable")
-        self.point_values = pv[order]
-        self.point_weights = pw[order]
-        self.point_cum0 = np.concatenate([[0], np.cumsum(self.point_weights)]).astype(np.int64)
-        self.total = int(np.dot(c, w)) + int(self.point_cum0[-1])
-        self.num_pairs = int(c.sum()) + len(pv)
+    def __init__(self, first: np.ndarray, step: np.ndarray, count: np.ndarray, weight: np.ndarray):
+        self.first, self.step, self.count, self.weight = first, step, count, weight
+        self.last = first + (count - 1) * step  # the same expression _expand evaluates, so comparisons are exact
 
-    # -- extent ---------------------------------------------------------------------------------------------------
-    def min(self) -> float:
-        cands = [self.first.min()] if len(self.first) else []
-        if len(self.point_values):
-            cands.append(self.point_values[0])
-        return float(min(cands))
+    def __len__(self) -> int:
+        return len(self.first)
 
-    def max(self) -> float:
-        cands = [(self.first + (self.count - 1) * self.step).max()] if len(self.first) else []
-        if len(self.point_values):
-            cands.append(self.point_values[-1])
-        return float(max(cands))
+    def take(self, rows: np.ndarray) -> _Runs:
+        return _Runs(self.first[rows], self.step[rows], self.count[rows], self.weight[rows])
 
-    # -- counting -------------------------------------------------------------------------------------------------
     def _value(self, k: np.ndarray, rows: slice | np.ndarray = slice(None)) -> np.ndarray:
         return self.first[rows] + k * self.step[rows]
 
     def n_le(self, x: float) -> np.ndarray:
-        """Per progression, how many of its values are ≤ x (exact w.r.t. the expanded floating-point values)."""
+        """Per run, how many of its values are ≤ x (exact w.r.t. the expanded floating-point values)."""
         f, s, c = self.first, self.step, self.count
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             raw = np.floor((x - f) / s)
@@ -167,7 +147,7 @@ class _GapIndex:
         ok_low = (k < 0) | (self._value(np.maximum(k, 0)) <= x)
         ok_high = (k >= c - 1) | (self._value(np.minimum(k + 1, c - 1)) > x)
         bad = np.flatnonzero(~(ok_low & ok_high))
-        if len(bad):
+        if len(bad):  # rounding fooled the estimate: settle those runs by binary search on k
             lo = np.full(len(bad), -1, dtype=np.int64)
             hi = c[bad].copy()
             while True:
@@ -181,38 +161,61 @@ class _GapIndex:
             k[bad] = lo
         return k + 1
 
+
+class _GapIndex:
+    """The gaps split into ascending progressions (count ≥ 2, step ≠ 0) and weighted points (everything else)."""
+
+    def __init__(self, gaps: TokenGaps):
+        c, w, s = gaps.count, gaps.weight, gaps.step
+        live = (c > 0) & (w > 0)
+        prog = live & (c >= 2) & (s != 0)
+        pts = live & ~prog
+        f, s, c, w = gaps.first[prog], s[prog], c[prog], w[prog]
+        descending = s < 0
+        self.runs = _Runs(np.where(descending, f + (c - 1) * s, f), np.abs(s), c, w)
+        pv = np.concatenate([gaps.first[pts], gaps.single_values])
+        pw = np.concatenate([gaps.count[pts] * gaps.weight[pts], np.ones(len(gaps.single_values), dtype=np.int64)])
+        order = np.argsort(pv, kind="stable")
+        self.point_values = pv[order]
+        self.point_weights = pw[order]
+        self.point_cum0 = np.concatenate([[0], np.cumsum(self.point_weights)]).astype(np.int64)
+        self.total = int(np.dot(c, w)) + int(self.point_cum0[-1])
+        self.num_pairs = int(c.sum()) + len(pv)
+
+    # -- extent ---------------------------------------------------------------------------------------------------
+    def min(self) -> float:
+        cands = [self.runs.first.min()] if len(self.runs) else []
+        if len(self.point_values):
+            cands.append(self.point_values[0])
+        return float(min(cands))
+
+    def max(self) -> float:
+        cands = [self.runs.last.max()] if len(self.runs) else []
+        if len(self.point_values):
+            cands.append(self.point_values[-1])
+        return float(max(cands))
+
     def points_le(self, x: float) -> int:
         return int(np.searchsorted(self.point_values, x, side="right"))
 
-    def count_le(self, x: float, n: np.ndarray | None = None) -> int:
-        """Weighted number of samples ≤ x."""
-        n = self.n_le(x) if n is None else n
-        return int(np.dot(n, self.weight)) + int(self.point_cum0[self.points_le(x)])
-
     # -- expansion ------------------------------------------------------------------------------------------------
-    def between(self, lo: float, hi: float, n_lo: np.ndarray, n_hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """All (value, weight) pairs with lo < value ≤ hi."""
-        pv, pw = _expand(self.first, self.step, n_lo, n_hi - n_lo, self.weight)
-        a, b = self.points_le(lo), self.points_le(hi)
-        return np.concatenate([pv, self.point_values[a:b]]), np.concatenate([pw, self.point_weights[a:b]])
-
     def all_pairs(self) -> tuple[np.ndarray, np.ndarray]:
-        pv, pw = _expand(self.first, self.step, np.zeros_like(self.count), self.count, self.weight)
+        r = self.runs
+        pv, pw = _expand(r.first, r.step, np.zeros_like(r.count), r.count, r.weight)
         return np.concatenate([pv, self.point_values]), np.concatenate([pw, self.point_weights])
 
     def chunks(self, max_pairs: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """All pairs, at most ``max_pairs`` at a time (a single long run is split across chunks)."""
-        ends = np.cumsum(self.count)
-        starts = ends - self.count
+        r = self.runs
+        ends = np.cumsum(r.count)
+        starts = ends - r.count
         total_prog = int(ends[-1]) if len(ends) else 0
         for a in range(0, total_prog, max_pairs):
             b = min(a + max_pairs, total_prog)
-            j0 = int(np.searchsorted(ends, a, side="right"))
-            j1 = int(np.searchsorted(starts, b, side="left"))
-            rows = slice(j0, j1)
+            rows = slice(int(np.searchsorted(ends, a, side="right")), int(np.searchsorted(starts, b, side="left")))
             k0 = np.maximum(a - starts[rows], 0)
-            k1 = np.minimum(b - starts[rows], self.count[rows])
-            yield _expand(self.first[rows], self.step[rows], k0, k1 - k0, self.weight[rows])
+            k1 = np.minimum(b - starts[rows], r.count[rows])
+            yield _expand(r.first[rows], r.step[rows], k0, k1 - k0, r.weight[rows])
         for a in range(0, len(self.point_values), max_pairs):
             yield self.point_values[a : a + max_pairs], self.point_weights[a : a + max_pairs]
 
@@ -220,24 +223,31 @@ class _GapIndex:
     def values_at_ranks(self, ranks: np.ndarray, max_pairs: int) -> np.ndarray:
         """The values at the given 0-based ranks of the expanded sample, by bisection on the value axis.
 
-        Ranks are handled in increasing order: the lower bracket found for one rank is a valid lower bracket for the
-        next, and every rank that falls in a bracket being expanded is answered from that one expansion (the two
-        neighbouring ranks a quantile interpolates between nearly always share one).
+        Invariant: F(lo) ≤ r < F(hi), F = weighted count of samples ≤ x. Runs lying wholly at or below lo add their
+        full weight to F(x) for every x in the bracket, and runs wholly above hi add nothing, so only the runs that
+        straddle the bracket are re-counted; that set shrinks as the bracket narrows. Ranks are handled in
+        increasing order (one rank's lower bracket is valid for the next), and all ranks that fall in an expanded
+        bracket are answered from that one expansion.
         """
         max_pairs = min(max_pairs, _SELECT_PAIRS)
         todo = np.unique(np.asarray(ranks, dtype=np.int64))
         found: dict[int, float] = {}
-        lo = float(np.nextafter(self.min(), -np.inf))
-        n_lo, f_lo = self.n_le(lo), 0
-        top, n_top = self.max(), self.n_le(self.max())
+        lo, f_lo = float(np.nextafter(self.min(), -np.inf)), 0
         i = 0
         while i < len(todo):
             r = int(todo[i])
-            hi, n_hi, f_hi = top, n_top, self.total
+            hi, f_hi = self.max(), self.total
+            below = self.runs.last <= lo
+            base = int(np.dot(self.runs.count[below], self.runs.weight[below]))  # weight of runs wholly ≤ lo
+            runs = self.runs.take(np.flatnonzero(~below))
+            n_lo, n_hi = runs.n_le(lo), runs.count.copy()
             while True:
                 pairs = int((n_hi - n_lo).sum()) + self.points_le(hi) - self.points_le(lo)
                 if pairs <= max_pairs:
-                    values, weights = self.between(lo, hi, n_lo, n_hi)
+                    values, weights = _expand(runs.first, runs.step, n_lo, n_hi - n_lo, runs.weight)
+                    a, b = self.points_le(lo), self.points_le(hi)
+                    values = np.concatenate([values, self.point_values[a:b]])
+                    weights = np.concatenate([weights, self.point_weights[a:b]])
                     order = np.argsort(values, kind="stable")
                     values, cum = values[order], np.cumsum(weights[order])
                     while i < len(todo) and todo[i] < f_hi:
@@ -250,16 +260,24 @@ class _GapIndex:
                         found[int(todo[i])] = hi
                         i += 1
                     break
-                n_mid = self.n_le(mid)
-                f_mid = self.count_le(mid, n_mid)
+                n_mid = runs.n_le(mid)
+                f_mid = base + int(np.dot(n_mid, runs.weight)) + int(self.point_cum0[self.points_le(mid)])
                 if f_mid > r:
                     hi, n_hi, f_hi = mid, n_mid, f_mid
                 else:
                     lo, n_lo, f_lo = mid, n_mid, f_mid
+                keep = (runs.last > lo) & (runs.first <= hi)
+                if 2 * int(keep.sum()) < len(runs):  # drop runs that no longer straddle the bracket
+                    gone_below = ~keep & (runs.last <= lo)
+                    base += int(np.dot(runs.count[gone_below], runs.weight[gone_below]))
+                    rows = np.flatnonzero(keep)
+                    runs, n_lo, n_hi = runs.take(rows), n_lo[rows], n_hi[rows]
         return np.array([found[int(r)] for r in np.asarray(ranks, dtype=np.int64)])
 
 
-def token_gap_quantiles(gaps: TokenGaps, qs: float | list[float] | np.ndarray, *, max_pairs: int = DEFAULT_MAX_PAIRS) -> np.ndarray:
+def token_gap_quantiles(
+    gaps: TokenGaps, qs: float | list[float] | np.ndarray, *, max_pairs: int = DEFAULT_MAX_PAIRS
+) -> np.ndarray:
     """Exact type-7 quantiles of all inter-token gaps (NaN when there are none); see the module docstring.
 
     >>> g = TokenGaps.from_runs(first=[1.0], step=[1.0], count=[3], weight=[2])  # 1,1,2,2,3,3
@@ -289,7 +307,9 @@ def token_gap_mean(gaps: TokenGaps) -> float:
     return float((np.dot(per_run, gaps.weight.astype(np.float64)) + gaps.single_values.sum()) / n)
 
 
-def _downsample_cdf(sorted_values: np.ndarray, cum: np.ndarray, total: float, num_points: int) -> tuple[np.ndarray, np.ndarray]:
+def _downsample_cdf(
+    sorted_values: np.ndarray, cum: np.ndarray, total: float, num_points: int
+) -> tuple[np.ndarray, np.ndarray]:
     frac = cum / total
     if len(sorted_values) <= num_points:
         return sorted_values, frac
@@ -306,7 +326,9 @@ def ecdf_points(values: np.ndarray, num_points: int = 512) -> tuple[np.ndarray, 
     return _downsample_cdf(v, np.arange(1, len(v) + 1, dtype=np.float64), len(v), num_points)
 
 
-def token_gap_cdf(gaps: TokenGaps, num_points: int = 512, *, max_pairs: int = DEFAULT_MAX_PAIRS) -> tuple[np.ndarray, np.ndarray]:
+def token_gap_cdf(
+    gaps: TokenGaps, num_points: int = 512, *, max_pairs: int = DEFAULT_MAX_PAIRS
+) -> tuple[np.ndarray, np.ndarray]:
     """Points (x, F(x)) of the CDF of all gaps, for plotting.
 
     Exact at the returned x when the pairs fit in ``max_pairs``; otherwise a weighted histogram accumulated chunk

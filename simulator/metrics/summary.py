@@ -12,7 +12,8 @@ batches are still filling from empty) are left out of every latency and SLO stat
 * **TTFT** (time to first token) = first_token − arrival, over measured requests that produced a first token.
 * **TBT** (time between tokens) = each gap between consecutive output tokens of a request, one sample per gap, from
   ``token_gaps`` (weighted; percentiles are exact, see :mod:`simulator.metrics.quantiles`). A first gap includes any
-  stall, e.g. from preemption or a prefill that shared the batch.
+  stall, e.g. from preemption or a prefill that shared the batch. The engine records gaps of measured requests
+  only (gaps carry no request id, so they cannot be filtered here).
 * **TPOT** (time per output token) = (E2E − TTFT) / (output_tokens − 1), over finished measured requests with more
   than one output token: the request's *average* pace after the first token (TBT is the per-gap view).
 * **E2E** (end-to-end latency) = finish − arrival, over finished measured requests.
@@ -140,7 +141,16 @@ def _sample_stats(prefix: str, values: np.ndarray) -> dict[str, float]:
 def _iteration_stats(result: SimulationResult, t0: float, t1: float, window: float) -> dict[str, float]:
     """Utilisation, batch, KV, energy and cost over [t0, t1]; NaN throughout when the window is undefined."""
     info = result.info
-    keys = ("mfu", "mbu", "mean_batch_size", "mean_decode_batch", "kv_util_mean", "kv_util_peak", "energy_j", "cost_usd")
+    keys = (
+        "mfu",
+        "mbu",
+        "mean_batch_size",
+        "mean_decode_batch",
+        "kv_util_mean",
+        "kv_util_peak",
+        "energy_j",
+        "cost_usd",
+    )
     if not math.isfinite(window) or window <= 0:
         return dict.fromkeys(keys, NAN)
     it = result.iterations
@@ -181,8 +191,12 @@ def measured_requests(result: SimulationResult) -> pd.DataFrame:
     return req[req["arrival_s"].to_numpy(dtype=np.float64) >= result.info.warmup_s]
 
 
-def summarise(result: SimulationResult, slo: SLOConfig) -> dict[str, Any]:
-    """The headline numbers of one run; keys and meanings in :data:`SUMMARY_KEYS`, definitions in the module doc."""
+def summarise(result: SimulationResult, slo: SLOConfig | None = None) -> dict[str, Any]:
+    """The headline numbers of one run; keys and meanings in :data:`SUMMARY_KEYS`, definitions in the module doc.
+
+    Without an ``slo``, attainment counts finished requests (no latency targets) against the default 0.9 goal.
+    """
+    slo = slo if slo is not None else SLOConfig()
     info = result.info
     req = measured_requests(result)
     lat = request_latencies(req)

@@ -13,7 +13,7 @@ from typing import Any
 
 from rich.table import Table
 
-from simulator.metrics.summary import LATENCY_METRICS, PERCENTILES
+from simulator.metrics.summary import PERCENTILES
 
 DASH = "–"
 
@@ -56,7 +56,9 @@ def fmt_percent(value: Any) -> str:
 
 def fmt_usd(value: Any) -> str:
     x = _number(value)
-    return DASH if x is None else f"${x:,.3f}" if abs(x) < 1 else f"${x:,.2f}"
+    if x is None:
+        return DASH
+    return f"${x:,.3f}" if abs(x) < 1 else f"${x:,.2f}"
 
 
 def fmt_attainment(summary: Mapping[str, Any]) -> str:
@@ -95,16 +97,26 @@ def comparison_table(rows: Sequence[Mapping[str, Any]], *, title: str | None = N
     return table
 
 
+#: Row labels of the latency table (definitions in :mod:`simulator.metrics.summary`).
+LATENCY_LABELS: dict[str, str] = {
+    "ttft": "TTFT",
+    "tbt": "TBT (every gap)",
+    "tpot": "TPOT",
+    "e2e": "E2E",
+    "queue": "queueing",
+}
+
+
 def _latency_table(summary: Mapping[str, Any]) -> Table:
     table = Table(title="Latency", header_style="bold", title_justify="left")
     table.add_column("metric")
     table.add_column("mean", justify="right")
     for p in PERCENTILES:
         table.add_column(f"p{p}", justify="right")
-    for key, name in LATENCY_METRICS.items():
+    for key, label in LATENCY_LABELS.items():
         cells = [fmt_seconds(summary.get(f"{key}_mean_s"))]
         cells += [fmt_seconds(summary.get(f"{key}_p{p}_s")) for p in PERCENTILES]
-        table.add_row(f"{key.upper()} [dim]({name})[/]", *cells)
+        table.add_row(label, *cells)
     return table
 
 

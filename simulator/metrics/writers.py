@@ -4,8 +4,9 @@ Layout of ``out_dir``:
 
 * ``requests.csv`` — one row per request (``SimulationResult.requests``),
 * ``iterations.csv`` — one row per run of identical iterations of a replica,
-* ``summary.json`` — the summary keys at top level plus ``"info"`` with the run's :class:`RunInfo`; strict JSON
-  (NaN and infinities are written as ``null``) so that any JSON reader accepts it,
+* ``summary.json`` — the summary keys (and any extra keys the caller added) at top level plus ``"info"`` with the
+  run's :class:`RunInfo`; strict JSON (NaN and infinities are written as ``null``, other objects as their ``str``)
+  so that any JSON reader accepts it,
 * ``latency_cdfs.png``, ``batch_and_kv.png``, ``throughput.png`` unless ``plots=False``.
 """
 
@@ -50,8 +51,11 @@ def write_outputs(
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise CapsimError(f"cannot create output directory ({exc.strerror})", where=str(out_dir),
-                          fix="choose a writable --out directory") from exc
+        raise CapsimError(
+            f"cannot create output directory ({exc.strerror})",
+            where=str(out_dir),
+            fix="choose a writable --out directory",
+        ) from exc
     written = []
     path = out_dir / "requests.csv"
     result.requests.to_csv(path, index=False)
@@ -60,7 +64,8 @@ def write_outputs(
     result.iterations.to_csv(path, index=False)
     written.append(path)
     path = out_dir / "summary.json"
-    path.write_text(json.dumps(summary_document(result, summary), indent=2, allow_nan=False) + "\n")
+    text = json.dumps(summary_document(result, summary), indent=2, allow_nan=False, default=str)
+    path.write_text(text + "\n")
     written.append(path)
     if plots:
         from simulator.metrics.plots import write_plots  # matplotlib is slow to import; only pay for it when plotting

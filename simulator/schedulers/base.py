@@ -46,7 +46,7 @@ class SchedulerParams(BaseModel):
         return 256
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class PrefillChunk:
     """``tokens`` new prompt tokens of request ``rid`` after ``cached`` already in KV.
 
@@ -62,7 +62,7 @@ class PrefillChunk:
     cost_tokens: int
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Plan:
     prefill: tuple[PrefillChunk, ...]
     decode_ids: np.ndarray
@@ -101,7 +101,7 @@ class Scheduler:
         return self.state.running
 
     def running_ids(self) -> np.ndarray:
-        return np.fromiter(self.state.running, dtype=np.int64, count=len(self.state.running))
+        return self.state.running_ids()
 
     def admit(self, rid: int, now: float) -> PrefillChunk:
         """Move ``rid`` from the waiting queue into the batch with its full (re)prefill."""
@@ -112,6 +112,7 @@ class Scheduler:
         if np.isnan(t.schedule_s[rid]):
             t.schedule_s[rid] = now
         st.running.append(rid)
+        st.changed()
         return PrefillChunk(rid, target, 0, True, target)
 
     def preempt_one(self) -> bool:
@@ -125,6 +126,7 @@ class Scheduler:
         if not st.running:
             return False
         victim = st.running.pop()
+        st.changed()
         st.blocks.release(victim)
         st.table.preemptions[victim] += 1
         st.waiting.appendleft(victim)
@@ -142,11 +144,13 @@ class Scheduler:
                 for r in st.running:
                     st.blocks.release(r)
                 st.running.clear()
+                st.changed()
             return
         gone = set(finished.tolist())
         for r in gone:
             st.blocks.release(r)
         st.running[:] = [r for r in st.running if r not in gone]
+        st.changed()
 
     def fits_with_watermark(self, blocks_needed: int, watermark_blocks: int) -> bool:
         return self.state.blocks.free_blocks - blocks_needed >= watermark_blocks

@@ -76,6 +76,7 @@ class SarathiScheduler(Scheduler):
             if t.schedule_s[rid] != t.schedule_s[rid]:  # NaN: first admission
                 t.schedule_s[rid] = st.now
             st.running.append(rid)
+            st.changed()
             self.prefilling[rid] = t.prefill_target(rid)
             chunk = self._chunk(rid, self.prefilling[rid], budget)
             chunks.append(chunk)

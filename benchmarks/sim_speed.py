@@ -1,0 +1,125 @@
+"""Simulation speed benchmark (not a timed test).
+
+Prints, for each workload, wall seconds, simulated requests per wall second,
+iterations per wall second and peak RSS. Each workload runs in a fresh
+subprocess so peak RSS is its own.
+
+    python benchmarks/sim_speed.py            # all four workloads
+    python benchmarks/sim_speed.py --only 1 2 # some of them
+
+Workloads (issue #2):
+1. Llama-2-7B on one A100-80GB, vLLM (max 128 seqs, 4,096 batched tokens), Poisson 2 req/s, 512/128 tokens, 10k requests.
+2. The same at 4 req/s.
+3. The Azure 2023 conversation trace (19,366 requests, one hour) on 4 replicas of Llama-3.1-8B on H100
+   (Llama-3.1-8B: the Llama-3-8B architecture with the 128k context the trace's longest prompts need).
+4. 1,000,000 requests with ShareGPT lengths (the shipped Vidur ShareGPT length trace), Poisson 60 req/s,
+   16 replicas of Llama-3.1-8B on H100.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+WORKLOADS: dict[int, dict] = {
+    1: {
+        "name": "llama2-7b a100 poisson 2/s 10k",
+        "model": "llama-2-7b",
+        "deployment": {"device": "a100-80gb-sxm"},
+        "scheduler": {"name": "vllm", "max_num_seqs": 128, "max_num_batched_tokens": 4096},
+        "workload": {"arrival": "poisson", "qps": 2, "prompt": {"dist": "fixed", "value": 512},
+                     "output": {"dist": "fixed", "value": 128}},
+        "simulation": {"num_requests": 10_000},
+    },
+    2: {
+        "name": "llama2-7b a100 poisson 4/s 10k",
+        "model": "llama-2-7b",
+        "deployment": {"device": "a100-80gb-sxm"},
+        "scheduler": {"name": "vllm", "max_num_seqs": 128, "max_num_batched_tokens": 4096},
+        "workload": {"arrival": "poisson", "qps": 4, "prompt": {"dist": "fixed", "value": 512},
+                     "output": {"dist": "fixed", "value": 128}},
+        "simulation": {"num_requests": 10_000},
+    },
+    3: {
+        "name": "azure conv 2023 on 4x llama3-8b h100",
+        "model": "llama-3.1-8b",
+        "deployment": {"device": "h100-sxm", "num_replicas": 4},
+        "scheduler": {"name": "vllm", "max_num_batched_tokens": 16384},
+        "router": {"name": "least-outstanding"},
+        "workload": {"arrival": "trace", "trace": {"name": "azure-conv-2023"}},
+        "simulation": {"num_requests": None},
+    },
+    4: {
+        "name": "1M sharegpt on 16x llama3-8b h100",
+        "model": "llama-3.1-8b",
+        "deployment": {"device": "h100-sxm", "num_replicas": 16},
+        "scheduler": {"name": "vllm", "max_num_batched_tokens": 8192},
+        "workload": {"arrival": "poisson", "qps": 60, "trace": {"name": "sharegpt-lengths"}},
+        "simulation": {"num_requests": 1_000_000},
+    },
+}
+
+
+def run_one(index: int) -> dict:
+    from simulator.config.schema import Scenario
+    from simulator.engine import simulate
+    from simulator.metrics.summary import summarise
+
+    scenario = Scenario.model_validate(WORKLOADS[index])
+    t0 = time.perf_counter()
+    out = simulate(scenario)
+    sim_wall = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    summary = summarise(out.result, scenario.slo)
+    summary_wall = time.perf_counter() - t1
+    iters = int(out.result.iterations["num_iterations"].sum())
+    n = len(out.result.requests)
+    return {
+        "workload": index,
+        "name": WORKLOADS[index]["name"],
+        "requests": n,
+        "wall_s": sim_wall,
+        "summary_wall_s": summary_wall,
+        "req_per_wall_s": n / sim_wall,
+        "iterations": iters,
+        "iter_per_wall_s": iters / sim_wall,
+        "iteration_runs": len(out.result.iterations),
+        "sim_time_s": out.result.info.sim_end_s,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "ttft_p50_s": summary.get("ttft_p50_s"),
+        "tpot_p50_s": summary.get("tpot_p50_s"),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", type=int, nargs="*", default=sorted(WORKLOADS))
+    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child is not None:
+        print(json.dumps(run_one(args.child)))
+        return
+    rows = []
+    for i in args.only:
+        proc = subprocess.run([sys.executable, __file__, "--child", str(i)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            print(proc.stderr, file=sys.stderr)
+            raise SystemExit(f"workload {i} failed")
+        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    header = f"{'#':>2} {'workload':40} {'requests':>9} {'wall s':>8} {'req/wall s':>11} {'iter/wall s':>12} {'runs':>9} {'RSS MiB':>8}"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(
+            f"{r['workload']:>2} {r['name']:40} {r['requests']:>9,} {r['wall_s']:>8.2f} {r['req_per_wall_s']:>11,.0f} "
+            f"{r['iter_per_wall_s']:>12,.0f} {r['iteration_runs']:>9,} {r['peak_rss_mib']:>8.0f}"
+        )
+    print("\n(wall s = simulation only; summary statistics took", ", ".join(f"{r['summary_wall_s']:.2f}" for r in rows), "s)")
+
+
+if __name__ == "__main__":
+    main()
