@@ -290,16 +290,12 @@ def _routers_table() -> Table:
 def _traces_table() -> Table:
     from traces.catalog import list_traces
 
-    t = Table(title="shipped traces (also: any file via workload.trace.path)")
-    rows = list_traces()
-    if not rows:
-        return t
-    keys = list(rows[0].keys() if isinstance(rows[0], dict) else vars(rows[0]).keys())
-    for k in keys:
-        t.add_column(k)
-    for r in rows:
-        d = r if isinstance(r, dict) else vars(r)
-        t.add_row(*(str(d[k]) for k in keys))
+    t = Table(title="shipped traces (any other file: workload.trace.path)")
+    for col in ("id", "rows", "arrivals", "licence", "what"):
+        t.add_column(col)
+    for tr in list_traces():
+        t.add_row(tr.id, f"{tr.rows:,}", "yes" if tr.has_arrivals else "lengths only", tr.licence,
+                  tr.description.split(";")[0])
     return t
 
 

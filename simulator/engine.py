@@ -41,8 +41,18 @@ class RunOutput:
     kv_blocks_peak: list[int]
 
 
-def simulate(scenario: Scenario, *, system: System | None = None, stream: RequestStream | None = None) -> RunOutput:
-    """Simulate ``scenario`` and return its records."""
+def simulate(
+    scenario: Scenario,
+    *,
+    system: System | None = None,
+    stream: RequestStream | None = None,
+    preload_arrivals: bool = True,
+) -> RunOutput:
+    """Simulate ``scenario`` and return its records.
+
+    ``preload_arrivals=False`` forces the event-per-arrival path even for
+    oblivious routers (the tests use it to show both paths agree).
+    """
     wall0 = time.perf_counter()
     system = system or build_system(scenario)
     sim = scenario.simulation
@@ -101,7 +111,12 @@ def simulate(scenario: Scenario, *, system: System | None = None, stream: Reques
                     warmup_s=sim.warmup_s)
         )
 
-    if closed is None:
+    if closed is None and router.oblivious and preload_arrivals:
+        where = router.assign(table.n)
+        for i, replica in enumerate(replicas):
+            mine = np.flatnonzero(where == i)
+            replica.preload(mine, table.arrival_s[mine])
+    elif closed is None:
         env.process(_open_loop_arrivals(env, table, replicas, router))
     else:
         for _ in range(min(closed.concurrency, table.n)):

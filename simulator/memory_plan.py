@@ -54,7 +54,11 @@ def weights_per_gpu(model: ModelSpec, tp: int, pp: int, bytes_per_weight: float)
     so the worst stage holds one ``V x d`` matrix (both when they are tied).
     """
     layers_per_stage = -(-model.num_layers // pp)
-    body = layers_per_stage * model.layer_params / tp
+    # With fewer KV heads than ranks each rank keeps a whole KV head (as the KV cache does),
+    # so the K and V projections of the replicated heads are stored more than once.
+    kv_heads_gpu = -(-model.num_kv_heads // tp)
+    replicated_kv = (kv_heads_gpu * tp - model.num_kv_heads) * 2 * model.hidden_size * model.head_dim
+    body = layers_per_stage * (model.layer_params + replicated_kv) / tp
     vd = model.vocab_size * model.hidden_size + model.learned_positions * model.hidden_size
     if pp == 1:
         emb = model.embedding_params / tp

@@ -81,11 +81,42 @@ class Replica:
         self.on_finish = on_finish
         self.outstanding = 0  # routed here and not finished (router load signal)
         self._wake: simpy.Event | None = None
+        self._pre_ids: list[int] = []
+        self._pre_times: list[float] = []
+        self._pre_next = 0
         self._in_run = False
         self._interrupt_pending = False
         self.process = env.process(self._loop())
 
     # ------------------------------------------------------------------ input
+    def preload(self, rids: np.ndarray, arrivals: np.ndarray) -> None:
+        """Hand this replica its whole arrival schedule in advance.
+
+        Possible when the router's choice does not depend on replica state
+        (round-robin, random) and arrivals are open-loop. The replica then
+        pulls requests into its queue as simulated time passes and ends each
+        decode run at the first iteration boundary after the next arrival, so
+        no arrival event or interrupt is needed -- the same iteration-boundary
+        semantics as :meth:`submit`, at a fraction of the cost.
+        """
+        self._pre_ids = rids.tolist()
+        self._pre_times = arrivals.tolist()
+        self._pre_next = 0
+        self.table.replica[rids] = self.index
+
+    def _pull_arrivals(self, now: float) -> None:
+        times, i, n = self._pre_times, self._pre_next, len(self._pre_times)
+        if i < n and times[i] <= now:
+            ids, waiting = self._pre_ids, self.state.waiting
+            while i < n and times[i] <= now:
+                waiting.append(ids[i])
+                i += 1
+            self.outstanding += i - self._pre_next
+            self._pre_next = i
+
+    def _next_arrival(self) -> float | None:
+        return self._pre_times[self._pre_next] if self._pre_next < len(self._pre_times) else None
+
     def submit(self, rid: int) -> None:
         """Accept request ``rid`` now; wake or interrupt the loop so it can be scheduled."""
         self.state.waiting.append(rid)
@@ -103,10 +134,15 @@ class Replica:
         env = self.env
         scheduler = self.scheduler
         while True:
+            self._pull_arrivals(env.now)
             plan = scheduler.plan()
             if plan is None:
-                self._wake = env.event()
-                yield self._wake
+                nxt = self._next_arrival()
+                if nxt is not None:
+                    yield env.timeout(nxt - env.now)
+                else:
+                    self._wake = env.event()
+                    yield self._wake
                 continue
             if plan.repeat and not plan.prefill:
                 yield from self._decode_run(plan)
@@ -182,6 +218,13 @@ class Replica:
         ctx0 = int(kv.sum()) + n
         run = self.cost.decode_run(n, ctx0, steps)
         start = env.now
+        nxt = self._next_arrival()
+        if nxt is not None and plan.interruptible and steps > 1:
+            # Stop at the first iteration boundary at or after the next preloaded arrival.
+            upto = run.iterations_ending_by(nxt - start)
+            if upto < steps:
+                run = run.prefix(upto)
+                steps = upto
         if steps > 1 and plan.interruptible:
             self._in_run = True
             try:

@@ -20,7 +20,14 @@ class LoadSignal(Protocol):
 
 
 class Router:
-    """Base class: pick a replica index for request ``rid``."""
+    """Base class: pick a replica index for request ``rid``.
+
+    A router whose choices do not depend on replica state sets ``oblivious``
+    and implements :meth:`assign`; the engine then hands each replica its
+    arrival schedule up front (see :meth:`simulator.replica.Replica.preload`).
+    """
+
+    oblivious = False
 
     def __init__(self, replicas: Sequence[LoadSignal], rng: np.random.Generator):
         self.replicas = replicas
@@ -29,6 +36,10 @@ class Router:
     def pick(self, rid: int) -> int:
         raise NotImplementedError
 
+    def assign(self, count: int) -> np.ndarray:
+        """Replica index of each of ``count`` requests, in arrival order (oblivious routers only)."""
+        return np.fromiter((self.pick(i) for i in range(count)), dtype=np.int64, count=count)
+
 
 ROUTERS: Registry[type[Router]] = Registry("router")
 
@@ -36,6 +47,8 @@ ROUTERS: Registry[type[Router]] = Registry("router")
 @ROUTERS.register("round-robin", aliases=("rr", "roundrobin"))
 class RoundRobin(Router):
     """Replicas in turn, regardless of load."""
+
+    oblivious = True
 
     def __init__(self, replicas, rng):
         super().__init__(replicas, rng)
@@ -50,6 +63,8 @@ class RoundRobin(Router):
 @ROUTERS.register("random", aliases=("uniform",))
 class RandomRouter(Router):
     """A uniformly random replica (seeded), drawn in blocks to keep the hot loop cheap."""
+
+    oblivious = True
 
     def __init__(self, replicas, rng):
         super().__init__(replicas, rng)

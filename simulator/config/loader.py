@@ -203,10 +203,10 @@ def expand(data: dict[str, Any], source: str) -> list[Scenario]:
             cfg = base
             names = []
             if run is not None:
-                run = dict(run)
-                names.append(run.pop("name"))
-                cfg = _apply(cfg, run.pop("set", {}) or {})
-                cfg = _apply(cfg, run)
+                entry = dict(run)  # a fresh copy per grid point: popping must not consume the run
+                names.append(entry.pop("name"))
+                cfg = _apply(cfg, entry.pop("set", {}) or {})
+                cfg = _apply(cfg, entry)
             if point is not None:
                 names.append(point[0])
                 cfg = _apply(cfg, point[1])

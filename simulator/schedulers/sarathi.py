@@ -56,17 +56,18 @@ class SarathiScheduler(Scheduler):
             self.preempt_one()
             decoding = [r for r in st.running if r not in self.prefilling]
         budget = p.chunk_size - len(decoding)
+        # Blocks the decodes will take at the end of this iteration; prefill chunks must leave them free.
+        decode_growth = blocks.growth_after(self._ids(decoding), 1) if decoding else 0
         chunks: list[PrefillChunk] = []
         for rid, target in list(self.prefilling.items()):
             if budget <= 0:
                 break
-            chunk = self._chunk(rid, target, budget)
+            chunk = self._chunk(rid, target, budget, decode_growth)
             if chunk is None:
                 break
             chunks.append(chunk)
             budget -= chunk.tokens
         watermark = int(p.watermark * blocks.total_blocks)
-        decode_growth = blocks.growth_after(self._ids(decoding), 1) if decoding else 0
         while budget > 0 and st.waiting and len(st.running) < p.max_num_seqs:
             rid = st.waiting[0]
             q = min(t.prefill_target(rid), budget)
@@ -78,7 +79,9 @@ class SarathiScheduler(Scheduler):
             st.running.append(rid)
             st.changed()
             self.prefilling[rid] = t.prefill_target(rid)
-            chunk = self._chunk(rid, self.prefilling[rid], budget)
+            chunk = self._chunk(rid, self.prefilling[rid], budget, decode_growth)
+            if chunk is None:  # cannot happen after the watermark check; keep the queue consistent anyway
+                break
             chunks.append(chunk)
             budget -= chunk.tokens
         ids = self._ids(decoding)
@@ -86,13 +89,18 @@ class SarathiScheduler(Scheduler):
             return Plan(tuple(chunks), ids)
         if decoding:
             return Plan((), ids, repeat=True)
+        if self.prefilling:
+            # Partial prefills hold all the memory and none can continue: free the newest and retry.
+            self.preempt_one()
+            return self.plan()
         return None
 
-    def _chunk(self, rid: int, target: int, budget: int) -> PrefillChunk | None:
+    def _chunk(self, rid: int, target: int, budget: int, reserved_blocks: int) -> PrefillChunk | None:
+        """The next chunk of ``rid``'s prefill, or None if its KV does not fit beside ``reserved_blocks``."""
         st = self.state
         done = int(st.table.kv_tokens[rid])
         q = min(target - done, budget)
-        if st.blocks.blocks_to_grow(rid, done + q) > st.blocks.free_blocks:
+        if st.blocks.blocks_to_grow(rid, done + q) > st.blocks.free_blocks - reserved_blocks:
             return None
         st.blocks.grow(rid, done + q)
         completes = done + q == target

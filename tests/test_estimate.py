@@ -1,0 +1,90 @@
+"""``capsim estimate``: one JSON object whose numbers hang together and match hand roofline figures."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from hwmodels.device import get_device
+from simulator.cli import app
+from simulator.config.schema import DeploymentConfig, Scenario
+from simulator.estimate import estimate
+from simulator.system import build_system
+
+GIB = 2**30
+KEYS = {"prefill_s", "tpot_s", "e2e_s", "output_tokens_per_s", "weights_gib", "kv_gib", "bound"}
+
+
+def run_json(*args: str) -> dict:
+    result = CliRunner().invoke(app, ["estimate", *args, "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_estimate_json_llama31_8b_h100_batch16():
+    doc = run_json(
+        "--model",
+        "llama-3.1-8b",
+        "--device",
+        "h100",
+        "--tp",
+        "1",
+        "--batch",
+        "16",
+        "--prompt",
+        "1024",
+        "--output",
+        "256",
+    )
+    assert isinstance(doc, dict) and KEYS <= doc.keys()
+    assert doc["device"] == "h100-sxm"  # the alias resolved
+    out = 256
+    assert doc["e2e_s"] == pytest.approx(doc["prefill_s"] + doc["tpot_s"] * (out - 1), rel=1e-9)
+    assert doc["output_tokens_per_s"] == pytest.approx(16 * out / doc["e2e_s"], rel=1e-12)
+    # Llama-3.1-8B has 8.03e9 parameters (model card), 2 bytes each in bf16.
+    assert doc["weights_gib"] == pytest.approx(8.03e9 * 2 / GIB, rel=0.02)
+    # KV of the batch at its longest: 16 x 1280 tokens x 2 L h_kv d_h b = 131072 bytes each.
+    assert doc["kv_gib"] == pytest.approx(16 * 1280 * 2 * 32 * 8 * 128 * 2 / GIB, rel=1e-12)
+    assert doc["bound"] in ("memory", "compute")
+
+
+def test_batch1_decode_dominated_is_memory_bound():
+    doc = run_json("--model", "llama-3.1-8b", "--device", "h100", "--batch", "1", "--prompt", "128", "--output", "512")
+    assert doc["bound"] == "memory" and doc["decode_bound"] == "memory"
+    assert doc["e2e_s"] == pytest.approx(doc["prefill_s"] + doc["tpot_s"] * 511, rel=1e-9)
+    # A batch-1 step streams the weights: TPOT >= weight bytes / (bandwidth x memory efficiency).
+    spec = get_device("h100-sxm")
+    floor = doc["weights_gib"] * GIB / (spec.memory_bandwidth_gbs * 1e9 * spec.efficiency.memory)
+    assert floor <= doc["tpot_s"] < 1.15 * floor
+
+
+def test_long_prompt_batch_is_compute_bound_in_prefill():
+    doc = run_json("--model", "llama-3.1-8b", "--device", "h100", "--batch", "8", "--prompt", "4096", "--output", "2")
+    assert doc["prefill_bound"] == "compute"
+    assert doc["bound"] == "compute"  # the prefill dominates a 2-token output
+
+
+def test_estimate_function_single_output_token():
+    system = build_system(Scenario(model="llama-2-7b", deployment=DeploymentConfig(device="a100-80gb-sxm")))
+    est = estimate(system, batch=2, prompt=100, output=1)
+    assert est.tpot_s == 0.0 and est.decode_s == 0.0
+    assert est.e2e_s == est.prefill_s == est.ttft_s
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--batch", "0"], "batch must be at least 1"),
+        (["--model", "llama-3.1-8c"], "did you mean 'llama-3.1-8b'"),
+        (["--device", "a100", "--weight-dtype", "fp8"], "no fp8 peak"),
+        (["--prompt", "200000"], "exceeds the context"),
+        (["--model", "llama-2-70b", "--device", "a100"], "short by"),
+    ],
+)
+def test_estimate_bad_input(args, fragment):
+    result = CliRunner().invoke(app, ["estimate", *args])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and "internal error" not in result.output
+    assert fragment in " ".join(result.stderr.split())
