@@ -30,7 +30,8 @@ app = typer.Typer(
     help="capsim: simulate LLM serving and plan capacity.",
     pretty_exceptions_enable=False,
 )
-out_console = Console()
+# Tables are wide; when stdout is not a terminal (piped, CI, docs) do not squeeze them to 80 columns.
+out_console = Console() if Console().is_terminal else Console(width=160)
 err_console = Console(stderr=True)
 
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show the Python traceback on errors.")]
@@ -311,6 +312,17 @@ def _registry_table(title: str, module: str, attr: str) -> Table:
     return t
 
 
+_ESTIMATE_FLAGS = {
+    "model": "--model",
+    "deployment.device": "--device",
+    "deployment.tp": "--tp",
+    "deployment.pp": "--pp",
+    "deployment.weight_dtype": "--weight-dtype",
+    "deployment.kv_dtype": "--kv-dtype",
+}
+"""Scenario fields that ``capsim estimate`` fills from a flag, for error messages."""
+
+
 @app.command()
 def estimate(
     model: Annotated[str, typer.Option(help="Catalog model id.")] = "llama-3.1-8b",
@@ -328,16 +340,35 @@ def estimate(
     """Steady-state roofline answer for one batch shape, without a trace."""
 
     def action() -> None:
+        from pydantic import ValidationError
+
         from simulator.config.schema import DeploymentConfig, Scenario
         from simulator.estimate import estimate as run_estimate
         from simulator.system import build_system
 
+        try:
+            deployment = DeploymentConfig(device=device, tp=tp, pp=pp, weight_dtype=weight_dtype, kv_dtype=kv_dtype)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            field = "deployment." + ".".join(str(p) for p in err.get("loc", ()))
+            raise CapsimError(
+                f"{err.get('msg', 'invalid value')} (got {err.get('input')!r})",
+                where=_ESTIMATE_FLAGS.get(field, field),
+                fix="see `capsim estimate --help` for the valid values",
+            ) from None
         scenario = Scenario(
             model=model,
-            deployment=DeploymentConfig(device=device, tp=tp, pp=pp, weight_dtype=weight_dtype, kv_dtype=kv_dtype),
+            deployment=deployment,
             scheduler={"name": "vllm", "max_num_seqs": max(batch, 1), "max_num_batched_tokens": max(batch * prompt, 1)},
         )
-        result = run_estimate(build_system(scenario), batch=batch, prompt=prompt, output=output)
+        try:
+            result = run_estimate(build_system(scenario), batch=batch, prompt=prompt, output=output)
+        except CapsimError as exc:
+            # Name the command-line flag the user typed rather than the scenario field behind it.
+            flag = _ESTIMATE_FLAGS.get(exc.where or "")
+            if flag is None:
+                raise
+            raise type(exc)(exc.problem, where=flag, fix=exc.fix) from None
         if as_json:
             print(json.dumps(result.as_dict(), indent=2))
             return

@@ -73,7 +73,7 @@ class Recorder:
     def gap_values(self, values: np.ndarray, weight: int = 1) -> None:
         """Individual gaps, grouped by equal value (sequences that stalled together share one)."""
         uniq, counts = np.unique(values, return_counts=True)
-        for v, c in zip(uniq.tolist(), counts.tolist()):
+        for v, c in zip(uniq.tolist(), counts.tolist(), strict=True):
             self.gap_run(v, 0.0, 1, c * weight)
 
     def iterations_frame(self) -> pd.DataFrame:

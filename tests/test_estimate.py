@@ -81,6 +81,10 @@ def test_estimate_function_single_output_token():
         (["--device", "a100", "--weight-dtype", "fp8"], "no fp8 peak"),
         (["--prompt", "200000"], "exceeds the context"),
         (["--model", "llama-2-70b", "--device", "a100"], "short by"),
+        (["--tp", "0"], "--tp: Input should be greater than 0"),  # a pydantic error, not an internal error
+        (["--pp", "-1"], "--pp:"),
+        (["--tp", "3"], "--tp: tp=3 does not divide the 32 attention heads"),
+        (["--weight-dtype", "fp9"], "--weight-dtype: unknown numeric format 'fp9'"),
     ],
 )
 def test_estimate_bad_input(args, fragment):

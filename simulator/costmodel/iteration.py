@@ -98,7 +98,7 @@ class DecodeRun:
             n -= 1
         return n
 
-    def prefix(self, done: int) -> "DecodeRun":
+    def prefix(self, done: int) -> DecodeRun:
         """The first ``done`` iterations of this run."""
         if self.affine:
             return DecodeRun(done, self.first, self.step, True)

@@ -65,7 +65,7 @@ class OperatorTable:
     iteration_comms: tuple[Collective, ...] = ()
     notes: tuple[str, ...] = field(default=())
 
-    def with_ops(self, **changes) -> "OperatorTable":
+    def with_ops(self, **changes) -> OperatorTable:
         """A copy with some fields replaced (techniques transform tables this way)."""
         return replace(self, **changes)
 

@@ -79,7 +79,7 @@ class Scheduler:
     #: Whether prefill of a waiting request may run beside decode in one iteration.
     mixed_batches: ClassVar[bool] = False
 
-    def __init__(self, params: SchedulerParams, state: "ReplicaState"):
+    def __init__(self, params: SchedulerParams, state: ReplicaState):
         self.params = params
         self.state = state
 
