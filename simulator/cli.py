@@ -401,6 +401,11 @@ def version() -> None:
     print(__version__)
 
 
+# --- sub-command modules: each defines register(app) and is wired here with one line ---
+# (begin sub-commands)
+# (end sub-commands)
+
+
 def main() -> None:
     app()
 
