@@ -61,11 +61,17 @@ def simulate(
             scenario.workload, seed=scenario.seed, num_requests=sim.num_requests, duration_s=sim.duration_s
         )
     prompt, output, arrival = stream.prompt_tokens, stream.output_tokens, stream.arrival_s
+    # Pipeline parallelism: a replica of pp stages keeps pp batches in flight (vLLM's "virtual
+    # engines"), each taking the whole pipeline's latency per iteration while the stages overlap.
+    # We model each in-flight batch as an engine with 1/pp of the replica's KV blocks.
+    dep = system.deployment
+    engines = dep.num_replicas * dep.pp
+    blocks_per_engine = system.memory.kv_blocks // dep.pp
     mask, reasons = unservable_mask(
         prompt,
         output,
         max_context=system.model.max_context,
-        kv_capacity_tokens=system.memory.kv_capacity_tokens,
+        kv_capacity_tokens=blocks_per_engine * dep.block_size,
         max_prefill_tokens=system.scheduler_cls(system.scheduler_params, None).max_prefill_tokens(),
     )
     enforce(mask, reasons, prompt, output, sim.oversized)
@@ -74,7 +80,6 @@ def simulate(
 
     env = simpy.Environment()
     recorder = Recorder()
-    dep = system.deployment
     closed = stream.closed_loop
     rng = np.random.default_rng(np.random.SeedSequence(scenario.seed).spawn(2)[1])
     replicas: list[Replica] = []
@@ -101,11 +106,10 @@ def simulate(
                 else:
                     submit_next()
 
-    blocks_total = system.memory.kv_blocks
     make_scheduler = lambda state: system.scheduler_cls(system.scheduler_params, state)  # noqa: E731
     cost = system.cost_model()
-    for i in range(dep.num_replicas):
-        blocks = BlockManager(blocks_total, dep.block_size, table)
+    for i in range(engines):
+        blocks = BlockManager(blocks_per_engine, dep.block_size, table)
         replicas.append(
             Replica(env, i, table, blocks, cost, make_scheduler, recorder, on_finish, system.model.max_context,
                     warmup_s=sim.warmup_s)
@@ -133,14 +137,16 @@ def simulate(
         seed=scenario.seed,
         model=system.model.name,
         device=system.device.name,
-        num_replicas=dep.num_replicas,
-        gpus_per_replica=dep.gpus_per_replica,
+        # Metrics see one entry per engine; with pp > 1 each engine keeps tp GPUs (one per stage
+        # at a time) busy, so GPU counts, busy GPU-seconds, energy and cost stay exact.
+        num_replicas=engines,
+        gpus_per_replica=dep.tp,
         peak_flops_per_gpu=system.roofline.peak_flops,
         mem_bandwidth_per_gpu=system.roofline.memory_bandwidth,
         price_usd_per_gpu_hour=system.device.price_usd_per_hour,
         tdp_w=system.device.tdp_w,
         idle_w=system.device.idle_w,
-        kv_capacity_tokens_per_replica=system.memory.kv_capacity_tokens,
+        kv_capacity_tokens_per_replica=blocks_per_engine * dep.block_size,
         kv_block_size=dep.block_size,
         weights_bytes_per_gpu=system.memory.weights_bytes,
         gpu_memory_bytes=system.memory.gpu_memory_bytes,
