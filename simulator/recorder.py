@@ -77,18 +77,24 @@ class Recorder:
             self.gap_run(v, 0.0, 1, c * weight)
 
     def iterations_frame(self) -> pd.DataFrame:
-        df = pd.DataFrame({name: np.frombuffer(col, dtype=col.typecode) if len(col) else np.zeros(0) for name, col in self._cols.items()})
+        """The iteration log as a DataFrame that shares the typed arrays' memory (no copy)."""
+        columns = {name: _view(col) for name, col in self._cols.items()}
+        df = pd.DataFrame(columns, copy=False)
         df["busy_s"] = df["end_s"] - df["start_s"]
         return df
 
     def token_gaps(self) -> TokenGaps:
-        def arr(a: array, dtype) -> np.ndarray:
-            return np.frombuffer(a, dtype=a.typecode).astype(dtype) if len(a) else np.zeros(0, dtype=dtype)
-
         return TokenGaps(
-            first=arr(self.gap_first, float),
-            step=arr(self.gap_step, float),
-            count=arr(self.gap_count, np.int64),
-            weight=arr(self.gap_weight, np.int64),
+            first=_view(self.gap_first),
+            step=_view(self.gap_step),
+            count=_view(self.gap_count),
+            weight=_view(self.gap_weight),
             single_values=np.zeros(0),
         )
+
+
+def _view(column: array) -> np.ndarray:
+    """A numpy view of a typed array (8-byte codes map to float64/int64 without copying)."""
+    if not len(column):
+        return np.zeros(0, dtype=np.float64 if column.typecode == "d" else np.int64)
+    return np.frombuffer(column, dtype=np.float64 if column.typecode == "d" else np.int64)

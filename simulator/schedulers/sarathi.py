@@ -10,6 +10,7 @@ long prompt never stalls the decodes for more than one budget's worth of work.
 
 from __future__ import annotations
 
+import numpy as np
 from pydantic import Field
 
 from simulator.kvcache import blocks_for
@@ -74,7 +75,7 @@ class SarathiScheduler(Scheduler):
             if blocks.free_blocks - decode_growth - int(blocks_for(q, bs)) < watermark:
                 break
             st.waiting.popleft()
-            if t.schedule_s[rid] != t.schedule_s[rid]:  # NaN: first admission
+            if np.isnan(t.schedule_s[rid]):  # first admission (not a re-admission after preemption)
                 t.schedule_s[rid] = st.now
             st.running.append(rid)
             st.changed()
@@ -109,7 +110,5 @@ class SarathiScheduler(Scheduler):
         return PrefillChunk(rid, q, done, completes, q)
 
     @staticmethod
-    def _ids(rids: list[int]):
-        import numpy as np
-
+    def _ids(rids: list[int]) -> np.ndarray:
         return np.fromiter(rids, dtype=np.int64, count=len(rids))
