@@ -168,21 +168,23 @@ def validate(
     set_: SetOpt = None,
     debug: DebugOpt = False,
 ) -> None:
-    """Check a scenario file: schema, names, and that every configuration fits in memory."""
+    """Check a scenario file: schema, names, memory fit, and that its workload loads and can be served."""
 
     def action() -> None:
         from simulator.config.loader import load_scenarios
+        from simulator.engine import prepare
         from simulator.memory_plan import GIB
-        from simulator.system import build_system
 
         scenarios = load_scenarios(scenario_file, set_ or [])
         for sc in scenarios:
-            system = build_system(sc)
-            m = system.memory
+            prep = prepare(sc)
+            system, m = prep.system, prep.system.memory
+            dropped = int(prep.unservable.sum())
             out_console.print(
                 f"[green]ok[/] {sc.name}: {system.model.name} on {sc.deployment.num_replicas}x{system.device.name} "
                 f"tp={sc.deployment.tp} pp={sc.deployment.pp}; weights {m.weights_bytes / GIB:.1f} GiB/GPU, "
-                f"KV capacity {m.kv_capacity_tokens:,} tokens/replica",
+                f"KV capacity {m.kv_capacity_tokens:,} tokens/replica; workload {len(prep.stream):,} requests "
+                f"({prep.stream.source})" + (f", {dropped:,} unservable will be dropped" if dropped else ""),
                 highlight=False,
             )
 

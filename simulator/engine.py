@@ -41,6 +41,42 @@ class RunOutput:
     kv_blocks_peak: list[int]
 
 
+@dataclass
+class Prepared:
+    """A scenario resolved and checked, ready to simulate (also what ``capsim validate`` runs)."""
+
+    system: System
+    stream: RequestStream
+    unservable: np.ndarray  # requests that can never be served (dropped when simulation.oversized=drop)
+    engines: int  # replicas x pipeline stages: batches in flight
+    blocks_per_engine: int
+
+
+def prepare(scenario: Scenario, *, system: System | None = None, stream: RequestStream | None = None) -> Prepared:
+    """Resolve names, budget memory, build the request stream and apply the ``oversized`` policy."""
+    system = system or build_system(scenario)
+    sim = scenario.simulation
+    if stream is None:
+        stream = build_requests(
+            scenario.workload, seed=scenario.seed, num_requests=sim.num_requests, duration_s=sim.duration_s
+        )
+    # Pipeline parallelism: a replica of pp stages keeps pp batches in flight (vLLM's "virtual
+    # engines"), each taking the whole pipeline's latency per iteration while the stages overlap.
+    # We model each in-flight batch as an engine with 1/pp of the replica's KV blocks.
+    dep = system.deployment
+    blocks_per_engine = system.memory.kv_blocks // dep.pp
+    prompt, output = stream.prompt_tokens, stream.output_tokens
+    mask, reasons = unservable_mask(
+        prompt,
+        output,
+        max_context=system.model.max_context,
+        kv_capacity_tokens=blocks_per_engine * dep.block_size,
+        max_prefill_tokens=system.scheduler_cls(system.scheduler_params, None).max_prefill_tokens(),
+    )
+    enforce(mask, reasons, prompt, output, sim.oversized)
+    return Prepared(system, stream, mask, dep.num_replicas * dep.pp, blocks_per_engine)
+
+
 def simulate(
     scenario: Scenario,
     *,
@@ -54,29 +90,13 @@ def simulate(
     oblivious routers (the tests use it to show both paths agree).
     """
     wall0 = time.perf_counter()
-    system = system or build_system(scenario)
-    sim = scenario.simulation
-    if stream is None:
-        stream = build_requests(
-            scenario.workload, seed=scenario.seed, num_requests=sim.num_requests, duration_s=sim.duration_s
-        )
-    prompt, output, arrival = stream.prompt_tokens, stream.output_tokens, stream.arrival_s
-    # Pipeline parallelism: a replica of pp stages keeps pp batches in flight (vLLM's "virtual
-    # engines"), each taking the whole pipeline's latency per iteration while the stages overlap.
-    # We model each in-flight batch as an engine with 1/pp of the replica's KV blocks.
+    prep = prepare(scenario, system=system, stream=stream)
+    system, stream, mask = prep.system, prep.stream, prep.unservable
+    engines, blocks_per_engine = prep.engines, prep.blocks_per_engine
     dep = system.deployment
-    engines = dep.num_replicas * dep.pp
-    blocks_per_engine = system.memory.kv_blocks // dep.pp
-    mask, reasons = unservable_mask(
-        prompt,
-        output,
-        max_context=system.model.max_context,
-        kv_capacity_tokens=blocks_per_engine * dep.block_size,
-        max_prefill_tokens=system.scheduler_cls(system.scheduler_params, None).max_prefill_tokens(),
-    )
-    enforce(mask, reasons, prompt, output, sim.oversized)
+    sim = scenario.simulation
     keep = ~mask
-    table = RequestTable(arrival[keep], prompt[keep], output[keep])
+    table = RequestTable(stream.arrival_s[keep], stream.prompt_tokens[keep], stream.output_tokens[keep])
 
     env = simpy.Environment()
     recorder = Recorder()

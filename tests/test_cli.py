@@ -198,3 +198,35 @@ def test_real_process_exit_codes(tmp_path):
     assert res.returncode == 2
     assert "Traceback" not in res.stderr + res.stdout
     assert "malformed YAML" in res.stderr and res.stdout == ""
+
+
+def test_validate_reads_the_trace_and_finds_unservable_requests(cli, tmp_path):
+    """validate builds the workload too, so a bad trace or an impossible request fails before any run."""
+    trace = tmp_path / "trace.csv"
+    trace.write_text("arrival_s,prompt_tokens\n0.0,100\n")
+    scenario = tmp_path / "s.yaml"
+    scenario.write_text(SMALL)
+    assert_user_error(cli("validate", scenario, "--set", f"workload.trace.path={trace}"), "trace.csv", "output")
+    # A 9,000-token prompt cannot fit Llama-3-8B's 8,192-token context.
+    long = tmp_path / "long.csv"
+    long.write_text("arrival_s,prompt_tokens,output_tokens\n0.0,100,10\n0.5,9000,10\n")
+    assert_user_error(
+        cli("validate", scenario, "--set", "model=llama-3-8b", "--set", "simulation.num_requests=null",
+            "--set", f"workload={{arrival: trace, trace: {{path: '{long}'}}}}"),
+        "1 of 2 requests can never be served",
+        "simulation.oversized",
+    )
+
+
+def test_relative_trace_path_is_relative_to_the_scenario_file(cli, tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "t.csv").write_text("arrival_s,prompt_tokens,output_tokens\n0.0,100,10\n0.5,50,5\n")
+    scenario = tmp_path / "s.yaml"
+    scenario.write_text(
+        "model: llama-3.1-8b\n"
+        "workload: {arrival: trace, trace: {path: data/t.csv}}\n"
+        "simulation: {num_requests: null}\n"
+    )
+    result = cli("validate", scenario)
+    assert result.exit_code == 0, result.output
+    assert "2 requests" in " ".join(result.output.split())

@@ -227,4 +227,14 @@ def load_scenarios(path: str | Path, overrides: list[str] | None = None) -> list
     for text in overrides or []:
         key, value = parse_override(text)
         set_path(data, key, value)
+    _anchor_trace_path(data, Path(path).parent)
     return expand(data, str(path))
+
+
+def _anchor_trace_path(data: dict[str, Any], folder: Path) -> None:
+    """A relative ``workload.trace.path`` means relative to the scenario file when that file exists there."""
+    trace = (data.get("workload") or {}).get("trace") if isinstance(data.get("workload"), dict) else None
+    if isinstance(trace, dict) and isinstance(trace.get("path"), str):
+        p = Path(trace["path"])
+        if not p.is_absolute() and (folder / p).exists() and not p.exists():
+            trace["path"] = str((folder / p).resolve())
