@@ -405,6 +405,8 @@ def version() -> None:
 
 # --- sub-command modules: each defines register(app) and is wired here with one line ---
 # (begin sub-commands)
+from simulator.cli_plan import register as _register_plan  # noqa: E402
+_register_plan(app)
 # (end sub-commands)
 
 
