@@ -11,18 +11,17 @@ import difflib
 import json
 import re
 import sys
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from capsim import __version__
 from capsim.errors import CapsimError, UnknownNameError
+from simulator.cli_common import DebugOpt, SetOpt, _guard, _json_default, err_console, out_console
 
 app = typer.Typer(
     add_completion=False,
@@ -30,41 +29,6 @@ app = typer.Typer(
     help="capsim: simulate LLM serving and plan capacity.",
     pretty_exceptions_enable=False,
 )
-# Tables are wide; when stdout is not a terminal (piped, CI, docs) do not squeeze them to 80 columns.
-out_console = Console() if Console().is_terminal else Console(width=160)
-err_console = Console(stderr=True)
-
-DebugOpt = Annotated[bool, typer.Option("--debug", help="Show the Python traceback on errors.")]
-SetOpt = Annotated[
-    list[str] | None,
-    typer.Option("--set", "-s", help="Override a field by dotted path, e.g. --set workload.qps=8 (repeatable)."),
-]
-
-
-def _guard(debug: bool, action: Callable[[], Any]) -> Any:
-    """Run ``action``; turn user errors into a clear message and exit status 2."""
-    try:
-        return action()
-    except CapsimError as exc:
-        if debug:
-            traceback.print_exc()
-        err_console.print(f"[bold red]error:[/] {exc.render()}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
-    except typer.Exit:
-        raise
-    except KeyboardInterrupt:
-        err_console.print("interrupted")
-        raise typer.Exit(130) from None
-    except Exception as exc:  # a bug, not bad input: say so, and how to see more
-        if debug:
-            traceback.print_exc()
-        err_console.print(
-            f"[bold red]internal error:[/] {type(exc).__name__}: {exc}. "
-            "This is a capsim bug; rerun with --debug and report the traceback.",
-            highlight=False,
-            soft_wrap=True,
-        )
-        raise typer.Exit(1) from None
 
 
 def _slug(name: str) -> str:
@@ -146,13 +110,6 @@ def _warn_if_nothing_measured(summary: dict[str, Any]) -> None:
             highlight=False,
             soft_wrap=True,
         )
-
-
-def _json_default(value: Any) -> Any:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return str(value)
 
 
 def _headline(sc) -> str:
@@ -405,7 +362,11 @@ def version() -> None:
 
 # --- sub-command modules: each defines register(app) and is wired here with one line ---
 # (begin sub-commands)
+from app.cli import register as _register_app  # noqa: E402
+
+_register_app(app)
 from simulator.cli_plan import register as _register_plan  # noqa: E402
+
 _register_plan(app)
 # (end sub-commands)
 

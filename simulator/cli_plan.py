@@ -16,7 +16,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from simulator.cli import DebugOpt, SetOpt, _guard, _json_default, err_console, out_console
+from simulator.cli_common import DebugOpt, SetOpt, _guard, _json_default, err_console, out_console
 
 OutOpt = Annotated[
     Path | None,

@@ -1,0 +1,219 @@
+"""One simulation run reduced to the small, tidy tables the dashboard shows.
+
+Why reduce: the page caches one :class:`RunData` per scenario hash and redraws
+from it on every interaction, so it must be small (a few thousand rows at
+most) and picklable; the per-request and per-iteration records of a large run
+are neither. Every table is tidy (one row per observation, a ``configuration``
+column added by the page), so the same frame feeds the Altair chart, the CSV
+download and the matplotlib PNG.
+
+Tables:
+
+* ``cdf``: ``metric`` (TTFT, TPOT, TBT, E2E), ``latency_s``, ``fraction`` -- empirical CDF points from
+  :func:`~simulator.metrics.quantiles.ecdf_points` and :func:`~simulator.metrics.quantiles.token_gap_cdf`.
+* ``timeline``: per time bin, ``output_tokens_per_s`` and ``finished_per_s`` (from the requests: one token at
+  the first-token time, the rest spread evenly up to the finish), ``batch_size`` (iteration-weighted mean sequences
+  per iteration) and ``kv_used_fraction`` / ``kv_used_gib`` (busy-time weighted means over replicas), from the
+  iteration records.
+* ``breakdown``: per-operator time of two representative iterations of the run -- the mean decode step (mean
+  decode batch and context) and a typical prefill (median prefill tokens per iteration) -- from
+  ``System.cost_model().breakdown()``, with each operator's bound (compute, memory, communication).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from simulator.costmodel.features import BatchShape
+from simulator.engine import RunOutput
+from simulator.memory_plan import GIB
+from simulator.metrics.quantiles import ecdf_points, token_gap_cdf
+from simulator.metrics.result import request_latencies
+from simulator.metrics.slo import SLOConfig
+from simulator.metrics.summary import measured_requests, summarise
+
+#: Time bins of the time series; enough to show ramps and bursts, few enough to plot instantly.
+TIME_BINS = 80
+#: Points per CDF curve.
+CDF_POINTS = 200
+
+
+@dataclass
+class RunData:
+    """What the page needs from one run (picklable, so ``st.cache_data`` can keep it)."""
+
+    name: str
+    summary: dict[str, Any]
+    cdf: pd.DataFrame
+    timeline: pd.DataFrame
+    breakdown: pd.DataFrame
+    shapes: dict[str, str] = field(default_factory=dict)  # phase -> the batch shape it was priced at
+    slo_quantiles: dict[str, float] = field(default_factory=dict)  # metric -> value at the attainment quantile
+
+
+def integrate_steps(starts: np.ndarray, ends: np.ndarray, values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Integral over each bin ``[edges[k], edges[k+1])`` of Σ_i values_i · 1[starts_i ≤ t < ends_i].
+
+    Uses ∫_{-∞}^{t} = G(t, starts) − G(t, ends) with G(t, a) = Σ_i values_i · max(t − a_i, 0), evaluated at the
+    edges from sorted cumulative sums: O(n log n + bins) time and O(n + bins) memory, for any number of rows.
+    """
+    def ramp(points: np.ndarray) -> np.ndarray:
+        order = np.argsort(points, kind="stable")
+        p, v = points[order], values[order]
+        cum_v = np.concatenate([[0.0], np.cumsum(v)])
+        cum_pv = np.concatenate([[0.0], np.cumsum(p * v)])
+        k = np.searchsorted(p, edges, side="right")  # rows with point <= edge
+        return edges * cum_v[k] - cum_pv[k]
+
+    if len(starts) == 0:
+        return np.zeros(len(edges) - 1)
+    area = ramp(np.asarray(starts, float)) - ramp(np.asarray(ends, float))
+    return np.diff(area)
+
+
+def latency_cdfs(output: RunOutput, num_points: int = CDF_POINTS) -> pd.DataFrame:
+    """Tidy CDF points of TTFT, TPOT, TBT (every gap) and E2E over the measured requests."""
+    req = measured_requests(output.result)
+    lat = request_latencies(req)
+    parts = []
+    for metric, values in (("TTFT", lat["ttft_s"]), ("TPOT", lat["tpot_s"]), ("E2E", lat["e2e_s"])):
+        x, f = ecdf_points(values.to_numpy(dtype=float), num_points)
+        parts.append(pd.DataFrame({"metric": metric, "latency_s": x, "fraction": f}))
+    x, f = token_gap_cdf(output.result.token_gaps, num_points)
+    parts.append(pd.DataFrame({"metric": "TBT", "latency_s": x, "fraction": f}))
+    frame = pd.concat(parts, ignore_index=True)
+    return frame[frame["latency_s"] > 0].reset_index(drop=True)  # log axes need positive values
+
+
+def timeline(output: RunOutput, bins: int = TIME_BINS) -> pd.DataFrame:
+    """Throughput, batch size and KV use per time bin over the whole run (warm-up included)."""
+    res = output.result
+    end = max(float(res.info.sim_end_s), 1e-9)
+    edges = np.linspace(0.0, end, bins + 1)
+    width = edges[1] - edges[0]
+    req = res.requests
+    first = req["first_token_s"].to_numpy(float)
+    finish = req["finish_s"].to_numpy(float)
+    out_tokens = req["output_tokens"].to_numpy(float)
+    done = np.isfinite(first) & np.isfinite(finish)
+    first_hist = np.histogram(first[done], bins=edges)[0]
+    spread = done & (finish > first) & (out_tokens > 1)
+    rate = (out_tokens[spread] - 1) / (finish[spread] - first[spread])
+    decode_tokens = integrate_steps(first[spread], finish[spread], rate, edges)
+    # One-token requests and zero-length decodes: all their tokens at the first token.
+    lump = done & ~spread
+    lump_hist = np.histogram(first[lump], bins=edges, weights=np.maximum(out_tokens[lump] - 1, 0))[0]
+    finished_hist = np.histogram(finish[done], bins=edges)[0]
+
+    it = res.iterations
+    start_s, end_s = it["start_s"].to_numpy(float), it["end_s"].to_numpy(float)
+    batch = (it["prefill_seqs"] + it["decode_seqs"]).to_numpy(float)
+    total = it["kv_blocks_total"].to_numpy(float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        util = np.where(total > 0, it["kv_blocks_used"].to_numpy(float) / total, 0.0)
+    busy = integrate_steps(start_s, end_s, np.ones(len(it)), edges)
+    # Batch size is iteration-weighted (as in the summary); a long prefill iteration counts once, not by its length.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        per_s = np.where(end_s > start_s, it["num_iterations"].to_numpy(float) / (end_s - start_s), 0.0)
+        iterations = integrate_steps(start_s, end_s, per_s, edges)
+        mean_batch = integrate_steps(start_s, end_s, per_s * batch, edges) / iterations
+        mean_util = integrate_steps(start_s, end_s, util, edges) / busy
+    mem = output.system.memory
+    kv_gib_capacity = mem.kv_capacity_tokens * mem.kv_bytes_per_token / GIB
+    return pd.DataFrame(
+        {
+            "time_s": (edges[:-1] + edges[1:]) / 2,
+            "output_tokens_per_s": (first_hist + decode_tokens + lump_hist) / width,
+            "finished_per_s": finished_hist / width,
+            "batch_size": np.where(iterations > 0, mean_batch, np.nan),
+            "kv_used_fraction": np.where(busy > 0, mean_util, np.nan),
+            "kv_used_gib": np.where(busy > 0, mean_util * kv_gib_capacity, np.nan),
+        }
+    )
+
+
+def representative_shapes(output: RunOutput) -> dict[str, BatchShape]:
+    """The mean decode step and a typical prefill iteration of the run (phases with no work are left out)."""
+    it = output.result.iterations
+    shapes: dict[str, BatchShape] = {}
+    k = it["num_iterations"].to_numpy(float)
+    seqs = it["decode_seqs"].to_numpy(float)
+    dec = (seqs > 0) & (it["prefill_seqs"].to_numpy(float) == 0) & (k > 0)
+    if dec.any():
+        # Mean context per sequence over every iteration of the run (context grows by one per step).
+        ctx = it["context_tokens"].to_numpy(float)[dec] + seqs[dec] * (k[dec] - 1) / 2
+        n = max(1, int(round(np.average(seqs[dec], weights=k[dec]))))
+        per_seq = float(np.average(ctx / seqs[dec], weights=k[dec]))
+        shapes["decode"] = BatchShape(decode_seqs=n, decode_context=int(round(n * per_seq)))
+    pre = it["prefill_tokens"].to_numpy(float)
+    if (pre > 0).any():
+        tokens = max(1, int(np.median(pre[pre > 0])))
+        shapes["prefill"] = BatchShape(prefill_chunks=((tokens, 0, True),))
+    return shapes
+
+
+def describe_shape(shape: BatchShape) -> str:
+    if shape.decode_seqs:
+        return f"decode step: {shape.decode_seqs} sequences, mean context {shape.decode_context // shape.decode_seqs:,}"
+    return f"prefill iteration: {shape.prefill_tokens:,} tokens"
+
+
+def breakdown(output: RunOutput, shapes: dict[str, BatchShape]) -> pd.DataFrame:
+    """Per-operator time (s) of each representative iteration, with operator class and bound."""
+    cost = output.system.cost_model()
+    rows = []
+    for phase, shape in shapes.items():
+        for op in cost.breakdown(shape):
+            rows.append(
+                {"phase": phase, "operator": op.name, "op_class": op.op_class, "bound": op.bound,
+                 "time_s": op.time_s, "flops": op.flops, "bytes": op.bytes}
+            )
+    columns = ["phase", "operator", "op_class", "bound", "time_s", "flops", "bytes"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def slo_quantiles(output: RunOutput, slo: SLOConfig) -> dict[str, float]:
+    """Each targeted latency at the attainment quantile: the value to compare with its target."""
+    req = measured_requests(output.result)
+    lat = request_latencies(req)
+    columns = {"ttft_s": lat["ttft_s"], "tpot_s": lat["tpot_s"], "e2e_s": lat["e2e_s"], "tbt_s": req["max_tbt_s"]}
+    finished = np.isfinite(req["finish_s"].to_numpy(float))
+    out = {}
+    for name in slo.targets():
+        values = columns[name].to_numpy(float)
+        # Unfinished requests miss every target (infinitely late); NaN for a finished one means the metric does
+        # not apply (one output token: no decode pace, no gap), which always meets the target (counted as 0).
+        values = np.where(finished, np.nan_to_num(values, nan=0.0), np.inf)
+        out[name] = float(np.quantile(values, slo.attainment)) if len(values) else math.nan
+    return out
+
+
+def analyse(output: RunOutput, slo: SLOConfig, name: str) -> RunData:
+    """Reduce a finished run to :class:`RunData`."""
+    summary = summarise(output.result, slo)
+    mem = output.system.memory
+    kv_capacity_gib = mem.kv_capacity_tokens * mem.kv_bytes_per_token / GIB
+    summary = {
+        "name": name,
+        **summary,
+        "kv_capacity_gib_per_gpu": kv_capacity_gib,
+        "kv_peak_gib_per_gpu": summary["kv_util_peak"] * kv_capacity_gib,
+        "weights_gib_per_gpu": mem.weights_bytes / GIB,
+        "rejected": output.rejected,
+        "workload": output.workload,
+    }
+    shapes = representative_shapes(output)
+    return RunData(
+        name=name,
+        summary=summary,
+        cdf=latency_cdfs(output),
+        timeline=timeline(output),
+        breakdown=breakdown(output, shapes),
+        shapes={phase: describe_shape(shape) for phase, shape in shapes.items()},
+        slo_quantiles=slo_quantiles(output, slo),
+    )

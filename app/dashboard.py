@@ -1,0 +1,153 @@
+"""capsim what-if dashboard: compare 1-4 serving configurations of one model under one workload.
+
+Run with ``capsim app`` (or ``streamlit run app/dashboard.py``). The sidebar
+holds the inputs; the main area the verdict, the summary table and the charts.
+The page only composes the modules of :mod:`app`; see its docstring for who
+does what.
+
+Flow of one script run (Streamlit re-runs the page on every interaction):
+read the widgets into a :class:`~app.setup.Setup`, validate it and write any
+problem next to its field, offer it as YAML, and -- when "Run comparison" is
+clicked -- simulate each configuration (cached by scenario hash) with a
+progress bar. The last results stay on the page until the next run.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import streamlit as st
+
+try:  # `streamlit run app/dashboard.py` puts app/ on sys.path, not the repository root
+    import app  # noqa: F401
+except ImportError:  # pragma: no cover -- only without `pip install -e .`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from app.checks import check_setup  # noqa: E402
+from app.fields import describe_field  # noqa: E402
+from app.inputs import configuration_inputs, model_input, simulation_input, slo_input, workload_input  # noqa: E402
+from app.results import progress_callback, render_results  # noqa: E402
+from app.runner import job_for, run_jobs  # noqa: E402
+from app.setup import Setup, default_setup, is_scenario_file, setup_from_text, to_yaml  # noqa: E402
+from app.widgets import Form, clear_widget_state, render_issues  # noqa: E402
+from capsim.errors import CapsimError  # noqa: E402
+from simulator.config.schema import Scenario  # noqa: E402
+
+SCENARIO_DIR = Path(__file__).resolve().parents[1] / "scenarios"
+
+
+def _state() -> tuple[Setup, int]:
+    """The set-up the widgets start from (default, or the last loaded file) and the widget generation."""
+    if "loaded" not in st.session_state:
+        st.session_state["loaded"] = default_setup()
+        st.session_state["generation"] = 0
+    return st.session_state["loaded"], st.session_state["generation"]
+
+
+def _load(text: str, source: str) -> None:
+    """Replace the inputs with a scenario file's configurations (errors are shown by the caller)."""
+    setup, warnings = setup_from_text(text, source)
+    clear_widget_state()
+    st.session_state["loaded"] = setup
+    st.session_state["generation"] = st.session_state.get("generation", 0) + 1
+    st.session_state["load_notes"] = [f"loaded {source}"] + [f"note: {w}" for w in warnings]
+
+
+def file_section() -> object:
+    """Load a scenario (example or upload); returns a placeholder for the download button."""
+    ui = st.sidebar
+    ui.header("Scenario file")
+    examples = sorted(p.name for p in SCENARIO_DIR.glob("*.yaml") if is_scenario_file(p.read_text())) \
+        if SCENARIO_DIR.is_dir() else []
+    if examples:
+        left, right = ui.columns([2, 1], vertical_alignment="bottom")
+        pick = left.selectbox("example from scenarios/", examples, key="example-file")
+        if right.button("Load", key="load-example"):
+            try:
+                _load((SCENARIO_DIR / pick).read_text(), f"scenarios/{pick}")
+                st.rerun()
+            except CapsimError as exc:
+                ui.error(exc.render())
+    upload = ui.file_uploader("or upload a scenario YAML", type=["yaml", "yml"], key="yaml-upload")
+    if upload is not None:
+        data = upload.getvalue()
+        stamp = (upload.name, len(data), hash(data))
+        if st.session_state.get("applied-upload") != stamp:
+            try:
+                _load(data.decode("utf-8", errors="replace"), upload.name)
+                st.session_state["applied-upload"] = stamp
+                st.rerun()
+            except CapsimError as exc:
+                ui.error(exc.render())
+    for note in st.session_state.get("load_notes", []):
+        ui.caption(note)
+    return ui.container()
+
+
+def inputs(loaded: Setup, form: Form) -> Setup:
+    ui = st.sidebar
+    ui.header("Model")
+    model = model_input(form, ui, loaded.shared.get("model", "llama-3.1-8b"))
+    ui.header("Workload")
+    workload = workload_input(form, ui, loaded.shared.get("workload") or {})
+    ui.header("SLO")
+    slo = slo_input(form, ui, loaded.shared.get("slo") or {})
+    ui.header("Simulation")
+    name = ui.text_input("scenario name", value=str(loaded.shared.get("name", "what-if")), key=form.key("name"))
+    seed = form.field(ui, describe_field("seed", Scenario.model_fields["seed"]), "seed", loaded.shared.get("seed", 0))
+    simulation = simulation_input(form, ui, loaded.shared.get("simulation") or {})
+    ui.header("Configurations")
+    configurations = configuration_inputs(form, ui, loaded.configurations)
+    shared = {"name": name.strip() or "what-if", "seed": seed, "model": model, "workload": workload, "slo": slo,
+              "simulation": simulation}
+    if loaded.shared.get("description"):
+        shared["description"] = loaded.shared["description"]
+    return Setup(shared, configurations)
+
+
+def main() -> None:
+    st.set_page_config(page_title="capsim what-if", layout="wide")
+    loaded, generation = _state()
+    form = Form(generation)
+    download_slot = file_section()
+    setup = inputs(loaded, form)
+
+    check = check_setup(setup)
+    unplaced = render_issues(form, [*form.issues, *check.issues])
+    ok = check.ok and not form.issues
+    download_slot.download_button(
+        "Download scenario YAML", to_yaml(setup), file_name=f"{setup.shared['name']}.yaml", mime="application/x-yaml",
+        key="download-yaml", disabled=not ok, on_click="ignore",
+        help="A file `capsim run` accepts unchanged." if ok else "Fix the problems marked in red first.",
+    )
+
+    st.title("capsim: what-if comparison")
+    st.caption("Pick a model, a workload, SLOs and up to four configurations in the sidebar, then run the "
+               "comparison. Every run is cached by its scenario hash.")
+    for issue in unplaced:
+        st.error(f"{issue.path}: {issue.message}")
+    if not ok:
+        st.warning("Fix the problems marked in red in the sidebar to run the comparison.")
+    with st.expander("Scenario YAML"):
+        st.code(to_yaml(setup), language="yaml")
+
+    scenarios = [s for s in check.scenarios if s is not None]
+    jobs = [job_for(s) for s in scenarios] if ok else []
+    if st.button("Run comparison", type="primary", key="run", disabled=not ok):
+        bar = st.progress(0.0, text="starting")
+        run_jobs(jobs, progress_callback(bar))  # fills the cache; drawn below from it
+        bar.empty()
+        st.session_state["last_jobs"] = jobs
+        st.session_state["last_scenarios"] = scenarios
+        st.session_state.pop("sweep", None)
+    last = st.session_state.get("last_jobs")
+    if not last:
+        st.info("Click **Run comparison** to simulate the configurations.")
+        return
+    if [j.digest for j in last] != [j.digest for j in jobs]:
+        st.info("The inputs changed since these results; click **Run comparison** to update them.")
+    render_results(last, run_jobs(last))
+
+
+main()

@@ -1,0 +1,153 @@
+"""The results half of the page: verdict, summary table, charts, load sweep, each with CSV/PNG downloads.
+
+Why tabs: the summary table answers "which one?" at a glance; the charts answer
+"why?" and are only opened when needed, which keeps the page short on a laptop
+screen. Everything drawn here comes from cached :class:`~app.analysis.RunData`,
+so redrawing is instant.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from app.analysis import RunData
+from app.charts import ChartSpec, altair_chart, breakdown_specs, latency_cdf_spec, sweep_spec, timeline_spec
+from app.export import csv_bytes, png_bytes
+from app.runner import Job, RunFailure, job_for, parse_rates, run_jobs, sweep_frame, with_rate
+from app.tables import csv_table, display_table, verdict
+from capsim.errors import CapsimError
+from simulator.config.schema import Scenario
+from traces.arrivals import ARRIVALS
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _png(digest: str, _spec: ChartSpec) -> bytes:
+    """PNG of a chart, cached by the hash of the runs it shows and the chart's name."""
+    return png_bytes(_spec)
+
+
+def _combined(datas: Sequence[RunData], attr: str) -> pd.DataFrame:
+    frames = [getattr(d, attr).assign(configuration=d.name) for d in datas]
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return frame[["configuration", *[c for c in frame.columns if c != "configuration"]]]
+
+
+def chart_with_downloads(spec: ChartSpec, digest: str) -> None:
+    """The interactive chart, and its data as CSV and PNG."""
+    if spec.frame.empty:
+        st.info(f"{spec.title}: no data (nothing was measured).")
+        return
+    st.altair_chart(altair_chart(spec))
+    left, right, _ = st.columns([1, 1, 4])
+    left.download_button("CSV", csv_bytes(spec.frame), file_name=f"{spec.key}.csv", mime="text/csv",
+                         key=f"csv-{spec.key}", on_click="ignore")
+    right.download_button("PNG", _png(f"{digest}-{spec.key}", spec), file_name=f"{spec.key}.png", mime="image/png",
+                          key=f"png-{spec.key}", on_click="ignore")
+
+
+def progress_callback(bar: Any):
+    def update(done: int, total: int, name: str) -> None:
+        text = f"simulating {name} ({done + 1}/{total})" if name else f"done: {total} simulated"
+        bar.progress(done / max(total, 1), text=text)
+
+    return update
+
+
+def show_failures(failures: Sequence[RunFailure]) -> None:
+    for f in failures:
+        where = f" ({f.where})" if f.where else ""
+        st.error(f"**{f.name}** could not be simulated{where}: {f.message}")
+
+
+def render_results(jobs: Sequence[Job], outcomes: Sequence[RunData | RunFailure]) -> None:
+    """Everything below the run button, for one set of finished runs."""
+    datas = [o for o in outcomes if isinstance(o, RunData)]
+    show_failures([o for o in outcomes if isinstance(o, RunFailure)])
+    if not datas:
+        return
+    digest = "-".join(j.digest[:8] for j in jobs)
+    met, text = verdict([d.summary for d in datas], [d.slo_quantiles for d in datas])
+    (st.success if met else st.warning)(text)
+
+    st.subheader("Summary")
+    st.table(display_table([d.summary for d in datas]))
+    st.download_button("Download summary (CSV)", csv_bytes(csv_table([d.summary for d in datas])),
+                       file_name="summary.csv", mime="text/csv", key="download-summary-csv", on_click="ignore")
+
+    tabs = st.tabs(["Latency CDFs", "Throughput & batch", "KV memory", "Time breakdown"])
+    with tabs[0]:
+        chart_with_downloads(latency_cdf_spec(_combined(datas, "cdf")), digest)
+    timeline = _combined(datas, "timeline")
+    with tabs[1]:
+        chart_with_downloads(timeline_spec(timeline, "output_tokens_per_s", "Output tokens per second",
+                                           "output tokens/s"), digest)
+        chart_with_downloads(timeline_spec(timeline, "batch_size", "Batch size (mean sequences per iteration)",
+                                           "sequences per iteration"), digest)
+    with tabs[2]:
+        chart_with_downloads(timeline_spec(timeline, "kv_used_gib", "KV cache in use (per GPU, mean over replicas)",
+                                           "GiB per GPU"), digest)
+    with tabs[3]:
+        render_breakdown(datas, digest)
+    # A plain section, not a tab or expander: its button re-runs the page, which would switch tabs back to the
+    # first one (or fold an expander) and hide the sweep just run.
+    st.subheader("Load sweep")
+    st.caption("SLO attainment of every configuration at several request rates (same workload otherwise).")
+    render_sweep_controls()
+
+
+def render_breakdown(datas: Sequence[RunData], digest: str) -> None:
+    st.caption(
+        "Roofline time of one representative iteration per configuration, by operator class: the run's mean "
+        "decode step (mean decode batch and context) and a typical prefill (median prefill tokens per iteration). "
+        "Each operator is compute-bound or memory-bound, whichever of FLOPs/peak and bytes/bandwidth is larger."
+    )
+    shapes = pd.DataFrame([{"configuration": d.name, **d.shapes} for d in datas]).set_index("configuration")
+    st.table(shapes)
+    by_class, by_bound = breakdown_specs(_combined(datas, "breakdown"))
+    chart_with_downloads(by_class, digest)
+    chart_with_downloads(by_bound, digest)
+
+
+def sweep_supported(scenario: Scenario) -> bool:
+    return "qps" in ARRIVALS.get(scenario.workload.arrival).uses
+
+
+def render_sweep_controls() -> None:
+    """Rates to try and a button; results stay in the session until the inputs change."""
+    scenarios: list[Scenario] = st.session_state.get("last_scenarios", [])
+    if not scenarios:
+        return
+    if not sweep_supported(scenarios[0]):
+        st.info("The load sweep varies workload.qps; it needs an open-loop arrival process (not closed-loop).")
+        return
+    base = scenarios[0].workload.qps
+    default = ", ".join(f"{base * m:g}" for m in (0.5, 1, 1.5, 2)) if base else "1, 2, 4, 8"
+    rates_text = st.text_input("request rates to try (req/s)", value=default, key="sweep-rates",
+                               help="Every configuration is simulated at each rate (cached by scenario hash).")
+    if st.button("Run load sweep", key="run-sweep"):
+        try:
+            rates = parse_rates(rates_text)
+            jobs = [(sc.name, r, job_for(with_rate(sc, r))) for r in rates for sc in scenarios]
+        except CapsimError as exc:
+            st.error(exc.render())
+            return
+        bar = st.progress(0.0, text="load sweep")
+        outcomes = run_jobs([j for _, _, j in jobs], progress_callback(bar))
+        bar.empty()
+        st.session_state["sweep"] = [(name, r, job) for (name, r, job) in jobs]
+        show_failures([o for o in outcomes if isinstance(o, RunFailure)])
+    sweep = st.session_state.get("sweep")
+    if sweep:
+        outcomes = run_jobs([j for _, _, j in sweep])
+        frame = sweep_frame([(name, r, o) for (name, r, _), o in zip(sweep, outcomes, strict=True)])
+        if frame.empty:
+            return
+        target = scenarios[0].slo.attainment
+        chart_with_downloads(sweep_spec(frame, target), "sweep-" + "-".join(j.digest[:6] for _, _, j in sweep))
+        best = (frame[frame["slo_met"]].groupby("configuration")["qps"].max()
+                .reindex(frame["configuration"].unique()))
+        st.table(best.rename("highest rate tried that meets the SLO (req/s)").to_frame().fillna("none"))

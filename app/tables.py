@@ -1,0 +1,120 @@
+"""The side-by-side summary table and the one-line verdict above it.
+
+Why metrics as rows and configurations as columns: the page compares two to
+four configurations, and reading one metric across them is the question a
+capacity engineer asks ("which has the lower TTFT p99, and what does it
+cost?"). The CSV download is the tidy transpose -- one row per configuration,
+every summary key in SI units -- so it merges with ``capsim run`` output.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+
+from simulator.metrics.table import fmt_number, fmt_percent, fmt_seconds, fmt_usd
+
+Summary = Mapping[str, Any]
+
+
+def _gib(value: Any) -> str:
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return "–"
+    return "–" if not math.isfinite(x) else f"{x:.1f} GiB"
+
+
+def _verdict_cell(s: Summary) -> str:
+    return "met" if s.get("slo_met") else "missed"
+
+
+def _latency(metric: str, percentile: int) -> Callable[[Summary], str]:
+    key = f"{metric}_p{percentile}_s"
+    return lambda s: fmt_seconds(s.get(key))
+
+
+#: Latency rows: label, summary key prefix, percentiles shown.
+LATENCY_ROWS = (("TTFT", "ttft", (50, 90, 99)), ("TPOT", "tpot", (50, 90, 99)), ("TBT", "tbt", (50, 99)),
+                ("E2E", "e2e", (50, 90, 99)))
+
+#: Rows of the summary table: label and how to render one summary into the cell.
+ROWS: list[tuple[str, Callable[[Summary], str]]] = [
+    ("SLO", _verdict_cell),
+    ("SLO attainment", lambda s: f"{fmt_percent(s.get('slo_attainment'))} (target {fmt_percent(s.get('slo_target_attainment'))})"),
+    ("goodput (req/s)", lambda s: fmt_number(s.get("goodput_rps"))),
+    ("throughput (req/s)", lambda s: fmt_number(s.get("throughput_rps"))),
+    ("output tokens/s", lambda s: fmt_number(s.get("output_tps"), 0)),
+    *[(f"{label} p{p}", _latency(metric, p)) for label, metric, ps in LATENCY_ROWS for p in ps],
+    ("cost ($ / M output tokens)", lambda s: fmt_usd(s.get("cost_per_million_output_tokens_usd"))),
+    ("energy (J / output token)", lambda s: fmt_number(s.get("energy_per_output_token_j"), 3)),
+    ("peak KV memory (per GPU)", lambda s: f"{_gib(s.get('kv_peak_gib_per_gpu'))} of {_gib(s.get('kv_capacity_gib_per_gpu'))}"),
+    ("KV utilisation mean / peak", lambda s: f"{fmt_percent(s.get('kv_util_mean'))} / {fmt_percent(s.get('kv_util_peak'))}"),
+    ("MFU / MBU", lambda s: f"{fmt_percent(s.get('mfu'))} / {fmt_percent(s.get('mbu'))}"),
+    ("mean batch (decode)", lambda s: f"{fmt_number(s.get('mean_batch_size'), 1)} ({fmt_number(s.get('mean_decode_batch'), 1)})"),
+    ("preemptions", lambda s: str(s.get("preemptions", "–"))),
+    ("GPUs", lambda s: str(s.get("num_gpus", "–"))),
+    ("requests measured (unfinished)", lambda s: f"{s.get('num_requests', '–')} ({s.get('unfinished', '–')})"),
+    ("simulated / wall time", lambda s: f"{fmt_seconds(s.get('sim_time_s'))} / {fmt_seconds(s.get('wall_time_s'))}"),
+]
+
+
+def display_table(summaries: Sequence[Summary]) -> pd.DataFrame:
+    """Metrics as rows, one column per configuration (formatted text with units)."""
+    columns = {str(s.get("name", f"#{i + 1}")): [render(s) for _, render in ROWS] for i, s in enumerate(summaries)}
+    return pd.DataFrame(columns, index=pd.Index([label for label, _ in ROWS], name="metric"))
+
+
+def csv_table(summaries: Sequence[Summary]) -> pd.DataFrame:
+    """One row per configuration with every summary key (SI units: seconds, req/s, USD, J)."""
+    return pd.DataFrame([dict(s) for s in summaries])
+
+
+_TARGET_LABELS = {"ttft_s": "TTFT", "tpot_s": "TPOT", "tbt_s": "worst TBT", "e2e_s": "E2E"}
+
+
+def miss_reason(summary: Summary, quantiles: Mapping[str, float]) -> str:
+    """Which targets a configuration misses at its attainment quantile, e.g. ``TTFT p90 1.8 s > 500 ms``."""
+    q = summary.get("slo_target_attainment", 0.9)
+    label = f"p{100 * float(q):g}"
+    parts = []
+    for name, value in quantiles.items():
+        target = summary.get(f"slo_{name}")
+        if target is not None and value > target:
+            parts.append(f"{_TARGET_LABELS.get(name, name)} {label} {fmt_seconds(value)} > {fmt_seconds(target)}")
+    if not parts and summary.get("unfinished"):
+        parts.append(f"{summary['unfinished']} requests unfinished")
+    return ", ".join(parts)
+
+
+def verdict(summaries: Sequence[Summary], quantiles: Sequence[Mapping[str, float]]) -> tuple[bool, str]:
+    """(any configuration meets the SLO, one paragraph: the cheapest that does, and why the others miss)."""
+    met = [s for s in summaries if s.get("slo_met")]
+    lines = []
+    if met:
+        best = min(met, key=lambda s: _cost(s))
+        lines.append(
+            f"**{best['name']}** meets the SLO at the lowest cost "
+            f"({fmt_usd(best.get('cost_per_million_output_tokens_usd'))} per million output tokens, "
+            f"{fmt_percent(best.get('slo_attainment'))} attainment)."
+        )
+    else:
+        lines.append("No configuration meets the SLO.")
+    for s, q in zip(summaries, quantiles, strict=True):
+        if not s.get("slo_met"):
+            reason = miss_reason(s, q)
+            lines.append(f"{s['name']} misses it ({fmt_percent(s.get('slo_attainment'))} attainment"
+                         + (f"; {reason}" if reason else "") + ").")
+    return bool(met), " ".join(lines)
+
+
+def _cost(summary: Summary) -> float:
+    value = summary.get("cost_per_million_output_tokens_usd")
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return math.inf
+    return x if math.isfinite(x) else math.inf
