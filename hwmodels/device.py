@@ -128,6 +128,12 @@ class DeviceSpec(BaseModel):
     price_usd_per_hour: float = Field(ge=0, description="Rental price of one device, USD/h.")
     price_source: str = Field(default="", description="Where the price comes from, with a date.")
     efficiency: Efficiency = Field(default_factory=Efficiency)
+    calibration_profile: str | None = Field(
+        default=None,
+        description="Calibrated profile that prices this device's kernels (a shipped profile's device id, or "
+        "the path of a YAML written by `capsim calibrate fit`). None: the shipped profile named like this "
+        "device, if there is one (a100-80gb-sxm, h100-sxm, h200), else the efficiency constants.",
+    )
 
     @field_validator("name")
     @classmethod
@@ -322,6 +328,20 @@ def _build_registry(specs: Mapping[str, DeviceSpec]) -> Registry[DeviceSpec]:
 
 DEVICES: Registry[DeviceSpec] = _build_registry(load_device_catalog())
 """Every catalog device by id and alias (filled at import from ``devices.yaml``)."""
+
+
+def calibrated_profile(spec: DeviceSpec):
+    """The calibrated profile that prices ``spec``'s kernels, or None (datasheet constants only).
+
+    ``spec.calibration_profile`` when set, else the shipped profile of the device
+    id (``hwmodels/calibration/profiles/<id>.yaml``) when there is one. Returns a
+    :class:`hwmodels.calibration.profile.DeviceProfile`.
+    """
+    from hwmodels.calibration.profile import resolve_profile, shipped_profile
+
+    if spec.calibration_profile:
+        return resolve_profile(spec.calibration_profile)
+    return shipped_profile(spec.name)
 
 
 def get_device(name: str) -> DeviceSpec:

@@ -15,6 +15,7 @@ arrays because the simulator prices whole runs of decode iterations at once.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -24,7 +25,10 @@ class RooflineDevice:
     """The handful of numbers roofline pricing needs, for one numeric format.
 
     Built from a catalog :class:`~hwmodels.device.DeviceSpec`; efficiencies are
-    the device's (uncalibrated or calibrated) constants.
+    the device's uncalibrated constants. When ``profile`` is set (a
+    :class:`hwmodels.calibration.profile.DeviceProfile`), operators with a
+    fitted curve in it are priced by that curve at their own shape instead
+    (:mod:`simulator.costmodel.iteration`), and the constants price the rest.
     """
 
     name: str
@@ -33,6 +37,8 @@ class RooflineDevice:
     compute_efficiency: float
     memory_efficiency: float
     launch_overhead_s: float
+    profile: Any = None  # calibrated DeviceProfile, or None for datasheet-only pricing
+    compute_format: str = "bf16"  # numeric format of the GEMMs (selects the profile's curve)
 
     @property
     def effective_flops(self) -> float:

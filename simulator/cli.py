@@ -368,6 +368,9 @@ _register_app(app)
 from simulator.cli_plan import register as _register_plan  # noqa: E402
 
 _register_plan(app)
+from hwmodels.calibration.cli import register as _register_calibrate  # noqa: E402
+
+_register_calibrate(app)
 # (end sub-commands)
 
 

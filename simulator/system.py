@@ -14,11 +14,11 @@ from typing import Any
 from pydantic import ValidationError
 
 from capsim.errors import CapsimError, UnknownNameError
-from hwmodels.device import DeviceSpec, device_from_dict, get_device
+from hwmodels.device import DeviceSpec, calibrated_profile, device_from_dict, get_device
 from hwmodels.links import Link
 from hwmodels.roofline import RooflineDevice
 from simulator.config.schema import DeploymentConfig, Scenario
-from simulator.costmodel.iteration import IterationCostModel
+from simulator.costmodel.iteration import IterationCostModel, OperatorShapes, OverheadTerms
 from simulator.costmodel.operators import OperatorTable, build_operator_table
 from simulator.costmodel.precision import COMPUTE_FORMAT_FOR_WEIGHTS, bytes_per_element
 from simulator.memory_plan import GIB, MemoryPlan, activation_reserve, plan_memory
@@ -42,10 +42,18 @@ class System:
     scheduler_cls: type[Scheduler]
     scheduler_params: SchedulerParams
     router_cls: type[Router]
+    shapes: OperatorShapes | None = None
+    overheads: OverheadTerms | None = None
 
     def cost_model(self) -> IterationCostModel:
         """A fresh (empty-cache) cost model; one per simulation keeps runs independent."""
-        return IterationCostModel(self.table, self.roofline)
+        return IterationCostModel(self.table, self.roofline, self.shapes, self.overheads)
+
+    @property
+    def calibration(self) -> str:
+        """Which pricing is in force: the calibrated profile's file name, or 'datasheet'."""
+        profile = self.roofline.profile
+        return f"profile {profile.name}" if profile is not None else "datasheet"
 
     @property
     def num_gpus(self) -> int:
@@ -84,6 +92,38 @@ def scheduler_params(name: str, params: dict[str, Any]) -> tuple[type[Scheduler]
             where=f"scheduler.{field}" if field else "scheduler",
             fix=f"parameters of scheduler {SCHEDULERS.canonical(name)!r} are: {known}",
         ) from None
+
+
+def operator_shapes(model: ModelSpec, tp: int, act_dtype: str) -> OperatorShapes:
+    """The GEMM shapes and per-GPU heads behind the operator table (same sharding as operators.py).
+
+    GEMMs as vLLM launches them: fused QKV, output projection, fused gate+up (when
+    gated) and down projection, MoE router and per-expert MLP, LM head; weights
+    ``[k, n]`` with ``k`` the input features, sharded ``tp``-way.
+    """
+    d, h, dh, hkv = model.hidden_size, model.num_heads, model.head_dim, model.num_kv_heads
+    f, V, t = model.ffn_size, model.vocab_size, tp
+    h_gpu = h / t
+    hkv_gpu = float(-(-hkv // t)) if hkv >= t else 1.0
+    up = (2.0 if model.mlp == "gated" else 1.0) * f / t
+    mlp = ((up, float(d), 1.0), (float(d), f / t, 1.0))
+    gemms = {
+        "qkv_proj": (((h_gpu + 2 * hkv_gpu) * dh, float(d), 1.0),),
+        "o_proj": ((float(d), h_gpu * dh, 1.0),),
+        "mlp": mlp,
+        "moe_experts": mlp,
+        "moe_router": ((float(model.num_experts), float(d), 1.0),),
+        "lm_head": ((V / t, float(d), 1.0),),
+    }
+    return OperatorShapes(gemms, h_gpu, hkv_gpu, float(dh), act_dtype)
+
+
+def resolve_overheads(name: str, tp: int) -> OverheadTerms:
+    """The named serving-engine overhead set at this TP degree (``none``: all zero)."""
+    from hwmodels.calibration.overheads import overhead_terms
+
+    terms = overhead_terms(name, tp)
+    return OverheadTerms(terms["per_iteration_s"], terms["per_sequence_s"], terms["per_layer_s"], terms["name"])
 
 
 def links_of(device: DeviceSpec) -> tuple[Link, Link]:
@@ -129,9 +169,13 @@ def build_system(scenario: Scenario) -> System:
             fix="use at most one stage per layer",
         )
     eff = device.efficiency
+    profile = calibrated_profile(device) if dep.calibration == "profile" else None
     roofline = RooflineDevice(
-        device.name, peak, device.memory_bandwidth, eff.compute, eff.memory, eff.launch_overhead_us * 1e-6
+        device.name, peak, device.memory_bandwidth, eff.compute, eff.memory, eff.launch_overhead_us * 1e-6,
+        profile=profile, compute_format=fmt,
     )
+    shapes = operator_shapes(model, dep.tp, dep.activation_dtype)
+    overheads = resolve_overheads(dep.overheads, dep.tp)
     tp_link, pp_link = links_of(device)
     table = build_operator_table(
         model, tp=dep.tp, pp=dep.pp, weight_bytes=wb, kv_bytes=kb, act_bytes=ab, tp_link=tp_link, pp_link=pp_link
@@ -146,4 +190,6 @@ def build_system(scenario: Scenario) -> System:
         model, device, tp=dep.tp, pp=dep.pp, weight_bytes=wb, kv_bytes=kb, act_bytes=ab,
         memory_utilization=dep.memory_utilization, block_size=dep.block_size, reserve_bytes=reserve,
     )
-    return System(model, device, dep, fmt, roofline, table, memory, sched_cls, sched_params, router_cls)
+    return System(
+        model, device, dep, fmt, roofline, table, memory, sched_cls, sched_params, router_cls, shapes, overheads
+    )

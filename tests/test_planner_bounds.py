@@ -24,11 +24,13 @@ from simulator.system import build_system
 
 
 def scenario(device="h100-sxm", qps=4.0, replicas=1, scheduler=None, model="llama-3.1-8b", slo=None,
-             prompt=(100, 1500), output=(10, 300), n=200, seed=0, tp=1) -> Scenario:
+             prompt=(100, 1500), output=(10, 300), n=200, seed=0, tp=1, calibration="datasheet") -> Scenario:
+    # Datasheet pricing by default: several tests check how tight the bound is against the
+    # constant-efficiency roofline; calibrated profiles are covered where only soundness is claimed.
     return Scenario.model_validate({
         "seed": seed,
         "model": model,
-        "deployment": {"device": device, "num_replicas": replicas, "tp": tp},
+        "deployment": {"device": device, "num_replicas": replicas, "tp": tp, "calibration": calibration},
         "scheduler": scheduler or {"name": "vllm"},
         "workload": {"arrival": "poisson", "qps": qps,
                      "prompt": {"dist": "uniform", "low": prompt[0], "high": prompt[1]},
@@ -48,8 +50,10 @@ def test_needed_count_matches_the_summary_comparison():
 def test_work_bound_never_exceeds_the_engine_price():
     """Rule (b)'s per-iteration form: the bound drops only launch overheads from the engine's own price."""
     rng = np.random.default_rng(1)
-    for device, model, tp in (("h100-sxm", "llama-3.1-8b", 1), ("a100", "mixtral-8x7b", 4), ("l40s", "llama-2-7b", 2)):
-        system = build_system(scenario(device=device, model=model, tp=tp))
+    cases = [(d, m, tp, cal) for d, m, tp in (("h100-sxm", "llama-3.1-8b", 1), ("a100", "mixtral-8x7b", 4),
+                                              ("l40s", "llama-2-7b", 2)) for cal in ("datasheet", "profile")]
+    for device, model, tp, calibration in cases:
+        system = build_system(scenario(device=device, model=model, tp=tp, calibration=calibration))
         bounds, cost = CostBounds(system), system.cost_model()
         launches = (sum(op.launches for op in system.table.layer_ops) * system.table.num_layers
                     + sum(op.launches for op in system.table.iteration_ops)) * system.roofline.launch_overhead_s
@@ -62,7 +66,8 @@ def test_work_bound_never_exceeds_the_engine_price():
             x[F.EXPERTS_HIT] = F.expected_experts_hit(q + dec, system.table.num_experts, system.table.experts_per_token)
             price = cost.price_features(x)
             assert bounds.total_time(x) <= price + 1e-15
-            assert price - bounds.total_time(x) <= launches + 1e-12
+            if not bounds.calibrated:  # against the constant-efficiency roofline the bound is tight
+                assert price - bounds.total_time(x) <= launches + 1e-12
 
 
 SCHEDULERS = [{"name": "vllm"}, {"name": "sarathi", "chunk_size": 256}, {"name": "orca", "kv_reservation": "request"},
@@ -78,12 +83,14 @@ SCHEDULERS = [{"name": "vllm"}, {"name": "sarathi", "chunk_size": 256}, {"name":
     seed=st.integers(0, 1000),
     ttft=st.floats(0.05, 3.0),
     tpot=st.floats(0.005, 0.2),
+    calibration=st.sampled_from(["datasheet", "profile"]),
 )
-def test_simulations_respect_the_premises_of_every_rule(device, qps, replicas, sched, seed, ttft, tpot):
+def test_simulations_respect_the_premises_of_every_rule(device, qps, replicas, sched, seed, ttft, tpot, calibration):
     """Per request TTFT >= prefill floor and TPOT >= decode floor; throughput <= the work bound; and a
     'ruled out' verdict is never contradicted by slo_met."""
     sc = scenario(device=device, qps=qps, replicas=replicas, scheduler=sched, seed=seed, n=80,
-                  slo={"ttft_s": ttft, "tpot_s": tpot, "attainment": 0.8}, prompt=(50, 900), output=(2, 120))
+                  slo={"ttft_s": ttft, "tpot_s": tpot, "attainment": 0.8}, prompt=(50, 900), output=(2, 120),
+                  calibration=calibration)
     system = build_system(sc)
     verdict = check(sc, system)
     out = simulate(sc, system=system)
@@ -132,17 +139,19 @@ def test_prepass_never_prunes_a_feasible_configuration():
 def test_rate_sweep_rule_three_is_a_proof_at_every_rate():
     """Scan rates through the capacity of two configurations: every 'too-slow' verdict is a simulated miss,
     and the rule rules out some rate of each (it has teeth)."""
-    for device in ("a100", "l40s"):
+    for device, calibration in (("a100", "datasheet"), ("l40s", "datasheet"), ("a100", "profile")):
         ruled_out = 0
         for qps in (4, 8, 12, 16, 24, 32, 48):
-            sc = scenario(device=device, qps=qps, n=200, slo={"ttft_s": 2.0, "e2e_s": 20.0, "attainment": 0.9})
+            sc = scenario(device=device, qps=qps, n=200, slo={"ttft_s": 2.0, "e2e_s": 20.0, "attainment": 0.9},
+                          calibration=calibration)
             system = build_system(sc)
             verdict = check(sc, system)
             if not verdict.possible:
                 ruled_out += 1
                 assert verdict.reason == TOO_SLOW
                 assert not summarise(simulate(sc, system=system).result, sc.slo)["slo_met"]
-        assert ruled_out >= 1, device
+        if calibration == "datasheet":  # with a profile the bound falls back to peaks and may prune nothing
+            assert ruled_out >= 1, device
 
 
 def test_calibrated_devices_fall_back_to_hardware_peaks():

@@ -46,6 +46,18 @@ class DeploymentConfig(BaseModel):
         "None estimates it from the scheduler's token and sequence budgets.",
     )
     block_size: int = Field(16, gt=0, description="Tokens per KV-cache block (vLLM --block-size).")
+    calibration: Literal["profile", "datasheet"] = Field(
+        "profile",
+        description="How kernels are priced: 'profile' uses the device's calibrated profile (fitted to measured "
+        "kernels; shipped for a100-80gb-sxm, h100-sxm and h200) where one exists and the datasheet roofline "
+        "elsewhere; 'datasheet' forces the roofline with the catalog's constant efficiencies.",
+    )
+    overheads: str = Field(
+        "none",
+        description="Serving-engine CPU overheads added to every iteration (per iteration, per sequence, per "
+        "layer), by name from hwmodels/calibration/profiles/overheads.yaml (`capsim calibrate overheads` lists "
+        "them); 'none' assumes the engine hides its CPU work behind the GPU.",
+    )
 
     @property
     def gpus_per_replica(self) -> int:

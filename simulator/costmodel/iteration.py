@@ -17,6 +17,7 @@ The engine asks two questions, millions of times per capacity plan:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -119,15 +120,69 @@ class OperatorBreakdown:
     bound: str  # "compute", "memory" or "communication"
 
 
+@dataclass(frozen=True)
+class OperatorShapes:
+    """The shapes behind the operator table's rows, for calibrated per-shape pricing.
+
+    ``gemms`` maps an operator name to the GEMMs it launches, ``(n, k, count)``
+    each (per expert for MoE rows): the token count ``m`` comes from the batch,
+    so a calibrated curve prices every GEMM at its own (m, n, k). Heads are per
+    GPU. Built by :func:`simulator.system.operator_shapes`; without it the cost
+    model derives square GEMMs of the right size from the table's coefficients.
+    """
+
+    gemms: Mapping[str, tuple[tuple[float, float, float], ...]]
+    heads: float
+    kv_heads: float
+    head_dim: float
+    act_dtype: str = "bf16"
+
+
+@dataclass(frozen=True)
+class OverheadTerms:
+    """Time per iteration that no GPU kernel accounts for (serving-engine CPU work).
+
+    Fitted per serving engine by :mod:`hwmodels.calibration.overheads`; all zero
+    (the default) models an engine whose CPU work overlaps the GPU completely.
+
+    * ``per_iteration_s``: scheduling, input preparation, sampler launch -- once per iteration;
+    * ``per_sequence_s``: per sequence that produces a token (sampling, detokenisation, output handling);
+    * ``per_layer_s``: per layer per iteration (kernel launches not hidden behind GPU work, eager mode).
+    """
+
+    per_iteration_s: float = 0.0
+    per_sequence_s: float = 0.0
+    per_layer_s: float = 0.0
+    name: str = "none"
+
+    @property
+    def active(self) -> bool:
+        return bool(self.per_iteration_s or self.per_sequence_s or self.per_layer_s)
+
+
 class IterationCostModel:
     """Prices batches on one replica from its operator table and device.
+
+    With ``device.profile`` set (a calibrated device profile), every operator
+    that has a fitted curve is priced by it at its own shape (GEMMs at the
+    iteration's token count and the layer's (n, k)); the rest, and everything
+    when there is no profile, by the roofline with the device's constant
+    efficiencies. ``overheads`` adds the serving engine's CPU time.
 
     >>> # cost = IterationCostModel(table, device); cost.iteration(BatchShape(decode_seqs=8, decode_context=8192))
     """
 
-    def __init__(self, table: OperatorTable, device: RooflineDevice):
+    def __init__(
+        self,
+        table: OperatorTable,
+        device: RooflineDevice,
+        shapes: OperatorShapes | None = None,
+        overheads: OverheadTerms | None = None,
+    ):
         self.table = table
         self.device = device
+        self.shapes = shapes
+        self.overheads = overheads or OverheadTerms()
         layers = float(table.num_layers)
         self._layers = layers
         ops = list(table.layer_ops)
@@ -162,6 +217,7 @@ class IterationCostModel:
         self._decode_cache: dict[int, tuple] = {}
         self._E = table.num_experts
         self._k = table.experts_per_token
+        self._cal = _Calibrated.build(self) if device.profile is not None or self.overheads.active else None
 
     # ----------------------------------------------------------------- single
     def features(self, shape: BatchShape) -> np.ndarray:
@@ -169,6 +225,8 @@ class IterationCostModel:
 
     def price_features(self, x: np.ndarray) -> float:
         """Seconds for one iteration with feature vector ``x``."""
+        if self._cal is not None:
+            return self._cal.price(x)
         lc, lm = self._lf @ x, self._lm @ x
         ic, im = self._if @ x, self._im @ x
         layer = np.maximum(lc, lm).sum() + self._l_launch @ ((lc != 0) | (lm != 0))
@@ -216,6 +274,11 @@ class IterationCostModel:
         return hit
 
     # ------------------------------------------------------------- decode run
+    def _decode_x(self, batch: int, context: float) -> np.ndarray:
+        x = self._decode_base(batch)
+        x[F.DECODE_CONTEXT] = context
+        return x
+
     def _decode_base(self, batch: int) -> np.ndarray:
         x = np.zeros(F.NUM_FEATURES)
         x[F.ONE] = 1.0
@@ -231,6 +294,9 @@ class IterationCostModel:
         the summed context ``C``: ``a_f*C + b_f`` and ``a_m*C + b_m``.
         """
         hit = self._decode_cache.get(batch)
+        if hit is None and self._cal is not None:
+            hit = self._cal.decode_coefficients(batch)
+            self._decode_cache[batch] = hit
         if hit is None:
             x = self._decode_base(batch)
             s, rows = self._static_rows, self._ctx_rows
@@ -259,6 +325,13 @@ class IterationCostModel:
         ``context0`` in the first step and grow by ``batch`` per step."""
         k = int(iterations)
         static, single, lines, _ = self._decode_coefficients(batch)
+        if lines is None:  # a calibrated context-dependent row with no closed form: price every step
+            ctx = context0 + batch * np.arange(k, dtype=float)
+            d = np.array([self._cal.price(self._decode_x(batch, c)) for c in ctx])
+            second = np.diff(d, 2) if k > 2 else np.zeros(0)
+            if np.all(np.abs(second) <= 1e-12 * max(float(d.max()), 1e-30)):
+                return DecodeRun(k, float(d[0]), float(d[1] - d[0]) if k > 1 else 0.0, True)
+            return DecodeRun(k, float(d[0]), 0.0, False, d)
         c_last = context0 + batch * (k - 1)
         if single:
             af, bf, am, bm = lines
@@ -291,6 +364,8 @@ class IterationCostModel:
     def breakdown(self, shape: BatchShape) -> list[OperatorBreakdown]:
         """Per-operator times of one iteration (same numbers :meth:`iteration` sums)."""
         x = self.features(shape)
+        if self._cal is not None:
+            return self._cal.breakdown(x)
         dev = self.device
         out: list[OperatorBreakdown] = []
         for scope, ops, mult in (
@@ -320,4 +395,258 @@ class IterationCostModel:
                         mult * float(c.time @ x), "communication",
                     )
                 )
+        return out
+
+
+# --------------------------------------------------------------- calibrated pricing
+
+
+_Row = Callable[[list, float, float], object]  # (features as a list, FLOPs, bytes) -> pricing.Priced
+
+
+class _Calibrated:
+    """Calibrated pricing of one cost model's operator rows, collectives and overheads.
+
+    Built once per :class:`IterationCostModel`: each row gets a pricer from the
+    device profile (GEMM, prefill / decode attention, bandwidth-bound op) or, when
+    the profile has no curve for it, keeps the roofline with constant
+    efficiencies. Collectives with a fitted alpha-beta curve for the group size
+    use it; the rest keep the link model of the operator table.
+    """
+
+    def __init__(self, model: IterationCostModel):
+        from hwmodels.calibration.pricing import Priced
+
+        self._priced = Priced
+        self.model = model
+        dev = model.device
+        table = model.table
+        self.L = model._layers
+        self.inv_c = 1.0 / dev.effective_flops
+        self.inv_m = 1.0 / dev.effective_bandwidth
+        self.Fl = np.array([op.flops for op in table.layer_ops])
+        self.Bl = np.array([op.bytes for op in table.layer_ops])
+        self.Fi = np.array([op.flops for op in table.iteration_ops])
+        self.Bi = np.array([op.bytes for op in table.iteration_ops])
+        launch = dev.launch_overhead_s
+        self.l_rows = [(op, self._pricer(op), op.launches * launch) for op in table.layer_ops]
+        self.i_rows = [(op, self._pricer(op), op.launches * launch) for op in table.iteration_ops]
+        self.ctx_rows = set(model._ctx_rows.tolist())
+        self.comm_vec = np.zeros(F.NUM_FEATURES)
+        self.comm_cal: list[tuple[float, object, np.ndarray, float, float, str]] = []
+        for comms, mult in ((table.layer_comms, self.L), (table.iteration_comms, 1.0)):
+            for c in comms:
+                cal = self._collective(c)
+                if cal is None:
+                    self.comm_vec = self.comm_vec + mult * c.time
+                else:
+                    pricer, scale, count = cal
+                    self.comm_cal.append((mult, pricer, c.bytes, scale, count, c.name))
+        self.over = model.overheads
+
+    @classmethod
+    def build(cls, model: IterationCostModel) -> _Calibrated:
+        return cls(model)
+
+    # ---------------------------------------------------------------- pricers
+    def _peaks(self, dtype: str) -> tuple[float, float]:
+        """(FLOP/s, bytes/s) the profile's curves were fitted against (efficiencies are fractions of them)."""
+        dev = self.model.device
+        peaks = (dev.profile.doc.get("peaks") or {}) if dev.profile is not None else {}
+        flops = peaks.get("flops_per_s") or {}
+        peak = flops.get(dtype) or flops.get({"bf16": "fp16", "fp16": "bf16"}.get(dtype, ""))
+        bw = peaks.get("memory_bandwidth_Bps")
+        return float(peak or dev.peak_flops), float(bw or dev.memory_bandwidth)
+
+    def _gemm_shapes(self, op) -> tuple[tuple[float, float, float], ...]:
+        shapes = self.model.shapes
+        if shapes is not None and op.name in shapes.gemms:
+            return shapes.gemms[op.name]
+        # No shapes given: square GEMMs with the row's weight elements per token, one per launch.
+        per_token = max(op.flops[F.PREFILL_TOKENS], op.flops[F.DECODE_SEQS], op.flops[F.LOGIT_SEQS]) / 2.0
+        if op.bytes[F.EXPERTS_HIT] != 0:
+            return ((math.sqrt(per_token / max(self.model._k, 1)),) * 2 + (1.0,),)
+        n = math.sqrt(per_token / max(op.launches, 1.0))
+        return ((n, n, max(op.launches, 1.0)),)
+
+    def _pricer(self, op) -> _Row | None:
+        from hwmodels.calibration import pricing
+
+        dev = self.model.device
+        profile = dev.profile
+        if profile is None:
+            return None
+        shapes = self.model.shapes
+        act = shapes.act_dtype if shapes is not None else "bf16"
+        if op.op_class == "gemm":
+            curve = profile.curve("gemm", dev.compute_format)
+            if curve is None:
+                return None
+            peak, bw = self._peaks(curve.dtype)
+            g = pricing.GemmPricer(curve, self._gemm_shapes(op), peak, bw)
+            if op.bytes[F.EXPERTS_HIT] != 0:
+                return lambda x, f, b: g.price(f, b, max(x[F.EXPERTS_HIT], 1e-9))
+            return lambda x, f, b: g.price(f, b)
+        if shapes is None and op.op_class.startswith("attention"):
+            return None
+        if op.op_class == "attention_prefill":
+            curve = profile.curve("attention_prefill", act)
+            if curve is None:
+                return None
+            peak, bw = self._peaks(curve.dtype)
+            a = pricing.PrefillPricer(curve, shapes.heads, shapes.kv_heads, shapes.head_dim, peak, bw)
+            return lambda x, f, b: a.price(x[F.PREFILL_TOKENS], x[F.PREFILL_ATTN_WORK], f, b)
+        if op.op_class == "attention_decode":
+            curve = profile.curve("attention_decode", act)
+            if curve is None:
+                return None
+            peak, bw = self._peaks(curve.dtype)
+            d = pricing.DecodePricer(curve, shapes.heads, shapes.kv_heads, peak, bw)
+            fn = lambda x, f, b: d.price(x[F.DECODE_SEQS], x[F.DECODE_CONTEXT], f, b)  # noqa: E731
+            fn.decode = d  # decode runs price this row as two lines in the context
+            return fn
+        if op.op_class == "elementwise":
+            curve = profile.curve(f"elementwise:{op.name}", act)
+            if curve is None:
+                return None
+            peak, bw = self._peaks(curve.dtype)
+            mp = pricing.MemoryPricer(curve, peak, bw)
+            launches = max(op.launches, 1.0)
+            return lambda x, f, b: mp.price(f, b, launches)
+        return None
+
+    def _collective(self, c):
+        """(pricer, bytes-to-message scale, count) for a collective row with a fitted curve, else None."""
+        from hwmodels.calibration.pricing import CollectivePricer
+
+        profile = self.model.device.profile
+        if profile is None:
+            return None
+        table = self.model.table
+        if c.name == "tp_allreduce" and table.tp > 1:
+            curve = profile.collective("all_reduce", table.tp)
+            # c.bytes counts what each rank sends in a ring, 2 (t-1)/t of the message.
+            return (CollectivePricer(curve), table.tp / (2.0 * (table.tp - 1)), 1.0) if curve else None
+        if c.name == "pp_send" and table.pp > 1:
+            curve = profile.collective("send_recv", 2)
+            return (CollectivePricer(curve), 1.0 / (table.pp - 1), float(table.pp - 1)) if curve else None
+        return None
+
+    # ---------------------------------------------------------------- pricing
+    def _row(self, pricer, f: float, b: float, launch: float, xl: list):
+        if pricer is None:
+            if f == 0.0 and b == 0.0:
+                return None
+            tc, tm = f * self.inv_c, b * self.inv_m
+            return self._priced((tc if tc >= tm else tm) + launch, tc, tm)
+        return pricer(xl, f, b)
+
+    def _layer_iteration(self, x: np.ndarray) -> tuple[float, float]:
+        xl = x.tolist()
+        fl, bl = (self.Fl @ x).tolist(), (self.Bl @ x).tolist()
+        layer = 0.0
+        for (_, pricer, launch), f, b in zip(self.l_rows, fl, bl, strict=True):
+            p = self._row(pricer, f, b, launch, xl)
+            if p is not None:
+                layer += p.time_s
+        fi, bi = (self.Fi @ x).tolist(), (self.Bi @ x).tolist()
+        it = 0.0
+        for (_, pricer, launch), f, b in zip(self.i_rows, fi, bi, strict=True):
+            p = self._row(pricer, f, b, launch, xl)
+            if p is not None:
+                it += p.time_s
+        return layer, it
+
+    def comm(self, x: np.ndarray) -> float:
+        t = float(self.comm_vec @ x)
+        for mult, pricer, bvec, scale, count, _ in self.comm_cal:
+            t += mult * count * pricer.time(float(bvec @ x) * scale)
+        return t
+
+    def overhead(self, x: np.ndarray) -> float:
+        o = self.over
+        if not o.active:
+            return 0.0
+        return o.per_iteration_s + o.per_sequence_s * float(x[F.LOGIT_SEQS]) + o.per_layer_s * self.L
+
+    def price(self, x: np.ndarray) -> float:
+        layer, it = self._layer_iteration(x)
+        return float(self.L * layer + it + self.comm(x) + self.overhead(x))
+
+    def decode_coefficients(self, batch: int) -> tuple:
+        """As :meth:`IterationCostModel._decode_coefficients`, with calibrated rows."""
+        model = self.model
+        x = model._decode_base(batch)
+        xl = x.tolist()
+        fl, bl = (self.Fl @ x).tolist(), (self.Bl @ x).tolist()
+        L, ctx = self.L, F.DECODE_CONTEXT
+        static_layer = 0.0
+        lines = []
+        closed_form = True
+        for i, ((_, pricer, launch), f, b) in enumerate(zip(self.l_rows, fl, bl, strict=True)):
+            if i not in self.ctx_rows:
+                p = self._row(pricer, f, b, launch, xl)
+                if p is not None:
+                    static_layer += p.time_s
+                continue
+            if pricer is None:
+                static_layer += launch  # context-dependent rows always have work in a decode step
+                lines.append((L * self.Fl[i, ctx] * self.inv_c, L * f * self.inv_c,
+                              L * self.Bl[i, ctx] * self.inv_m, L * b * self.inv_m))
+            elif hasattr(pricer, "decode") and (f == 0.0 or pricer.decode.terms(float(batch))[3] == 0.0):
+                # Compute and serial sides are lines through the origin in C (no context-free FLOPs):
+                # their maximum is the steeper one.
+                fixed, per_flop, per_byte, serial = pricer.decode.terms(float(batch))
+                slope = max(self.Fl[i, ctx] * per_flop, serial)
+                lines.append((L * slope, L * (f * per_flop + fixed),
+                              L * self.Bl[i, ctx] * per_byte, L * (b * per_byte + fixed)))
+            else:
+                closed_form = False
+        fi, bi = (self.Fi @ x).tolist(), (self.Bi @ x).tolist()
+        it = 0.0
+        for (_, pricer, launch), f, b in zip(self.i_rows, fi, bi, strict=True):
+            p = self._row(pricer, f, b, launch, xl)
+            if p is not None:
+                it += p.time_s
+        static = float(L * static_layer + it + self.comm(x) + self.overhead(x))
+        fl_t, by_t = model._flops_total, model._bytes_total
+        work = (float(fl_t @ x), float(by_t @ x), float(fl_t[ctx]), float(by_t[ctx]))
+        if not closed_form or not lines:
+            return (static, False, None, work)
+        if len(lines) == 1:
+            return (static, True, tuple(float(v) for v in lines[0]), work)
+        af, bf, am, bm = (np.array(col, dtype=float) for col in zip(*lines, strict=True))
+        return (static, False, (af, bf, am, bm), work)
+
+    def breakdown(self, x: np.ndarray) -> list[OperatorBreakdown]:
+        xl = x.tolist()
+        out: list[OperatorBreakdown] = []
+        for scope, rows, Fm, Bm, mult in (
+            ("layer", self.l_rows, self.Fl, self.Bl, self.L),
+            ("iteration", self.i_rows, self.Fi, self.Bi, 1.0),
+        ):
+            for (op, pricer, launch), f, b in zip(rows, (Fm @ x).tolist(), (Bm @ x).tolist(), strict=True):
+                p = self._row(pricer, f, b, launch, xl)
+                if p is None or (f == 0.0 and b == 0.0):
+                    continue
+                out.append(OperatorBreakdown(
+                    op.name, op.op_class, scope, mult * f, mult * b, mult * p.time_s,
+                    "compute" if p.compute_s >= p.memory_s else "memory",
+                ))
+        table = self.model.table
+        cal = {name: (mult, pricer, bvec, scale, count) for mult, pricer, bvec, scale, count, name in self.comm_cal}
+        for scope, comms, mult in (("layer", table.layer_comms, self.L), ("iteration", table.iteration_comms, 1.0)):
+            for c in comms:
+                if c.name in cal:
+                    m, pricer, bvec, scale, count = cal[c.name]
+                    t = m * count * pricer.time(float(bvec @ x) * scale)
+                else:
+                    t = mult * float(c.time @ x)
+                out.append(OperatorBreakdown(
+                    c.name, "communication", scope, 0.0, mult * float(c.bytes @ x), t, "communication",
+                ))
+        if self.over.active:
+            out.append(OperatorBreakdown(
+                f"engine_overhead ({self.over.name})", "overhead", "iteration", 0.0, 0.0, self.overhead(x), "overhead",
+            ))
         return out

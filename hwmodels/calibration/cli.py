@@ -1,0 +1,226 @@
+"""``capsim calibrate ...``: measure, import, fit, validate, and list overhead sets.
+
+Wired into the main CLI by ``simulator/cli.py`` (``register(app)``). Results
+on stdout, progress and notes on stderr; bad input ends with the CapsimError
+paragraph and exit status 2, like every capsim command.
+
+    capsim calibrate measure --device cpu --quick --out results/calibration/cpu.csv
+    capsim calibrate import --out results/calibration/imported.csv
+    capsim calibrate fit --measurements results/calibration/cpu.csv
+    capsim calibrate fit --device h100-sxm --install        # refit a shipped profile from ../shared/data
+    capsim calibrate validate --device h100-sxm --json
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+DEFAULT_DIR = Path("results") / "calibration"
+
+DataDirOpt = Annotated[
+    str | None,
+    typer.Option("--data-dir", help="Shared data folder (default: $CAPSIM_SHARED_DATA, else ../shared/data)."),
+]
+MeasOpt = Annotated[
+    list[Path] | None,
+    typer.Option("--measurements", "-m", help="Measurement CSV(s) in the calibration schema; default: import "
+                 "the published tables from --data-dir."),
+]
+DeviceOpt = Annotated[
+    list[str] | None,
+    typer.Option("--device", "-d", help="Only these devices (repeatable); default: every device in the data."),
+]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show the Python traceback on errors.")]
+
+
+def _load(measurements: list[Path] | None, data_dir: str | None, devices: list[str] | None):
+    """Measurements from CSVs, else imported from the shared data folder; filtered to ``devices``."""
+    import pandas as pd
+
+    from capsim.errors import CapsimError
+    from hwmodels.calibration.importers import data_dir_available, import_all, resolve_data_dir
+    from hwmodels.calibration.schema import read_measurements
+
+    notes: list[str] = []
+    if measurements:
+        df = pd.concat([read_measurements(p) for p in measurements], ignore_index=True)
+    else:
+        if not data_dir_available(data_dir):
+            raise CapsimError(
+                f"no measurements given and no shared data at {resolve_data_dir(data_dir)}",
+                where="calibrate",
+                fix="pass --measurements FILE (from `capsim calibrate measure`), or --data-dir / "
+                "$CAPSIM_SHARED_DATA pointing at the shared data folder",
+            )
+        df, notes = import_all(data_dir)
+    if devices:
+        from capsim.registry import normalise_name
+
+        wanted = {normalise_name(d) for d in devices}
+        known = sorted(df["device"].unique())
+        df = df[df["device"].map(normalise_name).isin(wanted)]
+        if df.empty:
+            raise CapsimError(f"no measurements for {', '.join(devices)}", where="--device",
+                              fix=f"devices in the data: {', '.join(known)}")
+    return df, notes
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``calibrate`` command group to ``app``."""
+    from simulator.cli_common import _guard, err_console, out_console
+
+    cal = typer.Typer(help="Fit the hardware models to measured kernels and report their accuracy.",
+                      no_args_is_help=True)
+    app.add_typer(cal, name="calibrate")
+
+    @cal.command("measure")
+    def measure_cmd(
+        device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
+        quick: Annotated[bool, typer.Option("--quick", help="Tiny sweep (< 1 minute on a laptop CPU).")] = False,
+        backend: Annotated[str, typer.Option(help="auto, numpy or torch (torch is optional).")] = "auto",
+        label: Annotated[str | None, typer.Option(help="Device id to record (e.g. h100-sxm); default: "
+                                                  "'cpu' or 'cuda:<GPU name>'.")] = None,
+        out: Annotated[Path | None, typer.Option("--out", "-o", help="CSV to write.")] = None,
+        debug: DebugOpt = False,
+    ) -> None:
+        """Time the kernels of transformer layers on this machine; write the schema CSV."""
+
+        def action() -> None:
+            from hwmodels.calibration.measure import run_sweep
+            from hwmodels.calibration.schema import write_measurements
+
+            def progress(i: int, n: int) -> None:
+                if i == n or i % 20 == 0:
+                    err_console.print(f"measured {i}/{n} cases", highlight=False)
+
+            df = run_sweep(device, quick=quick, backend=backend, label=label, progress=progress)
+            path = write_measurements(df, out or DEFAULT_DIR / f"measured-{device}.csv")
+            out_console.print(f"{len(df)} measurements of {df['device'].iat[0]} written to {path}", highlight=False)
+
+        _guard(debug, action)
+
+    @cal.command("import")
+    def import_cmd(
+        data_dir: DataDirOpt = None,
+        out: Annotated[Path | None, typer.Option("--out", "-o", help="CSV to write.")] = None,
+        debug: DebugOpt = False,
+    ) -> None:
+        """Convert the published GPU tables (aiconfigurator, vidur) into one schema CSV."""
+
+        def action() -> None:
+            from hwmodels.calibration.schema import write_measurements
+
+            df, notes = _load(None, data_dir, None)
+            for note in notes:
+                err_console.print(note, highlight=False)
+            path = write_measurements(df, out or DEFAULT_DIR / "imported.csv")
+            out_console.print(f"{len(df):,} measurements written to {path}", highlight=False)
+
+        _guard(debug, action)
+
+    @cal.command("fit")
+    def fit_cmd(
+        measurements: MeasOpt = None,
+        data_dir: DataDirOpt = None,
+        device: DeviceOpt = None,
+        out_dir: Annotated[Path, typer.Option("--out-dir", help="Folder for the profile YAMLs.")] = DEFAULT_DIR,
+        install: Annotated[bool, typer.Option("--install", help="Write into the shipped profiles "
+                                              "(hwmodels/calibration/profiles/) instead of --out-dir.")] = False,
+        heldout: Annotated[bool, typer.Option("--heldout/--no-heldout", help="Also cross-validate and record "
+                                              "held-out errors in the profile (slower).")] = True,
+        debug: DebugOpt = False,
+    ) -> None:
+        """Fit efficiency curves per device and write calibrated profile YAMLs."""
+
+        def action() -> None:
+            from hwmodels.calibration.fit import build_profile, write_profile
+            from hwmodels.calibration.folds import SPLIT_SUMMARY
+            from hwmodels.calibration.importers import resolve_data_dir
+            from hwmodels.calibration.overheads import fit_overheads, write_overheads
+            from hwmodels.calibration.validate import cross_validate
+            from hwmodels.device import DEVICES
+
+            df, notes = _load(measurements, data_dir, device)
+            for note in notes:
+                if "skipped" in note or "not found" in note:  # row counts: `capsim calibrate import`
+                    err_console.print(note, highlight=False)
+            shipped = Path(__file__).parent / "profiles"
+            for dev in sorted(df["device"].unique()):
+                rows = df[df["device"] == dev]
+                if (rows["op_class"] == "cpu_overhead").all():
+                    continue
+                err_console.print(f"fitting {dev} ({len(rows):,} rows)...", highlight=False)
+                held = cross_validate(rows, cross_source=False).per_dataset if heldout else None
+                doc = build_profile(df, dev, heldout=held, split_note=SPLIT_SUMMARY)
+                # Only catalog devices are installed: a shipped profile is found by the device's catalog id.
+                target = shipped if install and dev in DEVICES else out_dir
+                path = write_profile(doc, target / f"{dev.replace(':', '_').replace(' ', '_')}.yaml")
+                out_console.print(f"{dev}: {len(doc['operators'])} operator curves, "
+                                  f"{sum(len(v) for v in doc['collectives'].values())} collective fits -> {path}",
+                                  highlight=False)
+            if (df["op_class"] == "cpu_overhead").any():
+                doc = fit_overheads(df, resolve_data_dir(data_dir))
+                path = write_overheads(doc, (shipped if install else out_dir) / "overheads.yaml")
+                out_console.print(f"overhead sets {', '.join(doc['sets'])} -> {path}", highlight=False)
+
+        _guard(debug, action)
+
+    @cal.command("validate")
+    def validate_cmd(
+        measurements: MeasOpt = None,
+        data_dir: DataDirOpt = None,
+        device: DeviceOpt = None,
+        as_json: Annotated[bool, typer.Option("--json", help="Print the error table as JSON.")] = False,
+        plots: Annotated[Path | None, typer.Option("--plots", help="Folder for the log-log scatter PNGs "
+                                                   "(default results/calibration/plots).")] = None,
+        no_plots: Annotated[bool, typer.Option("--no-plots", help="Do not write plots.")] = False,
+        min_us: Annotated[float, typer.Option("--min-us", help="Error statistics over kernels measured at or "
+                                              "above this many microseconds.")] = 20.0,
+        debug: DebugOpt = False,
+    ) -> None:
+        """Held-out error per device and operator class, calibrated vs datasheet-only."""
+
+        def action() -> None:
+            from hwmodels.calibration.validate import cross_validate, format_table, plot_scatter
+
+            df, notes = _load(measurements, data_dir, device)
+            for note in notes:
+                if "skipped" in note or "not found" in note:  # row counts: `capsim calibrate import`
+                    err_console.print(note, highlight=False)
+            v = cross_validate(df, min_time_s=min_us * 1e-6)
+            for note in v.notes:
+                err_console.print(note, highlight=False)
+            if not no_plots:
+                for path in plot_scatter(v.rows, plots or DEFAULT_DIR / "plots"):
+                    err_console.print(f"plot written to {path}", highlight=False)
+            if as_json:
+                print(json.dumps(v.to_json(), indent=2))
+            else:
+                print(format_table(v.table))
+
+        _guard(debug, action)
+
+    @cal.command("overheads")
+    def overheads_cmd(debug: DebugOpt = False) -> None:
+        """List the serving-engine overhead sets (deployment.overheads) and their terms."""
+
+        def action() -> None:
+            from rich.table import Table
+
+            from hwmodels.calibration.overheads import overhead_sets
+
+            t = Table(title="overhead sets (deployment.overheads)")
+            for col in ("name", "tp", "per iteration", "per sequence", "per layer", "what"):
+                t.add_column(col)
+            for name, entry in overhead_sets().items():
+                for tp, terms in sorted((entry.get("by_tp") or {}).items()):
+                    t.add_row(name, str(tp), f"{terms['per_iteration_s'] * 1e3:.3f} ms",
+                              f"{terms['per_sequence_s'] * 1e6:.1f} us", f"{terms['per_layer_s'] * 1e6:.1f} us",
+                              entry.get("description", "")[:70])
+            out_console.print(t)
+
+        _guard(debug, action)

@@ -1,0 +1,428 @@
+"""Fit efficiency curves to measured kernels and write a calibrated device profile.
+
+A *dataset* is the rows of one device, op class, numeric format and origin
+(``aiconfigurator``, ``vidur`` or our own ``measure``); collectives are further
+split by operation variant, group size and link. Each dataset gets the curve
+family of :mod:`hwmodels.calibration.curves` for its op class, fitted with
+``scipy.optimize.least_squares`` on the LOG of predicted / measured time, so a
+2 us kernel and a 20 ms one weigh the same and the fit minimises relative error;
+plain least squares (a robust loss was tried and dropped: it treats whole
+regimes the curve fits badly, e.g. decode at tiny contexts, as outliers and
+ignores them). Efficiencies are fractions of the device's datasheet peaks
+(catalog devices) or, for a device with no datasheet (this machine's CPU), of
+the best rate seen in the measurements -- the profile says which.
+
+The profile (YAML) is what the cost model reads: per op class and format the
+curve's form and parameters, and for collectives alpha-beta per group size, each
+stating the rows, source, kernel and library versions it was fitted on and its
+held-out error (from :mod:`hwmodels.calibration.validate`).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from capsim.errors import CapsimError
+from hwmodels.calibration import curves
+from hwmodels.calibration.profile import dump_yaml
+from hwmodels.calibration.schema import COLLECTIVES
+from hwmodels.calibration.work import attention_inputs, element_bytes, gemm_element_bytes
+
+ORIGIN_PREFERENCE: tuple[str, ...] = ("measure", "aiconfigurator", "vidur")
+"""Which source a profile uses when several measured the same op class (first wins):
+our own measurements, then aiconfigurator (newest kernels, CUDA graphs), then vidur."""
+
+MAX_FIT_ROWS = 12_000
+"""Largest training set per fit; bigger ones are thinned to every k-th row (deterministic)."""
+
+COMPUTE_CLASSES = ("gemm", "attention_prefill", "attention_decode", "elementwise", "memcpy")
+PROFILE_FORMAT = "capsim-calibration-profile/1"
+
+
+def origin_of(sources: pd.Series) -> pd.Series:
+    """``aiconfigurator`` / ``vidur`` / ``measure`` from the ``source`` column's first path part."""
+    first = sources.astype(str).str.split("/", n=1).str[0].str.split(" ", n=1).str[0]
+    return first.where(first.isin(["aiconfigurator", "vidur"]), "measure")
+
+
+def dataset_keys(df: pd.DataFrame) -> pd.DataFrame:
+    """The columns that define a dataset, one row per measurement."""
+    keys = pd.DataFrame({"device": df["device"], "op_class": df["op_class"], "dtype": df["dtype"]})
+    keys["origin"] = origin_of(df["source"])
+    coll = df["op_class"].isin(COLLECTIVES + ("host_copy",))
+    by_op = coll | df["op_class"].isin(["elementwise", "memcpy"])
+    keys["op"] = np.where(by_op, df["op"], "")
+    keys["group_size"] = np.where(coll, df["group_size"].fillna(0), 0).astype(int)
+    keys["link"] = np.where(coll, df["link"], "")
+    return keys
+
+
+# ------------------------------------------------------------------------- peaks
+
+
+@dataclass(frozen=True)
+class Peaks:
+    """Reference rates efficiencies are fractions of."""
+
+    flops: Mapping[str, float]  # FLOP/s by format
+    bandwidth: float  # bytes/s
+    basis: str  # "datasheet (hwmodels/devices.yaml)" or "measured maximum ..."
+
+    def for_dtype(self, dtype: str) -> float:
+        if dtype in self.flops:
+            return self.flops[dtype]
+        for alt in ({"bf16": "fp16", "fp16": "bf16"}.get(dtype, ""), "bf16", "fp32"):
+            if alt in self.flops:
+                return self.flops[alt]
+        return max(self.flops.values())
+
+
+def reference_peaks(device: str, df: pd.DataFrame | None = None) -> Peaks | None:
+    """Datasheet peaks of a catalog device; else the best rates measured on it; else None."""
+    from capsim.registry import normalise_name
+    from hwmodels.device import DEVICES
+
+    if device in DEVICES:
+        spec = DEVICES.get(device)
+        return Peaks({k: v * 1e12 for k, v in spec.peak_tflops.items()}, spec.memory_bandwidth,
+                     f"datasheet ({spec.name} in hwmodels/devices.yaml)")
+    if df is None:
+        return None
+    from hwmodels.calibration.work import flops_and_bytes
+
+    rows = df[df["device"].map(normalise_name) == normalise_name(device)]
+    if rows.empty:
+        return None
+    flops, nbytes = flops_and_bytes(rows)
+    t = rows["measured_s"].to_numpy()
+    gemm = (rows["op_class"] == "gemm").to_numpy()
+    mem = rows["op_class"].isin(["memcpy", "elementwise"]).to_numpy()
+    if not gemm.any() or not mem.any():
+        return None
+    peak_flops = {d: float(np.max(flops[gemm & (rows["dtype"] == d).to_numpy()] / t[gemm & (rows["dtype"] == d).to_numpy()]))
+                  for d in rows.loc[gemm, "dtype"].unique()}
+    bw = float(np.max(nbytes[mem] / t[mem]))
+    return Peaks(peak_flops, bw, "measured maximum on this device (no datasheet): best GEMM FLOP/s per format and "
+                                 "best copy/elementwise bytes/s in the measurements")
+
+
+# ------------------------------------------------------------------------ inputs
+
+
+def curve_inputs(df: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Named input arrays of a one-op-class table, as the curve families take them."""
+    cls = df["op_class"].iat[0]
+    eb = np.array([element_bytes(d) for d in df["dtype"]], dtype=float)
+    if cls == "gemm":
+        act, weight = gemm_element_bytes(eb)
+        return {"m": df["m"].to_numpy(float), "n": df["n"].to_numpy(float), "k": df["k"].to_numpy(float),
+                "act_bytes": act, "weight_bytes": weight}
+    if cls.startswith("attention"):
+        x = attention_inputs(df)
+        return {**x, "act_bytes": eb, "kv_bytes": eb}
+    return {"nbytes": df["nbytes"].to_numpy(float)}
+
+
+# -------------------------------------------------------------------------- fits
+
+
+@dataclass
+class FittedCurve:
+    """One fitted curve and what it was fitted on."""
+
+    form: str
+    params: dict[str, Any]
+    rows: int
+    rms_log_error: float
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def predict(self, df: pd.DataFrame, peaks: Peaks | None) -> np.ndarray:
+        fam = curves.family(self.form)
+        x = curve_inputs(df)
+        dtype = df["dtype"].iat[0] if len(df) else "bf16"
+        peak = peaks.for_dtype(dtype) if peaks else 1.0
+        bw = peaks.bandwidth if peaks else 1.0
+        return np.asarray(fam.predict(self.params, x, peak, bw), dtype=float)
+
+
+def _thin(n: int, limit: int) -> np.ndarray:
+    if n <= limit:
+        return np.arange(n)
+    return np.linspace(0, n - 1, limit).round().astype(int)
+
+
+def _starting_points(fam: curves.Family, x: dict, t: np.ndarray, peak: float, bw: float) -> list[np.ndarray]:
+    """The family's defaults, plus a variant with t0 / alpha set from the data's fastest rows."""
+    base = []
+    for spec in fam.params:
+        v = spec.init
+        base.append(math.log(v) if spec.log else v)
+    starts = [np.array(base)]
+    fastest = float(np.percentile(t, 1))
+    alt = list(base)
+    for i, spec in enumerate(fam.params):
+        if spec.name in ("t0_s", "alpha1_s"):
+            alt[i] = min(max(0.8 * fastest, spec.lo), spec.hi)
+    starts.append(np.array(alt))
+    for override in fam.extra_starts:
+        extra = list(alt)
+        for i, spec in enumerate(fam.params):
+            if spec.name in override:
+                v = override[spec.name]
+                extra[i] = math.log(v) if spec.log else v
+        starts.append(np.array(extra))
+    if fam.form == "alpha-beta-v1":
+        starts.extend(_alpha_beta_starts(x["nbytes"], t))
+    return starts
+
+
+def _alpha_beta_starts(nbytes: np.ndarray, t: np.ndarray) -> list[np.ndarray]:
+    """Starts from the single relative-error line ``t ~ alpha + bytes/beta``: that line alone (all three
+    pairs equal, so the fit can only improve on it) and three pairs spread around it."""
+    a_mat = np.column_stack([np.ones_like(t), nbytes]) / t[:, None]
+    (alpha, inv_beta), *_ = np.linalg.lstsq(a_mat, np.ones_like(t), rcond=None)
+    alpha = float(min(max(alpha, 1e-7), 0.5))
+    beta = float(min(max(1.0 / inv_beta if inv_beta > 0 else 1e11, 1e4), 1e13))
+    out = []
+    for pairs in ([(alpha, beta)] * 3, [(alpha * 0.5, beta * 0.3), (alpha, beta), (alpha * 3.0, beta * 2.0)]):
+        out.append(np.array([v for a, b in pairs for v in (a, math.log(b))]))
+    return out
+
+
+def fit_curve(form: str, df: pd.DataFrame, peaks: Peaks | None, *, max_rows: int = MAX_FIT_ROWS) -> FittedCurve:
+    """Fit the ``form`` family to the rows of ``df`` (one dataset); returns the best of a few starts."""
+    from scipy.optimize import least_squares
+
+    fam = curves.family(form)
+    if len(df) < len(fam.params) + 1:
+        raise CapsimError(
+            f"only {len(df)} measurements for a {len(fam.params)}-parameter {form} curve",
+            where=f"fit {df['device'].iat[0]} {df['op_class'].iat[0]}" if len(df) else "fit",
+            fix="measure more shapes (drop --quick) or leave this op class uncalibrated",
+        )
+    take = _thin(len(df), max_rows)
+    sub = df.iloc[take]
+    x = curve_inputs(sub)
+    t = sub["measured_s"].to_numpy(float)
+    dtype = sub["dtype"].iat[0]
+    peak = peaks.for_dtype(dtype) if peaks else 1.0
+    bw = peaks.bandwidth if peaks else 1.0
+    table_keys: list[float] = []
+    if fam.table_params:
+        table_keys = sorted({float(d) for d in x["head_dim"]})
+    lo = [math.log(s.lo) if s.log else s.lo for s in fam.params] + [0.02] * len(table_keys)
+    hi = [math.log(s.hi) if s.log else s.hi for s in fam.params] + [1.0] * len(table_keys)
+    log_t = np.log(t)
+
+    def residuals(vec: np.ndarray) -> np.ndarray:
+        p = fam.vector_to_params(vec, table_keys)
+        with np.errstate(all="ignore"):
+            pred = fam.predict(p, x, peak, bw)
+            r = np.log(np.maximum(pred, 1e-15)) - log_t
+        return np.where(np.isfinite(r), r, 10.0)
+
+    best = None
+    for start in _starting_points(fam, x, t, peak, bw):
+        vec0 = np.concatenate([start, np.full(len(table_keys), 0.6)])
+        vec0 = np.clip(vec0, np.array(lo) + 1e-9, np.array(hi) - 1e-9)
+        res = least_squares(residuals, vec0, bounds=(lo, hi), x_scale="jac", max_nfev=400 * len(vec0))
+        if best is None or res.cost < best.cost:
+            best = res
+    params = fam.vector_to_params(best.x, table_keys)
+    rms = float(np.sqrt(np.mean(residuals(best.x) ** 2)))
+    return FittedCurve(form, _round_params(params), len(df), rms)
+
+
+def _round_params(p: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in p.items():
+        out[k] = {int(kk): float(f"{vv:.6g}") for kk, vv in v.items()} if isinstance(v, dict) else float(f"{v:.6g}")
+    return out
+
+
+def describe_rows(df: pd.DataFrame) -> str:
+    """What a dataset holds, in one line for the profile: files, kernels, versions, models, shape ranges.
+
+    One string rather than a nested mapping: profiles are parsed at the start
+    of every simulation, and YAML parsing time grows with the node count.
+    """
+    files = sorted({s.rsplit(" row ", 1)[0] for s in df["source"].astype(str)})
+    ranges = []
+    for col in ("m", "n", "k", "batch", "seq", "context", "heads", "kv_heads", "head_dim", "nbytes", "tokens", "tp"):
+        v = df[col].dropna()
+        if len(v):
+            ranges.append(f"{col} {v.min():.6g}..{v.max():.6g}")
+    models = sorted(m for m in df["model"].astype(str).unique() if m)
+    parts = [
+        f"{len(df)} rows",
+        "files: " + ", ".join(files[:6]) + (f" (+{len(files) - 6} more)" if len(files) > 6 else ""),
+        "kernels: " + ", ".join(sorted({k for k in df["kernel"].astype(str) if k})[:4]),
+        "versions: " + ", ".join(sorted({v for v in df["versions"].astype(str) if v})[:3]),
+    ]
+    if models:
+        parts.append("models: " + ", ".join(models))
+    parts.append("shapes: " + ", ".join(ranges))
+    parts.append(f"measured {df['measured_s'].min():.3g}..{df['measured_s'].max():.3g} s")
+    return "; ".join(parts)
+
+
+# ----------------------------------------------------------------------- datasets
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Rows of one device / op class / format / origin (and collective variant)."""
+
+    device: str
+    op_class: str
+    dtype: str
+    origin: str
+    op: str
+    group_size: int
+    link: str
+    index: pd.Index
+
+    @property
+    def is_collective(self) -> bool:
+        return self.op_class in COLLECTIVES or self.op_class == "host_copy"
+
+    @property
+    def form(self) -> str:
+        return curves.FORM_FOR_OP_CLASS[self.op_class]
+
+    @property
+    def profile_key(self) -> str:
+        """Key under ``operators`` in a profile: the op class, or ``elementwise:<op>``."""
+        return f"{self.op_class}:{self.op}" if self.op_class in ("elementwise", "memcpy") else self.op_class
+
+
+def datasets(df: pd.DataFrame) -> list[Dataset]:
+    """Split a measurement table into fittable datasets (CPU-overhead rows are overheads.py's job)."""
+    keys = dataset_keys(df)
+    keys = keys[df["op_class"] != "cpu_overhead"]
+    out = []
+    for key, idx in keys.groupby(list(keys.columns), sort=True).groups.items():
+        device, op_class, dtype, origin, op, group_size, link = key
+        out.append(Dataset(device, op_class, dtype, origin, op, int(group_size), link, idx))
+    return out
+
+
+def dtype_group(dtype: str) -> str:
+    """bf16 and fp16 run at the same peak with the same bytes: one group for choosing a source."""
+    return "16-bit" if dtype in ("bf16", "fp16") else dtype
+
+
+def is_primary(ds: Dataset, all_sets: list[Dataset]) -> bool:
+    """Whether ``ds`` is the source the profile uses for its device / op class (and op) / format group."""
+    mine = (ds.device, ds.profile_key, dtype_group(ds.dtype), ds.op, ds.group_size, ds.link)
+    rivals = {d.origin for d in all_sets
+              if (d.device, d.profile_key, dtype_group(d.dtype), d.op, d.group_size, d.link) == mine}
+    for origin in ORIGIN_PREFERENCE:
+        if origin in rivals:
+            return ds.origin == origin
+    return True
+
+
+# ------------------------------------------------------------------------ profile
+
+
+def build_profile(
+    df: pd.DataFrame,
+    device: str,
+    *,
+    heldout: Mapping[tuple, Mapping[str, Any]] | None = None,
+    split_note: str = "",
+) -> dict[str, Any]:
+    """Fit every dataset of ``device`` on ALL its rows and return the profile document.
+
+    ``heldout`` maps a dataset key (see :func:`heldout_key`) to its held-out error
+    summary from :func:`hwmodels.calibration.validate.cross_validate`.
+    """
+    rows = df[df["device"] == device]
+    if rows.empty:
+        raise CapsimError(
+            f"no measurements for device {device!r}",
+            where="calibrate fit",
+            fix=f"devices in the table: {', '.join(sorted(df['device'].unique()))}",
+        )
+    peaks = reference_peaks(device, df)
+    sets = datasets(rows)
+    operators: dict[str, dict[str, Any]] = {}
+    alternatives: dict[str, dict[str, Any]] = {}
+    collectives: dict[str, list[dict[str, Any]]] = {}
+    skipped: list[str] = []
+    for ds in sets:
+        part = df.loc[ds.index]
+        if not ds.is_collective and peaks is None:
+            skipped.append(f"{ds.op_class}/{ds.dtype}/{ds.origin}: no datasheet peaks and no GEMM+copy measurements")
+            continue
+        try:
+            fitted = fit_curve(ds.form, part, peaks)
+        except CapsimError as err:
+            skipped.append(f"{ds.op_class}/{ds.dtype}/{ds.origin}/{ds.op}/{ds.group_size}: {err.problem}")
+            continue
+        entry: dict[str, Any] = {
+            "form": fitted.form,
+            "params": fitted.params,
+            "source": ds.origin,
+            "rows": fitted.rows,
+            "rms_log_error": round(fitted.rms_log_error, 4),
+            "fitted_on": describe_rows(part),
+        }
+        held = (heldout or {}).get(heldout_key(ds))
+        if held:
+            entry["heldout"] = held
+        if ds.is_collective:
+            entry = {"op": ds.op, "dtype": ds.dtype, "group_size": ds.group_size, "link": ds.link, **entry}
+            collectives.setdefault(ds.op_class, []).append(entry)
+        elif is_primary(ds, sets):
+            operators.setdefault(ds.profile_key, {})[ds.dtype] = entry
+        else:
+            alternatives.setdefault(f"{ds.profile_key}@{ds.origin}", {})[ds.dtype] = entry
+    origins = sorted({ds.origin for ds in sets})
+    doc: dict[str, Any] = {
+        "format": PROFILE_FORMAT,
+        "device": device,
+        "generated": f"capsim calibrate fit, {_dt.date.today().isoformat()}",
+        "fitted_on": (
+            f"{len(rows)} measured kernels of {device} from {', '.join(origins)}; every curve on ALL rows of its "
+            "dataset (see each entry's fitted_on), held-out errors from 2-fold cross-validation"
+        ),
+        "split": split_note,
+        "peaks": {
+            "basis": peaks.basis if peaks else "none",
+            "flops_per_s": {k: float(f"{v:.6g}") for k, v in (peaks.flops.items() if peaks else [])},
+            "memory_bandwidth_Bps": float(f"{peaks.bandwidth:.6g}") if peaks else None,
+        },
+        "operators": operators,
+        "collectives": collectives,
+    }
+    if alternatives:
+        doc["alternatives"] = alternatives
+    if skipped:
+        doc["not_calibrated"] = skipped
+    return doc
+
+
+def heldout_key(ds: Dataset) -> tuple:
+    return (ds.device, ds.op_class, ds.dtype, ds.origin, ds.op, ds.group_size, ds.link)
+
+
+def write_profile(doc: Mapping[str, Any], path: str | Path) -> Path:
+    """Write a profile document as YAML (keys in insertion order)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = (
+        "# capsim calibrated device profile -- written by `capsim calibrate fit`; do not edit by hand.\n"
+        "# Curves: hwmodels/calibration/curves.py. Provenance and held-out errors are in each entry.\n"
+    )
+    path.write_text(header + dump_yaml(doc), encoding="utf-8")
+    return path

@@ -1,0 +1,134 @@
+"""Pricing one operator with a calibrated curve, at that operator's shape.
+
+Why separate from the curves: the cost model prices operator *rows* whose
+FLOPs and bytes come from the operator table (after any technique edited them);
+the curve supplies only what calibration knows -- the fixed cost and the
+efficiencies at this shape. So a row costs
+
+    fixed(shape) + combine(FLOPs / (peak * eta_c(shape)), bytes / (bandwidth * eta_m(shape)))
+
+Plain Python floats throughout: the engine calls these once per new batch
+shape, where numpy's per-call overhead would dominate.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from hwmodels.calibration import curves
+from hwmodels.calibration.profile import Curve
+
+
+@dataclass(frozen=True)
+class Priced:
+    """A row's time and its compute / memory parts (for the breakdown's "bound")."""
+
+    time_s: float
+    compute_s: float
+    memory_s: float
+
+
+def _combine(fixed: float, tc: float, tm: float, q: float) -> Priced:
+    return Priced(fixed + curves.combine(tc, tm, q), tc, tm)
+
+
+ZERO = Priced(0.0, 0.0, 0.0)
+
+
+class GemmPricer:
+    """A row of one or more GEMMs (fused QKV, gate-up + down, ...) sharing the token count ``m``.
+
+    ``gemms`` holds ``(n, k, count)`` per kernel launched per expert; the row's
+    FLOPs and bytes are split between them in proportion to their weights
+    ``n * k * count`` (exact for FLOPs and weight bytes, close for activations).
+    """
+
+    def __init__(self, curve: Curve, gemms: Sequence[tuple[float, float, float]], peak: float, bandwidth: float):
+        self.p = dict(curve.params)
+        self.peak, self.bw = peak, bandwidth
+        total = sum(n * k * c for n, k, c in gemms)
+        self.gemms = [(float(n), float(k), float(c), n * k * c / total) for n, k, c in gemms]
+        self.weight_elements = total  # per expert
+
+    def price(self, flops: float, nbytes: float, experts: float = 1.0) -> Priced:
+        if flops <= 0.0 and nbytes <= 0.0:
+            return ZERO
+        m = flops / (2.0 * self.weight_elements * experts) if flops > 0 else 1.0
+        total = tc = tm = 0.0
+        q = self.p["q"]
+        for n, k, count, share in self.gemms:
+            launches = count * experts
+            f_g, b_g = flops * share, nbytes * share
+            t0, eta_c, eta_m, _ = curves.gemm_terms(self.p, m, n, k, b_g / launches)
+            c, mm = f_g / (self.peak * eta_c), b_g / (self.bw * eta_m)
+            tc += c
+            tm += mm
+            # The soft maximum is homogeneous of degree 1, so combining the launches'
+            # totals equals ``launches`` times combining one launch.
+            total += t0 * launches + curves.combine(c, mm, q)
+        return Priced(total, tc, tm)
+
+
+class PrefillPricer:
+    """Causal prefill attention from the aggregate features (tokens, query-key work)."""
+
+    def __init__(self, curve: Curve, heads: float, kv_heads: float, head_dim: float, peak: float, bandwidth: float):
+        self.p = dict(curve.params)
+        self.h, self.hkv, self.dh = float(heads), float(kv_heads), float(head_dim)
+        self.peak, self.bw = peak, bandwidth
+
+    def price(self, tokens: float, work: float, flops: float, nbytes: float) -> Priced:
+        if tokens <= 0.0:
+            return ZERO
+        fixed, eta_c, eta_m, q = curves.prefill_terms(self.p, tokens, max(work, 1e-9), self.h, self.hkv, self.dh)
+        return _combine(fixed, flops / (self.peak * eta_c), nbytes / (self.bw * eta_m), q)
+
+
+class DecodePricer:
+    """Decode attention; ``terms`` depend on the batch only, so runs stay affine in the context."""
+
+    def __init__(self, curve: Curve, heads: float, kv_heads: float, peak: float, bandwidth: float):
+        self.p = dict(curve.params)
+        self.h, self.hkv = float(heads), float(kv_heads)
+        self.peak, self.bw = peak, bandwidth
+
+    def terms(self, seqs: float) -> tuple[float, float, float, float]:
+        """``(fixed_s, s per FLOP, s per byte, serial s per context token)`` for ``seqs`` sequences."""
+        fixed, eta_c, eta_m, serial = curves.decode_terms(self.p, seqs, self.h, self.hkv)
+        return fixed, 1.0 / (self.peak * eta_c), 1.0 / (self.bw * eta_m), float(serial)
+
+    def price(self, seqs: float, context: float, flops: float, nbytes: float) -> Priced:
+        if seqs <= 0.0:
+            return ZERO
+        fixed, per_flop, per_byte, serial = self.terms(seqs)
+        tc = max(flops * per_flop, serial * context)
+        return _combine(fixed, tc, nbytes * per_byte, math.inf)
+
+
+class MemoryPricer:
+    """A bandwidth-bound row (norm, embedding gather)."""
+
+    def __init__(self, curve: Curve, peak: float, bandwidth: float):
+        self.p = dict(curve.params)
+        self.peak, self.bw = peak, bandwidth
+
+    def price(self, flops: float, nbytes: float, launches: float = 1.0) -> Priced:
+        if nbytes <= 0.0 and flops <= 0.0:
+            return ZERO
+        fixed, eta_c, eta_m, _ = curves.memory_terms(self.p, max(nbytes / launches, 1.0))
+        return _combine(fixed * launches, flops / (self.peak * eta_c), nbytes / (self.bw * eta_m), math.inf)
+
+
+class CollectivePricer:
+    """A collective priced by its fitted alpha-beta lines (``min_i alpha_i + bytes / beta_i``)."""
+
+    def __init__(self, curve: Curve):
+        self.p = dict(curve.params)
+        self.curve = curve
+
+    def time(self, nbytes: float) -> float:
+        if nbytes <= 0.0:
+            return 0.0
+        return float(curves.alpha_beta_time(self.p, float(nbytes)))

@@ -1,0 +1,196 @@
+"""The cost model with calibrated profiles: shipped profiles load and are used by default,
+curves change prices in the expected direction, and the engine's contracts still hold
+(decode runs equal step-by-step pricing, affine flags are honest, breakdowns add up)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import yaml
+
+from capsim.errors import CapsimError, UnknownNameError
+from hwmodels.calibration.profile import PROFILE_FORMAT, load_profile, shipped_profile, shipped_profile_names
+from hwmodels.device import get_device
+from simulator.config.schema import DeploymentConfig, Scenario
+from simulator.costmodel import BatchShape
+from simulator.system import build_system
+
+SHIPPED = ("a100-80gb-sxm", "h100-sxm", "h200")
+
+
+def system(model="llama-3.1-8b", device="h100-sxm", tp=1, **deployment):
+    return build_system(Scenario(model=model, deployment=DeploymentConfig(device=device, tp=tp, **deployment)))
+
+
+def _inline_device(base: str, profile_path) -> dict:
+    spec = get_device(base).model_dump()
+    spec.update(name=f"{base}-test", aliases=(), calibration_profile=str(profile_path))
+    return spec
+
+
+def _write_profile(tmp_path, operators: dict, collectives: dict | None = None, bw=3.35e12, peak=989e12):
+    doc = {
+        "format": PROFILE_FORMAT, "device": "test", "fitted_on": "synthetic test profile",
+        "peaks": {"basis": "test", "flops_per_s": {"bf16": peak}, "memory_bandwidth_Bps": bw},
+        "operators": operators, "collectives": collectives or {},
+    }
+    path = tmp_path / "profile.yaml"
+    path.write_text(yaml.safe_dump(doc), encoding="utf-8")
+    return path
+
+
+# A GEMM curve with no size effects (saturation scales far below any real shape), no fixed cost, a hard
+# maximum and a compute ceiling of 0.35 of peak: half the datasheet constant of 0.7.
+FLAT_GEMM = {"form": "gemm-v1", "source": "test", "params": {
+    "t0_s": 0.0, "c_max": 0.35, "m0": 1e-3, "am": 1.0, "n0": 1e-3, "an": 1.0, "k0": 1e-3, "ak": 1.0,
+    "m_max": 0.8, "b0": 1.0, "ab": 1.0, "q": 30.0, "tile": 0.0}}
+
+
+# ------------------------------------------------------------------------- shipped
+
+
+@pytest.mark.parametrize("device", SHIPPED)
+def test_shipped_profiles_say_what_they_were_fitted_on(device):
+    profile = shipped_profile(device)
+    assert profile is not None and device in shipped_profile_names()
+    for key in ("gemm", "attention_prefill", "attention_decode"):
+        curve = profile.curve(key, "bf16")
+        assert curve is not None, key
+        assert curve.source == "aiconfigurator"
+        assert "rows" in curve.meta and "files:" in curve.meta["fitted_on"]
+        held = curve.meta["heldout"]
+        assert held["calibrated"]["n"] > 100 and held["calibrated"]["median_ape"] is not None
+    assert profile.collective("all_reduce", 2) is not None
+    assert profile.doc["split"] and profile.doc["peaks"]["basis"].startswith("datasheet")
+
+
+def test_profile_is_the_default_and_datasheet_switch_turns_it_off():
+    assert system().roofline.profile is not None
+    assert system().calibration == "profile h100-sxm"
+    plain = system(calibration="datasheet")
+    assert plain.roofline.profile is None and plain.calibration == "datasheet"
+    # Devices without a shipped profile stay on the datasheet roofline.
+    assert system(device="l40s").roofline.profile is None
+
+
+def test_calibrated_gemm_curve_slows_compute_bound_prefill_by_its_efficiency(tmp_path):
+    path = _write_profile(tmp_path, {"gemm": {"bf16": FLAT_GEMM}})
+    dev = _inline_device("h100-sxm", path)
+    shape = BatchShape(prefill_chunks=((8192, 0, True),))
+    cal = {r.name: r for r in system(device=dev).cost_model().breakdown(shape)}
+    ref = {r.name: r for r in system(device=dev, calibration="datasheet").cost_model().breakdown(shape)}
+    # Compute-bound GEMMs: 0.35 vs 0.7 of peak, and no per-kernel launch cost in the curve.
+    for name in ("qkv_proj", "o_proj", "mlp"):
+        launches = 32 * (3 if name == "mlp" else 1) * 3e-6
+        assert cal[name].time_s == pytest.approx(2 * (ref[name].time_s - launches), rel=1e-6)
+        assert cal[name].flops == ref[name].flops  # the work is the operator table's
+    # Rows without a curve in the profile keep the datasheet price.
+    assert cal["attention_prefill"].time_s == pytest.approx(ref["attention_prefill"].time_s, rel=1e-12)
+    assert cal["norm"].time_s == pytest.approx(ref["norm"].time_s, rel=1e-12)
+
+
+def test_shipped_profile_prices_small_gemms_slower_than_their_roofline():
+    """A 16-token GEMM streams weights at well under peak bandwidth: measured kernels are slower than
+    bytes / bandwidth, so the calibrated price exceeds the ideal (efficiency 1) roofline."""
+    spec = get_device("h100-sxm")
+    sys_ = system()
+    rows = {r.name: r for r in sys_.cost_model().breakdown(BatchShape(decode_seqs=16, decode_context=16 * 512))}
+    ideal = rows["mlp"].bytes / spec.memory_bandwidth
+    assert rows["mlp"].time_s > ideal
+    assert rows["mlp"].bound == "memory"
+
+
+# ------------------------------------------------------------------------ contracts
+
+
+@pytest.mark.parametrize(
+    ("model", "device", "tp", "batch", "context0"),
+    [
+        ("llama-2-7b", "a100-80gb-sxm", 1, 8, 8 * 1000),  # MHA: the A100 curve's serial path
+        ("llama-2-7b", "a100-80gb-sxm", 1, 1, 30000),
+        ("llama-3.1-8b", "h100-sxm", 1, 64, 64 * 2000),
+        ("llama-3.1-70b", "h200", 4, 16, 16 * 700),
+        ("mixtral-8x7b", "h100-sxm", 2, 4, 4 * 500),
+    ],
+)
+def test_calibrated_decode_run_matches_scalar_iterations(model, device, tp, batch, context0):
+    cost = system(model, device, tp).cost_model()
+    k = 60
+    run = cost.decode_run(batch, context0, k)
+    durations = run.all_durations()
+    for j in (0, 1, 7, 33, k - 1):
+        scalar = cost.iteration(BatchShape(decode_seqs=batch, decode_context=context0 + batch * j)).time_s
+        assert durations[j] == pytest.approx(scalar, rel=1e-12, abs=0.0)
+    second = np.diff(durations, 2)
+    if run.affine:  # honest: affine means a straight line
+        assert np.all(np.abs(second) <= 1e-12 * durations.max())
+    else:
+        assert run.durations is not None and len(run.durations) == k
+
+
+def test_decode_runs_are_affine_within_one_regime():
+    # Long contexts: decode attention stays bandwidth-bound for the whole run.
+    run = system().cost_model().decode_run(32, 32 * 4000, 100)
+    assert run.affine and run.step > 0
+
+
+@pytest.mark.parametrize("tp", [1, 2])
+def test_calibrated_breakdown_adds_up_to_the_iteration(tp):
+    cost = system("llama-2-7b", "a100-80gb-sxm", tp, overheads="vidur-a100").cost_model()
+    for shape in (
+        BatchShape(decode_seqs=1, decode_context=128),
+        BatchShape(prefill_chunks=((2048, 0, True),)),
+        BatchShape(prefill_chunks=((512, 1024, False),), decode_seqs=7, decode_context=7 * 900),
+    ):
+        total = sum(r.time_s for r in cost.breakdown(shape))
+        assert total == pytest.approx(cost.iteration(shape).time_s, rel=1e-12)
+
+
+def test_tp_allreduce_uses_the_profiles_alpha_beta_fit():
+    from hwmodels.calibration import curves
+
+    sys_ = system("llama-3.1-8b", "h100-sxm", tp=2)
+    fit = sys_.roofline.profile.collective("all_reduce", 2)
+    shape = BatchShape(prefill_chunks=((1000, 0, True),))
+    comms = [r for r in sys_.cost_model().breakdown(shape) if r.bound == "communication"]
+    msg = 1000 * 4096 * 2.0  # tokens x hidden x bf16: one all-reduce's message
+    expected = 32 * float(curves.alpha_beta_time(fit.params, msg))
+    assert [r.name for r in comms] == ["tp_allreduce", "tp_allreduce"]
+    assert comms[0].time_s == pytest.approx(expected, rel=1e-12)
+
+
+# ------------------------------------------------------------------------ overheads
+
+
+def test_engine_overheads_add_per_iteration_and_per_sequence_terms():
+    from hwmodels.calibration.overheads import overhead_terms
+
+    terms = overhead_terms("vidur-a100", 1)
+    assert terms["per_iteration_s"] > 0 and terms["per_sequence_s"] > 0
+    base = system("llama-2-7b", "a100-80gb-sxm").cost_model()
+    over = system("llama-2-7b", "a100-80gb-sxm", overheads="vidur-a100").cost_model()
+    for batch in (1, 32):
+        shape = BatchShape(decode_seqs=batch, decode_context=batch * 300)
+        extra = over.iteration(shape).time_s - base.iteration(shape).time_s
+        assert extra == pytest.approx(terms["per_iteration_s"] + batch * terms["per_sequence_s"], rel=1e-9)
+        run = over.decode_run(batch, batch * 300, 5)
+        assert run.first == pytest.approx(over.iteration(shape).time_s, rel=1e-12)
+
+
+def test_unknown_overhead_set_names_the_field():
+    with pytest.raises(UnknownNameError) as info:
+        system(overheads="vllm-v9")
+    assert info.value.where == "deployment.overheads"
+
+
+def test_inline_device_with_a_missing_profile_path_is_refused(tmp_path):
+    dev = _inline_device("h100-sxm", tmp_path / "nope.yaml")
+    with pytest.raises(CapsimError, match="profile not found"):
+        system(device=dev)
+
+
+def test_profile_with_missing_parameters_is_refused(tmp_path):
+    bad = {"form": "gemm-v1", "params": {"t0_s": 1e-6}}
+    with pytest.raises(CapsimError) as info:
+        load_profile(_write_profile(tmp_path, {"gemm": {"bf16": bad}}))
+    assert "lacks parameter" in info.value.problem and info.value.where.endswith("operators.gemm.bf16.params")
