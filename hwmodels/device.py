@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Mapping
-from importlib import resources
 from typing import Any
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -29,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 
+from capsim.catalog import load_catalog, read_catalog_yaml, registry_of
 from capsim.errors import CapsimError
 from capsim.registry import Registry, normalise_name
 
@@ -278,55 +277,13 @@ def device_from_dict(data: Mapping[str, Any], *, where: str = "hardware.device")
         raise _from_validation_error(err, where) from None
 
 
-def _read_catalog_yaml() -> dict[str, Any]:
-    text = resources.files(__package__).joinpath(CATALOG_FILE).read_text(encoding="utf-8")
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise CapsimError(f"cannot parse the device catalog: {err}", where=_CATALOG_WHERE) from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("devices"), dict):
-        raise CapsimError(
-            "the device catalog must have a top-level 'devices:' mapping",
-            where=_CATALOG_WHERE,
-        )
-    return doc["devices"]
-
-
 def load_device_catalog() -> dict[str, DeviceSpec]:
     """Read and validate every entry of the shipped catalog, keyed by canonical id."""
-    specs: dict[str, DeviceSpec] = {}
-    for key, entry in _read_catalog_yaml().items():
-        name = normalise_name(key)
-        where = f"{_CATALOG_WHERE}: {name}"
-        if not isinstance(entry, dict):
-            raise CapsimError("catalog entry must be a mapping of fields", where=where)
-        if "name" in entry and normalise_name(entry["name"]) != name:
-            raise CapsimError(
-                f"entry name {entry['name']!r} differs from its key {key!r}",
-                where=where,
-            )
-        specs[name] = device_from_dict({**entry, "name": name}, where=where)
-    return specs
+    entries = read_catalog_yaml(__package__, CATALOG_FILE, "devices", what="device")
+    return load_catalog(entries, where=_CATALOG_WHERE, build=lambda fields, where: device_from_dict(fields, where=where))
 
 
-def _build_registry(specs: Mapping[str, DeviceSpec]) -> Registry[DeviceSpec]:
-    """Registry of ``specs``; refuses an alias that is claimed twice or shadows an id."""
-    registry: Registry[DeviceSpec] = Registry("device")
-    owner: dict[str, str] = {}
-    for name, spec in specs.items():
-        for alias in spec.aliases:
-            key = normalise_name(alias)
-            if key in specs or owner.setdefault(key, name) != name:
-                raise CapsimError(
-                    f"alias {alias!r} of {name!r} is already used by {key if key in specs else owner[key]!r}",
-                    where=f"{_CATALOG_WHERE}: {name}.aliases",
-                    fix="give each alias to one device only",
-                )
-        registry.add(name, spec, aliases=spec.aliases)
-    return registry
-
-
-DEVICES: Registry[DeviceSpec] = _build_registry(load_device_catalog())
+DEVICES: Registry[DeviceSpec] = registry_of("device", load_device_catalog(), where=_CATALOG_WHERE)
 """Every catalog device by id and alias (filled at import from ``devices.yaml``)."""
 
 

@@ -8,7 +8,7 @@ from pydantic import ValidationError
 
 from capsim.errors import CapsimError, UnknownNameError
 from simulator.models import MODELS, get_model, load_model_catalog, model_from_dict
-from simulator.models.catalog import _build_registry
+from capsim.catalog import registry_of
 
 CATALOG = load_model_catalog()
 
@@ -209,4 +209,4 @@ def test_an_alias_claimed_by_two_models_is_refused():
     a = model_from_dict({**TINY, "name": "a", "aliases": ["shared"]})
     b = model_from_dict({**TINY, "name": "b", "aliases": ["shared"]})
     with pytest.raises(CapsimError, match="shared"):
-        _build_registry({"a": a, "b": b})
+        registry_of("model", {"a": a, "b": b}, where="test")

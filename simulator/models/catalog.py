@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Mapping
-from importlib import resources
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
+from capsim.catalog import load_catalog, read_catalog_yaml, registry_of
 from capsim.errors import CapsimError
-from capsim.registry import Registry, normalise_name
+from capsim.registry import Registry
 from simulator.models.spec import ModelSpec
 
 CATALOG_FILE = "catalog.yaml"
@@ -72,58 +71,13 @@ def model_from_dict(data: Mapping[str, Any], *, where: str = "model") -> ModelSp
         raise _from_validation_error(err, where, "model") from None
 
 
-def _read_catalog_yaml() -> dict[str, Any]:
-    text = resources.files(__package__).joinpath(CATALOG_FILE).read_text(encoding="utf-8")
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise CapsimError(f"cannot parse the model catalog: {err}", where=_CATALOG_WHERE) from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("models"), dict):
-        raise CapsimError(
-            "the model catalog must have a top-level 'models:' mapping",
-            where=_CATALOG_WHERE,
-        )
-    return doc["models"]
-
-
 def load_model_catalog() -> dict[str, ModelSpec]:
-    """Read and validate every entry of the shipped catalog, keyed by canonical id.
-
-    The YAML key is the id; an entry may repeat it as ``name`` but must not contradict it.
-    """
-    specs: dict[str, ModelSpec] = {}
-    for key, entry in _read_catalog_yaml().items():
-        name = normalise_name(key)
-        where = f"{_CATALOG_WHERE}: {name}"
-        if not isinstance(entry, dict):
-            raise CapsimError("catalog entry must be a mapping of fields", where=where)
-        if "name" in entry and normalise_name(entry["name"]) != name:
-            raise CapsimError(
-                f"entry name {entry['name']!r} differs from its key {key!r}",
-                where=where,
-            )
-        specs[name] = model_from_dict({**entry, "name": name}, where=where)
-    return specs
+    """Read and validate every entry of the shipped catalog, keyed by canonical id."""
+    entries = read_catalog_yaml(__package__, CATALOG_FILE, "models", what="model")
+    return load_catalog(entries, where=_CATALOG_WHERE, build=lambda fields, where: model_from_dict(fields, where=where))
 
 
-def _build_registry(specs: Mapping[str, ModelSpec]) -> Registry[ModelSpec]:
-    """Registry of ``specs``; refuses an alias that is claimed twice or shadows an id."""
-    registry: Registry[ModelSpec] = Registry("model")
-    owner: dict[str, str] = {}
-    for name, spec in specs.items():
-        for alias in spec.aliases:
-            key = normalise_name(alias)
-            if key in specs or owner.setdefault(key, name) != name:
-                raise CapsimError(
-                    f"alias {alias!r} of {name!r} is already used by {key if key in specs else owner[key]!r}",
-                    where=f"{_CATALOG_WHERE}: {name}.aliases",
-                    fix="give each alias to one model only",
-                )
-        registry.add(name, spec, aliases=spec.aliases)
-    return registry
-
-
-MODELS: Registry[ModelSpec] = _build_registry(load_model_catalog())
+MODELS: Registry[ModelSpec] = registry_of("model", load_model_catalog(), where=_CATALOG_WHERE)
 """Every catalog model by id and alias (filled at import from ``catalog.yaml``)."""
 
 
