@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from capsim.errors import CapsimError
-from simulator.config.loader import deep_merge, expand, set_path
+from simulator.config.loader import apply_updates, expand
 from simulator.config.schema import Scenario, ScenarioFile
 
 #: Scenario fields the sidebar edits once for all configurations.
@@ -102,19 +102,6 @@ def resolved_names(configurations: list[Configuration]) -> list[str]:
             name, k = f"{base} #{k}", k + 1
         names.append(name)
     return names
-
-
-def apply_updates(data: dict[str, Any], updates: dict[str, Any]) -> dict[str, Any]:
-    """Apply a run entry to a base scenario as the loader does: dotted paths are set, sections deep-merged."""
-    out = copy.deepcopy(data)
-    for key, value in updates.items():
-        if "." in key:
-            set_path(out, key, copy.deepcopy(value))
-        elif isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
 
 
 def run_entry(cfg: Configuration, name: str) -> dict[str, Any]:

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from capsim.catalog import registry_of
 from capsim.errors import CapsimError, UnknownNameError
 from simulator.models import MODELS, get_model, load_model_catalog, model_from_dict
-from capsim.catalog import registry_of
 
 CATALOG = load_model_catalog()
 

@@ -93,7 +93,7 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _apply(data: dict[str, Any], updates: dict[str, Any]) -> dict[str, Any]:
+def apply_updates(data: dict[str, Any], updates: dict[str, Any]) -> dict[str, Any]:
     """Apply a mix of nested sections and dotted paths."""
     out = copy.deepcopy(data)
     for key, value in updates.items():
@@ -205,11 +205,11 @@ def expand(data: dict[str, Any], source: str) -> list[Scenario]:
             if run is not None:
                 entry = dict(run)  # a fresh copy per grid point: popping must not consume the run
                 names.append(entry.pop("name"))
-                cfg = _apply(cfg, entry.pop("set", {}) or {})
-                cfg = _apply(cfg, entry)
+                cfg = apply_updates(cfg, entry.pop("set", {}) or {})
+                cfg = apply_updates(cfg, entry)
             if point is not None:
                 names.append(point[0])
-                cfg = _apply(cfg, point[1])
+                cfg = apply_updates(cfg, point[1])
             name = " ".join(names) if names else base_name
             cfg = {**cfg, "name": name}
             variants.append((name, cfg))

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from capsim.errors import CapsimError
-from simulator.config.loader import _apply, expand, parse_override, read_yaml, set_path, validate_as
+from simulator.config.loader import apply_updates, expand, parse_override, read_yaml, set_path, validate_as
 from simulator.config.schema import Scenario
 from simulator.sweep.schema import SweepFile
 
@@ -67,7 +67,7 @@ def expand_sweep(data: dict[str, Any], source: str) -> list[Scenario]:
     named = bool(base.get("runs") or base.get("grid"))
     out: list[Scenario] = []
     for label, values in zip_points(zipped):
-        for sc in expand(_apply(base, values), source):
+        for sc in expand(apply_updates(base, values), source):
             out.append(sc.model_copy(update={"name": f"{sc.name} {label}" if named else label}))
     return out
 
