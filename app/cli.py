@@ -64,12 +64,14 @@ def register(app: typer.Typer) -> None:
         ] = DEFAULT_HOST,
     ) -> None:
         """Start the what-if dashboard (Streamlit) at http://HOST:PORT; stop it with Ctrl+C."""
+        from rich.markup import escape
+
         from simulator.cli_common import err_console
 
         try:
             _check(port)
         except CapsimError as exc:
-            err_console.print(f"[bold red]error:[/] {exc.render()}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(exc.render())}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         err_console.print(f"capsim dashboard: http://{host}:{port}  (Ctrl+C to stop)", highlight=False)
         env = {**os.environ, "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from capsim.errors import CapsimError
 
@@ -33,7 +34,7 @@ def _guard(debug: bool, action: Callable[[], Any]) -> Any:
     except CapsimError as exc:
         if debug:
             traceback.print_exc()
-        err_console.print(f"[bold red]error:[/] {exc.render()}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(exc.render())}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     except typer.Exit:
         raise
@@ -44,7 +45,7 @@ def _guard(debug: bool, action: Callable[[], Any]) -> Any:
         if debug:
             traceback.print_exc()
         err_console.print(
-            f"[bold red]internal error:[/] {type(exc).__name__}: {exc}. "
+            f"[bold red]internal error:[/] {type(exc).__name__}: {escape(str(exc))}. "
             "This is a capsim bug; rerun with --debug and report the traceback.",
             highlight=False,
             soft_wrap=True,
