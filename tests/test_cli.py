@@ -230,3 +230,9 @@ def test_relative_trace_path_is_relative_to_the_scenario_file(cli, tmp_path):
     result = cli("validate", scenario)
     assert result.exit_code == 0, result.output
     assert "2 requests" in " ".join(result.output.split())
+
+
+def test_error_messages_keep_square_brackets(cli):
+    """Messages are printed verbatim: rich must not eat '[...]' as markup (e.g. 'pip install capsim[app]')."""
+    flat = assert_user_error(cli("list", "mod[els]"))
+    assert "mod[els]" in flat
