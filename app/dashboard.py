@@ -10,6 +10,10 @@ read the widgets into a :class:`~app.setup.Setup`, validate it and write any
 problem next to its field, offer it as YAML, and -- when "Run comparison" is
 clicked -- simulate each configuration (cached by scenario hash) with a
 progress bar. The last results stay on the page until the next run.
+
+The main area has two tabs: *Compare configurations* (the above) and
+*Capacity plan*, which reads the output folder of ``capsim plan`` (see
+:mod:`app.plan_view`); the sidebar belongs to the comparison.
 """
 
 from __future__ import annotations
@@ -24,9 +28,10 @@ try:  # `streamlit run app/dashboard.py` puts app/ on sys.path, not the reposito
 except ImportError:  # pragma: no cover -- only without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.checks import check_setup  # noqa: E402
+from app.checks import CheckResult, Issue, check_setup  # noqa: E402
 from app.fields import describe_field  # noqa: E402
 from app.inputs import configuration_inputs, model_input, simulation_input, slo_input, workload_input  # noqa: E402
+from app.plan_view import render_plan_view  # noqa: E402
 from app.results import progress_callback, render_results  # noqa: E402
 from app.runner import job_for, run_jobs  # noqa: E402
 from app.setup import Setup, default_setup, is_scenario_file, setup_from_text, to_yaml  # noqa: E402
@@ -35,6 +40,7 @@ from capsim.errors import CapsimError  # noqa: E402
 from simulator.config.schema import Scenario  # noqa: E402
 
 SCENARIO_DIR = Path(__file__).resolve().parents[1] / "scenarios"
+RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"  # where the plan tab looks for `capsim plan` output
 
 
 def _state() -> tuple[Setup, int]:
@@ -123,6 +129,15 @@ def main() -> None:
     )
 
     st.title("capsim: what-if comparison")
+    compare, plan = st.tabs(["Compare configurations", "Capacity plan"])
+    with plan:  # drawn first: the comparison's run button then still marks the end of a page load
+        render_plan_view(RESULTS_DIR)
+    with compare:
+        comparison(setup, check, ok, unplaced)
+
+
+def comparison(setup: Setup, check: CheckResult, ok: bool, unplaced: list[Issue]) -> None:
+    """The comparison tab: problems, the scenario YAML, the run button and the last results."""
     st.caption("Pick a model, a workload, SLOs and up to four configurations in the sidebar, then run the "
                "comparison. Every run is cached by its scenario hash.")
     for issue in unplaced:

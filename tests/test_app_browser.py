@@ -139,10 +139,23 @@ def drive(page, url: str, tmp_path: Path) -> None:
     run.or_(page.locator('[data-testid="stException"]')).first.wait_for(timeout=START_TIMEOUT_S * 1000)
     assert_no_exception(page)
 
-    # Change a configuration: configuration 2 runs on an H200 instead of an A100.
+    # Change a configuration: configuration 2 runs on an H200 instead of an A100. The first script run
+    # may still be redrawing the sidebar when the button appears; wait for it, and retry the dropdown
+    # if a redraw closed it before its options showed.
+    wait_until_idle(page)
     page.get_by_role("tab", name="Config 2").click()
-    page.locator(".st-key-w0-cfg1-deployment-device").click()
-    page.get_by_role("option", name=re.compile(r"^h200\b")).click()
+    option = page.get_by_role("option", name=re.compile(r"^h200\b"))
+    for attempt in range(4):
+        page.locator(".st-key-w0-cfg1-deployment-device").click()
+        try:
+            option.wait_for(timeout=10_000)
+            break
+        except Exception:
+            if attempt == 3:
+                raise
+            page.keyboard.press("Escape")
+            wait_until_idle(page)
+    option.click()
     page.wait_for_function(SHOWS_VALUE, arg=[".st-key-w0-cfg1-deployment-device", "h200"],
                            timeout=RESULT_TIMEOUT_MS)
     wait_until_idle(page)

@@ -1,0 +1,120 @@
+"""The dashboard's "Capacity plan" tab: a real (tiny) plan output is read and shown; bad input is explained inline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("streamlit")
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+from app.plan_view import find_plan_folders, goodput_frame, load_plan_files, load_plan_folder  # noqa: E402
+from capsim.errors import CapsimError  # noqa: E402
+from simulator.planner import load_plan, run_plan  # noqa: E402
+from simulator.sweep import LocalExecutor  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGE = ROOT / "app" / "dashboard.py"
+
+# Two candidates that fit and one the analytic pre-pass rules out (L4's decode step misses a 50 ms TPOT).
+PLAN = """\
+name: tiny-plan
+seed: 3
+model: llama-3.1-8b
+workload:
+  arrival: poisson
+  prompt: {dist: uniform, low: 100, high: 600}
+  output: {dist: uniform, low: 10, high: 80}
+slo: {ttft_s: 1.0, tpot_s: 0.05, attainment: 0.9}
+simulation: {num_requests: 60, warmup_s: 0}
+search:
+  grid:
+    deployment.device: [h100-sxm, a100-80gb-sxm, l4]
+target_rps: 4
+rate_search: {rel_tol: 0.25, max_sims: 3}
+"""
+
+
+@pytest.fixture(scope="module")
+def planned(tmp_path_factory):
+    base = tmp_path_factory.mktemp("plan")
+    (base / "plan.yaml").write_text(PLAN)
+    plan, candidates = load_plan(base / "plan.yaml")
+    out = base / "out"
+    result = run_plan(plan, candidates, out_dir=out, executor=LocalExecutor(max_workers=1), plots=False)
+    assert result.cheapest is not None
+    return out, result
+
+
+def plan_tab(folder: Path | str) -> AppTest:
+    at = AppTest.from_file(str(PAGE), default_timeout=60)
+    at.run()
+    at.text_input(key="plan-folder").set_value(str(folder)).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def test_plan_tab_shows_cheapest_pareto_and_charts(planned):
+    out, result = planned
+    at = plan_tab(out)
+    assert not at.error, [e.value for e in at.error]
+    headline = " ".join(s.value for s in at.success)
+    assert result.cheapest.name in headline and "4 req/s" in headline
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["cost per hour"] != "–" and "req/s" in metrics["max sustainable rate"]
+    pareto = at.dataframe[0].value
+    assert list(pareto["configuration"]) == [c.name for c in result.pareto]
+    # the goodput bars and the attainment lines are drawn (each with a CSV download)
+    charts = [json.loads(el.proto.spec) for el in at.get("vega_lite_chart")]
+    assert len(charts) == 2
+    goodput, attainment = (json.dumps(c) for c in charts)
+    assert '"bar"' in goodput and '"rule"' in goodput and "max_rate_rps" in goodput  # bars and the target rule
+    assert '"line"' in attainment and "slo_attainment" in attainment and "rate_rps" in attainment
+    keys = {b.proto.id for b in at.get("download_button")}
+    assert any("plan-csv-max_rate_per_candidate" in k for k in keys)
+    assert any("plan-csv-attainment_vs_rate" in k for k in keys)
+
+
+def test_goodput_frame_leaves_out_pruned_candidates(planned):
+    out, result = planned
+    frame = goodput_frame(load_plan_folder(out))
+    searched = {c.name for c in result.candidates if c.search is not None}
+    assert set(frame["configuration"]) == searched and len(searched) < len(result.candidates)
+    assert frame["cost_per_hour_usd"].is_monotonic_increasing
+    cheapest = frame.loc[frame["configuration"] == result.cheapest.name].iloc[0]
+    assert cheapest["meets target"] == "meets target" and cheapest["max_rate_rps"] >= 4
+
+
+def test_uploaded_files_load_like_the_folder(planned):
+    out, result = planned
+    loaded = load_plan_files((out / "plan.json").read_bytes(), (out / "candidates.csv").read_bytes())
+    assert loaded.cheapest["name"] == result.cheapest.name and loaded.evaluations is None
+    with pytest.raises(CapsimError, match="candidates.csv.*missing column"):
+        load_plan_files((out / "plan.json").read_bytes(), b"a,b\n1,2\n")
+
+
+def test_bad_folders_are_explained_inline(tmp_path):
+    at = plan_tab(tmp_path / "nowhere")
+    assert [e.value for e in at.error] and "folder not found" in at.error[0].value
+    assert "capsim plan" in at.error[0].value  # the fix
+    (tmp_path / "plan.json").write_text("{not json")
+    at.text_input(key="plan-folder").set_value(str(tmp_path)).run()
+    assert not at.exception
+    assert "plan.json" in at.error[0].value and "not valid JSON" in at.error[0].value
+    (tmp_path / "plan.json").write_text(json.dumps({"target_rps": 4, "cheapest": None, "pareto_front": []}))
+    at.text_input(key="plan-folder").set_value(str(tmp_path) + "/").run()
+    assert not at.exception and "no candidates.csv" in at.error[0].value
+
+
+def test_find_plan_folders_newest_first(tmp_path):
+    import os
+
+    for i, name in enumerate(["a", "b/c"]):
+        (tmp_path / name).mkdir(parents=True)
+        (tmp_path / name / "plan.json").write_text("{}")
+        os.utime(tmp_path / name / "plan.json", (1000 + i, 1000 + i))
+    (tmp_path / "d").mkdir()
+    assert find_plan_folders(tmp_path) == [tmp_path / "b" / "c", tmp_path / "a"]
+    assert find_plan_folders(tmp_path / "missing") == []
