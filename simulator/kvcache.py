@@ -33,6 +33,8 @@ class BlockManager:
         self.peak_used_blocks = 0
         self._t = table
         self._reservations = False  # becomes True once any sequence reserves KV up front
+        bs = self.block_size
+        self._shift = bs.bit_length() - 1 if bs & (bs - 1) == 0 else None
 
     @property
     def free_blocks(self) -> int:
@@ -114,8 +116,11 @@ class BlockManager:
         if self._reservations:
             res = t.kv_reserved[ids]
             growth = blocks_for(np.maximum(new, res), self.block_size) - blocks_for(np.maximum(kv, res), self.block_size)
+        elif self._shift is not None:
+            # Running sequences hold >= 1 token, so ceil(n/bs) = (n-1)//bs + 1; a power-of-two block
+            # size turns the division into a shift (integer division dominates this hot-loop step).
+            growth = ((new - 1) >> self._shift) - ((kv - 1) >> self._shift)
         else:
-            # Running sequences hold >= 1 token, so ceil(n/bs) = (n-1)//bs + 1.
             bs = self.block_size
             growth = (new - 1) // bs - (kv - 1) // bs
         self._add(int(growth.sum()))

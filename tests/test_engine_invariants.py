@@ -27,10 +27,10 @@ SCHEDULERS = {
 
 
 def tiny_scenario(scheduler: str, *, seed: int, qps: float, n: int, replicas: int, router: str,
-                  kv_tokens_budget: bool) -> Scenario:
+                  kv_tokens_budget: bool, block_size: int = 16) -> Scenario:
     # A tiny KV budget forces preemption in vLLM/Sarathi: an inline device with just
     # enough memory for OPT-6.7B-sized weights... we use memory_utilization instead.
-    deployment = {"device": "a100-80gb-sxm", "num_replicas": replicas}
+    deployment = {"device": "a100-80gb-sxm", "num_replicas": replicas, "block_size": block_size}
     if kv_tokens_budget:
         # llama-2-7b holds 12.55 GiB of weights; 16.5 % of 80 GiB with no activation reserve
         # leaves ~0.65 GiB, about 1,300 tokens of KV: a handful of sequences, so preemption happens.
@@ -88,10 +88,11 @@ def check_invariants(out) -> None:
     router=st.sampled_from(["round-robin", "random", "least-outstanding"]),
     tight=st.booleans(),
     preload=st.booleans(),
+    block_size=st.sampled_from([16, 12, 1]),  # powers of two take the shift path in the block count
 )
-def test_invariants_hold_on_random_workloads(scheduler, seed, qps, n, replicas, router, tight, preload):
+def test_invariants_hold_on_random_workloads(scheduler, seed, qps, n, replicas, router, tight, preload, block_size):
     out = simulate(tiny_scenario(scheduler, seed=seed, qps=qps, n=n, replicas=replicas, router=router,
-                                 kv_tokens_budget=tight), preload_arrivals=preload)
+                                 kv_tokens_budget=tight, block_size=block_size), preload_arrivals=preload)
     check_invariants(out)
     # 4. one recorded gap per token after the first
     expected_gaps = int((out.table.output - 1).sum())
