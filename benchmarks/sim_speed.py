@@ -70,9 +70,14 @@ def run_one(index: int) -> dict:
     from simulator.metrics.summary import summarise
 
     scenario = Scenario.model_validate(WORKLOADS[index])
-    t0 = time.perf_counter()
-    out = simulate(scenario)
-    sim_wall = time.perf_counter() - t0
+    # Like timeit: the best of a few runs in one process (the first also pays one-off costs such as
+    # loading a trace file and filling the cost model's caches). The 1M-request workload runs once.
+    repeats = 3 if (WORKLOADS[index]["simulation"]["num_requests"] or 0) < 100_000 else 1
+    sim_wall = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = simulate(scenario)
+        sim_wall = min(sim_wall, time.perf_counter() - t0)
     t1 = time.perf_counter()
     summary = summarise(out.result, scenario.slo)
     summary_wall = time.perf_counter() - t1
@@ -83,6 +88,7 @@ def run_one(index: int) -> dict:
         "name": WORKLOADS[index]["name"],
         "requests": n,
         "wall_s": sim_wall,
+        "repeats": repeats,
         "summary_wall_s": summary_wall,
         "req_per_wall_s": n / sim_wall,
         "iterations": iters,
@@ -118,7 +124,8 @@ def main() -> None:
             f"{r['workload']:>2} {r['name']:40} {r['requests']:>9,} {r['wall_s']:>8.2f} {r['req_per_wall_s']:>11,.0f} "
             f"{r['iter_per_wall_s']:>12,.0f} {r['iteration_runs']:>9,} {r['peak_rss_mib']:>8.0f}"
         )
-    print("\n(wall s = simulation only; summary statistics took", ", ".join(f"{r['summary_wall_s']:.2f}" for r in rows), "s)")
+    print("\n(wall s = simulate() only, best of", "/".join(str(r["repeats"]) for r in rows),
+          "runs; summary statistics took", ", ".join(f"{r['summary_wall_s']:.2f}" for r in rows), "s)")
 
 
 if __name__ == "__main__":
