@@ -22,9 +22,6 @@ class Link:
     bandwidth: float
     latency_s: float
 
-    def transfer_time(self, nbytes: float) -> float:
-        return self.latency_s + nbytes / self.bandwidth
-
 
 def ring_allreduce_coefficients(link: Link, ranks: int) -> tuple[float, float]:
     """(fixed seconds, seconds per byte) of a ring all-reduce over ``ranks``.
@@ -36,8 +33,3 @@ def ring_allreduce_coefficients(link: Link, ranks: int) -> tuple[float, float]:
         return 0.0, 0.0
     steps = 2 * (ranks - 1)
     return steps * link.latency_s, (2.0 * (ranks - 1) / ranks) / link.bandwidth
-
-
-def ring_allreduce_time(link: Link, ranks: int, nbytes: float) -> float:
-    fixed, per_byte = ring_allreduce_coefficients(link, ranks)
-    return fixed + per_byte * nbytes
