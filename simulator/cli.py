@@ -31,6 +31,35 @@ app = typer.Typer(
 )
 
 
+def _load_any(path: Path, overrides: list[str]) -> tuple[str, list]:
+    """The configurations of a scenario, sweep (``zip:``) or plan (``search:``/``target_rps``) file."""
+    from simulator.config.loader import load_scenarios, read_yaml
+
+    data = read_yaml(path)
+    if "search" in data or "target_rps" in data:
+        from simulator.planner.plan import load_plan
+
+        return "plan", load_plan(path, overrides)[1]
+    if "zip" in data:
+        from simulator.sweep.grid import load_sweep
+
+        return "sweep", load_sweep(path, overrides)
+    return "scenario", load_scenarios(path, overrides)
+
+
+def _refuse_other_kinds(path: Path) -> None:
+    """``capsim run`` simulates scenario files; point sweep and plan files at their commands."""
+    from simulator.config.loader import read_yaml
+
+    data = read_yaml(path)
+    if "search" in data or "target_rps" in data:
+        raise CapsimError("this is a capacity-plan file (it has search:/target_rps)", where=str(path),
+                          fix=f"run it with `capsim plan {path}`")
+    if "zip" in data:
+        raise CapsimError("this is a sweep file (it has zip:)", where=str(path),
+                          fix=f"run it with `capsim sweep {path}`")
+
+
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._=-]+", "_", name).strip("_") or "run"
 
@@ -61,6 +90,7 @@ def run(
         from simulator.metrics.table import comparison_table, summary_table
         from simulator.metrics.writers import write_outputs
 
+        _refuse_other_kinds(scenario_file)
         scenarios = load_scenarios(scenario_file, set_ or [])
         summaries: list[dict[str, Any]] = []
         progress = Progress(
@@ -125,16 +155,22 @@ def validate(
     set_: SetOpt = None,
     debug: DebugOpt = False,
 ) -> None:
-    """Check a scenario file: schema, names, memory fit, and that its workload loads and can be served."""
+    """Check a scenario, sweep or plan file: schema, names, memory fit, and that its workload loads and can be served."""
 
     def action() -> None:
-        from simulator.config.loader import load_scenarios
+        from capsim.errors import DoesNotFitError
         from simulator.engine import prepare
         from simulator.memory_plan import GIB
 
-        scenarios = load_scenarios(scenario_file, set_ or [])
+        kind, scenarios = _load_any(scenario_file, set_ or [])
         for sc in scenarios:
-            prep = prepare(sc)
+            try:
+                prep = prepare(sc)
+            except DoesNotFitError as exc:
+                if kind != "plan":
+                    raise
+                out_console.print(f"[yellow]pruned[/] {sc.name}: {exc.problem} (the plan rules it out)", highlight=False)
+                continue
             system, m = prep.system, prep.system.memory
             dropped = int(prep.unservable.sum())
             out_console.print(

@@ -236,3 +236,16 @@ def test_error_messages_keep_square_brackets(cli):
     """Messages are printed verbatim: rich must not eat '[...]' as markup (e.g. 'pip install capsim[app]')."""
     flat = assert_user_error(cli("list", "mod[els]"))
     assert "mod[els]" in flat
+
+
+@pytest.mark.parametrize("path", sorted(Path("scenarios").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_scenario_file_validates(cli, path):
+    """Scenario, sweep and plan files alike: the examples the README points at must stay valid."""
+    result = cli("validate", path)
+    assert result.exit_code == 0, result.output
+    assert "ok " in result.output
+
+
+def test_run_points_sweep_and_plan_files_at_their_commands(cli):
+    assert_user_error(cli("run", "scenarios/plan_example.yaml"), "capsim plan")
+    assert_user_error(cli("run", "scenarios/sweep_example.yaml"), "capsim sweep")
