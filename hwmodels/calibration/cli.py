@@ -37,6 +37,18 @@ DeviceOpt = Annotated[
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show the Python traceback on errors.")]
 
 
+def _load_reporting_gaps(measurements: list[Path] | None, data_dir: str | None, devices: list[str] | None):
+    """:func:`_load`, printing to stderr which sources were skipped or missing (row counts are for
+    `capsim calibrate import`)."""
+    from simulator.cli_common import err_console
+
+    df, notes = _load(measurements, data_dir, devices)
+    for note in notes:
+        if "skipped" in note or "not found" in note:
+            err_console.print(note, highlight=False)
+    return df
+
+
 def _load(measurements: list[Path] | None, data_dir: str | None, devices: list[str] | None):
     """Measurements from CSVs, else imported from the shared data folder; filtered to ``devices``."""
     import pandas as pd
@@ -144,10 +156,7 @@ def register(app: typer.Typer) -> None:
             from hwmodels.calibration.validate import cross_validate
             from hwmodels.device import DEVICES
 
-            df, notes = _load(measurements, data_dir, device)
-            for note in notes:
-                if "skipped" in note or "not found" in note:  # row counts: `capsim calibrate import`
-                    err_console.print(note, highlight=False)
+            df = _load_reporting_gaps(measurements, data_dir, device)
             shipped = Path(__file__).parent / "profiles"
             for dev in sorted(df["device"].unique()):
                 rows = df[df["device"] == dev]
@@ -187,10 +196,7 @@ def register(app: typer.Typer) -> None:
         def action() -> None:
             from hwmodels.calibration.validate import cross_validate, format_table, plot_scatter
 
-            df, notes = _load(measurements, data_dir, device)
-            for note in notes:
-                if "skipped" in note or "not found" in note:  # row counts: `capsim calibrate import`
-                    err_console.print(note, highlight=False)
+            df = _load_reporting_gaps(measurements, data_dir, device)
             v = cross_validate(df, min_time_s=min_us * 1e-6)
             for note in v.notes:
                 err_console.print(note, highlight=False)

@@ -30,7 +30,8 @@ TIME_BINS = 300
 THROUGHPUT_BINS = 120
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def save_figure(fig: Figure, path: Path) -> Path:
+    """Render ``fig`` off-screen (Agg, no pyplot state) and write it as a PNG."""
     FigureCanvasAgg(fig)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -73,7 +74,7 @@ def plot_latency_cdfs(result: SimulationResult, path: Path, summary: Mapping[str
         _cdf_panel(ax, x, f, title, summary.get(f"slo_{key}_s"))
     x, f = token_gap_cdf(result.token_gaps)
     _cdf_panel(axes[1, 1], x, f, "TBT (every inter-token gap)", summary.get("slo_tbt_s"))
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _integral(t: np.ndarray, start: np.ndarray, end: np.ndarray, value: np.ndarray) -> np.ndarray:
@@ -162,7 +163,7 @@ def plot_batch_and_kv(result: SimulationResult, path: Path) -> Path:
     _series(ax_kv, result, edges, util, "KV blocks in use (fraction)")
     ax_kv.set_title("KV-cache utilisation")
     ax_kv.set_xlabel("simulated time (s)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_throughput(result: SimulationResult, path: Path) -> Path:
@@ -194,7 +195,7 @@ def plot_throughput(result: SimulationResult, path: Path) -> Path:
         _mark_warmup(ax, result.info.warmup_s)
         ax.grid(alpha=0.3)
         ax.legend(loc="upper right", fontsize="small")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def write_plots(result: SimulationResult, out_dir: Path, summary: Mapping[str, Any] | None = None) -> list[Path]:

@@ -20,8 +20,9 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from simulator.metrics.plots import save_figure
 
 if TYPE_CHECKING:
     from simulator.planner.plan import Candidate, PlanResult
@@ -30,13 +31,6 @@ if TYPE_CHECKING:
 MAX_SHOWN = 40
 #: Lines in the attainment plot (more would be unreadable).
 MAX_LINES = 12
-
-
-def _save(fig: Figure, path: Path) -> Path:
-    FigureCanvasAgg(fig)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    return path
 
 
 def _empty(ax, text: str) -> None:
@@ -75,7 +69,7 @@ def plot_pareto(result: PlanResult, path: Path) -> Path:
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     ax.set_title("cost vs latency of configurations meeting the target")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_goodput(result: PlanResult, path: Path) -> Path:
@@ -105,7 +99,7 @@ def plot_goodput(result: PlanResult, path: Path) -> Path:
         text = "pruned without simulation: " + ", ".join(f"{n} {r}" for r, n in sorted(reasons.items()))
         fig.text(0.01, 0.005, text, fontsize=7, color="grey")
     ax.set_title("goodput per configuration (cheapest first)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_attainment(result: PlanResult, path: Path) -> Path:
@@ -129,7 +123,7 @@ def plot_attainment(result: PlanResult, path: Path) -> Path:
         ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         ax.grid(alpha=0.3)
     ax.set_title("SLO attainment vs request rate (simulated probes)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def write_plan_plots(result: PlanResult, out_dir: Path) -> list[Path]:
