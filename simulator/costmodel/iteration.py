@@ -541,21 +541,18 @@ class _Calibrated:
             return self._priced((tc if tc >= tm else tm) + launch, tc, tm)
         return pricer(xl, f, b)
 
+    def _rows_time(self, rows, F: np.ndarray, B: np.ndarray, x: np.ndarray, xl: list) -> float:
+        """Seconds of one pass over ``rows`` (FLOP and byte coefficient matrices ``F``, ``B``) at features ``x``."""
+        total = 0.0
+        for (_, pricer, launch), f, b in zip(rows, (F @ x).tolist(), (B @ x).tolist(), strict=True):
+            p = self._row(pricer, f, b, launch, xl)
+            if p is not None:
+                total += p.time_s
+        return total
+
     def _layer_iteration(self, x: np.ndarray) -> tuple[float, float]:
         xl = x.tolist()
-        fl, bl = (self.Fl @ x).tolist(), (self.Bl @ x).tolist()
-        layer = 0.0
-        for (_, pricer, launch), f, b in zip(self.l_rows, fl, bl, strict=True):
-            p = self._row(pricer, f, b, launch, xl)
-            if p is not None:
-                layer += p.time_s
-        fi, bi = (self.Fi @ x).tolist(), (self.Bi @ x).tolist()
-        it = 0.0
-        for (_, pricer, launch), f, b in zip(self.i_rows, fi, bi, strict=True):
-            p = self._row(pricer, f, b, launch, xl)
-            if p is not None:
-                it += p.time_s
-        return layer, it
+        return self._rows_time(self.l_rows, self.Fl, self.Bl, x, xl), self._rows_time(self.i_rows, self.Fi, self.Bi, x, xl)
 
     def comm(self, x: np.ndarray) -> float:
         t = float(self.comm_vec @ x)
