@@ -104,24 +104,32 @@ class BlockManager:
                 hi = mid
         return lo
 
-    def grow_all(self, ids: np.ndarray, steps: int, kv: np.ndarray | None = None) -> None:
+    def grow_all(self, ids: np.ndarray, steps: int, kv: np.ndarray | None = None, kv_list: list | None = None) -> None:
         """Every sequence in ``ids`` stores ``steps`` more tokens (a decode run).
 
-        ``kv`` may pass ``kv_tokens[ids]`` when the caller already gathered it.
+        ``kv`` may pass ``kv_tokens[ids]`` when the caller already gathered it,
+        and ``kv_list`` the same values as a Python list for a small batch.
         """
         t = self._t
         if kv is None:
             kv = t.kv_tokens[ids]
         new = kv + steps
+        sh = self._shift
         if self._reservations:
             res = t.kv_reserved[ids]
             growth = blocks_for(np.maximum(new, res), self.block_size) - blocks_for(np.maximum(kv, res), self.block_size)
-        elif self._shift is not None:
-            # Running sequences hold >= 1 token, so ceil(n/bs) = (n-1)//bs + 1; a power-of-two block
-            # size turns the division into a shift (integer division dominates this hot-loop step).
-            growth = ((new - 1) >> self._shift) - ((kv - 1) >> self._shift)
+            added = int(growth.sum())
+        elif sh is not None and kv_list is not None:
+            # Small batch: a Python loop over a short list beats five numpy calls (~0.5 us each).
+            # Running sequences hold >= 1 token, so ceil(n/bs) = (n-1)//bs + 1.
+            s1 = steps - 1
+            added = sum(((k + s1) >> sh) - ((k - 1) >> sh) for k in kv_list)
+        elif sh is not None:
+            # A power-of-two block size turns the division into a shift (integer division was the
+            # largest cost of this hot-loop step).
+            added = int((((new - 1) >> sh) - ((kv - 1) >> sh)).sum())
         else:
             bs = self.block_size
-            growth = (new - 1) // bs - (kv - 1) // bs
-        self._add(int(growth.sum()))
+            added = int(((new - 1) // bs - (kv - 1) // bs).sum())
+        self._add(added)
         t.kv_tokens[ids] = new
