@@ -59,15 +59,26 @@ class BlockManager:
 
     def grow(self, rid: int, new_kv_tokens: int) -> None:
         """Set ``rid``'s stored KV to ``new_kv_tokens`` and account the blocks."""
-        before = self.held_by(rid)
-        self._t.kv_tokens[rid] = new_kv_tokens
-        self._add(self.held_by(rid) - before)
+        t = self._t
+        if self._reservations:
+            before = self.held_by(rid)
+            t.kv_tokens[rid] = new_kv_tokens
+            self._add(self.held_by(rid) - before)
+            return
+        bs = self.block_size  # no reservations: a sequence holds exactly ceil(kv / bs) blocks
+        old = int(t.kv_tokens[rid])
+        t.kv_tokens[rid] = new_kv_tokens
+        self._add(-(-new_kv_tokens // bs) + (-old // bs))
 
     def release(self, rid: int) -> None:
         """Free everything ``rid`` holds (finish or preemption)."""
-        self.used_blocks -= self.held_by(rid)
-        self._t.kv_tokens[rid] = 0
-        self._t.kv_reserved[rid] = 0
+        t = self._t
+        if self._reservations:
+            self.used_blocks -= self.held_by(rid)
+            t.kv_reserved[rid] = 0
+        else:
+            self.used_blocks -= -(-int(t.kv_tokens[rid]) // self.block_size)
+        t.kv_tokens[rid] = 0
 
     def _add(self, blocks: int) -> None:
         self.used_blocks += blocks
