@@ -20,7 +20,7 @@ OP_CLASS_LABELS = {
     "gemm": "GEMM (projections, MLP, LM head)",
     "attention_prefill": "attention (prefill)",
     "attention_decode": "attention (decode)",
-    "elementwise": "norms and embeddings",
+    "elementwise": "elementwise (norms, RoPE, activation, residual adds, embedding)",
     "communication": "communication (TP/PP)",
 }
 

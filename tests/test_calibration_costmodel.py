@@ -103,6 +103,28 @@ def test_shipped_profile_prices_small_gemms_slower_than_their_roofline():
 # ------------------------------------------------------------------------ contracts
 
 
+@pytest.mark.parametrize("device", ["a100-80gb-sxm", "h100-sxm"])
+def test_elementwise_rows_use_their_fitted_curves(device):
+    """The shipped A100 and H100 profiles carry curves for RoPE, the activation and the residual add,
+    fitted on vidur's kernels. At 4,096 tokens the rotary and SiLU-and-multiply kernels reach well under
+    the datasheet's 0.8 of peak bandwidth (so calibrated > datasheet) while the plain add streams at
+    over 0.8 (calibrated < datasheet); none beats the hardware's peak bandwidth."""
+    spec = get_device(device)
+    shape = BatchShape(prefill_chunks=((4096, 0, True),))
+    cal = {r.name: r for r in system("llama-2-7b", device).cost_model().breakdown(shape)}
+    ref = {r.name: r for r in system("llama-2-7b", device, calibration="datasheet").cost_model().breakdown(shape)}
+    for name in ("rope", "activation", "residual_add"):
+        assert cal[name].bytes == ref[name].bytes  # the work is the operator table's
+        assert cal[name].time_s > cal[name].bytes / (spec.memory_bandwidth_gbs * 1e9)
+    assert cal["rope"].time_s > 1.2 * ref["rope"].time_s
+    assert cal["activation"].time_s > 1.2 * ref["activation"].time_s
+    assert cal["residual_add"].time_s < ref["residual_add"].time_s
+    # The H200 profile has no elementwise curves (no H200 elementwise measurements): datasheet prices.
+    h200 = {r.name: r for r in system("llama-2-7b", "h200").cost_model().breakdown(shape)}
+    h200_ref = {r.name: r for r in system("llama-2-7b", "h200", calibration="datasheet").cost_model().breakdown(shape)}
+    assert h200["rope"].time_s == pytest.approx(h200_ref["rope"].time_s, rel=1e-12)
+
+
 @pytest.mark.parametrize(
     ("model", "device", "tp", "batch", "context0"),
     [

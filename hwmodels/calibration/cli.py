@@ -93,7 +93,9 @@ def register(app: typer.Typer) -> None:
     def measure_cmd(
         device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
         quick: Annotated[bool, typer.Option("--quick", help="Tiny sweep (< 1 minute on a laptop CPU).")] = False,
-        backend: Annotated[str, typer.Option(help="auto, numpy or torch (torch is optional).")] = "auto",
+        backend: Annotated[str, typer.Option(help="auto (torch when installed, else numpy), numpy (CPU only) or "
+                                             "torch (pip install 'capsim[torch]'; a CUDA build for --device "
+                                             "cuda).")] = "auto",
         label: Annotated[str | None, typer.Option(help="Device id to record (e.g. h100-sxm); default: "
                                                   "'cpu' or 'cuda:<GPU name>'.")] = None,
         out: Annotated[Path | None, typer.Option("--out", "-o", help="CSV to write.")] = None,
@@ -110,6 +112,10 @@ def register(app: typer.Typer) -> None:
                     err_console.print(f"measured {i}/{n} cases", highlight=False)
 
             df = run_sweep(device, quick=quick, backend=backend, label=label, progress=progress)
+            skipped = df.attrs.get("skipped", [])
+            if skipped:
+                err_console.print(f"skipped {len(skipped)} cases too large for this machine's memory, e.g. "
+                                  f"{skipped[-1]}", highlight=False)
             path = write_measurements(df, out or DEFAULT_DIR / f"measured-{device}.csv")
             out_console.print(f"{len(df)} measurements of {df['device'].iat[0]} written to {path}", highlight=False)
 

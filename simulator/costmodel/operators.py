@@ -6,6 +6,27 @@ per GPU (tensor-parallel work is already divided by ``t``). Formulas are those
 of COSTMODEL.md; the comments name each term. Collectives are separate rows
 priced by the alpha-beta link model instead of the roofline.
 
+Per layer, per token, per GPU (``h_t = h/t``, ``h_kv,t`` the KV heads one GPU holds, ``f_t = f/t``,
+``b_a`` bytes per activation element), the bandwidth-bound elementwise operators between the GEMMs:
+
+| operator | FLOPs | bytes |
+|---|---|---|
+| norm (x2: before attention and before the MLP) | 5·d | 2·d·b_a (read the residual stream, write the normalised copy) |
+| rope (RoPE on q and k; none with learned positions or ALiBi) | 3·(h_t + h_kv,t)·d_h | 2·(h_t + h_kv,t)·d_h·b_a (read and write q and k) |
+| activation, gated (SiLU(gate) · up) | 5·f_t | 3·f_t·b_a (read gate and up, write the product) |
+| activation, plain (GELU; ReLU charged the same) | 8·f_t | 2·f_t·b_a (read, write) |
+| residual_add (x2: after attention and after the MLP) | d | 3·d·b_a (read the stream and the branch, write the sum) |
+| residual_add, parallel block (x1: stream + attention + MLP) | 2·d | 4·d·b_a (read three, write one) |
+
+MoE layers run the activation on each of a token's ``k`` experts (``k`` times the row above). The
+sin/cos table RoPE reads is indexed by position and shared by all heads (``d_h`` elements per token
+against ``(h_t + h_kv,t)·d_h``), so it is left out, as is the norm's weight vector (``d`` elements
+per iteration, cache-resident): these operators stream activations, and their time follows that.
+FLOPs per element: RoPE ``x·cos + rot(x)·sin`` is 2 multiplies and an add; SiLU ``g / (1 + e^-g)``
+is about 4 (negate, exp, add, divide) plus the multiply by ``up``; the tanh form of GELU
+``0.5·x·(1 + tanh(c·(x + 0.044715·x³)))`` about 8. These are bandwidth-bound at any batch (under one
+FLOP per byte), so the FLOP counts only feed MFU accounting.
+
 Why a table rather than code that computes a batch's cost directly: techniques
 transform costs by editing rows (sparse attention scales the KV-read bytes of
 the attention rows, offload moves a row to another device), the ``estimate``
@@ -174,7 +195,37 @@ def build_operator_table(
                 launches=float(mlp_mats),
             ),
         )
-    layer_ops = (norm, qkv, attn_prefill, attn_decode, o_proj, norm, *mlp_ops)
+    # Elementwise operators between the GEMMs (formulas in the module docstring). They scale with the
+    # iteration's tokens only, so a decode step of a given batch size prices them once (context-free rows).
+    rope_elems = (h_gpu + hkv_gpu) * dh
+    rope = Operator(
+        "rope",
+        "elementwise",
+        flops=_vec(**_per_token(3.0 * rope_elems)),
+        bytes=_vec(**_per_token(2.0 * rope_elems * ba)),
+    )
+    experts_per_token = float(model.experts_per_token) if model.is_moe else 1.0
+    f_gpu = f / t
+    gated = model.mlp == "gated"
+    activation = Operator(
+        "activation",
+        "elementwise",
+        flops=_vec(**_per_token(experts_per_token * (5.0 if gated else 8.0) * f_gpu)),
+        bytes=_vec(**_per_token(experts_per_token * (3.0 if gated else 2.0) * f_gpu * ba)),
+    )
+    # A sequential block adds each branch to the stream (two adds of 2 inputs); a parallel block
+    # (GPT-J/Falcon: attention and MLP read the same normalised input) adds both branches at once.
+    add_inputs = 3.0 if model.parallel_attention else 2.0
+    residual_add = Operator(
+        "residual_add",
+        "elementwise",
+        flops=_vec(**_per_token((add_inputs - 1.0) * d)),
+        bytes=_vec(**_per_token((add_inputs + 1.0) * d * ba)),
+    )
+    adds_after_attention = () if model.parallel_attention else (residual_add,)
+    attention_block = (norm, qkv, *((rope,) if model.has_rope else ()), attn_prefill, attn_decode, o_proj,
+                       *adds_after_attention)
+    layer_ops = (*attention_block, norm, *mlp_ops, activation, residual_add)
 
     # LM head on the last position of each sequence that produces logits, plus the final norm.
     lm_head = Operator(

@@ -71,6 +71,12 @@ class ModelSpec(BaseModel):
         description="Rows of a learned absolute position table (OPT: 2048 + 2); "
         "0 for RoPE/ALiBi models. Counted in the parameters only.",
     )
+    rotary: bool = Field(
+        default=True,
+        description="Rotary position embedding (RoPE) applied to q and k in every layer; false for ALiBi "
+        "models (BLOOM). Models with learned_positions > 0 have no RoPE whatever this says. "
+        "Only the cost model's rope operator reads it (no parameters).",
+    )
     max_context: int = Field(gt=0, description="Longest sequence the model supports (tokens).")
     norm: Literal["rmsnorm", "layernorm"] = Field(
         description="Normalisation: rmsnorm has a weight vector, layernorm weight and bias."
@@ -88,8 +94,8 @@ class ModelSpec(BaseModel):
     parallel_attention: bool = Field(
         default=False,
         description="Attention and MLP read the same normalised input (GPT-J/Falcon). "
-        "Same FLOPs and bytes as the sequential block, so no cost change; recorded for "
-        "completeness.",
+        "Same GEMM FLOPs and bytes as the sequential block; the cost model charges one "
+        "three-input residual add per layer instead of two two-input ones.",
     )
     published_params_b: float | None = Field(
         default=None,
@@ -140,6 +146,11 @@ class ModelSpec(BaseModel):
         return self
 
     # -- derived sizes ----------------------------------------------------------------
+
+    @property
+    def has_rope(self) -> bool:
+        """True when every layer rotates q and k (RoPE), i.e. neither learned absolute positions nor ALiBi."""
+        return self.rotary and self.learned_positions == 0
 
     @property
     def is_moe(self) -> bool:
