@@ -229,27 +229,35 @@ class Replica:
         """Repeat the decode batch until a sequence finishes, memory runs out or a request arrives."""
         env, t = self.env, self.table
         ids = plan.decode_ids
-        if self.scheduler.pads_finished:
-            live = ids[t.generated[ids] < t.output[ids]]
-        else:
-            live = ids
-        remaining = t.output[live] - t.generated[live]
-        n = len(ids)
-        kv = t.kv_tokens[ids]
-        if n <= SMALL_BATCH:
-            kv_list = kv.tolist()
-            limit = min(remaining.tolist())
-            ctx0 = sum(kv_list) + n
-        else:
-            kv_list = None
-            limit = int(np.minimum.reduce(remaining))
-            ctx0 = int(np.add.reduce(kv)) + n
-        steps = self.blocks.max_steps(ids, limit)
-        if steps == 0:
-            # No block for even one more token: preempt and plan again.
-            if not self.scheduler.preempt_one():
+        while True:
+            if self.scheduler.pads_finished:
+                live = ids[t.generated[ids] < t.output[ids]]
+            else:
+                live = ids
+            remaining = t.output[live] - t.generated[live]
+            n = len(ids)
+            kv = t.kv_tokens[ids]
+            if n <= SMALL_BATCH:
+                kv_list = kv.tolist()
+                limit = min(remaining.tolist())
+                ctx0 = sum(kv_list) + n
+            else:
+                kv_list = None
+                limit = int(np.minimum.reduce(remaining))
+                ctx0 = int(np.add.reduce(kv)) + n
+            steps = self.blocks.max_steps(ids, limit)
+            if steps:
+                break
+            # No block for even one more token. As vLLM's scheduler does within one step, preempt
+            # the newest sequences until the rest can each store a token, and decode those now:
+            # re-planning first would re-admit the victim (prefill-first) into the blocks just freed,
+            # and the batch could cycle prefill -> preempt without ever decoding.
+            victim = self.scheduler.preempt_one()
+            if victim is None:
                 raise RuntimeError("decode cannot grow and nothing can be preempted")
-            return
+            ids = ids[ids != victim]
+            if not len(ids):
+                return
         run = self.cost.decode_run(n, ctx0, steps)
         start = env.now
         nxt = self._next_arrival()

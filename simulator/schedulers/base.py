@@ -115,23 +115,24 @@ class Scheduler:
         st.changed()
         return PrefillChunk(rid, target, 0, True, target)
 
-    def preempt_one(self) -> bool:
-        """Free memory by preempting the most recently admitted sequence (recompute).
+    def preempt_one(self) -> int | None:
+        """Free memory by preempting the most recently admitted sequence (recompute); return it.
 
         vLLM's default policy: the victim loses its KV and goes back to the
         front of the waiting queue; its generated tokens are kept and re-
-        prefilled with the prompt when it is admitted again.
+        prefilled with the prompt when it is admitted again. ``None`` when
+        nothing is running.
         """
         st = self.state
         if not st.running:
-            return False
+            return None
         victim = st.running.pop()
         st.changed()
         st.blocks.release(victim)
         st.table.preemptions[victim] += 1
         st.waiting.appendleft(victim)
         self.on_preempted(victim)
-        return True
+        return victim
 
     def on_preempted(self, rid: int) -> None:
         """Hook for schedulers that track extra per-sequence state."""
