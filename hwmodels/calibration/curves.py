@@ -30,6 +30,10 @@ Families (``form`` in a profile):
   A plain maximum and efficiencies that do not depend on the context keep a run
   of decode steps (context growing by one token per sequence) affine in the
   context, so the engine can still price it in closed form.
+* ``attention-prefill-v2`` / ``attention-decode-v2`` (the shipped forms): the
+  FlashAttention kernels' scheduling -- split-KV, waves over the SM count, tile
+  padding, grouped-query packing -- in :mod:`hwmodels.calibration.attention_curves`.
+  The ``-v1`` forms above still load and price older profiles.
 * ``memory-v1`` (elementwise ops, copies): ``t = t0 + bytes / (W m_max s(bytes))``.
 * ``alpha-beta-v1`` (collectives, host copies): ``t = min_i (alpha_i + bytes / beta_i)``
   over three (latency, bandwidth) pairs -- NCCL itself models every
