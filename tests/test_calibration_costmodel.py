@@ -216,3 +216,39 @@ def test_profile_with_missing_parameters_is_refused(tmp_path):
     with pytest.raises(CapsimError) as info:
         load_profile(_write_profile(tmp_path, {"gemm": {"bf16": bad}}))
     assert "lacks parameter" in info.value.problem and info.value.where.endswith("operators.gemm.bf16.params")
+
+
+@pytest.mark.parametrize("device", ["a100-80gb-sxm", "h100-sxm", "h200"])
+def test_shipped_attention_curves_are_v2_and_price_like_their_formula(device):
+    from hwmodels.calibration import attention_curves as ac
+    from hwmodels.calibration.pricing import DecodePricer, PrefillPricer
+
+    prof = shipped_profile(device)
+    dec, pre = prof.curve("attention_decode", "bf16"), prof.curve("attention_prefill", "bf16")
+    assert (dec.form, pre.form) == ("attention-decode-v2", "attention-prefill-v2")
+    peak, bw = prof.doc["peaks"]["flops_per_s"]["bf16"], prof.doc["peaks"]["memory_bandwidth_Bps"]
+    h, hkv, dh, b, ctx = 32.0, 8.0, 128.0, 16.0, 16.0 * 3000.0
+    kv_tok, flop_tok = 2 * hkv * dh * 2.0, 4 * h * dh
+    per_seq = 2 * h * dh * 2.0 + 2 * hkv * dh * 2.0
+    d = DecodePricer(dec, h, hkv, peak, bw, dh, flop_tok, kv_tok)
+    priced = d.price(b, ctx, flop_tok * ctx, kv_tok * ctx + per_seq * b).time_s
+    # The cost model prices with a cold L2 (l2_warm = 0): the serving case.
+    assert priced == pytest.approx(ac.decode_v2_time(dec.params, b, ctx, h, hkv, dh, 2.0, 2.0, peak, bw, 0.0))
+    q = 1000.0
+    tokens, work, kv_read = 4 * q, 4 * q * q / 2, 4 * q
+    flops = 4 * h * dh * work
+    nbytes = kv_read * kv_tok + tokens * per_seq
+    p = PrefillPricer(pre, h, hkv, dh, peak, bw).price(tokens, work, flops, nbytes, kv_read).time_s
+    assert p == pytest.approx(ac.prefill_v2_time(pre.params, tokens, work, kv_read, h, hkv, dh, 2.0, 2.0, peak, bw))
+
+
+def test_v2_decode_run_is_two_lines_in_the_context():
+    # A batch whose per-CTA cost dominates at short contexts and streaming at long ones:
+    # the run is affine on each side of the crossing, and matches per-step pricing across it.
+    cost = system("llama-3.1-8b", "h100-sxm").cost_model()
+    long = cost.decode_run(256, 256 * 4000, 50)
+    assert long.affine and long.step > 0
+    crossing = cost.decode_run(256, 256 * 2, 400)
+    for j in (0, 100, 399):
+        scalar = cost.iteration(BatchShape(decode_seqs=256, decode_context=256 * 2 + 256 * j)).time_s
+        assert crossing.all_durations()[j] == pytest.approx(scalar, rel=1e-12)

@@ -131,3 +131,92 @@ def test_attention_grid_keeps_every_head_size_in_both_folds():
     folds = assign_folds(df)
     for dh in (64, 128):
         assert set(folds[df["head_dim"] == dh]) == {"A", "B"}
+
+
+# ------------------------------------------------------------------ attention v2
+
+
+DECODE_V2_TRUE = {
+    "t0_s": 11e-6, "t_split_s": 3e-6, "kappa_h_s": 2e-10, "kappa_u_s": 3e-8, "kappa_s_s": 1e-8, "m_max": 0.85,
+    "u0": 2.0, "au": 1.0, "c_max": 0.6, "tau_s": 0.0, "tau_mha_s": 2e-8, "l2_gain": 1.0,
+}
+
+
+def _decode_v2_rows(params, device="h100-sxm"):
+    from hwmodels.calibration import attention_curves as ac
+    from hwmodels.calibration.fit import device_facts
+
+    p = {**params, **device_facts(device)}
+    rows = list(itertools.product([1, 4, 16, 64, 256, 1024], [31, 511, 4095, 32767],
+                                  [(32, 8), (8, 1), (64, 8), (8, 8)]))
+    b, ctx, h, hkv = (np.array(col, float) for col in zip(*[(r[0], r[1], *r[2]) for r in rows], strict=True))
+    t = ac.decode_v2_time(p, b, b * (ctx + 1), h, hkv, 128.0, 2.0, 2.0, 989e12, 3.35e12, 1.0)
+    return make_frame(pd.DataFrame({
+        "device": device, "op_class": "attention_decode", "dtype": "bf16", "batch": b, "seq": 1, "context": ctx,
+        "heads": h, "kv_heads": hkv, "head_dim": 128, "measured_s": t, "source": "synthetic",
+    })), t
+
+
+def test_decode_v2_fit_recovers_its_generating_curve_and_device_facts():
+    df, t = _decode_v2_rows(DECODE_V2_TRUE)
+    fitted = fit_curve("attention-decode-v2", df, PEAKS)
+    assert np.abs(fitted.predict(df, PEAKS) / t - 1).max() < 0.03
+    assert fitted.params["sms"] == 132 and fitted.params["l2_bytes"] == 50 * 2**20
+    assert fitted.params["m_max"] == pytest.approx(0.85, rel=0.05)
+    assert fitted.params["kappa_u_s"] == pytest.approx(3e-8, rel=0.1)
+    assert fitted.params["tau_mha_s"] == pytest.approx(2e-8, rel=0.1)
+
+
+def test_fa_splits_follows_the_flashattention_heuristic():
+    from hwmodels.calibration.attention_curves import fa_splits
+
+    assert fa_splits(120, 132) == 1  # 0.8 * 132 units already fill the GPU
+    # One unit: efficiency s/132, best 128/132, first s reaching 85 % of it is ceil(0.85 * 128) = 109.
+    assert fa_splits(1, 132) == 109
+    for u in (1, 3, 8, 50):
+        s = fa_splits(u, 108)
+        assert 1 <= s <= 108 and (u * s / 108) / np.ceil(u * s / 108) >= 0.85 * 0.9
+
+
+def test_decode_v2_mha_serial_path_counts_waves_over_the_sms():
+    from hwmodels.calibration.attention_curves import decode_v2_cta_slope
+
+    p = {**DECODE_V2_TRUE, "sms": 108.0}
+    one_wave = decode_v2_cta_slope(p, 13.0, 8.0, 8.0) * 13.0  # 104 CTAs: one wave
+    two_waves = decode_v2_cta_slope(p, 14.0, 8.0, 8.0) * 14.0  # 112 CTAs: two
+    assert two_waves == pytest.approx(2.0 * one_wave) and one_wave == pytest.approx(2e-8)
+    assert decode_v2_cta_slope(p, 14.0, 32.0, 8.0) == 0.0  # grouped heads take the split kernel
+
+
+def test_prefill_shape_recovers_chunks_from_batch_sums():
+    from hwmodels.calibration.attention_curves import prefill_shape
+
+    n, q, c = 3.0, 512.0, 1000.0
+    q_hat, c_hat, n_hat = prefill_shape(n * q, n * q * (c + q / 2), n * (c + q))
+    assert (q_hat, c_hat, n_hat) == pytest.approx((q, c, n))
+
+
+PREFILL_V2_TRUE = {
+    "t0_s": 10e-6, "kappa_s": 2e-10, "kappa_u_s": 2e-8, "L0": 100.0, "aL": 1.0, "u0": 60.0, "au": 1.0,
+    "m_max": 0.7, "q": 4.0, "mha_factor": 1.0, "tile": 0.5, "pack": 1.0, "c_max_by_head_dim": {64: 0.55, 128: 0.7},
+}
+
+
+def test_prefill_v2_fit_recovers_its_generating_curve():
+    from hwmodels.calibration import attention_curves as ac
+
+    rows = list(itertools.product([1, 2, 4, 8, 32, 128], [1, 16, 64, 100, 256, 512, 1024, 2048, 8192],
+                                  [(32, 8, 128), (16, 16, 64), (8, 1, 128), (64, 8, 64)]))
+    b, q, h, hkv, dh = (np.array(col, float) for col in zip(*[(r[0], r[1], *r[2]) for r in rows], strict=True))
+    t = ac.prefill_v2_time(PREFILL_V2_TRUE, b * q, b * q * q / 2, b * q, h, hkv, dh, 2.0, 2.0, 989e12, 3.35e12)
+    df = make_frame(pd.DataFrame({
+        "device": "test-gpu", "op_class": "attention_prefill", "dtype": "bf16", "batch": b, "seq": q, "context": 0,
+        "heads": h, "kv_heads": hkv, "head_dim": dh, "measured_s": t, "source": "synthetic",
+    }))
+    fitted = fit_curve("attention-prefill-v2", df, PEAKS)
+    err = np.abs(fitted.predict(df, PEAKS) / t - 1)
+    # The saturations in keys per query and in CTAs trade off a little: close, not exact.
+    assert np.median(err) < 0.015 and err.max() < 0.12
+    assert fitted.params["c_max_by_head_dim"][128] == pytest.approx(0.7, rel=0.1)
+    # Tile padding: a 100-token prompt pays for a 128-row tile, so the fitted blend is clearly above zero.
+    assert 0.25 < fitted.params["tile"] < 0.75

@@ -30,6 +30,10 @@ Families (``form`` in a profile):
   A plain maximum and efficiencies that do not depend on the context keep a run
   of decode steps (context growing by one token per sequence) affine in the
   context, so the engine can still price it in closed form.
+* ``attention-prefill-v2`` / ``attention-decode-v2`` (the shipped forms): the
+  FlashAttention kernels' scheduling -- split-KV, waves over the SM count, tile
+  padding, grouped-query packing -- in :mod:`hwmodels.calibration.attention_curves`.
+  The ``-v1`` forms above still load and price older profiles.
 * ``memory-v1`` (elementwise ops, copies): ``t = t0 + bytes / (W m_max s(bytes))``.
 * ``alpha-beta-v1`` (collectives, host copies): ``t = min_i (alpha_i + bytes / beta_i)``
   over three (latency, bandwidth) pairs -- NCCL itself models every
@@ -269,6 +273,7 @@ class Family:
     predict: Callable[..., np.ndarray]
     table_params: tuple[str, ...] = ()
     extra_starts: tuple[Mapping[str, float], ...] = ()  # other initial values tried by the fit
+    device_facts: tuple[str, ...] = ()  # not fitted: copied from the device catalog (see fit.device_facts)
 
     def vector_to_params(self, vec: Sequence[float], table_keys: Sequence[float] = ()) -> dict:
         out: dict = {}
@@ -298,6 +303,27 @@ def _decode_predict(p, x, peak, bandwidth):
         p, x["seqs"], x["context"], x["heads"], x["kv_heads"], x["head_dim"],
         x["act_bytes"], x["kv_bytes"], peak, bandwidth,
     )
+
+
+def _decode_v2_predict(p, x, peak, bandwidth):
+    return _attention_v2().decode_v2_time(
+        p, x["seqs"], x["context"], x["heads"], x["kv_heads"], x["head_dim"],
+        x["act_bytes"], x["kv_bytes"], peak, bandwidth, x.get("l2_warm", 0.0),
+    )
+
+
+def _prefill_v2_predict(p, x, peak, bandwidth):
+    return _attention_v2().prefill_v2_time(
+        p, x["tokens"], x["work"], x["kv_read"], x["heads"], x["kv_heads"], x["head_dim"],
+        x["act_bytes"], x["kv_bytes"], peak, bandwidth,
+    )
+
+
+def _attention_v2():
+    """The ``-v2`` attention module (imported on use: it builds on this module's helpers)."""
+    from hwmodels.calibration import attention_curves
+
+    return attention_curves
 
 
 def _memory_predict(p, x, peak, bandwidth):
@@ -362,6 +388,45 @@ FAMILIES: dict[str, Family] = {
         # The plain maximum makes the cost surface kinked; start from a few parallelism scales.
         extra_starts=({"u0": 4.0, "au": 1.0}, {"u0": 512.0, "au": 1.0}),
     ),
+    "attention-prefill-v2": Family(
+        "attention-prefill-v2",
+        (
+            ParamSpec("t0_s", 5e-6, 0.0, 1e-3),
+            ParamSpec("kappa_s", 1e-10, 0.0, 1e-6),
+            ParamSpec("kappa_u_s", 3e-8, 0.0, 1e-5),
+            ParamSpec("L0", 128.0, 1e-3, 1e8, log=True),
+            ParamSpec("aL", 1.0, 0.2, 4.0),
+            ParamSpec("u0", 100.0, 1e-3, 1e12, log=True),
+            ParamSpec("au", 1.0, 0.2, 4.0),
+            ParamSpec("m_max", 0.6, 0.02, 1.0),
+            ParamSpec("q", 3.0, 1.0, 30.0),
+            ParamSpec("mha_factor", 1.0, 0.05, 3.0),
+            ParamSpec("tile", 0.3, 0.0, 1.0),
+            ParamSpec("pack", 0.5, 0.0, 1.0),
+        ),
+        _prefill_v2_predict,
+        table_params=("c_max_by_head_dim",),
+    ),
+    "attention-decode-v2": Family(
+        "attention-decode-v2",
+        (
+            ParamSpec("t0_s", 8e-6, 0.0, 1e-3),
+            ParamSpec("t_split_s", 4e-6, 0.0, 1e-3),
+            ParamSpec("kappa_h_s", 1e-9, 0.0, 1e-5),
+            ParamSpec("kappa_u_s", 3e-8, 0.0, 1e-5),
+            ParamSpec("kappa_s_s", 1e-8, 0.0, 1e-5),
+            ParamSpec("m_max", 0.8, 0.02, 1.0),
+            ParamSpec("u0", 2.0, 1e-3, 1e8, log=True),
+            ParamSpec("au", 1.0, 0.2, 4.0),
+            ParamSpec("c_max", 0.5, 0.01, 1.0),
+            ParamSpec("tau_s", 3e-9, 0.0, 1e-5),
+            ParamSpec("tau_mha_s", 2e-8, 0.0, 1e-5),
+            ParamSpec("l2_gain", 1.5, 1.0, 10.0),
+        ),
+        _decode_v2_predict,
+        extra_starts=({"l2_gain": 1.0, "tau_mha_s": 0.0}, {"kappa_s_s": 0.0, "tau_s": 2e-8}),
+        device_facts=("sms", "l2_bytes"),
+    ),
     "memory-v1": Family(
         "memory-v1",
         (
@@ -389,8 +454,8 @@ FAMILIES: dict[str, Family] = {
 
 FORM_FOR_OP_CLASS: Mapping[str, str] = {
     "gemm": "gemm-v1",
-    "attention_prefill": "attention-prefill-v1",
-    "attention_decode": "attention-decode-v1",
+    "attention_prefill": "attention-prefill-v2",
+    "attention_decode": "attention-decode-v2",
     "elementwise": "memory-v1",
     "memcpy": "memory-v1",
     "host_copy": "alpha-beta-v1",

@@ -127,7 +127,8 @@ def curve_inputs(df: pd.DataFrame) -> dict[str, np.ndarray]:
                 "act_bytes": act, "weight_bytes": weight}
     if cls.startswith("attention"):
         x = attention_inputs(df)
-        return {**x, "act_bytes": eb, "kv_bytes": eb}
+        # Every measured row was timed by replaying the kernel on the same buffers (warm L2).
+        return {**x, "act_bytes": eb, "kv_bytes": eb, "l2_warm": np.ones(len(df))}
     return {"nbytes": df["nbytes"].to_numpy(float)}
 
 
@@ -151,6 +152,20 @@ class FittedCurve:
         peak = peaks.for_dtype(dtype) if peaks else 1.0
         bw = peaks.bandwidth if peaks else 1.0
         return np.asarray(fam.predict(self.params, x, peak, bw), dtype=float)
+
+
+def device_facts(device: str) -> dict[str, float]:
+    """Catalog facts some curve families use unfitted: SM count and L2 bytes (``hwmodels/devices.yaml``).
+
+    A device outside the catalog (this machine's CPU) gets one "SM" and no L2,
+    which reduces the wave and cache terms to nothing.
+    """
+    from hwmodels.device import DEVICES
+
+    if device in DEVICES:
+        spec = DEVICES.get(device)
+        return {"sms": float(spec.num_sms or 1), "l2_bytes": float((spec.sram_mib or 0.0) * 2**20)}
+    return {"sms": 1.0, "l2_bytes": 0.0}
 
 
 def _thin(n: int, limit: int) -> np.ndarray:
@@ -221,9 +236,10 @@ def fit_curve(form: str, df: pd.DataFrame, peaks: Peaks | None, *, max_rows: int
     lo = [math.log(s.lo) if s.log else s.lo for s in fam.params] + [0.02] * len(table_keys)
     hi = [math.log(s.hi) if s.log else s.hi for s in fam.params] + [1.0] * len(table_keys)
     log_t = np.log(t)
+    facts = {k: v for k, v in device_facts(str(df["device"].iat[0])).items() if k in fam.device_facts}
 
     def residuals(vec: np.ndarray) -> np.ndarray:
-        p = fam.vector_to_params(vec, table_keys)
+        p = {**fam.vector_to_params(vec, table_keys), **facts}
         with np.errstate(all="ignore"):
             pred = fam.predict(p, x, peak, bw)
             r = np.log(np.maximum(pred, 1e-15)) - log_t
@@ -236,7 +252,7 @@ def fit_curve(form: str, df: pd.DataFrame, peaks: Peaks | None, *, max_rows: int
         res = least_squares(residuals, vec0, bounds=(lo, hi), x_scale="jac", max_nfev=400 * len(vec0))
         if best is None or res.cost < best.cost:
             best = res
-    params = fam.vector_to_params(best.x, table_keys)
+    params = {**fam.vector_to_params(best.x, table_keys), **facts}
     rms = float(np.sqrt(np.mean(residuals(best.x) ** 2)))
     return FittedCurve(form, _round_params(params), len(df), rms)
 

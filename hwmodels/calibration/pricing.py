@@ -17,7 +17,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from hwmodels.calibration import curves
+from hwmodels.calibration import attention_curves, curves
 from hwmodels.calibration.profile import Curve
 
 
@@ -72,27 +72,56 @@ class GemmPricer:
 
 
 class PrefillPricer:
-    """Causal prefill attention from the aggregate features (tokens, query-key work)."""
+    """Causal prefill attention from the aggregate features (tokens, query-key work, KV read)."""
 
     def __init__(self, curve: Curve, heads: float, kv_heads: float, head_dim: float, peak: float, bandwidth: float):
         self.p = dict(curve.params)
+        self.v2 = curve.form == "attention-prefill-v2"
         self.h, self.hkv, self.dh = float(heads), float(kv_heads), float(head_dim)
         self.peak, self.bw = peak, bandwidth
 
-    def price(self, tokens: float, work: float, flops: float, nbytes: float) -> Priced:
+    def price(self, tokens: float, work: float, flops: float, nbytes: float, kv_read: float = 0.0) -> Priced:
         if tokens <= 0.0:
             return ZERO
-        fixed, eta_c, eta_m, q = curves.prefill_terms(self.p, tokens, max(work, 1e-9), self.h, self.hkv, self.dh)
+        work = max(work, 1e-9)
+        if self.v2:
+            fixed, eta_c, scale, q = attention_curves.prefill_v2_terms(
+                self.p, tokens, work, max(kv_read, tokens), self.h, self.hkv, self.dh)
+            return _combine(fixed, flops * scale / (self.peak * eta_c), nbytes / (self.bw * self.p["m_max"]), q)
+        fixed, eta_c, eta_m, q = curves.prefill_terms(self.p, tokens, work, self.h, self.hkv, self.dh)
         return _combine(fixed, flops / (self.peak * eta_c), nbytes / (self.bw * eta_m), q)
 
 
 class DecodePricer:
-    """Decode attention; ``terms`` depend on the batch only, so runs stay affine in the context."""
+    """Decode attention; ``terms`` / ``lines`` depend on the batch only, so runs stay affine in the context.
 
-    def __init__(self, curve: Curve, heads: float, kv_heads: float, peak: float, bandwidth: float):
+    ``flops_per_token`` and ``bytes_per_token`` are the operator row's coefficients of
+    the summed decode context (after any technique edited them); the ``-v2`` form
+    prices the context-proportional work with them and the rest of the row's bytes
+    (per-sequence Q, O and new KV) as a fixed cost.
+    """
+
+    def __init__(self, curve: Curve, heads: float, kv_heads: float, peak: float, bandwidth: float,
+                 head_dim: float = 128.0, flops_per_token: float = 0.0, bytes_per_token: float = 0.0):
         self.p = dict(curve.params)
-        self.h, self.hkv = float(heads), float(kv_heads)
+        self.v2 = curve.form == "attention-decode-v2"
+        self.h, self.hkv, self.dh = float(heads), float(kv_heads), float(head_dim)
         self.peak, self.bw = peak, bandwidth
+        self.f_tok, self.b_tok = float(flops_per_token), float(bytes_per_token)
+
+    def lines(self, seqs: float, per_seq_bytes: float) -> tuple[float, float, float, float]:
+        """``-v2``: ``(fixed, flat, base, slope)``; the step takes ``fixed + max(flat, base + slope * C)``.
+
+        Priced with a cold L2 (the serving case, see :mod:`hwmodels.calibration.attention_curves`).
+        """
+        p = self.p
+        fixed, flat, base, _ = attention_curves.decode_v2_lines(
+            p, seqs, self.h, self.hkv, self.dh, 2.0, self.peak, self.bw)
+        eta_m = attention_curves.decode_v2_memory_efficiency(p, seqs, self.hkv)
+        slope_cta = attention_curves.decode_v2_cta_slope(p, seqs, self.h, self.hkv)
+        slope = max(self.f_tok / (self.peak * p["c_max"]), self.b_tok / (self.bw * eta_m), float(slope_cta))
+        fixed += per_seq_bytes / (self.bw * p["m_max"])
+        return float(fixed), float(flat), float(base), slope
 
     def terms(self, seqs: float) -> tuple[float, float, float, float]:
         """``(fixed_s, s per FLOP, s per byte, serial s per context token)`` for ``seqs`` sequences."""
@@ -102,6 +131,11 @@ class DecodePricer:
     def price(self, seqs: float, context: float, flops: float, nbytes: float) -> Priced:
         if seqs <= 0.0:
             return ZERO
+        if self.v2:
+            kv = self.b_tok * context
+            fixed, flat, base, slope = self.lines(seqs, max(nbytes - kv, 0.0))
+            t = fixed + max(flat, base + slope * context)
+            return Priced(t, flops / (self.peak * self.p["c_max"]), nbytes / (self.bw * self.p["m_max"]))
         fixed, per_flop, per_byte, serial = self.terms(seqs)
         tc = max(flops * per_flop, serial * context)
         return _combine(fixed, tc, nbytes * per_byte, math.inf)

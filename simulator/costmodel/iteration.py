@@ -495,13 +495,14 @@ class _Calibrated:
                 return None
             peak, bw = self._peaks(curve.dtype)
             a = pricing.PrefillPricer(curve, shapes.heads, shapes.kv_heads, shapes.head_dim, peak, bw)
-            return lambda x, f, b: a.price(x[F.PREFILL_TOKENS], x[F.PREFILL_ATTN_WORK], f, b)
+            return lambda x, f, b: a.price(x[F.PREFILL_TOKENS], x[F.PREFILL_ATTN_WORK], f, b, x[F.PREFILL_KV_READ])
         if op.op_class == "attention_decode":
             curve = profile.curve("attention_decode", act)
             if curve is None:
                 return None
             peak, bw = self._peaks(curve.dtype)
-            d = pricing.DecodePricer(curve, shapes.heads, shapes.kv_heads, peak, bw)
+            d = pricing.DecodePricer(curve, shapes.heads, shapes.kv_heads, peak, bw, shapes.head_dim,
+                                     op.flops[F.DECODE_CONTEXT], op.bytes[F.DECODE_CONTEXT])
             fn = lambda x, f, b: d.price(x[F.DECODE_SEQS], x[F.DECODE_CONTEXT], f, b)  # noqa: E731
             fn.decode = d  # decode runs price this row as two lines in the context
             return fn
@@ -590,6 +591,10 @@ class _Calibrated:
                 static_layer += launch  # context-dependent rows always have work in a decode step
                 lines.append((L * self.Fl[i, ctx] * self.inv_c, L * f * self.inv_c,
                               L * self.Bl[i, ctx] * self.inv_m, L * b * self.inv_m))
+            elif hasattr(pricer, "decode") and pricer.decode.v2:
+                # fixed + max(flat, base + slope * C): two lines in C.
+                fixed, flat, base, slope = pricer.decode.lines(float(batch), b)
+                lines.append((0.0, L * (fixed + flat), L * slope, L * (fixed + base)))
             elif hasattr(pricer, "decode") and (f == 0.0 or pricer.decode.terms(float(batch))[3] == 0.0):
                 # Compute and serial sides are lines through the origin in C (no context-free FLOPs):
                 # their maximum is the steeper one.

@@ -1,0 +1,231 @@
+"""Attention curve families that follow how FlashAttention kernels schedule their work (``-v2``).
+
+Why a second generation: the ``-v1`` families (:mod:`hwmodels.calibration.curves`)
+make efficiencies smooth functions of the problem size; their residuals on the
+aiconfigurator tables (vLLM's FlashAttention-2 on the A100, FlashAttention-3 on the
+H100/H200) cluster in regimes that smooth curves cannot follow, each one a
+scheduling decision of the kernel:
+
+Decode (one query token per sequence), ``b`` sequences of mean context ``c``:
+
+* Thread blocks (CTAs). vLLM's FlashAttention packs the query heads that share a KV
+  head into one tile, so a step launches ``u = b * h_kv`` units of work.
+* Split-KV. When ``u`` cannot fill the GPU the kernel cuts every context into ``s``
+  chunks (one CTA each) and merges them afterwards. ``s`` comes from the published
+  FlashAttention heuristic (``num_splits_heuristic`` in ``flash_api.cpp``): no split
+  once ``u >= 0.8 * SMs``; else the smallest ``s <= min(128, SMs)`` whose wave
+  efficiency ``(u s / SMs) / ceil(u s / SMs)`` is within 85 % of the best.
+  :func:`fa_splits` restates it. (Its extra cap, ``s <= KV blocks of the context``,
+  only bites at short contexts, where the step costs its fixed terms anyway.)
+* Waves. A CTA streams its chunk of ``c / s`` tokens at a rate of its own
+  (``tau`` seconds per token: latency-bound, one SM's loads in flight), and the
+  CTAs run in ``ceil(u s / SMs)`` waves, so the per-CTA path costs
+  ``tau * (c / s) * ceil(u s / SMs)``. The FlashAttention-2 build of the A100 table
+  does not split KV when every query head has its own KV head (MHA): there a CTA
+  walks its whole context (``tau_mha``, ``s = 1``) -- 3 ms for one 128k-token
+  sequence, where the split kernel takes 90 us.
+* The three ways a step can be limited -- arithmetic, HBM bandwidth, the per-CTA
+  path -- are all lines through the origin in the summed context ``C = b c``, so
+  the step streams at the steepest of their slopes.
+* Fixed costs: a split step runs a second, merging kernel (``t_split``; the form
+  assumes the contexts span at least two 128-token KV blocks, as serving contexts
+  do -- shorter ones cannot be split and the steps take under 20 us); per CTA (``kappa_u``: loading Q, the softmax epilogue, writing O)
+  and per query head of a sequence (``kappa_h``). The per-CTA cost of a step with
+  almost no context (``kappa_u * u``: 80 us for 2,048 sequences) is mostly hidden
+  behind streaming once the contexts are long; what is not hidden is
+  ``kappa_s * u``. So ``t = t0 + kappa_h b h + max(kappa_u u, kappa_s u + slope C)``.
+
+For a fixed batch that is ``constant + max(constant, line in C)``: exactly the
+two lines the engine sums in closed form over a run of decode steps
+(``simulator/costmodel/iteration.py``, ``decode_run``).
+
+Benchmark condition (warm L2): the tables time a kernel replayed on the same
+buffers in a CUDA graph, so a KV cache that fits in L2 (50 MB on Hopper) is read
+from L2 -- 32 MB of KV takes 8 us on an H100 and 64 MB takes 24 us. ``l2_gain``
+(fitted, >= 1) divides the memory time of rows whose whole KV fits in the
+device's L2 (``hwmodels/devices.yaml`` ``sram_mib``). In serving, the other
+layers' KV and weights evict a layer's KV between two steps, so the cost model
+prices with a cold L2 (``l2_warm = 0``); the term exists so that the fit does
+not bend the HBM parameters to absorb cache hits.
+
+Prefill (causal, ``n`` sequences of ``q`` new tokens after ``c`` cached ones):
+
+* Tiles. The kernel computes 128-query-row tiles against 128-key blocks, so a
+  sequence costs whole tiles: a 16-token prompt pays for a 128 x 128 tile.
+  ``tile`` blends the exact causal work with the tile-padded work (as ``gemm-v1``
+  does for GEMM rows), fitted because tile shapes differ by head size.
+* CTAs, each paying ``kappa_u``. FlashAttention-3 packs the query heads of a group
+  into one tile for short queries (``pack_gqa``): ``n h_kv ceil(q g / 128)`` CTAs with
+  ``g = h / h_kv``, so a one-token prefill costs what a decode step does;
+  FlashAttention-2 launches ``n h ceil(q / 128)``. ``pack`` (fitted, 0..1) blends the two.
+* Parallelism and pipeline depth: ``eta_c = c_max[head_dim] s(keys per query) s(CTAs)``
+  as in ``-v1``, with the CTA count replacing tokens x heads.
+
+The cost model only knows a prefill batch's sums (new tokens, causal work, KV
+read); :func:`prefill_shape` recovers the per-sequence ``q`` and ``c`` of a batch of
+equal chunks from them (exact for the measured rows and for one chunk).
+"""
+
+from __future__ import annotations
+
+import math
+from functools import cache
+
+import numpy as np
+
+from hwmodels.calibration.curves import _c_by_dh, _mha, combine, sat
+
+TILE_ROWS = 128
+"""Query rows (and keys) per FlashAttention tile: 128 for head size 128 in FA2 and FA3 forward kernels."""
+
+MAX_SPLITS = 128
+"""FlashAttention's upper bound on KV splits per (sequence, KV head)."""
+
+
+def _is_scalar(x) -> bool:
+    return isinstance(x, float | int)
+
+
+@cache
+def fa_splits(units: int, sms: int) -> int:
+    """KV splits FlashAttention's heuristic picks for ``units`` CTAs on ``sms`` SMs (long-context limit).
+
+    Restated from the description above: no split once the units fill 80 % of the
+    SMs; else the smallest split count whose wave efficiency is within 85 % of
+    the best over ``1..min(128, sms)``.
+    """
+    if units >= 0.8 * sms:
+        return 1
+    top = max(1, min(MAX_SPLITS, sms))
+    effs = []
+    for s in range(1, top + 1):
+        waves = units * s / sms
+        effs.append(waves / math.ceil(waves))
+    best = max(effs)
+    for s, e in enumerate(effs, start=1):
+        if e >= 0.85 * best:
+            return s
+    return 1
+
+
+def _split_waves(units, sms: float):
+    """``(s, ceil(u s / sms))`` for scalar or array ``units`` (rounded to whole CTAs)."""
+    if _is_scalar(units):
+        u = max(1, int(round(units)))
+        s = fa_splits(u, int(sms))
+        return float(s), float(math.ceil(u * s / sms))
+    u = np.maximum(1, np.rint(np.asarray(units, dtype=float)).astype(int))
+    uniq, inv = np.unique(u, return_inverse=True)
+    s_u = np.array([fa_splits(int(v), int(sms)) for v in uniq], dtype=float)
+    s = s_u[inv].reshape(u.shape)
+    return s, np.ceil(u * s / sms)
+
+
+def _ceil(x):
+    return float(math.ceil(x)) if _is_scalar(x) else np.ceil(x)
+
+
+def _max(a, b):
+    if _is_scalar(a) and _is_scalar(b):
+        return a if a >= b else b
+    return np.maximum(a, b)
+
+
+# ------------------------------------------------------------------------- decode
+
+
+def decode_v2_cta_slope(p, seqs, heads, kv_heads):
+    """Seconds per summed-context token of the per-CTA path: ``tau (c / s) ceil(u s / SMs)`` over ``C = b c``."""
+    sms = float(p["sms"])
+    units = seqs * kv_heads
+    splits, waves = _split_waves(units, sms)
+    slope = p["tau_s"] * waves / (splits * seqs)
+    tau_mha = p.get("tau_mha_s", 0.0)
+    if tau_mha:
+        mha = (np.asarray(heads) == np.asarray(kv_heads)) if not _is_scalar(heads) else float(heads == kv_heads)
+        slope = _max(slope, tau_mha * _ceil(units / sms) / seqs * mha)
+    return slope
+
+
+def decode_v2_memory_efficiency(p, seqs, kv_heads):
+    """HBM fraction reached with ``b * h_kv`` KV streams: fewer streams than the memory system needs stay short of it."""
+    return p["m_max"] * sat(seqs * kv_heads, p["u0"], p["au"])
+
+
+def decode_v2_lines(p, seqs, heads, kv_heads, head_dim, kv_bytes, peak: float, bandwidth: float, l2_warm=0.0,
+                    kv_total_bytes=None):
+    """``(fixed_s, flat_s, base_s, slope_s_per_token)`` of an ``attention-decode-v2`` step.
+
+    The step takes ``fixed + max(flat, base + slope * C)`` for a summed context
+    ``C``; none of the four depends on ``C`` (only the warm-L2 benchmark term
+    does, through ``kv_total_bytes``, and the cost model prices with it off).
+    """
+    units = seqs * kv_heads
+    splits, _ = _split_waves(units, float(p["sms"]))
+    mem_rate = bandwidth * decode_v2_memory_efficiency(p, seqs, kv_heads)
+    if p.get("l2_gain", 1.0) != 1.0 and kv_total_bytes is not None:
+        fits = (kv_total_bytes <= p["l2_bytes"]) * l2_warm
+        mem_rate = mem_rate * (1.0 + (p["l2_gain"] - 1.0) * fits)
+    kv_per_token = 2.0 * kv_heads * head_dim * kv_bytes
+    slope = _max(4.0 * heads * head_dim / (peak * p["c_max"]), kv_per_token / mem_rate)
+    slope = _max(slope, decode_v2_cta_slope(p, seqs, heads, kv_heads))
+    # A split step launches a second kernel that merges the chunks' partial results.
+    fixed = p["t0_s"] + p["kappa_h_s"] * seqs * heads + p.get("t_split_s", 0.0) * (splits > 1)
+    return fixed, p["kappa_u_s"] * units, p["kappa_s_s"] * units, slope
+
+
+def decode_v2_time(p, seqs, context, heads, kv_heads, head_dim, act_bytes, kv_bytes, peak: float, bandwidth: float,
+                   l2_warm=0.0):
+    """Seconds of decode attention (``context`` = summed context of the ``seqs`` sequences)."""
+    kv_total = context * 2.0 * kv_heads * head_dim * kv_bytes
+    fixed, flat, base, slope = decode_v2_lines(p, seqs, heads, kv_heads, head_dim, kv_bytes, peak, bandwidth,
+                                               l2_warm, kv_total)
+    # Per-sequence traffic (Q in, O out, the new token's K and V): tiny, and paid whatever the context.
+    per_seq = seqs * (2.0 * heads * head_dim * act_bytes + 2.0 * kv_heads * head_dim * kv_bytes)
+    return fixed + per_seq / (bandwidth * p["m_max"]) + _max(flat, base + slope * context)
+
+
+# ------------------------------------------------------------------------ prefill
+
+
+def prefill_shape(tokens, work, kv_read):
+    """Per-sequence ``(q, c, n)`` of a prefill batch of equal chunks from its sums.
+
+    ``tokens = n q``, ``kv_read = n (c + q)``, ``work = n q (c + q/2)``: so
+    ``c / q = kv_read / tokens - 1`` and ``q = (work / tokens) / (c / q + 1/2)``.
+    """
+    r = kv_read / tokens - 1.0
+    r = _max(r, 0.0)
+    q = (work / tokens) / (r + 0.5)
+    q = _max(q, 1.0)
+    return q, r * q, tokens / q
+
+
+def prefill_v2_terms(p, tokens, work, kv_read, heads, kv_heads, head_dim):
+    """``(fixed_s, eta_c, work_scale, q)`` of ``attention-prefill-v2``; ``work_scale`` >= 1 multiplies the FLOPs."""
+    q, c, n = prefill_shape(tokens, work, kv_read)
+    m_tiles = _ceil(q / TILE_ROWS)
+    # Tile-padded causal query-key pairs of one sequence: every m-tile i sees c + (i+1)*128 keys.
+    padded = TILE_ROWS * (m_tiles * c + TILE_ROWS * m_tiles * (m_tiles + 1) / 2.0)
+    exact = q * (c + q / 2.0)
+    w = p.get("tile", 0.0)
+    work_scale = (1.0 - w) + w * padded / exact
+    group = heads / kv_heads
+    pack = p.get("pack", 1.0)
+    ctas = n * (pack * kv_heads * _ceil(q * group / TILE_ROWS) + (1.0 - pack) * heads * m_tiles)
+    mean_keys = work / tokens
+    eta_c = _c_by_dh(p, head_dim) * sat(mean_keys, p["L0"], p["aL"]) * sat(ctas, p["u0"], p["au"])
+    eta_c = eta_c * _mha(p, heads, kv_heads)
+    fixed = p["t0_s"] + p["kappa_s"] * heads * tokens + p["kappa_u_s"] * ctas
+    return fixed, eta_c, work_scale, p["q"]
+
+
+def prefill_v2_time(p, tokens, work, kv_read, heads, kv_heads, head_dim, act_bytes, kv_bytes, peak: float,
+                    bandwidth: float):
+    """Seconds of causal prefill attention under ``attention-prefill-v2`` (aggregate features)."""
+    flops = 4.0 * heads * head_dim * work
+    nbytes = kv_read * 2.0 * kv_heads * head_dim * kv_bytes + tokens * (
+        2.0 * heads * head_dim * act_bytes + 2.0 * kv_heads * head_dim * kv_bytes
+    )
+    fixed, eta_c, scale, q = prefill_v2_terms(p, tokens, work, kv_read, heads, kv_heads, head_dim)
+    return fixed + combine(flops * scale / (peak * eta_c), nbytes / (bandwidth * p["m_max"]), q)
