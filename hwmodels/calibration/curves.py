@@ -36,6 +36,12 @@ Families (``form`` in a profile):
   (algorithm, protocol) pair as latency + size / bandwidth and runs the fastest
   (NCCL ``src/graph/tuning.cc``), so small messages follow a low-latency /
   low-bandwidth line (LL) and large ones a high-bandwidth line (Simple).
+* ``alpha-beta-v2`` (point-to-point send/recv): the same pairs, each joined by a
+  soft maximum of fitted order ``q`` instead of a sum, because the transfer is
+  pipelined in chunks and hides the start-up latency (see :func:`pipelined`).
+  Only send/recv uses it: its tables hold ~500 sizes per fold, while the
+  aiconfigurator collectives have ~10 per fold and group size, too few to pin
+  a seventh parameter.
 
 Every function works on numpy arrays (the fit) and on Python floats (the cost
 model's per-shape pricing), so there is one implementation of each formula.
