@@ -194,8 +194,11 @@ def _starting_points(fam: curves.Family, x: dict, t: np.ndarray, peak: float, bw
                 v = override[spec.name]
                 extra[i] = math.log(v) if spec.log else v
         starts.append(np.array(extra))
-    if fam.form == "alpha-beta-v1":
-        starts.extend(_alpha_beta_starts(x["nbytes"], t))
+    if fam.form.startswith("alpha-beta-"):
+        extra_q = ("q",) if any(spec.name == "q" for spec in fam.params) else ()
+        for line in _alpha_beta_starts(x["nbytes"], t):
+            # v2: each line start once as v1 (q = 1) and once with half-overlapped latency (q = 2).
+            starts.extend([np.append(line, q) for q in (1.0, 2.0)] if extra_q else [line])
     return starts
 
 
