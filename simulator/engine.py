@@ -128,6 +128,8 @@ def simulate(
 
     make_scheduler = lambda state: system.scheduler_cls(system.scheduler_params, state)  # noqa: E731
     cost = system.cost_model()
+    if system.scheduler_cls.lone_prefills:
+        cost.prime_lone_prefills(table.prompt)
     for i in range(engines):
         blocks = BlockManager(blocks_per_engine, dep.block_size, table)
         replicas.append(

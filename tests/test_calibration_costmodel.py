@@ -252,3 +252,24 @@ def test_v2_decode_run_is_two_lines_in_the_context():
     for j in (0, 100, 399):
         scalar = cost.iteration(BatchShape(decode_seqs=256, decode_context=256 * 2 + 256 * j)).time_s
         assert crossing.all_durations()[j] == pytest.approx(scalar, rel=1e-12)
+
+
+@pytest.mark.parametrize("device", SHIPPED)
+@pytest.mark.parametrize(("model", "tp"), [("llama-3.1-8b", 1), ("llama-3.1-70b", 4), ("mixtral-8x7b", 2)])
+def test_primed_lone_prefills_equal_one_at_a_time_pricing(device, model, tp):
+    """The vectorised pricing of lone prefills (filled into the cache before a run) must give the
+    same iteration costs as pricing each shape when the engine first meets it."""
+    sysm = system(model=model, device=device, tp=tp)
+    primed, lazy = sysm.cost_model(), sysm.cost_model()
+    lengths = np.array([1, 7, 64, 127, 128, 129, 1000, 4096, 16000, 7, 64])
+    assert primed.prime_lone_prefills(lengths) == len(set(lengths.tolist()))
+    for q in lengths.tolist():
+        key = (q, 1, q * (0 + q / 2.0), q, 0, 0)
+        a, b = primed.iteration_from_totals(*key), lazy.iteration_from_totals(*key)
+        assert a.time_s == pytest.approx(b.time_s, rel=1e-12)
+        assert a.flops == pytest.approx(b.flops, rel=1e-12)
+        assert a.bytes == pytest.approx(b.bytes, rel=1e-12)
+    # Already-primed shapes are not priced again; datasheet pricing (cheap per shape) is not primed.
+    assert primed.prime_lone_prefills(lengths) == 0
+    assert system(model=model, device=device, tp=tp, calibration="datasheet").cost_model().prime_lone_prefills(
+        lengths) == 0

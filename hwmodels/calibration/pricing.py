@@ -7,8 +7,11 @@ efficiencies at this shape. So a row costs
 
     fixed(shape) + combine(FLOPs / (peak * eta_c(shape)), bytes / (bandwidth * eta_m(shape)))
 
-Plain Python floats throughout: the engine calls these once per new batch
-shape, where numpy's per-call overhead would dominate.
+Plain Python floats in the hot path: the engine calls ``price`` once per new
+batch shape, where numpy's per-call overhead would dominate. ``price_many``
+runs the same formulas on arrays of shapes (all with work to do), so the
+engine can price, in one call, shapes it knows will come (every lone prefill
+of the workload's prompt lengths).
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 from hwmodels.calibration import attention_curves, curves
 from hwmodels.calibration.profile import Curve
@@ -28,6 +33,9 @@ class Priced:
     time_s: float
     compute_s: float
     memory_s: float
+
+
+_max = curves._maximum  # max of two floats, or elementwise of arrays
 
 
 def _combine(fixed: float, tc: float, tm: float, q: float) -> Priced:
@@ -56,6 +64,14 @@ class GemmPricer:
         if flops <= 0.0 and nbytes <= 0.0:
             return ZERO
         m = flops / (2.0 * self.weight_elements * experts) if flops > 0 else 1.0
+        return self._price(m, flops, nbytes, experts)
+
+    def price_many(self, flops, nbytes, experts=1.0) -> Priced:
+        """:meth:`price` of arrays of rows, every one with FLOPs or bytes to move."""
+        safe = np.where(flops > 0.0, flops, 2.0 * self.weight_elements * experts)
+        return self._price(safe / (2.0 * self.weight_elements * experts), flops, nbytes, experts)
+
+    def _price(self, m, flops, nbytes, experts) -> Priced:
         total = tc = tm = 0.0
         q = self.p["q"]
         for n, k, count, share in self.gemms:
@@ -83,10 +99,14 @@ class PrefillPricer:
     def price(self, tokens: float, work: float, flops: float, nbytes: float, kv_read: float = 0.0) -> Priced:
         if tokens <= 0.0:
             return ZERO
-        work = max(work, 1e-9)
+        return self.price_many(tokens, work, flops, nbytes, kv_read)
+
+    def price_many(self, tokens, work, flops, nbytes, kv_read=0.0) -> Priced:
+        """:meth:`price` of floats or of arrays of rows, every one with tokens to prefill."""
+        work = _max(work, 1e-9)
         if self.v2:
             fixed, eta_c, scale, q = attention_curves.prefill_v2_terms(
-                self.p, tokens, work, max(kv_read, tokens), self.h, self.hkv, self.dh)
+                self.p, tokens, work, _max(kv_read, tokens), self.h, self.hkv, self.dh)
             return _combine(fixed, flops * scale / (self.peak * eta_c), nbytes / (self.bw * self.p["m_max"]), q)
         fixed, eta_c, eta_m, q = curves.prefill_terms(self.p, tokens, work, self.h, self.hkv, self.dh)
         return _combine(fixed, flops / (self.peak * eta_c), nbytes / (self.bw * eta_m), q)
@@ -151,7 +171,11 @@ class MemoryPricer:
     def price(self, flops: float, nbytes: float, launches: float = 1.0) -> Priced:
         if nbytes <= 0.0 and flops <= 0.0:
             return ZERO
-        fixed, eta_c, eta_m, _ = curves.memory_terms(self.p, max(nbytes / launches, 1.0))
+        return self.price_many(flops, nbytes, launches)
+
+    def price_many(self, flops, nbytes, launches: float = 1.0) -> Priced:
+        """:meth:`price` of floats or of arrays of rows, every one with bytes to move."""
+        fixed, eta_c, eta_m, _ = curves.memory_terms(self.p, _max(nbytes / launches, 1.0))
         return _combine(fixed * launches, flops / (self.peak * eta_c), nbytes / (self.bw * eta_m), math.inf)
 
 
@@ -166,3 +190,7 @@ class CollectivePricer:
         if nbytes <= 0.0:
             return 0.0
         return float(curves.alpha_beta_time(self.p, float(nbytes)))
+
+    def time_many(self, nbytes):
+        """:meth:`time` of an array of messages, every one non-empty."""
+        return curves.alpha_beta_time(self.p, nbytes)

@@ -78,6 +78,10 @@ class Scheduler:
     pads_finished: ClassVar[bool] = False
     #: Whether prefill of a waiting request may run beside decode in one iteration.
     mixed_batches: ClassVar[bool] = False
+    #: Whether an iteration is often one request's whole prompt prefilled alone (prefill-only
+    #: batches of whole prompts): the engine then prices that shape for every prompt length of
+    #: the workload up front, in one vectorised call, instead of one at a time in the hot loop.
+    lone_prefills: ClassVar[bool] = False
 
     def __init__(self, params: SchedulerParams, state: ReplicaState):
         self.params = params

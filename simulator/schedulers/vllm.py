@@ -41,6 +41,7 @@ class VllmScheduler(Scheduler):
     """Prefill-first continuous batching with paged KV and recompute preemption."""
 
     Params = VllmParams
+    lone_prefills = True
 
     def max_prefill_tokens(self) -> int | None:
         return self.params.max_num_batched_tokens
