@@ -166,3 +166,39 @@ def test_bad_plan_files_are_clear_errors(tmp_path, edit, fragment):
     assert fragment in err.value.render(), err.value.render()
     result = CliRunner().invoke(app, ["plan", str(path), "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "Traceback" not in result.output
+
+
+def test_probes_last_long_enough_for_an_overload_to_show(tmp_path):
+    """A request-count probe is lengthened to min_probe_s of arrivals. With 150 requests a probe
+    at a high rate is over in seconds, before an overloaded replica's queue breaks the SLO, so the
+    short probe reports a higher sustainable rate than the long one; the long one's rate must
+    still hold when simulated over several minutes."""
+    from simulator.engine import simulate
+    from simulator.metrics.summary import summarise
+    from simulator.planner.plan import at_rate
+
+    def max_rate(min_probe_s):
+        text = PLAN.replace("deployment.num_replicas: [1, 2]", "deployment.num_replicas: [1]").replace(
+            "deployment.device: [h100-sxm, a100, l4, l40s]\n    deployment.tp: [1, 1, 1, 1]",
+            "deployment.device: [a100]\n    deployment.tp: [1]",
+        ).replace("rate_search: {rel_tol: 0.1, max_sims: 6}",
+                  f"rate_search: {{rel_tol: 0.05, max_sims: 10, min_probe_s: {min_probe_s}}}")
+        path = tmp_path / f"plan-{min_probe_s}.yaml"
+        path.write_text(text)
+        plan, candidates = load_plan(path)
+        result = run_plan(plan, candidates, executor=LocalExecutor(1), plots=False)
+        (cand,) = result.candidates
+        return cand.max_rate, candidates[0]
+
+    short, _ = max_rate("null")
+    long, scenario = max_rate(60)
+    assert at_rate(scenario, 10.0, 60).simulation.num_requests == 600
+    assert at_rate(scenario, 1.0, 60).simulation.num_requests == 150  # never shortened
+    assert long < short
+
+    def holds_for_five_minutes(rate):
+        steady = at_rate(scenario, rate, 300)
+        return summarise(simulate(steady).result, steady.slo)["slo_met"]
+
+    assert holds_for_five_minutes(long)
+    assert not holds_for_five_minutes(short)  # what the short probes reported does not hold

@@ -93,10 +93,17 @@ def load_plan(path: str | Path, overrides: list[str] | None = None) -> tuple[Pla
     return plan, expand_sweep(sweep, source)
 
 
-def at_rate(scenario: Scenario, rate: float) -> Scenario:
-    """``scenario`` with its request rate set to ``rate`` (validated again: rate-dependent checks apply)."""
+def at_rate(scenario: Scenario, rate: float, min_probe_s: float | None = None) -> Scenario:
+    """``scenario`` with its request rate set to ``rate`` (validated again: rate-dependent checks apply).
+
+    With ``min_probe_s``, a request-count-limited probe is lengthened to offer at
+    least that many seconds of arrivals (see :class:`RateSearch`).
+    """
     dump = scenario_payload(scenario)
     dump["workload"]["qps"] = float(rate)
+    sim = dump.setdefault("simulation", {})
+    if min_probe_s is not None and sim.get("num_requests") is not None:
+        sim["num_requests"] = max(int(sim["num_requests"]), math.ceil(rate * min_probe_s))
     return validate_as(Scenario, dump, f"{scenario.name} at {rate:g} req/s")
 
 
@@ -186,11 +193,17 @@ class PlanResult:
 ProgressFn = Callable[[str, int, int], None]  # (phase text, done, total)
 
 
-def prepass(candidates: Sequence[Scenario]) -> list[Candidate]:
-    """Rule 1 (memory) and rules 2-3 (latency floors, work) at the target rate for every candidate."""
+def prepass(candidates: Sequence[Scenario], min_probe_s: float | None = None) -> list[Candidate]:
+    """Rule 1 (memory) and rules 2-3 (latency floors, work) at the target rate for every candidate.
+
+    ``min_probe_s`` lengthens the checked stream as the probes at the target are (see :func:`at_rate`),
+    so the verdict is about the same requests a simulation there would see.
+    """
     out = []
     for i, sc in enumerate(candidates):
         cand = Candidate(i, sc)
+        if min_probe_s is not None:
+            sc = at_rate(sc, float(sc.workload.qps), min_probe_s)
         try:
             system = build_system(sc)
         except DoesNotFitError as exc:
@@ -229,7 +242,7 @@ def run_plan(
     wall0 = time.perf_counter()
     executor = executor or LocalExecutor()
     store = ResultStore(Path(out_dir) / "store") if out_dir is not None else None
-    cands = prepass(candidates)
+    cands = prepass(candidates, plan.rate_search.min_probe_s)
     if progress:
         progress("pre-pass", len(cands), len(cands))
     live = [c for c in cands if not c.pruned]
@@ -248,7 +261,7 @@ def run_plan(
     finished = 0
     while pending:
         order = sorted(pending)
-        scenarios = [at_rate(by_index[i].scenario, pending[i]) for i in order]
+        scenarios = [at_rate(by_index[i].scenario, pending[i], rs.min_probe_s) for i in order]
         payloads = [scenario_payload(s) for s in scenarios]
         keys = [scenario_key(p) for p in payloads]
         results, n_new = evaluate_all(payloads, keys, store, executor, evaluate_rate)

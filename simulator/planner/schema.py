@@ -95,6 +95,14 @@ class RateSearch(BaseModel):
     rel_tol: float = Field(0.05, gt=0, lt=1, description="Stop bisecting when (bad rate / good rate - 1) <= rel_tol.")
     max_sims: int = Field(12, ge=1, description="Most simulations per candidate (analytically decided rates are free).")
     growth: float = Field(2.0, gt=1, description="Factor between successive rates while bracketing.")
+    min_probe_s: float | None = Field(
+        60.0,
+        gt=0,
+        description="Each probe offers at least this many seconds of arrivals: simulation.num_requests is raised to "
+        "ceil(rate x min_probe_s) where smaller. An overloaded replica's queue grows by (rate - capacity) requests "
+        "a second, so a probe of a few seconds ends before the backlog breaks the SLO and overstates the "
+        "sustainable rate; null keeps num_requests as given.",
+    )
     below_target: bool = Field(
         True,
         description="Also search the goodput of candidates that miss the target rate (for the goodput plot); "
