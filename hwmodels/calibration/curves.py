@@ -317,8 +317,19 @@ class Family:
         return out
 
 
+def _corrected(p, kind: str, x, t):
+    """``t`` times the fitted residual surface of ``p`` (when it has one; see :mod:`hwmodels.calibration.correction`)."""
+    corr = p.get("correction")
+    if not corr:
+        return t
+    from hwmodels.calibration import correction
+
+    return t * correction.factor(corr, correction.features(kind, x))
+
+
 def _gemm_predict(p, x, peak, bandwidth):
-    return gemm_time(p, x["m"], x["n"], x["k"], x["act_bytes"], x["weight_bytes"], peak, bandwidth)
+    t = gemm_time(p, x["m"], x["n"], x["k"], x["act_bytes"], x["weight_bytes"], peak, bandwidth)
+    return _corrected(p, "gemm", x, t)
 
 
 def _prefill_predict(p, x, peak, bandwidth):
@@ -336,17 +347,19 @@ def _decode_predict(p, x, peak, bandwidth):
 
 
 def _decode_v2_predict(p, x, peak, bandwidth):
-    return _attention_v2().decode_v2_time(
+    t = _attention_v2().decode_v2_time(
         p, x["seqs"], x["context"], x["heads"], x["kv_heads"], x["head_dim"],
         x["act_bytes"], x["kv_bytes"], peak, bandwidth, x.get("l2_warm", 0.0),
     )
+    return t  # its correction (two batch-only factors) is applied inside decode_v2_time
 
 
 def _prefill_v2_predict(p, x, peak, bandwidth):
-    return _attention_v2().prefill_v2_time(
+    t = _attention_v2().prefill_v2_time(
         p, x["tokens"], x["work"], x["kv_read"], x["heads"], x["kv_heads"], x["head_dim"],
         x["act_bytes"], x["kv_bytes"], peak, bandwidth,
     )
+    return _corrected(p, "prefill", x, t)
 
 
 def _attention_v2():
