@@ -69,13 +69,15 @@ class Design:
 
 
 DESIGNS: dict[str, Design] = {
-    # m 1..32768 every 8x (the tile-size switches sit at 64..256 tokens); n, k 64..16384 every 4x.
-    "gemm": Design("gemm", (GridAxis("log2_m", 0.0, 3.0, 6), GridAxis("log2_n", 6.0, 2.0, 5),
+    # m 1..16384 every 4x (the tile-size switches sit at 16..256 tokens); n, k 64..16384 every 4x.
+    "gemm": Design("gemm", (GridAxis("log2_m", 0.0, 2.0, 8), GridAxis("log2_n", 6.0, 2.0, 5),
                             GridAxis("log2_k", 6.0, 2.0, 5))),
-    # q 1..16384 every 4x; (sequence, head) pairs 1..16384 every 4x.
-    "prefill": Design("prefill", (GridAxis("log2_q", 0.0, 2.0, 8), GridAxis("log2_seq_heads", 0.0, 2.0, 8))),
-    # u 1..16384 every 4x; group 1..16 every 2x.
-    "decode": Design("decode", (GridAxis("log2_units", 0.0, 2.0, 8), GridAxis("log2_group", 0.0, 1.0, 5))),
+    # q 1..16384 every 4x; (sequence, head) pairs 1..16384 every 4x; query heads per KV head 1, 4, 16.
+    "prefill": Design("prefill", (GridAxis("log2_q", 0.0, 2.0, 8), GridAxis("log2_seq_heads", 0.0, 2.0, 8),
+                                  GridAxis("log2_group", 0.0, 2.0, 3))),
+    # u 1..16384 every 4x; query heads per KV head 1, 4, 16; head size 64, 128, 256.
+    "decode": Design("decode", (GridAxis("log2_units", 0.0, 2.0, 8), GridAxis("log2_group", 0.0, 2.0, 3),
+                                GridAxis("log2_head_dim", 6.0, 1.0, 3))),
 }
 """The grid of each correction kind (resolution by the data's size ranges, see the module docstring)."""
 
@@ -102,9 +104,9 @@ def features(kind: str, x: Mapping[str, Any]):
         kv_read = x["kv_read"]
         kv_read = np.maximum(kv_read, x["tokens"]) if not isinstance(kv_read, float | int) else max(kv_read, x["tokens"])
         q, _, n = prefill_shape(x["tokens"], x["work"], kv_read)
-        return (q, n * x["heads"])
+        return (q, n * x["heads"], x["heads"] / x["kv_heads"])
     if kind == "decode":
-        return (x["seqs"] * x["kv_heads"], x["heads"] / x["kv_heads"])
+        return (x["seqs"] * x["kv_heads"], x["heads"] / x["kv_heads"], x["head_dim"])
     raise CapsimError(f"unknown correction kind {kind!r}", where="calibration profile",
                       fix="one of " + ", ".join(DESIGNS))
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hwmodels.calibration import attention_curves, curves
+from hwmodels.calibration import attention_curves, correction, curves
 from hwmodels.calibration.profile import Curve
 
 
@@ -55,6 +55,7 @@ class GemmPricer:
 
     def __init__(self, curve: Curve, gemms: Sequence[tuple[float, float, float]], peak: float, bandwidth: float):
         self.p = dict(curve.params)
+        self.corr = correction.prepare(self.p.get("correction"))
         self.peak, self.bw = peak, bandwidth
         total = sum(n * k * c for n, k, c in gemms)
         self.gemms = [(float(n), float(k), float(c), n * k * c / total) for n, k, c in gemms]
@@ -83,7 +84,10 @@ class GemmPricer:
             tm += mm
             # The soft maximum is homogeneous of degree 1, so combining the launches'
             # totals equals ``launches`` times combining one launch.
-            total += t0 * launches + curves.combine(c, mm, q)
+            t = t0 * launches + curves.combine(c, mm, q)
+            if self.corr is not None:  # the fitted residual surface, per kernel shape
+                t = t * correction.factor(self.corr, (m, n, k))
+            total += t
         return Priced(total, tc, tm)
 
 
@@ -93,6 +97,7 @@ class PrefillPricer:
     def __init__(self, curve: Curve, heads: float, kv_heads: float, head_dim: float, peak: float, bandwidth: float):
         self.p = dict(curve.params)
         self.v2 = curve.form == "attention-prefill-v2"
+        self.corr = correction.prepare(self.p.get("correction")) if self.v2 else None
         self.h, self.hkv, self.dh = float(heads), float(kv_heads), float(head_dim)
         self.peak, self.bw = peak, bandwidth
 
@@ -105,9 +110,15 @@ class PrefillPricer:
         """:meth:`price` of floats or of arrays of rows, every one with tokens to prefill."""
         work = _max(work, 1e-9)
         if self.v2:
+            kv_read = _max(kv_read, tokens)
             fixed, eta_c, scale, q = attention_curves.prefill_v2_terms(
-                self.p, tokens, work, _max(kv_read, tokens), self.h, self.hkv, self.dh)
-            return _combine(fixed, flops * scale / (self.peak * eta_c), nbytes / (self.bw * self.p["m_max"]), q)
+                self.p, tokens, work, kv_read, self.h, self.hkv, self.dh)
+            priced = _combine(fixed, flops * scale / (self.peak * eta_c), nbytes / (self.bw * self.p["m_max"]), q)
+            if self.corr is None:
+                return priced
+            x = {"tokens": tokens, "work": work, "kv_read": kv_read, "heads": self.h, "kv_heads": self.hkv}
+            g = correction.factor(self.corr, correction.features("prefill", x))
+            return Priced(priced.time_s * g, priced.compute_s, priced.memory_s)
         fixed, eta_c, eta_m, q = curves.prefill_terms(self.p, tokens, work, self.h, self.hkv, self.dh)
         return _combine(fixed, flops / (self.peak * eta_c), nbytes / (self.bw * eta_m), q)
 
@@ -125,6 +136,7 @@ class DecodePricer:
                  head_dim: float = 128.0, flops_per_token: float = 0.0, bytes_per_token: float = 0.0):
         self.p = dict(curve.params)
         self.v2 = curve.form == "attention-decode-v2"
+        self.corr = correction.prepare(self.p.get("correction")) if self.v2 else None
         self.h, self.hkv, self.dh = float(heads), float(kv_heads), float(head_dim)
         self.peak, self.bw = peak, bandwidth
         self.f_tok, self.b_tok = float(flops_per_token), float(bytes_per_token)
@@ -141,6 +153,11 @@ class DecodePricer:
         slope_cta = attention_curves.decode_v2_cta_slope(p, seqs, self.h, self.hkv)
         slope = max(self.f_tok / (self.peak * p["c_max"]), self.b_tok / (self.bw * eta_m), float(slope_cta))
         fixed += per_seq_bytes / (self.bw * p["m_max"])
+        if self.corr is not None:
+            # The residual surface: one factor of the batch for the fixed terms, one for the slope.
+            feats = (float(seqs) * self.hkv, self.h / self.hkv, self.dh)
+            fa, fb = correction.factor(self.corr, feats), correction.slope_factor(self.corr, feats)
+            return float(fixed * fa), float(flat * fa), float(base * fa), slope * fb
         return float(fixed), float(flat), float(base), slope
 
     def terms(self, seqs: float) -> tuple[float, float, float, float]:
