@@ -409,6 +409,6 @@ def slope_view(corr: Mapping[str, Any]) -> dict[str, Any]:
     if view is None:
         view = {"axes": corr["axes"], "log_factor": corr["log_slope_factor"]}
         view = prepare(view)
-        if isinstance(corr, dict):
+        if isinstance(corr, dict) and "_flat" in corr:  # a prepared copy (never a profile's own params)
             corr["_slope"] = view
     return view
