@@ -125,6 +125,15 @@ def _flat(corr: Mapping[str, Any]) -> list[float]:
     return cached
 
 
+def _strides(axes: Sequence[tuple[float, float, int]]) -> list[int]:
+    out, s = [], 1
+    for _, _, count in reversed(axes):
+        out.append(s)
+        s *= count
+    out.reverse()
+    return out
+
+
 def prepare(corr: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """A copy of a profile's correction with its grid flattened once (for the pricers' hot path)."""
     if not corr:
@@ -132,7 +141,31 @@ def prepare(corr: Mapping[str, Any] | None) -> dict[str, Any] | None:
     out = dict(corr)
     out["_flat"] = _flat(corr)
     out["_axes"] = _axes(corr)
+    out["_strides"] = _strides(out["_axes"])
     return out
+
+
+def reduce(corr: Mapping[str, Any] | None, fixed: Mapping[int, float]) -> dict[str, Any] | None:
+    """The correction with the axes in ``fixed`` (index -> feature value) interpolated away, prepared.
+
+    A pricer whose shape fixes some features (a GEMM's ``n`` and ``k``, a model's head
+    configuration) reads a smaller grid per call. Exact up to rounding: multilinear
+    interpolation is separable, so interpolating one axis first changes nothing.
+    """
+    if not corr:
+        return None
+    axes = _axes(corr)
+    out: dict[str, Any] = {k: v for k, v in corr.items() if not k.startswith("_")}
+    for name in ("log_factor", "log_slope_factor"):
+        if name not in corr:
+            continue
+        grid = np.asarray(corr[name], dtype=float)
+        for d in sorted(fixed, reverse=True):
+            i, f = _position(float(fixed[d]), *axes[d])
+            grid = (1.0 - f) * np.take(grid, i, axis=d) + f * np.take(grid, i + 1, axis=d)
+        out[name] = grid.tolist()
+    out["axes"] = [a for d, a in enumerate(corr["axes"]) if d not in fixed]
+    return prepare(out)
 
 
 def _position(x: float, first: float, step: float, count: int) -> tuple[int, float]:
@@ -150,28 +183,25 @@ def log_factor(corr: Mapping[str, Any], feats: Sequence[float]) -> float:
     """``g(features)`` for one shape: multilinear over the grid, clamped at its edges."""
     axes = corr.get("_axes") or _axes(corr)
     values = _flat(corr)
-    idx = []
-    for x, (first, step, count) in zip(feats, axes, strict=True):
-        idx.append(_position(float(x), first, step, count))
+    if len(axes) == 1:  # the pricers' common case (see :func:`reduce`)
+        i, f = _position(float(feats[0]), *axes[0])
+        return (1.0 - f) * values[i] + f * values[i + 1]
+    if len(axes) == 2:
+        i, f = _position(float(feats[0]), *axes[0])
+        j, e = _position(float(feats[1]), *axes[1])
+        n = axes[1][2]
+        a, b = i * n + j, (i + 1) * n + j
+        return ((1.0 - f) * ((1.0 - e) * values[a] + e * values[a + 1])
+                + f * ((1.0 - e) * values[b] + e * values[b + 1]))
+    strides = corr.get("_strides") or _strides(axes)
+    terms = [(0, 1.0)]
+    for x, axis, stride in zip(feats, axes, strides, strict=True):
+        i, f = _position(float(x), *axis)
+        lo = i * stride
+        terms = [(o + lo, w * (1.0 - f)) for o, w in terms] + [(o + lo + stride, w * f) for o, w in terms]
     total = 0.0
-    strides = []
-    s = 1
-    for _, _, count in reversed(axes):
-        strides.append(s)
-        s *= count
-    strides.reverse()
-    for corner in range(1 << len(axes)):
-        w = 1.0
-        off = 0
-        for d, ((i, f), stride) in enumerate(zip(idx, strides, strict=True)):
-            if corner >> d & 1:
-                w *= f
-                off += (i + 1) * stride
-            else:
-                w *= 1.0 - f
-                off += i * stride
-        if w:
-            total += w * values[off]
+    for o, w in terms:
+        total += w * values[o]
     return total
 
 
@@ -180,12 +210,7 @@ def weights(axes: Sequence[tuple[float, float, int]], feats: Sequence[np.ndarray
     rows = len(np.atleast_1d(feats[0]))
     offs = np.zeros((rows, 1 << len(axes)), dtype=int)
     wts = np.ones((rows, 1 << len(axes)))
-    stride = 1
-    strides = []
-    for _, _, count in reversed(axes):
-        strides.append(stride)
-        stride *= count
-    strides.reverse()
+    strides = _strides(axes)
     for d, (x, (first, step, count), st) in enumerate(zip(feats, axes, strides, strict=True)):
         x = np.asarray(x, dtype=float)
         with np.errstate(divide="ignore"):
@@ -214,7 +239,7 @@ def factor(corr: Mapping[str, Any] | None, feats) -> Any:
     """``exp(g)`` for floats (one shape) or arrays; 1 when there is no correction."""
     if not corr:
         return 1.0
-    if all(isinstance(v, float | int) for v in feats):
+    if not any(isinstance(v, np.ndarray) for v in feats):
         return math.exp(log_factor(corr, feats))
     shape = np.broadcast(*[np.asarray(v) for v in feats]).shape
     arrs = [np.broadcast_to(np.asarray(v, dtype=float), shape).ravel() for v in feats]

@@ -55,10 +55,12 @@ class GemmPricer:
 
     def __init__(self, curve: Curve, gemms: Sequence[tuple[float, float, float]], peak: float, bandwidth: float):
         self.p = dict(curve.params)
-        self.corr = correction.prepare(self.p.get("correction"))
         self.peak, self.bw = peak, bandwidth
         total = sum(n * k * c for n, k, c in gemms)
         self.gemms = [(float(n), float(k), float(c), n * k * c / total) for n, k, c in gemms]
+        # The residual surface of each kernel, its (n, k) axes interpolated once: a lookup over m remains.
+        corr = self.p.get("correction")
+        self.corrs = [correction.reduce(corr, {1: n, 2: k}) for n, k, _, _ in self.gemms] if corr else None
         self.weight_elements = total  # per expert
 
     def price(self, flops: float, nbytes: float, experts: float = 1.0) -> Priced:
@@ -75,7 +77,7 @@ class GemmPricer:
     def _price(self, m, flops, nbytes, experts) -> Priced:
         total = tc = tm = 0.0
         q = self.p["q"]
-        for n, k, count, share in self.gemms:
+        for g, (n, k, count, share) in enumerate(self.gemms):
             launches = count * experts
             f_g, b_g = flops * share, nbytes * share
             t0, eta_c, eta_m, _ = curves.gemm_terms(self.p, m, n, k, b_g / launches)
@@ -85,8 +87,8 @@ class GemmPricer:
             # The soft maximum is homogeneous of degree 1, so combining the launches'
             # totals equals ``launches`` times combining one launch.
             t = t0 * launches + curves.combine(c, mm, q)
-            if self.corr is not None:  # the fitted residual surface, per kernel shape
-                t = t * correction.factor(self.corr, (m, n, k))
+            if self.corrs is not None:  # the fitted residual surface, per kernel shape
+                t = t * correction.factor(self.corrs[g], (m,))
             total += t
         return Priced(total, tc, tm)
 
@@ -97,9 +99,10 @@ class PrefillPricer:
     def __init__(self, curve: Curve, heads: float, kv_heads: float, head_dim: float, peak: float, bandwidth: float):
         self.p = dict(curve.params)
         self.v2 = curve.form == "attention-prefill-v2"
-        self.corr = correction.prepare(self.p.get("correction")) if self.v2 else None
         self.h, self.hkv, self.dh = float(heads), float(kv_heads), float(head_dim)
         self.peak, self.bw = peak, bandwidth
+        # The residual surface with the model's group size interpolated once: (q, sequences x heads) remain.
+        self.corr = correction.reduce(self.p.get("correction"), {2: self.h / self.hkv}) if self.v2 else None
 
     def price(self, tokens: float, work: float, flops: float, nbytes: float, kv_read: float = 0.0) -> Priced:
         if tokens <= 0.0:
@@ -116,8 +119,8 @@ class PrefillPricer:
             priced = _combine(fixed, flops * scale / (self.peak * eta_c), nbytes / (self.bw * self.p["m_max"]), q)
             if self.corr is None:
                 return priced
-            x = {"tokens": tokens, "work": work, "kv_read": kv_read, "heads": self.h, "kv_heads": self.hkv}
-            g = correction.factor(self.corr, correction.features("prefill", x))
+            q_seq, _, seqs = attention_curves.prefill_shape(tokens, work, kv_read)  # as correction.features does
+            g = correction.factor(self.corr, (q_seq, seqs * self.h))
             return Priced(priced.time_s * g, priced.compute_s, priced.memory_s)
         fixed, eta_c, eta_m, q = curves.prefill_terms(self.p, tokens, work, self.h, self.hkv, self.dh)
         return _combine(fixed, flops / (self.peak * eta_c), nbytes / (self.bw * eta_m), q)
@@ -136,9 +139,11 @@ class DecodePricer:
                  head_dim: float = 128.0, flops_per_token: float = 0.0, bytes_per_token: float = 0.0):
         self.p = dict(curve.params)
         self.v2 = curve.form == "attention-decode-v2"
-        self.corr = correction.prepare(self.p.get("correction")) if self.v2 else None
         self.h, self.hkv, self.dh = float(heads), float(kv_heads), float(head_dim)
         self.peak, self.bw = peak, bandwidth
+        # The residual surface with the model's group size and head size interpolated once: units remain.
+        corr = self.p.get("correction")
+        self.corr = correction.reduce(corr, {1: self.h / self.hkv, 2: self.dh}) if self.v2 and corr else None
         self.f_tok, self.b_tok = float(flops_per_token), float(bytes_per_token)
 
     def lines(self, seqs: float, per_seq_bytes: float) -> tuple[float, float, float, float]:
@@ -155,7 +160,7 @@ class DecodePricer:
         fixed += per_seq_bytes / (self.bw * p["m_max"])
         if self.corr is not None:
             # The residual surface: one factor of the batch for the fixed terms, one for the slope.
-            feats = (float(seqs) * self.hkv, self.h / self.hkv, self.dh)
+            feats = (float(seqs) * self.hkv,)
             fa, fb = correction.factor(self.corr, feats), correction.slope_factor(self.corr, feats)
             return float(fixed * fa), float(flat * fa), float(base * fa), slope * fb
         return float(fixed), float(flat), float(base), slope
