@@ -24,18 +24,24 @@ Features (``kind`` of a correction):
 * ``gemm``: ``m`` (tokens), ``n``, ``k``. Weight shapes interpolate between
   fitted grid neighbours in ``(n, k)``.
 * ``prefill``: tokens per sequence ``q`` (recovered from the batch sums by
-  :func:`hwmodels.calibration.attention_curves.prefill_shape`) and the
-  (sequence, query head) pairs ``n * h`` -- the kernel's parallel work.
-* ``decode``: ``u = batch * kv_heads`` (the CTAs before split-KV) and the group
-  size ``h / h_kv``. Neither depends on the context, so the correction scales a
-  decode step's four line coefficients by one factor and a run of steps stays
-  exactly two lines in the summed context (``simulator/costmodel/iteration.py``).
+  :func:`hwmodels.calibration.attention_curves.prefill_shape`), the (sequence,
+  query head) pairs ``n * h`` -- the kernel's parallel work -- and the query
+  heads per KV head (FlashAttention packs a group into one tile for short queries).
+* ``decode``: ``u = batch * kv_heads`` (the CTAs before split-KV), the group size
+  ``h / h_kv`` and the head size. None depends on the context, and the decode
+  surface is TWO grids (:func:`fit_decode`, kind ``decode-lines``): one factor on
+  the step's fixed, flat and base terms and one on its per-context-token slope,
+  so a run of steps stays exactly two lines in the summed context
+  (``simulator/costmodel/iteration.py``) while short- and long-context rows of a
+  batch can still be corrected differently.
 
 The grid is stored in the curve's params as ``correction``: ``axes`` (name,
 first knot, knot step, knot count; knots in log2 of the feature) and ``log_factor``
-(nested lists, last axis innermost). Scalar and array evaluation share
-:func:`factor`, a hand-written multilinear lookup (a few float operations per
-corner; numpy's interpolators cost more per call than the whole scalar price).
+(nested lists, last axis innermost), ``lambda`` (the penalty chosen) and
+``fitted_on``. Scalar and array evaluation share :func:`factor`, a hand-written
+multilinear lookup (numpy's interpolators cost more per call than the whole
+scalar price); the pricers first interpolate away the axes their shape fixes
+(:func:`reduce`), leaving a 1-D or 2-D lookup per row.
 """
 
 from __future__ import annotations

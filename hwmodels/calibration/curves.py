@@ -47,6 +47,11 @@ Families (``form`` in a profile):
   aiconfigurator collectives have ~10 per fold and group size, too few to pin
   a seventh parameter.
 
+The ``gemm-v1`` and ``attention-*-v2`` fits add a residual surface to these
+forms, ``params["correction"]`` (:mod:`hwmodels.calibration.correction`): the
+physical time times ``exp(g)`` of a few log sizes, fitted on the same training
+rows, for the kernel-configuration switches the forms do not model.
+
 Every function works on numpy arrays (the fit) and on Python floats (the cost
 model's per-shape pricing), so there is one implementation of each formula.
 """

@@ -8,7 +8,8 @@ family of :mod:`hwmodels.calibration.curves` for its op class, fitted with
 2 us kernel and a 20 ms one weigh the same and the fit minimises relative error;
 plain least squares (a robust loss was tried and dropped: it treats whole
 regimes the curve fits badly, e.g. decode at tiny contexts, as outliers and
-ignores them). Efficiencies are fractions of the device's datasheet peaks
+ignores them). GEMM and attention fits then add a residual surface fitted on the
+same rows (:mod:`hwmodels.calibration.correction`). Efficiencies are fractions of the device's datasheet peaks
 (catalog devices) or, for a device with no datasheet (this machine's CPU), of
 the best rate seen in the measurements -- the profile says which.
 
