@@ -174,15 +174,35 @@ def decode_v2_lines(p, seqs, heads, kv_heads, head_dim, kv_bytes, peak: float, b
     return fixed, p["kappa_u_s"] * units, p["kappa_s_s"] * units, slope
 
 
-def decode_v2_time(p, seqs, context, heads, kv_heads, head_dim, act_bytes, kv_bytes, peak: float, bandwidth: float,
-                   l2_warm=0.0):
-    """Seconds of decode attention (``context`` = summed context of the ``seqs`` sequences)."""
+def decode_v2_parts(p, seqs, context, heads, kv_heads, head_dim, act_bytes, kv_bytes, peak: float,
+                    bandwidth: float, l2_warm=0.0):
+    """The physical step as ``(fixed, flat, base, stream)``: ``t = fixed + max(flat, base + stream)``, ``stream = slope C``."""
     kv_total = context * 2.0 * kv_heads * head_dim * kv_bytes
     fixed, flat, base, slope = decode_v2_lines(p, seqs, heads, kv_heads, head_dim, kv_bytes, peak, bandwidth,
                                                l2_warm, kv_total)
     # Per-sequence traffic (Q in, O out, the new token's K and V): tiny, and paid whatever the context.
     per_seq = seqs * (2.0 * heads * head_dim * act_bytes + 2.0 * kv_heads * head_dim * kv_bytes)
-    return fixed + per_seq / (bandwidth * p["m_max"]) + _max(flat, base + slope * context)
+    return fixed + per_seq / (bandwidth * p["m_max"]), flat, base, slope * context
+
+
+def decode_v2_time(p, seqs, context, heads, kv_heads, head_dim, act_bytes, kv_bytes, peak: float, bandwidth: float,
+                   l2_warm=0.0):
+    """Seconds of decode attention (``context`` = summed context of the ``seqs`` sequences).
+
+    With a fitted ``correction`` (:mod:`hwmodels.calibration.correction`, kind
+    ``decode-lines``) the fixed, flat and base terms are scaled by one factor of
+    the batch and the slope by another, so the step keeps its two-line form.
+    """
+    fixed, flat, base, stream = decode_v2_parts(p, seqs, context, heads, kv_heads, head_dim, act_bytes, kv_bytes,
+                                                peak, bandwidth, l2_warm)
+    corr = p.get("correction")
+    if corr:
+        from hwmodels.calibration import correction
+
+        feats = (seqs * kv_heads, heads / kv_heads, head_dim)
+        fa, fb = correction.factor(corr, feats), correction.slope_factor(corr, feats)
+        return fa * fixed + _max(fa * flat, fa * base + fb * stream)
+    return fixed + _max(flat, base + stream)
 
 
 # ------------------------------------------------------------------------ prefill

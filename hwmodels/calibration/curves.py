@@ -47,6 +47,11 @@ Families (``form`` in a profile):
   aiconfigurator collectives have ~10 per fold and group size, too few to pin
   a seventh parameter.
 
+The ``gemm-v1`` and ``attention-*-v2`` fits add a residual surface to these
+forms, ``params["correction"]`` (:mod:`hwmodels.calibration.correction`): the
+physical time times ``exp(g)`` of a few log sizes, fitted on the same training
+rows, for the kernel-configuration switches the forms do not model.
+
 Every function works on numpy arrays (the fit) and on Python floats (the cost
 model's per-shape pricing), so there is one implementation of each formula.
 """
@@ -317,8 +322,19 @@ class Family:
         return out
 
 
+def _corrected(p, kind: str, x, t):
+    """``t`` times the fitted residual surface of ``p`` (when it has one; see :mod:`hwmodels.calibration.correction`)."""
+    corr = p.get("correction")
+    if not corr:
+        return t
+    from hwmodels.calibration import correction
+
+    return t * correction.factor(corr, correction.features(kind, x))
+
+
 def _gemm_predict(p, x, peak, bandwidth):
-    return gemm_time(p, x["m"], x["n"], x["k"], x["act_bytes"], x["weight_bytes"], peak, bandwidth)
+    t = gemm_time(p, x["m"], x["n"], x["k"], x["act_bytes"], x["weight_bytes"], peak, bandwidth)
+    return _corrected(p, "gemm", x, t)
 
 
 def _prefill_predict(p, x, peak, bandwidth):
@@ -336,17 +352,19 @@ def _decode_predict(p, x, peak, bandwidth):
 
 
 def _decode_v2_predict(p, x, peak, bandwidth):
-    return _attention_v2().decode_v2_time(
+    t = _attention_v2().decode_v2_time(
         p, x["seqs"], x["context"], x["heads"], x["kv_heads"], x["head_dim"],
         x["act_bytes"], x["kv_bytes"], peak, bandwidth, x.get("l2_warm", 0.0),
     )
+    return t  # its correction (two batch-only factors) is applied inside decode_v2_time
 
 
 def _prefill_v2_predict(p, x, peak, bandwidth):
-    return _attention_v2().prefill_v2_time(
+    t = _attention_v2().prefill_v2_time(
         p, x["tokens"], x["work"], x["kv_read"], x["heads"], x["kv_heads"], x["head_dim"],
         x["act_bytes"], x["kv_bytes"], peak, bandwidth,
     )
+    return _corrected(p, "prefill", x, t)
 
 
 def _attention_v2():

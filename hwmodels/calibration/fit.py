@@ -8,7 +8,8 @@ family of :mod:`hwmodels.calibration.curves` for its op class, fitted with
 2 us kernel and a 20 ms one weigh the same and the fit minimises relative error;
 plain least squares (a robust loss was tried and dropped: it treats whole
 regimes the curve fits badly, e.g. decode at tiny contexts, as outliers and
-ignores them). Efficiencies are fractions of the device's datasheet peaks
+ignores them). GEMM and attention fits then add a residual surface fitted on the
+same rows (:mod:`hwmodels.calibration.correction`). Efficiencies are fractions of the device's datasheet peaks
 (catalog devices) or, for a device with no datasheet (this machine's CPU), of
 the best rate seen in the measurements -- the profile says which.
 
@@ -31,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from capsim.errors import CapsimError
-from hwmodels.calibration import curves
+from hwmodels.calibration import correction, curves
 from hwmodels.calibration.profile import dump_yaml
 from hwmodels.calibration.schema import COLLECTIVES
 from hwmodels.calibration.work import attention_inputs, element_bytes, gemm_element_bytes
@@ -42,6 +43,10 @@ our own measurements, then aiconfigurator (newest kernels, CUDA graphs), then vi
 
 MAX_FIT_ROWS = 12_000
 """Largest training set per fit; bigger ones are thinned to every k-th row (deterministic)."""
+
+CORRECTED_FORMS: Mapping[str, str] = {"gemm-v1": "gemm", "attention-prefill-v2": "prefill",
+                                      "attention-decode-v2": "decode"}
+"""Families whose fits add a residual surface (form -> correction kind); see :mod:`hwmodels.calibration.correction`."""
 
 COMPUTE_CLASSES = ("gemm", "attention_prefill", "attention_decode", "elementwise", "memcpy")
 PROFILE_FORMAT = "capsim-calibration-profile/1"
@@ -215,8 +220,14 @@ def _alpha_beta_starts(nbytes: np.ndarray, t: np.ndarray) -> list[np.ndarray]:
     return out
 
 
-def fit_curve(form: str, df: pd.DataFrame, peaks: Peaks | None, *, max_rows: int = MAX_FIT_ROWS) -> FittedCurve:
-    """Fit the ``form`` family to the rows of ``df`` (one dataset); returns the best of a few starts."""
+def fit_curve(form: str, df: pd.DataFrame, peaks: Peaks | None, *, max_rows: int = MAX_FIT_ROWS,
+              correct: bool | None = None) -> FittedCurve:
+    """Fit the ``form`` family to the rows of ``df`` (one dataset); returns the best of a few starts.
+
+    Then, for the families in :data:`CORRECTED_FORMS` (or as ``correct`` says),
+    a residual surface on top of the physical curve, fitted on the same rows
+    (:mod:`hwmodels.calibration.correction`).
+    """
     from scipy.optimize import least_squares
 
     fam = curves.family(form)
@@ -255,14 +266,54 @@ def fit_curve(form: str, df: pd.DataFrame, peaks: Peaks | None, *, max_rows: int
         res = least_squares(residuals, vec0, bounds=(lo, hi), x_scale="jac", max_nfev=400 * len(vec0))
         if best is None or res.cost < best.cost:
             best = res
-    params = {**fam.vector_to_params(best.x, table_keys), **facts}
-    rms = float(np.sqrt(np.mean(residuals(best.x) ** 2)))
-    return FittedCurve(form, _round_params(params), len(df), rms)
+    params = _round_params({**fam.vector_to_params(best.x, table_keys), **facts})
+    kind = CORRECTED_FORMS.get(form) if correct is None else (correction.KIND_OF_FORM.get(form) if correct else None)
+    if kind:
+        params["correction"] = fit_correction(kind, params, fam, x, sub, log_t, peak, bw)
+    with np.errstate(all="ignore"):
+        pred = fam.predict(params, x, peak, bw)
+    rms = float(np.sqrt(np.mean((np.log(np.maximum(pred, 1e-15)) - log_t) ** 2)))
+    return FittedCurve(form, params, len(df), rms)
+
+
+def fit_correction(kind: str, params: Mapping[str, Any], fam: curves.Family, x: Mapping[str, np.ndarray],
+                   rows: pd.DataFrame, log_t: np.ndarray, peak: float, bw: float) -> dict[str, Any]:
+    """The residual surface of a fitted physical curve on its fit rows (see :mod:`hwmodels.calibration.correction`)."""
+    if kind == "decode":
+        from hwmodels.calibration.attention_curves import decode_v2_parts
+
+        parts = decode_v2_parts(params, x["seqs"], x["context"], x["heads"], x["kv_heads"], x["head_dim"],
+                                x["act_bytes"], x["kv_bytes"], peak, bw, x["l2_warm"])
+        corr, _ = correction.fit_decode(correction.features(kind, x), parts, log_t, shape_groups(rows))
+    else:
+        with np.errstate(all="ignore"):
+            resid = log_t - np.log(np.maximum(fam.predict(params, x, peak, bw), 1e-15))
+        corr, _ = correction.fit(kind, correction.features(kind, x), resid, shape_groups(rows))
+    corr["fitted_on"] = (f"log(measured / physical) of the {len(rows)} fit rows of this dataset; curvature "
+                         "penalty chosen by an inner 2-fold split of those rows by shape group")
+    return corr
+
+
+def shape_groups(df: pd.DataFrame) -> np.ndarray:
+    """A label per row naming its shape group: the weight shape (GEMM) or head configuration (attention).
+
+    The residual surface's inner split alternates over these, as the held-out
+    split does over the whole table (:mod:`hwmodels.calibration.folds`).
+    """
+    if df["op_class"].iat[0] == "gemm":
+        cols = ["n", "k"]
+    else:
+        cols = ["heads", "kv_heads", "head_dim"]
+    v = df[cols].fillna(0).to_numpy(float)
+    return v @ np.array([1e12, 1e6, 1.0][: len(cols)])
 
 
 def _round_params(p: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in p.items():
+        if k == "correction":
+            out[k] = v
+            continue
         out[k] = {int(kk): float(f"{vv:.6g}") for kk, vv in v.items()} if isinstance(v, dict) else float(f"{v:.6g}")
     return out
 

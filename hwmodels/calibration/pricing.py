@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hwmodels.calibration import attention_curves, curves
+from hwmodels.calibration import attention_curves, correction, curves
 from hwmodels.calibration.profile import Curve
 
 
@@ -58,6 +58,9 @@ class GemmPricer:
         self.peak, self.bw = peak, bandwidth
         total = sum(n * k * c for n, k, c in gemms)
         self.gemms = [(float(n), float(k), float(c), n * k * c / total) for n, k, c in gemms]
+        # The residual surface of each kernel, its (n, k) axes interpolated once: a lookup over m remains.
+        corr = self.p.get("correction")
+        self.corrs = [correction.reduce(corr, {1: n, 2: k}) for n, k, _, _ in self.gemms] if corr else None
         self.weight_elements = total  # per expert
 
     def price(self, flops: float, nbytes: float, experts: float = 1.0) -> Priced:
@@ -74,7 +77,7 @@ class GemmPricer:
     def _price(self, m, flops, nbytes, experts) -> Priced:
         total = tc = tm = 0.0
         q = self.p["q"]
-        for n, k, count, share in self.gemms:
+        for g, (n, k, count, share) in enumerate(self.gemms):
             launches = count * experts
             f_g, b_g = flops * share, nbytes * share
             t0, eta_c, eta_m, _ = curves.gemm_terms(self.p, m, n, k, b_g / launches)
@@ -83,7 +86,10 @@ class GemmPricer:
             tm += mm
             # The soft maximum is homogeneous of degree 1, so combining the launches'
             # totals equals ``launches`` times combining one launch.
-            total += t0 * launches + curves.combine(c, mm, q)
+            t = t0 * launches + curves.combine(c, mm, q)
+            if self.corrs is not None:  # the fitted residual surface, per kernel shape
+                t = t * correction.factor(self.corrs[g], (m,))
+            total += t
         return Priced(total, tc, tm)
 
 
@@ -95,6 +101,8 @@ class PrefillPricer:
         self.v2 = curve.form == "attention-prefill-v2"
         self.h, self.hkv, self.dh = float(heads), float(kv_heads), float(head_dim)
         self.peak, self.bw = peak, bandwidth
+        # The residual surface with the model's group size interpolated once: (q, sequences x heads) remain.
+        self.corr = correction.reduce(self.p.get("correction"), {2: self.h / self.hkv}) if self.v2 else None
 
     def price(self, tokens: float, work: float, flops: float, nbytes: float, kv_read: float = 0.0) -> Priced:
         if tokens <= 0.0:
@@ -105,9 +113,15 @@ class PrefillPricer:
         """:meth:`price` of floats or of arrays of rows, every one with tokens to prefill."""
         work = _max(work, 1e-9)
         if self.v2:
+            kv_read = _max(kv_read, tokens)
             fixed, eta_c, scale, q = attention_curves.prefill_v2_terms(
-                self.p, tokens, work, _max(kv_read, tokens), self.h, self.hkv, self.dh)
-            return _combine(fixed, flops * scale / (self.peak * eta_c), nbytes / (self.bw * self.p["m_max"]), q)
+                self.p, tokens, work, kv_read, self.h, self.hkv, self.dh)
+            priced = _combine(fixed, flops * scale / (self.peak * eta_c), nbytes / (self.bw * self.p["m_max"]), q)
+            if self.corr is None:
+                return priced
+            q_seq, _, seqs = attention_curves.prefill_shape(tokens, work, kv_read)  # as correction.features does
+            g = correction.factor(self.corr, (q_seq, seqs * self.h))
+            return Priced(priced.time_s * g, priced.compute_s, priced.memory_s)
         fixed, eta_c, eta_m, q = curves.prefill_terms(self.p, tokens, work, self.h, self.hkv, self.dh)
         return _combine(fixed, flops / (self.peak * eta_c), nbytes / (self.bw * eta_m), q)
 
@@ -127,6 +141,9 @@ class DecodePricer:
         self.v2 = curve.form == "attention-decode-v2"
         self.h, self.hkv, self.dh = float(heads), float(kv_heads), float(head_dim)
         self.peak, self.bw = peak, bandwidth
+        # The residual surface with the model's group size and head size interpolated once: units remain.
+        corr = self.p.get("correction")
+        self.corr = correction.reduce(corr, {1: self.h / self.hkv, 2: self.dh}) if self.v2 and corr else None
         self.f_tok, self.b_tok = float(flops_per_token), float(bytes_per_token)
 
     def lines(self, seqs: float, per_seq_bytes: float) -> tuple[float, float, float, float]:
@@ -141,6 +158,11 @@ class DecodePricer:
         slope_cta = attention_curves.decode_v2_cta_slope(p, seqs, self.h, self.hkv)
         slope = max(self.f_tok / (self.peak * p["c_max"]), self.b_tok / (self.bw * eta_m), float(slope_cta))
         fixed += per_seq_bytes / (self.bw * p["m_max"])
+        if self.corr is not None:
+            # The residual surface: one factor of the batch for the fixed terms, one for the slope.
+            feats = (float(seqs) * self.hkv,)
+            fa, fb = correction.factor(self.corr, feats), correction.slope_factor(self.corr, feats)
+            return float(fixed * fa), float(flat * fa), float(base * fa), slope * fb
         return float(fixed), float(flat), float(base), slope
 
     def terms(self, seqs: float) -> tuple[float, float, float, float]:

@@ -1,0 +1,445 @@
+"""A fitted residual surface on top of a physical curve: ``time = physical * exp(g(features))``.
+
+Why: the physical families (:mod:`hwmodels.calibration.curves`,
+:mod:`hwmodels.calibration.attention_curves`) follow tiles, waves and split-KV,
+but the libraries also switch kernel configurations by size (cuBLAS / CUTLASS
+tile shapes by ``m``, ``n`` and ``k``; FlashAttention's heuristics by tokens per
+sequence and head grouping), and those switches leave a residual that is smooth
+in the logarithm of a few sizes that every shape has. ``g`` is that residual:
+the log of measured / physical time on the TRAINING rows, as a small grid over
+log2 of those sizes, read by multilinear interpolation (clamped at the grid's
+edges, so it never extrapolates a trend past the measured sizes).
+
+Fit: regularised least squares on the grid values ``v``:
+``|A v - r|^2 / N + lam |D v|^2 / |D| + RIDGE |v|^2 / |v|``, ``A`` the
+interpolation weights of the rows, ``r`` their log residuals, ``D`` the second
+differences along every axis (curvature, so a cell with few rows follows its
+neighbours' trend), the small ridge pulling cells with no rows towards
+"no correction". ``lam`` is chosen by an inner 2-fold split of the TRAINING
+rows by shape group (weight shape for GEMM, head configuration for attention)
+-- the held-out fold is never consulted.
+
+Features (``kind`` of a correction):
+
+* ``gemm``: ``m`` (tokens), ``n``, ``k``. Weight shapes interpolate between
+  fitted grid neighbours in ``(n, k)``.
+* ``prefill``: tokens per sequence ``q`` (recovered from the batch sums by
+  :func:`hwmodels.calibration.attention_curves.prefill_shape`), the (sequence,
+  query head) pairs ``n * h`` -- the kernel's parallel work -- and the query
+  heads per KV head (FlashAttention packs a group into one tile for short queries).
+* ``decode``: ``u = batch * kv_heads`` (the CTAs before split-KV), the group size
+  ``h / h_kv`` and the head size. None depends on the context, and the decode
+  surface is TWO grids (:func:`fit_decode`, kind ``decode-lines``): one factor on
+  the step's fixed, flat and base terms and one on its per-context-token slope,
+  so a run of steps stays exactly two lines in the summed context
+  (``simulator/costmodel/iteration.py``) while short- and long-context rows of a
+  batch can still be corrected differently.
+
+The grid is stored in the curve's params as ``correction``: ``axes`` (name,
+first knot, knot step, knot count; knots in log2 of the feature) and ``log_factor``
+(nested lists, last axis innermost), ``lambda`` (the penalty chosen) and
+``fitted_on``. Scalar and array evaluation share :func:`factor`, a hand-written
+multilinear lookup (numpy's interpolators cost more per call than the whole
+scalar price); the pricers first interpolate away the axes their shape fixes
+(:func:`reduce`), leaving a 1-D or 2-D lookup per row.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from capsim.errors import CapsimError
+
+
+@dataclass(frozen=True)
+class GridAxis:
+    """One axis: knots at ``log2(x) = first + i * step`` for ``i < count``."""
+
+    name: str
+    first: float
+    step: float
+    count: int
+
+
+@dataclass(frozen=True)
+class Design:
+    """Which features a correction uses and its grid."""
+
+    kind: str  # gemm | prefill | decode
+    axes: tuple[GridAxis, ...]
+
+
+DESIGNS: dict[str, Design] = {
+    # m 1..16384 every 4x (the tile-size switches sit at 16..256 tokens); n, k 64..16384 every 4x.
+    "gemm": Design("gemm", (GridAxis("log2_m", 0.0, 2.0, 8), GridAxis("log2_n", 6.0, 2.0, 5),
+                            GridAxis("log2_k", 6.0, 2.0, 5))),
+    # q 1..16384 every 4x; (sequence, head) pairs 1..16384 every 4x; query heads per KV head 1, 4, 16.
+    "prefill": Design("prefill", (GridAxis("log2_q", 0.0, 2.0, 8), GridAxis("log2_seq_heads", 0.0, 2.0, 8),
+                                  GridAxis("log2_group", 0.0, 2.0, 3))),
+    # u 1..16384 every 4x; query heads per KV head 1, 4, 16; head size 64, 128, 256.
+    "decode": Design("decode", (GridAxis("log2_units", 0.0, 2.0, 8), GridAxis("log2_group", 0.0, 2.0, 3),
+                                GridAxis("log2_head_dim", 6.0, 1.0, 3))),
+}
+"""The grid of each correction kind (resolution by the data's size ranges, see the module docstring)."""
+
+KIND_OF_FORM: dict[str, str] = {"gemm-v1": "gemm", "attention-prefill-v2": "prefill", "attention-decode-v2": "decode"}
+"""The correction kind each physical family can carry."""
+
+LAMBDAS = (1e-4, 1e-3, 0.01, 0.1, 1.0, 10.0)
+"""Curvature penalties tried by the inner split of the training rows."""
+
+RIDGE = 1e-3
+"""Pull of every grid value towards 0 (no correction): only decides cells no row reaches."""
+
+
+# ------------------------------------------------------------------------ features
+
+
+def features(kind: str, x: Mapping[str, Any]):
+    """The raw (not log) features of ``kind`` from a curve's named inputs (floats or arrays)."""
+    if kind == "gemm":
+        return (x["m"], x["n"], x["k"])
+    if kind == "prefill":
+        from hwmodels.calibration.attention_curves import prefill_shape
+
+        kv_read = x["kv_read"]
+        kv_read = np.maximum(kv_read, x["tokens"]) if not isinstance(kv_read, float | int) else max(kv_read, x["tokens"])
+        q, _, n = prefill_shape(x["tokens"], x["work"], kv_read)
+        return (q, n * x["heads"], x["heads"] / x["kv_heads"])
+    if kind == "decode":
+        return (x["seqs"] * x["kv_heads"], x["heads"] / x["kv_heads"], x["head_dim"])
+    raise CapsimError(f"unknown correction kind {kind!r}", where="calibration profile",
+                      fix="one of " + ", ".join(DESIGNS))
+
+
+# ---------------------------------------------------------------------- evaluation
+
+
+def _axes(corr: Mapping[str, Any]) -> list[tuple[float, float, int]]:
+    return [(float(a[1]), float(a[2]), int(a[3])) for a in corr["axes"]]
+
+
+def _flat(corr: Mapping[str, Any]) -> list[float]:
+    cached = corr.get("_flat")
+    if cached is None:
+        cached = np.asarray(corr["log_factor"], dtype=float).ravel().tolist()
+    return cached
+
+
+def _strides(axes: Sequence[tuple[float, float, int]]) -> list[int]:
+    out, s = [], 1
+    for _, _, count in reversed(axes):
+        out.append(s)
+        s *= count
+    out.reverse()
+    return out
+
+
+def prepare(corr: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """A copy of a profile's correction with its grid flattened once (for the pricers' hot path)."""
+    if not corr:
+        return None
+    out = dict(corr)
+    out["_flat"] = _flat(corr)
+    out["_axes"] = _axes(corr)
+    out["_strides"] = _strides(out["_axes"])
+    return out
+
+
+def reduce(corr: Mapping[str, Any] | None, fixed: Mapping[int, float]) -> dict[str, Any] | None:
+    """The correction with the axes in ``fixed`` (index -> feature value) interpolated away, prepared.
+
+    A pricer whose shape fixes some features (a GEMM's ``n`` and ``k``, a model's head
+    configuration) reads a smaller grid per call. Exact up to rounding: multilinear
+    interpolation is separable, so interpolating one axis first changes nothing.
+    """
+    if not corr:
+        return None
+    axes = _axes(corr)
+    out: dict[str, Any] = {k: v for k, v in corr.items() if not k.startswith("_")}
+    for name in ("log_factor", "log_slope_factor"):
+        if name not in corr:
+            continue
+        grid = np.asarray(corr[name], dtype=float)
+        for d in sorted(fixed, reverse=True):
+            i, f = _position(float(fixed[d]), *axes[d])
+            grid = (1.0 - f) * np.take(grid, i, axis=d) + f * np.take(grid, i + 1, axis=d)
+        out[name] = grid.tolist()
+    out["axes"] = [a for d, a in enumerate(corr["axes"]) if d not in fixed]
+    return prepare(out)
+
+
+def _position(x: float, first: float, step: float, count: int) -> tuple[int, float]:
+    t = (math.log2(x) - first) / step if x > 0.0 else 0.0
+    if t <= 0.0:
+        return 0, 0.0
+    top = count - 1
+    if t >= top:
+        return top - 1, 1.0
+    i = int(t)
+    return i, t - i
+
+
+def log_factor(corr: Mapping[str, Any], feats: Sequence[float]) -> float:
+    """``g(features)`` for one shape: multilinear over the grid, clamped at its edges."""
+    axes = corr.get("_axes") or _axes(corr)
+    values = _flat(corr)
+    if len(axes) == 1:  # the pricers' common case (see :func:`reduce`)
+        i, f = _position(float(feats[0]), *axes[0])
+        return (1.0 - f) * values[i] + f * values[i + 1]
+    if len(axes) == 2:
+        i, f = _position(float(feats[0]), *axes[0])
+        j, e = _position(float(feats[1]), *axes[1])
+        n = axes[1][2]
+        a, b = i * n + j, (i + 1) * n + j
+        return ((1.0 - f) * ((1.0 - e) * values[a] + e * values[a + 1])
+                + f * ((1.0 - e) * values[b] + e * values[b + 1]))
+    strides = corr.get("_strides") or _strides(axes)
+    terms = [(0, 1.0)]
+    for x, axis, stride in zip(feats, axes, strides, strict=True):
+        i, f = _position(float(x), *axis)
+        lo = i * stride
+        terms = [(o + lo, w * (1.0 - f)) for o, w in terms] + [(o + lo + stride, w * f) for o, w in terms]
+    total = 0.0
+    for o, w in terms:
+        total += w * values[o]
+    return total
+
+
+def weights(axes: Sequence[tuple[float, float, int]], feats: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """``(offsets, weights)``, each (rows, 2^d): the grid cells every row reads and their weights."""
+    rows = len(np.atleast_1d(feats[0]))
+    offs = np.zeros((rows, 1 << len(axes)), dtype=int)
+    wts = np.ones((rows, 1 << len(axes)))
+    strides = _strides(axes)
+    for d, (x, (first, step, count), st) in enumerate(zip(feats, axes, strides, strict=True)):
+        x = np.asarray(x, dtype=float)
+        with np.errstate(divide="ignore"):
+            t = np.where(x > 0.0, (np.log2(np.where(x > 0.0, x, 1.0)) - first) / step, 0.0)
+        t = np.clip(t, 0.0, count - 1)
+        i = np.minimum(np.floor(t), count - 2).astype(int)
+        f = t - i
+        for corner in range(1 << len(axes)):
+            if corner >> d & 1:
+                wts[:, corner] *= f
+                offs[:, corner] += (i + 1) * st
+            else:
+                wts[:, corner] *= 1.0 - f
+                offs[:, corner] += i * st
+    return offs, wts
+
+
+def log_factor_many(corr: Mapping[str, Any], feats: Sequence[np.ndarray]) -> np.ndarray:
+    """:func:`log_factor` of arrays of shapes."""
+    offs, wts = weights(corr.get("_axes") or _axes(corr), feats)
+    values = np.asarray(_flat(corr))
+    return (wts * values[offs]).sum(axis=1)
+
+
+def factor(corr: Mapping[str, Any] | None, feats) -> Any:
+    """``exp(g)`` for floats (one shape) or arrays; 1 when there is no correction."""
+    if not corr:
+        return 1.0
+    if not any(isinstance(v, np.ndarray) for v in feats):
+        return math.exp(log_factor(corr, feats))
+    shape = np.broadcast(*[np.asarray(v) for v in feats]).shape
+    arrs = [np.broadcast_to(np.asarray(v, dtype=float), shape).ravel() for v in feats]
+    return np.exp(log_factor_many(corr, arrs)).reshape(shape)
+
+
+# ----------------------------------------------------------------------------- fit
+
+
+def _penalty(counts: Sequence[int]) -> np.ndarray:
+    """Second differences along every axis of a grid of ``counts`` (row-major), one row per triple."""
+    size = int(np.prod(counts))
+    index = np.arange(size).reshape(counts)
+    rows = []
+    for d, c in enumerate(counts):
+        if c < 3:
+            continue
+        a = np.moveaxis(index, d, 0)
+        for i in range(1, c - 1):
+            for lo, mid, hi in zip(a[i - 1].ravel(), a[i].ravel(), a[i + 1].ravel(), strict=True):
+                r = np.zeros(size)
+                r[lo], r[mid], r[hi] = 1.0, -2.0, 1.0
+                rows.append(r)
+    return np.array(rows) if rows else np.zeros((0, size))
+
+
+def _solve(offs: np.ndarray, wts: np.ndarray, resid: np.ndarray, size: int, pen: np.ndarray, lam: float) -> np.ndarray:
+    n = len(resid)
+    a = np.zeros((n, size))
+    np.add.at(a, (np.repeat(np.arange(n), offs.shape[1]), offs.ravel()), wts.ravel())
+    blocks = [a / math.sqrt(n)]
+    rhs = [resid / math.sqrt(n)]
+    if len(pen):
+        blocks.append(pen * math.sqrt(lam / len(pen)))
+        rhs.append(np.zeros(len(pen)))
+    blocks.append(np.eye(size) * math.sqrt(RIDGE / size))
+    rhs.append(np.zeros(size))
+    sol, *_ = np.linalg.lstsq(np.vstack(blocks), np.concatenate(rhs), rcond=None)
+    return sol
+
+
+def inner_split(groups: np.ndarray) -> np.ndarray:
+    """0/1 per row: alternating over the sorted distinct shape groups (an inner split of the training rows)."""
+    uniq, inv = np.unique(groups, return_inverse=True)
+    return (np.arange(len(uniq)) % 2)[inv]
+
+
+def fit(kind: str, feats: Sequence[np.ndarray], resid: np.ndarray, groups: np.ndarray,
+        lambdas: Sequence[float] = LAMBDAS) -> tuple[dict[str, Any], float]:
+    """Fit a ``kind`` grid to log residuals ``resid``; returns ``(correction params, chosen lambda)``.
+
+    ``groups`` (one label per row) defines the inner split that picks the
+    curvature penalty: fit on one half of the groups, score the other, both
+    ways; the penalty with the smallest inner held-out squared log error wins,
+    and the grid is refitted on all rows with it.
+    """
+    design = DESIGNS[kind]
+    axes = [(a.first, a.step, a.count) for a in design.axes]
+    counts = [a.count for a in design.axes]
+    size = int(np.prod(counts))
+    ok = np.isfinite(resid)
+    feats = [np.asarray(f, dtype=float)[ok] for f in feats]
+    resid, groups = resid[ok], np.asarray(groups)[ok]
+    offs, wts = weights(axes, feats)
+    pen = _penalty(counts)
+    best_lam = lambdas[len(lambdas) // 2]
+    split = inner_split(groups)
+    if len(lambdas) > 1 and 0 < split.sum() < len(split):
+        scores = []
+        for lam in lambdas:
+            err = 0.0
+            for side in (0, 1):
+                tr, te = split == side, split != side
+                v = _solve(offs[tr], wts[tr], resid[tr], size, pen, lam)
+                err += float(np.sum(((wts[te] * v[offs[te]]).sum(axis=1) - resid[te]) ** 2))
+            scores.append(err)
+        best_lam = lambdas[int(np.argmin(scores))]
+    v = _solve(offs, wts, resid, size, pen, best_lam)
+    grid = np.round(v.reshape(counts), 4)
+    corr = {
+        "kind": kind,
+        "axes": [[a.name, a.first, a.step, a.count] for a in design.axes],
+        "lambda": best_lam,
+        "log_factor": grid.tolist(),
+    }
+    return corr, best_lam
+
+
+# ------------------------------------------------------------- decode: two factors
+
+
+def _design_matrix(offs: np.ndarray, wts: np.ndarray, size: int) -> np.ndarray:
+    n = len(offs)
+    a = np.zeros((n, size))
+    np.add.at(a, (np.repeat(np.arange(n), offs.shape[1]), offs.ravel()), wts.ravel())
+    return a
+
+
+def _solve_two(a: np.ndarray, parts: Sequence[np.ndarray], log_t: np.ndarray, pen: np.ndarray, lam: float,
+               start: np.ndarray) -> np.ndarray:
+    """Grid values ``(va, vb)`` minimising the penalised squared log error of ``A (F + max(flat, base + S B/A))``."""
+    from scipy.optimize import least_squares
+
+    fixed, flat, base, stream = parts
+    n, size = a.shape
+    sn = 1.0 / math.sqrt(n)
+    reg = [pen * math.sqrt(lam / max(len(pen), 1)), np.eye(size) * math.sqrt(RIDGE / size)]
+    reg_m = np.vstack(reg)
+
+    def split(v):
+        return v[:size], v[size:]
+
+    def resid(v):
+        va, vb = split(v)
+        fa, fb = np.exp(a @ va), np.exp(a @ vb)
+        pred = fa * fixed + np.maximum(fa * flat, fa * base + fb * stream)
+        return np.concatenate([(np.log(pred) - log_t) * sn, reg_m @ va, reg_m @ vb])
+
+    def jac(v):
+        va, vb = split(v)
+        fa, fb = np.exp(a @ va), np.exp(a @ vb)
+        lined = fa * base + fb * stream
+        on_line = lined >= fa * flat
+        pred = fa * fixed + np.where(on_line, lined, fa * flat)
+        da = (fa * fixed + np.where(on_line, fa * base, fa * flat)) / pred * sn
+        db = np.where(on_line, fb * stream, 0.0) / pred * sn
+        top = np.hstack([a * da[:, None], a * db[:, None]])
+        zeros = np.zeros_like(reg_m)
+        return np.vstack([top, np.hstack([reg_m, zeros]), np.hstack([zeros, reg_m])])
+
+    return least_squares(resid, start, jac=jac, method="trf", max_nfev=200).x
+
+
+def fit_decode(feats: Sequence[np.ndarray], parts: Sequence[np.ndarray], log_t: np.ndarray, groups: np.ndarray,
+               lambdas: Sequence[float] = LAMBDAS) -> tuple[dict[str, Any], float]:
+    """Two batch-only grids for decode: ``log_factor`` scales the fixed, flat and base terms, ``log_slope_factor``
+    the per-context-token slope, so a step stays ``fixed + max(flat, base + slope C)`` with coefficients that
+    depend on the batch (and head configuration) only.
+
+    ``parts`` are the physical step's ``(fixed, flat, base, slope * C)`` per row; the penalty is chosen by the
+    inner split as in :func:`fit`.
+    """
+    design = DESIGNS["decode"]
+    axes = [(g.first, g.step, g.count) for g in design.axes]
+    counts = [g.count for g in design.axes]
+    size = int(np.prod(counts))
+    ok = np.isfinite(log_t) & np.all([np.isfinite(p) for p in parts], axis=0)
+    feats = [np.asarray(f, dtype=float)[ok] for f in feats]
+    parts = [np.asarray(p, dtype=float)[ok] for p in parts]
+    log_t, groups = log_t[ok], np.asarray(groups)[ok]
+    a = _design_matrix(*weights(axes, feats), size)
+    pen = _penalty(counts)
+    start = np.zeros(2 * size)
+    best_lam = lambdas[len(lambdas) // 2]
+    split = inner_split(groups)
+    if len(lambdas) > 1 and 0 < split.sum() < len(split):
+        scores = []
+        for lam in lambdas:
+            err = 0.0
+            for side in (0, 1):
+                tr, te = split == side, split != side
+                v = _solve_two(a[tr], [p[tr] for p in parts], log_t[tr], pen, lam, start)
+                fa, fb = np.exp(a[te] @ v[:size]), np.exp(a[te] @ v[size:])
+                fixed, flat, base, stream = (p[te] for p in parts)
+                pred = fa * fixed + np.maximum(fa * flat, fa * base + fb * stream)
+                err += float(np.sum((np.log(pred) - log_t[te]) ** 2))
+            scores.append(err)
+        best_lam = lambdas[int(np.argmin(scores))]
+    v = _solve_two(a, parts, log_t, pen, best_lam, start)
+    corr = {
+        "kind": "decode-lines",
+        "axes": [[g.name, g.first, g.step, g.count] for g in design.axes],
+        "lambda": best_lam,
+        "log_factor": np.round(v[:size].reshape(counts), 4).tolist(),
+        "log_slope_factor": np.round(v[size:].reshape(counts), 4).tolist(),
+    }
+    return corr, best_lam
+
+
+def slope_factor(corr: Mapping[str, Any] | None, feats) -> Any:
+    """``exp`` of the slope grid of a ``decode-lines`` correction (1 without one)."""
+    if not corr:
+        return 1.0
+    if "log_slope_factor" not in corr:
+        return factor(corr, feats)  # one factor for the whole step
+    return factor(slope_view(corr), feats)
+
+
+def slope_view(corr: Mapping[str, Any]) -> dict[str, Any]:
+    """The slope grid of a ``decode-lines`` correction as a one-grid correction (cached in ``corr``)."""
+    view = corr.get("_slope")
+    if view is None:
+        view = {"axes": corr["axes"], "log_factor": corr["log_slope_factor"]}
+        view = prepare(view)
+        if isinstance(corr, dict) and "_flat" in corr:  # a prepared copy (never a profile's own params)
+            corr["_slope"] = view
+    return view

@@ -1,0 +1,142 @@
+"""The fitted residual surface (hwmodels/calibration/correction.py): interpolation, fit, pricing paths."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.interpolate import RegularGridInterpolator
+
+from hwmodels.calibration import correction
+from hwmodels.calibration.pricing import DecodePricer, GemmPricer, PrefillPricer
+from hwmodels.calibration.profile import Curve, shipped_profile
+
+
+def _grid(kind: str, values: np.ndarray) -> dict:
+    d = correction.DESIGNS[kind]
+    return {"kind": kind, "axes": [[a.name, a.first, a.step, a.count] for a in d.axes], "log_factor": values.tolist()}
+
+
+def test_lookup_matches_scipy_multilinear_interpolation_and_clamps():
+    rng = np.random.default_rng(0)
+    design = correction.DESIGNS["gemm"]
+    counts = [a.count for a in design.axes]
+    values = rng.normal(0.0, 0.2, counts)
+    corr = _grid("gemm", values)
+    knots = [a.first + a.step * np.arange(a.count) for a in design.axes]
+    ref = RegularGridInterpolator(knots, values)
+    pts = np.column_stack([rng.uniform(k[0] - 3, k[-1] + 3, 200) for k in knots])
+    clamped = np.column_stack([np.clip(pts[:, i], k[0], k[-1]) for i, k in enumerate(knots)])
+    expected = ref(clamped)
+    raw = [2.0 ** pts[:, i] for i in range(3)]
+    many = correction.log_factor_many(corr, raw)
+    one = [correction.log_factor(corr, [float(r[j]) for r in raw]) for j in range(len(pts))]
+    assert np.allclose(many, expected, atol=1e-12)
+    assert np.allclose(one, expected, atol=1e-12)
+    # At a knot the lookup returns that knot's value.
+    assert correction.log_factor(corr, [4.0, 64.0, 1024.0]) == pytest.approx(values[1, 0, 2], abs=1e-12)
+
+
+def test_fit_recovers_a_smooth_synthetic_residual_surface():
+    rng = np.random.default_rng(1)
+    n = 2000
+    m = 2.0 ** rng.uniform(0, 14, n)
+    nn = 2.0 ** rng.integers(6, 15, n).astype(float)
+    k = 2.0 ** rng.integers(6, 15, n).astype(float)
+
+    def truth(m, nn, k):
+        return 0.15 * np.sin(np.log2(m) / 4.0) - 0.05 * (np.log2(nn) - 10) / 4 + 0.03 * (np.log2(k) - 10) / 4
+
+    resid = truth(m, nn, k) + rng.normal(0.0, 0.01, n)
+    corr, lam = correction.fit("gemm", (m, nn, k), resid, nn * 1e6 + k)
+    assert lam in correction.LAMBDAS
+    mt, nt, kt = 2.0 ** rng.uniform(0, 14, 500), 2.0 ** rng.uniform(6, 14, 500), 2.0 ** rng.uniform(6, 14, 500)
+    err = correction.log_factor_many(corr, (mt, nt, kt)) - truth(mt, nt, kt)
+    assert np.sqrt(np.mean(err**2)) < 0.02  # residual sd 0.15; the grid recovers it to a few percent
+    # Pure noise: the surface stays near zero (no invented correction).
+    flat, _ = correction.fit("gemm", (m, nn, k), rng.normal(0.0, 0.01, n), nn * 1e6 + k, lambdas=(0.01,))
+    assert np.max(np.abs(flat["log_factor"])) < 0.02
+
+
+def test_decode_fit_recovers_separate_fixed_and_slope_factors():
+    rng = np.random.default_rng(2)
+    n = 600
+    seqs = 2.0 ** rng.integers(0, 11, n).astype(float)
+    kvh = 2.0 ** rng.integers(0, 4, n).astype(float)
+    group = 2.0 ** rng.integers(0, 4, n).astype(float)
+    dh = np.full(n, 128.0)
+    fixed = np.full(n, 1e-5)
+    flat = 1e-8 * seqs * kvh
+    base = 0.5 * flat
+    stream = 1e-9 * seqs * 2.0 ** rng.uniform(4, 16, n)
+    fa, fb = 1.2, 0.8
+    t = fa * fixed + np.maximum(fa * flat, fa * base + fb * stream)
+    corr, _ = correction.fit_decode((seqs * kvh, group, dh), (fixed, flat, base, stream), np.log(t), kvh * 10 + group,
+                                     lambdas=(0.01,))
+    feats = (seqs * kvh, group, dh)
+    ga, gb = correction.factor(corr, feats), correction.slope_factor(corr, feats)
+    assert np.median(ga) == pytest.approx(fa, rel=0.03) and np.median(gb) == pytest.approx(fb, rel=0.03)
+    pred = ga * fixed + np.maximum(ga * flat, ga * base + gb * stream)
+    assert np.sqrt(np.mean(np.log(pred / t) ** 2)) < 0.01
+
+
+def _curve(form: str, params: dict, key: str) -> Curve:
+    return Curve(key, "bf16", form, params, "test", {})
+
+
+@pytest.mark.parametrize("device", ["a100-80gb-sxm", "h100-sxm", "h200"])
+def test_shipped_profiles_carry_corrections_and_scalar_equals_array_pricing(device):
+    prof = shipped_profile(device)
+    peak, bw = prof.doc["peaks"]["flops_per_s"]["bf16"], prof.doc["peaks"]["memory_bandwidth_Bps"]
+    gemm = prof.curve("gemm", "bf16")
+    assert gemm.params["correction"]["kind"] == "gemm" and "fitted_on" in gemm.params["correction"]
+    g = GemmPricer(gemm, [(6144.0, 4096.0, 1.0), (4096.0, 4096.0, 1.0)], peak, bw)
+    m = np.array([1.0, 17.0, 129.0, 1000.0, 40000.0])
+    flops = 2.0 * m * g.weight_elements
+    nbytes = 2.0 * (m * 8192 + g.weight_elements)
+    many = g.price_many(flops, nbytes).time_s
+    one = [g.price(float(f), float(b)).time_s for f, b in zip(flops, nbytes, strict=True)]
+    assert np.allclose(many, one, rtol=1e-12, atol=0.0)
+    pre = prof.curve("attention_prefill", "bf16")
+    assert pre.params["correction"]["kind"] == "prefill"
+    a = PrefillPricer(pre, 32.0, 8.0, 128.0, peak, bw)
+    q = np.array([1.0, 16.0, 200.0, 3000.0])
+    work = q * q / 2
+    flops = 4 * 32 * 128 * work
+    nbytes = q * 4096.0
+    many = a.price_many(q, work, flops, nbytes, q).time_s
+    one = [a.price(*map(float, r)).time_s for r in zip(q, work, flops, nbytes, q, strict=True)]
+    assert np.allclose(many, one, rtol=1e-12, atol=0.0)
+    dec = prof.curve("attention_decode", "bf16")
+    assert dec.params["correction"]["kind"] == "decode-lines"
+
+
+def test_decode_correction_keeps_the_step_two_lines_with_batch_only_coefficients():
+    prof = shipped_profile("h100-sxm")
+    peak, bw = prof.doc["peaks"]["flops_per_s"]["bf16"], prof.doc["peaks"]["memory_bandwidth_Bps"]
+    dec = prof.curve("attention_decode", "bf16")
+    h, hkv, dh = 32.0, 8.0, 128.0
+    kv_tok, flop_tok = 2 * hkv * dh * 2.0, 4 * h * dh
+    d = DecodePricer(dec, h, hkv, peak, bw, dh, flop_tok, kv_tok)
+    bare = DecodePricer(_curve(dec.form, {k: v for k, v in dec.params.items() if k != "correction"}, dec.key),
+                        h, hkv, peak, bw, dh, flop_tok, kv_tok)
+    b = 64.0
+    fixed, flat, base, slope = d.lines(b, 1000.0)
+    f0, fl0, b0, s0 = bare.lines(b, 1000.0)
+    # One factor on the three fixed terms, another on the slope; both of the batch only.
+    assert fixed / f0 == pytest.approx(flat / fl0, rel=1e-12) == pytest.approx(base / b0, rel=1e-12)
+    assert slope / s0 != pytest.approx(fixed / f0, rel=1e-6)
+    for c in (b * 10, b * 1000, b * 100000):
+        t = d.price(b, c, flop_tok * c, kv_tok * c + 1000.0).time_s
+        assert t == pytest.approx(fixed + max(flat, base + slope * c), rel=1e-12)
+
+
+def test_reduced_grid_equals_the_full_lookup():
+    """Pricers interpolate the axes their shape fixes once (reduce); that must not change the factor."""
+    rng = np.random.default_rng(3)
+    counts = [a.count for a in correction.DESIGNS["gemm"].axes]
+    corr = _grid("gemm", rng.normal(0.0, 0.3, counts))
+    for n, k in ((100.0, 3000.0), (32.0, 70000.0), (4096.0, 4096.0)):
+        small = correction.reduce(corr, {1: n, 2: k})
+        for m in (1.0, 3.0, 129.0, 5000.0, 1e6):
+            assert correction.log_factor(small, [m]) == pytest.approx(
+                correction.log_factor(corr, [m, n, k]), rel=1e-12, abs=1e-14)
