@@ -293,6 +293,20 @@ def inner_split(groups: np.ndarray) -> np.ndarray:
     return (np.arange(len(uniq)) % 2)[inv]
 
 
+def pick_penalty(lambdas, groups: np.ndarray, inner_error) -> float:
+    """The curvature penalty with the smallest error on an inner split of the training rows.
+
+    ``inner_error(lam, train_mask, test_mask)`` fits on one half of the shape
+    groups and scores the other; both ways round are summed. With one candidate,
+    or groups that cannot be split, the middle candidate stands.
+    """
+    split = inner_split(groups)
+    if len(lambdas) < 2 or not 0 < split.sum() < len(split):
+        return lambdas[len(lambdas) // 2]
+    scores = [sum(inner_error(lam, split == side, split != side) for side in (0, 1)) for lam in lambdas]
+    return lambdas[int(np.argmin(scores))]
+
+
 def fit(kind: str, feats: Sequence[np.ndarray], resid: np.ndarray, groups: np.ndarray,
         lambdas: Sequence[float] = LAMBDAS) -> tuple[dict[str, Any], float]:
     """Fit a ``kind`` grid to log residuals ``resid``; returns ``(correction params, chosen lambda)``.
@@ -311,18 +325,11 @@ def fit(kind: str, feats: Sequence[np.ndarray], resid: np.ndarray, groups: np.nd
     resid, groups = resid[ok], np.asarray(groups)[ok]
     offs, wts = weights(axes, feats)
     pen = _penalty(counts)
-    best_lam = lambdas[len(lambdas) // 2]
-    split = inner_split(groups)
-    if len(lambdas) > 1 and 0 < split.sum() < len(split):
-        scores = []
-        for lam in lambdas:
-            err = 0.0
-            for side in (0, 1):
-                tr, te = split == side, split != side
-                v = _solve(offs[tr], wts[tr], resid[tr], size, pen, lam)
-                err += float(np.sum(((wts[te] * v[offs[te]]).sum(axis=1) - resid[te]) ** 2))
-            scores.append(err)
-        best_lam = lambdas[int(np.argmin(scores))]
+    def inner_error(lam, tr, te):
+        v = _solve(offs[tr], wts[tr], resid[tr], size, pen, lam)
+        return float(np.sum(((wts[te] * v[offs[te]]).sum(axis=1) - resid[te]) ** 2))
+
+    best_lam = pick_penalty(lambdas, groups, inner_error)
     v = _solve(offs, wts, resid, size, pen, best_lam)
     grid = np.round(v.reshape(counts), 4)
     corr = {
@@ -399,21 +406,14 @@ def fit_decode(feats: Sequence[np.ndarray], parts: Sequence[np.ndarray], log_t: 
     a = _design_matrix(*weights(axes, feats), size)
     pen = _penalty(counts)
     start = np.zeros(2 * size)
-    best_lam = lambdas[len(lambdas) // 2]
-    split = inner_split(groups)
-    if len(lambdas) > 1 and 0 < split.sum() < len(split):
-        scores = []
-        for lam in lambdas:
-            err = 0.0
-            for side in (0, 1):
-                tr, te = split == side, split != side
-                v = _solve_two(a[tr], [p[tr] for p in parts], log_t[tr], pen, lam, start)
-                fa, fb = np.exp(a[te] @ v[:size]), np.exp(a[te] @ v[size:])
-                fixed, flat, base, stream = (p[te] for p in parts)
-                pred = fa * fixed + np.maximum(fa * flat, fa * base + fb * stream)
-                err += float(np.sum((np.log(pred) - log_t[te]) ** 2))
-            scores.append(err)
-        best_lam = lambdas[int(np.argmin(scores))]
+    def inner_error(lam, tr, te):
+        v = _solve_two(a[tr], [p[tr] for p in parts], log_t[tr], pen, lam, start)
+        fa, fb = np.exp(a[te] @ v[:size]), np.exp(a[te] @ v[size:])
+        fixed, flat, base, stream = (p[te] for p in parts)
+        pred = fa * fixed + np.maximum(fa * flat, fa * base + fb * stream)
+        return float(np.sum((np.log(pred) - log_t[te]) ** 2))
+
+    best_lam = pick_penalty(lambdas, groups, inner_error)
     v = _solve_two(a, parts, log_t, pen, best_lam, start)
     corr = {
         "kind": "decode-lines",
