@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -173,3 +174,28 @@ def test_preemption_decodes_the_survivors_instead_of_readmitting_the_victim():
     # Throughput stays near what the KV memory allows: ~19 sequences of 640 tokens decoding at once.
     duration = out.result.requests["finish_s"].max()
     assert len(pre) / duration > 5.0
+
+
+@pytest.mark.parametrize("tight", [False, True])
+@pytest.mark.parametrize("scheduler", sorted(SCHEDULERS))
+def test_small_batch_python_path_equals_the_numpy_path(scheduler, tight, monkeypatch):
+    """Decode runs of small batches reduce in plain Python, larger ones with numpy: both paths must
+    give bit-identical runs (forcing every batch through each path in turn)."""
+    import simulator.replica as replica
+
+    scenario = tiny_scenario(scheduler, seed=5, qps=40.0, n=120, replicas=2, router="least-outstanding",
+                             kv_tokens_budget=tight)
+    runs = []
+    for small in (10_000, 0):
+        monkeypatch.setattr(replica, "SMALL_BATCH", small)
+        runs.append(simulate(scenario))
+    a, b = runs
+    check_invariants(a)
+    if tight and scheduler == "vllm":  # the preemption loop is exercised too
+        assert a.result.requests["preemptions"].sum() > 0
+    if not tight:  # batches large enough for the loops to matter
+        assert a.result.iterations["decode_seqs"].max() >= 4
+    pd.testing.assert_frame_equal(a.result.requests, b.result.requests)
+    pd.testing.assert_frame_equal(a.result.iterations, b.result.iterations)
+    for field in ("first", "step", "count", "weight"):
+        assert np.array_equal(getattr(a.result.token_gaps, field), getattr(b.result.token_gaps, field))
