@@ -260,12 +260,13 @@ def test_v2_decode_run_is_two_lines_in_the_context():
         assert crossing.all_durations()[j] == pytest.approx(scalar, rel=1e-12)
 
 
+@pytest.mark.parametrize("overheads", ["none", "vidur-a100"])
 @pytest.mark.parametrize("device", SHIPPED)
 @pytest.mark.parametrize(("model", "tp"), [("llama-3.1-8b", 1), ("llama-3.1-70b", 4), ("mixtral-8x7b", 2)])
-def test_primed_lone_prefills_equal_one_at_a_time_pricing(device, model, tp):
+def test_primed_lone_prefills_equal_one_at_a_time_pricing(device, model, tp, overheads):
     """The vectorised pricing of lone prefills (filled into the cache before a run) must give the
     same iteration costs as pricing each shape when the engine first meets it."""
-    sysm = system(model=model, device=device, tp=tp)
+    sysm = system(model=model, device=device, tp=tp, overheads=overheads)
     primed, lazy = sysm.cost_model(), sysm.cost_model()
     lengths = np.array([1, 7, 64, 127, 128, 129, 1000, 4096, 16000, 7, 64])
     assert primed.prime_lone_prefills(lengths) == len(set(lengths.tolist()))
