@@ -44,10 +44,6 @@ our own measurements, then aiconfigurator (newest kernels, CUDA graphs), then vi
 MAX_FIT_ROWS = 12_000
 """Largest training set per fit; bigger ones are thinned to every k-th row (deterministic)."""
 
-CORRECTED_FORMS: Mapping[str, str] = {"gemm-v1": "gemm", "attention-prefill-v2": "prefill",
-                                      "attention-decode-v2": "decode"}
-"""Families whose fits add a residual surface (form -> correction kind); see :mod:`hwmodels.calibration.correction`."""
-
 COMPUTE_CLASSES = ("gemm", "attention_prefill", "attention_decode", "elementwise", "memcpy")
 PROFILE_FORMAT = "capsim-calibration-profile/1"
 
@@ -221,10 +217,10 @@ def _alpha_beta_starts(nbytes: np.ndarray, t: np.ndarray) -> list[np.ndarray]:
 
 
 def fit_curve(form: str, df: pd.DataFrame, peaks: Peaks | None, *, max_rows: int = MAX_FIT_ROWS,
-              correct: bool | None = None) -> FittedCurve:
+              correct: bool = True) -> FittedCurve:
     """Fit the ``form`` family to the rows of ``df`` (one dataset); returns the best of a few starts.
 
-    Then, for the families in :data:`CORRECTED_FORMS` (or as ``correct`` says),
+    Then, with ``correct``, for the families that can carry one (``correction.KIND_OF_FORM``),
     a residual surface on top of the physical curve, fitted on the same rows
     (:mod:`hwmodels.calibration.correction`).
     """
@@ -267,7 +263,7 @@ def fit_curve(form: str, df: pd.DataFrame, peaks: Peaks | None, *, max_rows: int
         if best is None or res.cost < best.cost:
             best = res
     params = _round_params({**fam.vector_to_params(best.x, table_keys), **facts})
-    kind = CORRECTED_FORMS.get(form) if correct is None else (correction.KIND_OF_FORM.get(form) if correct else None)
+    kind = correction.KIND_OF_FORM.get(form) if correct else None
     if kind:
         params["correction"] = fit_correction(kind, params, fam, x, sub, log_t, peak, bw)
     with np.errstate(all="ignore"):
