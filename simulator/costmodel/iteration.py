@@ -603,11 +603,12 @@ class _Calibrated:
             t += mult * count * pricer.time(float(bvec @ x) * scale)
         return t
 
-    def overhead(self, x: np.ndarray) -> float:
+    def overhead(self, x: np.ndarray):
+        """Serving-engine overhead of the iteration(s) with features ``x`` (one row, or shapes x features)."""
         o = self.over
         if not o.active:
             return 0.0
-        return o.per_iteration_s + o.per_sequence_s * float(x[F.LOGIT_SEQS]) + o.per_layer_s * self.L
+        return o.per_iteration_s + o.per_sequence_s * x[..., F.LOGIT_SEQS] + o.per_layer_s * self.L
 
     def price(self, x: np.ndarray) -> float:
         layer, it = self._layer_iteration(x)
@@ -630,9 +631,7 @@ class _Calibrated:
             if not np.all(nbytes > 0.0):
                 return None
             comm = comm + mult * count * pricer.time_many(nbytes)
-        o = self.over
-        over = (o.per_iteration_s + o.per_sequence_s * X[:, F.LOGIT_SEQS] + o.per_layer_s * self.L) if o.active else 0.0
-        return self.L * layer + it + comm + over
+        return self.L * layer + it + comm + self.overhead(X)
 
     def _rows_time_many(self, rows, F_: np.ndarray, B: np.ndarray, X: np.ndarray) -> np.ndarray | None:
         total = np.zeros(len(X))
