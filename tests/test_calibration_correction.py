@@ -140,3 +140,50 @@ def test_reduced_grid_equals_the_full_lookup():
         for m in (1.0, 3.0, 129.0, 5000.0, 1e6):
             assert correction.log_factor(small, [m]) == pytest.approx(
                 correction.log_factor(corr, [m, n, k]), rel=1e-12, abs=1e-14)
+
+
+def test_group_feature_puts_mha_on_its_own_knot():
+    assert correction.group_feature(8, 8) == correction.MHA_GROUP
+    assert correction.group_feature(8.0, 2.0) == 4.0
+    arr = correction.group_feature(np.array([8.0, 8.0, 64.0]), np.array([8.0, 1.0, 8.0]))
+    assert arr.tolist() == [correction.MHA_GROUP, 8.0, 8.0]
+    # A grid whose group axis starts at 1 (the decode design, and every profile before the MHA knot) clamps
+    # the MHA feature to its first knot: it prices MHA exactly as with group 1.
+    rng = np.random.default_rng(3)
+    d = correction.DESIGNS["decode"]
+    corr = _grid("decode", rng.normal(0.0, 0.2, [a.count for a in d.axes]))
+    for u in (1.0, 37.0, 4096.0):
+        assert correction.log_factor(corr, [u, correction.MHA_GROUP, 128.0]) == correction.log_factor(corr, [u, 1.0, 128.0])
+
+
+def test_penalty_leaves_knots_before_smooth_from_out_of_the_curvature_term():
+    # A 4 x 3 grid, row-major: along axis 0 neighbouring knots are 3 apart.
+    pen = correction._penalty([4, 3], smooth_from=[1, 0])
+    triples = [tuple(np.flatnonzero(r).tolist()) for r in pen]
+    along_axis0 = [t for t in triples if t[1] - t[0] == 3]
+    assert sorted(along_axis0) == [(3, 6, 9), (4, 7, 10), (5, 8, 11)]  # knot 0 (indices 0..2) is in none
+    assert len(triples) - len(along_axis0) == 4  # one triple per axis-0 knot along axis 1, untouched
+    assert len(correction._penalty([4, 3])) == 2 * 3 + 4
+
+
+def test_prefill_fit_keeps_mha_apart_from_small_groups(monkeypatch):
+    """MHA rows 30 % slower than the physical curve, grouped-query rows exact: the MHA knot takes the 30 %
+    and a group of 2 keeps none of it (on a smooth axis from group 1, a group of 2 would share it)."""
+    rng = np.random.default_rng(4)
+    n = 3000
+    q = 2.0 ** rng.uniform(0, 14, n)
+    seq_heads = 2.0 ** rng.uniform(0, 14, n)
+    group = rng.choice([correction.MHA_GROUP, 2.0, 4.0, 8.0, 16.0], n)
+    resid = np.where(group == correction.MHA_GROUP, np.log(1.3), 0.0) + rng.normal(0.0, 0.01, n)
+    corr, _ = correction.fit("prefill", (q, seq_heads, group), resid, group)
+    probe_q, probe_sh = np.full(50, 256.0), 2.0 ** np.linspace(1, 13, 50)
+    mha = correction.log_factor_many(corr, (probe_q, probe_sh, np.full(50, correction.MHA_GROUP)))
+    pair = correction.log_factor_many(corr, (probe_q, probe_sh, np.full(50, 2.0)))
+    assert np.allclose(mha, np.log(1.3), atol=0.02)
+    assert np.max(np.abs(pair)) < 0.02
+    # The smooth axis from group 1 (knots 1, 4, 16) the prefill design had before: a group of 2 shares the MHA offset.
+    old = correction.Design("prefill", (*correction.DESIGNS["prefill"].axes[:2], correction.GridAxis("log2_group", 0.0, 2.0, 3)))
+    monkeypatch.setitem(correction.DESIGNS, "prefill", old)
+    corr_old, _ = correction.fit("prefill", (q, seq_heads, np.maximum(group, 1.0)), resid, group)
+    pair_old = correction.log_factor_many(corr_old, (probe_q, probe_sh, np.full(50, 2.0)))
+    assert np.median(pair_old) > 0.08

@@ -199,7 +199,7 @@ def decode_v2_time(p, seqs, context, heads, kv_heads, head_dim, act_bytes, kv_by
     if corr:
         from hwmodels.calibration import correction
 
-        feats = (seqs * kv_heads, heads / kv_heads, head_dim)
+        feats = (seqs * kv_heads, correction.group_feature(heads, kv_heads), head_dim)
         fa, fb = correction.factor(corr, feats), correction.slope_factor(corr, feats)
         return fa * fixed + _max(fa * flat, fa * base + fb * stream)
     return fixed + _max(flat, base + stream)

@@ -26,9 +26,13 @@ Features (``kind`` of a correction):
 * ``prefill``: tokens per sequence ``q`` (recovered from the batch sums by
   :func:`hwmodels.calibration.attention_curves.prefill_shape`), the (sequence,
   query head) pairs ``n * h`` -- the kernel's parallel work -- and the query
-  heads per KV head (FlashAttention packs a group into one tile for short queries).
+  heads per KV head (FlashAttention packs a group into one tile for short queries),
+  with MHA on a knot of its own (:func:`group_feature`).
 * ``decode``: ``u = batch * kv_heads`` (the CTAs before split-KV), the group size
-  ``h / h_kv`` and the head size. None depends on the context, and the decode
+  ``h / h_kv`` and the head size. (Decode keeps MHA on the group-1 knot of a
+  smooth axis: a separate MHA knot, tried for prefill and decode together in a
+  nested split of the training rows, helped every prefill dataset and none of
+  decode's consistently -- README, "Calibration".) None depends on the context, and the decode
   surface is TWO grids (:func:`fit_decode`, kind ``decode-lines``): one factor on
   the step's fixed, flat and base terms and one on its per-context-token slope,
   so a run of steps stays exactly two lines in the summed context
@@ -58,12 +62,18 @@ from capsim.errors import CapsimError
 
 @dataclass(frozen=True)
 class GridAxis:
-    """One axis: knots at ``log2(x) = first + i * step`` for ``i < count``."""
+    """One axis: knots at ``log2(x) = first + i * step`` for ``i < count``.
+
+    ``smooth_from``: the curvature penalty only links knots from this index on,
+    so the knots before it are separate regimes, not points on a trend (the
+    MHA knot of the group axis, see :func:`group_feature`).
+    """
 
     name: str
     first: float
     step: float
     count: int
+    smooth_from: int = 0
 
 
 @dataclass(frozen=True)
@@ -78,9 +88,10 @@ DESIGNS: dict[str, Design] = {
     # m 1..16384 every 4x (the tile-size switches sit at 16..256 tokens); n, k 64..16384 every 4x.
     "gemm": Design("gemm", (GridAxis("log2_m", 0.0, 2.0, 8), GridAxis("log2_n", 6.0, 2.0, 5),
                             GridAxis("log2_k", 6.0, 2.0, 5))),
-    # q 1..16384 every 4x; (sequence, head) pairs 1..16384 every 4x; query heads per KV head 1, 4, 16.
+    # q 1..16384 every 4x; (sequence, head) pairs 1..16384 every 4x; group: MHA on a knot of its own (0.5,
+    # see group_feature), then query heads per KV head 2, 8, 32.
     "prefill": Design("prefill", (GridAxis("log2_q", 0.0, 2.0, 8), GridAxis("log2_seq_heads", 0.0, 2.0, 8),
-                                  GridAxis("log2_group", 0.0, 2.0, 3))),
+                                  GridAxis("log2_group", -1.0, 2.0, 4, smooth_from=1))),
     # u 1..16384 every 4x; query heads per KV head 1, 4, 16; head size 64, 128, 256.
     "decode": Design("decode", (GridAxis("log2_units", 0.0, 2.0, 8), GridAxis("log2_group", 0.0, 2.0, 3),
                                 GridAxis("log2_head_dim", 6.0, 1.0, 3))),
@@ -110,11 +121,34 @@ def features(kind: str, x: Mapping[str, Any]):
         kv_read = x["kv_read"]
         kv_read = np.maximum(kv_read, x["tokens"]) if not isinstance(kv_read, float | int) else max(kv_read, x["tokens"])
         q, _, n = prefill_shape(x["tokens"], x["work"], kv_read)
-        return (q, n * x["heads"], x["heads"] / x["kv_heads"])
+        return (q, n * x["heads"], group_feature(x["heads"], x["kv_heads"]))
     if kind == "decode":
-        return (x["seqs"] * x["kv_heads"], x["heads"] / x["kv_heads"], x["head_dim"])
+        return (x["seqs"] * x["kv_heads"], group_feature(x["heads"], x["kv_heads"]), x["head_dim"])
     raise CapsimError(f"unknown correction kind {kind!r}", where="calibration profile",
                       fix="one of " + ", ".join(DESIGNS))
+
+
+MHA_GROUP = 0.5
+"""The group feature of multi-head attention (every query head has its own KV head): below 1, see :func:`group_feature`."""
+
+
+def group_feature(heads, kv_heads):
+    """Query heads per KV head, except MHA, which maps to :data:`MHA_GROUP` (0.5).
+
+    Why: MHA is a regime of its own, not the end of the grouped-query trend:
+    FlashAttention packs a group's query heads into one tile only when there
+    is a group (decode's head swap in FlashAttention-2, ``pack_gqa`` in
+    FlashAttention-3), and vLLM's A100 build does not split the KV of MHA
+    decode at all. A group axis whose first knot sits at 0.5 with the next at
+    2 gives MHA its own grid value, never interpolated with a group of 2
+    (``smooth_from`` keeps the curvature penalty off that knot). Grids whose
+    group axis starts at 1 (profiles before this) clamp 0.5 to their first
+    knot, which is what they did with 1: they price exactly as before.
+    """
+    if isinstance(heads, float | int) and isinstance(kv_heads, float | int):
+        return MHA_GROUP if heads == kv_heads else heads / kv_heads
+    h, hkv = np.asarray(heads, dtype=float), np.asarray(kv_heads, dtype=float)
+    return np.where(h == hkv, MHA_GROUP, h / hkv)
 
 
 # ---------------------------------------------------------------------- evaluation
@@ -255,16 +289,20 @@ def factor(corr: Mapping[str, Any] | None, feats) -> Any:
 # ----------------------------------------------------------------------------- fit
 
 
-def _penalty(counts: Sequence[int]) -> np.ndarray:
-    """Second differences along every axis of a grid of ``counts`` (row-major), one row per triple."""
+def _penalty(counts: Sequence[int], smooth_from: Sequence[int] | None = None) -> np.ndarray:
+    """Second differences along every axis of a grid of ``counts`` (row-major), one row per triple.
+
+    Along axis ``d`` only triples whose first knot is at or after ``smooth_from[d]``.
+    """
     size = int(np.prod(counts))
     index = np.arange(size).reshape(counts)
+    starts = list(smooth_from) if smooth_from is not None else [0] * len(counts)
     rows = []
     for d, c in enumerate(counts):
         if c < 3:
             continue
         a = np.moveaxis(index, d, 0)
-        for i in range(1, c - 1):
+        for i in range(1 + starts[d], c - 1):
             for lo, mid, hi in zip(a[i - 1].ravel(), a[i].ravel(), a[i + 1].ravel(), strict=True):
                 r = np.zeros(size)
                 r[lo], r[mid], r[hi] = 1.0, -2.0, 1.0
@@ -324,7 +362,7 @@ def fit(kind: str, feats: Sequence[np.ndarray], resid: np.ndarray, groups: np.nd
     feats = [np.asarray(f, dtype=float)[ok] for f in feats]
     resid, groups = resid[ok], np.asarray(groups)[ok]
     offs, wts = weights(axes, feats)
-    pen = _penalty(counts)
+    pen = _penalty(counts, [a.smooth_from for a in design.axes])
     def inner_error(lam, tr, te):
         v = _solve(offs[tr], wts[tr], resid[tr], size, pen, lam)
         return float(np.sum(((wts[te] * v[offs[te]]).sum(axis=1) - resid[te]) ** 2))
@@ -404,7 +442,7 @@ def fit_decode(feats: Sequence[np.ndarray], parts: Sequence[np.ndarray], log_t: 
     parts = [np.asarray(p, dtype=float)[ok] for p in parts]
     log_t, groups = log_t[ok], np.asarray(groups)[ok]
     a = _design_matrix(*weights(axes, feats), size)
-    pen = _penalty(counts)
+    pen = _penalty(counts, [a.smooth_from for a in design.axes])
     start = np.zeros(2 * size)
     def inner_error(lam, tr, te):
         v = _solve_two(a[tr], [p[tr] for p in parts], log_t[tr], pen, lam, start)

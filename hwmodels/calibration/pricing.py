@@ -102,7 +102,7 @@ class PrefillPricer:
         self.h, self.hkv, self.dh = float(heads), float(kv_heads), float(head_dim)
         self.peak, self.bw = peak, bandwidth
         # The residual surface with the model's group size interpolated once: (q, sequences x heads) remain.
-        self.corr = correction.reduce(self.p.get("correction"), {2: self.h / self.hkv}) if self.v2 else None
+        self.corr = correction.reduce(self.p.get("correction"), {2: correction.group_feature(self.h, self.hkv)}) if self.v2 else None
 
     def price(self, tokens: float, work: float, flops: float, nbytes: float, kv_read: float = 0.0) -> Priced:
         if tokens <= 0.0:
@@ -143,7 +143,7 @@ class DecodePricer:
         self.peak, self.bw = peak, bandwidth
         # The residual surface with the model's group size and head size interpolated once: units remain.
         corr = self.p.get("correction")
-        self.corr = correction.reduce(corr, {1: self.h / self.hkv, 2: self.dh}) if self.v2 and corr else None
+        self.corr = correction.reduce(corr, {1: correction.group_feature(self.h, self.hkv), 2: self.dh}) if self.v2 and corr else None
         self.f_tok, self.b_tok = float(flops_per_token), float(bytes_per_token)
 
     def lines(self, seqs: float, per_seq_bytes: float) -> tuple[float, float, float, float]:
