@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from capsim.errors import CapsimError
 from hwmodels.calibration import curves
 from hwmodels.calibration.fit import Peaks, fit_curve
 from hwmodels.calibration.folds import assign_folds
@@ -220,3 +221,48 @@ def test_prefill_v2_fit_recovers_its_generating_curve():
     assert fitted.params["c_max_by_head_dim"][128] == pytest.approx(0.7, rel=0.1)
     # Tile padding: a 100-token prompt pays for a 128-row tile, so the fitted blend is clearly above zero.
     assert 0.25 < fitted.params["tile"] < 0.75
+
+
+def test_inner_predictions_read_only_their_outer_fold():
+    """The nested split design decisions are made on: changing every row of the other outer fold, even to
+    nonsense, leaves the inner predictions unchanged; and each inner half is predicted by a fit on the other."""
+    from hwmodels.calibration.fit import Dataset
+    from hwmodels.calibration.validate import inner_predictions
+
+    df = _gemm_rows(GEMM_TRUE, noise=0.02, seed=3)
+    folds = assign_folds(df)
+    ds = Dataset("test-gpu", "gemm", "bf16", "measure", "", 0, "", df.index)
+    pred = inner_predictions(df, ds, folds, "A", PEAKS)
+    assert pred.index.equals(df.index[folds == "A"]) and pred.notna().all()
+    ratio = pred / df.loc[pred.index, "measured_s"]
+    assert np.percentile(np.abs(ratio - 1.0), 90) < 0.08  # fits on half the weight shapes still track the curve
+
+    scrambled = df.copy()
+    other = folds != "A"
+    scrambled.loc[other, "measured_s"] = scrambled.loc[other, "measured_s"] * 7.0
+    again = inner_predictions(scrambled, ds, folds, "A", PEAKS)
+    assert np.array_equal(again.to_numpy(), pred.to_numpy())
+
+
+def test_flashattention2_rows_count_two_ctas_per_sm_in_the_split_heuristic():
+    """FlashAttention-2 calls its split heuristic with 2 x SMs: on an A100 (108 SMs) 100 KV streams are below
+    0.8 x 216, so the step splits (and pays the merge kernel), where a one-CTA-per-SM kernel would not."""
+    from hwmodels.calibration.attention_curves import decode_v2_lines
+    from hwmodels.calibration.fit import kernel_facts
+
+    rows = make_frame(pd.DataFrame({"device": "a100-80gb-sxm", "op_class": "attention_decode",
+                                    "kernel": ["vllm_flash_attn"] * 2, "measured_s": 1e-4}))
+    assert kernel_facts(rows) == {"ctas_per_sm": 2.0}
+    assert kernel_facts(rows.assign(kernel="vllm_flash_attn_fa3")) == {"ctas_per_sm": 1.0}
+    with pytest.raises(CapsimError, match="different split heuristics"):
+        kernel_facts(rows.assign(kernel=["vllm_flash_attn", "vllm_flash_attn_fa3"]))
+
+    p = {**DECODE_V2_TRUE, "sms": 108.0, "t_split_s": 5e-6, "kappa_h_s": 0.0}
+    fixed_one, *_ = decode_v2_lines(p, 25.0, 32.0, 4.0, 128.0, 2.0, 312e12, 2.0e12)  # 100 streams
+    fixed_two, *_ = decode_v2_lines({**p, "ctas_per_sm": 2.0}, 25.0, 32.0, 4.0, 128.0, 2.0, 312e12, 2.0e12)
+    assert fixed_two - fixed_one == pytest.approx(5e-6)
+
+    # The fit copies the fact from the rows' kernel into the profile's params.
+    df, _ = _decode_v2_rows(DECODE_V2_TRUE)
+    fitted = fit_curve("attention-decode-v2", df.assign(kernel="vllm_flash_attn"), PEAKS)
+    assert fitted.params["ctas_per_sm"] == 2.0

@@ -15,6 +15,9 @@ Decode (one query token per sequence), ``b`` sequences of mean context ``c``:
   FlashAttention heuristic (``num_splits_heuristic`` in ``flash_api.cpp``): no split
   once ``u >= 0.8 * SMs``; else the smallest ``s <= min(128, SMs)`` whose wave
   efficiency ``(u s / SMs) / ceil(u s / SMs)`` is within 85 % of the best.
+  FlashAttention-2 calls it with twice the SM count (two 128-thread CTAs per SM), so
+  "SMs" here and in the wave count below is SMs x ``ctas_per_sm`` (a kernel fact,
+  :data:`hwmodels.calibration.fit.CTAS_PER_SM_BY_KERNEL`).
   :func:`fa_splits` restates it. (Its extra cap, ``s <= KV blocks of the context``,
   only bites at short contexts, where the step costs its fixed terms anyway.)
 * Waves. A CTA streams its chunk of ``c / s`` tokens at a rate of its own
@@ -134,9 +137,15 @@ def _max(a, b):
 # ------------------------------------------------------------------------- decode
 
 
+def _slots(p) -> float:
+    """Thread blocks the GPU runs at once as the split heuristic counts them: SMs x ``ctas_per_sm``
+    (2 for FlashAttention-2, see :data:`hwmodels.calibration.fit.CTAS_PER_SM_BY_KERNEL`; absent = 1)."""
+    return float(p["sms"]) * float(p.get("ctas_per_sm", 1.0))
+
+
 def decode_v2_cta_slope(p, seqs, heads, kv_heads):
     """Seconds per summed-context token of the per-CTA path: ``tau (c / s) ceil(u s / SMs)`` over ``C = b c``."""
-    sms = float(p["sms"])
+    sms = _slots(p)
     units = seqs * kv_heads
     splits, waves = _split_waves(units, sms)
     slope = p["tau_s"] * waves / (splits * seqs)
@@ -161,7 +170,7 @@ def decode_v2_lines(p, seqs, heads, kv_heads, head_dim, kv_bytes, peak: float, b
     does, through ``kv_total_bytes``, and the cost model prices with it off).
     """
     units = seqs * kv_heads
-    splits, _ = _split_waves(units, float(p["sms"]))
+    splits, _ = _split_waves(units, _slots(p))
     mem_rate = bandwidth * decode_v2_memory_efficiency(p, seqs, kv_heads)
     if p.get("l2_gain", 1.0) != 1.0 and kv_total_bytes is not None:
         fits = (kv_total_bytes <= p["l2_bytes"]) * l2_warm

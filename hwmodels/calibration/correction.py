@@ -85,12 +85,13 @@ class Design:
 
 
 DESIGNS: dict[str, Design] = {
-    # m 1..16384 every 4x (the tile-size switches sit at 16..256 tokens); n, k 64..16384 every 4x.
-    "gemm": Design("gemm", (GridAxis("log2_m", 0.0, 2.0, 8), GridAxis("log2_n", 6.0, 2.0, 5),
+    # m 1..16384 every 2x (the tile-size switches are steps at powers of two in 16..256 tokens, which knots 4x
+    # apart smeared over two octaves); n, k 64..16384 every 4x.
+    "gemm": Design("gemm", (GridAxis("log2_m", 0.0, 1.0, 15), GridAxis("log2_n", 6.0, 2.0, 5),
                             GridAxis("log2_k", 6.0, 2.0, 5))),
-    # q 1..16384 every 4x; (sequence, head) pairs 1..16384 every 4x; group: MHA on a knot of its own (0.5,
-    # see group_feature), then query heads per KV head 2, 8, 32.
-    "prefill": Design("prefill", (GridAxis("log2_q", 0.0, 2.0, 8), GridAxis("log2_seq_heads", 0.0, 2.0, 8),
+    # q 1..16384 every 2x (128-row tiles: steps at powers of two); (sequence, head) pairs 1..16384 every 4x;
+    # group: MHA on a knot of its own (0.5, see group_feature), then query heads per KV head 2, 8, 32.
+    "prefill": Design("prefill", (GridAxis("log2_q", 0.0, 1.0, 15), GridAxis("log2_seq_heads", 0.0, 2.0, 8),
                                   GridAxis("log2_group", -1.0, 2.0, 4, smooth_from=1))),
     # u 1..16384 every 4x; query heads per KV head 1, 4, 16; head size 64, 128, 256.
     "decode": Design("decode", (GridAxis("log2_units", 0.0, 2.0, 8), GridAxis("log2_group", 0.0, 2.0, 3),

@@ -473,7 +473,7 @@ FAMILIES: dict[str, Family] = {
         ),
         _decode_v2_predict,
         extra_starts=({"l2_gain": 1.0, "tau_mha_s": 0.0}, {"kappa_s_s": 0.0, "tau_s": 2e-8}),
-        device_facts=("sms", "l2_bytes"),
+        device_facts=("sms", "l2_bytes", "ctas_per_sm"),
     ),
     "memory-v1": Family(
         "memory-v1",

@@ -169,6 +169,28 @@ def device_facts(device: str) -> dict[str, float]:
     return {"sms": 1.0, "l2_bytes": 0.0}
 
 
+CTAS_PER_SM_BY_KERNEL: Mapping[str, float] = {"vllm_flash_attn": 2.0}
+"""Thread blocks per SM that a kernel's split-KV heuristic assumes, where it is not 1 (not fitted).
+
+FlashAttention-2 (vLLM's ``vllm_flash_attn`` build, the A100 tables) calls its
+``num_splits_heuristic`` with twice the SM count, because its split-KV kernel
+runs 128-thread blocks, two per SM (``set_params_splitkv`` in
+``csrc/flash_attn/flash_api.cpp``); FlashAttention-3 (``vllm_flash_attn_fa3``,
+the H100/H200 tables) and everything else count one per SM.
+"""
+
+
+def kernel_facts(df: pd.DataFrame) -> dict[str, float]:
+    """Facts of the kernel that produced a dataset's rows: ``ctas_per_sm`` (see :data:`CTAS_PER_SM_BY_KERNEL`)."""
+    kernels = set(df["kernel"].astype(str)) if "kernel" in df else set()
+    values = {CTAS_PER_SM_BY_KERNEL.get(k, 1.0) for k in kernels} or {1.0}
+    if len(values) > 1:
+        raise CapsimError(f"rows from kernels with different split heuristics ({', '.join(sorted(kernels))})",
+                          where=f"fit {df['device'].iat[0]} {df['op_class'].iat[0]}",
+                          fix="fit each kernel's rows separately (one measurement file per kernel)")
+    return {"ctas_per_sm": values.pop()}
+
+
 def _thin(n: int, limit: int) -> np.ndarray:
     if n <= limit:
         return np.arange(n)
@@ -247,6 +269,8 @@ def fit_curve(form: str, df: pd.DataFrame, peaks: Peaks | None, *, max_rows: int
     hi = [math.log(s.hi) if s.log else s.hi for s in fam.params] + [1.0] * len(table_keys)
     log_t = np.log(t)
     facts = {k: v for k, v in device_facts(str(df["device"].iat[0])).items() if k in fam.device_facts}
+    if "ctas_per_sm" in fam.device_facts:
+        facts.update(kernel_facts(df))
 
     def residuals(vec: np.ndarray) -> np.ndarray:
         p = {**fam.vector_to_params(vec, table_keys), **facts}

@@ -219,6 +219,32 @@ def cross_validate(
     return Validation(all_rows, _table(all_rows, min_time_s), per_dataset, notes)
 
 
+def inner_predictions(part: pd.DataFrame, ds: Dataset, folds: pd.Series, outer: str, peaks: Peaks | None) -> pd.Series:
+    """Predictions of the rows of outer fold ``outer`` from fits on the other half of that fold's shape groups.
+
+    Why: choosing between designs of a curve by their held-out error would tune
+    the test split. This split lives inside ONE outer training fold: its shape
+    groups (weight shape, head configuration; :func:`hwmodels.calibration.fit.shape_groups`)
+    alternate into two halves, each predicted by a fit on the other, and no row
+    outside ``outer`` is read. ``benchmarks/nested_cv.py`` reports it; design
+    changes are decided on it, and the outer table is run once afterwards.
+    """
+    from hwmodels.calibration.correction import inner_split
+    from hwmodels.calibration.fit import shape_groups
+
+    rows = part[folds[part.index] == outer]
+    pred = pd.Series(np.nan, index=rows.index)
+    if rows.empty:
+        return pred
+    half = inner_split(shape_groups(rows))
+    for side in (0, 1):
+        train, test = rows[half == side], rows[half != side]
+        if test.empty or train.empty:
+            continue
+        pred[test.index] = fit_curve(ds.form, train, peaks).predict(test, peaks)
+    return pred
+
+
 def _cross_source(df, sets, primary_fits, datasheet) -> list[pd.DataFrame]:
     """The primary curve of a device / op class predicting another source's rows of the same op class."""
     out = []
