@@ -18,8 +18,12 @@ Decode (one query token per sequence), ``b`` sequences of mean context ``c``:
   FlashAttention-2 calls it with twice the SM count (two 128-thread CTAs per SM), so
   "SMs" here and in the wave count below is SMs x ``ctas_per_sm`` (a kernel fact,
   :data:`hwmodels.calibration.fit.CTAS_PER_SM_BY_KERNEL`).
-  :func:`fa_splits` restates it. (Its extra cap, ``s <= KV blocks of the context``,
-  only bites at short contexts, where the step costs its fixed terms anyway.)
+  :func:`fa_splits` restates it. Not modelled: its extra cap ``s <= KV blocks of the
+  context`` and its skipping of split counts that leave the blocks per split unchanged;
+  both make ``s`` depend on the context (for one sequence with one KV head the cap
+  bites up to ~16k tokens), which a step that is two lines in the summed context
+  cannot express -- the largest remaining A100 decode error
+  (``docs/calibration-decisions.md``).
 * Waves. A CTA streams its chunk of ``c / s`` tokens at a rate of its own
   (``tau`` seconds per token: latency-bound, one SM's loads in flight), and the
   CTAs run in ``ceil(u s / SMs)`` waves, so the per-CTA path costs

@@ -32,7 +32,7 @@ Features (``kind`` of a correction):
   ``h / h_kv`` and the head size. (Decode keeps MHA on the group-1 knot of a
   smooth axis: a separate MHA knot, tried for prefill and decode together in a
   nested split of the training rows, helped every prefill dataset and none of
-  decode's consistently -- README, "Calibration".) None depends on the context, and the decode
+  decode's consistently -- ``docs/calibration-decisions.md``.) None depends on the context, and the decode
   surface is TWO grids (:func:`fit_decode`, kind ``decode-lines``): one factor on
   the step's fixed, flat and base terms and one on its per-context-token slope,
   so a run of steps stays exactly two lines in the summed context
