@@ -134,6 +134,9 @@ def test_elementwise_rows_use_their_fitted_curves(device):
         ("llama-3.1-8b", "h100-sxm", 1, 64, 64 * 2000),
         ("llama-3.1-70b", "h200", 4, 16, 16 * 700),
         ("mixtral-8x7b", "h100-sxm", 2, 4, 4 * 500),
+        # FlashAttention-2 (A100) caps its splits by the KV blocks: these runs cross block boundaries.
+        ("llama-3.1-8b", "a100-80gb-sxm", 1, 1, 100),
+        ("llama-3.1-8b", "a100-80gb-sxm", 2, 3, 3 * 230),
     ],
 )
 def test_calibrated_decode_run_matches_scalar_iterations(model, device, tp, batch, context0):
@@ -149,6 +152,20 @@ def test_calibrated_decode_run_matches_scalar_iterations(model, device, tp, batc
         assert np.all(np.abs(second) <= 1e-12 * durations.max())
     else:
         assert run.durations is not None and len(run.durations) == k
+
+
+def test_a_decode_run_that_crosses_a_split_regime_steps_where_the_kernel_splits():
+    """One GQA sequence on an A100: contexts of one 128-token KV block are not split; from the second block on
+    FlashAttention-2 splits the context and runs its merge kernel, so the run jumps at 129 tokens."""
+    cost = system("llama-3.1-8b", "a100-80gb-sxm").cost_model()
+    assert cost._cal.split_regime(1, 128) == 1 and cost._cal.split_regime(1, 129) == 2
+    run = cost.decode_run(1, 100, 60)  # contexts 100 .. 159
+    assert not run.affine
+    d = run.all_durations()
+    jump = d[29] - d[28]  # context 128 -> 129
+    assert jump > 10 * abs(d[28] - d[27]) and jump > 0.0
+    within = cost.decode_run(1, 130, 20)  # contexts 130 .. 149: one regime, one line
+    assert within.affine
 
 
 def test_decode_runs_are_affine_within_one_regime():

@@ -252,8 +252,9 @@ def test_flashattention2_rows_count_two_ctas_per_sm_in_the_split_heuristic():
 
     rows = make_frame(pd.DataFrame({"device": "a100-80gb-sxm", "op_class": "attention_decode",
                                     "kernel": ["vllm_flash_attn"] * 2, "measured_s": 1e-4}))
-    assert kernel_facts(rows) == {"ctas_per_sm": 2.0}
-    assert kernel_facts(rows.assign(kernel="vllm_flash_attn_fa3")) == {"ctas_per_sm": 1.0}
+    assert kernel_facts(rows) == {"ctas_per_sm": 2.0, "kv_block_cap": 1.0, "q_tile_rows": 64.0, "serial_merge": 1.0}
+    assert kernel_facts(rows.assign(kernel="vllm_flash_attn_fa3")) == {
+        "ctas_per_sm": 1.0, "kv_block_cap": 0.0, "q_tile_rows": 0.0, "serial_merge": 0.0}
     with pytest.raises(CapsimError, match="different split heuristics"):
         kernel_facts(rows.assign(kernel=["vllm_flash_attn", "vllm_flash_attn_fa3"]))
 
@@ -266,3 +267,56 @@ def test_flashattention2_rows_count_two_ctas_per_sm_in_the_split_heuristic():
     df, _ = _decode_v2_rows(DECODE_V2_TRUE)
     fitted = fit_curve("attention-decode-v2", df.assign(kernel="vllm_flash_attn"), PEAKS)
     assert fitted.params["ctas_per_sm"] == 2.0
+
+
+def test_flashattention2_caps_its_splits_by_the_contexts_kv_blocks():
+    """FlashAttention-2's whole heuristic on an A100 (2 x 108 slots), one sequence with one KV head: a one-block
+    context is not split, up to 128 blocks every block is a split, and a split count that leaves the blocks per
+    split unchanged is skipped (150 blocks: 76..128 splits all give 2 blocks each, so 75 is taken)."""
+    from hwmodels.calibration.attention_curves import fa_splits, kv_block_tokens
+
+    assert kv_block_tokens(128) == 128 and kv_block_tokens(64) == 256 and kv_block_tokens(256) == 64
+    assert fa_splits(1, 216, 1) == 1
+    assert fa_splits(1, 216, 2) == 2
+    assert fa_splits(1, 216, 64) == 64
+    assert fa_splits(1, 216, 128) == 128
+    assert fa_splits(1, 216, 150) == 75
+    assert fa_splits(1, 216) == 109  # the long-context limit: no cap, no eligibility rule
+    assert fa_splits(200, 216, 1000) == 1  # 200 CTAs fill 80 % of the slots: no split at any context
+
+
+def test_capped_splits_change_the_decode_step_with_context_only_below_the_cap():
+    """With ``kv_block_cap`` a one-block context runs no merge kernel; a long one prices as the long-context limit."""
+    from hwmodels.calibration.attention_curves import decode_v2_lines
+
+    p = {**DECODE_V2_TRUE, "sms": 108.0, "ctas_per_sm": 2.0, "t_split_s": 5e-6, "kappa_h_s": 0.0,
+         "kappa_m_s": 1e-7}
+    args = (1.0, 8.0, 1.0, 128.0, 2.0, 312e12, 2.0e12)
+    uncapped = decode_v2_lines(p, *args, context_per_seq=100.0)
+    capped_short = decode_v2_lines({**p, "kv_block_cap": 1.0}, *args, context_per_seq=100.0)
+    capped_long = decode_v2_lines({**p, "kv_block_cap": 1.0}, *args, context_per_seq=10_000_000.0)
+    # Merge kernel: t_split + kappa_m * s, paid only when split (109 splits uncapped; none for one block).
+    assert uncapped[0] - capped_short[0] == pytest.approx(5e-6 + 109 * 1e-7)
+    assert capped_long[0] > capped_short[0]
+
+
+def test_flashattention2_decode_pads_query_heads_to_64_row_tiles():
+    from hwmodels.calibration.attention_curves import decode_query_rows
+
+    assert decode_query_rows({}, 32.0, 8.0) == 32.0
+    assert decode_query_rows({"q_tile_rows": 64.0}, 32.0, 8.0) == 8.0 * 64.0  # groups of 4 -> one 64-row tile
+    assert decode_query_rows({"q_tile_rows": 64.0}, 128.0, 1.0) == 128.0  # a group of 128 -> two tiles
+
+
+def test_a_parameter_gated_by_a_kernel_fact_is_held_at_zero_without_it():
+    """``kappa_m_s`` (FlashAttention-2's serial merge) is fitted on FA2 rows and held at 0 on FA3 rows."""
+    from hwmodels.calibration.fit import KERNEL_FACTS
+
+    fa3_rows, _ = _decode_v2_rows(DECODE_V2_TRUE)
+    fa3 = fit_curve("attention-decode-v2", fa3_rows.assign(kernel="vllm_flash_attn_fa3"), PEAKS, correct=False)
+    assert fa3.params["kappa_m_s"] == 0.0 and fa3.params["serial_merge"] == 0.0
+    truth = {**DECODE_V2_TRUE, "tau_s": 5e-8, "kappa_m_s": 2e-7, **KERNEL_FACTS["vllm_flash_attn"]}
+    fa2_rows, _ = _decode_v2_rows(truth, device="a100-80gb-sxm")
+    fa2 = fit_curve("attention-decode-v2", fa2_rows.assign(kernel="vllm_flash_attn"), PEAKS, correct=False)
+    assert fa2.params["serial_merge"] == 1.0
+    assert fa2.params["kappa_m_s"] == pytest.approx(2e-7, rel=0.2)

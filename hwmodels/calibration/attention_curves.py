@@ -16,14 +16,15 @@ Decode (one query token per sequence), ``b`` sequences of mean context ``c``:
   once ``u >= 0.8 * SMs``; else the smallest ``s <= min(128, SMs)`` whose wave
   efficiency ``(u s / SMs) / ceil(u s / SMs)`` is within 85 % of the best.
   FlashAttention-2 calls it with twice the SM count (two 128-thread CTAs per SM), so
-  "SMs" here and in the wave count below is SMs x ``ctas_per_sm`` (a kernel fact,
-  :data:`hwmodels.calibration.fit.CTAS_PER_SM_BY_KERNEL`).
-  :func:`fa_splits` restates it. Not modelled: its extra cap ``s <= KV blocks of the
-  context`` and its skipping of split counts that leave the blocks per split unchanged;
-  both make ``s`` depend on the context (for one sequence with one KV head the cap
-  bites up to ~16k tokens), which a step that is two lines in the summed context
-  cannot express -- the largest remaining A100 decode error
-  (``docs/calibration-decisions.md``).
+  "SMs" here and in the wave count below is SMs x ``ctas_per_sm``, and it also caps
+  ``s`` at the context's KV blocks (``ceil(c / 128)`` for head size 128) and skips
+  counts that leave the blocks per split unchanged (``kv_block_cap``), so a short
+  context is split less and a one-block context not at all (kernel facts,
+  :data:`hwmodels.calibration.fit.KERNEL_FACTS`). :func:`fa_splits` restates it. With
+  the cap, ``s`` depends on the context, so a step is two lines in the summed context
+  for one split count at a time: the engine keys its closed-form decode runs by the
+  split count (``simulator/costmodel/iteration.py``, ``split_regime``), with the mean
+  context standing in for the kernel's longest one.
 * Waves. A CTA streams its chunk of ``c / s`` tokens at a rate of its own
   (``tau`` seconds per token: latency-bound, one SM's loads in flight), and the
   CTAs run in ``ceil(u s / SMs)`` waves, so the per-CTA path costs
@@ -34,15 +35,18 @@ Decode (one query token per sequence), ``b`` sequences of mean context ``c``:
 * The three ways a step can be limited -- arithmetic, HBM bandwidth, the per-CTA
   path -- are all lines through the origin in the summed context ``C = b c``, so
   the step streams at the steepest of their slopes.
-* Fixed costs: a split step runs a second, merging kernel (``t_split``; the form
-  assumes the contexts span at least two 128-token KV blocks, as serving contexts
-  do -- shorter ones cannot be split and the steps take under 20 us); per CTA (``kappa_u``: loading Q, the softmax epilogue, writing O)
+* Compute: FlashAttention-2's decode kernel computes the query heads of a KV head as
+  the rows of a 64-row tile (``q_tile_rows``), so its tensor-core work is padded to
+  whole tiles (:func:`decode_query_rows`).
+* Fixed costs: a split step runs a second, merging kernel (``t_split``, plus
+  ``kappa_m`` per split where the merge walks the splits one after another,
+  ``serial_merge``: FlashAttention-2); per CTA (``kappa_u``: loading Q, the softmax epilogue, writing O)
   and per query head of a sequence (``kappa_h``). The per-CTA cost of a step with
   almost no context (``kappa_u * u``: 80 us for 2,048 sequences) is mostly hidden
   behind streaming once the contexts are long; what is not hidden is
   ``kappa_s * u``. So ``t = t0 + kappa_h b h + max(kappa_u u, kappa_s u + slope C)``.
 
-For a fixed batch that is ``constant + max(constant, line in C)``: exactly the
+For a fixed batch and split count that is ``constant + max(constant, line in C)``: exactly the
 two lines the engine sums in closed form over a run of decode steps
 (``simulator/costmodel/iteration.py``, ``decode_run``).
 
@@ -94,38 +98,67 @@ def _is_scalar(x) -> bool:
 
 
 @cache
-def fa_splits(units: int, sms: int) -> int:
-    """KV splits FlashAttention's heuristic picks for ``units`` CTAs on ``sms`` SMs (long-context limit).
+def fa_splits(units: int, sms: int, blocks: int = 0) -> int:
+    """KV splits FlashAttention's heuristic picks for ``units`` CTAs on ``sms`` SMs.
 
     Restated from the description above: no split once the units fill 80 % of the
     SMs; else the smallest split count whose wave efficiency is within 85 % of
-    the best over ``1..min(128, sms)``.
+    the best over ``1..min(128, sms)``. With ``blocks`` (the context's KV blocks,
+    FlashAttention-2's whole heuristic) the range is also capped at ``blocks`` and
+    a count that leaves the blocks per split unchanged (``ceil(blocks / s) ==
+    ceil(blocks / (s - 1))``) is skipped; ``blocks = 0`` is the long-context limit.
     """
     if units >= 0.8 * sms:
         return 1
     top = max(1, min(MAX_SPLITS, sms))
-    effs = []
+    if blocks:
+        top = max(1, min(top, blocks))
+    effs: dict[int, float] = {}
     for s in range(1, top + 1):
+        if blocks and s > 1 and -(-blocks // s) == -(-blocks // (s - 1)):
+            continue
         waves = units * s / sms
-        effs.append(waves / math.ceil(waves))
-    best = max(effs)
-    for s, e in enumerate(effs, start=1):
+        effs[s] = waves / math.ceil(waves)
+    best = max(effs.values())
+    for s, e in effs.items():
         if e >= 0.85 * best:
             return s
     return 1
 
 
-def _split_waves(units, sms: float):
-    """``(s, ceil(u s / sms))`` for scalar or array ``units`` (rounded to whole CTAs)."""
-    if _is_scalar(units):
+def kv_block_tokens(head_dim: float) -> int:
+    """Keys per block of FlashAttention-2's split-KV kernel (``block_n`` in ``set_params_splitkv``)."""
+    return 256 if head_dim <= 64 else (128 if head_dim <= 128 else 64)
+
+
+def _split_waves(units, sms: float, blocks=None):
+    """``(s, ceil(u s / sms))`` for scalar or array ``units`` (rounded to whole CTAs).
+
+    ``blocks`` (scalar or array, optional): the KV blocks of each row's context,
+    for the capped heuristic of :func:`fa_splits`.
+    """
+    if _is_scalar(units) and (blocks is None or _is_scalar(blocks)):
         u = max(1, int(round(units)))
-        s = fa_splits(u, int(sms))
+        s = fa_splits(u, int(sms), int(blocks or 0))
         return float(s), float(math.ceil(u * s / sms))
     u = np.maximum(1, np.rint(np.asarray(units, dtype=float)).astype(int))
-    uniq, inv = np.unique(u, return_inverse=True)
-    s_u = np.array([fa_splits(int(v), int(sms)) for v in uniq], dtype=float)
-    s = s_u[inv].reshape(u.shape)
+    nb = np.zeros_like(u) if blocks is None else np.broadcast_to(np.asarray(blocks, dtype=int), u.shape)
+    u = np.broadcast_to(u, nb.shape)
+    pairs, inv = np.unique(np.stack([u.ravel(), nb.ravel()], axis=1), axis=0, return_inverse=True)
+    s_u = np.array([fa_splits(int(a), int(sms), int(b)) for a, b in pairs], dtype=float)
+    s = s_u[inv.ravel()].reshape(u.shape)
     return s, np.ceil(u * s / sms)
+
+
+def _blocks(p, context_per_seq, head_dim):
+    """KV blocks per sequence when the kernel caps its splits by them (FlashAttention-2), else None."""
+    if not p.get("kv_block_cap") or context_per_seq is None:
+        return None
+    if _is_scalar(context_per_seq) and _is_scalar(head_dim):
+        return max(1, math.ceil(context_per_seq / kv_block_tokens(head_dim)))
+    dh = np.asarray(head_dim, dtype=float)
+    block = np.where(dh <= 64, 256, np.where(dh <= 128, 128, 64))
+    return np.maximum(1, np.ceil(np.asarray(context_per_seq, dtype=float) / block)).astype(int)
 
 
 def _ceil(x):
@@ -147,11 +180,18 @@ def _slots(p) -> float:
     return float(p["sms"]) * float(p.get("ctas_per_sm", 1.0))
 
 
-def decode_v2_cta_slope(p, seqs, heads, kv_heads):
+def decode_v2_splits(p, seqs, kv_heads, head_dim=128.0, context_per_seq=None) -> int:
+    """The KV split count of a decode step (scalar): FlashAttention's heuristic, capped by the
+    context's KV blocks where the kernel does that (``kv_block_cap``)."""
+    s, _ = _split_waves(seqs * kv_heads, _slots(p), _blocks(p, context_per_seq, head_dim))
+    return int(s)
+
+
+def decode_v2_cta_slope(p, seqs, heads, kv_heads, head_dim=128.0, context_per_seq=None):
     """Seconds per summed-context token of the per-CTA path: ``tau (c / s) ceil(u s / SMs)`` over ``C = b c``."""
     sms = _slots(p)
     units = seqs * kv_heads
-    splits, waves = _split_waves(units, sms)
+    splits, waves = _split_waves(units, sms, _blocks(p, context_per_seq, head_dim))
     slope = p["tau_s"] * waves / (splits * seqs)
     tau_mha = p.get("tau_mha_s", 0.0)
     if tau_mha:
@@ -160,13 +200,27 @@ def decode_v2_cta_slope(p, seqs, heads, kv_heads):
     return slope
 
 
+def decode_query_rows(p, heads, kv_heads):
+    """Query rows a decode step's tensor cores compute per KV token and sequence.
+
+    ``heads`` unless the kernel pads: FlashAttention-2's split-KV kernel folds the
+    ``g = h / h_kv`` query heads of a KV head into its query-row axis and computes
+    whole tiles of ``q_tile_rows`` (its ``kBlockM`` = 64) rows, so a group of 8 costs
+    what a group of 64 does (kernel fact, :data:`hwmodels.calibration.fit.Q_TILE_ROWS_BY_KERNEL`).
+    """
+    rows = p.get("q_tile_rows", 0.0)
+    if not rows:
+        return heads
+    return kv_heads * rows * _ceil(heads / kv_heads / rows)
+
+
 def decode_v2_memory_efficiency(p, seqs, kv_heads):
     """HBM fraction reached with ``b * h_kv`` KV streams: fewer streams than the memory system needs stay short of it."""
     return p["m_max"] * sat(seqs * kv_heads, p["u0"], p["au"])
 
 
 def decode_v2_lines(p, seqs, heads, kv_heads, head_dim, kv_bytes, peak: float, bandwidth: float, l2_warm=0.0,
-                    kv_total_bytes=None):
+                    kv_total_bytes=None, context_per_seq=None):
     """``(fixed_s, flat_s, base_s, slope_s_per_token)`` of an ``attention-decode-v2`` step.
 
     The step takes ``fixed + max(flat, base + slope * C)`` for a summed context
@@ -174,16 +228,17 @@ def decode_v2_lines(p, seqs, heads, kv_heads, head_dim, kv_bytes, peak: float, b
     does, through ``kv_total_bytes``, and the cost model prices with it off).
     """
     units = seqs * kv_heads
-    splits, _ = _split_waves(units, _slots(p))
+    splits, _ = _split_waves(units, _slots(p), _blocks(p, context_per_seq, head_dim))
     mem_rate = bandwidth * decode_v2_memory_efficiency(p, seqs, kv_heads)
     if p.get("l2_gain", 1.0) != 1.0 and kv_total_bytes is not None:
         fits = (kv_total_bytes <= p["l2_bytes"]) * l2_warm
         mem_rate = mem_rate * (1.0 + (p["l2_gain"] - 1.0) * fits)
     kv_per_token = 2.0 * kv_heads * head_dim * kv_bytes
-    slope = _max(4.0 * heads * head_dim / (peak * p["c_max"]), kv_per_token / mem_rate)
-    slope = _max(slope, decode_v2_cta_slope(p, seqs, heads, kv_heads))
+    slope = _max(4.0 * decode_query_rows(p, heads, kv_heads) * head_dim / (peak * p["c_max"]), kv_per_token / mem_rate)
+    slope = _max(slope, decode_v2_cta_slope(p, seqs, heads, kv_heads, head_dim, context_per_seq))
     # A split step launches a second kernel that merges the chunks' partial results.
-    fixed = p["t0_s"] + p["kappa_h_s"] * seqs * heads + p.get("t_split_s", 0.0) * (splits > 1)
+    merge = (p.get("t_split_s", 0.0) + p.get("kappa_m_s", 0.0) * splits) * (splits > 1)
+    fixed = p["t0_s"] + p["kappa_h_s"] * seqs * heads + merge
     return fixed, p["kappa_u_s"] * units, p["kappa_s_s"] * units, slope
 
 
@@ -192,7 +247,7 @@ def decode_v2_parts(p, seqs, context, heads, kv_heads, head_dim, act_bytes, kv_b
     """The physical step as ``(fixed, flat, base, stream)``: ``t = fixed + max(flat, base + stream)``, ``stream = slope C``."""
     kv_total = context * 2.0 * kv_heads * head_dim * kv_bytes
     fixed, flat, base, slope = decode_v2_lines(p, seqs, heads, kv_heads, head_dim, kv_bytes, peak, bandwidth,
-                                               l2_warm, kv_total)
+                                               l2_warm, kv_total, context / seqs)
     # Per-sequence traffic (Q in, O out, the new token's K and V): tiny, and paid whatever the context.
     per_seq = seqs * (2.0 * heads * head_dim * act_bytes + 2.0 * kv_heads * head_dim * kv_bytes)
     return fixed + per_seq / (bandwidth * p["m_max"]), flat, base, slope * context

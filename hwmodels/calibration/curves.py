@@ -309,11 +309,18 @@ class Family:
     table_params: tuple[str, ...] = ()
     extra_starts: tuple[Mapping[str, float], ...] = ()  # other initial values tried by the fit
     device_facts: tuple[str, ...] = ()  # not fitted: copied from the device catalog (see fit.device_facts)
+    gated_by: tuple[tuple[str, str], ...] = ()  # (parameter, fact): fitted only where the fact is non-zero, else 0
 
-    def vector_to_params(self, vec: Sequence[float], table_keys: Sequence[float] = ()) -> dict:
+    def vector_to_params(self, vec: Sequence[float], table_keys: Sequence[float] = (),
+                         held: Mapping[str, float] | None = None) -> dict:
+        """Named parameters from the optimiser's vector; ``held`` ones take no slot in it."""
+        held = held or {}
         out: dict = {}
         i = 0
         for spec in self.params:
+            if spec.name in held:
+                out[spec.name] = float(held[spec.name])
+                continue
             out[spec.name] = float(math.exp(vec[i])) if spec.log else float(vec[i])
             i += 1
         for name in self.table_params:
@@ -460,6 +467,7 @@ FAMILIES: dict[str, Family] = {
         (
             ParamSpec("t0_s", 8e-6, 0.0, 1e-3),
             ParamSpec("t_split_s", 4e-6, 0.0, 1e-3),
+            ParamSpec("kappa_m_s", 1e-7, 0.0, 1e-5),
             ParamSpec("kappa_h_s", 1e-9, 0.0, 1e-5),
             ParamSpec("kappa_u_s", 3e-8, 0.0, 1e-5),
             ParamSpec("kappa_s_s", 1e-8, 0.0, 1e-5),
@@ -473,7 +481,8 @@ FAMILIES: dict[str, Family] = {
         ),
         _decode_v2_predict,
         extra_starts=({"l2_gain": 1.0, "tau_mha_s": 0.0}, {"kappa_s_s": 0.0, "tau_s": 2e-8}),
-        device_facts=("sms", "l2_bytes", "ctas_per_sm"),
+        device_facts=("sms", "l2_bytes", "ctas_per_sm", "kv_block_cap", "q_tile_rows", "serial_merge"),
+        gated_by=(("kappa_m_s", "serial_merge"),),
     ),
     "memory-v1": Family(
         "memory-v1",

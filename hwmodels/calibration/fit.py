@@ -169,26 +169,43 @@ def device_facts(device: str) -> dict[str, float]:
     return {"sms": 1.0, "l2_bytes": 0.0}
 
 
-CTAS_PER_SM_BY_KERNEL: Mapping[str, float] = {"vllm_flash_attn": 2.0}
-"""Thread blocks per SM that a kernel's split-KV heuristic assumes, where it is not 1 (not fitted).
+KERNEL_FACT_DEFAULTS: Mapping[str, float] = {"ctas_per_sm": 1.0, "kv_block_cap": 0.0, "q_tile_rows": 0.0,
+                                             "serial_merge": 0.0}
+"""What the attention curves assume of a kernel they have no entry for (FlashAttention-3 and everything else)."""
 
-FlashAttention-2 (vLLM's ``vllm_flash_attn`` build, the A100 tables) calls its
-``num_splits_heuristic`` with twice the SM count, because its split-KV kernel
-runs 128-thread blocks, two per SM (``set_params_splitkv`` in
-``csrc/flash_attn/flash_api.cpp``); FlashAttention-3 (``vllm_flash_attn_fa3``,
-the H100/H200 tables) and everything else count one per SM.
+KERNEL_FACTS: Mapping[str, Mapping[str, float]] = {
+    "vllm_flash_attn": {"ctas_per_sm": 2.0, "kv_block_cap": 1.0, "q_tile_rows": 64.0, "serial_merge": 1.0},
+}
+"""Facts of the kernel that timed a table's rows, read from its source, not fitted.
+
+FlashAttention-2 (vLLM's ``vllm_flash_attn`` build, the A100 tables), ``csrc/flash_attn/flash_api.cpp``:
+
+* ``ctas_per_sm`` = 2: ``set_params_splitkv`` calls ``num_splits_heuristic`` with twice
+  the SM count, because its split-KV kernel runs 128-thread blocks, two per SM;
+* ``kv_block_cap`` = 1: it passes ``num_n_blocks = ceil(max_seqlen_k / block_n)``, which
+  caps the split count and makes it skip counts that leave the blocks per split
+  unchanged, so a short context is split less and a one-block context not at all
+  (:func:`hwmodels.calibration.attention_curves.fa_splits`);
+* ``q_tile_rows`` = 64: with one query token per sequence the query heads of a KV
+  head become the query rows (``seqlenq_ngroups_swapped``) of a ``kBlockM`` = 64-row
+  tile, so the tensor-core work is padded to 64 rows
+  (:func:`hwmodels.calibration.attention_curves.decode_query_rows`);
+* ``serial_merge`` = 1: its combine kernel walks the splits one after another, so a
+  split step pays ``kappa_m_s`` per split (a fitted parameter, held at 0 for kernels
+  without this fact).
 """
 
 
 def kernel_facts(df: pd.DataFrame) -> dict[str, float]:
-    """Facts of the kernel that produced a dataset's rows: ``ctas_per_sm`` (see :data:`CTAS_PER_SM_BY_KERNEL`)."""
+    """The :data:`KERNEL_FACTS` of the kernel that produced a dataset's rows (defaults where it has none)."""
     kernels = set(df["kernel"].astype(str)) if "kernel" in df else set()
-    values = {CTAS_PER_SM_BY_KERNEL.get(k, 1.0) for k in kernels} or {1.0}
+    values = {tuple(sorted({**KERNEL_FACT_DEFAULTS, **KERNEL_FACTS.get(k, {})}.items())) for k in kernels}
+    values = values or {tuple(sorted(KERNEL_FACT_DEFAULTS.items()))}
     if len(values) > 1:
         raise CapsimError(f"rows from kernels with different split heuristics ({', '.join(sorted(kernels))})",
                           where=f"fit {df['device'].iat[0]} {df['op_class'].iat[0]}",
                           fix="fit each kernel's rows separately (one measurement file per kernel)")
-    return {"ctas_per_sm": values.pop()}
+    return dict(values.pop())
 
 
 def _thin(n: int, limit: int) -> np.ndarray:
@@ -265,15 +282,19 @@ def fit_curve(form: str, df: pd.DataFrame, peaks: Peaks | None, *, max_rows: int
     table_keys: list[float] = []
     if fam.table_params:
         table_keys = sorted({float(d) for d in x["head_dim"]})
-    lo = [math.log(s.lo) if s.log else s.lo for s in fam.params] + [0.02] * len(table_keys)
-    hi = [math.log(s.hi) if s.log else s.hi for s in fam.params] + [1.0] * len(table_keys)
     log_t = np.log(t)
     facts = {k: v for k, v in device_facts(str(df["device"].iat[0])).items() if k in fam.device_facts}
     if "ctas_per_sm" in fam.device_facts:
         facts.update(kernel_facts(df))
+    # A parameter whose term the kernel does not have is held at 0, not fitted (``Family.gated_by``).
+    held = {name: 0.0 for name, fact in fam.gated_by if not facts.get(fact)}
+    free = [i for i, spec in enumerate(fam.params) if spec.name not in held]
+    specs = [fam.params[i] for i in free]
+    lo = [math.log(s.lo) if s.log else s.lo for s in specs] + [0.02] * len(table_keys)
+    hi = [math.log(s.hi) if s.log else s.hi for s in specs] + [1.0] * len(table_keys)
 
     def residuals(vec: np.ndarray) -> np.ndarray:
-        p = {**fam.vector_to_params(vec, table_keys), **facts}
+        p = {**fam.vector_to_params(vec, table_keys, held), **facts}
         with np.errstate(all="ignore"):
             pred = fam.predict(p, x, peak, bw)
             r = np.log(np.maximum(pred, 1e-15)) - log_t
@@ -281,12 +302,12 @@ def fit_curve(form: str, df: pd.DataFrame, peaks: Peaks | None, *, max_rows: int
 
     best = None
     for start in _starting_points(fam, x, t, peak, bw):
-        vec0 = np.concatenate([start, np.full(len(table_keys), 0.6)])
+        vec0 = np.concatenate([start[free], np.full(len(table_keys), 0.6)])
         vec0 = np.clip(vec0, np.array(lo) + 1e-9, np.array(hi) - 1e-9)
         res = least_squares(residuals, vec0, bounds=(lo, hi), x_scale="jac", max_nfev=400 * len(vec0))
         if best is None or res.cost < best.cost:
             best = res
-    params = _round_params({**fam.vector_to_params(best.x, table_keys), **facts})
+    params = _round_params({**fam.vector_to_params(best.x, table_keys, held), **facts})
     kind = correction.KIND_OF_FORM.get(form) if correct else None
     if kind:
         params["correction"] = fit_correction(kind, params, fam, x, sub, log_t, peak, bw)

@@ -145,18 +145,46 @@ class DecodePricer:
         corr = self.p.get("correction")
         self.corr = correction.reduce(corr, {1: correction.group_feature(self.h, self.hkv), 2: self.dh}) if self.v2 and corr else None
         self.f_tok, self.b_tok = float(flops_per_token), float(bytes_per_token)
+        # Split regimes (FlashAttention-2): looked up once per (batch, KV blocks); runs ask twice per decode run.
+        self._capped = bool(self.v2 and self.p.get("kv_block_cap"))
+        self._block = attention_curves.kv_block_tokens(self.dh)
+        self._fills = 0.8 * float(self.p.get("sms", 1.0)) * float(self.p.get("ctas_per_sm", 1.0))
+        self._regimes: dict[tuple[float, int], int] = {}
 
-    def lines(self, seqs: float, per_seq_bytes: float) -> tuple[float, float, float, float]:
+    def split_regime(self, seqs: float, context: float) -> int:
+        """The kernel's KV split count for ``seqs`` sequences of summed ``context``, where it depends on it, else 0.
+
+        FlashAttention-2 caps its splits by the context's KV blocks (``kv_block_cap``),
+        so the two lines of a step hold for one split count only; the engine keys
+        its closed-form decode runs by this. The mean context stands in for the
+        kernel's ``max_seqlen_k`` (the engine knows only the sum).
+        """
+        if not self._capped or seqs <= 0.0:
+            return 0
+        if seqs * self.hkv >= self._fills:  # enough CTAs: never split, whatever the context
+            return 1
+        key = (seqs, math.ceil(context / (seqs * self._block)))  # the KV blocks decide the split count
+        hit = self._regimes.get(key)
+        if hit is None:
+            hit = self._regimes[key] = attention_curves.decode_v2_splits(self.p, seqs, self.hkv, self.dh, context / seqs)
+        return hit
+
+    def lines(self, seqs: float, per_seq_bytes: float,
+              context_per_seq: float | None = None) -> tuple[float, float, float, float]:
         """``-v2``: ``(fixed, flat, base, slope)``; the step takes ``fixed + max(flat, base + slope * C)``.
 
         Priced with a cold L2 (the serving case, see :mod:`hwmodels.calibration.attention_curves`).
+        ``context_per_seq`` picks the split count where the kernel caps it by the
+        context (:meth:`split_regime`); without it, the long-context limit.
         """
         p = self.p
         fixed, flat, base, _ = attention_curves.decode_v2_lines(
-            p, seqs, self.h, self.hkv, self.dh, 2.0, self.peak, self.bw)
+            p, seqs, self.h, self.hkv, self.dh, 2.0, self.peak, self.bw, context_per_seq=context_per_seq)
         eta_m = attention_curves.decode_v2_memory_efficiency(p, seqs, self.hkv)
-        slope_cta = attention_curves.decode_v2_cta_slope(p, seqs, self.h, self.hkv)
-        slope = max(self.f_tok / (self.peak * p["c_max"]), self.b_tok / (self.bw * eta_m), float(slope_cta))
+        slope_cta = attention_curves.decode_v2_cta_slope(p, seqs, self.h, self.hkv, self.dh, context_per_seq)
+        # The row's FLOPs count the model's query heads; a kernel that pads them to whole tiles does more.
+        padded = float(attention_curves.decode_query_rows(p, self.h, self.hkv)) / self.h
+        slope = max(self.f_tok * padded / (self.peak * p["c_max"]), self.b_tok / (self.bw * eta_m), float(slope_cta))
         fixed += per_seq_bytes / (self.bw * p["m_max"])
         if self.corr is not None:
             # The residual surface: one factor of the batch for the fixed terms, one for the slope.
@@ -175,7 +203,7 @@ class DecodePricer:
             return ZERO
         if self.v2:
             kv = self.b_tok * context
-            fixed, flat, base, slope = self.lines(seqs, max(nbytes - kv, 0.0))
+            fixed, flat, base, slope = self.lines(seqs, max(nbytes - kv, 0.0), context / seqs)
             t = fixed + max(flat, base + slope * context)
             return Priced(t, flops / (self.peak * self.p["c_max"]), nbytes / (self.bw * self.p["m_max"]))
         fixed, per_flop, per_byte, serial = self.terms(seqs)

@@ -218,6 +218,8 @@ class IterationCostModel:
         self._E = table.num_experts
         self._k = table.experts_per_token
         self._cal = _Calibrated.build(self) if device.profile is not None or self.overheads.active else None
+        # (batch, summed context) -> the decode-attention kernel's split count, where it depends on the context.
+        self._split_regime = self._cal.capped.split_regime if self._cal is not None and self._cal.capped else None
 
     # ----------------------------------------------------------------- single
     def features(self, shape: BatchShape) -> np.ndarray:
@@ -320,16 +322,19 @@ class IterationCostModel:
         x[F.EXPERTS_HIT] = F.expected_experts_hit(batch, self._E, self._k)
         return x
 
-    def _decode_coefficients(self, batch: int) -> tuple:
-        """Per batch size, once: the context-independent time and the context-dependent rows as lines.
+    def _decode_coefficients(self, batch: int, regime: int = 0, context: float | None = None) -> tuple:
+        """Per batch size (and split regime), once: the context-independent time and the context-dependent rows as lines.
 
         A context-dependent operator's compute and memory times are lines in
-        the summed context ``C``: ``a_f*C + b_f`` and ``a_m*C + b_m``.
+        the summed context ``C``: ``a_f*C + b_f`` and ``a_m*C + b_m``. They hold
+        for one split ``regime`` of the attention kernel (:meth:`_Calibrated.split_regime`);
+        ``context`` (summed) is any context in that regime.
         """
-        hit = self._decode_cache.get(batch)
+        key = batch if not regime else (batch, regime)
+        hit = self._decode_cache.get(key)
         if hit is None and self._cal is not None:
-            hit = self._cal.decode_coefficients(batch)
-            self._decode_cache[batch] = hit
+            hit = self._cal.decode_coefficients(batch, None if context is None else context / batch)
+            self._decode_cache[key] = hit
         if hit is None:
             x = self._decode_base(batch)
             s, rows = self._static_rows, self._ctx_rows
@@ -357,7 +362,13 @@ class IterationCostModel:
         """``iterations`` decode steps of ``batch`` sequences whose contexts sum to
         ``context0`` in the first step and grow by ``batch`` per step."""
         k = int(iterations)
-        static, single, lines, _ = self._decode_coefficients(batch)
+        regime = 0
+        split_regime = self._split_regime
+        if split_regime is not None:
+            regime = split_regime(batch, context0)
+            if regime != split_regime(batch, context0 + batch * (k - 1)):
+                return self._decode_run_by_regime(batch, context0, k)
+        static, single, lines, _ = self._decode_coefficients(batch, regime, context0)
         if lines is None:  # a calibrated context-dependent row with no closed form: price every step
             ctx = context0 + batch * np.arange(k, dtype=float)
             d = np.array([self._cal.price(self._decode_x(batch, c)) for c in ctx])
@@ -384,6 +395,25 @@ class IterationCostModel:
         if np.array_equal(comp[:, 0] >= mem[:, 0], comp[:, -1] >= mem[:, -1]):
             step = float(d[1] - d[0]) if k > 1 else 0.0
             return DecodeRun(k, float(d[0]), step, True)
+        return DecodeRun(k, float(d[0]), 0.0, False, d)
+
+    def _decode_run_by_regime(self, batch: int, context0: int, k: int) -> DecodeRun:
+        """A run across which the attention kernel's split count changes: each step priced by its regime's lines."""
+        ctx = context0 + batch * np.arange(k, dtype=float)
+        regimes = self._cal.split_regimes(batch, ctx)
+        d = np.empty(k)
+        for r in np.unique(regimes).tolist():
+            sel = regimes == r
+            c = ctx[sel]
+            static, single, lines, _ = self._decode_coefficients(batch, int(r), float(c[0]))
+            if lines is None:
+                d[sel] = [self._cal.price(self._decode_x(batch, v)) for v in c.tolist()]
+            elif single:
+                af, bf, am, bm = lines
+                d[sel] = static + np.maximum(af * c + bf, am * c + bm)
+            else:
+                af, bf, am, bm = lines
+                d[sel] = static + np.maximum(np.outer(af, c) + bf[:, None], np.outer(am, c) + bm[:, None]).sum(axis=0)
         return DecodeRun(k, float(d[0]), 0.0, False, d)
 
     def decode_work(self, batch: int, context0: int, iterations: int) -> tuple[float, float]:
@@ -465,6 +495,10 @@ class _Calibrated:
         self.l_rows = [(op, self._pricer(op), op.launches * launch) for op in table.layer_ops]
         self.i_rows = [(op, self._pricer(op), op.launches * launch) for op in table.iteration_ops]
         self.ctx_rows = set(model._ctx_rows.tolist())
+        # The decode-attention pricer whose split count depends on the context (FlashAttention-2), if any.
+        capped = [getattr(p, "decode", None) for _, p, _ in self.l_rows]
+        capped = [d for d in capped if d is not None and d.split_regime(1.0, 1.0) != 0]
+        self.capped = capped[0] if capped else None
         self.comm_vec = np.zeros(F.NUM_FEATURES)
         self.comm_cal: list[tuple[float, object, np.ndarray, float, float, str]] = []
         for comms, mult in ((table.layer_comms, self.L), (table.iteration_comms, 1.0)):
@@ -651,8 +685,25 @@ class _Calibrated:
             total = total + many(X, f, b).time_s
         return total
 
-    def decode_coefficients(self, batch: int) -> tuple:
-        """As :meth:`IterationCostModel._decode_coefficients`, with calibrated rows."""
+    def split_regime(self, batch: int, context: float) -> int:
+        """The decode-attention kernel's split count at this batch and summed context (0: it does not vary)."""
+        return self.capped.split_regime(float(batch), float(context)) if self.capped is not None else 0
+
+    def split_regimes(self, batch: int, contexts: np.ndarray) -> np.ndarray:
+        """:meth:`split_regime` of every summed context of a run (one lookup per KV block of the per-sequence context)."""
+        if self.capped is None:
+            return np.zeros(len(contexts), dtype=int)
+        from hwmodels.calibration.attention_curves import kv_block_tokens
+
+        block = kv_block_tokens(self.capped.dh)
+        blocks = np.ceil(np.asarray(contexts, dtype=float) / batch / block)
+        uniq, inv = np.unique(blocks, return_inverse=True)
+        per = np.array([self.capped.split_regime(float(batch), float(b * block * batch)) for b in uniq.tolist()])
+        return per[inv.ravel()]
+
+    def decode_coefficients(self, batch: int, context_per_seq: float | None = None) -> tuple:
+        """As :meth:`IterationCostModel._decode_coefficients`, with calibrated rows
+        (``context_per_seq`` picks the attention kernel's split regime)."""
         model = self.model
         x = model._decode_base(batch)
         xl = x.tolist()
@@ -673,7 +724,7 @@ class _Calibrated:
                               L * self.Bl[i, ctx] * self.inv_m, L * b * self.inv_m))
             elif hasattr(pricer, "decode") and pricer.decode.v2:
                 # fixed + max(flat, base + slope * C): two lines in C.
-                fixed, flat, base, slope = pricer.decode.lines(float(batch), b)
+                fixed, flat, base, slope = pricer.decode.lines(float(batch), b, context_per_seq)
                 lines.append((0.0, L * (fixed + flat), L * slope, L * (fixed + base)))
             elif hasattr(pricer, "decode") and (f == 0.0 or pricer.decode.terms(float(batch))[3] == 0.0):
                 # Compute and serial sides are lines through the origin in C (no context-free FLOPs):
