@@ -340,10 +340,17 @@ class Replica:
             if record:
                 if run.affine:
                     rec.gap_run(run.first + run.step, run.step, steps - 1, n)
+                elif run.pieces is not None:
+                    for count, first, step in run.tail_pieces():
+                        rec.gap_run(first, step, count, n)
                 else:
-                    for v in run.durations[1:].tolist():
-                        rec.gap_run(v, 0.0, 1, n)
-            inner_max = max(run.first + run.step, run.last) if run.affine else float(run.durations[1:].max())
+                    _record_piecewise(rec, run.durations[1:], n)
+            if run.affine:
+                inner_max = max(run.first + run.step, run.last)
+            elif run.pieces is not None:
+                inner_max = max(max(f, f + st * (c - 1)) for c, f, st in run.tail_pieces())
+            else:
+                inner_max = float(run.durations[1:].max())
             if inner_max >= hi:
                 t.max_tbt_s[live] = np.maximum(t.max_tbt_s[live], inner_max)
             else:
@@ -361,3 +368,32 @@ class Replica:
         self.scheduler.retire(finished)
         if self.on_finish is not None:
             self.on_finish(finished, now)
+
+
+def _record_piecewise(rec, durations: np.ndarray, weight: int) -> None:
+    """Record a run's gaps as its affine pieces (one weighted run each), not one entry per iteration.
+
+    A non-affine run is usually a few affine pieces: the attention kernel's split
+    count or the roofline regime changes a few times within it. A piece continues
+    while the step between consecutive durations stays the same (to 1e-9 of the
+    largest duration, far below any latency a user reads).
+    """
+    m = len(durations)
+    if m <= 2:
+        for v in durations.tolist():
+            rec.gap_run(v, 0.0, 1, weight)
+        return
+    steps = np.diff(durations)
+    tol = 1e-9 * float(np.abs(durations).max())
+    breaks = (np.flatnonzero(np.abs(np.diff(steps)) > tol) + 1).tolist()  # steps[b] != steps[b - 1]
+    values = durations.tolist()
+    i, nb, b_at = 0, len(breaks), 0
+    while i < m:
+        if i == m - 1:
+            rec.gap_run(values[i], 0.0, 1, weight)
+            break
+        while b_at < nb and breaks[b_at] <= i:
+            b_at += 1
+        last = breaks[b_at] if b_at < nb else m - 1  # the piece is values[i..last], step steps[i]
+        rec.gap_run(values[i], float(steps[i]), last - i + 1, weight)
+        i = last + 1

@@ -151,7 +151,17 @@ def test_calibrated_decode_run_matches_scalar_iterations(model, device, tp, batc
     if run.affine:  # honest: affine means a straight line
         assert np.all(np.abs(second) <= 1e-12 * durations.max())
     else:
-        assert run.durations is not None and len(run.durations) == k
+        assert (run.durations is not None) != (run.pieces is not None) and len(durations) == k
+        if run.pieces is not None:  # piecewise affine: each piece a straight line, and they cover the run
+            assert sum(c for c, _, _ in run.pieces) == k
+    assert run.total == pytest.approx(durations.sum(), rel=1e-12)
+    assert run.last == durations[-1] and run.max == pytest.approx(durations.max(), rel=1e-12)
+    ends = np.cumsum(durations)
+    for j in (0, 4, 28, 29, 30, k // 2, k - 1):  # halfway through iteration j + 1 (and around a split change)
+        assert run.iterations_ending_by(ends[j] - durations[j] / 2.0) == j + 1
+    assert run.iterations_ending_by(ends[-1] * 2.0) == k
+    half = run.prefix(k // 2)
+    assert half.total == pytest.approx(durations[: k // 2].sum(), rel=1e-12)
 
 
 def test_a_decode_run_that_crosses_a_split_regime_steps_where_the_kernel_splits():

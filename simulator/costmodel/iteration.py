@@ -37,13 +37,36 @@ class IterationCost:
     bytes: float  # memory traffic summed over the replica's GPUs
 
 
+def _affine_total(k: int, first: float, step: float) -> float:
+    return k * first + step * k * (k - 1) / 2.0
+
+
+def _affine_ending_by(k: int, a: float, s: float, elapsed: float) -> int:
+    """Smallest ``n`` in ``1..k`` with ``n a + s n (n - 1) / 2 >= elapsed`` (``k`` if none)."""
+    # cumulative(n) is increasing in n; solve cumulative(n) = elapsed.
+    if s == 0.0:
+        n = math.ceil(elapsed / a) if a > 0 else 1
+    else:
+        b = a - s / 2.0
+        n = math.ceil((-b + math.sqrt(max(b * b + 2.0 * s * elapsed, 0.0))) / s)
+    n = min(max(n, 1), k)
+    # Guard the float edge: step to the exact boundary.
+    while n < k and n * a + s * n * (n - 1) / 2.0 < elapsed:
+        n += 1
+    while n > 1 and (n - 1) * a + s * (n - 1) * (n - 2) / 2.0 >= elapsed:
+        n -= 1
+    return n
+
+
 @dataclass(slots=True)
 class DecodeRun:
     """``iterations`` decode iterations of an unchanged batch.
 
-    When ``affine`` the durations are exactly ``first + j * step`` and no array
-    is built (the common case: one roofline regime for the whole run); else
-    ``durations`` holds them all.
+    Three forms, cheapest first: ``affine`` -- the durations are exactly
+    ``first + j * step`` (the common case: one roofline regime for the whole
+    run); ``pieces`` -- a few affine pieces ``(iterations, first, step)`` (the
+    attention kernel's split count changes within the run); else ``durations``
+    holds them all.
     """
 
     iterations: int
@@ -51,28 +74,47 @@ class DecodeRun:
     step: float  # growth per iteration when affine
     affine: bool
     durations: np.ndarray | None = None
+    pieces: tuple[tuple[int, float, float], ...] | None = None
 
     @property
     def last(self) -> float:
         if self.affine:
             return self.first + self.step * (self.iterations - 1)
+        if self.pieces is not None:
+            c, f, st = self.pieces[-1]
+            return f + st * (c - 1)
         return float(self.durations[-1])
 
     @property
     def total(self) -> float:
-        k = self.iterations
         if self.affine:
-            return k * self.first + self.step * k * (k - 1) / 2.0
+            return _affine_total(self.iterations, self.first, self.step)
+        if self.pieces is not None:
+            return sum(_affine_total(c, f, st) for c, f, st in self.pieces)
         return float(self.durations.sum())
 
     @property
     def max(self) -> float:
-        return max(self.first, self.last) if self.affine else float(self.durations.max())
+        if self.affine:
+            return max(self.first, self.last)
+        if self.pieces is not None:
+            return max(max(f, f + st * (c - 1)) for c, f, st in self.pieces)
+        return float(self.durations.max())
 
     def all_durations(self) -> np.ndarray:
         if self.affine:
             return self.first + self.step * np.arange(self.iterations, dtype=float)
+        if self.pieces is not None:
+            return np.concatenate([f + st * np.arange(c, dtype=float) for c, f, st in self.pieces])
         return self.durations
+
+    def tail_pieces(self) -> tuple[tuple[int, float, float], ...]:
+        """The affine pieces of iterations 2..k (a piecewise or affine run only): what a sequence's gaps are
+        once its first token of the run is out."""
+        pieces = ((self.iterations, self.first, self.step),) if self.affine else self.pieces
+        c, f, st = pieces[0]
+        head = ((c - 1, f + st, st),) if c > 1 else ()
+        return head + tuple(pieces[1:])
 
     def iterations_ending_by(self, elapsed: float) -> int:
         """Iterations needed to reach the first boundary at or after ``elapsed`` seconds into the run.
@@ -81,28 +123,33 @@ class DecodeRun:
         (capped at the run's length): the iteration in flight completes.
         """
         k = self.iterations
-        if not self.affine:
-            ends = np.cumsum(self.durations)
-            return min(int(np.searchsorted(ends, elapsed, side="left")) + 1, k)
-        a, s = self.first, self.step
-        # cumulative(n) = n*a + s*n*(n-1)/2 is increasing in n; solve cumulative(n) = elapsed.
-        if s == 0.0:
-            n = math.ceil(elapsed / a) if a > 0 else 1
-        else:
-            b = a - s / 2.0
-            n = math.ceil((-b + math.sqrt(b * b + 2.0 * s * elapsed)) / s)
-        n = min(max(n, 1), k)
-        # Guard the float edge: step to the exact boundary.
-        while n < k and n * a + s * n * (n - 1) / 2.0 < elapsed:
-            n += 1
-        while n > 1 and (n - 1) * a + s * (n - 1) * (n - 2) / 2.0 >= elapsed:
-            n -= 1
-        return n
+        if self.affine:
+            return _affine_ending_by(k, self.first, self.step, elapsed)
+        if self.pieces is not None:
+            done, spent = 0, 0.0
+            for c, f, st in self.pieces:
+                piece = _affine_total(c, f, st)
+                if spent + piece >= elapsed:
+                    return min(done + _affine_ending_by(c, f, st, elapsed - spent), k)
+                done, spent = done + c, spent + piece
+            return k
+        ends = np.cumsum(self.durations)
+        return min(int(np.searchsorted(ends, elapsed, side="left")) + 1, k)
 
     def prefix(self, done: int) -> DecodeRun:
         """The first ``done`` iterations of this run."""
         if self.affine:
             return DecodeRun(done, self.first, self.step, True)
+        if self.pieces is not None:
+            out, left = [], done
+            for c, f, st in self.pieces:
+                if left <= 0:
+                    break
+                out.append((min(c, left), f, st))
+                left -= c
+            if len(out) == 1:
+                return DecodeRun(done, out[0][1], out[0][2], True)
+            return DecodeRun(done, self.first, 0.0, False, None, tuple(out))
         d = self.durations[:done]
         return DecodeRun(done, float(d[0]), 0.0, False, d)
 
@@ -398,22 +445,49 @@ class IterationCostModel:
         return DecodeRun(k, float(d[0]), 0.0, False, d)
 
     def _decode_run_by_regime(self, batch: int, context0: int, k: int) -> DecodeRun:
-        """A run across which the attention kernel's split count changes: each step priced by its regime's lines."""
-        ctx = context0 + batch * np.arange(k, dtype=float)
-        regimes = self._cal.split_regimes(batch, ctx)
-        d = np.empty(k)
-        for r in np.unique(regimes).tolist():
-            sel = regimes == r
-            c = ctx[sel]
-            static, single, lines, _ = self._decode_coefficients(batch, int(r), float(c[0]))
+        """A run across which the attention kernel's split count changes: each step priced by its regime's lines.
+
+        The split count depends on the per-sequence context's KV blocks, and the
+        mean context grows by one token a step, so the run is cut where it enters
+        a new block (a few pieces per run). A piece inside one roofline regime is
+        affine and stays two numbers; otherwise the run keeps every duration.
+        """
+        block = self._cal.capped_block
+        pieces: list[tuple[int, float, float]] = []
+        arrays: list[np.ndarray] = []
+        j = 0
+        while j < k:
+            c = context0 + batch * j
+            blocks = math.ceil(c / (batch * block))
+            end = min(k, math.floor((blocks * block * batch - context0) / batch) + 1)  # last step in these blocks
+            end = max(end, j + 1)
+            static, single, lines, _ = self._decode_coefficients(batch, self._split_regime(batch, c), c)
+            c_last = context0 + batch * (end - 1)
+            if single and lines is not None:
+                af, bf, am, bm = lines
+                compute_first = af * c + bf >= am * c + bm
+                if compute_first == (af * c_last + bf >= am * c_last + bm):
+                    a, b = (af, bf) if compute_first else (am, bm)
+                    pieces.append((end - j, static + a * c + b, a * batch))
+                    arrays.append(None)
+                    j = end
+                    continue
+            ctx = context0 + batch * np.arange(j, end, dtype=float)
             if lines is None:
-                d[sel] = [self._cal.price(self._decode_x(batch, v)) for v in c.tolist()]
+                d = np.array([self._cal.price(self._decode_x(batch, v)) for v in ctx.tolist()])
             elif single:
                 af, bf, am, bm = lines
-                d[sel] = static + np.maximum(af * c + bf, am * c + bm)
+                d = static + np.maximum(af * ctx + bf, am * ctx + bm)
             else:
                 af, bf, am, bm = lines
-                d[sel] = static + np.maximum(np.outer(af, c) + bf[:, None], np.outer(am, c) + bm[:, None]).sum(axis=0)
+                d = static + np.maximum(np.outer(af, ctx) + bf[:, None], np.outer(am, ctx) + bm[:, None]).sum(axis=0)
+            pieces.append((end - j, float(d[0]), 0.0))
+            arrays.append(d)
+            j = end
+        if all(a is None for a in arrays):
+            return DecodeRun(k, pieces[0][1], 0.0, False, None, tuple(pieces))
+        d = np.concatenate([a if a is not None else f + st * np.arange(c, dtype=float)
+                            for a, (c, f, st) in zip(arrays, pieces, strict=True)])
         return DecodeRun(k, float(d[0]), 0.0, False, d)
 
     def decode_work(self, batch: int, context0: int, iterations: int) -> tuple[float, float]:
@@ -499,6 +573,10 @@ class _Calibrated:
         capped = [getattr(p, "decode", None) for _, p, _ in self.l_rows]
         capped = [d for d in capped if d is not None and d.split_regime(1.0, 1.0) != 0]
         self.capped = capped[0] if capped else None
+        if self.capped is not None:
+            from hwmodels.calibration.attention_curves import kv_block_tokens
+
+            self.capped_block = kv_block_tokens(self.capped.dh)  # tokens per KV block of its split heuristic
         self.comm_vec = np.zeros(F.NUM_FEATURES)
         self.comm_cal: list[tuple[float, object, np.ndarray, float, float, str]] = []
         for comms, mult in ((table.layer_comms, self.L), (table.iteration_comms, 1.0)):
@@ -688,18 +766,6 @@ class _Calibrated:
     def split_regime(self, batch: int, context: float) -> int:
         """The decode-attention kernel's split count at this batch and summed context (0: it does not vary)."""
         return self.capped.split_regime(float(batch), float(context)) if self.capped is not None else 0
-
-    def split_regimes(self, batch: int, contexts: np.ndarray) -> np.ndarray:
-        """:meth:`split_regime` of every summed context of a run (one lookup per KV block of the per-sequence context)."""
-        if self.capped is None:
-            return np.zeros(len(contexts), dtype=int)
-        from hwmodels.calibration.attention_curves import kv_block_tokens
-
-        block = kv_block_tokens(self.capped.dh)
-        blocks = np.ceil(np.asarray(contexts, dtype=float) / batch / block)
-        uniq, inv = np.unique(blocks, return_inverse=True)
-        per = np.array([self.capped.split_regime(float(batch), float(b * block * batch)) for b in uniq.tolist()])
-        return per[inv.ravel()]
 
     def decode_coefficients(self, batch: int, context_per_seq: float | None = None) -> tuple:
         """As :meth:`IterationCostModel._decode_coefficients`, with calibrated rows
