@@ -4,7 +4,7 @@ Prints, for each workload, wall seconds, simulated requests per wall second,
 iterations per wall second and peak RSS. Each workload runs in a fresh
 subprocess so peak RSS is its own.
 
-    python benchmarks/sim_speed.py            # all four workloads
+    python benchmarks/sim_speed.py            # all five workloads
     python benchmarks/sim_speed.py --only 1 2 # some of them
 
 Workloads (issue #2):
@@ -14,6 +14,8 @@ Workloads (issue #2):
    (Llama-3.1-8B: the Llama-3-8B architecture with the 128k context the trace's longest prompts need).
 4. 1,000,000 requests with ShareGPT lengths (the shipped Vidur ShareGPT length trace), Poisson 60 req/s,
    16 replicas of Llama-3.1-8B on H100.
+5. Workload 3 on A100-80GB instead of H100 (not an issue target): small grouped-query batches, where the A100
+   profile's FlashAttention-2 split count changes with the context, so many decode runs are piecewise affine.
 """
 
 from __future__ import annotations
@@ -60,6 +62,15 @@ WORKLOADS: dict[int, dict] = {
         "scheduler": {"name": "vllm", "max_num_batched_tokens": 8192},
         "workload": {"arrival": "poisson", "qps": 60, "trace": {"name": "sharegpt-lengths"}},
         "simulation": {"num_requests": 1_000_000},
+    },
+    5: {
+        "name": "azure conv 2023 on 4x llama3-8b a100",
+        "model": "llama-3.1-8b",
+        "deployment": {"device": "a100-80gb-sxm", "num_replicas": 4},
+        "scheduler": {"name": "vllm", "max_num_batched_tokens": 16384},
+        "router": {"name": "least-outstanding"},
+        "workload": {"arrival": "trace", "trace": {"name": "azure-conv-2023"}},
+        "simulation": {"num_requests": None},
     },
 }
 
