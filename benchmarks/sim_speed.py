@@ -63,16 +63,9 @@ WORKLOADS: dict[int, dict] = {
         "workload": {"arrival": "poisson", "qps": 60, "trace": {"name": "sharegpt-lengths"}},
         "simulation": {"num_requests": 1_000_000},
     },
-    5: {
-        "name": "azure conv 2023 on 4x llama3-8b a100",
-        "model": "llama-3.1-8b",
-        "deployment": {"device": "a100-80gb-sxm", "num_replicas": 4},
-        "scheduler": {"name": "vllm", "max_num_batched_tokens": 16384},
-        "router": {"name": "least-outstanding"},
-        "workload": {"arrival": "trace", "trace": {"name": "azure-conv-2023"}},
-        "simulation": {"num_requests": None},
-    },
 }
+WORKLOADS[5] = {**WORKLOADS[3], "name": "azure conv 2023 on 4x llama3-8b a100",
+                "deployment": {"device": "a100-80gb-sxm", "num_replicas": 4}}
 
 
 def run_one(index: int) -> dict:
