@@ -168,7 +168,7 @@ def test_a_decode_run_that_crosses_a_split_regime_steps_where_the_kernel_splits(
     """One GQA sequence on an A100: contexts of one 128-token KV block are not split; from the second block on
     FlashAttention-2 splits the context and runs its merge kernel, so the run jumps at 129 tokens."""
     cost = system("llama-3.1-8b", "a100-80gb-sxm").cost_model()
-    assert cost._cal.split_regime(1, 128) == 1 and cost._cal.split_regime(1, 129) == 2
+    assert cost._split_regime(1, 128) == 1 and cost._split_regime(1, 129) == 2
     run = cost.decode_run(1, 100, 60)  # contexts 100 .. 159
     assert not run.affine
     d = run.all_durations()

@@ -374,7 +374,7 @@ class IterationCostModel:
 
         A context-dependent operator's compute and memory times are lines in
         the summed context ``C``: ``a_f*C + b_f`` and ``a_m*C + b_m``. They hold
-        for one split ``regime`` of the attention kernel (:meth:`_Calibrated.split_regime`);
+        for one split ``regime`` of the attention kernel (``DecodePricer.split_regime``);
         ``context`` (summed) is any context in that regime.
         """
         key = batch if not regime else (batch, regime)
@@ -762,10 +762,6 @@ class _Calibrated:
                 return None
             total = total + many(X, f, b).time_s
         return total
-
-    def split_regime(self, batch: int, context: float) -> int:
-        """The decode-attention kernel's split count at this batch and summed context (0: it does not vary)."""
-        return self.capped.split_regime(float(batch), float(context)) if self.capped is not None else 0
 
     def decode_coefficients(self, batch: int, context_per_seq: float | None = None) -> tuple:
         """As :meth:`IterationCostModel._decode_coefficients`, with calibrated rows
