@@ -4,6 +4,8 @@ curves change prices in the expected direction, and the engine's contracts still
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import yaml
@@ -244,6 +246,22 @@ def test_profile_with_missing_parameters_is_refused(tmp_path):
     with pytest.raises(CapsimError) as info:
         load_profile(_write_profile(tmp_path, {"gemm": {"bf16": bad}}))
     assert "lacks parameter" in info.value.problem and info.value.where.endswith("operators.gemm.bf16.params")
+
+
+def test_a_profile_without_a_gated_parameter_loads_and_prices_as_if_it_were_zero(tmp_path):
+    """Profiles fitted before ``kappa_m_s`` existed lack it; its term is then absent, not an error."""
+    from hwmodels.calibration import attention_curves
+
+    entry = copy.deepcopy(shipped_profile("a100-80gb-sxm").doc["operators"]["attention_decode"]["bf16"])
+    old = {k: v for k, v in entry["params"].items() if k != "kappa_m_s"}
+    loaded = load_profile(_write_profile(tmp_path, {"attention_decode": {"bf16": {**entry, "params": old}}}))
+    params = loaded.curve("attention_decode", "bf16").params
+    assert "kappa_m_s" not in params
+    args = (1.0, 8.0, 1.0, 128.0, 2.0, 312e12, 2.0e12)
+    without = attention_curves.decode_v2_lines(params, *args, context_per_seq=4000.0)
+    as_zero = attention_curves.decode_v2_lines({**params, "kappa_m_s": 0.0}, *args, context_per_seq=4000.0)
+    with_it = attention_curves.decode_v2_lines(entry["params"], *args, context_per_seq=4000.0)
+    assert without == as_zero and with_it[0] > without[0]
 
 
 @pytest.mark.parametrize("device", ["a100-80gb-sxm", "h100-sxm", "h200"])
