@@ -415,6 +415,11 @@ class IterationCostModel:
             regime = split_regime(batch, context0)
             if regime != split_regime(batch, context0 + batch * (k - 1)):
                 return self._decode_run_by_regime(batch, context0, k)
+        return self._run_in_regime(batch, regime, context0, k)
+
+    def _run_in_regime(self, batch: int, regime: int, context0: int, k: int) -> DecodeRun:
+        """``k`` decode steps within one split regime of the attention kernel: affine where one roofline side
+        holds throughout, else every duration."""
         static, single, lines, _ = self._decode_coefficients(batch, regime, context0)
         if lines is None:  # a calibrated context-dependent row with no closed form: price every step
             ctx = context0 + batch * np.arange(k, dtype=float)
@@ -453,41 +458,18 @@ class IterationCostModel:
         affine and stays two numbers; otherwise the run keeps every duration.
         """
         block = self._cal.capped_block
-        pieces: list[tuple[int, float, float]] = []
-        arrays: list[np.ndarray] = []
+        runs: list[DecodeRun] = []
         j = 0
         while j < k:
             c = context0 + batch * j
             blocks = math.ceil(c / (batch * block))
             end = min(k, math.floor((blocks * block * batch - context0) / batch) + 1)  # last step in these blocks
             end = max(end, j + 1)
-            static, single, lines, _ = self._decode_coefficients(batch, self._split_regime(batch, c), c)
-            c_last = context0 + batch * (end - 1)
-            if single and lines is not None:
-                af, bf, am, bm = lines
-                compute_first = af * c + bf >= am * c + bm
-                if compute_first == (af * c_last + bf >= am * c_last + bm):
-                    a, b = (af, bf) if compute_first else (am, bm)
-                    pieces.append((end - j, static + a * c + b, a * batch))
-                    arrays.append(None)
-                    j = end
-                    continue
-            ctx = context0 + batch * np.arange(j, end, dtype=float)
-            if lines is None:
-                d = np.array([self._cal.price(self._decode_x(batch, v)) for v in ctx.tolist()])
-            elif single:
-                af, bf, am, bm = lines
-                d = static + np.maximum(af * ctx + bf, am * ctx + bm)
-            else:
-                af, bf, am, bm = lines
-                d = static + np.maximum(np.outer(af, ctx) + bf[:, None], np.outer(am, ctx) + bm[:, None]).sum(axis=0)
-            pieces.append((end - j, float(d[0]), 0.0))
-            arrays.append(d)
+            runs.append(self._run_in_regime(batch, self._split_regime(batch, c), c, end - j))
             j = end
-        if all(a is None for a in arrays):
-            return DecodeRun(k, pieces[0][1], 0.0, False, None, tuple(pieces))
-        d = np.concatenate([a if a is not None else f + st * np.arange(c, dtype=float)
-                            for a, (c, f, st) in zip(arrays, pieces, strict=True)])
+        if all(r.affine for r in runs):
+            return DecodeRun(k, runs[0].first, 0.0, False, None, tuple((r.iterations, r.first, r.step) for r in runs))
+        d = np.concatenate([r.all_durations() for r in runs])
         return DecodeRun(k, float(d[0]), 0.0, False, d)
 
     def decode_work(self, batch: int, context0: int, iterations: int) -> tuple[float, float]:
