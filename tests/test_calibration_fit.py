@@ -320,3 +320,38 @@ def test_a_parameter_gated_by_a_kernel_fact_is_held_at_zero_without_it():
     fa2 = fit_curve("attention-decode-v2", fa2_rows.assign(kernel="vllm_flash_attn"), PEAKS, correct=False)
     assert fa2.params["serial_merge"] == 1.0
     assert fa2.params["kappa_m_s"] == pytest.approx(2e-7, rel=0.2)
+
+
+@pytest.mark.parametrize(("m", "n", "sms", "expected"), [
+    (128.0, 256.0 * 108, 108.0, 1.0),  # exactly one full wave of 128 x 256 tiles
+    (256.0, 4096.0, 108.0, 32 / 108),  # 2 x 16 tiles: a third of one wave
+    (1024.0, 4096.0, 108.0, 128 / 216),  # 8 x 16 tiles: one full wave and 20 of 108 slots of the second
+    (129.0, 257.0, 108.0, 4 / 108),  # partial tiles count whole
+    (1024.0, 4096.0, 1.0, 1.0),  # one "SM" (a CPU): no waves to quantise
+])
+def test_wave_efficiency_counts_128_by_256_output_tiles_over_the_sms(m, n, sms, expected):
+    assert curves.wave_efficiency(m, n, sms) == pytest.approx(expected)
+    assert curves.wave_efficiency(np.array([m, m]), n, sms) == pytest.approx([expected, expected])
+
+
+def test_gemm_fit_recovers_a_wave_quantisation_weight_on_a_catalog_device():
+    # The SM count is a catalog fact (108 on the A100): not fitted, copied into the params.
+    truth = {**GEMM_TRUE, "wave": 0.7, "sms": 108.0}
+    df = _gemm_rows(truth).assign(device="a100-80gb-sxm")
+    fitted = fit_curve("gemm-v1", df, PEAKS, correct=False)
+    assert fitted.params["sms"] == 108.0
+    assert fitted.params["wave"] == pytest.approx(0.7, abs=0.05)
+    err = np.abs(fitted.predict(df, PEAKS) / df["measured_s"].to_numpy() - 1.0)
+    assert np.median(err) < 0.01 and np.percentile(err, 90) < 0.03
+
+
+def test_a_gemm_curve_without_a_wave_weight_prices_as_before():
+    m, n, k = np.array([1.0, 200.0, 1000.0, 5000.0]), 4096.0, 4096.0
+    old = curves.gemm_time(GEMM_TRUE, m, n, k, 2.0, 2.0, PEAKS.flops["bf16"], PEAKS.bandwidth)
+    zero = curves.gemm_time({**GEMM_TRUE, "wave": 0.0, "sms": 108.0}, m, n, k, 2.0, 2.0, PEAKS.flops["bf16"],
+                            PEAKS.bandwidth)
+    waved = curves.gemm_time({**GEMM_TRUE, "wave": 1.0, "sms": 108.0}, m, n, k, 2.0, 2.0, PEAKS.flops["bf16"],
+                             PEAKS.bandwidth)
+    assert np.array_equal(old, zero)
+    # 1000 rows: 8 x 16 tiles fill 128 of 216 slots, so the compute-bound shape is slower with the wave term.
+    assert waved[2] > 1.3 * old[2] and np.all(waved >= old)  # a part-empty wave only ever slows a GEMM

@@ -23,6 +23,10 @@ Features (``kind`` of a correction):
 
 * ``gemm``: ``m`` (tokens), ``n``, ``k``. Weight shapes interpolate between
   fitted grid neighbours in ``(n, k)``.
+* ``gemm-banded``: the same plus the fill of the kernel's row band
+  (:func:`band_fill`), for kernels whose library computes the rows in bands
+  of a known width that switch with ``m`` (``fit.GEMM_ROW_BANDS``); the bands
+  are stored with the grid (``row_bands``) so a profile prices on its own.
 * ``prefill``: tokens per sequence ``q`` (recovered from the batch sums by
   :func:`hwmodels.calibration.attention_curves.prefill_shape`), the (sequence,
   query head) pairs ``n * h`` -- the kernel's parallel work -- and the query
@@ -89,6 +93,9 @@ DESIGNS: dict[str, Design] = {
     # apart smeared over two octaves); n, k 64..16384 every 4x.
     "gemm": Design("gemm", (GridAxis("log2_m", 0.0, 1.0, 15), GridAxis("log2_n", 6.0, 2.0, 5),
                             GridAxis("log2_k", 6.0, 2.0, 5))),
+    # gemm plus the fill of the kernel's row band (see band_fill): 0.25, 0.5, 1.
+    "gemm-banded": Design("gemm-banded", (GridAxis("log2_m", 0.0, 1.0, 15), GridAxis("log2_n", 6.0, 2.0, 5),
+                                          GridAxis("log2_k", 6.0, 2.0, 5), GridAxis("log2_fill", -2.0, 1.0, 3))),
     # q 1..16384 every 2x (128-row tiles: steps at powers of two); (sequence, head) pairs 1..16384 every 4x;
     # group: MHA on a knot of its own (0.5, see group_feature), then query heads per KV head 2, 8, 32.
     "prefill": Design("prefill", (GridAxis("log2_q", 0.0, 1.0, 15), GridAxis("log2_seq_heads", 0.0, 2.0, 8),
@@ -116,6 +123,8 @@ def features(kind: str, x: Mapping[str, Any]):
     """The raw (not log) features of ``kind`` from a curve's named inputs (floats or arrays)."""
     if kind == "gemm":
         return (x["m"], x["n"], x["k"])
+    if kind == "gemm-banded":
+        return (x["m"], x["n"], x["k"], x["fill"])
     if kind == "prefill":
         from hwmodels.calibration.attention_curves import prefill_shape
 
@@ -127,6 +136,33 @@ def features(kind: str, x: Mapping[str, Any]):
         return (x["seqs"] * x["kv_heads"], group_feature(x["heads"], x["kv_heads"]), x["head_dim"])
     raise CapsimError(f"unknown correction kind {kind!r}", where="calibration profile",
                       fix="one of " + ", ".join(DESIGNS))
+
+
+def band_fill(bands: Sequence[Sequence[float]], m, k):
+    """The fill of the last row band of a GEMM: ``m / (ceil(m / band) * band)``, in (0, 1].
+
+    Why: a kernel that computes rows in bands (a tile times a cluster of CTAs
+    along ``m``) runs a partly filled last band; on vLLM's Hopper fp8 CUTLASS
+    kernel such a band is measurably SLOWER than a full one (257 rows take
+    longer than 512), which no padding term can express. ``bands`` rows are
+    ``(m_min, m_max, k_min, band)``; the first row whose ``m_min <= m <= m_max``
+    and ``k >= k_min`` gives the band (``fit.GEMM_ROW_BANDS``). ``m`` may be
+    fractional (the engine's tokens per expert); it is rounded up to a row.
+    """
+    if isinstance(m, float | int) and isinstance(k, float | int):  # the pricers' hot path: no numpy
+        rows = max(math.ceil(m), 1)
+        for m_min, m_max, k_min, width in bands:
+            if m_min <= rows <= m_max and k >= k_min:
+                return rows / (math.ceil(rows / width) * width)
+        return 1.0
+    shape = np.broadcast(np.asarray(m), np.asarray(k)).shape
+    mm = np.maximum(np.ceil(np.broadcast_to(np.asarray(m, dtype=float), shape)), 1.0)
+    kk = np.broadcast_to(np.asarray(k, dtype=float), shape)
+    band = np.zeros(shape)
+    for m_min, m_max, k_min, width in reversed([tuple(map(float, b)) for b in bands]):
+        band = np.where((mm >= m_min) & (mm <= m_max) & (kk >= k_min), width, band)
+    band = np.where(band > 0.0, band, mm)  # no band applies: a full one
+    return mm / (np.ceil(mm / band) * band)
 
 
 MHA_GROUP = 0.5

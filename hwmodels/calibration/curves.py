@@ -93,8 +93,25 @@ GEMM_TILE_M = 128
 whole 128-row tiles once m is large (smaller tiles below; the blend weight ``tile`` absorbs that)."""
 
 
+GEMM_TILE_N = 256
+"""Output-column tile of the wave term: 128 x 256 tiles (``docs/calibration-decisions.md``, 18)."""
+
+
 def _ceil(x):
     return float(math.ceil(x)) if isinstance(x, float | int) else np.ceil(x)
+
+
+def wave_efficiency(m, n, sms: float):
+    """Fraction of the SMs' tile slots that the output tiles fill: ``tiles / (ceil(tiles / sms) * sms)``.
+
+    Why: a GEMM's output tiles run in waves over the SMs; a grid that leaves
+    the last wave part-empty runs that wave at a fraction of the full rate
+    (cuBLAS on the A100). Libraries that balance the last wave (split-K,
+    stream-K, persistent schedulers) do not pay it, so ``gemm-v1`` blends it in
+    with a fitted weight ``wave``.
+    """
+    tiles = _ceil(m / GEMM_TILE_M) * _ceil(n / GEMM_TILE_N)
+    return tiles / (_ceil(tiles / sms) * sms)
 
 
 def gemm_terms(p: Params, m, n, k, nbytes):
@@ -106,6 +123,9 @@ def gemm_terms(p: Params, m, n, k, nbytes):
     w = p.get("tile", 0.0)
     m_pad = (1.0 - w) * m + w * _ceil(m / GEMM_TILE_M) * GEMM_TILE_M
     eta_c = p["c_max"] * sat(m, p["m0"], p["am"]) * sat(n, p["n0"], p["an"]) * sat(k, p["k0"], p["ak"]) * (m / m_pad)
+    wave = p.get("wave", 0.0)
+    if wave:  # profiles before the wave term have none
+        eta_c = eta_c * ((1.0 - wave) + wave * wave_efficiency(m, n, p.get("sms", 1.0)))
     eta_m = p["m_max"] * sat(nbytes, p["b0"], p["ab"])
     return p["t0_s"], eta_c, eta_m, p["q"]
 
@@ -309,7 +329,10 @@ class Family:
     table_params: tuple[str, ...] = ()
     extra_starts: tuple[Mapping[str, float], ...] = ()  # other initial values tried by the fit
     device_facts: tuple[str, ...] = ()  # not fitted: copied from the device catalog (see fit.device_facts)
-    gated_by: tuple[tuple[str, str], ...] = ()  # (parameter, fact): fitted only where the fact is non-zero, else 0
+    # (parameter, fact, floor): fitted only where the fact exceeds the floor, else held at 0 -- a term the kernel
+    # or device does not have (a merge kernel FlashAttention-3 lacks; waves on a one-"SM" CPU) is not fitted.
+    gated_by: tuple[tuple[str, str, float], ...] = ()
+    added_later: tuple[str, ...] = ()  # terms newer than some profiles: a profile without the parameter has it at 0
 
     def vector_to_params(self, vec: Sequence[float], table_keys: Sequence[float] = (),
                          held: Mapping[str, float] | None = None) -> dict:
@@ -341,6 +364,11 @@ def _corrected(p, kind: str, x, t):
 
 def _gemm_predict(p, x, peak, bandwidth):
     t = gemm_time(p, x["m"], x["n"], x["k"], x["act_bytes"], x["weight_bytes"], peak, bandwidth)
+    corr = p.get("correction")
+    if corr and corr.get("row_bands"):  # a kernel computing rows in bands: the fill is a fourth feature
+        from hwmodels.calibration.correction import band_fill
+
+        return _corrected(p, "gemm-banded", {**x, "fill": band_fill(corr["row_bands"], x["m"], x["k"])}, t)
     return _corrected(p, "gemm", x, t)
 
 
@@ -406,8 +434,12 @@ FAMILIES: dict[str, Family] = {
             ParamSpec("ab", 1.0, 0.2, 4.0),
             ParamSpec("q", 4.0, 1.0, 30.0),
             ParamSpec("tile", 0.2, 0.0, 1.0),
+            ParamSpec("wave", 0.3, 0.0, 1.0),
         ),
         _gemm_predict,
+        device_facts=("sms",),
+        gated_by=(("wave", "sms", 1.0),),
+        added_later=("wave",),
     ),
     "attention-prefill-v1": Family(
         "attention-prefill-v1",
@@ -482,7 +514,7 @@ FAMILIES: dict[str, Family] = {
         _decode_v2_predict,
         extra_starts=({"l2_gain": 1.0, "tau_mha_s": 0.0}, {"kappa_s_s": 0.0, "tau_s": 2e-8}),
         device_facts=("sms", "l2_bytes", "ctas_per_sm", "kv_block_cap", "q_tile_rows", "serial_merge"),
-        gated_by=(("kappa_m_s", "serial_merge"),),
+        gated_by=(("kappa_m_s", "serial_merge", 0.0),),
     ),
     "memory-v1": Family(
         "memory-v1",

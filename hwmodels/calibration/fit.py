@@ -196,6 +196,36 @@ FlashAttention-2 (vLLM's ``vllm_flash_attn`` build, the A100 tables), ``csrc/fla
 """
 
 
+GEMM_ROW_BANDS: Mapping[str, tuple[tuple[float, float, float, float], ...]] = {
+    "CutlassFP8ScaledMMLinearKernel": (
+        (1.0, 16.0, 0.0, 16.0), (17.0, 64.0, 0.0, 64.0), (65.0, 128.0, 0.0, 128.0),
+        (8192.0, math.inf, 6144.0, 512.0), (129.0, math.inf, 0.0, 256.0),
+    ),
+}
+"""Row bands ``(m_min, m_max, k_min, band)``, first match wins, of GEMM kernels that switch tiles by ``m``.
+
+Read from the library's source, not fitted. vLLM's Hopper fp8 per-tensor path
+(``CutlassFP8ScaledMMLinearKernel``; ``csrc/quantization/cutlass_w8a8/c3x/
+scaled_mm_sm90_fp8_dispatch.cuh``): m <= 16 and m <= 64 run with A and B
+swapped, the rows on the 16- or 64-wide tile side; m <= 128 a 64-row tile in a
+cluster of 2 CTAs along m; above that a 128-row tile in a cluster of 2 (256 rows),
+and 256-row tiles in a cluster of 2 (512 rows) from m = 8192 when k >= 6144.
+The residual surface of such a kernel gets the band's fill as a fourth axis
+(``correction.band_fill``, kind ``gemm-banded``; ``docs/calibration-decisions.md`` 16).
+"""
+
+
+def gemm_row_bands(df: pd.DataFrame) -> tuple[tuple[float, float, float, float], ...] | None:
+    """The :data:`GEMM_ROW_BANDS` of the kernel that timed a GEMM dataset's rows (None if it has none)."""
+    kernels = set(df["kernel"].astype(str)) if "kernel" in df else set()
+    found = {GEMM_ROW_BANDS.get(k) for k in kernels}
+    if len(found) > 1:
+        raise CapsimError(f"GEMM rows from kernels with different row bands ({', '.join(sorted(kernels))})",
+                          where=f"fit {df['device'].iat[0]} gemm",
+                          fix="fit each kernel's rows separately (one measurement file per kernel)")
+    return found.pop() if found else None
+
+
 def kernel_facts(df: pd.DataFrame) -> dict[str, float]:
     """The :data:`KERNEL_FACTS` of the kernel that produced a dataset's rows (defaults where it has none)."""
     kernels = set(df["kernel"].astype(str)) if "kernel" in df else set()
@@ -287,7 +317,7 @@ def fit_curve(form: str, df: pd.DataFrame, peaks: Peaks | None, *, max_rows: int
     if "ctas_per_sm" in fam.device_facts:
         facts.update(kernel_facts(df))
     # A parameter whose term the kernel does not have is held at 0, not fitted (``Family.gated_by``).
-    held = {name: 0.0 for name, fact in fam.gated_by if not facts.get(fact)}
+    held = {name: 0.0 for name, fact, floor in fam.gated_by if not facts.get(fact, 0.0) > floor}
     free = [i for i, spec in enumerate(fam.params) if spec.name not in held]
     specs = [fam.params[i] for i in free]
     lo = [math.log(s.lo) if s.log else s.lo for s in specs] + [0.02] * len(table_keys)
@@ -329,7 +359,12 @@ def fit_correction(kind: str, params: Mapping[str, Any], fam: curves.Family, x: 
     else:
         with np.errstate(all="ignore"):
             resid = log_t - np.log(np.maximum(fam.predict(params, x, peak, bw), 1e-15))
+        bands = gemm_row_bands(rows) if kind == "gemm" else None
+        if bands:
+            kind, x = "gemm-banded", {**x, "fill": correction.band_fill(bands, x["m"], x["k"])}
         corr, _ = correction.fit(kind, correction.features(kind, x), resid, shape_groups(rows))
+        if bands:
+            corr["row_bands"] = [list(b) for b in bands]
     corr["fitted_on"] = (f"log(measured / physical) of the {len(rows)} fit rows of this dataset; curvature "
                          "penalty chosen by an inner 2-fold split of those rows by shape group")
     return corr

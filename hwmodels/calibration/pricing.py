@@ -61,6 +61,8 @@ class GemmPricer:
         # The residual surface of each kernel, its (n, k) axes interpolated once: a lookup over m remains.
         corr = self.p.get("correction")
         self.corrs = [correction.reduce(corr, {1: n, 2: k}) for n, k, _, _ in self.gemms] if corr else None
+        # A kernel computing rows in bands (``gemm-banded``): the band's fill is the lookup's second feature.
+        self.row_bands = corr.get("row_bands") if corr else None
         self.weight_elements = total  # per expert
 
     def price(self, flops: float, nbytes: float, experts: float = 1.0) -> Priced:
@@ -88,7 +90,8 @@ class GemmPricer:
             # totals equals ``launches`` times combining one launch.
             t = t0 * launches + curves.combine(c, mm, q)
             if self.corrs is not None:  # the fitted residual surface, per kernel shape
-                t = t * correction.factor(self.corrs[g], (m,))
+                feats = (m, correction.band_fill(self.row_bands, m, k)) if self.row_bands else (m,)
+                t = t * correction.factor(self.corrs[g], feats)
             total += t
         return Priced(total, tc, tm)
 

@@ -144,10 +144,10 @@ def _check(doc: Any, where: str) -> Mapping[str, Any]:
             if not isinstance(entry, Mapping) or "form" not in entry or "params" not in entry:
                 raise CapsimError("curve entry needs 'form' and 'params'", where=f"{where}: operators.{key}.{dtype}")
             fam = curves.family(entry["form"])
-            # A fact-gated parameter (``Family.gated_by``) that an older profile lacks means its term is absent:
-            # held at 0, that profile prices exactly as it did.
-            gated = {name for name, _ in fam.gated_by}
-            missing = [p.name for p in fam.params if p.name not in entry["params"] and p.name not in gated]
+            # A fact-gated parameter (``Family.gated_by``) or a later term (``Family.added_later``) that an older
+            # profile lacks means its term is absent: held at 0, that profile prices exactly as it did.
+            optional = {gate[0] for gate in fam.gated_by} | set(fam.added_later)
+            missing = [p.name for p in fam.params if p.name not in entry["params"] and p.name not in optional]
             missing += [t for t in fam.table_params if t not in entry["params"]]
             if missing:
                 raise CapsimError(
