@@ -206,7 +206,7 @@ PREFILL_V2_TRUE = {
 def test_prefill_v2_fit_recovers_its_generating_curve():
     from hwmodels.calibration import attention_curves as ac
 
-    rows = list(itertools.product([1, 2, 4, 8, 32, 128], [1, 16, 64, 100, 256, 512, 1024, 2048, 8192],
+    rows = list(itertools.product([1, 2, 4, 8, 32, 128], [1, 16, 64, 100, 256, 512, 1024, 2048, 8192, 16384],
                                   [(32, 8, 128), (16, 16, 64), (8, 1, 128), (64, 8, 64)]))
     b, q, h, hkv, dh = (np.array(col, float) for col in zip(*[(r[0], r[1], *r[2]) for r in rows], strict=True))
     t = ac.prefill_v2_time(PREFILL_V2_TRUE, b * q, b * q * q / 2, b * q, h, hkv, dh, 2.0, 2.0, 989e12, 3.35e12)
@@ -219,8 +219,9 @@ def test_prefill_v2_fit_recovers_its_generating_curve():
     # The saturations in keys per query and in CTAs trade off a little: close, not exact.
     assert np.median(err) < 0.015 and err.max() < 0.12
     assert fitted.params["c_max_by_head_dim"][128] == pytest.approx(0.7, rel=0.1)
-    # Tile padding: a 100-token prompt pays for a 128-row tile, so the fitted blend is clearly above zero.
-    assert 0.25 < fitted.params["tile"] < 0.75
+    # Tile padding: a 100-token prompt pays for a 128-row tile, so the fitted blend is clearly above zero
+    # (it trades off against the keys-per-query saturation L0, so its value is not pinned more closely).
+    assert fitted.params["tile"] > 0.25
 
 
 def test_inner_predictions_read_only_their_outer_fold():
@@ -355,3 +356,20 @@ def test_a_gemm_curve_without_a_wave_weight_prices_as_before():
     assert np.array_equal(old, zero)
     # 1000 rows: 8 x 16 tiles fill 128 of 216 slots, so the compute-bound shape is slower with the wave term.
     assert waved[2] > 1.3 * old[2] and np.all(waved >= old)  # a part-empty wave only ever slows a GEMM
+
+
+def test_prefill_v2_streams_its_bytes_at_the_occupancy_of_its_ctas():
+    """Few CTAs cannot keep enough loads in flight to reach the bandwidth: the memory side carries the same
+    occupancy factor as the compute side (docs/calibration-decisions.md, 19)."""
+    from hwmodels.calibration import attention_curves as ac
+
+    p = {**PREFILL_V2_TRUE, "q": 30.0}
+    # One 4k-token MHA sequence of 4 heads (128 CTAs) against 64 of them (8,192 CTAs), per CTA the same.
+    few = ac.prefill_v2_terms(p, 4096.0, 4096.0 * 2048, 4096.0, 4.0, 4.0, 128.0)
+    many = ac.prefill_v2_terms(p, 64 * 4096.0, 64 * 4096.0 * 2048, 64 * 4096.0, 4.0, 4.0, 128.0)
+    occupancy_few = curves.sat(4 * 32.0, p["u0"], p["au"])
+    occupancy_many = curves.sat(64 * 4 * 32.0, p["u0"], p["au"])
+    assert few[2] == pytest.approx(p["m_max"] * occupancy_few) and many[2] == pytest.approx(p["m_max"] * occupancy_many)
+    assert few[2] < many[2] <= p["m_max"]
+    # The compute side carries the same factor: their ratio does not depend on the CTA count.
+    assert few[1] / few[2] == pytest.approx(many[1] / many[2])

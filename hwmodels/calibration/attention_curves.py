@@ -290,7 +290,8 @@ def prefill_shape(tokens, work, kv_read):
 
 
 def prefill_v2_terms(p, tokens, work, kv_read, heads, kv_heads, head_dim):
-    """``(fixed_s, eta_c, work_scale, q)`` of ``attention-prefill-v2``; ``work_scale`` >= 1 multiplies the FLOPs."""
+    """``(fixed_s, eta_c, eta_m, work_scale, q)`` of ``attention-prefill-v2``; ``work_scale`` >= 1 multiplies the
+    FLOPs; both efficiencies carry the occupancy of the kernel's CTAs."""
     q, c, n = prefill_shape(tokens, work, kv_read)
     m_tiles = _ceil(q / TILE_ROWS)
     # Tile-padded causal query-key pairs of one sequence: every m-tile i sees c + (i+1)*128 keys.
@@ -302,10 +303,13 @@ def prefill_v2_terms(p, tokens, work, kv_read, heads, kv_heads, head_dim):
     pack = p.get("pack", 1.0)
     ctas = n * (pack * kv_heads * _ceil(q * group / TILE_ROWS) + (1.0 - pack) * heads * m_tiles)
     mean_keys = work / tokens
-    eta_c = _c_by_dh(p, head_dim) * sat(mean_keys, p["L0"], p["aL"]) * sat(ctas, p["u0"], p["au"])
+    occupancy = sat(ctas, p["u0"], p["au"])
+    eta_c = _c_by_dh(p, head_dim) * sat(mean_keys, p["L0"], p["aL"]) * occupancy
     eta_c = eta_c * _mha(p, heads, kv_heads)
     fixed = p["t0_s"] + p["kappa_s"] * heads * tokens + p["kappa_u_s"] * ctas
-    return fixed, eta_c, work_scale, p["q"]
+    # Few CTAs cannot keep enough loads in flight to stream at full bandwidth either (decision 19).
+    eta_m = p["m_max"] * occupancy
+    return fixed, eta_c, eta_m, work_scale, p["q"]
 
 
 def prefill_v2_time(p, tokens, work, kv_read, heads, kv_heads, head_dim, act_bytes, kv_bytes, peak: float,
@@ -315,5 +319,5 @@ def prefill_v2_time(p, tokens, work, kv_read, heads, kv_heads, head_dim, act_byt
     nbytes = kv_read * 2.0 * kv_heads * head_dim * kv_bytes + tokens * (
         2.0 * heads * head_dim * act_bytes + 2.0 * kv_heads * head_dim * kv_bytes
     )
-    fixed, eta_c, scale, q = prefill_v2_terms(p, tokens, work, kv_read, heads, kv_heads, head_dim)
-    return fixed + combine(flops * scale / (peak * eta_c), nbytes / (bandwidth * p["m_max"]), q)
+    fixed, eta_c, eta_m, scale, q = prefill_v2_terms(p, tokens, work, kv_read, heads, kv_heads, head_dim)
+    return fixed + combine(flops * scale / (peak * eta_c), nbytes / (bandwidth * eta_m), q)

@@ -117,9 +117,9 @@ class PrefillPricer:
         work = _max(work, 1e-9)
         if self.v2:
             kv_read = _max(kv_read, tokens)
-            fixed, eta_c, scale, q = attention_curves.prefill_v2_terms(
+            fixed, eta_c, eta_m, scale, q = attention_curves.prefill_v2_terms(
                 self.p, tokens, work, kv_read, self.h, self.hkv, self.dh)
-            priced = _combine(fixed, flops * scale / (self.peak * eta_c), nbytes / (self.bw * self.p["m_max"]), q)
+            priced = _combine(fixed, flops * scale / (self.peak * eta_c), nbytes / (self.bw * eta_m), q)
             if self.corr is None:
                 return priced
             q_seq, _, seqs = attention_curves.prefill_shape(tokens, work, kv_read)  # as correction.features does
