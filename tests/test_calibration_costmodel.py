@@ -248,6 +248,15 @@ def test_profile_with_missing_parameters_is_refused(tmp_path):
     assert "lacks parameter" in info.value.problem and info.value.where.endswith("operators.gemm.bf16.params")
 
 
+@pytest.mark.parametrize("bands", [[[1, 16, 0]], [[1, 16, 0, 0]], "16", [[1, 16, 0, "wide"]], []])
+def test_profile_with_malformed_row_bands_is_refused(tmp_path, bands):
+    entry = copy.deepcopy(shipped_profile("h100-sxm").doc["operators"]["gemm"]["fp8"])
+    entry["params"]["correction"]["row_bands"] = bands
+    with pytest.raises(CapsimError) as info:
+        load_profile(_write_profile(tmp_path, {"gemm": {"fp8": entry}}))
+    assert "row_bands" in info.value.problem and info.value.where.endswith("correction.row_bands")
+
+
 def test_a_profile_without_a_gated_parameter_loads_and_prices_as_if_it_were_zero(tmp_path):
     """Profiles fitted before ``kappa_m_s`` existed lack it; its term is then absent, not an error."""
     from hwmodels.calibration import attention_curves

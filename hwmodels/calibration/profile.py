@@ -155,7 +155,21 @@ def _check(doc: Any, where: str) -> Mapping[str, Any]:
                     where=f"{where}: operators.{key}.{dtype}.params",
                     fix="re-run `capsim calibrate fit` to regenerate the profile",
                 )
+            _check_row_bands(entry["params"], f"{where}: operators.{key}.{dtype}.params.correction.row_bands")
     return doc
+
+
+def _check_row_bands(params: Mapping[str, Any], where: str) -> None:
+    """A GEMM surface's row bands (``fit.GEMM_ROW_BANDS``) must be ``[m_min, m_max, k_min, band]`` rows, band > 0."""
+    corr = params.get("correction")
+    bands = corr.get("row_bands") if isinstance(corr, Mapping) else None
+    if bands is None:
+        return
+    ok = isinstance(bands, list) and bands and all(
+        isinstance(b, list) and len(b) == 4 and all(isinstance(v, int | float) for v in b) and b[3] > 0 for b in bands)
+    if not ok:
+        raise CapsimError("row_bands must be a list of [m_min, m_max, k_min, band] rows of numbers with band > 0",
+                          where=where, fix="re-run `capsim calibrate fit` to regenerate the profile")
 
 
 def load_profile(path: str | Path) -> DeviceProfile:
