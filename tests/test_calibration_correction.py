@@ -100,7 +100,8 @@ def test_shipped_profiles_carry_corrections_and_scalar_equals_array_pricing(devi
     one = [g.price(float(f), float(b)).time_s for f, b in zip(flops, nbytes, strict=True)]
     assert np.allclose(many, one, rtol=1e-12, atol=0.0)
     pre = prof.curve("attention_prefill", "bf16")
-    assert pre.params["correction"]["kind"] == "prefill"
+    # The Hopper tables measure several head sizes, so their surface has a head-size axis (decision 20).
+    assert pre.params["correction"]["kind"] == ("prefill" if device == "a100-80gb-sxm" else "prefill-dh")
     a = PrefillPricer(pre, 32.0, 8.0, 128.0, peak, bw)
     q = np.array([1.0, 16.0, 200.0, 3000.0])
     work = q * q / 2
@@ -190,3 +191,52 @@ def test_prefill_fit_keeps_mha_apart_from_small_groups(monkeypatch):
     corr_old, _ = correction.fit("prefill", (q, seq_heads, np.maximum(group, 1.0)), resid, group)
     pair_old = correction.log_factor_many(corr_old, (probe_q, probe_sh, np.full(50, 2.0)))
     assert np.median(pair_old) > 0.08
+
+
+def test_prefill_head_size_axis_separates_a_regime_by_head_size():
+    """MHA rows 20 % slow at head size 128 and 10 % fast at 64 (grouped rows exact): the head-size surface
+    (kind prefill-dh, decision 20) learns both; the three-axis surface can only average them."""
+    rng = np.random.default_rng(5)
+    n = 4000
+    q = 2.0 ** rng.uniform(0, 14, n)
+    seq_heads = 2.0 ** rng.uniform(0, 14, n)
+    group = rng.choice([correction.MHA_GROUP, 2.0, 8.0], n)
+    dh = rng.choice([64.0, 128.0], n)
+    mha = group == correction.MHA_GROUP
+    truth = np.where(mha & (dh == 128.0), np.log(1.2), 0.0) + np.where(mha & (dh == 64.0), np.log(0.9), 0.0)
+    resid = truth + rng.normal(0.0, 0.01, n)
+    corr, _ = correction.fit("prefill-dh", (q, seq_heads, group, dh), resid, group * 1000 + dh)
+    probe = (np.full(20, 512.0), 2.0 ** np.linspace(2, 12, 20), np.full(20, correction.MHA_GROUP))
+    at128 = correction.log_factor_many(corr, (*probe, np.full(20, 128.0)))
+    at64 = correction.log_factor_many(corr, (*probe, np.full(20, 64.0)))
+    assert np.allclose(at128, np.log(1.2), atol=0.02) and np.allclose(at64, np.log(0.9), atol=0.02)
+    flat, _ = correction.fit("prefill", (q, seq_heads, group), resid, group * 1000 + dh)
+    both = correction.log_factor_many(flat, probe)
+    assert np.all(np.abs(both - np.log(1.2)) > 0.05) and np.all(np.abs(both - np.log(0.9)) > 0.05)
+
+
+def test_pricer_reads_a_head_size_surface_like_the_fitted_curve():
+    """The pricer fixes the model's group and head size once (reduce); at a head size between knots (96) it
+    must price exactly what the family's predictor does with the full four-axis lookup."""
+    from hwmodels.calibration.curves import family
+
+    prof = shipped_profile("h100-sxm")
+    pre = prof.curve("attention_prefill", "bf16")
+    peak, bw = prof.doc["peaks"]["flops_per_s"]["bf16"], prof.doc["peaks"]["memory_bandwidth_Bps"]
+    d = correction.DESIGNS["prefill-dh"]
+    grid = _grid("prefill-dh", np.random.default_rng(6).normal(0.0, 0.2, [a.count for a in d.axes]))
+    params = {**pre.params, "correction": grid}
+    curve = _curve(pre.form, params, pre.key)
+    h, hkv, dh = 24.0, 24.0, 96.0
+    pricer = PrefillPricer(curve, h, hkv, dh, peak, bw)
+    for q, n in ((7.0, 3.0), (300.0, 16.0), (5000.0, 1.0)):
+        tokens, work, kv_read = n * q, n * q * q / 2, n * q
+        flops = 4 * h * dh * work
+        nbytes = kv_read * 2 * hkv * dh * 2 + tokens * (2 * h * dh * 2 + 2 * hkv * dh * 2)  # as prefill_v2_time
+        x = {"tokens": tokens, "work": work, "kv_read": kv_read, "heads": h, "kv_heads": hkv, "head_dim": dh,
+             "act_bytes": 2.0, "kv_bytes": 2.0}
+        want = float(family(pre.form).predict(params, x, peak, bw))
+        assert pricer.price(tokens, work, flops, nbytes, kv_read).time_s == pytest.approx(want, rel=1e-12)
+    # The head size matters: the same shape at head size 128 reads other grid values.
+    other = PrefillPricer(curve, h, hkv, 128.0, peak, bw).price(tokens, work, flops, nbytes, kv_read).time_s
+    assert other != pytest.approx(pricer.price(tokens, work, flops, nbytes, kv_read).time_s, rel=1e-6)

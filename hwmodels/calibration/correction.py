@@ -32,6 +32,10 @@ Features (``kind`` of a correction):
   query head) pairs ``n * h`` -- the kernel's parallel work -- and the query
   heads per KV head (FlashAttention packs a group into one tile for short queries),
   with MHA on a knot of its own (:func:`group_feature`).
+* ``prefill-dh``: the same plus the head size, for tables that measure several
+  (FlashAttention-3 picks its tile sizes per head size, so a grouping regime's
+  residual differs by head size; ``docs/calibration-decisions.md`` 20). A
+  table with one head size keeps the three-axis ``prefill`` surface.
 * ``decode``: ``u = batch * kv_heads`` (the CTAs before split-KV), the group size
   ``h / h_kv`` and the head size. (Decode keeps MHA on the group-1 knot of a
   smooth axis: a separate MHA knot, tried for prefill and decode together in a
@@ -100,6 +104,10 @@ DESIGNS: dict[str, Design] = {
     # group: MHA on a knot of its own (0.5, see group_feature), then query heads per KV head 2, 8, 32.
     "prefill": Design("prefill", (GridAxis("log2_q", 0.0, 1.0, 15), GridAxis("log2_seq_heads", 0.0, 2.0, 8),
                                   GridAxis("log2_group", -1.0, 2.0, 4, smooth_from=1))),
+    # prefill plus the head size 64, 128, 256 (192 interpolated) for tables with several head sizes.
+    "prefill-dh": Design("prefill-dh", (GridAxis("log2_q", 0.0, 1.0, 15), GridAxis("log2_seq_heads", 0.0, 2.0, 8),
+                                        GridAxis("log2_group", -1.0, 2.0, 4, smooth_from=1),
+                                        GridAxis("log2_head_dim", 6.0, 1.0, 3))),
     # u 1..16384 every 4x; query heads per KV head 1, 4, 16; head size 64, 128, 256.
     "decode": Design("decode", (GridAxis("log2_units", 0.0, 2.0, 8), GridAxis("log2_group", 0.0, 2.0, 3),
                                 GridAxis("log2_head_dim", 6.0, 1.0, 3))),
@@ -125,13 +133,14 @@ def features(kind: str, x: Mapping[str, Any]):
         return (x["m"], x["n"], x["k"])
     if kind == "gemm-banded":
         return (x["m"], x["n"], x["k"], x["fill"])
-    if kind == "prefill":
+    if kind in ("prefill", "prefill-dh"):
         from hwmodels.calibration.attention_curves import prefill_shape
 
         kv_read = x["kv_read"]
         kv_read = np.maximum(kv_read, x["tokens"]) if not isinstance(kv_read, float | int) else max(kv_read, x["tokens"])
         q, _, n = prefill_shape(x["tokens"], x["work"], kv_read)
-        return (q, n * x["heads"], group_feature(x["heads"], x["kv_heads"]))
+        base = (q, n * x["heads"], group_feature(x["heads"], x["kv_heads"]))
+        return (*base, x["head_dim"]) if kind == "prefill-dh" else base
     if kind == "decode":
         return (x["seqs"] * x["kv_heads"], group_feature(x["heads"], x["kv_heads"]), x["head_dim"])
     raise CapsimError(f"unknown correction kind {kind!r}", where="calibration profile",

@@ -399,7 +399,9 @@ def _prefill_v2_predict(p, x, peak, bandwidth):
         p, x["tokens"], x["work"], x["kv_read"], x["heads"], x["kv_heads"], x["head_dim"],
         x["act_bytes"], x["kv_bytes"], peak, bandwidth,
     )
-    return _corrected(p, "prefill", x, t)
+    corr = p.get("correction")
+    # A table with several head sizes fits a surface with a head-size axis (kind prefill-dh).
+    return _corrected(p, corr.get("kind", "prefill") if corr else "prefill", x, t)
 
 
 def _attention_v2():

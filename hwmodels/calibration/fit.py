@@ -359,6 +359,8 @@ def fit_correction(kind: str, params: Mapping[str, Any], fam: curves.Family, x: 
     else:
         with np.errstate(all="ignore"):
             resid = log_t - np.log(np.maximum(fam.predict(params, x, peak, bw), 1e-15))
+        if kind == "prefill" and np.unique(x["head_dim"]).size > 1:
+            kind = "prefill-dh"  # several head sizes: the surface gets a head-size axis (decision 20)
         bands = gemm_row_bands(rows) if kind == "gemm" else None
         if bands:
             kind, x = "gemm-banded", {**x, "fill": correction.band_fill(bands, x["m"], x["k"])}

@@ -104,8 +104,13 @@ class PrefillPricer:
         self.v2 = curve.form == "attention-prefill-v2"
         self.h, self.hkv, self.dh = float(heads), float(kv_heads), float(head_dim)
         self.peak, self.bw = peak, bandwidth
-        # The residual surface with the model's group size interpolated once: (q, sequences x heads) remain.
-        self.corr = correction.reduce(self.p.get("correction"), {2: correction.group_feature(self.h, self.hkv)}) if self.v2 else None
+        # The residual surface with the model's group size (and head size, kind prefill-dh) interpolated once:
+        # (q, sequences x heads) remain.
+        corr = self.p.get("correction") if self.v2 else None
+        fixed = {2: correction.group_feature(self.h, self.hkv)}
+        if corr and corr.get("kind") == "prefill-dh":
+            fixed[3] = self.dh
+        self.corr = correction.reduce(corr, fixed) if corr else None
 
     def price(self, tokens: float, work: float, flops: float, nbytes: float, kv_read: float = 0.0) -> Priced:
         if tokens <= 0.0:
