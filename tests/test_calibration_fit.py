@@ -253,9 +253,10 @@ def test_flashattention2_rows_count_two_ctas_per_sm_in_the_split_heuristic():
 
     rows = make_frame(pd.DataFrame({"device": "a100-80gb-sxm", "op_class": "attention_decode",
                                     "kernel": ["vllm_flash_attn"] * 2, "measured_s": 1e-4}))
-    assert kernel_facts(rows) == {"ctas_per_sm": 2.0, "kv_block_cap": 1.0, "q_tile_rows": 64.0, "serial_merge": 1.0}
+    assert kernel_facts(rows) == {"ctas_per_sm": 2.0, "kv_block_cap": 1.0, "q_tile_rows": 64.0, "serial_merge": 1.0,
+                                  "swap_copy": 1.0}
     assert kernel_facts(rows.assign(kernel="vllm_flash_attn_fa3")) == {
-        "ctas_per_sm": 1.0, "kv_block_cap": 0.0, "q_tile_rows": 0.0, "serial_merge": 0.0}
+        "ctas_per_sm": 1.0, "kv_block_cap": 0.0, "q_tile_rows": 0.0, "serial_merge": 0.0, "swap_copy": 0.0}
     with pytest.raises(CapsimError, match="different split heuristics"):
         kernel_facts(rows.assign(kernel=["vllm_flash_attn", "vllm_flash_attn_fa3"]))
 
@@ -373,3 +374,23 @@ def test_prefill_v2_streams_its_bytes_at_the_occupancy_of_its_ctas():
     assert few[2] < many[2] <= p["m_max"]
     # The compute side carries the same factor: their ratio does not depend on the CTA count.
     assert few[1] / few[2] == pytest.approx(many[1] / many[2])
+
+
+def test_flashattention2_pays_the_query_copy_of_its_group_swap_only_where_torch_must_copy():
+    """``q.reshape({b, h_kv, g, d}).transpose(1, 2).reshape({b * g, h_kv, d})`` is a view for one sequence or one
+    KV head, a copy otherwise (decision 21): the fixed term grows by t_swap_s plus the copy's bytes exactly there."""
+    from hwmodels.calibration.attention_curves import decode_swap_copy, decode_v2_lines
+
+    bw = 2.0e12
+    p = {**DECODE_V2_TRUE, "sms": 108.0, "swap_copy": 1.0, "t_swap_s": 5e-6}
+    copy_bytes = 2.0 * 16 * 64 * 128 * 2.0  # read and write of b * h * d bf16 values
+    assert decode_swap_copy(p, 16.0, 64.0, 8.0, 128.0, bw) == pytest.approx(5e-6 + copy_bytes / (bw * p["m_max"]))
+    for seqs, heads, kv_heads in ((1.0, 64.0, 8.0), (16.0, 64.0, 1.0), (16.0, 8.0, 8.0)):  # view, view, no swap (MHA)
+        assert decode_swap_copy(p, seqs, heads, kv_heads, 128.0, bw) == 0.0
+    assert decode_swap_copy({**p, "swap_copy": 0.0}, 16.0, 64.0, 8.0, 128.0, bw) == 0.0  # FlashAttention-3
+    seqs = np.array([1.0, 2.0, 64.0])
+    many = decode_swap_copy(p, seqs, 32.0, 4.0, 128.0, bw)
+    assert many[0] == 0.0 and np.all(np.diff(many) > 0.0)
+    with_copy, *_ = decode_v2_lines(p, 16.0, 64.0, 8.0, 128.0, 2.0, 312e12, bw)
+    without, *_ = decode_v2_lines({**p, "swap_copy": 0.0}, 16.0, 64.0, 8.0, 128.0, 2.0, 312e12, bw)
+    assert with_copy - without == pytest.approx(decode_swap_copy(p, 16.0, 64.0, 8.0, 128.0, bw))

@@ -219,6 +219,21 @@ def decode_v2_memory_efficiency(p, seqs, kv_heads):
     return p["m_max"] * sat(seqs * kv_heads, p["u0"], p["au"])
 
 
+def decode_swap_copy(p, seqs, heads, kv_heads, head_dim, bandwidth: float, act_bytes=2.0):
+    """Seconds of the query copy FlashAttention-2's varlen decode makes when it swaps groups into rows.
+
+    ``q.reshape({b, h_kv, g, d}).transpose(1, 2).reshape({b * g, h_kv, d})`` is a view
+    only for one sequence or one KV head; otherwise torch copies the query (read and
+    write of ``b * h * d`` values) in a kernel of its own. Zero for kernels without the
+    ``swap_copy`` fact (FlashAttention-3 packs the group inside the kernel).
+    """
+    if not p.get("swap_copy", 0.0):
+        return 0.0
+    copies = (seqs > 1) * (kv_heads > 1) * (heads > kv_heads)
+    nbytes = 2.0 * seqs * heads * head_dim * act_bytes
+    return copies * (p.get("t_swap_s", 0.0) + nbytes / (bandwidth * p["m_max"]))
+
+
 def decode_v2_lines(p, seqs, heads, kv_heads, head_dim, kv_bytes, peak: float, bandwidth: float, l2_warm=0.0,
                     kv_total_bytes=None, context_per_seq=None):
     """``(fixed_s, flat_s, base_s, slope_s_per_token)`` of an ``attention-decode-v2`` step.
@@ -238,7 +253,8 @@ def decode_v2_lines(p, seqs, heads, kv_heads, head_dim, kv_bytes, peak: float, b
     slope = _max(slope, decode_v2_cta_slope(p, seqs, heads, kv_heads, head_dim, context_per_seq))
     # A split step launches a second kernel that merges the chunks' partial results.
     merge = (p.get("t_split_s", 0.0) + p.get("kappa_m_s", 0.0) * splits) * (splits > 1)
-    fixed = p["t0_s"] + p["kappa_h_s"] * seqs * heads + merge
+    fixed = p["t0_s"] + p["kappa_h_s"] * seqs * heads + merge + decode_swap_copy(p, seqs, heads, kv_heads, head_dim,
+                                                                                   bandwidth)
     return fixed, p["kappa_u_s"] * units, p["kappa_s_s"] * units, slope
 
 

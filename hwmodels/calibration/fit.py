@@ -170,11 +170,12 @@ def device_facts(device: str) -> dict[str, float]:
 
 
 KERNEL_FACT_DEFAULTS: Mapping[str, float] = {"ctas_per_sm": 1.0, "kv_block_cap": 0.0, "q_tile_rows": 0.0,
-                                             "serial_merge": 0.0}
+                                             "serial_merge": 0.0, "swap_copy": 0.0}
 """What the attention curves assume of a kernel they have no entry for (FlashAttention-3 and everything else)."""
 
 KERNEL_FACTS: Mapping[str, Mapping[str, float]] = {
-    "vllm_flash_attn": {"ctas_per_sm": 2.0, "kv_block_cap": 1.0, "q_tile_rows": 64.0, "serial_merge": 1.0},
+    "vllm_flash_attn": {"ctas_per_sm": 2.0, "kv_block_cap": 1.0, "q_tile_rows": 64.0, "serial_merge": 1.0,
+                        "swap_copy": 1.0},
 }
 """Facts of the kernel that timed a table's rows, read from its source, not fitted.
 
@@ -192,7 +193,14 @@ FlashAttention-2 (vLLM's ``vllm_flash_attn`` build, the A100 tables), ``csrc/fla
   (:func:`hwmodels.calibration.attention_curves.decode_query_rows`);
 * ``serial_merge`` = 1: its combine kernel walks the splits one after another, so a
   split step pays ``kappa_m_s`` per split (a fitted parameter, held at 0 for kernels
-  without this fact).
+  without this fact);
+* ``swap_copy`` = 1: its varlen entry point makes that swap with
+  ``q.reshape({b, h_kv, g, d}).transpose(1, 2).reshape({b * g, h_kv, d})``, which is a
+  view only when ``b = 1`` or ``h_kv = 1``; otherwise torch copies the query in a
+  kernel of its own before the attention kernel, a fixed ``t_swap_s`` (fitted, held
+  at 0 without this fact) plus the copy's bytes
+  (:func:`hwmodels.calibration.attention_curves.decode_swap_copy`;
+  ``docs/calibration-decisions.md`` 21).
 """
 
 
