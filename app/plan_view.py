@@ -333,7 +333,9 @@ def _charts(out: PlanOutput) -> None:
     searched = list(dict.fromkeys(attainment_frame(out)["candidate"]))
     preferred = [c.get("name") for c in [out.cheapest, *(out.document.get("pareto_front") or [])] if c]
     default = [n for n in dict.fromkeys(preferred) if n in searched] or searched[:8]
-    names = st.multiselect("candidates", searched, default=default, key="plan-attainment-names")
+    # One picker per plan: a key shared across plans would carry the last plan's picks, which the next plan's
+    # options do not contain, so switching folders would leave the chart empty.
+    names = st.multiselect("candidates", searched, default=default, key=f"plan-attainment-names-{out.source}")
     data = attainment_frame(out, names)
     if data.empty:
         st.info("Pick one or more candidates to draw.")

@@ -334,3 +334,38 @@ def test_primed_lone_prefills_equal_one_at_a_time_pricing(device, model, tp, ove
     assert primed.prime_lone_prefills(lengths) == 0
     assert system(model=model, device=device, tp=tp, calibration="datasheet").cost_model().prime_lone_prefills(
         lengths) == 0
+
+
+def _bad_surfaces():
+    """(operator key, dtype, edit of the shipped H100 entry's correction) of malformed residual surfaces."""
+    def kind(c):
+        c["kind"] = "decode-lines"
+
+    def drop_axis(c):
+        c["axes"] = c["axes"][:3]  # a prefill-dh grid read with four features
+
+    def short_grid(c):
+        c["log_factor"] = c["log_factor"][:2]
+
+    def bad_axis(c):
+        c["axes"][0] = ["log2_q", 0.0, 1.0]
+
+    def ragged(c):
+        c["log_factor"][0] = [1.0]
+
+    return [("attention_prefill", "bf16", f) for f in (kind, drop_axis, short_grid, bad_axis, ragged)] + [
+        ("gemm", "fp8", lambda c: c.pop("row_bands")),  # a banded grid without its bands
+    ]
+
+
+@pytest.mark.parametrize(("key", "dtype", "edit"), _bad_surfaces())
+def test_profile_with_a_malformed_residual_surface_is_refused(tmp_path, key, dtype, edit):
+    """A hand-edited surface whose axes, kind or grid do not fit together is refused when the profile loads,
+    naming the field, instead of failing inside the lookup at pricing time."""
+    entry = copy.deepcopy(shipped_profile("h100-sxm").doc["operators"][key][dtype])
+    edit(entry["params"]["correction"])
+    with pytest.raises(CapsimError) as info:
+        load_profile(_write_profile(tmp_path, {key: {dtype: entry}}))
+    assert "residual surface" in info.value.problem
+    assert info.value.where.endswith(f"operators.{key}.{dtype}.params.correction")
+    assert "calibrate fit" in info.value.fix

@@ -197,6 +197,53 @@ def group_feature(heads, kv_heads):
     return np.where(h == hkv, MHA_GROUP, h / hkv)
 
 
+KINDS_OF_FORM: dict[str, dict[str, int]] = {
+    "gemm-v1": {"gemm": 3, "gemm-banded": 4},
+    "attention-prefill-v2": {"prefill": 3, "prefill-dh": 4},
+    "attention-decode-v2": {"decode-lines": 3},
+}
+"""The correction kinds a stored curve of each form may carry, with the features (grid axes) each reads."""
+
+
+def grid_problem(corr: Any, form: str) -> str | None:
+    """What is wrong with a stored correction of a ``form`` curve, or None when it can be evaluated.
+
+    Why: a profile is an input (a user may hand-edit one or point a device at their own); a grid whose
+    axes do not match its kind's features, or whose values do not fill its axes, would otherwise fail
+    deep inside the lookup with an index or zip error.
+    """
+    if not isinstance(corr, Mapping):
+        return "must be a mapping with kind, axes and log_factor"
+    kinds = KINDS_OF_FORM.get(form, {})
+    default = {"attention-prefill-v2": "prefill", "gemm-v1": "gemm"}.get(form)
+    kind = corr.get("kind", default)
+    if kind not in kinds:
+        return f"kind {kind!r} is not one a {form} curve can carry (one of {', '.join(kinds) or 'none'})"
+    axes = corr.get("axes")
+    if not isinstance(axes, list) or not all(_is_axis(a) for a in axes):
+        return "axes must be a list of [name, first, step, count] rows with count >= 2"
+    # A GEMM grid is read with the band fill as a fourth feature exactly when it stores row bands.
+    want = (4 if corr.get("row_bands") else 3) if form == "gemm-v1" else kinds[kind]
+    if len(axes) != want:
+        return f"a {kind} grid with these inputs needs {want} axes, not {len(axes)}"
+    counts = tuple(int(a[3]) for a in axes)
+    for name in ("log_factor", "log_slope_factor"):
+        if name == "log_slope_factor" and name not in corr:
+            continue
+        try:
+            shape = np.asarray(corr.get(name), dtype=float).shape
+        except (TypeError, ValueError):
+            shape = None
+        if shape != counts:
+            return f"{name} must be a grid of {' x '.join(map(str, counts))} numbers (one per knot of the axes)"
+    return None
+
+
+def _is_axis(a: Any) -> bool:
+    return (isinstance(a, list | tuple) and len(a) == 4 and all(isinstance(v, int | float) for v in a[1:])
+            and a[3] >= 2)
+
+
 # ---------------------------------------------------------------------- evaluation
 
 

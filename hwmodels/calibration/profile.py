@@ -27,7 +27,7 @@ import yaml
 
 from capsim.errors import CapsimError
 from capsim.registry import normalise_name
-from hwmodels.calibration import curves
+from hwmodels.calibration import correction, curves
 
 PROFILE_FORMAT = "capsim-calibration-profile/1"
 _SIXTEEN_BIT = ("bf16", "fp16")
@@ -156,6 +156,12 @@ def _check(doc: Any, where: str) -> Mapping[str, Any]:
                     fix="re-run `capsim calibrate fit` to regenerate the profile",
                 )
             _check_row_bands(entry["params"], f"{where}: operators.{key}.{dtype}.params.correction.row_bands")
+            if "correction" in entry["params"]:
+                problem = correction.grid_problem(entry["params"]["correction"], entry["form"])
+                if problem:
+                    raise CapsimError(f"residual surface: {problem}",
+                                      where=f"{where}: operators.{key}.{dtype}.params.correction",
+                                      fix="re-run `capsim calibrate fit` to regenerate the profile")
     return doc
 
 
