@@ -118,3 +118,21 @@ def test_find_plan_folders_newest_first(tmp_path):
     (tmp_path / "d").mkdir()
     assert find_plan_folders(tmp_path) == [tmp_path / "b" / "c", tmp_path / "a"]
     assert find_plan_folders(tmp_path / "missing") == []
+
+
+def test_switching_plan_folders_keeps_the_attainment_chart(planned, tmp_path):
+    """The attainment picker is per plan: after viewing one plan, another plan's folder (other candidates) still
+    opens with its candidates picked and its chart drawn (a picker shared across plans came up empty)."""
+    first, _ = planned
+    plan_file = tmp_path / "other.yaml"
+    plan_file.write_text(PLAN.replace("deployment.device: [h100-sxm, a100-80gb-sxm, l4]",
+                                      "deployment.num_replicas: [1, 2]").replace("name: tiny-plan", "name: other"))
+    plan, candidates = load_plan(plan_file)
+    run_plan(plan, candidates, out_dir=tmp_path / "out", executor=LocalExecutor(max_workers=1), plots=False)
+    at = plan_tab(first)
+    assert len(at.get("vega_lite_chart")) == 2
+    at.text_input(key="plan-folder").set_value(str(tmp_path / "out")).run()
+    assert not at.exception, [e.value for e in at.exception]
+    picked = [m.value for m in at.multiselect if m.label == "candidates"]
+    assert picked and picked[0] and all("num_replicas" in name for name in picked[0])
+    assert len(at.get("vega_lite_chart")) == 2
