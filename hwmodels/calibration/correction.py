@@ -197,35 +197,36 @@ def group_feature(heads, kv_heads):
     return np.where(h == hkv, MHA_GROUP, h / hkv)
 
 
-KINDS_OF_FORM: dict[str, dict[str, int]] = {
-    "gemm-v1": {"gemm": 3, "gemm-banded": 4},
-    "attention-prefill-v2": {"prefill": 3, "prefill-dh": 4},
-    "attention-decode-v2": {"decode-lines": 3},
+STORED_KINDS: dict[str, tuple[str, ...]] = {
+    "gemm-v1": ("gemm", "gemm-banded"),
+    "attention-prefill-v2": ("prefill", "prefill-dh"),
+    "attention-decode-v2": ("decode-lines",),
 }
-"""The correction kinds a stored curve of each form may carry, with the features (grid axes) each reads."""
+"""The ``kind`` a stored correction of each curve form may carry (the first is assumed when it has none)."""
 
 
 def grid_problem(corr: Any, form: str) -> str | None:
     """What is wrong with a stored correction of a ``form`` curve, or None when it can be evaluated.
 
     Why: a profile is an input (a user may hand-edit one or point a device at their own); a grid whose
-    axes do not match its kind's features, or whose values do not fill its axes, would otherwise fail
-    deep inside the lookup with an index or zip error.
+    axes do not match the features it is read with, or whose values do not fill its axes, would
+    otherwise fail deep inside the lookup with an index or zip error.
     """
     if not isinstance(corr, Mapping):
         return "must be a mapping with kind, axes and log_factor"
-    kinds = KINDS_OF_FORM.get(form, {})
-    default = {"attention-prefill-v2": "prefill", "gemm-v1": "gemm"}.get(form)
-    kind = corr.get("kind", default)
+    kinds = STORED_KINDS.get(form, ())
+    kind = corr.get("kind", kinds[0] if kinds else None)
     if kind not in kinds:
         return f"kind {kind!r} is not one a {form} curve can carry (one of {', '.join(kinds) or 'none'})"
     axes = corr.get("axes")
     if not isinstance(axes, list) or not all(_is_axis(a) for a in axes):
         return "axes must be a list of [name, first, step, count] rows with count >= 2"
-    # A GEMM grid is read with the band fill as a fourth feature exactly when it stores row bands.
-    want = (4 if corr.get("row_bands") else 3) if form == "gemm-v1" else kinds[kind]
+    # The features it is read with: a GEMM grid gets the band fill as a fourth exactly when it stores row bands
+    # (see curves._gemm_predict); decode's two grids share the decode design's axes.
+    read_as = ("gemm-banded" if corr.get("row_bands") else "gemm") if form == "gemm-v1" else kind
+    want = len(DESIGNS["decode" if read_as == "decode-lines" else read_as].axes)
     if len(axes) != want:
-        return f"a {kind} grid with these inputs needs {want} axes, not {len(axes)}"
+        return f"a {kind} grid read with these inputs needs {want} axes, not {len(axes)}"
     counts = tuple(int(a[3]) for a in axes)
     for name in ("log_factor", "log_slope_factor"):
         if name == "log_slope_factor" and name not in corr:
