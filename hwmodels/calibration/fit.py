@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -223,27 +223,32 @@ The residual surface of such a kernel gets the band's fill as a fourth axis
 """
 
 
+def _one_kernels_entry(df: pd.DataFrame, entry: Callable[[str | None], Any], differ_in: str) -> Any:
+    """``entry(kernel)`` for the kernel that timed a dataset's rows (``entry(None)`` when the rows name none).
+
+    Why: facts read from one kernel's source cannot describe rows another kernel timed, so
+    rows whose kernels have different entries are refused rather than fitted together.
+    """
+    kernels = set(df["kernel"].astype(str)) if "kernel" in df else set()
+    found = {entry(k) for k in kernels} or {entry(None)}
+    if len(found) > 1:
+        raise CapsimError(f"rows from kernels with different {differ_in} ({', '.join(sorted(kernels))})",
+                          where=f"fit {df['device'].iat[0]} {df['op_class'].iat[0]}",
+                          fix="fit each kernel's rows separately (one measurement file per kernel)")
+    return found.pop()
+
+
 def gemm_row_bands(df: pd.DataFrame) -> tuple[tuple[float, float, float, float], ...] | None:
     """The :data:`GEMM_ROW_BANDS` of the kernel that timed a GEMM dataset's rows (None if it has none)."""
-    kernels = set(df["kernel"].astype(str)) if "kernel" in df else set()
-    found = {GEMM_ROW_BANDS.get(k) for k in kernels}
-    if len(found) > 1:
-        raise CapsimError(f"GEMM rows from kernels with different row bands ({', '.join(sorted(kernels))})",
-                          where=f"fit {df['device'].iat[0]} gemm",
-                          fix="fit each kernel's rows separately (one measurement file per kernel)")
-    return found.pop() if found else None
+    return _one_kernels_entry(df, GEMM_ROW_BANDS.get, "row bands")
 
 
 def kernel_facts(df: pd.DataFrame) -> dict[str, float]:
     """The :data:`KERNEL_FACTS` of the kernel that produced a dataset's rows (defaults where it has none)."""
-    kernels = set(df["kernel"].astype(str)) if "kernel" in df else set()
-    values = {tuple(sorted({**KERNEL_FACT_DEFAULTS, **KERNEL_FACTS.get(k, {})}.items())) for k in kernels}
-    values = values or {tuple(sorted(KERNEL_FACT_DEFAULTS.items()))}
-    if len(values) > 1:
-        raise CapsimError(f"rows from kernels with different split heuristics ({', '.join(sorted(kernels))})",
-                          where=f"fit {df['device'].iat[0]} {df['op_class'].iat[0]}",
-                          fix="fit each kernel's rows separately (one measurement file per kernel)")
-    return dict(values.pop())
+    def facts(kernel: str | None) -> tuple[tuple[str, float], ...]:
+        return tuple(sorted({**KERNEL_FACT_DEFAULTS, **KERNEL_FACTS.get(kernel or "", {})}.items()))
+
+    return dict(_one_kernels_entry(df, facts, "split heuristics"))
 
 
 def _thin(n: int, limit: int) -> np.ndarray:
