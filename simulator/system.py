@@ -94,7 +94,7 @@ def scheduler_params(name: str, params: dict[str, Any]) -> tuple[type[Scheduler]
         ) from None
 
 
-def operator_shapes(model: ModelSpec, tp: int, act_dtype: str) -> OperatorShapes:
+def operator_shapes(model: ModelSpec, tp: int, act_dtype: str, kv_bytes: float = 2.0) -> OperatorShapes:
     """The GEMM shapes and per-GPU heads behind the operator table (same sharding as operators.py).
 
     GEMMs as vLLM launches them: fused QKV, output projection, fused gate+up (when
@@ -115,7 +115,7 @@ def operator_shapes(model: ModelSpec, tp: int, act_dtype: str) -> OperatorShapes
         "moe_router": ((float(model.num_experts), float(d), 1.0),),
         "lm_head": ((V / t, float(d), 1.0),),
     }
-    return OperatorShapes(gemms, h_gpu, hkv_gpu, float(dh), act_dtype)
+    return OperatorShapes(gemms, h_gpu, hkv_gpu, float(dh), act_dtype, float(kv_bytes))
 
 
 def resolve_overheads(name: str, tp: int) -> OverheadTerms:
@@ -174,7 +174,7 @@ def build_system(scenario: Scenario) -> System:
         device.name, peak, device.memory_bandwidth, eff.compute, eff.memory, eff.launch_overhead_us * 1e-6,
         profile=profile, compute_format=fmt,
     )
-    shapes = operator_shapes(model, dep.tp, dep.activation_dtype)
+    shapes = operator_shapes(model, dep.tp, dep.activation_dtype, kb)
     overheads = resolve_overheads(dep.overheads, dep.tp)
     tp_link, pp_link = links_of(device)
     table = build_operator_table(

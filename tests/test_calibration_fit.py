@@ -254,9 +254,10 @@ def test_flashattention2_rows_count_two_ctas_per_sm_in_the_split_heuristic():
     rows = make_frame(pd.DataFrame({"device": "a100-80gb-sxm", "op_class": "attention_decode",
                                     "kernel": ["vllm_flash_attn"] * 2, "measured_s": 1e-4}))
     assert kernel_facts(rows) == {"ctas_per_sm": 2.0, "kv_block_cap": 1.0, "q_tile_rows": 64.0, "serial_merge": 1.0,
-                                  "swap_copy": 1.0}
+                                  "swap_copy": 1.0, "cache_write": 1.0}
     assert kernel_facts(rows.assign(kernel="vllm_flash_attn_fa3")) == {
-        "ctas_per_sm": 1.0, "kv_block_cap": 0.0, "q_tile_rows": 0.0, "serial_merge": 0.0, "swap_copy": 0.0}
+        "ctas_per_sm": 1.0, "kv_block_cap": 0.0, "q_tile_rows": 0.0, "serial_merge": 0.0, "swap_copy": 0.0,
+        "cache_write": 0.0}
     with pytest.raises(CapsimError, match="different split heuristics"):
         kernel_facts(rows.assign(kernel=["vllm_flash_attn", "vllm_flash_attn_fa3"]))
 

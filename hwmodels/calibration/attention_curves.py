@@ -165,6 +165,10 @@ def _ceil(x):
     return float(math.ceil(x)) if _is_scalar(x) else np.ceil(x)
 
 
+def _floor(x):
+    return float(math.floor(x)) if _is_scalar(x) else np.floor(x)
+
+
 def _max(a, b):
     if _is_scalar(a) and _is_scalar(b):
         return a if a >= b else b
@@ -328,6 +332,46 @@ def prefill_v2_terms(p, tokens, work, kv_read, heads, kv_heads, head_dim):
     return fixed, eta_c, eta_m, work_scale, p["q"]
 
 
+SM_THREADS = 2048
+"""Threads one SM holds at once on sm80 and sm90 (A100, H100, H200)."""
+
+SM_CTAS = 32
+"""Thread blocks one SM holds at once on sm80 and sm90."""
+
+CACHE_WRITE_THREADS = 512
+"""vLLM's ``reshape_and_cache_flash`` launches ``min(h_kv d, 512)`` threads per token."""
+
+
+def cache_write_time(p, tokens, kv_heads, head_dim, kv_bytes, bandwidth: float):
+    """Seconds of vLLM's KV-cache write before the attention kernel, where the measured call includes it.
+
+    Why a kernel of its own: vLLM's ``reshape_and_cache_flash`` (``csrc/cache_kernels.cu``)
+    runs one CTA per new token with ``min(h_kv d, 512)`` threads, each copying one key
+    and one value element per loop iteration. Such CTAs are latency-bound, and the
+    SM's thread and CTA limits decide how many run at once -- 16 per SM for one KV
+    head of 128, 4 from four heads on -- so the write takes ``ceil(tokens / slots)``
+    waves of one CTA's life (``t_cw_s``, fitted) plus ``t_cw_iter_s`` per further
+    loop iteration, or its bytes (keys and values read and written) at the fitted
+    stream rate, whichever is longer. Zero without the kernel fact ``cache_write``
+    (``docs/calibration-decisions.md`` 24).
+    """
+    if not p.get("cache_write"):
+        return 0.0
+    width = kv_heads * head_dim
+    threads = _min(width, CACHE_WRITE_THREADS)
+    resident = _min(_floor(SM_THREADS / threads), SM_CTAS)
+    waves = _ceil(tokens / (p["sms"] * resident))
+    cta = p.get("t_cw_s", 0.0) + (_ceil(width / threads) - 1.0) * p.get("t_cw_iter_s", 0.0)
+    stream = 4.0 * tokens * width * kv_bytes / (bandwidth * p["m_max"])
+    return _max(waves * cta, stream)
+
+
+def _min(a, b):
+    if _is_scalar(a) and _is_scalar(b):
+        return a if a <= b else b
+    return np.minimum(a, b)
+
+
 def prefill_v2_time(p, tokens, work, kv_read, heads, kv_heads, head_dim, act_bytes, kv_bytes, peak: float,
                     bandwidth: float):
     """Seconds of causal prefill attention under ``attention-prefill-v2`` (aggregate features)."""
@@ -336,4 +380,5 @@ def prefill_v2_time(p, tokens, work, kv_read, heads, kv_heads, head_dim, act_byt
         2.0 * heads * head_dim * act_bytes + 2.0 * kv_heads * head_dim * kv_bytes
     )
     fixed, eta_c, eta_m, scale, q = prefill_v2_terms(p, tokens, work, kv_read, heads, kv_heads, head_dim)
-    return fixed + combine(flops * scale / (peak * eta_c), nbytes / (bandwidth * eta_m), q)
+    write = cache_write_time(p, tokens, kv_heads, head_dim, kv_bytes, bandwidth)
+    return fixed + write + combine(flops * scale / (peak * eta_c), nbytes / (bandwidth * eta_m), q)

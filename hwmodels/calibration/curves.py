@@ -492,9 +492,14 @@ FAMILIES: dict[str, Family] = {
             ParamSpec("mha_factor", 1.0, 0.05, 3.0),
             ParamSpec("tile", 0.3, 0.0, 1.0),
             ParamSpec("pack", 0.5, 0.0, 1.0),
+            ParamSpec("t_cw_s", 5e-6, 0.0, 1e-4),
+            ParamSpec("t_cw_iter_s", 5e-7, 0.0, 1e-4),
         ),
         _prefill_v2_predict,
         table_params=("c_max_by_head_dim",),
+        device_facts=("sms", "cache_write"),
+        # The KV-cache write inside the measured call (kernel fact): held at 0 where a table has none.
+        gated_by=(("t_cw_s", "cache_write", 0.0), ("t_cw_iter_s", "cache_write", 0.0)),
     ),
     "attention-decode-v2": Family(
         "attention-decode-v2",

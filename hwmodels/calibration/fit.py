@@ -170,12 +170,12 @@ def device_facts(device: str) -> dict[str, float]:
 
 
 KERNEL_FACT_DEFAULTS: Mapping[str, float] = {"ctas_per_sm": 1.0, "kv_block_cap": 0.0, "q_tile_rows": 0.0,
-                                             "serial_merge": 0.0, "swap_copy": 0.0}
+                                             "serial_merge": 0.0, "swap_copy": 0.0, "cache_write": 0.0}
 """What the attention curves assume of a kernel they have no entry for (FlashAttention-3 and everything else)."""
 
 KERNEL_FACTS: Mapping[str, Mapping[str, float]] = {
     "vllm_flash_attn": {"ctas_per_sm": 2.0, "kv_block_cap": 1.0, "q_tile_rows": 64.0, "serial_merge": 1.0,
-                        "swap_copy": 1.0},
+                        "swap_copy": 1.0, "cache_write": 1.0},
 }
 """Facts of the kernel that timed a table's rows, read from its source, not fitted.
 
@@ -200,7 +200,14 @@ FlashAttention-2 (vLLM's ``vllm_flash_attn`` build, the A100 tables), ``csrc/fla
   kernel of its own before the attention kernel, a fixed ``t_swap_s`` (fitted, held
   at 0 without this fact) plus the copy's bytes
   (:func:`hwmodels.calibration.attention_curves.decode_swap_copy`;
-  ``docs/calibration-decisions.md`` 21).
+  ``docs/calibration-decisions.md`` 21);
+* ``cache_write`` = 1: the measured call (aiconfigurator's vLLM collector replays
+  ``FlashAttentionImpl.forward``) first writes the new keys and values into the paged
+  cache with ``reshape_and_cache_flash``, one CTA per token, before the attention
+  kernel; the prefill curve adds that kernel's time
+  (:func:`hwmodels.calibration.attention_curves.cache_write_time`,
+  ``docs/calibration-decisions.md`` 24). Only this build: on the FlashAttention-3 tables
+  the write's cost is not additive.
 """
 
 
@@ -327,8 +334,8 @@ def fit_curve(form: str, df: pd.DataFrame, peaks: Peaks | None, *, max_rows: int
         table_keys = sorted({float(d) for d in x["head_dim"]})
     log_t = np.log(t)
     facts = {k: v for k, v in device_facts(str(df["device"].iat[0])).items() if k in fam.device_facts}
-    if "ctas_per_sm" in fam.device_facts:
-        facts.update(kernel_facts(df))
+    if any(name in KERNEL_FACT_DEFAULTS for name in fam.device_facts):
+        facts.update({k: v for k, v in kernel_facts(df).items() if k in fam.device_facts})
     # A parameter whose term the kernel does not have is held at 0, not fitted (``Family.gated_by``).
     held = {name: 0.0 for name, fact, floor in fam.gated_by if not facts.get(fact, 0.0) > floor}
     free = [i for i, spec in enumerate(fam.params) if spec.name not in held]

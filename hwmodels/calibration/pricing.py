@@ -99,9 +99,11 @@ class GemmPricer:
 class PrefillPricer:
     """Causal prefill attention from the aggregate features (tokens, query-key work, KV read)."""
 
-    def __init__(self, curve: Curve, heads: float, kv_heads: float, head_dim: float, peak: float, bandwidth: float):
+    def __init__(self, curve: Curve, heads: float, kv_heads: float, head_dim: float, peak: float, bandwidth: float,
+                 kv_bytes: float = 2.0):
         self.p = dict(curve.params)
         self.v2 = curve.form == "attention-prefill-v2"
+        self.kv_bytes = float(kv_bytes)  # per KV-cache element: the cache write's bytes (attention_curves)
         self.h, self.hkv, self.dh = float(heads), float(kv_heads), float(head_dim)
         self.peak, self.bw = peak, bandwidth
         # The residual surface with the model's group size (and head size, kind prefill-dh) interpolated once:
@@ -125,6 +127,8 @@ class PrefillPricer:
             fixed, eta_c, eta_m, scale, q = attention_curves.prefill_v2_terms(
                 self.p, tokens, work, kv_read, self.h, self.hkv, self.dh)
             priced = _combine(fixed, flops * scale / (self.peak * eta_c), nbytes / (self.bw * eta_m), q)
+            write = attention_curves.cache_write_time(self.p, tokens, self.hkv, self.dh, self.kv_bytes, self.bw)
+            priced = Priced(priced.time_s + write, priced.compute_s, priced.memory_s + write)
             if self.corr is None:
                 return priced
             q_seq, _, seqs = attention_curves.prefill_shape(tokens, work, kv_read)  # as correction.features does

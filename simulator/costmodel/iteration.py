@@ -183,6 +183,7 @@ class OperatorShapes:
     kv_heads: float
     head_dim: float
     act_dtype: str = "bf16"
+    kv_bytes: float = 2.0  # per KV-cache element (the cache write a calibrated attention curve may include)
 
 
 @dataclass(frozen=True)
@@ -625,7 +626,7 @@ class _Calibrated:
             if curve is None:
                 return None
             peak, bw = self._peaks(curve.dtype)
-            a = pricing.PrefillPricer(curve, shapes.heads, shapes.kv_heads, shapes.head_dim, peak, bw)
+            a = pricing.PrefillPricer(curve, shapes.heads, shapes.kv_heads, shapes.head_dim, peak, bw, shapes.kv_bytes)
             fn = lambda x, f, b: a.price(x[F.PREFILL_TOKENS], x[F.PREFILL_ATTN_WORK], f, b, x[F.PREFILL_KV_READ])  # noqa: E731
             fn.many = lambda X, f, b: a.price_many(
                 X[:, F.PREFILL_TOKENS], X[:, F.PREFILL_ATTN_WORK], f, b, X[:, F.PREFILL_KV_READ])
