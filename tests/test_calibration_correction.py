@@ -240,3 +240,35 @@ def test_pricer_reads_a_head_size_surface_like_the_fitted_curve():
     # The head size matters: the same shape at head size 128 reads other grid values.
     other = PrefillPricer(curve, h, hkv, 128.0, peak, bw).price(tokens, work, flops, nbytes, kv_read).time_s
     assert other != pytest.approx(pricer.price(tokens, work, flops, nbytes, kv_read).time_s, rel=1e-6)
+
+
+def test_pricer_adds_the_cache_write_with_the_deployments_kv_bytes():
+    """A prefill curve whose table includes vLLM's KV-cache write (decision 24): the pricer adds the write's time
+    inside the residual surface, as the family's predictor does, and an fp8 cache writes half the bytes."""
+    from hwmodels.calibration.attention_curves import cache_write_time
+    from hwmodels.calibration.curves import family
+
+    prof = shipped_profile("h100-sxm")
+    pre = prof.curve("attention_prefill", "bf16")
+    peak, bw = prof.doc["peaks"]["flops_per_s"]["bf16"], prof.doc["peaks"]["memory_bandwidth_Bps"]
+    params = {**pre.params, "sms": 132.0, "cache_write": 1.0, "t_cw_s": 2e-6, "t_cw_iter_s": 1e-7}
+    curve = _curve(pre.form, params, pre.key)
+    h, hkv, dh, q, n = 32.0, 8.0, 128.0, 2048.0, 8.0
+    tokens, work, kv_read = n * q, n * q * q / 2, n * q
+    flops = 4 * h * dh * work
+    nbytes = kv_read * 2 * hkv * dh * 2 + tokens * (2 * h * dh * 2 + 2 * hkv * dh * 2)
+    x = {"tokens": tokens, "work": work, "kv_read": kv_read, "heads": h, "kv_heads": hkv, "head_dim": dh,
+         "act_bytes": 2.0, "kv_bytes": 2.0}
+    priced = PrefillPricer(curve, h, hkv, dh, peak, bw).price(tokens, work, flops, nbytes, kv_read).time_s
+    assert priced == pytest.approx(float(family(pre.form).predict(params, x, peak, bw)), rel=1e-12)
+    without = PrefillPricer(_curve(pre.form, {**params, "cache_write": 0.0}, pre.key), h, hkv, dh, peak, bw)
+    assert priced > without.price(tokens, work, flops, nbytes, kv_read).time_s
+    # With a bandwidth-bound write (64 KV heads), an fp8 cache halves the write's share.
+    h = hkv = 64.0
+    flops = 4 * h * dh * work
+    nbytes = kv_read * 2 * hkv * dh * 2 + tokens * (2 * h * dh * 2 + 2 * hkv * dh * 2)
+    t16 = PrefillPricer(curve, h, hkv, dh, peak, bw, kv_bytes=2.0).price(tokens, work, flops, nbytes, kv_read).time_s
+    t8 = PrefillPricer(curve, h, hkv, dh, peak, bw, kv_bytes=1.0).price(tokens, work, flops, nbytes, kv_read).time_s
+    half = cache_write_time(params, tokens, hkv, dh, 1.0, bw)
+    assert half == pytest.approx(cache_write_time(params, tokens, hkv, dh, 2.0, bw) / 2)
+    assert t16 > t8

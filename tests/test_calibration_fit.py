@@ -395,3 +395,49 @@ def test_flashattention2_pays_the_query_copy_of_its_group_swap_only_where_torch_
     with_copy, *_ = decode_v2_lines(p, 16.0, 64.0, 8.0, 128.0, 2.0, 312e12, bw)
     without, *_ = decode_v2_lines({**p, "swap_copy": 0.0}, 16.0, 64.0, 8.0, 128.0, 2.0, 312e12, bw)
     assert with_copy - without == pytest.approx(decode_swap_copy(p, 16.0, 64.0, 8.0, 128.0, bw))
+
+
+def test_vllm_cache_write_runs_in_waves_of_one_cta_per_token():
+    """``reshape_and_cache_flash`` launches one CTA of min(h_kv d, 512) threads per token (decision 24): at 8,192
+    tokens on 108 SMs that is 5, 10 and 19 waves for 1, 2 and 4 KV heads of 128 (16, 8, 4 CTAs per SM), and 8 KV
+    heads take the same 19 waves with a second loop iteration each."""
+    from hwmodels.calibration.attention_curves import cache_write_time
+
+    p = {"sms": 108.0, "m_max": 0.8, "cache_write": 1.0, "t_cw_s": 5.5e-6, "t_cw_iter_s": 4e-7}
+    fast = 1e18  # bandwidth high enough that the latency side decides
+    t = {hkv: cache_write_time(p, 8192.0, float(hkv), 128.0, 2.0, fast) for hkv in (1, 2, 4, 8)}
+    assert t[1] == pytest.approx(5 * 5.5e-6) and t[2] == pytest.approx(10 * 5.5e-6)
+    assert t[4] == pytest.approx(19 * 5.5e-6) and t[8] == pytest.approx(19 * (5.5e-6 + 4e-7))
+    # Many KV heads: the bytes (keys and values read and written) at the stream rate take longer than the waves.
+    bw = 2.0e12
+    mha = cache_write_time(p, 8192.0, 64.0, 128.0, 2.0, bw)
+    assert mha == pytest.approx(4 * 8192 * 64 * 128 * 2.0 / (bw * 0.8))
+    assert cache_write_time({**p, "cache_write": 0.0}, 8192.0, 4.0, 128.0, 2.0, bw) == 0.0  # a table without it
+    many = cache_write_time(p, np.array([100.0, 8192.0, 65536.0]), 4.0, 128.0, 2.0, fast)
+    assert many == pytest.approx([5.5e-6, 19 * 5.5e-6, 152 * 5.5e-6])
+
+
+def test_prefill_fit_recovers_the_cache_write_of_a_table_that_includes_it():
+    """Rows generated with the write's waves (a vLLM FlashAttention-2 table on an A100): the fit finds the
+    per-wave time, and predicts the KV-head steps at fixed tokens that the attention curve alone cannot."""
+    from hwmodels.calibration import attention_curves as ac
+
+    truth = {**PREFILL_V2_TRUE, "sms": 108.0, "cache_write": 1.0, "t_cw_s": 5.5e-6, "t_cw_iter_s": 4e-7}
+    rows = list(itertools.product([1, 4, 16, 64], [64, 256, 1024, 4096], [(8, 1), (8, 2), (8, 4), (8, 8), (32, 4),
+                                                                         (32, 32), (64, 8)]))
+    b, q, h, hkv = (np.array(col, float) for col in zip(*[(r[0], r[1], *r[2]) for r in rows], strict=True))
+    t = ac.prefill_v2_time(truth, b * q, b * q * q / 2, b * q, h, hkv, 128.0, 2.0, 2.0, 312e12, 2.0e12)
+    df = make_frame(pd.DataFrame({
+        "device": "a100-80gb-sxm", "op_class": "attention_prefill", "dtype": "bf16", "batch": b, "seq": q,
+        "context": 0, "heads": h, "kv_heads": hkv, "head_dim": 128.0, "measured_s": t, "source": "synthetic",
+        "kernel": "vllm_flash_attn",
+    }))
+    a100 = Peaks({"bf16": 312e12}, 2.0e12, "test")
+    fitted = fit_curve("attention-prefill-v2", df, a100)
+    assert fitted.params["cache_write"] == 1.0 and fitted.params["sms"] == 108.0
+    assert fitted.params["t_cw_s"] == pytest.approx(5.5e-6, rel=0.15)
+    err = np.abs(fitted.predict(df, a100) / t - 1)
+    assert np.median(err) < 0.02 and np.percentile(err, 90) < 0.06
+    # The same rows timed by FlashAttention-3 (no such fact): the write's parameters are held at 0, not fitted.
+    fa3 = fit_curve("attention-prefill-v2", df.assign(kernel="vllm_flash_attn_fa3"), a100)
+    assert fa3.params["cache_write"] == 0.0 and fa3.params["t_cw_s"] == 0.0 and fa3.params["t_cw_iter_s"] == 0.0
