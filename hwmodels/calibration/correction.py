@@ -94,12 +94,12 @@ class Design:
 
 DESIGNS: dict[str, Design] = {
     # m 1..16384 every 2x (the tile-size switches are steps at powers of two in 16..256 tokens, which knots 4x
-    # apart smeared over two octaves); n, k 64..16384 every 4x.
-    "gemm": Design("gemm", (GridAxis("log2_m", 0.0, 1.0, 15), GridAxis("log2_n", 6.0, 2.0, 5),
-                            GridAxis("log2_k", 6.0, 2.0, 5))),
+    # apart smeared over two octaves); n, k 64..16384 every 2x (decision 25).
+    "gemm": Design("gemm", (GridAxis("log2_m", 0.0, 1.0, 15), GridAxis("log2_n", 6.0, 1.0, 9),
+                            GridAxis("log2_k", 6.0, 1.0, 9))),
     # gemm plus the fill of the kernel's row band (see band_fill): 0.25, 0.5, 1.
-    "gemm-banded": Design("gemm-banded", (GridAxis("log2_m", 0.0, 1.0, 15), GridAxis("log2_n", 6.0, 2.0, 5),
-                                          GridAxis("log2_k", 6.0, 2.0, 5), GridAxis("log2_fill", -2.0, 1.0, 3))),
+    "gemm-banded": Design("gemm-banded", (GridAxis("log2_m", 0.0, 1.0, 15), GridAxis("log2_n", 6.0, 1.0, 9),
+                                          GridAxis("log2_k", 6.0, 1.0, 9), GridAxis("log2_fill", -2.0, 1.0, 3))),
     # q 1..16384 every 2x (128-row tiles: steps at powers of two); (sequence, head) pairs 1..16384 every 4x;
     # group: MHA on a knot of its own (0.5, see group_feature), then query heads per KV head 2, 8, 32.
     "prefill": Design("prefill", (GridAxis("log2_q", 0.0, 1.0, 15), GridAxis("log2_seq_heads", 0.0, 2.0, 8),
