@@ -405,18 +405,23 @@ def _penalty(counts: Sequence[int], smooth_from: Sequence[int] | None = None) ->
 
 
 def _solve(offs: np.ndarray, wts: np.ndarray, resid: np.ndarray, size: int, pen: np.ndarray, lam: float) -> np.ndarray:
+    """The penalised least-squares grid, by its normal equations.
+
+    Why not ``lstsq`` on the stacked rows: each row touches only the 2^d knots around
+    it, so ``A^T A`` is sparse and the ridge makes the system positive definite; a
+    dense SVD of the stacked matrix costs minutes for a 15 x 9 x 9 x 3 grid, the
+    sparse normal equations well under a second, for the same minimiser.
+    """
+    from scipy import sparse
+    from scipy.sparse.linalg import spsolve
+
     n = len(resid)
-    a = np.zeros((n, size))
-    np.add.at(a, (np.repeat(np.arange(n), offs.shape[1]), offs.ravel()), wts.ravel())
-    blocks = [a / math.sqrt(n)]
-    rhs = [resid / math.sqrt(n)]
+    a = sparse.csr_matrix((wts.ravel(), (np.repeat(np.arange(n), offs.shape[1]), offs.ravel())), shape=(n, size))
+    lhs = (a.T @ a) / n + sparse.identity(size) * (RIDGE / size)
     if len(pen):
-        blocks.append(pen * math.sqrt(lam / len(pen)))
-        rhs.append(np.zeros(len(pen)))
-    blocks.append(np.eye(size) * math.sqrt(RIDGE / size))
-    rhs.append(np.zeros(size))
-    sol, *_ = np.linalg.lstsq(np.vstack(blocks), np.concatenate(rhs), rcond=None)
-    return sol
+        p = sparse.csr_matrix(pen)
+        lhs = lhs + (p.T @ p) * (lam / len(pen))
+    return np.asarray(spsolve(lhs.tocsc(), a.T @ resid / n), dtype=float)
 
 
 def inner_split(groups: np.ndarray) -> np.ndarray:
