@@ -175,6 +175,12 @@ def _max(a, b):
     return np.maximum(a, b)
 
 
+def _min(a, b):
+    if _is_scalar(a) and _is_scalar(b):
+        return a if a <= b else b
+    return np.minimum(a, b)
+
+
 # ------------------------------------------------------------------------- decode
 
 
@@ -364,12 +370,6 @@ def cache_write_time(p, tokens, kv_heads, head_dim, kv_bytes, bandwidth: float):
     cta = p.get("t_cw_s", 0.0) + (_ceil(width / threads) - 1.0) * p.get("t_cw_iter_s", 0.0)
     stream = 4.0 * tokens * width * kv_bytes / (bandwidth * p["m_max"])
     return _max(waves * cta, stream)
-
-
-def _min(a, b):
-    if _is_scalar(a) and _is_scalar(b):
-        return a if a <= b else b
-    return np.minimum(a, b)
 
 
 def prefill_v2_time(p, tokens, work, kv_read, heads, kv_heads, head_dim, act_bytes, kv_bytes, peak: float,
