@@ -184,7 +184,7 @@ def validate(
     _guard(debug, action)
 
 
-LIST_KINDS = ("models", "devices", "schedulers", "routers", "traces", "arrivals", "lengths")
+LIST_KINDS = ("models", "devices", "schedulers", "routers", "traces", "arrivals", "lengths", "techniques")
 
 
 @app.command("list")
@@ -205,6 +205,7 @@ def list_(
         kinds.add("traces", _traces_table)
         kinds.add("arrivals", lambda: _registry_table("arrival processes", "traces.arrivals", "ARRIVALS"))
         kinds.add("lengths", lambda: _registry_table("length distributions", "traces.lengths", "LENGTHS"))
+        kinds.add("techniques", lambda: __import__("simulator.cli_techniques", fromlist=["x"]).techniques_table())
         if kind not in kinds:
             close = difflib.get_close_matches(kind.lower(), LIST_KINDS, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
@@ -407,6 +408,9 @@ _register_plan(app)
 from hwmodels.calibration.cli import register as _register_calibrate  # noqa: E402
 
 _register_calibrate(app)
+from simulator.cli_techniques import register as _register_techniques  # noqa: E402
+
+_register_techniques(app)
 # (end sub-commands)
 
 

@@ -70,7 +70,8 @@ def prepare(scenario: Scenario, *, system: System | None = None, stream: Request
         prompt,
         output,
         max_context=system.model.max_context,
-        kv_capacity_tokens=blocks_per_engine * dep.block_size,
+        # A multi-token step (speculation) writes, then rolls back, a few slots beyond what it keeps.
+        kv_capacity_tokens=blocks_per_engine * dep.block_size - (system.step.max_lookahead if system.step else 0),
         max_prefill_tokens=system.scheduler_cls(system.scheduler_params, None).max_prefill_tokens(),
     )
     enforce(mask, reasons, prompt, output, sim.oversized)
@@ -130,11 +131,18 @@ def simulate(
     cost = system.cost_model()
     if system.scheduler_cls.lone_prefills:
         cost.prime_lone_prefills(table.prompt)
+    step = None
+    if system.step is not None:
+        # The step model's own random draws (per-request acceptance) come from a stream of their own,
+        # so switching a technique on leaves the workload and the router's draws as they were.
+        step = system.step.bind(table, np.random.default_rng(np.random.SeedSequence(scenario.seed, spawn_key=(2,))))
     for i in range(engines):
         blocks = BlockManager(blocks_per_engine, dep.block_size, table)
+        if step is not None:
+            blocks.step_tokens = 1 + step.max_lookahead
         replicas.append(
             Replica(env, i, table, blocks, cost, make_scheduler, recorder, on_finish, system.model.max_context,
-                    warmup_s=sim.warmup_s)
+                    warmup_s=sim.warmup_s, step=step)
         )
 
     if closed is None and router.oblivious and preload_arrivals:

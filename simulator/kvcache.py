@@ -33,6 +33,9 @@ class BlockManager:
         self.peak_used_blocks = 0
         self._t = table
         self._reservations = False  # becomes True once any sequence reserves KV up front
+        # Most tokens a sequence stores during one decode step: 1, or 1 + the slots a speculative step
+        # writes and rolls back (set by the engine from the step model), so schedulers' checks hold.
+        self.step_tokens = 1
         bs = self.block_size
         self._shift = bs.bit_length() - 1 if bs & (bs - 1) == 0 else None
 
@@ -89,6 +92,8 @@ class BlockManager:
     def growth_after(self, ids: np.ndarray, steps: int) -> int:
         """Blocks the sequences ``ids`` need in addition after each stores ``steps`` more tokens."""
         t, bs = self._t, self.block_size
+        if self.step_tokens != 1:
+            steps = steps * self.step_tokens
         kv = t.kv_tokens[ids]
         if not self._reservations:
             return int((blocks_for(kv + steps, bs) - blocks_for(kv, bs)).sum())
@@ -114,6 +119,27 @@ class BlockManager:
             else:
                 hi = mid
         return lo
+
+    def growth_to(self, ids: np.ndarray, tokens: np.ndarray) -> int:
+        """Blocks the sequences ``ids`` need in addition to hold ``tokens`` tokens each (a step model's
+        peak: kept tokens plus the slots a speculative step writes and rolls back)."""
+        t, bs = self._t, self.block_size
+        held = np.maximum(t.kv_tokens[ids], t.kv_reserved[ids]) if self._reservations else t.kv_tokens[ids]
+        after = np.maximum(tokens, held)
+        return int((blocks_for(after, bs) - blocks_for(held, bs)).sum())
+
+    def grow_each(self, ids: np.ndarray, tokens: np.ndarray) -> None:
+        """Each sequence in ``ids`` stores its own number of ``tokens`` more (a multi-token step)."""
+        t, bs = self._t, self.block_size
+        kv = t.kv_tokens[ids]
+        new = kv + tokens
+        if self._reservations:
+            res = t.kv_reserved[ids]
+            added = int((blocks_for(np.maximum(new, res), bs) - blocks_for(np.maximum(kv, res), bs)).sum())
+        else:
+            added = int((blocks_for(new, bs) - blocks_for(kv, bs)).sum())
+        self._add(added)
+        t.kv_tokens[ids] = new
 
     def grow_all(self, ids: np.ndarray, steps: int, kv: np.ndarray | None = None, kv_list: list | None = None) -> None:
         """Every sequence in ``ids`` stores ``steps`` more tokens (a decode run).

@@ -96,14 +96,25 @@ def plan_memory(
     memory_utilization: float,
     block_size: int,
     reserve_bytes: float,
+    technique_kv_bytes_per_token: float = 0.0,
+    technique_reserved_bytes: float = 0.0,
 ) -> MemoryPlan:
-    """Budget one replica's memory; raise when nothing is left for the KV cache."""
+    """Budget one replica's memory; raise when nothing is left for the KV cache.
+
+    ``technique_*`` are what the scenario's techniques add per GPU (a draft model's own KV per token,
+    its weights); they are kept apart from the served model's figures so reports can show both.
+    """
     gpu = float(device.memory_bytes)
     usable = gpu * memory_utilization
     weights = weights_per_gpu(model, tp, pp, weight_bytes)
     layers_per_stage = -(-model.num_layers // pp)
     kv_heads_gpu = -(-model.num_kv_heads // tp)  # replicated when fewer KV heads than ranks
     kv_per_token = 2.0 * layers_per_stage * kv_heads_gpu * model.head_dim * kv_bytes
+    techniques_note = ""
+    if technique_kv_bytes_per_token or technique_reserved_bytes:
+        techniques_note = f" (of which {technique_reserved_bytes / GIB:.1f} GiB for the scenario's techniques)"
+        kv_per_token += technique_kv_bytes_per_token
+        reserve_bytes += technique_reserved_bytes
     left = usable - weights - reserve_bytes
     min_tokens = block_size
     if left < kv_per_token * min_tokens:
@@ -111,11 +122,13 @@ def plan_memory(
         raise DoesNotFitError(
             f"{model.name} does not fit on {device.name} with tp={tp}, pp={pp}: each GPU has "
             f"{usable / GIB:.1f} GiB usable ({device.memory_gib:g} GiB x {memory_utilization:g}) but needs "
-            f"{weights / GIB:.1f} GiB of weights + {reserve_bytes / GIB:.1f} GiB of activations/workspace "
+            f"{weights / GIB:.1f} GiB of weights + {reserve_bytes / GIB:.1f} GiB of activations/workspace"
+            f"{techniques_note} "
             f"+ KV cache; short by {short:.1f} GiB per GPU",
             where="deployment",
             fix="raise deployment.tp or deployment.pp, use a device with more memory, a smaller "
-            "weight_dtype (fp8/int4), or a higher memory_utilization",
+            "weight_dtype (fp8/int4), or a higher memory_utilization"
+            + (", or lighten the techniques (a smaller draft model, fewer heads)" if techniques_note else ""),
         )
     capacity = int(left // kv_per_token)
     capacity -= capacity % block_size

@@ -23,6 +23,7 @@ from simulator.kvcache import BlockManager
 from simulator.recorder import Recorder
 from simulator.requests import RequestTable
 from simulator.schedulers.base import Plan, Scheduler
+from simulator.techniques.step import BoundStep
 
 SMALL_BATCH = 32
 """Batches up to this size do their reductions (sum, min, max, count) in Python on a ``tolist()``:
@@ -73,8 +74,11 @@ class Replica:
         on_finish: Callable[[np.ndarray, float], None] | None,
         max_context: int,
         warmup_s: float = 0.0,
+        step: BoundStep | None = None,
     ):
         self.env = env
+        # A technique's decode-step model (several tokens per step); None keeps the one-token path.
+        self.step = step
         self.warmup_s = warmup_s
         self.index = index
         self.table = table
@@ -172,7 +176,12 @@ class Replica:
                     self._wake = env.event()
                     yield self._wake
                 continue
-            if plan.repeat and not plan.prefill:
+            if self.step is not None:
+                if plan.repeat and not plan.prefill:
+                    yield from self._step_run(plan)
+                else:
+                    yield from self._step_iteration(plan)
+            elif plan.repeat and not plan.prefill:
                 yield from self._decode_run(plan)
             else:
                 yield from self._iteration(plan)
@@ -294,18 +303,24 @@ class Replica:
         self.blocks.grow_all(ids, run.iterations)
         self._advance_live(live, run, end, start)
 
-    def _advance_live(self, live, run: DecodeRun, end, start):
-        """Tokens and gaps of the still-generating sequences ``live`` after ``run``."""
+    def _advance_live(self, live, run: DecodeRun, end, start, got: np.ndarray | None = None):
+        """Tokens and gaps of the still-generating sequences ``live`` after ``run``.
+
+        ``got`` holds each sequence's tokens when a step yields more than one (a step model); by
+        default every sequence gets one token per iteration.
+        """
         if self.warmup_s > 0 and len(live):
             # Gaps of warm-up requests stay out of the TBT statistics (they carry no request id).
             early = self.table.arrival_s[live] < self.warmup_s
             if early.any():
-                self._advance_tokens(live[early], run, end, start, record=False)
+                self._advance_tokens(live[early], run, end, start, record=False,
+                                     got=None if got is None else got[early])
                 live = live[~early]
+                got = None if got is None else got[~early]
         if len(live):
-            self._advance_tokens(live, run, end, start, record=True)
+            self._advance_tokens(live, run, end, start, record=True, got=got)
 
-    def _advance_tokens(self, live, run: DecodeRun, end, start, record):
+    def _advance_tokens(self, live, run: DecodeRun, end, start, record, got: np.ndarray | None = None):
         """Emit ``run.iterations`` tokens to each sequence in ``live``; record their gaps if ``record``.
 
         A sequence's first gap in the run is from its last token to the end of
@@ -357,8 +372,140 @@ class Replica:
                 t.max_tbt_s[live] = np.maximum(t.max_tbt_s[live], np.maximum(boundary - last, inner_max))
         else:
             t.max_tbt_s[live] = np.maximum(t.max_tbt_s[live], boundary - last)
-        t.generated[live] += steps
+        if got is None:
+            t.generated[live] += steps
+        else:
+            # Several tokens per step: each step's first token carries the step's gap (recorded above);
+            # the rest of a step's tokens arrive with it, a gap of zero each (one gap per token).
+            t.generated[live] += got
+            extra = int(got.sum()) - steps * n
+            if record and extra > 0:
+                rec.gap_run(0.0, 0.0, extra, 1)
         t.last_token_s[live] = end
+
+    # ------------------------------------------------------- multi-token steps
+    def _step_run(self, plan: Plan):
+        """A decode run under a step model: each step yields each sequence a (fractional on average)
+        number of tokens. Same structure as :meth:`_decode_run` -- price the steps until the first
+        sequence finishes, memory runs out or a request arrives, in one call, and wait once."""
+        env, t, step = self.env, self.table, self.step
+        ids = plan.decode_ids
+        while True:
+            n = len(ids)
+            sp = step.plan(ids)
+            remaining = t.output[ids] - t.generated[ids]
+            to_finish = step.steps_to_reach(ids, sp, remaining)
+            limit = int(to_finish.min())
+            kv = t.kv_tokens[ids]
+            steps = self._steps_that_fit(ids, sp, kv, remaining, limit)
+            if steps:
+                break
+            victim = self.scheduler.preempt_one()
+            if victim is None:
+                raise RuntimeError("decode cannot grow and nothing can be preempted")
+            ids = ids[ids != victim]
+            if not len(ids):
+                return
+        ctx0 = int(kv.sum()) + n
+        growth = float(sp.tokens_per_step.sum())
+        run = step.run(sp, n, ctx0, steps, growth)
+        start = env.now
+        nxt = self._next_arrival()
+        if nxt is not None and plan.interruptible and steps > 1:
+            upto = run.iterations_ending_by(nxt - start)
+            if upto < steps:
+                run = run.prefix(upto)
+        if run.iterations > 1 and plan.interruptible:
+            wake = env.timeout(run.total)
+            self._run = (run, start, wake)
+            yield wake
+            self._run = None
+            if self._cut is not None:
+                run, self._cut = self._cut, None
+        else:
+            yield env.timeout(run.total)
+        end = env.now
+        got = np.minimum(step.commit(ids, sp, run.iterations), remaining)
+        self.blocks.grow_each(ids, got)
+        self._advance_live(ids, run, end, start, got)
+        flops, nbytes = step.work(sp, n, ctx0, run.iterations, growth)
+        self.recorder.iteration(
+            self.index, start, end, run.iterations, 0, 0, n, ctx0, run.first, run.last,
+            self.blocks.used_blocks, self.blocks.total_blocks, flops, nbytes,
+        )
+        done = got == remaining
+        if done.any():
+            self._finish(ids[done], end)
+
+    def _steps_that_fit(self, ids, sp, kv, remaining, limit: int) -> int:
+        """Most steps (<= ``limit``) whose kept tokens plus one step's rolled-back lookahead fit in the
+        free KV blocks (bisection: the need grows with the steps)."""
+        step, blocks = self.step, self.blocks
+
+        def fits(k: int) -> bool:
+            kept = np.minimum(step.tokens_after(ids, sp, k), remaining)
+            return blocks.growth_to(ids, kv + kept + sp.lookahead) <= blocks.free_blocks
+
+        if fits(limit):
+            return limit
+        lo, hi = 0, limit
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if fits(mid):
+                lo = mid
+            else:
+                hi = mid
+        return lo
+
+    def _step_iteration(self, plan: Plan):
+        """An iteration with prefill chunks under a step model: its decodes (mixed batching) take one
+        step, and the step model prices the whole iteration (a drafter prefills the prompts too)."""
+        t, step = self.table, self.step
+        start = self.env.now
+        ids = plan.decode_ids
+        n_dec = len(ids)
+        ctx = int(t.kv_tokens[ids].sum()) + n_dec if n_dec else 0
+        ptok = logits = kv_read = 0
+        work = 0.0
+        for c in plan.prefill:
+            q = c.cost_tokens
+            ptok += q
+            kv_read += c.cached + q
+            work += q * (c.cached + q / 2.0)
+            logits += c.completes
+        sp = step.plan(ids) if n_dec else None
+        cost = step.iteration(sp, ptok, logits + n_dec, work, kv_read, n_dec, ctx)
+        yield self.env.timeout(cost.time_s)
+        end = self.env.now
+        finished: list[int] = []
+        if n_dec:
+            remaining = t.output[ids] - t.generated[ids]
+            got = np.minimum(step.commit(ids, sp, 1), remaining)
+            self.blocks.grow_each(ids, got)
+            self._advance_live(ids, DecodeRun(1, cost.time_s, 0.0, True), end, start, got)
+            finished.extend(ids[got == remaining].tolist())
+        for c in plan.prefill:
+            if not c.completes:
+                continue
+            rid = c.rid
+            if t.generated[rid] == 0:
+                t.first_token_s[rid] = end
+            else:
+                gap = end - t.last_token_s[rid]
+                if t.arrival_s[rid] >= self.warmup_s:
+                    self.recorder.gap_run(gap, 0.0, 1, 1)
+                if gap > t.max_tbt_s[rid]:
+                    t.max_tbt_s[rid] = gap
+            t.generated[rid] += 1
+            t.last_token_s[rid] = end
+            if t.generated[rid] == t.output[rid]:
+                finished.append(rid)
+        self.recorder.iteration(
+            self.index, start, end, 1, ptok, len(plan.prefill), n_dec, ctx, cost.time_s, cost.time_s,
+            self.blocks.used_blocks, self.blocks.total_blocks, cost.flops, cost.bytes,
+        )
+        if finished:
+            self._finish(np.asarray(finished, dtype=np.int64), end)
 
     def _finish(self, finished: np.ndarray, now: float) -> None:
         t = self.table

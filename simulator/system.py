@@ -8,7 +8,7 @@ run`` and ``capsim estimate`` so both price work identically.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pydantic import ValidationError
@@ -26,6 +26,7 @@ from simulator.models import get_model, model_from_dict
 from simulator.models.spec import ModelSpec
 from simulator.routers import ROUTERS, Router
 from simulator.schedulers import SCHEDULERS, Scheduler, SchedulerParams
+from simulator.techniques import BuildContext, StepModel, TechniqueStack, build_stack
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,8 @@ class System:
     router_cls: type[Router]
     shapes: OperatorShapes | None = None
     overheads: OverheadTerms | None = None
+    techniques: TechniqueStack = field(default_factory=TechniqueStack)
+    step: StepModel | None = None  # the decode-step model of a technique; None: one token per step
 
     def cost_model(self) -> IterationCostModel:
         """A fresh (empty-cache) cost model; one per simulation keeps runs independent."""
@@ -136,6 +139,45 @@ def links_of(device: DeviceSpec) -> tuple[Link, Link]:
     return fabric, fabric
 
 
+def roofline_for(device: DeviceSpec, dep: DeploymentConfig, fmt: str) -> RooflineDevice:
+    """The pricing view of ``device``: datasheet peaks, constant efficiencies and, unless the deployment
+    asks for the datasheet, its calibrated profile."""
+    eff = device.efficiency
+    profile = calibrated_profile(device) if dep.calibration == "profile" else None
+    return RooflineDevice(
+        device.name, device.peak_flops(fmt), device.memory_bandwidth, eff.compute, eff.memory,
+        eff.launch_overhead_us * 1e-6, profile=profile, compute_format=fmt,
+    )
+
+
+def table_for(model: ModelSpec, device: DeviceSpec, dep: DeploymentConfig, *, tp: int, pp: int) -> OperatorTable:
+    """The operator table of ``model`` on ``device`` with the deployment's numeric formats."""
+    tp_link, pp_link = links_of(device)
+    return build_operator_table(
+        model, tp=tp, pp=pp, weight_bytes=bytes_per_element(dep.weight_dtype, field="deployment.weight_dtype"),
+        kv_bytes=bytes_per_element(dep.kv_dtype, field="deployment.kv_dtype"),
+        act_bytes=bytes_per_element(dep.activation_dtype, field="deployment.activation_dtype"),
+        tp_link=tp_link, pp_link=pp_link,
+    )
+
+
+def cost_model_for(
+    model: ModelSpec, device: DeviceSpec, dep: DeploymentConfig, *, tp: int,
+    transform: Callable[[OperatorTable], OperatorTable] | None = None,
+) -> IterationCostModel:
+    """A cost model for another model served beside the main one (a draft model, a head), one pipeline
+    stage, no serving-engine overhead terms: the main model's iteration already carries them.
+
+    ``transform`` edits the operator table first (e.g. several verified tokens per sequence).
+    """
+    fmt = COMPUTE_FORMAT_FOR_WEIGHTS[dep.weight_dtype]
+    table = table_for(model, device, dep, tp=tp, pp=1)
+    if transform is not None:
+        table = transform(table)
+    shapes = operator_shapes(model, tp, dep.activation_dtype, bytes_per_element(dep.kv_dtype, field="deployment.kv_dtype"))
+    return IterationCostModel(table, roofline_for(device, dep, fmt), shapes, None)
+
+
 def build_system(scenario: Scenario) -> System:
     dep = scenario.deployment
     model = resolve_model(scenario.model)
@@ -153,7 +195,7 @@ def build_system(scenario: Scenario) -> System:
     ab = bytes_per_element(dep.activation_dtype, field="deployment.activation_dtype")
     fmt = COMPUTE_FORMAT_FOR_WEIGHTS[dep.weight_dtype]
     try:
-        peak = device.peak_flops(fmt)
+        device.peak_flops(fmt)
     except CapsimError as exc:
         raise CapsimError(exc.problem, where="deployment.weight_dtype", fix=exc.fix) from None
     if model.num_heads % dep.tp:
@@ -168,18 +210,16 @@ def build_system(scenario: Scenario) -> System:
             where="deployment.pp",
             fix="use at most one stage per layer",
         )
-    eff = device.efficiency
-    profile = calibrated_profile(device) if dep.calibration == "profile" else None
-    roofline = RooflineDevice(
-        device.name, peak, device.memory_bandwidth, eff.compute, eff.memory, eff.launch_overhead_us * 1e-6,
-        profile=profile, compute_format=fmt,
-    )
-    shapes = operator_shapes(model, dep.tp, dep.activation_dtype, kb)
+    stack = build_stack(scenario.techniques, SCHEDULERS.canonical(scenario.scheduler.name))
+    roofline = roofline_for(device, dep, fmt)
     overheads = resolve_overheads(dep.overheads, dep.tp)
-    tp_link, pp_link = links_of(device)
-    table = build_operator_table(
-        model, tp=dep.tp, pp=dep.pp, weight_bytes=wb, kv_bytes=kb, act_bytes=ab, tp_link=tp_link, pp_link=pp_link
-    )
+    ctx = BuildContext(model, device, dep, roofline, None, overheads, scenario.seed)
+    model = stack.apply_model(model, ctx)
+    shapes = operator_shapes(model, dep.tp, dep.activation_dtype, kb)
+    ctx = replace(ctx, model=model, shapes=shapes)
+    table = stack.apply_operators(table_for(model, device, dep, tp=dep.tp, pp=dep.pp), ctx)
+    ctx = replace(ctx, table=table)
+    extra = stack.apply_memory(ctx)
     if dep.activation_reserve_gib is not None:
         reserve = dep.activation_reserve_gib * GIB
     else:
@@ -189,7 +229,9 @@ def build_system(scenario: Scenario) -> System:
     memory = plan_memory(
         model, device, tp=dep.tp, pp=dep.pp, weight_bytes=wb, kv_bytes=kb, act_bytes=ab,
         memory_utilization=dep.memory_utilization, block_size=dep.block_size, reserve_bytes=reserve,
+        technique_kv_bytes_per_token=extra.extra_kv_bytes_per_token, technique_reserved_bytes=extra.reserved_bytes,
     )
     return System(
-        model, device, dep, fmt, roofline, table, memory, sched_cls, sched_params, router_cls, shapes, overheads
+        model, device, dep, fmt, roofline, table, memory, sched_cls, sched_params, router_cls, shapes, overheads,
+        techniques=stack, step=stack.step_model(ctx) if stack else None,
     )

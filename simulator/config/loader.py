@@ -65,12 +65,18 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def set_path(data: dict[str, Any], path: str, value: Any) -> None:
-    """Set ``data['a']['b'] = value`` for ``path='a.b'``, creating sections as needed."""
+    """Set ``data['a']['b'] = value`` for ``path='a.b'``, creating sections as needed.
+
+    A numeric key indexes a list (``techniques.0.k`` is the ``k`` of the first technique).
+    """
     keys = path.split(".")
-    node = data
+    node: Any = data
     for i, key in enumerate(keys[:-1]):
+        if isinstance(node, list):
+            node = _list_item(node, key, keys[: i + 1], path)
+            continue
         child = node.get(key)
-        if child is None or not isinstance(child, dict):
+        if child is None or not isinstance(child, dict | list):
             if child is not None:
                 raise CapsimError(
                     f"cannot set {path!r}: {'.'.join(keys[: i + 1])} is a value ({child!r}), not a section",
@@ -80,7 +86,30 @@ def set_path(data: dict[str, Any], path: str, value: Any) -> None:
             child = {}
             node[key] = child
         node = child
-    node[keys[-1]] = value
+    if isinstance(node, list):
+        index = _list_index(node, keys[-1], keys, path)
+        node[index] = value
+    else:
+        node[keys[-1]] = value
+
+
+def _list_index(items: list, key: str, keys: list[str], path: str) -> int:
+    """``key`` as an index into ``items`` (the list at ``keys[:-1]``), or a clear error."""
+    where = ".".join(keys[:-1])
+    if not key.lstrip("-").isdigit() or not -len(items) <= int(key) < len(items):
+        raise CapsimError(
+            f"cannot set {path!r}: {where} is a list of {len(items)} entries and {key!r} is not an index into it",
+            where="--set", fix=f"use an index from 0 to {len(items) - 1}, or set the whole list with --set {where}=[...]",
+        )
+    return int(key)
+
+
+def _list_item(items: list, key: str, keys: list[str], path: str) -> Any:
+    item = items[_list_index(items, key, keys, path)]
+    if not isinstance(item, dict | list):
+        raise CapsimError(f"cannot set {path!r}: {'.'.join(keys)} is a value ({item!r}), not a section",
+                          where="--set", fix="set the entry itself")
+    return item
 
 
 def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:

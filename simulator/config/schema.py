@@ -88,6 +88,12 @@ class RouterConfig(PluginConfig):
     name: str = Field("round-robin", description="Router id: round-robin, random or least-outstanding.")
 
 
+class TechniqueConfig(PluginConfig):
+    """One serving technique (`capsim list techniques`) and its parameters (`capsim explain NAME`)."""
+
+    name: str = Field(description="Technique id, e.g. 'speculative-decoding'.")
+
+
 class SimulationConfig(BaseModel):
     """How much to simulate and what to measure."""
 
@@ -132,6 +138,11 @@ class Scenario(BaseModel):
     workload: WorkloadConfig = Field(default_factory=WorkloadConfig)
     slo: SLOConfig = Field(default_factory=SLOConfig)
     simulation: SimulationConfig = Field(default_factory=SimulationConfig)
+    techniques: list[TechniqueConfig] = Field(
+        default_factory=list,
+        description="Serving techniques applied in list order, each `{name: ..., <its parameters>}` "
+        "(`capsim list techniques`, `capsim explain NAME`); empty: plain serving.",
+    )
 
 
 class RunEntry(BaseModel):

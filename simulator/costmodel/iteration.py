@@ -265,6 +265,9 @@ class IterationCostModel:
         self._decode_cache: dict[int, tuple] = {}
         self._E = table.num_experts
         self._k = table.experts_per_token
+        # Tokens each decode sequence feeds the model per step: 1, or K + 1 when a speculation technique
+        # verifies K drafted tokens (its table is scaled to match); only the MoE expert count reads it.
+        self.decode_tokens_per_seq = 1
         self._cal = _Calibrated.build(self) if device.profile is not None or self.overheads.active else None
         # (batch, summed context) -> the decode-attention kernel's split count, where it depends on the context.
         self._split_regime = self._cal.capped.split_regime if self._cal is not None and self._cal.capped else None
@@ -316,7 +319,8 @@ class IterationCostModel:
             x[F.PREFILL_ATTN_WORK] = prefill_attn_work
             x[F.PREFILL_KV_READ] = prefill_kv_read
             x[F.DECODE_CONTEXT] = decode_context
-            x[F.EXPERTS_HIT] = F.expected_experts_hit(prefill_tokens + decode_seqs, self._E, self._k)
+            x[F.EXPERTS_HIT] = F.expected_experts_hit(
+                prefill_tokens + decode_seqs * self.decode_tokens_per_seq, self._E, self._k)
             hit = IterationCost(
                 self.price_features(x), float(self._flops_total @ x), float(self._bytes_total @ x)
             )
@@ -367,7 +371,7 @@ class IterationCostModel:
         x[F.ONE] = 1.0
         x[F.DECODE_SEQS] = batch
         x[F.LOGIT_SEQS] = batch
-        x[F.EXPERTS_HIT] = F.expected_experts_hit(batch, self._E, self._k)
+        x[F.EXPERTS_HIT] = F.expected_experts_hit(batch * self.decode_tokens_per_seq, self._E, self._k)
         return x
 
     def _decode_coefficients(self, batch: int, regime: int = 0, context: float | None = None) -> tuple:
@@ -406,42 +410,44 @@ class IterationCostModel:
             self._decode_cache[batch] = hit
         return hit
 
-    def decode_run(self, batch: int, context0: int, iterations: int) -> DecodeRun:
+    def decode_run(self, batch: int, context0: int, iterations: int, growth: float | None = None) -> DecodeRun:
         """``iterations`` decode steps of ``batch`` sequences whose contexts sum to
-        ``context0`` in the first step and grow by ``batch`` per step."""
+        ``context0`` in the first step and grow by ``growth`` per step (default ``batch``: one token
+        per sequence; a speculation step grows them by the tokens it accepts)."""
         k = int(iterations)
+        g = batch if growth is None else growth
         regime = 0
         split_regime = self._split_regime
         if split_regime is not None:
             regime = split_regime(batch, context0)
-            if regime != split_regime(batch, context0 + batch * (k - 1)):
-                return self._decode_run_by_regime(batch, context0, k)
-        return self._run_in_regime(batch, regime, context0, k)
+            if regime != split_regime(batch, context0 + g * (k - 1)):
+                return self._decode_run_by_regime(batch, context0, k, g)
+        return self._run_in_regime(batch, regime, context0, k, g)
 
-    def _run_in_regime(self, batch: int, regime: int, context0: int, k: int) -> DecodeRun:
+    def _run_in_regime(self, batch: int, regime: int, context0: int, k: int, g: float) -> DecodeRun:
         """``k`` decode steps within one split regime of the attention kernel: affine where one roofline side
         holds throughout, else every duration."""
         static, single, lines, _ = self._decode_coefficients(batch, regime, context0)
         if lines is None:  # a calibrated context-dependent row with no closed form: price every step
-            ctx = context0 + batch * np.arange(k, dtype=float)
+            ctx = context0 + g * np.arange(k, dtype=float)
             d = np.array([self._cal.price(self._decode_x(batch, c)) for c in ctx])
             second = np.diff(d, 2) if k > 2 else np.zeros(0)
             if np.all(np.abs(second) <= 1e-12 * max(float(d.max()), 1e-30)):
                 return DecodeRun(k, float(d[0]), float(d[1] - d[0]) if k > 1 else 0.0, True)
             return DecodeRun(k, float(d[0]), 0.0, False, d)
-        c_last = context0 + batch * (k - 1)
+        c_last = context0 + g * (k - 1)
         if single:
             af, bf, am, bm = lines
             compute_first = af * context0 + bf >= am * context0 + bm
             compute_last = af * c_last + bf >= am * c_last + bm
             if compute_first == compute_last:
                 a, b = (af, bf) if compute_first else (am, bm)
-                return DecodeRun(k, static + a * context0 + b, a * batch, True)
-            ctx = context0 + batch * np.arange(k, dtype=float)
+                return DecodeRun(k, static + a * context0 + b, a * g, True)
+            ctx = context0 + g * np.arange(k, dtype=float)
             d = static + np.maximum(af * ctx + bf, am * ctx + bm)
             return DecodeRun(k, float(d[0]), 0.0, False, d)
         af, bf, am, bm = lines
-        ctx = context0 + batch * np.arange(k, dtype=float)
+        ctx = context0 + g * np.arange(k, dtype=float)
         comp = np.outer(af, ctx) + bf[:, None]
         mem = np.outer(am, ctx) + bm[:, None]
         d = static + np.maximum(comp, mem).sum(axis=0)
@@ -450,7 +456,7 @@ class IterationCostModel:
             return DecodeRun(k, float(d[0]), step, True)
         return DecodeRun(k, float(d[0]), 0.0, False, d)
 
-    def _decode_run_by_regime(self, batch: int, context0: int, k: int) -> DecodeRun:
+    def _decode_run_by_regime(self, batch: int, context0: int, k: int, g: float) -> DecodeRun:
         """A run across which the attention kernel's split count changes: each step priced by its regime's lines.
 
         The split count depends on the per-sequence context's KV blocks, and the
@@ -462,22 +468,23 @@ class IterationCostModel:
         runs: list[DecodeRun] = []
         j = 0
         while j < k:
-            c = context0 + batch * j
+            c = context0 + g * j
             blocks = math.ceil(c / (batch * block))
-            end = min(k, math.floor((blocks * block * batch - context0) / batch) + 1)  # last step in these blocks
+            end = min(k, math.floor((blocks * block * batch - context0) / g) + 1)  # last step in these blocks
             end = max(end, j + 1)
-            runs.append(self._run_in_regime(batch, self._split_regime(batch, c), c, end - j))
+            runs.append(self._run_in_regime(batch, self._split_regime(batch, c), c, end - j, g))
             j = end
         if all(r.affine for r in runs):
             return DecodeRun(k, runs[0].first, 0.0, False, None, tuple((r.iterations, r.first, r.step) for r in runs))
         d = np.concatenate([r.all_durations() for r in runs])
         return DecodeRun(k, float(d[0]), 0.0, False, d)
 
-    def decode_work(self, batch: int, context0: int, iterations: int) -> tuple[float, float]:
+    def decode_work(self, batch: int, context0: int, iterations: int, growth: float | None = None) -> tuple[float, float]:
         """(FLOPs, bytes) over all GPUs of ``iterations`` decode steps, in closed form."""
         k = iterations
+        g = batch if growth is None else growth
         flops0, bytes0, flops_c, bytes_c = self._decode_coefficients(batch)[3]
-        ctx_sum = context0 * k + batch * k * (k - 1) / 2.0
+        ctx_sum = context0 * k + g * k * (k - 1) / 2.0
         return k * flops0 + flops_c * ctx_sum, k * bytes0 + bytes_c * ctx_sum
 
     # --------------------------------------------------------------- breakdown

@@ -92,6 +92,7 @@ FEASIBLE = "possible"
 LATENCY_FLOOR = "latency-floor"
 TOO_SLOW = "too-slow"
 NOTHING_MEASURED = "nothing-measured"
+TECHNIQUE = "technique"  # not checked: a technique voids the bounds' assumptions
 
 
 @dataclass(frozen=True)
@@ -287,6 +288,13 @@ def _floor_ok(slo: SLOConfig, pre: np.ndarray, dec: np.ndarray, output: np.ndarr
 
 def check(scenario: Scenario, system: System, bounds: CostBounds | None = None) -> Verdict:
     """Apply rules 2 and 3 to ``scenario`` (rule 1 is building ``system``)."""
+    if not system.techniques.keeps_planner_bounds():
+        # The bounds assume one token per decode step at the plain operator table's cost; a technique
+        # that yields more tokens per step (speculation) or cheapens a step could make them exceed the
+        # truth, so nothing is pruned: the configuration is simulated.
+        names = ", ".join(t.name for t in system.techniques.techniques if not t.keeps_planner_bounds())
+        return Verdict(True, TECHNIQUE, f"not bounded analytically: {names} changes the cost of a decode step",
+                       0, 0, math.nan, math.nan, math.nan, math.nan)
     bounds = bounds or CostBounds(system)
     slo = scenario.slo
     stream = servable_stream(scenario, system)

@@ -1,0 +1,16 @@
+"""Serving techniques as plug-ins (see :mod:`simulator.techniques.base` for the hooks).
+
+Importing this package registers every shipped technique; a new technique is one module here plus one
+import line below.
+"""
+
+# Each shipped technique registers itself on import (one line per technique module: speculative).
+from simulator.techniques import speculative  # noqa: F401
+from simulator.techniques.base import TECHNIQUES, MemoryTerms, Technique, TechniqueParams, TechniqueStack, build_stack
+from simulator.techniques.context import BuildContext
+from simulator.techniques.step import BoundStep, StepModel, StepPlan
+
+__all__ = [
+    "TECHNIQUES", "BoundStep", "BuildContext", "MemoryTerms", "StepModel", "StepPlan", "Technique",
+    "TechniqueParams", "TechniqueStack", "build_stack",
+]

@@ -1,0 +1,235 @@
+"""The technique layer: serving techniques as plug-ins acting at named hooks.
+
+Why hooks: a technique (speculative decoding, KV quantisation, prefix caching, sparse attention ...)
+changes *what work costs* or *how many tokens a step yields*, never which batch a scheduler picks.
+Threading each one through the engine as flags is how simulators become unreadable; here a technique is
+one module that registers itself and overrides only the hooks it needs. Every hook does nothing by
+default, so a technique that is not listed in ``techniques:`` cannot change a single number.
+
+Hooks, in the order the system is built and run:
+
+=============  =========  ==========================================================================
+hook           when       what it may change
+=============  =========  ==========================================================================
+``model``      build      the served model (quantised weights, pruned layers, experts)
+``memory``     build      bytes per KV token and reserved bytes per GPU (draft weights, adapters)
+``operators``  build      the operator table: add, scale or remove rows (verify tokens, sparse reads)
+``step``       runtime    tokens a decode step yields and what the step costs (speculation)
+``kv_policy``  runtime    attended context and stored KV (eviction, merging) -- no user yet
+``admit``      scheduler  tokens already cached at admission (prefix reuse, KV hand-off) -- no user yet
+``bounds``     planner    whether the planner's analytic lower bounds still hold
+=============  =========  ==========================================================================
+
+Techniques compose in list order: each hook receives what the previous technique returned. Two
+techniques that both claim an exclusive resource (for instance the decode step) are refused with a
+message naming both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from capsim.errors import CapsimError
+from capsim.registry import Registry
+
+if TYPE_CHECKING:
+    from simulator.costmodel.operators import OperatorTable
+    from simulator.models.spec import ModelSpec
+    from simulator.techniques.context import BuildContext
+    from simulator.techniques.step import StepModel
+
+
+class TechniqueParams(BaseModel):
+    """Base of every technique's parameters: unknown keys are errors, every field has a description."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True)
+class MemoryTerms:
+    """Per-GPU memory a technique adds beside the served model's weights and KV cache.
+
+    ``extra_kv_bytes_per_token`` is stored for every token of every sequence in addition to the
+    target model's KV (a draft model keeps its own cache); ``reserved_bytes`` is held for the whole
+    run (draft weights, heads, adapters). Both reduce the KV capacity the memory plan leaves.
+    """
+
+    extra_kv_bytes_per_token: float = 0.0
+    reserved_bytes: float = 0.0
+    notes: tuple[str, ...] = ()
+
+    def plus(self, kv: float = 0.0, reserved: float = 0.0, note: str | None = None) -> MemoryTerms:
+        return MemoryTerms(
+            self.extra_kv_bytes_per_token + kv, self.reserved_bytes + reserved,
+            self.notes + ((note,) if note else ()),
+        )
+
+
+class Technique:
+    """Base class of a technique plug-in; subclasses set the class attributes and override hooks.
+
+    ``exclusive`` names resources only one technique may own (``"step"`` for anything that
+    changes tokens per decode step); ``incompatible`` lists technique ids that cannot be combined
+    with this one; ``schedulers_refused`` lists scheduler ids it cannot run under, with the reason.
+    """
+
+    Params: ClassVar[type[TechniqueParams]] = TechniqueParams
+    #: One line: what the technique does.
+    summary: ClassVar[str] = ""
+    #: How it works and how capsim models it (printed by ``capsim explain``).
+    mechanism: ClassVar[str] = ""
+    #: The paper(s) the model follows, as "Authors, Title, venue year (arXiv id)".
+    sources: ClassVar[tuple[str, ...]] = ()
+    #: Named settings from papers (``preset: NAME``), shown by ``capsim explain``.
+    presets: ClassVar[dict[str, Any]] = {}
+    exclusive: ClassVar[tuple[str, ...]] = ()
+    incompatible: ClassVar[tuple[str, ...]] = ()
+    schedulers_refused: ClassVar[dict[str, str]] = {}
+
+    def __init__(self, params: TechniqueParams, *, name: str, index: int):
+        self.params = params
+        self.name = name
+        self.index = index  # position in the scenario's techniques list (for messages)
+
+    @property
+    def where(self) -> str:
+        return f"techniques[{self.index}] ({self.name})"
+
+    # -- build-time hooks (identity by default) ---------------------------------------------
+    def model(self, model: ModelSpec, ctx: BuildContext) -> ModelSpec:
+        return model
+
+    def memory(self, terms: MemoryTerms, ctx: BuildContext) -> MemoryTerms:
+        return terms
+
+    def operators(self, table: OperatorTable, ctx: BuildContext) -> OperatorTable:
+        return table
+
+    # -- runtime hooks (None: the technique does not take part) -----------------------------
+    def step(self, ctx: BuildContext) -> StepModel | None:
+        """The decode-step model this technique imposes (tokens per step, step cost), if any."""
+        return None
+
+    def kv_policy(self, ctx: BuildContext) -> Any | None:
+        """A KV retention policy (eviction, merging, compression); no technique uses it yet."""
+        return None
+
+    def admit(self, ctx: BuildContext) -> Any | None:
+        """An admission hook that reports cached tokens (prefix reuse, KV from another pool)."""
+        return None
+
+    # -- planner ------------------------------------------------------------------------------
+    def keeps_planner_bounds(self) -> bool:
+        """Whether the planner's analytic bounds (no-queueing latency, roofline throughput of the plain
+        deployment) stay lower bounds with this technique on. A technique that can make a step cheaper
+        or yield more tokens per step returns False, and the planner then simulates instead of pruning."""
+        return False
+
+
+TECHNIQUES: Registry[type[Technique]] = Registry("technique")
+
+
+@dataclass
+class TechniqueStack:
+    """The scenario's techniques, validated and in order."""
+
+    techniques: tuple[Technique, ...] = ()
+    owners: dict[str, str] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.techniques)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.techniques)
+
+    def apply_model(self, model: ModelSpec, ctx: BuildContext) -> ModelSpec:
+        for t in self.techniques:
+            model = t.model(model, ctx)
+        return model
+
+    def apply_memory(self, ctx: BuildContext) -> MemoryTerms:
+        terms = MemoryTerms()
+        for t in self.techniques:
+            terms = t.memory(terms, ctx)
+        return terms
+
+    def apply_operators(self, table: OperatorTable, ctx: BuildContext) -> OperatorTable:
+        for t in self.techniques:
+            table = t.operators(table, ctx)
+        return table
+
+    def step_model(self, ctx: BuildContext) -> StepModel | None:
+        steps = [s for s in (t.step(ctx) for t in self.techniques) if s is not None]
+        return steps[0] if steps else None  # exclusivity of "step" was checked when the stack was built
+
+    def keeps_planner_bounds(self) -> bool:
+        return all(t.keeps_planner_bounds() for t in self.techniques)
+
+
+def _param_error(cls: type[Technique], name: str, index: int, exc: ValidationError) -> CapsimError:
+    err = exc.errors()[0]
+    loc = ".".join(str(x) for x in err.get("loc", ()))
+    msg = "unknown parameter" if err.get("type") == "extra_forbid" or err.get("type") == "extra_forbidden" else (
+        err.get("msg", "invalid"))
+    known = ", ".join(cls.Params.model_fields)
+    return CapsimError(
+        f"{msg}: {loc!r} (got {err.get('input')!r})" if loc else msg,
+        where=f"techniques[{index}].{loc}" if loc else f"techniques[{index}]",
+        fix=f"parameters of technique {name!r} are: {known} (`capsim explain {name}` describes them)",
+    )
+
+
+def build_stack(entries: Sequence[Any], scheduler: str | None = None) -> TechniqueStack:
+    """Validate the scenario's ``techniques:`` entries (``{name, **params}``) into a stack.
+
+    Refuses unknown names and parameters, a technique listed twice, two techniques that claim the
+    same exclusive resource or declare each other incompatible, and a scheduler a technique cannot
+    run under -- each with a message naming both sides.
+    """
+    from capsim.errors import UnknownNameError
+
+    out: list[Technique] = []
+    owners: dict[str, str] = {}
+    for i, entry in enumerate(entries):
+        raw_name, params = entry.name, entry.params
+        try:
+            canonical = TECHNIQUES.canonical(raw_name)
+        except UnknownNameError as exc:
+            raise UnknownNameError(exc.problem, where=f"techniques[{i}].name", fix=exc.fix) from None
+        cls = TECHNIQUES.get(canonical)
+        try:
+            p = cls.Params.model_validate(params)
+        except ValidationError as exc:
+            raise _param_error(cls, canonical, i, exc) from None
+        tech = cls(p, name=canonical, index=i)
+        for prev in out:
+            if prev.name == canonical:
+                raise CapsimError(
+                    f"technique {canonical!r} is listed twice (techniques[{prev.index}] and techniques[{i}])",
+                    where=f"techniques[{i}]", fix="list each technique once, with all its parameters",
+                )
+            if canonical in prev.incompatible or prev.name in cls.incompatible:
+                raise CapsimError(
+                    f"{canonical!r} cannot be combined with {prev.name!r} (techniques[{prev.index}])",
+                    where=f"techniques[{i}]", fix=f"remove one of {prev.name!r} and {canonical!r}",
+                )
+        for resource in cls.exclusive:
+            if resource in owners:
+                raise CapsimError(
+                    f"{canonical!r} and {owners[resource]!r} both change the decode {resource}; only one "
+                    "technique may own it",
+                    where=f"techniques[{i}]", fix=f"remove one of {owners[resource]!r} and {canonical!r}",
+                )
+            owners[resource] = canonical
+        if scheduler is not None and scheduler in cls.schedulers_refused:
+            raise CapsimError(
+                f"technique {canonical!r} cannot run under scheduler {scheduler!r}: {cls.schedulers_refused[scheduler]}",
+                where=f"techniques[{i}]", fix="choose another scheduler (vllm, sarathi or orca) or drop the technique",
+            )
+        out.append(tech)
+    return TechniqueStack(tuple(out), owners)
