@@ -16,6 +16,8 @@ Workloads (issue #2):
    16 replicas of Llama-3.1-8B on H100.
 5. Workload 3 on A100-80GB instead of H100 (not an issue target): small grouped-query batches, where the A100
    profile's FlashAttention-2 split count changes with the context, so many decode runs are piecewise affine.
+6. Workload 1 with speculative decoding (a LLaMA-68M draft model, K = 4): compare with workload 1.
+7. Workload 3 with an EAGLE-style head, goodput-driven K <= 6 and per-request acceptance: compare with 3.
 """
 
 from __future__ import annotations
@@ -66,6 +68,14 @@ WORKLOADS: dict[int, dict] = {
 }
 WORKLOADS[5] = {**WORKLOADS[3], "name": "azure conv 2023 on 4x llama3-8b a100",
                 "deployment": {"device": "a100-80gb-sxm", "num_replicas": 4}}
+# Speculative decoding (issue 14): the same workloads with a technique on; the target is at most 2x the
+# wall time of the workload without it, measured in one run.
+WORKLOADS[6] = {**WORKLOADS[1], "name": "workload 1 + draft llama-68m, k=4",
+                "techniques": [{"name": "speculative-decoding", "drafter": "model", "draft_model": "llama-68m",
+                                "k": 4, "acceptance": 0.7}]}
+WORKLOADS[7] = {**WORKLOADS[3], "name": "workload 3 + eagle head, goodput k<=6",
+                "techniques": [{"name": "speculative-decoding", "drafter": "eagle", "k": 6, "acceptance": 0.75,
+                                "policy": "goodput", "acceptance_concentration": 4.0}]}
 
 
 def run_one(index: int) -> dict:

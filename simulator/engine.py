@@ -135,7 +135,8 @@ def simulate(
     if system.step is not None:
         # The step model's own random draws (per-request acceptance) come from a stream of their own,
         # so switching a technique on leaves the workload and the router's draws as they were.
-        step = system.step.bind(table, np.random.default_rng(np.random.SeedSequence(scenario.seed, spawn_key=(2,))))
+        rng_step = np.random.default_rng(np.random.SeedSequence(scenario.seed, spawn_key=(2,)))
+        step = system.step.bind(table, rng_step, cost)
     for i in range(engines):
         blocks = BlockManager(blocks_per_engine, dep.block_size, table)
         if step is not None:

@@ -441,6 +441,12 @@ class Replica:
         """Most steps (<= ``limit``) whose kept tokens plus one step's rolled-back lookahead fit in the
         free KV blocks (bisection: the need grows with the steps)."""
         step, blocks = self.step, self.blocks
+        # Fast path (the common case): even if every sequence stored all its remaining tokens plus the
+        # lookahead, opening blocks at once, the free blocks would do.
+        bs = blocks.block_size
+        worst = len(ids) * ((int(remaining.max()) + sp.lookahead) // bs + 2)
+        if worst <= blocks.free_blocks:
+            return limit
 
         def fits(k: int) -> bool:
             kept = np.minimum(step.tokens_after(ids, sp, k), remaining)

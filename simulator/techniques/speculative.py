@@ -38,6 +38,7 @@ How capsim prices it (everything through the cost model, nothing fitted to a pap
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Literal
 
 import numpy as np
@@ -55,7 +56,7 @@ from simulator.requests import RequestTable
 from simulator.techniques.base import TECHNIQUES, MemoryTerms, Technique, TechniqueParams
 from simulator.techniques.context import BuildContext
 from simulator.techniques.presets import PRESETS
-from simulator.techniques.step import StepPlan, max_runs, sum_runs
+from simulator.techniques.step import StepPlan, max_runs, scale_run, sum_runs
 
 Drafter = Literal["model", "eagle", "medusa", "ngram", "layer-skip"]
 
@@ -164,7 +165,7 @@ class RoundShape:
     def depth(self) -> int:
         return len(self.widths)
 
-    @property
+    @cached_property
     def verified(self) -> int:
         """Tokens per sequence the target verifies: the pending token plus every tree node."""
         nodes, frontier = 0, 1
@@ -172,6 +173,17 @@ class RoundShape:
             frontier *= w
             nodes += frontier
         return 1 + nodes
+
+    @cached_property
+    def level_groups(self) -> tuple[tuple[int, int, float], ...]:
+        """Consecutive levels expanding the same frontier: (frontier, levels, mean level index)."""
+        groups: list[list[int]] = []
+        for level, f in enumerate(self.frontiers()):
+            if groups and groups[-1][0] == f:
+                groups[-1][1] += 1
+            else:
+                groups.append([f, 1, level])
+        return tuple((f, count, first + (count - 1) / 2.0) for f, count, first in groups)
 
     def frontiers(self) -> list[int]:
         """Tokens per sequence a drafter processes at each level (the nodes it expands)."""
@@ -263,6 +275,9 @@ class _Drafter:
     def prefill(self, ptok: int, logits: int, work: float, kv_read: int) -> IterationCost | None:
         return None
 
+    def prime(self, prompts: np.ndarray) -> None:
+        """Price the prefill of each prompt length alone in one vectorised pass (see prime_lone_prefills)."""
+
 
 class _FixedDrafter(_Drafter):
     """A constant time per round (CPU-side n-gram, prompt-lookup or retrieval drafting)."""
@@ -283,17 +298,33 @@ class _ModelDrafter(_Drafter):
         self.models = models
         self.prefills = prefills
 
+    def _levels(self, shape: RoundShape, n: int, c0: float) -> list[tuple[int, int, float]]:
+        """(frontier, levels, mean context) per group of consecutive levels with the same frontier.
+
+        A chain is one group of K single-token steps at contexts ``c0, c0 + n, ...``; a group is priced
+        as ``levels`` steps at its mean context -- exact while a draft step is affine in the context
+        (one roofline and kernel-split regime across the group's few steps), and one decode-run call
+        per group instead of one per level.
+        """
+        return [(f, count, c0 + n * offset) for f, count, offset in shape.level_groups]
+
     def round_run(self, shape, n, c0, k, growth):
-        runs = [self.models(f).decode_run(n, c0 + level * n, k, growth)
-                for level, f in enumerate(shape.frontiers())]
+        runs = []
+        for f, count, ctx in self._levels(shape, n, c0):
+            r = self.models(f).decode_run(n, ctx, k, growth)
+            runs.append(r if count == 1 else scale_run(r, count))
         return sum_runs(runs)
 
     def round_work(self, shape, n, c0, k, growth):
         fl = by = 0.0
-        for level, f in enumerate(shape.frontiers()):
-            a, b = self.models(f).decode_work(n, c0 + level * n, k, growth)
-            fl, by = fl + a, by + b
+        for f, count, ctx in self._levels(shape, n, c0):
+            a, b = self.models(f).decode_work(n, ctx, k, growth)  # linear in the context: exact
+            fl, by = fl + count * a, by + count * b
         return fl, by
+
+    def prime(self, prompts):
+        if self.prefills:
+            self.models(1).prime_lone_prefills(prompts)
 
     def prefill(self, ptok, logits, work, kv_read):
         if not self.prefills or ptok == 0:
@@ -357,84 +388,84 @@ class SpeculativeStep:
         self.chain_max = RoundShape(tuple(p.tree)) if p.tree else RoundShape((1,) * p.k)
         self.max_lookahead = self.chain_max.verified - 1
 
-    def bind(self, table: RequestTable, rng: np.random.Generator) -> BoundSpeculation:
+    def bind(self, table: RequestTable, rng: np.random.Generator,
+             cost: IterationCostModel | None = None) -> BoundSpeculation:
+        """Per-simulation state. ``cost`` is the replica's own cost model: plain steps and prefills are
+        priced (and its primed prefill shapes reused) there."""
         p = self.p
         if p.acceptance_concentration is not None and p.acceptance < 1:
             c = p.acceptance_concentration
             alpha = np.clip(rng.beta(c * p.acceptance, c * (1 - p.acceptance), size=table.n), 1e-9, 1.0)
         else:
             alpha = np.full(table.n, p.acceptance)
-        return BoundSpeculation(self, table, alpha)
+        self.drafter.prime(table.prompt)
+        return BoundSpeculation(self, table, alpha, cost or self.verify(1))
 
 
 class BoundSpeculation:
-    """Speculation state of one simulation: each request's acceptance and fractional token carry."""
+    """Speculation state of one simulation: each request's acceptance and fractional token carry.
+
+    The expected tokens per round of every request at every speculation length are tabulated once
+    (``tau[request, option]``), so planning a batch is one gather, not a formula per sequence.
+    """
 
     GOODPUT_BUCKET = 64
     """The goodput policy prices each K once per batch size and per 64 tokens of mean context (its
     choice is memoised there); the tokens it weighs are each batch's own."""
 
-    def __init__(self, model: SpeculativeStep, table: RequestTable, alpha: np.ndarray):
+    def __init__(self, model: SpeculativeStep, table: RequestTable, alpha: np.ndarray, base: IterationCostModel):
         self.m = model
-        self.p = model.p
+        self.p = p = model.p
         self.table = table
         self.alpha = alpha
+        self.base = base
         self.carry = np.zeros(table.n)
         self.max_lookahead = model.chain_max.verified - 1
         self._goodput_memo: dict[tuple[int, int], np.ndarray] = {}
-
-    # -- acceptance -------------------------------------------------------------------------
-    def _accept(self, ids: np.ndarray):
-        by_pos = self.p.acceptance_by_position
-        if by_pos is not None:
-            return lambda j: by_pos[j]
-        a = self.alpha[ids]
-        return lambda j: a
-
-    def _shape(self, depth: int) -> RoundShape:
-        if self.p.tree:
-            return self.m.chain_max
-        return RoundShape((1,) * depth) if depth else PLAIN
-
-    def _tokens(self, shape: RoundShape, ids: np.ndarray) -> np.ndarray:
-        tau = expected_tokens(shape, self._accept(ids))
-        return np.broadcast_to(np.asarray(tau, dtype=float), (len(ids),)).copy()
+        # Options: speculation lengths 0..k for a chain, or (0, the tree) for a tree.
+        self.shapes = [PLAIN, model.chain_max] if p.tree else [RoundShape((1,) * d) if d else PLAIN
+                                                               for d in range(p.k + 1)]
+        by_pos = p.acceptance_by_position
+        accept = (lambda j: by_pos[j]) if by_pos is not None else (lambda j: alpha)
+        self.tau = np.column_stack([np.broadcast_to(np.asarray(expected_tokens(s, accept), dtype=float), (table.n,))
+                                    for s in self.shapes])
+        self._uniform = by_pos is not None or p.acceptance_concentration is None
+        self._fixed_option = len(self.shapes) - 1 if p.policy == "fixed" else None
+        if p.policy == "threshold" and self._uniform:
+            self._fixed_option = self._threshold_option(by_pos if by_pos is not None else [p.acceptance] * p.k)
 
     # -- policies -----------------------------------------------------------------------------
     def plan(self, ids: np.ndarray) -> StepPlan:
-        p = self.p
-        if p.policy == "fixed":
-            shape = self._shape(p.k)
-        elif p.policy == "threshold":
-            shape = self._shape(self._threshold_depth(ids))
-        else:
-            shape = self._shape(self._goodput_depth(ids))
-        return StepPlan(shape, self._tokens(shape, ids), shape.verified - 1)
+        option = self._fixed_option
+        if option is None:
+            if self.p.policy == "threshold":
+                option = self._threshold_option([float(self.alpha[ids].mean())] * self.p.k)
+            else:
+                option = self._goodput_option(ids)
+        shape = self.shapes[option]
+        return StepPlan(shape, self.tau[ids, option], shape.verified - 1)
 
-    def _threshold_depth(self, ids: np.ndarray) -> int:
+    def _threshold_option(self, accept: list[float]) -> int:
         """SpecDec++'s rule with the batch's mean acceptance: draft while P(>= 1 rejection) <= threshold."""
-        accept = self._accept(ids)
         all_accepted, depth = 1.0, 0
         for j in range(self.p.k):
-            all_accepted *= float(np.mean(accept(j)))
+            all_accepted *= accept[j]
             if 1.0 - all_accepted > self.p.threshold:
                 break
             depth = j + 1
         return depth
 
-    def _goodput_depth(self, ids: np.ndarray) -> int:
+    def _goodput_option(self, ids: np.ndarray) -> int:
         """SmartSpec: the K in 0..k maximising expected tokens per second of the batch's next round."""
         n = len(ids)
         c0 = int(self.table.kv_tokens[ids].sum()) + n
         key = (n, c0 // (n * self.GOODPUT_BUCKET))
         times = self._goodput_memo.get(key)
         if times is None:
-            times = np.array([self.run(StepPlan(self._shape(d), np.ones(n), 0), n, c0, 1, float(n)).first
-                              for d in range(self.p.k + 1)])
+            ones = np.ones(n)
+            times = np.array([self.run(StepPlan(s, ones, 0), n, c0, 1, float(n)).first for s in self.shapes])
             self._goodput_memo[key] = times
-        tokens = np.array([float(np.sum(expected_tokens(self._shape(d), self._accept(ids))))
-                           if d else float(n) for d in range(self.p.k + 1)])
-        return int(np.argmax(tokens / times))
+        return int(np.argmax(self.tau[ids].sum(axis=0) / times))
 
     # -- token bookkeeping ---------------------------------------------------------------------
     def tokens_after(self, ids, plan: StepPlan, steps: int) -> np.ndarray:
@@ -442,10 +473,14 @@ class BoundSpeculation:
 
     def steps_to_reach(self, ids, plan: StepPlan, tokens: np.ndarray) -> np.ndarray:
         carry, tau = self.carry[ids], plan.tokens_per_step
-        r = np.maximum(np.ceil((tokens - carry) / tau), 1.0)
-        # Float edges: make r the least step count whose floor(carry + r * tau) reaches the target.
-        r = np.where(np.floor(carry + (r - 1) * tau) >= tokens, np.maximum(r - 1, 1.0), r)
-        r = np.where(np.floor(carry + r * tau) < tokens, r + 1, r)
+        r = np.ceil((tokens - carry) / tau)  # >= 1: tokens >= 1 > carry
+        # Float edges: r must be the least step count whose floor(carry + r * tau) reaches the target.
+        reached = np.floor(carry + r * tau) >= tokens
+        if not reached.all():
+            r = np.where(reached, r, r + 1)
+        back = np.floor(carry + (r - 1) * tau) >= tokens
+        if back.any():
+            r = np.where(back & (r > 1), r - 1, r)
         return r.astype(np.int64)
 
     def commit(self, ids, plan: StepPlan, steps: int) -> np.ndarray:
@@ -455,9 +490,12 @@ class BoundSpeculation:
         return got.astype(np.int64)
 
     # -- pricing --------------------------------------------------------------------------------
+    def _verify(self, shape: RoundShape) -> IterationCostModel:
+        return self.base if shape.verified == 1 else self.m.verify(shape.verified)
+
     def run(self, plan: StepPlan, batch: int, context0: float, steps: int, growth: float) -> DecodeRun:
         shape: RoundShape = plan.option
-        verify = self.m.verify(shape.verified).decode_run(batch, context0, steps, growth)
+        verify = self._verify(shape).decode_run(batch, context0, steps, growth)
         if not shape.depth:
             return verify
         draft = self.m.drafter.round_run(shape, batch, context0, steps, growth)
@@ -467,7 +505,7 @@ class BoundSpeculation:
 
     def work(self, plan: StepPlan, batch: int, context0: float, steps: int, growth: float) -> tuple[float, float]:
         shape: RoundShape = plan.option
-        fl, by = self.m.verify(shape.verified).decode_work(batch, context0, steps, growth)
+        fl, by = self._verify(shape).decode_work(batch, context0, steps, growth)
         if shape.depth:
             a, b = self.m.drafter.round_work(shape, batch, context0, steps, growth)
             fl, by = fl + a, by + b
@@ -476,7 +514,7 @@ class BoundSpeculation:
     def iteration(self, plan, prefill_tokens, logit_seqs, prefill_attn_work, prefill_kv_read, decode_seqs,
                   decode_context) -> IterationCost:
         shape: RoundShape = plan.option if plan is not None else PLAIN
-        base = self.m.verify(shape.verified).iteration_from_totals(
+        base = self._verify(shape).iteration_from_totals(
             prefill_tokens, logit_seqs, prefill_attn_work, prefill_kv_read, decode_seqs, decode_context)
         time_s, fl, by = base.time_s, base.flops, base.bytes
         pre = self.m.drafter.prefill(prefill_tokens, logit_seqs - decode_seqs, prefill_attn_work, prefill_kv_read)

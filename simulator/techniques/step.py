@@ -71,7 +71,8 @@ class StepModel(Protocol):
     #: Most KV slots one step writes beyond those it keeps (admission leaves room for them).
     max_lookahead: int
 
-    def bind(self, table: RequestTable, rng: np.random.Generator) -> BoundStep: ...
+    def bind(self, table: RequestTable, rng: np.random.Generator, cost: Any = None) -> BoundStep:
+        """Per-simulation state; ``cost`` is the replica's cost model (one-token steps, prefills)."""
 
 
 def sum_runs(runs: list[DecodeRun]) -> DecodeRun:
@@ -83,6 +84,16 @@ def sum_runs(runs: list[DecodeRun]) -> DecodeRun:
         return DecodeRun(k, sum(r.first for r in runs), sum(r.step for r in runs), True)
     d = np.sum([r.all_durations() for r in runs], axis=0)
     return durations_run(d)
+
+
+def scale_run(run: DecodeRun, factor: float) -> DecodeRun:
+    """Every step of ``run`` taken ``factor`` times (the same pass repeated within each step)."""
+    if run.affine:
+        return DecodeRun(run.iterations, factor * run.first, factor * run.step, True)
+    if run.pieces is not None:
+        return DecodeRun(run.iterations, factor * run.first, 0.0, False, None,
+                         tuple((c, factor * f, factor * st) for c, f, st in run.pieces))
+    return DecodeRun(run.iterations, factor * run.first, 0.0, False, factor * run.durations)
 
 
 def max_runs(a: DecodeRun, b: DecodeRun) -> DecodeRun:
