@@ -114,6 +114,7 @@ def run(
             pd.DataFrame(summaries).to_csv(out / "comparison.csv", index=False)
         for summary in summaries:
             _warn_if_nothing_measured(summary)
+            _warn_if_cut(summary)
         if as_json:
             from simulator.metrics.writers import to_json_value
 
@@ -137,6 +138,20 @@ def _warn_if_nothing_measured(summary: dict[str, Any]) -> None:
             f"[yellow]warning:[/] {summary.get('name', 'run')}: all {summary['warmup_requests']} requests arrived "
             "during simulation.warmup_s, so no statistics were measured. Fix: lower simulation.warmup_s or raise "
             "simulation.num_requests",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+def _warn_if_cut(summary: dict[str, Any]) -> None:
+    """Say how many requests simulation.max_time_s cut off before they arrived (they are not in the statistics)."""
+    cut = summary.get("not_arrived", 0)
+    if cut:
+        err_console.print(
+            f"[yellow]warning:[/] {summary.get('name', 'run')}: simulation.max_time_s stopped the run before "
+            f"{cut} of the workload's requests arrived; they are left out of every statistic "
+            f"(sim_time_s {summary.get('sim_time_s', 0):g}). Fix: raise simulation.max_time_s, or lower "
+            "simulation.num_requests / duration_s to match it",
             highlight=False,
             soft_wrap=True,
         )

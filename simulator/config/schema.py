@@ -106,7 +106,8 @@ class SimulationConfig(BaseModel):
         None,
         gt=0,
         description="Stop the simulation at this simulated time even if requests are unfinished "
-        "(they count as SLO misses). None runs until every request finishes.",
+        "(arrived requests count as SLO misses; requests not yet arrived are left out and counted as "
+        "not_arrived). None runs until every request finishes.",
     )
     oversized: Literal["error", "drop"] = Field(
         "error",
