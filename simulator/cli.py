@@ -64,6 +64,26 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._=-]+", "_", name).strip("_") or "run"
 
 
+def _run_folders(names: list[str], out: Path) -> list[Path]:
+    """The ``--out`` sub-folder of each configuration; refuses two names that would share one.
+
+    Why: a folder name keeps only letters, digits and ``._=-``, so ``a/b`` and ``a_b`` (or ``Fast`` and ``fast`` on a
+    case-insensitive disk) map to one folder, and the later run would overwrite the earlier one's results.
+    """
+    owner: dict[str, str] = {}
+    for name in names:
+        key = _slug(name).casefold()
+        if key in owner:
+            raise CapsimError(
+                f"configurations {owner[key]!r} and {name!r} would both write their results to {out / _slug(name)}",
+                where="runs/grid names",
+                fix="rename one of them so the names differ in letters or digits, not only in punctuation, spaces "
+                "or case",
+            )
+        owner[key] = name
+    return [out / _slug(name) for name in names]
+
+
 def _run_one(scenario) -> tuple[dict[str, Any], Any]:
     from simulator.engine import simulate
     from simulator.metrics.summary import summarise
@@ -92,6 +112,8 @@ def run(
 
         _refuse_other_kinds(scenario_file)
         scenarios = load_scenarios(scenario_file, set_ or [])
+        if out is not None and len(scenarios) > 1:
+            folders = _run_folders([sc.name for sc in scenarios], out)
         summaries: list[dict[str, Any]] = []
         progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -99,12 +121,12 @@ def run(
         )
         with progress:
             task = progress.add_task("simulating", total=len(scenarios))
-            for sc in scenarios:
+            for i, sc in enumerate(scenarios):
                 progress.update(task, description=f"simulating {sc.name}")
                 summary, output = _run_one(sc)
                 summaries.append(summary)
                 if out is not None:
-                    target = out if len(scenarios) == 1 else out / _slug(sc.name)
+                    target = out if len(scenarios) == 1 else folders[i]
                     write_outputs(output.result, summary, target, plots=plots)
                 progress.advance(task)
         if out is not None and len(scenarios) > 1:
