@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -108,12 +109,13 @@ def run(
     def action() -> None:
         from simulator.config.loader import load_scenarios
         from simulator.metrics.table import comparison_table, summary_table
-        from simulator.metrics.writers import write_outputs
+        from simulator.metrics.writers import write_atomically, write_outputs
 
         _refuse_other_kinds(scenario_file)
         scenarios = load_scenarios(scenario_file, set_ or [])
-        if out is not None and len(scenarios) > 1:
-            folders = _run_folders([sc.name for sc in scenarios], out)
+        folders = _run_folders([sc.name for sc in scenarios], out) if out is not None and len(scenarios) > 1 else None
+        if out is not None:
+            _clear_earlier_run(out, folders)
         summaries: list[dict[str, Any]] = []
         progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -126,14 +128,15 @@ def run(
                 summary, output = _run_one(sc)
                 summaries.append(summary)
                 if out is not None:
-                    target = out if len(scenarios) == 1 else folders[i]
+                    target = folders[i] if folders else out
                     write_outputs(output.result, summary, target, plots=plots)
                 progress.advance(task)
         if out is not None and len(scenarios) > 1:
             import pandas as pd
 
             out.mkdir(parents=True, exist_ok=True)
-            pd.DataFrame(summaries).to_csv(out / "comparison.csv", index=False)
+            frame = pd.DataFrame(summaries)
+            write_atomically(out / "comparison.csv", lambda tmp: frame.to_csv(tmp, index=False))
         for summary in summaries:
             _warn_if_nothing_measured(summary)
             _warn_if_cut(summary)
@@ -153,6 +156,32 @@ def run(
     _guard(debug, action)
 
 
+def _clear_earlier_run(out: Path, folders: list[Path] | None) -> None:
+    """Remove result files of an earlier run in ``out`` that this run will not replace; name earlier folders.
+
+    A single run writes its files at the top of ``out``; several configurations write one folder each plus
+    ``comparison.csv``. Rerunning the other way round, or with other names, would leave the earlier run's files
+    beside the new ones as if they belonged together. Files capsim names are removed; folders are never deleted
+    (they may hold other things), only named, so nobody reads them as part of this run.
+    """
+    from simulator.metrics.writers import OUTPUT_FILES
+
+    if not out.is_dir():
+        return
+    for name in ("comparison.csv",) if folders is None else OUTPUT_FILES:
+        (out / name).unlink(missing_ok=True)
+    keep = set(folders or ())
+    earlier = sorted(f"{p.name}/" for p in out.iterdir() if p.is_dir() and p not in keep and (p / "summary.json").is_file())
+    if earlier:
+        err_console.print(
+            f"[yellow]warning:[/] {escape(str(out))} holds results of an earlier run in {escape(', '.join(earlier))}; "
+            "they are left as they "
+            "are and are not part of this run. Fix: remove them, or use a fresh --out directory",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
 def _warn_if_nothing_measured(summary: dict[str, Any]) -> None:
     """Say why every statistic is empty when all requests fell inside the warm-up window."""
     if summary.get("num_requests") == 0 and summary.get("warmup_requests", 0) > 0:
@@ -170,7 +199,7 @@ def _warn_if_cut(summary: dict[str, Any]) -> None:
     cut = summary.get("not_arrived", 0)
     if cut:
         err_console.print(
-            f"[yellow]warning:[/] {summary.get('name', 'run')}: simulation.max_time_s stopped the run before "
+            f"[yellow]warning:[/] {escape(str(summary.get('name', 'run')))}: simulation.max_time_s stopped the run before "
             f"{cut} of the workload's requests arrived; they are left out of every statistic "
             f"(sim_time_s {summary.get('sim_time_s', 0):g}). Fix: raise simulation.max_time_s, or lower "
             "simulation.num_requests / duration_s to match it",
