@@ -37,3 +37,42 @@ def test_a_repeated_field_inside_a_section_or_flow_mapping_is_refused(tmp_path):
 def test_merge_keys_may_still_be_overridden() -> None:
     doc = yaml.load("a: &x {p: 1, q: 2}\nb:\n  <<: *x\n  p: 3\n", Loader=UniqueKeyLoader)  # noqa: S506
     assert doc == {"a": {"p": 1, "q": 2}, "b": {"p": 3, "q": 2}}
+
+
+@pytest.mark.parametrize(
+    ("field", "text", "expected"),
+    [
+        ("deployment.tp", "deployment: {tp: true}", "true/false is not a count"),
+        ("simulation.num_requests", "simulation: {num_requests: '10'}", "write the number without quotes"),
+        ("scheduler.max_num_seqs", "scheduler: {name: vllm, max_num_seqs: yes}", "true/false is not a count"),
+        ("workload.prompt.value", "workload: {qps: 1, prompt: {dist: fixed, value: true}}", "not a count"),
+    ],
+)
+def test_a_flag_or_text_where_a_count_belongs_is_refused(tmp_path, field, text, expected):
+    from simulator.system import build_system
+
+    with pytest.raises(CapsimError) as info:
+        for sc in load_scenarios(write(tmp_path, text + "\n")):
+            build_system(sc)  # scheduler parameters are checked against the plug-in here
+    assert field.split(".")[-1] in str(info.value) and expected in str(info.value)
+    assert "Value error" not in str(info.value)
+
+
+def test_whole_numbers_are_still_counts(tmp_path):
+    import numpy as np
+
+    from simulator.config.schema import DeploymentConfig
+
+    [sc] = load_scenarios(write(tmp_path, "deployment: {tp: 2.0, num_replicas: 3}\n"))
+    assert sc.deployment.tp == 2 and isinstance(sc.deployment.tp, int)
+    assert DeploymentConfig(tp=np.int64(4)).tp == 4  # configurations built in code may carry numpy integers
+
+
+def test_a_number_where_a_flag_belongs_is_refused():
+    from simulator.models.spec import ModelSpec
+
+    fields = dict(name="m", num_layers=2, hidden_size=64, num_heads=2, num_kv_heads=2, ffn_size=128, vocab_size=100,
+                  mlp="gated", max_context=4096, norm="rmsnorm")
+    assert ModelSpec(**fields, rotary=False).rotary is False
+    with pytest.raises(ValueError, match="expected true or false"):
+        ModelSpec(**fields, rotary=1)

@@ -195,7 +195,7 @@ def validation_error(exc: ValidationError, source: str, model: type[BaseModel] =
     lines = []
     for err in exc.errors()[:5]:
         loc = _format_loc(tuple(err.get("loc", ())))
-        msg = err.get("msg", "invalid")
+        msg = err.get("msg", "invalid").removeprefix("Value error, ")
         if err.get("type") == "extra_forbidden":
             msg = _unknown_field_message(model, tuple(err.get("loc", ())))
         elif "input" in err and err.get("type") not in ("missing",):
