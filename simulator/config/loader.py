@@ -55,13 +55,34 @@ class UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+def _read_utf8(p: Path) -> str:
+    """The text of ``p``; a file that cannot be read, or is not UTF-8, is a user error naming the line."""
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise CapsimError(f"cannot read the file ({exc.strerror})", where=str(p), fix="check its permissions") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise CapsimError(
+            f"not UTF-8 text (byte 0x{raw[exc.start]:02x}); a binary file or another encoding",
+            where=f"{p} line {line}",
+            fix="save the scenario as UTF-8 (e.g. `iconv -f latin1 -t utf-8`), or check that the path names a YAML file",
+        ) from None
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Parse a YAML mapping, with a clear error for a missing file, bad syntax or a repeated key."""
     p = Path(path)
+    if p.is_dir():
+        raise CapsimError(f"{str(p)!r} is a directory, not a scenario file", where="scenario",
+                          fix="give the path of a .yaml file (e.g. scenarios/quickstart.yaml)")
     if not p.is_file():
         raise CapsimError(f"no such file {str(p)!r}", where="scenario", fix="check the path")
+    text = _read_utf8(p)
     try:
-        data = yaml.load(p.read_text(), Loader=UniqueKeyLoader)  # noqa: S506 -- a SafeLoader subclass
+        data = yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 -- a SafeLoader subclass
     except DuplicateKeyError as exc:
         raise CapsimError(
             f"key {exc.key!r} appears twice in one section (lines {exc.first_line} and {exc.second_line}); "
