@@ -76,3 +76,33 @@ def test_a_number_where_a_flag_belongs_is_refused():
     assert ModelSpec(**fields, rotary=False).rotary is False
     with pytest.raises(ValueError, match="expected true or false"):
         ModelSpec(**fields, rotary=1)
+
+
+def test_an_inline_model_reports_every_problem_at_once_with_the_required_fields():
+    from simulator.models import model_from_dict
+
+    with pytest.raises(CapsimError) as info:
+        model_from_dict({"num_layers": 2, "hidden_size": True, "num_head": 4}, where="model")
+    err = info.value
+    assert "missing required field(s) name, num_heads, num_kv_heads, ffn_size, vocab_size, mlp, max_context, norm" in (
+        err.problem
+    )
+    assert "hidden_size: expected a whole number" in err.problem
+    assert "num_head: unknown field (did you mean 'num_heads'?)" in err.problem
+    assert "head_dim" not in err.problem  # derived from hidden_size / num_heads, not missing in its own right
+    assert err.where == "model"
+    assert "needs name, num_layers, hidden_size, num_heads, num_kv_heads, ffn_size, vocab_size, mlp" in err.fix
+
+
+def test_an_inline_device_reports_every_problem_at_once(tmp_path):
+    text = "model: llama-3.1-8b\ndeployment:\n  device: {memory_gib: -1, name: card}\nworkload: {qps: 1}\n"
+    from simulator.system import build_system
+
+    with pytest.raises(CapsimError) as info:
+        for sc in load_scenarios(write(tmp_path, text)):
+            build_system(sc)
+    err = info.value
+    assert err.where == "deployment.device"
+    assert "missing required field(s) vendor, peak_tflops, memory_bandwidth_gbs" in err.problem
+    assert "memory_gib: " in err.problem and "got -1" in err.problem
+    assert "an inline device needs name, vendor, peak_tflops, memory_gib" in err.fix
