@@ -62,3 +62,11 @@ def test_a_directory_given_as_a_trace_says_so(cli, tmp_path):
     folder.mkdir()
     flat = assert_user_error(cli("validate", trace_scenario(tmp_path, folder)), "is a directory, not a trace file")
     assert "not found" not in flat
+
+
+@pytest.mark.parametrize("text", ["", "# just a comment\n\n"])
+def test_an_empty_scenario_file_says_it_is_empty(cli, tmp_path, text):
+    path = tmp_path / "empty.yaml"
+    path.write_text(text)
+    flat = assert_user_error(cli("run", path), str(path), "the file is empty")
+    assert "qps" in flat.split("Fix:")[1]  # says what to write, not that the default arrival lacks a rate

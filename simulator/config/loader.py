@@ -98,7 +98,11 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
             f"malformed YAML ({problem})", where=f"{p}{line}", fix="fix the YAML syntax (indentation, colons, quotes)"
         ) from None
     if data is None:
-        data = {}
+        raise CapsimError(
+            "the file is empty (nothing but blanks or comments)",
+            where=str(p),
+            fix="write at least a workload, e.g. 'workload: {qps: 4}', or start from a copy of scenarios/quickstart.yaml",
+        )
     if not isinstance(data, dict):
         raise CapsimError(
             f"expected a mapping of sections (model:, deployment:, ...), got {type(data).__name__}",
