@@ -106,3 +106,11 @@ def test_an_inline_device_reports_every_problem_at_once(tmp_path):
     assert "missing required field(s) vendor, peak_tflops, memory_bandwidth_gbs" in err.problem
     assert "memory_gib: " in err.problem and "got -1" in err.problem
     assert "an inline device needs name, vendor, peak_tflops, memory_gib" in err.fix
+
+
+def test_an_infinite_rate_is_refused_saying_how_to_send_everything_at_once(tmp_path):
+    with pytest.raises(CapsimError) as info:
+        load_scenarios(write(tmp_path, "workload: {qps: .inf}\n"))
+    assert "workload.qps" in info.value.where
+    assert "finite" in info.value.problem and "arrival: closed-loop with concurrency" in info.value.problem
+

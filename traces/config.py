@@ -16,6 +16,7 @@ with the closest names suggested.
 from __future__ import annotations
 
 import difflib
+import math
 from pathlib import Path
 from typing import Literal
 
@@ -238,6 +239,17 @@ class WorkloadConfig(_Strict):
     @classmethod
     def _arrival_known(cls, name: str) -> str:
         return _known(ARRIVALS, name, "arrival process")
+
+    @field_validator("qps")
+    @classmethod
+    def _finite_rate(cls, qps: float | None) -> float | None:
+        """An infinite rate would put every request at time 0 under a rate-based name; say how to ask for that."""
+        if qps is not None and not math.isfinite(qps):
+            raise ValueError(
+                "the rate must be a finite number of requests/s; to send every request at once use "
+                "arrival: closed-loop with concurrency equal to simulation.num_requests"
+            )
+        return qps
 
     @model_validator(mode="after")
     def _check_arrival_parameters(self) -> WorkloadConfig:
