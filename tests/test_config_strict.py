@@ -114,3 +114,9 @@ def test_an_infinite_rate_is_refused_saying_how_to_send_everything_at_once(tmp_p
     assert "workload.qps" in info.value.where
     assert "finite" in info.value.problem and "arrival: closed-loop with concurrency" in info.value.problem
 
+
+@pytest.mark.parametrize("field", ["duration_s", "warmup_s", "max_time_s"])
+def test_an_infinite_simulation_time_names_its_section(tmp_path, field):
+    with pytest.raises(CapsimError) as info:
+        load_scenarios(write(tmp_path, f"workload: {{qps: 1}}\nsimulation: {{{field}: .inf}}\n"))
+    assert f"simulation.{field}" in info.value.where and "finite" in info.value.problem

@@ -98,14 +98,21 @@ class SimulationConfig(BaseModel):
         1000, gt=0, description="Requests to generate or replay (None: all of a trace, or until duration_s)."
     )
     duration_s: float | None = Field(
-        None, gt=0, description="Stop generating arrivals after this many seconds (with or instead of num_requests)."
+        None,
+        gt=0,
+        allow_inf_nan=False,
+        description="Stop generating arrivals after this many seconds (with or instead of num_requests).",
     )
     warmup_s: float = Field(
-        0.0, ge=0, description="Requests arriving before this time are simulated but excluded from the statistics."
+        0.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="Requests arriving before this time are simulated but excluded from the statistics.",
     )
     max_time_s: float | None = Field(
         None,
         gt=0,
+        allow_inf_nan=False,
         description="Stop the simulation at this simulated time even if requests are unfinished "
         "(arrived requests count as SLO misses; requests not yet arrived are left out and counted as "
         "not_arrived). None runs until every request finishes.",
