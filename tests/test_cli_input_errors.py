@@ -70,3 +70,10 @@ def test_an_empty_scenario_file_says_it_is_empty(cli, tmp_path, text):
     path.write_text(text)
     flat = assert_user_error(cli("run", path), str(path), "the file is empty")
     assert "qps" in flat.split("Fix:")[1]  # says what to write, not that the default arrival lacks a rate
+
+
+@pytest.mark.parametrize("value", ["-1", "0", ".inf"])
+def test_a_bad_plan_target_is_blamed_on_target_rps_alone(cli, value):
+    plan = Path(__file__).resolve().parents[1] / "scenarios" / "plan_example.yaml"
+    flat = assert_user_error(cli("plan", plan, "--set", f"target_rps={value}"), "(target_rps)", "positive finite")
+    assert "workload.qps" not in flat
