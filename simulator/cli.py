@@ -438,15 +438,15 @@ def estimate(
         t.add_column("value", justify="right")
         rows = [
             ("prefill of the batch", f"{result.prefill_s * 1e3:.2f} ms ({result.prefill_bound}-bound)"),
-            ("first decode step", f"{result.first_decode_step_s * 1e3:.2f} ms"),
-            ("mean decode step (TPOT)", f"{result.tpot_s * 1e3:.2f} ms ({result.decode_bound}-bound)"),
+            ("first decode step", _ms(result.first_decode_step_s)),
+            ("mean decode step (TPOT)", _ms(result.tpot_s) + (f" ({result.decode_bound}-bound)" if result.decode_bound else "")),
             ("end-to-end", f"{result.e2e_s:.3f} s"),
             ("output tokens/s", f"{result.output_tokens_per_s:,.0f}"),
             ("weights per GPU", f"{result.weights_gib:.2f} GiB"),
             ("KV of the batch per GPU", f"{result.kv_gib:.2f} GiB"),
             ("activation reserve per GPU", f"{result.activation_reserve_gib:.2f} GiB"),
             ("free per GPU", f"{result.free_gib:.2f} GiB" + ("" if result.fits else "  (batch does NOT fit)")),
-            ("decode MFU / MBU", f"{result.mfu_decode:.1%} / {result.mbu_decode:.1%}"),
+            ("decode MFU / MBU", f"{result.mfu_decode:.1%} / {result.mbu_decode:.1%}" if result.mfu_decode is not None else "-"),
             ("overall", f"{result.bound}-bound"),
         ]
         for k, v in rows:
@@ -454,6 +454,11 @@ def estimate(
         out_console.print(t)
 
     _guard(debug, action)
+
+
+def _ms(seconds: float | None) -> str:
+    """Milliseconds, or a dash with the reason for a decode that does not exist (one output token)."""
+    return f"{seconds * 1e3:.2f} ms" if seconds is not None else "- (one output token: no decode)"
 
 
 @app.command()

@@ -29,8 +29,8 @@ class Estimate:
     prompt: int
     output: int
     prefill_s: float  # the whole batch's prefill iteration
-    first_decode_step_s: float  # decode step at context prompt + 1
-    tpot_s: float  # mean decode-step time over the generation
+    first_decode_step_s: float | None  # decode step at context prompt + 1; None when output is 1 (no decode)
+    tpot_s: float | None  # mean decode-step time over the generation; None when output is 1
     decode_s: float  # all decode steps
     e2e_s: float  # prefill + decode of the batch
     ttft_s: float  # = prefill_s: every request's first token comes from the prefill
@@ -43,10 +43,10 @@ class Estimate:
     kv_capacity_tokens: int  # per replica
     fits: bool
     prefill_bound: str
-    decode_bound: str
+    decode_bound: str | None  # None when output is 1 (no decode)
     bound: str  # bound of the phase that takes most of e2e
-    mfu_decode: float
-    mbu_decode: float
+    mfu_decode: float | None
+    mbu_decode: float | None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -82,8 +82,9 @@ def estimate(system: System, *, batch: int, prompt: int, output: int) -> Estimat
         durations = np.zeros(0)
         flops = nbytes = 0.0
     decode_s = float(durations.sum())
-    first_step = float(durations[0]) if steps else 0.0
-    tpot = float(durations.mean()) if steps else 0.0
+    # One output token means no decode step: its TPOT and decode utilisation do not exist (None, not 0 ms).
+    first_step = float(durations[0]) if steps else None
+    tpot = float(durations.mean()) if steps else None
     e2e = prefill.time_s + decode_s
     mem = system.memory
     kv_tokens = batch * (prompt + output)
@@ -92,7 +93,7 @@ def estimate(system: System, *, batch: int, prompt: int, output: int) -> Estimat
     mid_context = batch * (prompt + 1 + steps // 2)
     decode_rows = cost.breakdown(BatchShape(decode_seqs=batch, decode_context=mid_context))
     prefill_bound = _phase_bound(cost.breakdown(prefill_shape))
-    decode_bound = _phase_bound(decode_rows) if steps else prefill_bound
+    decode_bound = _phase_bound(decode_rows) if steps else None
     gpus = system.deployment.gpus_per_replica
     dev = system.roofline
     return Estimate(
@@ -119,7 +120,7 @@ def estimate(system: System, *, batch: int, prompt: int, output: int) -> Estimat
         fits=kv_tokens <= mem.kv_capacity_tokens,
         prefill_bound=prefill_bound,
         decode_bound=decode_bound,
-        bound=decode_bound if decode_s >= prefill.time_s else prefill_bound,
-        mfu_decode=flops / (decode_s * dev.peak_flops * gpus) if decode_s else 0.0,
-        mbu_decode=nbytes / (decode_s * dev.memory_bandwidth * gpus) if decode_s else 0.0,
+        bound=decode_bound if decode_bound is not None and decode_s >= prefill.time_s else prefill_bound,
+        mfu_decode=flops / (decode_s * dev.peak_flops * gpus) if decode_s else None,
+        mbu_decode=nbytes / (decode_s * dev.memory_bandwidth * gpus) if decode_s else None,
     )
