@@ -404,7 +404,7 @@ def estimate(
         from pydantic import ValidationError
 
         from simulator.config.schema import DeploymentConfig, Scenario
-        from simulator.estimate import estimate as run_estimate
+        from simulator.estimate import estimate_fitting
         from simulator.system import build_system
 
         try:
@@ -417,13 +417,12 @@ def estimate(
                 where=_ESTIMATE_FLAGS.get(field, field),
                 fix="see `capsim estimate --help` for the valid values",
             ) from None
-        scenario = Scenario(
-            model=model,
-            deployment=deployment,
-            scheduler={"name": "vllm", "max_num_seqs": max(batch, 1), "max_num_batched_tokens": max(batch * prompt, 1)},
-        )
+        def system_for(b: int):
+            scheduler = {"name": "vllm", "max_num_seqs": max(b, 1), "max_num_batched_tokens": max(b * prompt, 1)}
+            return build_system(Scenario(model=model, deployment=deployment, scheduler=scheduler))
+
         try:
-            result = run_estimate(build_system(scenario), batch=batch, prompt=prompt, output=output)
+            result = estimate_fitting(system_for, batch=batch, prompt=prompt, output=output)
         except CapsimError as exc:
             # Name the command-line flag the user typed rather than the scenario field behind it.
             flag = _ESTIMATE_FLAGS.get(exc.where or "")
@@ -445,7 +444,7 @@ def estimate(
             ("weights per GPU", f"{result.weights_gib:.2f} GiB"),
             ("KV of the batch per GPU", f"{result.kv_gib:.2f} GiB"),
             ("activation reserve per GPU", f"{result.activation_reserve_gib:.2f} GiB"),
-            ("free per GPU", f"{result.free_gib:.2f} GiB" + ("" if result.fits else "  (batch does NOT fit)")),
+            ("free per GPU", f"{result.free_gib:.2f} GiB"),
             ("decode MFU / MBU", f"{result.mfu_decode:.1%} / {result.mbu_decode:.1%}" if result.mfu_decode is not None else "-"),
             ("overall", f"{result.bound}-bound"),
         ]

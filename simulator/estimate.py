@@ -9,11 +9,12 @@ answers "how fast is one batch of this shape on this hardware".
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from capsim.errors import CapsimError
+from capsim.errors import CapsimError, DoesNotFitError
 from simulator.costmodel.features import BatchShape
 from simulator.memory_plan import GIB
 from simulator.system import System
@@ -124,3 +125,60 @@ def estimate(system: System, *, batch: int, prompt: int, output: int) -> Estimat
         mfu_decode=flops / (decode_s * dev.peak_flops * gpus) if decode_s else None,
         mbu_decode=nbytes / (decode_s * dev.memory_bandwidth * gpus) if decode_s else None,
     )
+
+
+def largest_fitting_batch(fits: Callable[[int], bool], upper: int) -> int:
+    """The largest batch in ``[1, upper]`` for which ``fits`` holds (0 when none); ``fits`` must be monotone.
+
+    Both memory needs grow with the batch (its KV cache, and the activations of prefilling it in one iteration),
+    so bisection finds the edge in a few system builds.
+    """
+    low, high = 0, upper
+    while low < high:
+        mid = (low + high + 1) // 2
+        if fits(mid):
+            low = mid
+        else:
+            high = mid - 1
+    return low
+
+
+def estimate_fitting(
+    make_system: Callable[[int], System], *, batch: int, prompt: int, output: int
+) -> Estimate:
+    """:func:`estimate` for a batch that fits in memory; otherwise a :class:`DoesNotFitError` naming ``--batch``.
+
+    Why one rule: a batch can fail to fit in two ways -- the activations of its prefill leave no room for any KV
+    cache (the memory plan refuses the system), or the system builds but the batch's KV cache is larger than the
+    room left. Both are the same answer to the user ("this batch does not fit"), so both end the same way, and the
+    fix names the largest batch that does fit (besides more GPUs) instead of only suggesting tp/pp.
+    ``make_system(b)`` builds the system whose scheduler budgets a batch of ``b``.
+    """
+
+    def fits(b: int) -> bool:
+        try:
+            memory = make_system(b).memory
+        except DoesNotFitError:
+            return False
+        return b * (prompt + output) <= memory.kv_capacity_tokens
+
+    try:
+        system = make_system(batch)
+    except DoesNotFitError as exc:
+        if batch <= 1 or not fits(1):
+            raise  # even one request does not fit: the model needs more memory, whatever the batch
+        problem = f"a batch of {batch} prompts of {prompt} tokens prefilled together does not fit: {exc.problem}"
+    else:
+        result = estimate(system, batch=batch, prompt=prompt, output=output)
+        if result.fits:
+            return result
+        problem = (
+            f"a batch of {batch} x ({prompt} + {output}) tokens needs {batch * (prompt + output):,} tokens of KV "
+            f"cache; {result.model} on {result.device} (tp={result.tp}, pp={result.pp}) has room for "
+            f"{result.kv_capacity_tokens:,} beside the activations of prefilling it"
+        )
+    largest = largest_fitting_batch(fits, batch - 1)
+    more = "raise --tp or --pp, use a device with more memory, or a smaller --weight-dtype/--kv-dtype"
+    if largest < 1:
+        raise DoesNotFitError(problem, where="--prompt/--output", fix=f"shorten --prompt/--output, or {more}")
+    raise DoesNotFitError(problem, where="--batch", fix=f"use --batch {largest} or less (the largest that fits), or {more}")
