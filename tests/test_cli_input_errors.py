@@ -77,3 +77,19 @@ def test_a_bad_plan_target_is_blamed_on_target_rps_alone(cli, value):
     plan = Path(__file__).resolve().parents[1] / "scenarios" / "plan_example.yaml"
     flat = assert_user_error(cli("plan", plan, "--set", f"target_rps={value}"), "(target_rps)", "positive finite")
     assert "workload.qps" not in flat
+
+
+def test_a_trace_out_of_time_order_is_sorted_with_a_warning_that_counts_the_rows(cli, tmp_path):
+    trace = tmp_path / "t.csv"
+    trace.write_text("arrival_s,prompt_tokens,output_tokens\n0,10,5\n2,10,5\n1,10,5\n3,10,5\n2.5,10,5\n")
+    scenario = tmp_path / "s.yaml"
+    scenario.write_text(f"name: x\nworkload:\n  arrival: trace\n  trace: {{path: '{trace}'}}\nsimulation: {{num_requests: null}}\n")
+    result = cli("validate", scenario)
+    assert result.exit_code == 0, result.output
+    flat = " ".join(result.stderr.split())
+    assert "warning: trace 't.csv': 2 arrival time(s) are earlier than the row before them" in flat
+    assert "UserWarning" not in flat  # one warning line, not a Python source location
+    in_order = tmp_path / "ordered.csv"
+    in_order.write_text("arrival_s,prompt_tokens,output_tokens\n0,10,5\n1,10,5\n1,10,5\n")
+    scenario.write_text(scenario.read_text().replace(str(trace), str(in_order)))
+    assert "earlier than the row" not in cli("validate", scenario).stderr
