@@ -37,5 +37,8 @@ def _true_or_false(value: Any) -> bool:
 
 #: A whole number: refuses booleans and text (``tp: true`` is an error, not tp=1).
 Count = Annotated[int, BeforeValidator(_whole_number)]
+#: A whole number or None. Spelt as one annotation around the union (not ``Count | None``) so that the field's
+#: annotation stays ``int | None``, which the dashboard reads to choose a number widget.
+OptionalCount = Annotated[int | None, BeforeValidator(_whole_number)]
 #: ``true`` or ``false``: refuses numbers and text (``rotary: 1`` is an error, not True).
 Flag = Annotated[bool, BeforeValidator(_true_or_false)]

@@ -29,7 +29,7 @@ from pydantic import (
 from capsim.catalog import load_catalog, read_catalog_yaml, registry_of, spec_validation_error
 from capsim.errors import CapsimError
 from capsim.registry import Registry, normalise_name
-from capsim.types import Count
+from capsim.types import OptionalCount
 
 DTYPES: tuple[str, ...] = ("fp32", "tf32", "bf16", "fp16", "fp8", "int8", "int4")
 """Numeric formats a device may list a peak for (dense tensor-core rates, except fp32)."""
@@ -116,7 +116,7 @@ class DeviceSpec(BaseModel):
     memory_gib: float = Field(gt=0, description="Device memory capacity, GiB (2^30 bytes).")
     memory_bandwidth_gbs: float = Field(gt=0, description="Peak memory bandwidth, GB/s.")
     sram_mib: float = Field(ge=0, description="Last-level on-chip cache (L2, or AMD Infinity Cache), MiB.")
-    num_sms: Count | None = Field(
+    num_sms: OptionalCount = Field(
         default=None,
         gt=0,
         description="Streaming multiprocessors (NVIDIA) or compute units (AMD).",

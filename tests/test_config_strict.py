@@ -120,3 +120,14 @@ def test_an_infinite_simulation_time_names_its_section(tmp_path, field):
     with pytest.raises(CapsimError) as info:
         load_scenarios(write(tmp_path, f"workload: {{qps: 1}}\nsimulation: {{{field}: .inf}}\n"))
     assert f"simulation.{field}" in info.value.where and "finite" in info.value.problem
+
+
+def test_optional_counts_keep_a_number_widget_in_the_dashboard():
+    """Strict optional counts still read as ``int | None``, which the dashboard turns into a number input."""
+    from app.fields import describe_field
+    from simulator.config.schema import SimulationConfig
+    from traces.config import WorkloadConfig
+
+    for model, name in ((SimulationConfig, "num_requests"), (WorkloadConfig, "concurrency")):
+        field = describe_field(name, model.model_fields[name])
+        assert field.kind == "int" and field.optional, (name, field)

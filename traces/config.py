@@ -23,7 +23,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from capsim.registry import Registry
-from capsim.types import Count
+from capsim.types import Count, OptionalCount
 from traces import servegen  # noqa: F401  (registers arrival 'servegen')
 from traces.arrivals import ARRIVAL_PARAMETERS, ARRIVALS
 from traces.catalog import SHIPPED_TRACES
@@ -61,15 +61,15 @@ class LengthConfig(_Strict):
     """
 
     dist: str = Field("fixed", description="distribution name: fixed, uniform, normal, lognormal, zipf, empirical")
-    value: Count | None = Field(None, ge=1, description="fixed: the length of every request, tokens")
-    low: Count | None = Field(None, ge=1, description="uniform: smallest length, tokens (inclusive)")
-    high: Count | None = Field(None, ge=1, description="uniform: largest length, tokens (inclusive)")
+    value: OptionalCount = Field(None, ge=1, description="fixed: the length of every request, tokens")
+    low: OptionalCount = Field(None, ge=1, description="uniform: smallest length, tokens (inclusive)")
+    high: OptionalCount = Field(None, ge=1, description="uniform: largest length, tokens (inclusive)")
     mean: float | None = Field(
         None, gt=0, description="normal/lognormal: mean length, tokens (lognormal: of the lengths, not their log)"
     )
     std: float | None = Field(None, ge=0, description="normal/lognormal: standard deviation of the length, tokens")
-    min: Count | None = Field(None, ge=1, description="normal/lognormal/zipf: smallest length, tokens (default 1)")
-    max: Count | None = Field(
+    min: OptionalCount = Field(None, ge=1, description="normal/lognormal/zipf: smallest length, tokens (default 1)")
+    max: OptionalCount = Field(
         None, ge=1, description="normal/lognormal: largest length (truncation); zipf: required upper bound"
     )
     a: float | None = Field(None, gt=0, description="zipf: exponent, P(k) proportional to k^-a")
@@ -142,10 +142,10 @@ class TraceConfig(_Strict):
     sample_fraction: float = Field(1.0, gt=0, le=1, description="keep this random fraction of the rows (seeded)")
     start_s: float | None = Field(None, ge=0, description="start of the replay window, seconds into the trace")
     duration_s: float | None = Field(None, gt=0, description="length of the replay window, seconds of trace time")
-    max_prompt_tokens: Count | None = Field(
+    max_prompt_tokens: OptionalCount = Field(
         None, ge=1, description="clip longer prompts to this many tokens (e.g. the model's context window)"
     )
-    max_output_tokens: Count | None = Field(None, ge=1, description="clip longer outputs to this many tokens")
+    max_output_tokens: OptionalCount = Field(None, ge=1, description="clip longer outputs to this many tokens")
 
     @field_validator("format")
     @classmethod
@@ -216,7 +216,7 @@ class WorkloadConfig(_Strict):
     cv: float = Field(
         1.0, gt=0, description="gamma: coefficient of variation of inter-arrival gaps (1 = Poisson, > 1 burstier)"
     )
-    concurrency: Count | None = Field(
+    concurrency: OptionalCount = Field(
         None, ge=1, description="closed-loop: number of users, each with one request in flight"
     )
     think_time_s: float = Field(

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from capsim.types import Count
+from capsim.types import Count, OptionalCount
 from simulator.metrics.slo import SLOConfig
 from traces.config import WorkloadConfig
 
@@ -94,7 +94,7 @@ class SimulationConfig(BaseModel):
 
     model_config = STRICT
 
-    num_requests: Count | None = Field(
+    num_requests: OptionalCount = Field(
         1000, gt=0, description="Requests to generate or replay (None: all of a trace, or until duration_s)."
     )
     duration_s: float | None = Field(
