@@ -175,8 +175,7 @@ def _clear_earlier_run(out: Path, folders: list[Path] | None) -> None:
     if earlier:
         err_console.print(
             f"[yellow]warning:[/] {escape(str(out))} holds results of an earlier run in {escape(', '.join(earlier))}; "
-            "they are left as they "
-            "are and are not part of this run. Fix: remove them, or use a fresh --out directory",
+            "they are left as they are and are not part of this run. Fix: remove them, or use a fresh --out directory",
             highlight=False,
             soft_wrap=True,
         )
