@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import FrameType
 from typing import Annotated
 
 import typer
@@ -53,6 +55,58 @@ def _check(port: int) -> None:
         )
 
 
+class _Stopped(Exception):
+    """Raised by the signal handler of :func:`serve` to leave the wait for the child."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _die_with_parent() -> None:  # pragma: no cover -- runs in the forked child
+    """Linux: have the kernel send the child SIGTERM if capsim dies, even by SIGKILL (which no handler sees)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def serve(command: list[str], env: dict[str, str] | None = None, *, grace_s: float = 10.0) -> int:
+    """Run the dashboard server ``command`` as a child process; stop it whenever capsim stops.
+
+    Why: ``subprocess.call`` left the Streamlit server serving when capsim was stopped by anything but Ctrl+C in its
+    terminal (which signals the whole process group): ``kill``, a service manager's SIGTERM, a closed SSH session's
+    SIGHUP. Those signals now stop the child too (SIGTERM, then SIGKILL after ``grace_s``); on Linux the child is
+    also told to exit if capsim is killed outright. Returns the exit status for capsim: the child's, 0 after
+    Ctrl+C, 128 + the signal number after another signal.
+    """
+    child = subprocess.Popen(command, env=env, preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise _Stopped(signum)
+
+    catchable = [getattr(signal, name) for name in ("SIGTERM", "SIGHUP", "SIGQUIT") if hasattr(signal, name)]
+    previous = {signum: signal.signal(signum, stop) for signum in catchable}
+    try:
+        return child.wait()
+    except KeyboardInterrupt:
+        return 0
+    except _Stopped as stopped:
+        return 128 + stopped.signum
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if child.poll() is None:
+            child.terminate()
+            try:
+                child.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``app`` command to the ``capsim`` command line."""
 
@@ -75,8 +129,4 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(2) from None
         err_console.print(f"capsim dashboard: http://{host}:{port}  (Ctrl+C to stop)", highlight=False)
         env = {**os.environ, "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
-        try:
-            code = subprocess.call(streamlit_command(port, host), env=env)
-        except KeyboardInterrupt:
-            code = 0
-        raise typer.Exit(code)
+        raise typer.Exit(serve(streamlit_command(port, host), env))

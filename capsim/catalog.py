@@ -9,11 +9,14 @@ is claimed twice or shadows an id -- are the same for all of them.
 
 from __future__ import annotations
 
+import difflib
+import typing
 from collections.abc import Callable, Mapping
 from importlib import resources
 from typing import Any, TypeVar
 
 import yaml
+from pydantic import BaseModel, ValidationError
 
 from capsim.errors import CapsimError
 from capsim.registry import Registry, normalise_name
@@ -67,3 +70,67 @@ def registry_of(kind: str, specs: Mapping[str, T], *, where: str) -> Registry[T]
                 )
         registry.add(name, spec, aliases=aliases)
     return registry
+
+
+def _model_at(spec: type[BaseModel], path: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model that holds the last element of ``path`` (None when the path leaves the schema)."""
+    model: type[BaseModel] | None = spec
+    for part in path[:-1]:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part)) if model is not None else None
+        if field is None:
+            return None
+        candidates = [field.annotation, *typing.get_args(field.annotation)]
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+    return model
+
+
+def spec_validation_error(
+    err: ValidationError,
+    spec: type[BaseModel],
+    *,
+    where: str,
+    what: str,
+    doc: str,
+    derived: Mapping[str, str] | None = None,
+) -> CapsimError:
+    """Every problem pydantic found in an inline ``what`` (model, device), in one message.
+
+    Why all at once: an inline definition is typed by hand from a datasheet or a config.json; reporting the first
+    problem only ("name: Field required") made users fix and rerun once per field. Missing fields are listed
+    together, and the fix names every required field. ``derived`` maps a required field that a validator fills
+    from others to how (``{"head_dim": "hidden_size / num_heads"}``): it is "missing" only because its sources
+    are, so it is not listed as missing.
+    """
+    derived = derived or {}
+    missing: list[str] = []
+    problems: list[str] = []
+    unknown_known: list[str] = []
+    for e in err.errors():
+        loc = ".".join(str(part) for part in e["loc"])
+        if e["type"] == "missing":
+            if loc not in derived:
+                missing.append(loc)
+        elif e["type"] == "extra_forbidden":
+            holder = _model_at(spec, tuple(e["loc"]))
+            known = sorted(holder.model_fields) if holder is not None else []
+            close = difflib.get_close_matches(str(e["loc"][-1]), known, n=1)
+            problems.append(f"{loc}: unknown field" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            unknown_known = known
+        else:
+            message = e["msg"].removeprefix("Value error, ")
+            got = repr(e.get("input"))
+            got = got if len(got) <= 60 else got[:57] + "..."
+            problems.append(f"{loc}: {message} (got {got})" if loc else message)
+    if missing:
+        problems.insert(0, f"missing required field(s) {', '.join(missing)}")
+    bad_locs = [e["loc"] for e in err.errors() if not (e["type"] == "missing" and e["loc"][0] in derived)]
+    place = where + ("." + ".".join(str(p) for p in bad_locs[0]) if len(bad_locs) == 1 and bad_locs[0] else "")
+    required = [name for name, field in spec.model_fields.items() if field.is_required() and name not in derived]
+    fix = f"an inline {what} needs {', '.join(required)}"
+    fix += "".join(f" ({name} defaults to {how})" for name, how in derived.items())
+    if unknown_known:
+        fix += f"; known fields here: {', '.join(unknown_known)}"
+    fix += f"; every field is described in {doc}"
+    return CapsimError(f"invalid {what}: " + "; ".join(problems), where=place, fix=fix)

@@ -14,7 +14,6 @@ scenario with the same fields (:func:`device_from_dict`).
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,9 +26,10 @@ from pydantic import (
     model_validator,
 )
 
-from capsim.catalog import load_catalog, read_catalog_yaml, registry_of
+from capsim.catalog import load_catalog, read_catalog_yaml, registry_of, spec_validation_error
 from capsim.errors import CapsimError
 from capsim.registry import Registry, normalise_name
+from capsim.types import OptionalCount
 
 DTYPES: tuple[str, ...] = ("fp32", "tf32", "bf16", "fp16", "fp8", "int8", "int4")
 """Numeric formats a device may list a peak for (dense tensor-core rates, except fp32)."""
@@ -116,7 +116,7 @@ class DeviceSpec(BaseModel):
     memory_gib: float = Field(gt=0, description="Device memory capacity, GiB (2^30 bytes).")
     memory_bandwidth_gbs: float = Field(gt=0, description="Peak memory bandwidth, GB/s.")
     sram_mib: float = Field(ge=0, description="Last-level on-chip cache (L2, or AMD Infinity Cache), MiB.")
-    num_sms: int | None = Field(
+    num_sms: OptionalCount = Field(
         default=None,
         gt=0,
         description="Streaming multiprocessors (NVIDIA) or compute units (AMD).",
@@ -227,38 +227,6 @@ class DeviceSpec(BaseModel):
 # -- loading ----------------------------------------------------------------------------
 
 
-def _from_validation_error(err: ValidationError, where: str) -> CapsimError:
-    """Turn pydantic's report into one CapsimError naming the first bad field."""
-    errors = err.errors()
-    # A misspelt key also makes the intended key "missing"; report the misspelling.
-    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
-    loc = ".".join(str(part) for part in first["loc"])
-    place = f"{where}.{loc}" if loc else where
-    if first["type"] == "extra_forbidden":
-        bad = str(first["loc"][-1])
-        known = sorted(
-            Interconnect.model_fields
-            if "interconnect" in first["loc"][:-1]
-            else Efficiency.model_fields
-            if "efficiency" in first["loc"][:-1]
-            else DeviceSpec.model_fields
-        )
-        close = difflib.get_close_matches(bad, known, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        return CapsimError(
-            f"unknown device field {bad!r}",
-            where=place,
-            fix=f"{hint}known fields: {', '.join(known)}",
-        )
-    message = first["msg"].removeprefix("Value error, ")
-    extra = f" (and {err.error_count() - 1} more problem(s))" if err.error_count() > 1 else ""
-    return CapsimError(
-        f"invalid device: {message}{extra}",
-        where=place,
-        fix="correct the value; see the field descriptions in hwmodels/device.py",
-    )
-
-
 def device_from_dict(data: Mapping[str, Any], *, where: str = "hardware.device") -> DeviceSpec:
     """Build a :class:`DeviceSpec` from a mapping (an inline device in a scenario).
 
@@ -274,7 +242,7 @@ def device_from_dict(data: Mapping[str, Any], *, where: str = "hardware.device")
     try:
         return DeviceSpec.model_validate(dict(data))
     except ValidationError as err:
-        raise _from_validation_error(err, where) from None
+        raise spec_validation_error(err, DeviceSpec, where=where, what="device", doc="hwmodels/device.py") from None
 
 
 def load_device_catalog() -> dict[str, DeviceSpec]:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -64,6 +65,26 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._=-]+", "_", name).strip("_") or "run"
 
 
+def _run_folders(names: list[str], out: Path) -> list[Path]:
+    """The ``--out`` sub-folder of each configuration; refuses two names that would share one.
+
+    Why: a folder name keeps only letters, digits and ``._=-``, so ``a/b`` and ``a_b`` (or ``Fast`` and ``fast`` on a
+    case-insensitive disk) map to one folder, and the later run would overwrite the earlier one's results.
+    """
+    owner: dict[str, str] = {}
+    for name in names:
+        key = _slug(name).casefold()
+        if key in owner:
+            raise CapsimError(
+                f"configurations {owner[key]!r} and {name!r} would both write their results to {out / _slug(name)}",
+                where="runs/grid names",
+                fix="rename one of them so the names differ in letters or digits, not only in punctuation, spaces "
+                "or case",
+            )
+        owner[key] = name
+    return [out / _slug(name) for name in names]
+
+
 def _run_one(scenario) -> tuple[dict[str, Any], Any]:
     from simulator.engine import simulate
     from simulator.metrics.summary import summarise
@@ -88,10 +109,13 @@ def run(
     def action() -> None:
         from simulator.config.loader import load_scenarios
         from simulator.metrics.table import comparison_table, summary_table
-        from simulator.metrics.writers import write_outputs
+        from simulator.metrics.writers import write_atomically, write_outputs
 
         _refuse_other_kinds(scenario_file)
         scenarios = load_scenarios(scenario_file, set_ or [])
+        folders = _run_folders([sc.name for sc in scenarios], out) if out is not None and len(scenarios) > 1 else None
+        if out is not None:
+            _clear_earlier_run(out, folders)
         summaries: list[dict[str, Any]] = []
         progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -99,21 +123,23 @@ def run(
         )
         with progress:
             task = progress.add_task("simulating", total=len(scenarios))
-            for sc in scenarios:
+            for i, sc in enumerate(scenarios):
                 progress.update(task, description=f"simulating {sc.name}")
                 summary, output = _run_one(sc)
                 summaries.append(summary)
                 if out is not None:
-                    target = out if len(scenarios) == 1 else out / _slug(sc.name)
+                    target = folders[i] if folders else out
                     write_outputs(output.result, summary, target, plots=plots)
                 progress.advance(task)
         if out is not None and len(scenarios) > 1:
             import pandas as pd
 
             out.mkdir(parents=True, exist_ok=True)
-            pd.DataFrame(summaries).to_csv(out / "comparison.csv", index=False)
+            frame = pd.DataFrame(summaries)
+            write_atomically(out / "comparison.csv", lambda tmp: frame.to_csv(tmp, index=False))
         for summary in summaries:
             _warn_if_nothing_measured(summary)
+            _warn_if_cut(summary)
         if as_json:
             from simulator.metrics.writers import to_json_value
 
@@ -130,6 +156,31 @@ def run(
     _guard(debug, action)
 
 
+def _clear_earlier_run(out: Path, folders: list[Path] | None) -> None:
+    """Remove result files of an earlier run in ``out`` that this run will not replace; name earlier folders.
+
+    A single run writes its files at the top of ``out``; several configurations write one folder each plus
+    ``comparison.csv``. Rerunning the other way round, or with other names, would leave the earlier run's files
+    beside the new ones as if they belonged together. Files capsim names are removed; folders are never deleted
+    (they may hold other things), only named, so nobody reads them as part of this run.
+    """
+    from simulator.metrics.writers import OUTPUT_FILES
+
+    if not out.is_dir():
+        return
+    for name in ("comparison.csv",) if folders is None else OUTPUT_FILES:
+        (out / name).unlink(missing_ok=True)
+    keep = set(folders or ())
+    earlier = sorted(f"{p.name}/" for p in out.iterdir() if p.is_dir() and p not in keep and (p / "summary.json").is_file())
+    if earlier:
+        err_console.print(
+            f"[yellow]warning:[/] {escape(str(out))} holds results of an earlier run in {escape(', '.join(earlier))}; "
+            "they are left as they are and are not part of this run. Fix: remove them, or use a fresh --out directory",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
 def _warn_if_nothing_measured(summary: dict[str, Any]) -> None:
     """Say why every statistic is empty when all requests fell inside the warm-up window."""
     if summary.get("num_requests") == 0 and summary.get("warmup_requests", 0) > 0:
@@ -137,6 +188,20 @@ def _warn_if_nothing_measured(summary: dict[str, Any]) -> None:
             f"[yellow]warning:[/] {summary.get('name', 'run')}: all {summary['warmup_requests']} requests arrived "
             "during simulation.warmup_s, so no statistics were measured. Fix: lower simulation.warmup_s or raise "
             "simulation.num_requests",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+def _warn_if_cut(summary: dict[str, Any]) -> None:
+    """Say how many requests simulation.max_time_s cut off before they arrived (they are not in the statistics)."""
+    cut = summary.get("not_arrived", 0)
+    if cut:
+        err_console.print(
+            f"[yellow]warning:[/] {escape(str(summary.get('name', 'run')))}: simulation.max_time_s stopped the run before "
+            f"{cut} of the workload's requests arrived; they are left out of every statistic "
+            f"(sim_time_s {summary.get('sim_time_s', 0):g}). Fix: raise simulation.max_time_s, or lower "
+            "simulation.num_requests / duration_s to match it",
             highlight=False,
             soft_wrap=True,
         )
@@ -339,7 +404,7 @@ def estimate(
         from pydantic import ValidationError
 
         from simulator.config.schema import DeploymentConfig, Scenario
-        from simulator.estimate import estimate as run_estimate
+        from simulator.estimate import estimate_fitting
         from simulator.system import build_system
 
         try:
@@ -352,13 +417,12 @@ def estimate(
                 where=_ESTIMATE_FLAGS.get(field, field),
                 fix="see `capsim estimate --help` for the valid values",
             ) from None
-        scenario = Scenario(
-            model=model,
-            deployment=deployment,
-            scheduler={"name": "vllm", "max_num_seqs": max(batch, 1), "max_num_batched_tokens": max(batch * prompt, 1)},
-        )
+        def system_for(b: int):
+            scheduler = {"name": "vllm", "max_num_seqs": max(b, 1), "max_num_batched_tokens": max(b * prompt, 1)}
+            return build_system(Scenario(model=model, deployment=deployment, scheduler=scheduler))
+
         try:
-            result = run_estimate(build_system(scenario), batch=batch, prompt=prompt, output=output)
+            result = estimate_fitting(system_for, batch=batch, prompt=prompt, output=output)
         except CapsimError as exc:
             # Name the command-line flag the user typed rather than the scenario field behind it.
             flag = _ESTIMATE_FLAGS.get(exc.where or "")
@@ -373,15 +437,15 @@ def estimate(
         t.add_column("value", justify="right")
         rows = [
             ("prefill of the batch", f"{result.prefill_s * 1e3:.2f} ms ({result.prefill_bound}-bound)"),
-            ("first decode step", f"{result.first_decode_step_s * 1e3:.2f} ms"),
-            ("mean decode step (TPOT)", f"{result.tpot_s * 1e3:.2f} ms ({result.decode_bound}-bound)"),
+            ("first decode step", _ms(result.first_decode_step_s)),
+            ("mean decode step (TPOT)", _ms(result.tpot_s) + (f" ({result.decode_bound}-bound)" if result.decode_bound else "")),
             ("end-to-end", f"{result.e2e_s:.3f} s"),
             ("output tokens/s", f"{result.output_tokens_per_s:,.0f}"),
             ("weights per GPU", f"{result.weights_gib:.2f} GiB"),
             ("KV of the batch per GPU", f"{result.kv_gib:.2f} GiB"),
             ("activation reserve per GPU", f"{result.activation_reserve_gib:.2f} GiB"),
-            ("free per GPU", f"{result.free_gib:.2f} GiB" + ("" if result.fits else "  (batch does NOT fit)")),
-            ("decode MFU / MBU", f"{result.mfu_decode:.1%} / {result.mbu_decode:.1%}"),
+            ("free per GPU", f"{result.free_gib:.2f} GiB"),
+            ("decode MFU / MBU", f"{result.mfu_decode:.1%} / {result.mbu_decode:.1%}" if result.mfu_decode is not None else "-"),
             ("overall", f"{result.bound}-bound"),
         ]
         for k, v in rows:
@@ -389,6 +453,11 @@ def estimate(
         out_console.print(t)
 
     _guard(debug, action)
+
+
+def _ms(seconds: float | None) -> str:
+    """Milliseconds, or a dash with the reason for a decode that does not exist (one output token)."""
+    return f"{seconds * 1e3:.2f} ms" if seconds is not None else "- (one output token: no decode)"
 
 
 @app.command()

@@ -7,6 +7,7 @@ never from :mod:`simulator.cli`, which imports them to register their commands.
 from __future__ import annotations
 
 import traceback
+import warnings
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -27,10 +28,19 @@ SetOpt = Annotated[
 ]
 
 
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    """Print a Python warning as one ``warning:`` line, like the CLI's own (not as a source location)."""
+    err_console.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
+
+
 def _guard(debug: bool, action: Callable[[], Any]) -> Any:
     """Run ``action``; turn user errors into a clear message and exit status 2."""
     try:
-        return action()
+        with warnings.catch_warnings():
+            if not debug:
+                warnings.showwarning = _show_warning
+            return action()
     except CapsimError as exc:
         if debug:
             traceback.print_exc()

@@ -29,7 +29,7 @@ WorkersOpt = Annotated[
 RayOpt = Annotated[
     str | None,
     typer.Option("--ray", help="Run on a Ray cluster at ADDRESS ('auto' on a cluster node, 'local' for a new local "
-                 "instance); needs the ray extra: pip install 'capsim[ray]'."),
+                 "instance); needs the ray extra: pip install 'capsim\\[ray]'."),  # help is console markup: "\\[" prints "["
 ]
 
 

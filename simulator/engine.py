@@ -162,6 +162,15 @@ def simulate(
     else:
         env.run()
 
+    # A run stopped by max_time_s before the last arrival: requests that had not arrived (never issued, for a
+    # closed loop) are not part of the measurement -- counting them as unfinished would make attainment depend
+    # on how far the workload reached past the stop. They are dropped from the records and counted.
+    if closed is not None:
+        arrived = next_request[0]
+    elif sim.max_time_s is not None:
+        arrived = int(np.searchsorted(table.arrival_s, env.now, side="left"))  # arrivals are sorted
+    else:
+        arrived = table.n
     wall = time.perf_counter() - wall0
     info = RunInfo(
         scenario_name=scenario.name,
@@ -184,13 +193,11 @@ def simulate(
         warmup_s=sim.warmup_s,
         wall_time_s=wall,
         sim_end_s=float(env.now),
+        not_arrived=table.n - arrived,
     )
-    if closed is not None and next_request[0] < table.n:
-        # Requests never issued (the run stopped first) did not arrive: drop them from the records.
-        issued = next_request[0]
-        frame = table.to_frame().iloc[:issued]
-    else:
-        frame = table.to_frame()
+    frame = table.to_frame()
+    if arrived < table.n:
+        frame = frame.iloc[:arrived]
     result = SimulationResult(frame, recorder.iterations_frame(), recorder.token_gaps(), info)
     return RunOutput(
         result, system, int(mask.sum()), stream.source, table,

@@ -9,11 +9,12 @@ answers "how fast is one batch of this shape on this hardware".
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from capsim.errors import CapsimError
+from capsim.errors import CapsimError, DoesNotFitError
 from simulator.costmodel.features import BatchShape
 from simulator.memory_plan import GIB
 from simulator.system import System
@@ -29,8 +30,8 @@ class Estimate:
     prompt: int
     output: int
     prefill_s: float  # the whole batch's prefill iteration
-    first_decode_step_s: float  # decode step at context prompt + 1
-    tpot_s: float  # mean decode-step time over the generation
+    first_decode_step_s: float | None  # decode step at context prompt + 1; None when output is 1 (no decode)
+    tpot_s: float | None  # mean decode-step time over the generation; None when output is 1
     decode_s: float  # all decode steps
     e2e_s: float  # prefill + decode of the batch
     ttft_s: float  # = prefill_s: every request's first token comes from the prefill
@@ -43,10 +44,10 @@ class Estimate:
     kv_capacity_tokens: int  # per replica
     fits: bool
     prefill_bound: str
-    decode_bound: str
+    decode_bound: str | None  # None when output is 1 (no decode)
     bound: str  # bound of the phase that takes most of e2e
-    mfu_decode: float
-    mbu_decode: float
+    mfu_decode: float | None
+    mbu_decode: float | None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -82,8 +83,9 @@ def estimate(system: System, *, batch: int, prompt: int, output: int) -> Estimat
         durations = np.zeros(0)
         flops = nbytes = 0.0
     decode_s = float(durations.sum())
-    first_step = float(durations[0]) if steps else 0.0
-    tpot = float(durations.mean()) if steps else 0.0
+    # One output token means no decode step: its TPOT and decode utilisation do not exist (None, not 0 ms).
+    first_step = float(durations[0]) if steps else None
+    tpot = float(durations.mean()) if steps else None
     e2e = prefill.time_s + decode_s
     mem = system.memory
     kv_tokens = batch * (prompt + output)
@@ -92,7 +94,7 @@ def estimate(system: System, *, batch: int, prompt: int, output: int) -> Estimat
     mid_context = batch * (prompt + 1 + steps // 2)
     decode_rows = cost.breakdown(BatchShape(decode_seqs=batch, decode_context=mid_context))
     prefill_bound = _phase_bound(cost.breakdown(prefill_shape))
-    decode_bound = _phase_bound(decode_rows) if steps else prefill_bound
+    decode_bound = _phase_bound(decode_rows) if steps else None
     gpus = system.deployment.gpus_per_replica
     dev = system.roofline
     return Estimate(
@@ -119,7 +121,64 @@ def estimate(system: System, *, batch: int, prompt: int, output: int) -> Estimat
         fits=kv_tokens <= mem.kv_capacity_tokens,
         prefill_bound=prefill_bound,
         decode_bound=decode_bound,
-        bound=decode_bound if decode_s >= prefill.time_s else prefill_bound,
-        mfu_decode=flops / (decode_s * dev.peak_flops * gpus) if decode_s else 0.0,
-        mbu_decode=nbytes / (decode_s * dev.memory_bandwidth * gpus) if decode_s else 0.0,
+        bound=decode_bound if decode_bound is not None and decode_s >= prefill.time_s else prefill_bound,
+        mfu_decode=flops / (decode_s * dev.peak_flops * gpus) if decode_s else None,
+        mbu_decode=nbytes / (decode_s * dev.memory_bandwidth * gpus) if decode_s else None,
     )
+
+
+def largest_fitting_batch(fits: Callable[[int], bool], upper: int) -> int:
+    """The largest batch in ``[1, upper]`` for which ``fits`` holds (0 when none); ``fits`` must be monotone.
+
+    Both memory needs grow with the batch (its KV cache, and the activations of prefilling it in one iteration),
+    so bisection finds the edge in a few system builds.
+    """
+    low, high = 0, upper
+    while low < high:
+        mid = (low + high + 1) // 2
+        if fits(mid):
+            low = mid
+        else:
+            high = mid - 1
+    return low
+
+
+def estimate_fitting(
+    make_system: Callable[[int], System], *, batch: int, prompt: int, output: int
+) -> Estimate:
+    """:func:`estimate` for a batch that fits in memory; otherwise a :class:`DoesNotFitError` naming ``--batch``.
+
+    Why one rule: a batch can fail to fit in two ways -- the activations of its prefill leave no room for any KV
+    cache (the memory plan refuses the system), or the system builds but the batch's KV cache is larger than the
+    room left. Both are the same answer to the user ("this batch does not fit"), so both end the same way, and the
+    fix names the largest batch that does fit (besides more GPUs) instead of only suggesting tp/pp.
+    ``make_system(b)`` builds the system whose scheduler budgets a batch of ``b``.
+    """
+
+    def fits(b: int) -> bool:
+        try:
+            memory = make_system(b).memory
+        except DoesNotFitError:
+            return False
+        return b * (prompt + output) <= memory.kv_capacity_tokens
+
+    try:
+        system = make_system(batch)
+    except DoesNotFitError as exc:
+        if batch <= 1 or not fits(1):
+            raise  # even one request does not fit: the model needs more memory, whatever the batch
+        problem = f"a batch of {batch} prompts of {prompt} tokens prefilled together does not fit: {exc.problem}"
+    else:
+        result = estimate(system, batch=batch, prompt=prompt, output=output)
+        if result.fits:
+            return result
+        problem = (
+            f"a batch of {batch} x ({prompt} + {output}) tokens needs {batch * (prompt + output):,} tokens of KV "
+            f"cache; {result.model} on {result.device} (tp={result.tp}, pp={result.pp}) has room for "
+            f"{result.kv_capacity_tokens:,} beside the activations of prefilling it"
+        )
+    largest = largest_fitting_batch(fits, batch - 1)
+    more = "raise --tp or --pp, use a device with more memory, or a smaller --weight-dtype/--kv-dtype"
+    if largest < 1:
+        raise DoesNotFitError(problem, where="--prompt/--output", fix=f"shorten --prompt/--output, or {more}")
+    raise DoesNotFitError(problem, where="--batch", fix=f"use --batch {largest} or less (the largest that fits), or {more}")

@@ -249,3 +249,17 @@ def test_every_shipped_scenario_file_validates(cli, path):
 def test_run_points_sweep_and_plan_files_at_their_commands(cli):
     assert_user_error(cli("run", "scenarios/plan_example.yaml"), "capsim plan")
     assert_user_error(cli("run", "scenarios/sweep_example.yaml"), "capsim sweep")
+
+
+def test_run_stopped_by_max_time_says_how_many_requests_were_cut(cli, tmp_path):
+    """Requests arriving after simulation.max_time_s are not measured (not counted as misses), and the run says so."""
+    path = tmp_path / "small.yaml"
+    path.write_text(SMALL)
+    result = cli("run", path, "--set", "simulation.max_time_s=3", "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["not_arrived"] > 0
+    assert summary["num_requests"] + summary["not_arrived"] == 30
+    assert summary["slo_attainment"] > 0.5  # the cut requests used to count as unfinished misses
+    flat = " ".join(result.stderr.split())
+    assert f"before {summary['not_arrived']} of the workload's requests arrived" in flat

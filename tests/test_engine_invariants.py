@@ -199,3 +199,37 @@ def test_small_batch_python_path_equals_the_numpy_path(scheduler, tight, monkeyp
     pd.testing.assert_frame_equal(a.result.iterations, b.result.iterations)
     for field in ("first", "step", "count", "weight"):
         assert np.array_equal(getattr(a.result.token_gaps, field), getattr(b.result.token_gaps, field))
+
+
+@pytest.mark.parametrize("router", ["round-robin", "least-outstanding"])  # preloaded and event-per-arrival paths
+def test_max_time_leaves_out_requests_that_had_not_arrived(router: str) -> None:
+    """A stop before the last arrival must not count the requests still to come as unfinished SLO misses."""
+    from simulator.metrics.summary import summarise
+
+    sc = tiny_scenario("vllm", seed=3, qps=4.0, n=60, replicas=2, router=router, kv_tokens_budget=False)
+    full = simulate(sc)
+    stop = 5.0
+    cut = simulate(sc.model_copy(update={"simulation": sc.simulation.model_copy(update={"max_time_s": stop})}))
+    arrivals = full.result.requests["arrival_s"].to_numpy()
+    expected_cut = int((arrivals >= stop).sum())
+    assert 0 < expected_cut < len(arrivals)
+    req = cut.result.requests
+    assert len(req) == len(arrivals) - expected_cut
+    assert (req["arrival_s"] < stop).all()
+    s = summarise(cut.result, sc.slo)
+    assert s["not_arrived"] == expected_cut
+    assert s["num_requests"] + s["warmup_requests"] + s["not_arrived"] == len(arrivals)
+    # Only requests that arrived and were still in flight at the stop are unfinished.
+    assert s["unfinished"] == int(req["finish_s"].isna().sum())
+    assert s["unfinished"] < 10
+    # A run that is not cut reports nothing cut.
+    assert summarise(full.result, sc.slo)["not_arrived"] == 0
+
+
+def test_max_time_counts_closed_loop_requests_never_issued() -> None:
+    sc = tiny_scenario("vllm", seed=1, qps=4.0, n=200, replicas=1, router="round-robin", kv_tokens_budget=False)
+    data = sc.model_dump()
+    data["workload"].update(arrival="closed-loop", concurrency=4, qps=None)
+    data["simulation"]["max_time_s"] = 2.0
+    out = simulate(Scenario.model_validate(data))
+    assert out.result.info.not_arrived == 200 - len(out.result.requests) > 0

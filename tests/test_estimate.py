@@ -69,7 +69,10 @@ def test_long_prompt_batch_is_compute_bound_in_prefill():
 def test_estimate_function_single_output_token():
     system = build_system(Scenario(model="llama-2-7b", deployment=DeploymentConfig(device="a100-80gb-sxm")))
     est = estimate(system, batch=2, prompt=100, output=1)
-    assert est.tpot_s == 0.0 and est.decode_s == 0.0
+    # No decode step exists: no TPOT, no decode bound or utilisation (None, not a 0 ms TPOT).
+    assert est.tpot_s is None and est.first_decode_step_s is None and est.decode_bound is None
+    assert est.mfu_decode is None and est.mbu_decode is None and est.decode_s == 0.0
+    assert est.bound == est.prefill_bound
     assert est.e2e_s == est.prefill_s == est.ttft_s
 
 
@@ -92,3 +95,41 @@ def test_estimate_bad_input(args, fragment):
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output and "internal error" not in result.output
     assert fragment in " ".join(result.stderr.split())
+
+
+def test_one_output_token_shows_no_decode_instead_of_a_zero_tpot():
+    doc = run_json("--output", "1")
+    assert doc["tpot_s"] is None and doc["first_decode_step_s"] is None and doc["mfu_decode"] is None
+    table = CliRunner().invoke(app, ["estimate", "--output", "1"])
+    assert table.exit_code == 0, table.output
+    flat = " ".join(table.stdout.split())
+    assert "0.00 ms" not in flat and "one output token: no decode" in flat
+
+
+@pytest.mark.parametrize(
+    ("args", "cause"),
+    [
+        (["--batch", "100000"], "prefilled together does not fit"),  # the prefill's activations leave no KV room
+        (["--batch", "300", "--prompt", "2048", "--output", "2048"], "tokens of KV cache"),  # used to exit 0
+    ],
+)
+def test_a_batch_that_does_not_fit_exits_2_and_names_the_largest_batch_that_does(args, cause):
+    result = CliRunner().invoke(app, ["estimate", *args])
+    assert result.exit_code == 2, result.output
+    flat = " ".join(result.stderr.split())
+    assert "error: --batch:" in flat and cause in flat
+    largest = int(flat.split("use --batch ")[1].split()[0])
+    assert 1 <= largest < int(args[1])
+    prompt = args[args.index("--prompt") + 1] if "--prompt" in args else "1024"
+    output = args[args.index("--output") + 1] if "--output" in args else "256"
+    fits = run_json("--batch", str(largest), "--prompt", prompt, "--output", output)
+    assert fits["fits"] is True  # the suggestion works ...
+    again = CliRunner().invoke(app, ["estimate", "--batch", str(largest + 1), "--prompt", prompt, "--output", output])
+    assert again.exit_code == 2  # ... and is the largest
+
+
+def test_a_model_too_large_for_any_batch_still_suggests_more_gpus_not_a_batch():
+    result = CliRunner().invoke(app, ["estimate", "--model", "llama-2-70b", "--device", "a100", "--batch", "8"])
+    assert result.exit_code == 2
+    flat = " ".join(result.stderr.split())
+    assert "short by" in flat and "use --batch" not in flat

@@ -170,3 +170,14 @@ def test_calibrated_devices_fall_back_to_hardware_peaks():
     prompts = np.array([10, 500, 3000])
     for a, b in zip(calibrated.floors(prompts), plain.floors(prompts), strict=True):
         assert (a < b).all() and (a > 0).all()
+
+
+def test_requests_arriving_after_max_time_are_not_counted_by_the_rules():
+    """The rules prove slo_met is False over the requests the summary measures: not those cut by max_time_s."""
+    sc = scenario(qps=8.0, n=400)
+    sc = Scenario.model_validate({**sc.model_dump(), "simulation": {"num_requests": 400, "max_time_s": 10.0}})
+    verdict = check(sc, build_system(sc))
+    summary = summarise(simulate(sc).result, sc.slo)
+    assert summary["not_arrived"] > 0
+    assert verdict.measured == summary["num_requests"]
+    assert verdict.needed == needed_count(sc.slo.attainment, summary["num_requests"])

@@ -16,12 +16,14 @@ with the closest names suggested.
 from __future__ import annotations
 
 import difflib
+import math
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from capsim.registry import Registry
+from capsim.types import Count, OptionalCount
 from traces import servegen  # noqa: F401  (registers arrival 'servegen')
 from traces.arrivals import ARRIVAL_PARAMETERS, ARRIVALS
 from traces.catalog import SHIPPED_TRACES
@@ -59,19 +61,19 @@ class LengthConfig(_Strict):
     """
 
     dist: str = Field("fixed", description="distribution name: fixed, uniform, normal, lognormal, zipf, empirical")
-    value: int | None = Field(None, ge=1, description="fixed: the length of every request, tokens")
-    low: int | None = Field(None, ge=1, description="uniform: smallest length, tokens (inclusive)")
-    high: int | None = Field(None, ge=1, description="uniform: largest length, tokens (inclusive)")
+    value: OptionalCount = Field(None, ge=1, description="fixed: the length of every request, tokens")
+    low: OptionalCount = Field(None, ge=1, description="uniform: smallest length, tokens (inclusive)")
+    high: OptionalCount = Field(None, ge=1, description="uniform: largest length, tokens (inclusive)")
     mean: float | None = Field(
         None, gt=0, description="normal/lognormal: mean length, tokens (lognormal: of the lengths, not their log)"
     )
     std: float | None = Field(None, ge=0, description="normal/lognormal: standard deviation of the length, tokens")
-    min: int | None = Field(None, ge=1, description="normal/lognormal/zipf: smallest length, tokens (default 1)")
-    max: int | None = Field(
+    min: OptionalCount = Field(None, ge=1, description="normal/lognormal/zipf: smallest length, tokens (default 1)")
+    max: OptionalCount = Field(
         None, ge=1, description="normal/lognormal: largest length (truncation); zipf: required upper bound"
     )
     a: float | None = Field(None, gt=0, description="zipf: exponent, P(k) proportional to k^-a")
-    values: list[int] | None = Field(None, description="empirical: observed lengths to resample, tokens")
+    values: list[Count] | None = Field(None, description="empirical: observed lengths to resample, tokens")
     weights: list[float] | None = Field(
         None, description="empirical: relative weight of each entry of values (default equal)"
     )
@@ -140,10 +142,10 @@ class TraceConfig(_Strict):
     sample_fraction: float = Field(1.0, gt=0, le=1, description="keep this random fraction of the rows (seeded)")
     start_s: float | None = Field(None, ge=0, description="start of the replay window, seconds into the trace")
     duration_s: float | None = Field(None, gt=0, description="length of the replay window, seconds of trace time")
-    max_prompt_tokens: int | None = Field(
+    max_prompt_tokens: OptionalCount = Field(
         None, ge=1, description="clip longer prompts to this many tokens (e.g. the model's context window)"
     )
-    max_output_tokens: int | None = Field(None, ge=1, description="clip longer outputs to this many tokens")
+    max_output_tokens: OptionalCount = Field(None, ge=1, description="clip longer outputs to this many tokens")
 
     @field_validator("format")
     @classmethod
@@ -214,7 +216,7 @@ class WorkloadConfig(_Strict):
     cv: float = Field(
         1.0, gt=0, description="gamma: coefficient of variation of inter-arrival gaps (1 = Poisson, > 1 burstier)"
     )
-    concurrency: int | None = Field(
+    concurrency: OptionalCount = Field(
         None, ge=1, description="closed-loop: number of users, each with one request in flight"
     )
     think_time_s: float = Field(
@@ -237,6 +239,17 @@ class WorkloadConfig(_Strict):
     @classmethod
     def _arrival_known(cls, name: str) -> str:
         return _known(ARRIVALS, name, "arrival process")
+
+    @field_validator("qps")
+    @classmethod
+    def _finite_rate(cls, qps: float | None) -> float | None:
+        """An infinite rate would put every request at time 0 under a rate-based name; say how to ask for that."""
+        if qps is not None and not math.isfinite(qps):
+            raise ValueError(
+                "the rate must be a finite number of requests/s; to send every request at once use "
+                "arrival: closed-loop with concurrency equal to simulation.num_requests"
+            )
+        return qps
 
     @model_validator(mode="after")
     def _check_arrival_parameters(self) -> WorkloadConfig:

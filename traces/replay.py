@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +107,15 @@ def prepare_trace(frame: pd.DataFrame, cfg: TraceConfig, rng: np.random.Generato
         count = max(1, int(round(cfg.sample_fraction * len(rows))))
         rows = np.sort(rng.choice(rows, size=count, replace=False))
     if timed:
+        backwards = int(np.count_nonzero(np.diff(arrivals[rows]) < 0))
+        if backwards:
+            # Sorting is the only sensible reading, but a file out of order is often a sign of a bad merge or a
+            # wrong column: say so rather than reorder it without a word.
+            warnings.warn(
+                f"trace {label!r}: {backwards} arrival time(s) are earlier than the row before them; the requests "
+                "are replayed sorted by arrival time",
+                stacklevel=2,
+            )
         rows = rows[np.argsort(arrivals[rows], kind="stable")]
     out = frame.iloc[rows].reset_index(drop=True)
     if timed:

@@ -94,7 +94,7 @@ def register(app: typer.Typer) -> None:
         device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
         quick: Annotated[bool, typer.Option("--quick", help="Tiny sweep (< 1 minute on a laptop CPU).")] = False,
         backend: Annotated[str, typer.Option(help="auto (torch when installed, else numpy), numpy (CPU only) or "
-                                             "torch (pip install 'capsim[torch]'; a CUDA build for --device "
+                                             "torch (pip install 'capsim\\[torch]'; a CUDA build for --device "  # markup escape for "["
                                              "cuda).")] = "auto",
         label: Annotated[str | None, typer.Option(help="Device id to record (e.g. h100-sxm); default: "
                                                   "'cpu' or 'cuda:<GPU name>'.")] = None,

@@ -22,13 +22,74 @@ from capsim.errors import CapsimError
 from simulator.config.schema import Scenario, ScenarioFile
 
 
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A key that appears twice in one YAML mapping, with the lines of both."""
+
+    def __init__(self, key: Any, first_line: int, second_line: int, mark: yaml.Mark):
+        self.key, self.first_line, self.second_line = key, first_line, second_line
+        super().__init__(None, None, f"duplicate key {key!r}", mark)
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key repeated in one mapping is an error.
+
+    Why: plain YAML loaders keep the last of two equal keys, so a file with ``deployment:`` twice validates
+    with the second section and the first silently vanishes -- the user's intended values are never used.
+    Keys brought in by a ``<<:`` merge may still be overridden, which is what merging is for.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    if key in seen:
+                        raise DuplicateKeyError(key, seen[key], line, key_node.start_mark)
+                    seen[key] = line
+                except TypeError:
+                    continue  # an unhashable key: the base loader reports it
+        return super().construct_mapping(node, deep=deep)
+
+
+def _read_utf8(p: Path) -> str:
+    """The text of ``p``; a file that cannot be read, or is not UTF-8, is a user error naming the line."""
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise CapsimError(f"cannot read the file ({exc.strerror})", where=str(p), fix="check its permissions") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise CapsimError(
+            f"not UTF-8 text (byte 0x{raw[exc.start]:02x}); a binary file or another encoding",
+            where=f"{p} line {line}",
+            fix="save the scenario as UTF-8 (e.g. `iconv -f latin1 -t utf-8`), or check that the path names a YAML file",
+        ) from None
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Parse a YAML mapping, with a clear error for a missing file or bad syntax."""
+    """Parse a YAML mapping, with a clear error for a missing file, bad syntax or a repeated key."""
     p = Path(path)
+    if p.is_dir():
+        raise CapsimError(f"{str(p)!r} is a directory, not a scenario file", where="scenario",
+                          fix="give the path of a .yaml file (e.g. scenarios/quickstart.yaml)")
     if not p.is_file():
         raise CapsimError(f"no such file {str(p)!r}", where="scenario", fix="check the path")
+    text = _read_utf8(p)
     try:
-        data = yaml.safe_load(p.read_text())
+        data = yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 -- a SafeLoader subclass
+    except DuplicateKeyError as exc:
+        raise CapsimError(
+            f"key {exc.key!r} appears twice in one section (lines {exc.first_line} and {exc.second_line}); "
+            "only one of them would be used",
+            where=f"{p} line {exc.second_line}",
+            fix="keep one of the two, merging what both say",
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -37,7 +98,11 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
             f"malformed YAML ({problem})", where=f"{p}{line}", fix="fix the YAML syntax (indentation, colons, quotes)"
         ) from None
     if data is None:
-        data = {}
+        raise CapsimError(
+            "the file is empty (nothing but blanks or comments)",
+            where=str(p),
+            fix="write at least a workload, e.g. 'workload: {qps: 4}', or start from a copy of scenarios/quickstart.yaml",
+        )
     if not isinstance(data, dict):
         raise CapsimError(
             f"expected a mapping of sections (model:, deployment:, ...), got {type(data).__name__}",
@@ -184,7 +249,7 @@ def validation_error(exc: ValidationError, source: str, model: type[BaseModel] =
     lines = []
     for err in exc.errors()[:5]:
         loc = _format_loc(tuple(err.get("loc", ())))
-        msg = err.get("msg", "invalid")
+        msg = err.get("msg", "invalid").removeprefix("Value error, ")
         if err.get("type") == "extra_forbidden":
             msg = _unknown_field_message(model, tuple(err.get("loc", ())))
         elif "input" in err and err.get("type") not in ("missing",):

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from capsim.types import Count, OptionalCount
 from simulator.metrics.slo import SLOConfig
 from traces.config import WorkloadConfig
 
@@ -30,9 +31,9 @@ class DeploymentConfig(BaseModel):
     device: str | dict[str, Any] = Field(
         "h100-sxm", description="Catalog device id (`capsim list devices`) or an inline device definition."
     )
-    num_replicas: int = Field(1, gt=0, description="Independent model replicas behind the router.")
-    tp: int = Field(1, gt=0, description="Tensor-parallel degree: GPUs that split every layer.")
-    pp: int = Field(1, gt=0, description="Pipeline-parallel degree: stages that split the layers.")
+    num_replicas: Count = Field(1, gt=0, description="Independent model replicas behind the router.")
+    tp: Count = Field(1, gt=0, description="Tensor-parallel degree: GPUs that split every layer.")
+    pp: Count = Field(1, gt=0, description="Pipeline-parallel degree: stages that split the layers.")
     weight_dtype: str = Field("bf16", description="Weight format: fp32, bf16, fp16, fp8, int8 or int4.")
     kv_dtype: str = Field("bf16", description="KV-cache format: bf16, fp16, fp8 or int8.")
     activation_dtype: str = Field("bf16", description="Activation format (bf16 or fp16).")
@@ -45,7 +46,7 @@ class DeploymentConfig(BaseModel):
         description="GPU memory per GPU held back for activations and workspace; "
         "None estimates it from the scheduler's token and sequence budgets.",
     )
-    block_size: int = Field(16, gt=0, description="Tokens per KV-cache block (vLLM --block-size).")
+    block_size: Count = Field(16, gt=0, description="Tokens per KV-cache block (vLLM --block-size).")
     calibration: Literal["profile", "datasheet"] = Field(
         "profile",
         description="How kernels are priced: 'profile' uses the device's calibrated profile (fitted to measured "
@@ -99,20 +100,28 @@ class SimulationConfig(BaseModel):
 
     model_config = STRICT
 
-    num_requests: int | None = Field(
+    num_requests: OptionalCount = Field(
         1000, gt=0, description="Requests to generate or replay (None: all of a trace, or until duration_s)."
     )
     duration_s: float | None = Field(
-        None, gt=0, description="Stop generating arrivals after this many seconds (with or instead of num_requests)."
+        None,
+        gt=0,
+        allow_inf_nan=False,
+        description="Stop generating arrivals after this many seconds (with or instead of num_requests).",
     )
     warmup_s: float = Field(
-        0.0, ge=0, description="Requests arriving before this time are simulated but excluded from the statistics."
+        0.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="Requests arriving before this time are simulated but excluded from the statistics.",
     )
     max_time_s: float | None = Field(
         None,
         gt=0,
+        allow_inf_nan=False,
         description="Stop the simulation at this simulated time even if requests are unfinished "
-        "(they count as SLO misses). None runs until every request finishes.",
+        "(arrived requests count as SLO misses; requests not yet arrived are left out and counted as "
+        "not_arrived). None runs until every request finishes.",
     )
     oversized: Literal["error", "drop"] = Field(
         "error",
@@ -128,7 +137,7 @@ class Scenario(BaseModel):
 
     name: str = Field("scenario", description="Label used in tables and output files.")
     description: str = Field("", description="Free text.")
-    seed: int = Field(0, ge=0, description="Seed of every random draw; same seed, same results.")
+    seed: Count = Field(0, ge=0, description="Seed of every random draw; same seed, same results.")
     model: str | dict[str, Any] = Field(
         "llama-3.1-8b", description="Catalog model id (`capsim list models`) or an inline model definition."
     )

@@ -216,6 +216,9 @@ class RunInfo:
     warmup_s: float  # requests arriving before this are excluded from latency stats
     wall_time_s: float
     sim_end_s: float
+    # Requests of the workload that had not arrived when simulation.max_time_s stopped the run: left out of the
+    # records and of every statistic (they were never part of what was measured), but counted so a cut is visible.
+    not_arrived: int = 0
 
     @property
     def num_gpus(self) -> int:

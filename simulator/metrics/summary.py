@@ -7,7 +7,9 @@ reuse), and a run with nothing to measure gives NaN values rather than an except
 Metric definitions
 ------------------
 *Measured requests* are those with ``arrival_s ≥ warmup_s``; requests arriving during warm-up (while queues and
-batches are still filling from empty) are left out of every latency and SLO statistic.
+batches are still filling from empty) are left out of every latency and SLO statistic. When
+``simulation.max_time_s`` stops a run before the workload's last arrival, the requests that had not arrived are not
+in the records at all; ``not_arrived`` counts them.
 
 * **TTFT** (time to first token) = first_token − arrival, over measured requests that produced a first token.
 * **TBT** (time between tokens) = each gap between consecutive output tokens of a request, one sample per gap, from
@@ -81,6 +83,7 @@ SUMMARY_KEYS: dict[str, str] = {
     "completed": "measured requests that finished",
     "unfinished": "measured requests not finished when the simulation stopped",
     "warmup_requests": "requests that arrived during warm-up (excluded from statistics)",
+    "not_arrived": "requests not yet arrived when simulation.max_time_s stopped the run (not simulated, not measured)",
     **_latency_keys(),
     "window_start_s": "measurement window start: first measured arrival (s)",
     "window_end_s": "measurement window end: last measured finish (s)",
@@ -209,6 +212,7 @@ def summarise(result: SimulationResult, slo: SLOConfig | None = None) -> dict[st
         "completed": n_done,
         "unfinished": n - n_done,
         "warmup_requests": len(result.requests) - n,
+        "not_arrived": int(info.not_arrived),
     }
     for m in ("ttft", "tpot", "e2e", "queue"):
         out.update(_sample_stats(m, lat[f"{m}_s"].to_numpy()))

@@ -126,7 +126,8 @@ def _totals_table(summary: Mapping[str, Any]) -> Table:
     table.add_column("value", justify="right")
     g = summary.get
     rows = [
-        ("requests (finished / unfinished)", f"{g('completed', DASH)} / {g('unfinished', DASH)}"),
+        ("requests (finished / unfinished)", f"{g('completed', DASH)} / {g('unfinished', DASH)}"
+         + (f" ({g('not_arrived')} not arrived by max_time_s, left out)" if g("not_arrived") else "")),
         ("throughput (req/s)", fmt_number(g("throughput_rps"))),
         ("input / output tokens/s", f"{fmt_number(g('input_tps'))} / {fmt_number(g('output_tps'))}"),
         ("SLO attainment (target)", f"{fmt_attainment(summary)} ({fmt_percent(g('slo_target_attainment'))})"),

@@ -12,45 +12,18 @@ the catalog can be given inline in a scenario with the same fields
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping
 from typing import Any
 
 from pydantic import ValidationError
 
-from capsim.catalog import load_catalog, read_catalog_yaml, registry_of
+from capsim.catalog import load_catalog, read_catalog_yaml, registry_of, spec_validation_error
 from capsim.errors import CapsimError
 from capsim.registry import Registry
 from simulator.models.spec import ModelSpec
 
 CATALOG_FILE = "catalog.yaml"
 _CATALOG_WHERE = f"simulator/models/{CATALOG_FILE}"
-
-
-def _from_validation_error(err: ValidationError, where: str, what: str) -> CapsimError:
-    """Turn pydantic's report into one CapsimError naming the first bad field."""
-    errors = err.errors()
-    # A misspelt key also makes the intended key "missing"; report the misspelling.
-    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
-    loc = ".".join(str(part) for part in first["loc"])
-    place = f"{where}.{loc}" if loc else where
-    message = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
-        bad = str(first["loc"][-1])
-        close = difflib.get_close_matches(bad, ModelSpec.model_fields, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        fields = ", ".join(sorted(ModelSpec.model_fields))
-        return CapsimError(
-            f"unknown {what} field {bad!r}",
-            where=place,
-            fix=f"{hint}known fields: {fields}",
-        )
-    extra = f" (and {err.error_count() - 1} more problem(s))" if err.error_count() > 1 else ""
-    return CapsimError(
-        f"invalid {what}: {message}{extra}",
-        where=place,
-        fix="correct the value; see the field descriptions in simulator/models/spec.py",
-    )
 
 
 def model_from_dict(data: Mapping[str, Any], *, where: str = "model") -> ModelSpec:
@@ -68,7 +41,10 @@ def model_from_dict(data: Mapping[str, Any], *, where: str = "model") -> ModelSp
     try:
         return ModelSpec.model_validate(dict(data))
     except ValidationError as err:
-        raise _from_validation_error(err, where, "model") from None
+        raise spec_validation_error(
+            err, ModelSpec, where=where, what="model", doc="simulator/models/spec.py",
+            derived={"head_dim": "hidden_size / num_heads"},
+        ) from None
 
 
 def load_model_catalog() -> dict[str, ModelSpec]:

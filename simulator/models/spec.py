@@ -21,6 +21,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from capsim.registry import normalise_name
+from capsim.types import Count, Flag
 
 _NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
@@ -46,52 +47,52 @@ class ModelSpec(BaseModel):
         default="",
         description="URL of the config.json (or paper) the numbers were copied from.",
     )
-    num_layers: int = Field(gt=0, description="L: transformer blocks (num_hidden_layers).")
-    hidden_size: int = Field(gt=0, description="d: residual stream width.")
-    num_heads: int = Field(gt=0, description="h: query heads (num_attention_heads).")
-    num_kv_heads: int = Field(
+    num_layers: Count = Field(gt=0, description="L: transformer blocks (num_hidden_layers).")
+    hidden_size: Count = Field(gt=0, description="d: residual stream width.")
+    num_heads: Count = Field(gt=0, description="h: query heads (num_attention_heads).")
+    num_kv_heads: Count = Field(
         gt=0,
         description="h_kv: key/value heads; = h for MHA, 1 for MQA, in between for GQA.",
     )
-    head_dim: int = Field(gt=0, description="d_h: width of one head; defaults to hidden_size / num_heads.")
-    ffn_size: int = Field(gt=0, description="f: MLP intermediate size; for MoE the size of ONE expert.")
-    vocab_size: int = Field(gt=0, description="V: rows of the embedding and LM-head matrices.")
+    head_dim: Count = Field(gt=0, description="d_h: width of one head; defaults to hidden_size / num_heads.")
+    ffn_size: Count = Field(gt=0, description="f: MLP intermediate size; for MoE the size of ONE expert.")
+    vocab_size: Count = Field(gt=0, description="V: rows of the embedding and LM-head matrices.")
     mlp: Literal["gated", "plain"] = Field(
         description="'gated' (SwiGLU/GeGLU: up, gate, down = 3 matrices) or 'plain' (GELU/ReLU: up, down = 2 matrices)."
     )
-    num_experts: int = Field(default=1, gt=0, description="E: MLP experts per layer (1 = dense).")
-    experts_per_token: int = Field(default=1, gt=0, description="k: experts each token is routed to.")
-    tied_embeddings: bool = Field(
+    num_experts: Count = Field(default=1, gt=0, description="E: MLP experts per layer (1 = dense).")
+    experts_per_token: Count = Field(default=1, gt=0, description="k: experts each token is routed to.")
+    tied_embeddings: Flag = Field(
         default=False,
         description="True when the LM head shares the input embedding matrix.",
     )
-    learned_positions: int = Field(
+    learned_positions: Count = Field(
         default=0,
         ge=0,
         description="Rows of a learned absolute position table (OPT: 2048 + 2); "
         "0 for RoPE/ALiBi models. Counted in the parameters only.",
     )
-    rotary: bool = Field(
+    rotary: Flag = Field(
         default=True,
         description="Rotary position embedding (RoPE) applied to q and k in every layer; false for ALiBi "
         "models (BLOOM). Models with learned_positions > 0 have no RoPE whatever this says. "
         "Only the cost model's rope operator reads it (no parameters).",
     )
-    max_context: int = Field(gt=0, description="Longest sequence the model supports (tokens).")
+    max_context: Count = Field(gt=0, description="Longest sequence the model supports (tokens).")
     norm: Literal["rmsnorm", "layernorm"] = Field(
         description="Normalisation: rmsnorm has a weight vector, layernorm weight and bias."
     )
-    attn_bias: bool = Field(
+    attn_bias: Flag = Field(
         default=False,
         description="Bias vectors on the Q, K and V projections (Qwen2, OPT, BLOOM). "
         "Tiny; kept only so parameter counts match the model card.",
     )
-    dense_bias: bool = Field(
+    dense_bias: Flag = Field(
         default=False,
         description="Bias vectors on the attention output projection and every MLP matrix "
         "(OPT, BLOOM: 'bias everywhere'). Qwen2 has attn_bias but not this.",
     )
-    parallel_attention: bool = Field(
+    parallel_attention: Flag = Field(
         default=False,
         description="Attention and MLP read the same normalised input (GPT-J/Falcon). "
         "Same GEMM FLOPs and bytes as the sequential block; the cost model charges one "

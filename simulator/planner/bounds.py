@@ -299,6 +299,8 @@ def check(scenario: Scenario, system: System, bounds: CostBounds | None = None) 
     slo = scenario.slo
     stream = servable_stream(scenario, system)
     measured = stream.arrival_s >= scenario.simulation.warmup_s
+    if scenario.simulation.max_time_s is not None:  # arrivals after the stop are not measured (engine.simulate)
+        measured &= stream.arrival_s < scenario.simulation.max_time_s
     arrival = stream.arrival_s[measured]
     prompt = stream.prompt_tokens[measured]
     output = stream.output_tokens[measured].astype(np.float64)

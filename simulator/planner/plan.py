@@ -77,9 +77,16 @@ def load_plan(path: str | Path, overrides: list[str] | None = None) -> tuple[Pla
             where=f"{source} (workload.arrival)",
             fix="plan with an open-loop arrival process that takes qps: poisson, gamma, constant or trace",
         )
-    if isinstance(target, (int, float)) and not isinstance(target, bool) and (
-        workload is None or (isinstance(workload, dict) and workload.get("qps") is None)
-    ):
+    if not (isinstance(target, (int, float)) and not isinstance(target, bool) and math.isfinite(target) and target > 0):
+        # Reported here, once: the target becomes every candidate's workload.qps, so validating the file with a bad
+        # target would blame workload.qps as well (or say that the workload lacks a rate).
+        raise CapsimError(
+            "a plan needs target_rps, a positive finite request rate (req/s)"
+            + (f", got {target!r}" if target is not None else ""),
+            where=f"{source} (target_rps)",
+            fix="set target_rps to the rate the deployment must sustain, e.g. target_rps: 12 (or --set target_rps=12)",
+        )
+    if workload is None or (isinstance(workload, dict) and workload.get("qps") is None):
         set_path(data, "workload.qps", target)  # the rate is the planner's to set
     plan = validate_as(PlanFile, data, source)
     base = {k: v for k, v in data.items() if k not in PLAN_KEYS}

@@ -28,6 +28,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from capsim.types import Count, Flag
 from simulator.config.schema import Scenario
 from simulator.metrics.summary import SUMMARY_KEYS
 from simulator.sweep.schema import check_zip
@@ -93,7 +94,7 @@ class RateSearch(BaseModel):
         "'at least high' (default: target_rps x 16)."
     )
     rel_tol: float = Field(0.05, gt=0, lt=1, description="Stop bisecting when (bad rate / good rate - 1) <= rel_tol.")
-    max_sims: int = Field(12, ge=1, description="Most simulations per candidate (analytically decided rates are free).")
+    max_sims: Count = Field(12, ge=1, description="Most simulations per candidate (analytically decided rates are free).")
     growth: float = Field(2.0, gt=1, description="Factor between successive rates while bracketing.")
     min_probe_s: float | None = Field(
         60.0,
@@ -103,7 +104,7 @@ class RateSearch(BaseModel):
         "a second, so a probe of a few seconds ends before the backlog breaks the SLO and overstates the "
         "sustainable rate; null keeps num_requests as given.",
     )
-    below_target: bool = Field(
+    below_target: Flag = Field(
         True,
         description="Also search the goodput of candidates that miss the target rate (for the goodput plot); "
         "false stops at the first failing probe, saving simulations.",

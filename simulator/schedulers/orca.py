@@ -14,18 +14,19 @@ from typing import Literal
 
 from pydantic import Field
 
+from capsim.types import Count
 from simulator.kvcache import blocks_for
 from simulator.schedulers.base import SCHEDULERS, Plan, Scheduler, SchedulerParams
 
 
 class OrcaParams(SchedulerParams):
-    max_batch_size: int = Field(256, gt=0, description="Most sequences in one iteration.")
+    max_batch_size: Count = Field(256, gt=0, description="Most sequences in one iteration.")
     kv_reservation: Literal["max-context", "request"] = Field(
         "max-context",
         description="KV reserved per admitted request: the model's maximum context (Orca as published) "
         "or exactly prompt + output tokens (an oracle that knows output lengths).",
     )
-    max_batch_tokens_hint: int = Field(
+    max_batch_tokens_hint: Count = Field(
         8192, gt=0, description="Largest iteration (tokens) to size the activation reserve for."
     )
 

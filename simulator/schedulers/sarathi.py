@@ -13,13 +13,14 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
+from capsim.types import Count
 from simulator.kvcache import blocks_for
 from simulator.schedulers.base import SCHEDULERS, Plan, PrefillChunk, Scheduler, SchedulerParams
 
 
 class SarathiParams(SchedulerParams):
-    max_num_seqs: int = Field(256, gt=0, description="Most sequences in the batch.")
-    chunk_size: int = Field(
+    max_num_seqs: Count = Field(256, gt=0, description="Most sequences in the batch.")
+    chunk_size: Count = Field(
         512, gt=0, description="Token budget per iteration (decode tokens + prefill chunk tokens)."
     )
     watermark: float = Field(0.01, ge=0, lt=1, description="Fraction of KV blocks kept free when admitting.")

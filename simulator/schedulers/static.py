@@ -12,13 +12,14 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from capsim.types import Count
 from simulator.kvcache import blocks_for
 from simulator.schedulers.base import EMPTY_IDS, SCHEDULERS, Plan, PrefillChunk, Scheduler, SchedulerParams
 
 
 class StaticParams(SchedulerParams):
-    batch_size: int = Field(16, gt=0, description="Requests per static batch.")
-    max_prompt_hint: int = Field(
+    batch_size: Count = Field(16, gt=0, description="Requests per static batch.")
+    max_prompt_hint: Count = Field(
         2048, gt=0, description="Padded prompt length to size the activation reserve for."
     )
 

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from capsim.types import Count
 from simulator.kvcache import blocks_for
 from simulator.schedulers.base import EMPTY_IDS, SCHEDULERS, Plan, Scheduler, SchedulerParams
 
 
 class VllmParams(SchedulerParams):
-    max_num_seqs: int = Field(256, gt=0, description="Most sequences in one batch (vLLM --max-num-seqs).")
-    max_num_batched_tokens: int = Field(
+    max_num_seqs: Count = Field(256, gt=0, description="Most sequences in one batch (vLLM --max-num-seqs).")
+    max_num_batched_tokens: Count = Field(
         8192,
         gt=0,
         description="Most prompt tokens in one prefill iteration (vLLM --max-num-batched-tokens); "

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from capsim.errors import TraceFormatError
 from traces.loaders import azure, generic_csv, generic_jsonl, mooncake, vidur  # noqa: F401  (registration)
-from traces.loaders.common import FRAME_COLUMNS, TRACE_FORMATS, TraceFormat
+from traces.loaders.common import FRAME_COLUMNS, TRACE_FORMATS, TraceFormat, require_file
 
 __all__ = ["FRAME_COLUMNS", "TRACE_FORMATS", "TraceFormat", "detect_format", "load_file"]
 
@@ -58,8 +57,7 @@ def detect_format(path: str | Path) -> str:
     files are both ``.csv`` but need different parsing of the arrival column.
     """
     path = Path(path)
-    if not path.is_file():
-        raise TraceFormatError("file not found", where=str(path), fix="check workload.trace.path")
+    require_file(path)
     kind = _container(path)
     names = _first_names(path, kind)
     for name in TRACE_FORMATS.names():
@@ -77,8 +75,7 @@ def load_file(path: str | Path, format: str = "auto", columns: object = None) ->
     mapping selects the generic format of the file's container).
     """
     path = Path(path)
-    if not path.is_file():
-        raise TraceFormatError("file not found", where=str(path), fix="check workload.trace.path")
+    require_file(path)
     if format != "auto":
         name = TRACE_FORMATS.canonical(format)
     elif columns:  # a column mapping only makes sense for the generic formats

@@ -78,6 +78,27 @@ def missing_columns_error(path: Path, needed: Sequence[str], have: Sequence[str]
     )
 
 
+def require_file(path: Path) -> None:
+    """Refuse a path that is missing or a directory before any loader opens it."""
+    if path.is_dir():
+        raise TraceFormatError(
+            "is a directory, not a trace file", where=str(path), fix="point workload.trace.path at a CSV or JSONL file"
+        )
+    if not path.is_file():
+        raise TraceFormatError("file not found", where=str(path), fix="check workload.trace.path")
+
+
+def not_text_error(path: Path, exc: UnicodeDecodeError) -> TraceFormatError:
+    """The error for a trace that is not UTF-8 text (a binary file, or another encoding)."""
+    return TraceFormatError(
+        f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}): a binary file, or text in "
+        "another encoding",
+        where=str(path),
+        fix="a trace is a UTF-8 CSV or JSONL file; convert it (e.g. `iconv -f latin1 -t utf-8`) or check that "
+        "workload.trace.path names the trace",
+    )
+
+
 # --------------------------------------------------------------------------- reading
 
 
@@ -89,7 +110,9 @@ def read_csv_table(path: Path) -> pd.DataFrame:
         raise TraceFormatError("file not found", where=str(path), fix="check the trace path") from exc
     except pd.errors.EmptyDataError as exc:
         raise TraceFormatError("file is empty", where=str(path), fix="point at a CSV with a header row") from exc
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
+        raise not_text_error(path, exc) from None
+    except pd.errors.ParserError as exc:
         raise TraceFormatError(f"cannot parse as CSV: {exc}", where=str(path)) from exc
     frame.columns = [str(c).strip() for c in frame.columns]
     if frame.empty:
@@ -111,7 +134,11 @@ def read_jsonl_records(path: Path) -> tuple[list[dict], np.ndarray]:
     except FileNotFoundError as exc:
         raise TraceFormatError("file not found", where=str(path), fix="check the trace path") from exc
     with handle:
-        for number, text in enumerate(handle, start=1):
+        try:
+            numbered = list(enumerate(handle, start=1))
+        except UnicodeDecodeError as exc:
+            raise not_text_error(path, exc) from None
+        for number, text in numbered:
             if not text.strip():
                 continue
             try:
