@@ -45,6 +45,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from capsim.errors import CapsimError
+from capsim.types import Count, Flag, OptionalCount
 from simulator.costmodel import features as F
 from simulator.costmodel.features import BatchShape
 from simulator.costmodel.iteration import DecodeRun, IterationCost, IterationCostModel, OperatorShapes
@@ -79,24 +80,24 @@ class SpeculativeParams(TechniqueParams):
         None, description="Catalog id of a separate device the draft model runs on (drafter: model); None: "
         "the replica's own GPUs, time-shared with verification."
     )
-    draft_tp: int | None = Field(
+    draft_tp: OptionalCount = Field(
         None, gt=0, description="Tensor-parallel degree of the draft model (default: the deployment's tp on "
         "the same GPUs, 1 on a separate device)."
     )
-    overlap: bool = Field(
+    overlap: Flag = Field(
         False, description="Draft and verify run concurrently (PEARL's pre-/post-verify): a round takes the "
         "longer of the two instead of their sum. Needs a separate draft_device."
     )
-    head_layers: int = Field(1, ge=1, le=8, description="Decoder layers of an EAGLE-style head (drafter: eagle).")
+    head_layers: Count = Field(1, ge=1, le=8, description="Decoder layers of an EAGLE-style head (drafter: eagle).")
     skip_fraction: float = Field(
         0.5, gt=0, lt=1, description="Fraction of the target's layers the self-draft skips (drafter: layer-skip)."
     )
     ngram_cost_s: float = Field(
         0.0, ge=0, description="CPU seconds per round to build n-gram / retrieval drafts (drafter: ngram)."
     )
-    k: int = Field(4, ge=1, le=16, description="Tokens drafted per round (chain length K); the maximum K for "
+    k: Count = Field(4, ge=1, le=16, description="Tokens drafted per round (chain length K); the maximum K for "
                    "the threshold and goodput policies; the number of Medusa heads.")
-    tree: list[int] | None = Field(
+    tree: list[Count] | None = Field(
         None, description="A token tree instead of a chain: candidates per level, e.g. [4, 2, 1] (each accepted "
         "node's children at the next level); verification covers all its nodes (SpecInfer, Sequoia, Medusa)."
     )
