@@ -246,3 +246,22 @@ def test_planner_does_not_prune_with_speculation_on():
     verdict = check(sc, build_system(sc))
     assert verdict.possible and verdict.reason == TECHNIQUE
     assert not check(scenario(slo={"ttft_s": 1e-6}), build_system(scenario(slo={"ttft_s": 1e-6}))).possible
+
+
+def test_hierarchical_drafting_pays_off_most_at_long_context():
+    """TriForce's regime: the middle stage reads at most kv_budget tokens of KV per sequence, so at a 60k
+    context its drafting is cheap next to the target's full-cache verify; at a 1k context (below the
+    budget) the middle stage costs as much as a target step, and the gain is only that of stacked
+    speculation."""
+    tech = {"name": "speculative-decoding", "drafter": "hierarchical", "draft_model": "llama-68m", "k": 6,
+            "acceptance": 0.92, "inner_k": 4, "inner_acceptance": 0.7, "kv_budget": 4096}
+    sc = scenario([tech], model="llama-3.1-8b", device="h100-sxm")
+    system = build_system(sc)
+    bound = system.step.bind(simulate(sc).table, np.random.default_rng(0), system.cost_model())
+    plain = system.cost_model()
+    plan = bound.plan(np.arange(1))
+    speedup = {c: plan.tokens_per_step[0] * plain.decode_run(1, c, 1).first / bound.run(plan, 1, c, 1, 1.0).first
+               for c in (1_000, 16_000, 60_000, 120_000)}
+    values = list(speedup.values())
+    assert values == sorted(values)  # the longer the context, the more hierarchy pays
+    assert speedup[120_000] > 1.3 * speedup[1_000]

@@ -24,6 +24,8 @@ TECHNIQUE_VARIANTS = {
     "ngram-spread": {"name": SPEC, "drafter": "ngram", "k": 5, "acceptance": 0.6, "acceptance_concentration": 2.0},
     "skip-goodput": {"name": SPEC, "drafter": "layer-skip", "k": 4, "acceptance": 0.9, "policy": "goodput"},
     "all-accepted": {"name": SPEC, "drafter": "ngram", "k": 7, "acceptance": 1.0},
+    "triforce": {"name": SPEC, "drafter": "hierarchical", "draft_model": "llama-68m", "k": 5, "acceptance": 0.9,
+                 "kv_budget": 64, "draft_window": 32},
 }
 
 

@@ -29,6 +29,10 @@ How capsim prices it (everything through the cost model, nothing fitted to a pap
   the spread between requests comes from the per-request distribution).
 * **Memory**: a draft model's weights and its own KV per token reduce the KV capacity; verification
   needs ``q - 1`` spare slots per sequence during a round.
+* **Hierarchy** (TriForce): the target's weights over a ``kv_budget``-token sparse cache draft for the
+  target and are themselves speculated by a small model with a ``draft_window``-token cache; a round
+  costs ``K / tau_inner`` inner rounds (small-model steps + a middle verify at the capped context) plus
+  the target's verify at the full context.
 * **Policies**: ``fixed`` K; ``threshold`` -- the SpecDec++ stopping rule (draft while the predicted
   probability of at least one rejection stays below the threshold), applied to the batch's mean
   acceptance; ``goodput`` -- SmartSpec's choice of the K (0 = no speculation) that maximises expected
@@ -57,9 +61,9 @@ from simulator.requests import RequestTable
 from simulator.techniques.base import TECHNIQUES, MemoryTerms, Technique, TechniqueParams
 from simulator.techniques.context import BuildContext
 from simulator.techniques.presets import PRESETS
-from simulator.techniques.step import StepPlan, max_runs, scale_run, sum_runs
+from simulator.techniques.step import StepPlan, durations_run, max_runs, scale_run, sum_runs
 
-Drafter = Literal["model", "eagle", "medusa", "ngram", "layer-skip"]
+Drafter = Literal["model", "eagle", "medusa", "ngram", "layer-skip", "hierarchical"]
 
 
 class SpeculativeParams(TechniqueParams):
@@ -73,7 +77,8 @@ class SpeculativeParams(TechniqueParams):
         "model", description="Who proposes tokens: 'model' (a separate draft model, draft_model), 'eagle' "
         "(an autoregressive head of head_layers decoder layers reading the target's features), 'medusa' (k "
         "parallel heads, one pass per round), 'ngram' (prompt lookup / retrieval / token recycling: no model), "
-        "'layer-skip' (the target itself with skip_fraction of its layers skipped)."
+        "'layer-skip' (the target itself with skip_fraction of its layers skipped), 'hierarchical' (TriForce: "
+        "draft_model speculates for the target with a kv_budget sparse cache, which drafts for the target)."
     )
     draft_model: str | None = Field(None, description="Catalog id of the draft model (drafter: model).")
     draft_device: str | None = Field(
@@ -119,6 +124,18 @@ class SpeculativeParams(TechniqueParams):
         "the K in 0..k with the most expected tokens per second for the batch and context at hand."
     )
     threshold: float = Field(0.5, gt=0, lt=1, description="Stopping threshold of the 'threshold' policy.")
+    kv_budget: Count = Field(
+        4096, ge=1, description="Tokens of KV per sequence the middle stage attends (drafter: hierarchical; "
+        "TriForce's retrieval cache)."
+    )
+    inner_k: Count = Field(4, ge=1, le=16, description="Tokens draft_model proposes to the middle stage per inner "
+                           "round (drafter: hierarchical).")
+    inner_acceptance: float = Field(
+        0.7, gt=0, le=1, description="Acceptance of draft_model's tokens by the middle stage (drafter: hierarchical)."
+    )
+    draft_window: Count = Field(
+        256, ge=1, description="Tokens of context draft_model attends (a StreamingLLM window; drafter: hierarchical)."
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -132,10 +149,14 @@ class SpeculativeParams(TechniqueParams):
 
     @model_validator(mode="after")
     def _consistent(self):
-        if self.drafter == "model" and not self.draft_model:
-            raise ValueError("drafter 'model' needs draft_model (a catalog model id, e.g. llama-68m)")
-        if self.drafter != "model" and (self.draft_model or self.draft_device):
-            raise ValueError(f"draft_model and draft_device apply to drafter 'model', not {self.drafter!r}")
+        if self.drafter in ("model", "hierarchical") and not self.draft_model:
+            raise ValueError(f"drafter {self.drafter!r} needs draft_model (a catalog model id, e.g. llama-68m)")
+        if self.drafter not in ("model", "hierarchical") and self.draft_model:
+            raise ValueError(f"draft_model applies to drafters 'model' and 'hierarchical', not {self.drafter!r}")
+        if self.drafter != "model" and self.draft_device:
+            raise ValueError(f"draft_device applies to drafter 'model', not {self.drafter!r}")
+        if self.drafter == "hierarchical" and self.tree is not None:
+            raise ValueError("the hierarchical drafter drafts a chain; remove tree")
         if self.overlap and not self.draft_device:
             raise ValueError("overlap needs a separate draft_device: on the same GPUs draft and verify take turns")
         if self.tree is not None:
@@ -331,6 +352,62 @@ class _ModelDrafter(_Drafter):
         if not self.prefills or ptok == 0:
             return None
         return self.models(1).iteration_from_totals(ptok, logits, work, kv_read, 0, 0)
+
+
+def capped_run(model: IterationCostModel, n: int, c0: float, k: int, growth: float, cap: int) -> DecodeRun:
+    """A decode run whose sequences attend at most ``cap`` tokens each (a sparse or windowed cache): the
+    summed context grows until it reaches ``n * cap`` and stays there (mean-context approximation)."""
+    limit = float(n * cap)
+    if c0 >= limit:
+        return model.decode_run(n, limit, k, 0.0)
+    if c0 + growth * (k - 1) <= limit:
+        return model.decode_run(n, c0, k, growth)
+    below = int((limit - c0) // growth) + 1
+    a, b = model.decode_run(n, c0, below, growth), model.decode_run(n, limit, k - below, 0.0)
+    return durations_run(np.concatenate([a.all_durations(), b.all_durations()]))
+
+
+def capped_work(model: IterationCostModel, n: int, c0: float, k: int, growth: float, cap: int) -> tuple[float, float]:
+    limit = float(n * cap)
+    if c0 >= limit:
+        return model.decode_work(n, limit, k, 0.0)
+    if c0 + growth * (k - 1) <= limit:
+        return model.decode_work(n, c0, k, growth)
+    below = int((limit - c0) // growth) + 1
+    a, b = model.decode_work(n, c0, below, growth), model.decode_work(n, limit, k - below, 0.0)
+    return a[0] + b[0], a[1] + b[1]
+
+
+class _HierarchicalDrafter(_Drafter):
+    """TriForce (Sun et al. 2024): the target's own weights over a sparse KV cache of ``budget`` tokens per
+    sequence draft the K tokens the target verifies, and are themselves speculated by a small model with a
+    ``window``-token cache. Producing K tokens takes ``K / tau1`` inner rounds on average (``tau1`` the inner
+    chain's expected tokens), each ``inner_k`` small-model steps plus one middle pass verifying
+    ``inner_k + 1`` tokens per sequence: long contexts make the target's KV read dominate, and both inner
+    stages read little of it."""
+
+    def __init__(self, small: _ByTokens, middle: _ByTokens, p: SpeculativeParams):
+        self.small, self.middle, self.p = small, middle, p
+        self.tau1 = float(expected_tokens(RoundShape((1,) * p.inner_k), lambda j: p.inner_acceptance))
+
+    def round_run(self, shape, n, c0, k, growth):
+        p = self.p
+        small = scale_run(capped_run(self.small(1), n, c0, k, growth, p.draft_window), p.inner_k)
+        middle = capped_run(self.middle(p.inner_k + 1), n, c0, k, growth, p.kv_budget)
+        return scale_run(sum_runs([small, middle]), shape.depth / self.tau1)
+
+    def round_work(self, shape, n, c0, k, growth):
+        p = self.p
+        a = capped_work(self.small(1), n, c0, k, growth, p.draft_window)
+        b = capped_work(self.middle(p.inner_k + 1), n, c0, k, growth, p.kv_budget)
+        rounds = shape.depth / self.tau1
+        return rounds * (p.inner_k * a[0] + b[0]), rounds * (p.inner_k * a[1] + b[1])
+
+    def prime(self, prompts):
+        self.small(1).prime_lone_prefills(prompts)
+
+    def prefill(self, ptok, logits, work, kv_read):
+        return self.small(1).iteration_from_totals(ptok, logits, work, kv_read, 0, 0) if ptok else None
 
 
 class _HeadsDrafter(_Drafter):
@@ -551,6 +628,8 @@ class SpeculativeDecoding(Technique):
         "Zhang et al. Draft & Verify: lossless LLM acceleration via self-speculative decoding (arXiv 2309.08168); "
         "Xia et al. SWIFT (arXiv 2410.06916); Liu et al. Kangaroo (arXiv 2404.18911).",
         "Saxena. Prompt lookup decoding (2023); He et al. REST (arXiv 2311.08252).",
+        "Sun et al. TriForce: Lossless Acceleration of Long Sequence Generation with Hierarchical Speculative "
+        "Decoding (arXiv 2404.11912).",
     )
     presets = PRESETS
     exclusive = ("step",)
@@ -564,7 +643,7 @@ class SpeculativeDecoding(Technique):
         from simulator.system import resolve_model
 
         p = self.params
-        if p.drafter == "model":
+        if p.drafter in ("model", "hierarchical"):
             try:
                 return resolve_model(p.draft_model)
             except CapsimError as exc:
@@ -609,6 +688,11 @@ class SpeculativeDecoding(Technique):
         tp = self._draft_tp(ctx)
         kv_heads_gpu = -(-spec.num_kv_heads // tp)
         kv = 2.0 * spec.num_layers * kv_heads_gpu * spec.head_dim * kb
+        if p.drafter == "hierarchical":
+            # The small model keeps a window of draft_window tokens per sequence, not one entry per token;
+            # that per-sequence cache (and TriForce's retrieval cache) is not charged (a few MB per sequence).
+            w = weights_per_gpu(spec, tp, 1, wb)
+            return terms.plus(reserved=w, note=f"draft {spec.name}: {w / 2**30:.2f} GiB weights")
         if p.drafter == "eagle":
             # The head shares the target's embedding and LM head: only its layers (and their KV) are new.
             w = p.head_layers * spec.layer_params * wb / tp
@@ -643,6 +727,14 @@ class SpeculativeDecoding(Technique):
                 base.heads, base.kv_heads, base.head_dim, base.act_dtype, base.kv_bytes,
             ) if base is not None else None
             drafter = _HeadsDrafter(IterationCostModel(table, ctx.roofline, shapes, None))
+        elif p.drafter == "hierarchical":
+            spec = self._draft_spec(ctx)
+            tp = self._draft_tp(ctx)
+
+            def make_small(transform, spec=spec, tp=tp):
+                return ctx.cost_model(spec, tp=tp, transform=transform)
+
+            drafter = _HierarchicalDrafter(_ByTokens(make_small), verify, p)
         elif p.drafter == "layer-skip":
             kept = max(1, round((1.0 - p.skip_fraction) * ctx.model.num_layers))
 
