@@ -18,7 +18,7 @@ from hwmodels.device import DeviceSpec, calibrated_profile, device_from_dict, ge
 from hwmodels.links import Link
 from hwmodels.roofline import RooflineDevice
 from simulator.config.schema import DeploymentConfig, Scenario
-from simulator.costmodel.iteration import IterationCostModel, OperatorShapes, OverheadTerms
+from simulator.costmodel.iteration import IterationCostModel, OverheadTerms
 from simulator.costmodel.operators import OperatorTable, build_operator_table
 from simulator.costmodel.precision import COMPUTE_FORMAT_FOR_WEIGHTS, bytes_per_element
 from simulator.memory_plan import GIB, MemoryPlan, activation_reserve, plan_memory
@@ -42,12 +42,11 @@ class System:
     scheduler_cls: type[Scheduler]
     scheduler_params: SchedulerParams
     router_cls: type[Router]
-    shapes: OperatorShapes | None = None
     overheads: OverheadTerms | None = None
 
     def cost_model(self) -> IterationCostModel:
         """A fresh (empty-cache) cost model; one per simulation keeps runs independent."""
-        return IterationCostModel(self.table, self.roofline, self.shapes, self.overheads)
+        return IterationCostModel(self.table, self.roofline, self.overheads)
 
     @property
     def calibration(self) -> str:
@@ -92,30 +91,6 @@ def scheduler_params(name: str, params: dict[str, Any]) -> tuple[type[Scheduler]
             where=f"scheduler.{field}" if field else "scheduler",
             fix=f"parameters of scheduler {SCHEDULERS.canonical(name)!r} are: {known}",
         ) from None
-
-
-def operator_shapes(model: ModelSpec, tp: int, act_dtype: str, kv_bytes: float = 2.0) -> OperatorShapes:
-    """The GEMM shapes and per-GPU heads behind the operator table (same sharding as operators.py).
-
-    GEMMs as vLLM launches them: fused QKV, output projection, fused gate+up (when
-    gated) and down projection, MoE router and per-expert MLP, LM head; weights
-    ``[k, n]`` with ``k`` the input features, sharded ``tp``-way.
-    """
-    d, h, dh, hkv = model.hidden_size, model.num_heads, model.head_dim, model.num_kv_heads
-    f, V, t = model.ffn_size, model.vocab_size, tp
-    h_gpu = h / t
-    hkv_gpu = float(-(-hkv // t)) if hkv >= t else 1.0
-    up = (2.0 if model.mlp == "gated" else 1.0) * f / t
-    mlp = ((up, float(d), 1.0), (float(d), f / t, 1.0))
-    gemms = {
-        "qkv_proj": (((h_gpu + 2 * hkv_gpu) * dh, float(d), 1.0),),
-        "o_proj": ((float(d), h_gpu * dh, 1.0),),
-        "mlp": mlp,
-        "moe_experts": mlp,
-        "moe_router": ((float(model.num_experts), float(d), 1.0),),
-        "lm_head": ((V / t, float(d), 1.0),),
-    }
-    return OperatorShapes(gemms, h_gpu, hkv_gpu, float(dh), act_dtype, float(kv_bytes))
 
 
 def resolve_overheads(name: str, tp: int) -> OverheadTerms:
@@ -174,11 +149,11 @@ def build_system(scenario: Scenario) -> System:
         device.name, peak, device.memory_bandwidth, eff.compute, eff.memory, eff.launch_overhead_us * 1e-6,
         profile=profile, compute_format=fmt,
     )
-    shapes = operator_shapes(model, dep.tp, dep.activation_dtype, kb)
     overheads = resolve_overheads(dep.overheads, dep.tp)
     tp_link, pp_link = links_of(device)
     table = build_operator_table(
-        model, tp=dep.tp, pp=dep.pp, weight_bytes=wb, kv_bytes=kb, act_bytes=ab, tp_link=tp_link, pp_link=pp_link
+        model, tp=dep.tp, pp=dep.pp, weight_bytes=wb, kv_bytes=kb, act_bytes=ab, tp_link=tp_link, pp_link=pp_link,
+        act_dtype=dep.activation_dtype,
     )
     if dep.activation_reserve_gib is not None:
         reserve = dep.activation_reserve_gib * GIB
@@ -191,5 +166,5 @@ def build_system(scenario: Scenario) -> System:
         memory_utilization=dep.memory_utilization, block_size=dep.block_size, reserve_bytes=reserve,
     )
     return System(
-        model, device, dep, fmt, roofline, table, memory, sched_cls, sched_params, router_cls, shapes, overheads
+        model, device, dep, fmt, roofline, table, memory, sched_cls, sched_params, router_cls, overheads
     )
