@@ -339,6 +339,7 @@ def estimate(
 
         from simulator.config.schema import DeploymentConfig, Scenario
         from simulator.estimate import estimate as run_estimate
+        from simulator.estimate import roofline_rows
         from simulator.system import build_system
 
         try:
@@ -382,6 +383,7 @@ def estimate(
             ("free per GPU", f"{result.free_gib:.2f} GiB" + ("" if result.fits else "  (batch does NOT fit)")),
             ("decode MFU / MBU", f"{result.mfu_decode:.1%} / {result.mbu_decode:.1%}"),
             ("overall", f"{result.bound}-bound"),
+            ("priced by the roofline", roofline_rows(result.pricing)),
         ]
         for k, v in rows:
             t.add_row(k, v)
