@@ -12,6 +12,11 @@ The engine asks two questions, millions of times per capacity plan:
   contexts. Inside one roofline regime the durations are affine in the
   iteration index; ``affine`` says when that holds exactly, letting the metrics
   store a run of token gaps as an arithmetic progression.
+
+Each operator row is priced by the pricer the registry of
+:mod:`simulator.costmodel.pricers` gives its class (the roofline, or a
+calibrated profile's curve); :mod:`simulator.costmodel.scopes` sums them. The
+methods here ask those two, whatever the pricing: there is one path.
 """
 
 from __future__ import annotations
@@ -157,8 +162,6 @@ class DecodeRun:
         return DecodeRun(done, float(d[0]), 0.0, False, d)
 
 
-
-
 @dataclass(frozen=True)
 class OverheadTerms:
     """Time per iteration that no GPU kernel accounts for (serving-engine CPU work).
@@ -179,8 +182,6 @@ class OverheadTerms:
     @property
     def active(self) -> bool:
         return bool(self.per_iteration_s or self.per_sequence_s or self.per_layer_s)
-
-
 
 
 @dataclass(frozen=True, slots=True)
