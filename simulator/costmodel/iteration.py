@@ -255,9 +255,11 @@ class IterationCostModel:
         context = PricingContext(device, table.attention)
         layer_pricers = [pricers.for_row(op, context) for op in table.layer_ops]
         iteration_pricers = [pricers.for_row(op, context) for op in table.iteration_ops]
-        # A table priced wholly by the roofline is summed as matrix products (the datasheet case); any
-        # calibrated row makes every scope a row-by-row sum.
-        if all(type(p) is RooflinePricer for p in (*layer_pricers, *iteration_pricers)):
+        # Datasheet pricing -- every row on the roofline, no fitted engine overheads -- sums the rows as matrix
+        # products (fast); anything calibrated sums row by row. Each keeps the order of sums its results have
+        # always had, so both stay bit-identical across this refactor (tests/test_fingerprints.py).
+        datasheet = all(type(p) is RooflinePricer for p in (*layer_pricers, *iteration_pricers))
+        if datasheet and not self.overheads.active:
             self._layer: Scope = RooflineBlock(table.layer_ops, layer_pricers, device)
             self._iter: Scope = RooflineBlock(table.iteration_ops, iteration_pricers, device)
         else:
