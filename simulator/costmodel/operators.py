@@ -103,7 +103,8 @@ class OperatorTable:
 
     ``layer_ops`` and ``layer_comms`` run once per layer (``num_layers`` times,
     stages one after another for a single batch); ``iteration_ops`` and
-    ``iteration_comms`` once per iteration.
+    ``iteration_comms`` once per iteration. ``attention`` is the attention rows'
+    per-GPU geometry, which calibrated attention curves are priced at.
     """
 
     num_layers: int
