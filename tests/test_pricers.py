@@ -228,3 +228,14 @@ def test_breakdown_says_what_priced_each_row():
     plain = system("llama-3.1-8b", "h200", tp=2, calibration="datasheet").cost_model()
     sources = {r.source for r in plain.breakdown(BatchShape(prefill_chunks=((512, 0, True),)))}
     assert sources == {"roofline", "link model"}
+
+
+@pytest.mark.parametrize(("model", "tp"), [("llama-3.1-8b", 2), ("llama-3.1-70b", 16), ("llama-2-7b", 4)])
+def test_the_table_and_the_memory_plan_shard_kv_heads_alike(model, tp):
+    """The KV bytes a decode step reads per context token are the KV cache's bytes per token: both hold
+    ceil(h_kv / t) heads per GPU (a whole head each when there are fewer KV heads than ranks)."""
+    sys_ = system(model, "h100-sxm", tp, calibration="datasheet")
+    decode = next(op for op in sys_.table.layer_ops if op.op_class == "attention_decode")
+    assert sys_.memory.kv_bytes_per_token == pytest.approx(sys_.table.num_layers * decode.bytes[F.DECODE_CONTEXT],
+                                                           rel=1e-12)
+    assert sys_.table.attention.kv_heads == -(-sys_.model.num_kv_heads // tp)
