@@ -7,8 +7,11 @@ request and iteration tables are fingerprinted byte for byte). So the sums live
 here, once, in two arrangements of the same rows:
 
 * :class:`RowByRow` asks each row's pricer in table order (any mix of pricers);
-* :class:`RooflineBlock` prices a table whose rows all take the roofline as
-  one matrix product per side -- the datasheet case, and the engine's fastest.
+* :class:`RooflineBlock` prices rows that all take the roofline as one matrix
+  product per side -- datasheet pricing, and the engine's fastest.
+
+The cost model picks one per table (:class:`~simulator.costmodel.iteration.IterationCostModel`);
+both give the same prices to rounding (``tests/test_pricers.py``).
 """
 
 from __future__ import annotations
