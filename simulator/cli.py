@@ -404,7 +404,7 @@ def estimate(
         from pydantic import ValidationError
 
         from simulator.config.schema import DeploymentConfig, Scenario
-        from simulator.estimate import estimate_fitting
+        from simulator.estimate import estimate_fitting, roofline_rows
         from simulator.system import build_system
 
         try:
@@ -447,6 +447,7 @@ def estimate(
             ("free per GPU", f"{result.free_gib:.2f} GiB"),
             ("decode MFU / MBU", f"{result.mfu_decode:.1%} / {result.mbu_decode:.1%}" if result.mfu_decode is not None else "-"),
             ("overall", f"{result.bound}-bound"),
+            ("priced by the roofline", roofline_rows(result.pricing)),
         ]
         for k, v in rows:
             t.add_row(k, v)

@@ -10,7 +10,7 @@ answers "how fast is one batch of this shape on this hardware".
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -48,9 +48,27 @@ class Estimate:
     bound: str  # bound of the phase that takes most of e2e
     mfu_decode: float | None
     mbu_decode: float | None
+    # What priced each operator row (its pricer's source): "roofline" where a calibrated profile has no curve.
+    pricing: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def _pricing(rows) -> dict[str, str]:
+    """Operator name -> what priced it, over the breakdowns of both phases (first seen wins)."""
+    out: dict[str, str] = {}
+    for r in rows:
+        out.setdefault(r.name, r.source)
+    return out
+
+
+def roofline_rows(pricing: dict[str, str]) -> str:
+    """Which operator rows the roofline priced: the ones a calibrated profile had no curve for."""
+    rows = [name for name, source in pricing.items() if source == "roofline"]
+    if len(rows) == len(pricing):
+        return "all (datasheet pricing)"
+    return ", ".join(rows) if rows else "none (all from the profile)"
 
 
 def _phase_bound(rows) -> str:
@@ -93,7 +111,8 @@ def estimate(system: System, *, batch: int, prompt: int, output: int) -> Estimat
     free = mem.usable_bytes - mem.weights_bytes - mem.reserve_bytes - kv_bytes
     mid_context = batch * (prompt + 1 + steps // 2)
     decode_rows = cost.breakdown(BatchShape(decode_seqs=batch, decode_context=mid_context))
-    prefill_bound = _phase_bound(cost.breakdown(prefill_shape))
+    prefill_rows = cost.breakdown(prefill_shape)
+    prefill_bound = _phase_bound(prefill_rows)
     decode_bound = _phase_bound(decode_rows) if steps else None
     gpus = system.deployment.gpus_per_replica
     dev = system.roofline
@@ -124,6 +143,7 @@ def estimate(system: System, *, batch: int, prompt: int, output: int) -> Estimat
         bound=decode_bound if decode_bound is not None and decode_s >= prefill.time_s else prefill_bound,
         mfu_decode=flops / (decode_s * dev.peak_flops * gpus) if decode_s else None,
         mbu_decode=nbytes / (decode_s * dev.memory_bandwidth * gpus) if decode_s else None,
+        pricing=_pricing(prefill_rows + decode_rows),
     )
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from capsim.errors import DoesNotFitError
 from hwmodels.device import DeviceSpec
+from simulator.costmodel.sharding import kv_heads_per_gpu
 from simulator.models.spec import ModelSpec
 
 GIB = float(2**30)
@@ -56,7 +57,7 @@ def weights_per_gpu(model: ModelSpec, tp: int, pp: int, bytes_per_weight: float)
     layers_per_stage = -(-model.num_layers // pp)
     # With fewer KV heads than ranks each rank keeps a whole KV head (as the KV cache does),
     # so the K and V projections of the replicated heads are stored more than once.
-    kv_heads_gpu = -(-model.num_kv_heads // tp)
+    kv_heads_gpu = kv_heads_per_gpu(model.num_kv_heads, tp)
     replicated_kv = (kv_heads_gpu * tp - model.num_kv_heads) * 2 * model.hidden_size * model.head_dim
     body = layers_per_stage * (model.layer_params + replicated_kv) / tp
     vd = model.vocab_size * model.hidden_size + model.learned_positions * model.hidden_size
@@ -108,7 +109,7 @@ def plan_memory(
     usable = gpu * memory_utilization
     weights = weights_per_gpu(model, tp, pp, weight_bytes)
     layers_per_stage = -(-model.num_layers // pp)
-    kv_heads_gpu = -(-model.num_kv_heads // tp)  # replicated when fewer KV heads than ranks
+    kv_heads_gpu = kv_heads_per_gpu(model.num_kv_heads, tp)  # replicated when fewer KV heads than ranks
     kv_per_token = 2.0 * layers_per_stage * kv_heads_gpu * model.head_dim * kv_bytes
     techniques_note = ""
     if technique_kv_bytes_per_token or technique_reserved_bytes:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 import numpy as np
 import simpy
 
+from simulator.costmodel.features import prefill_attention_work, prefill_kv_read
 from simulator.costmodel.iteration import DecodeRun, IterationCostModel
 from simulator.kvcache import BlockManager
 from simulator.recorder import Recorder
@@ -198,8 +199,8 @@ class Replica:
         for c in plan.prefill:
             q = c.cost_tokens
             ptok += q
-            kv_read += c.cached + q
-            work += q * (c.cached + q / 2.0)
+            kv_read += prefill_kv_read(q, c.cached)
+            work += prefill_attention_work(q, c.cached)
             logits += c.completes
         cost = self.cost.iteration_from_totals(ptok, logits + n_dec, work, kv_read, n_dec, ctx)
         yield self.env.timeout(cost.time_s)

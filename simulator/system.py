@@ -18,7 +18,7 @@ from hwmodels.device import DeviceSpec, calibrated_profile, device_from_dict, ge
 from hwmodels.links import Link
 from hwmodels.roofline import RooflineDevice
 from simulator.config.schema import DeploymentConfig, Scenario
-from simulator.costmodel.iteration import IterationCostModel, OperatorShapes, OverheadTerms
+from simulator.costmodel.iteration import IterationCostModel, OverheadTerms
 from simulator.costmodel.operators import OperatorTable, build_operator_table
 from simulator.costmodel.precision import COMPUTE_FORMAT_FOR_WEIGHTS, bytes_per_element
 from simulator.memory_plan import GIB, MemoryPlan, activation_reserve, plan_memory
@@ -43,14 +43,13 @@ class System:
     scheduler_cls: type[Scheduler]
     scheduler_params: SchedulerParams
     router_cls: type[Router]
-    shapes: OperatorShapes | None = None
     overheads: OverheadTerms | None = None
     techniques: TechniqueStack = field(default_factory=TechniqueStack)
     step: StepModel | None = None  # the decode-step model of a technique; None: one token per step
 
     def cost_model(self) -> IterationCostModel:
         """A fresh (empty-cache) cost model; one per simulation keeps runs independent."""
-        return IterationCostModel(self.table, self.roofline, self.shapes, self.overheads)
+        return IterationCostModel(self.table, self.roofline, self.overheads)
 
     @property
     def calibration(self) -> str:
@@ -97,30 +96,6 @@ def scheduler_params(name: str, params: dict[str, Any]) -> tuple[type[Scheduler]
         ) from None
 
 
-def operator_shapes(model: ModelSpec, tp: int, act_dtype: str, kv_bytes: float = 2.0) -> OperatorShapes:
-    """The GEMM shapes and per-GPU heads behind the operator table (same sharding as operators.py).
-
-    GEMMs as vLLM launches them: fused QKV, output projection, fused gate+up (when
-    gated) and down projection, MoE router and per-expert MLP, LM head; weights
-    ``[k, n]`` with ``k`` the input features, sharded ``tp``-way.
-    """
-    d, h, dh, hkv = model.hidden_size, model.num_heads, model.head_dim, model.num_kv_heads
-    f, V, t = model.ffn_size, model.vocab_size, tp
-    h_gpu = h / t
-    hkv_gpu = float(-(-hkv // t)) if hkv >= t else 1.0
-    up = (2.0 if model.mlp == "gated" else 1.0) * f / t
-    mlp = ((up, float(d), 1.0), (float(d), f / t, 1.0))
-    gemms = {
-        "qkv_proj": (((h_gpu + 2 * hkv_gpu) * dh, float(d), 1.0),),
-        "o_proj": ((float(d), h_gpu * dh, 1.0),),
-        "mlp": mlp,
-        "moe_experts": mlp,
-        "moe_router": ((float(model.num_experts), float(d), 1.0),),
-        "lm_head": ((V / t, float(d), 1.0),),
-    }
-    return OperatorShapes(gemms, h_gpu, hkv_gpu, float(dh), act_dtype, float(kv_bytes))
-
-
 def resolve_overheads(name: str, tp: int) -> OverheadTerms:
     """The named serving-engine overhead set at this TP degree (``none``: all zero)."""
     from hwmodels.calibration.overheads import overhead_terms
@@ -157,7 +132,7 @@ def table_for(model: ModelSpec, device: DeviceSpec, dep: DeploymentConfig, *, tp
         model, tp=tp, pp=pp, weight_bytes=bytes_per_element(dep.weight_dtype, field="deployment.weight_dtype"),
         kv_bytes=bytes_per_element(dep.kv_dtype, field="deployment.kv_dtype"),
         act_bytes=bytes_per_element(dep.activation_dtype, field="deployment.activation_dtype"),
-        tp_link=tp_link, pp_link=pp_link,
+        tp_link=tp_link, pp_link=pp_link, act_dtype=dep.activation_dtype,
     )
 
 
@@ -174,8 +149,7 @@ def cost_model_for(
     table = table_for(model, device, dep, tp=tp, pp=1)
     if transform is not None:
         table = transform(table)
-    shapes = operator_shapes(model, tp, dep.activation_dtype, bytes_per_element(dep.kv_dtype, field="deployment.kv_dtype"))
-    return IterationCostModel(table, roofline_for(device, dep, fmt), shapes, None)
+    return IterationCostModel(table, roofline_for(device, dep, fmt), None)
 
 
 def build_system(scenario: Scenario) -> System:
@@ -213,10 +187,9 @@ def build_system(scenario: Scenario) -> System:
     stack = build_stack(scenario.techniques, SCHEDULERS.canonical(scenario.scheduler.name))
     roofline = roofline_for(device, dep, fmt)
     overheads = resolve_overheads(dep.overheads, dep.tp)
-    ctx = BuildContext(model, device, dep, roofline, None, overheads, scenario.seed)
+    ctx = BuildContext(model, device, dep, roofline, overheads, scenario.seed)
     model = stack.apply_model(model, ctx)
-    shapes = operator_shapes(model, dep.tp, dep.activation_dtype, kb)
-    ctx = replace(ctx, model=model, shapes=shapes)
+    ctx = replace(ctx, model=model)
     table = stack.apply_operators(table_for(model, device, dep, tp=dep.tp, pp=dep.pp), ctx)
     ctx = replace(ctx, table=table)
     extra = stack.apply_memory(ctx)
@@ -232,6 +205,6 @@ def build_system(scenario: Scenario) -> System:
         technique_kv_bytes_per_token=extra.extra_kv_bytes_per_token, technique_reserved_bytes=extra.reserved_bytes,
     )
     return System(
-        model, device, dep, fmt, roofline, table, memory, sched_cls, sched_params, router_cls, shapes, overheads,
+        model, device, dep, fmt, roofline, table, memory, sched_cls, sched_params, router_cls, overheads,
         techniques=stack, step=stack.step_model(ctx) if stack else None,
     )

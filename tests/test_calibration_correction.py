@@ -124,8 +124,9 @@ def test_decode_correction_keeps_the_step_two_lines_with_batch_only_coefficients
     bare = DecodePricer(_curve(dec.form, {k: v for k, v in dec.params.items() if k != "correction"}, dec.key),
                         h, hkv, peak, bw, dh, flop_tok, kv_tok)
     b = 64.0
-    fixed, flat, base, slope = d.lines(b, 1000.0)
-    f0, fl0, b0, s0 = bare.lines(b, 1000.0)
+    ln, ln0 = d.lines(b, 1000.0), bare.lines(b, 1000.0)
+    fixed, flat, base, slope = ln.fixed, ln.flat, ln.base, ln.slope
+    f0, fl0, b0, s0 = ln0.fixed, ln0.flat, ln0.base, ln0.slope
     # One factor on the three fixed terms, another on the slope; both of the batch only.
     assert fixed / f0 == pytest.approx(flat / fl0, rel=1e-12) == pytest.approx(base / b0, rel=1e-12)
     assert slope / s0 != pytest.approx(fixed / f0, rel=1e-6)

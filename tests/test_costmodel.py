@@ -17,6 +17,7 @@ from simulator.config.schema import DeploymentConfig, Scenario
 from simulator.costmodel import BatchShape
 from simulator.costmodel import features as F
 from simulator.costmodel.features import expected_experts_hit
+from simulator.costmodel.scopes import context_dependent
 from simulator.system import build_system
 
 # Architecture numbers, from the HF config.json of each model.
@@ -213,8 +214,8 @@ def test_elementwise_rows_are_context_free_so_decode_runs_price_them_once():
     """RoPE, activation and residual adds scale with tokens only: a decode step of a given batch pays the
     same for them whatever the context, so they sit in the decode run's constant part."""
     cost = system("llama-2-7b", "a100-80gb-sxm").cost_model()
-    names = [op.name for op in cost.table.layer_ops]
-    context_rows = {names[i] for i in cost._ctx_rows}
+    ops = cost.table.layer_ops
+    context_rows = {op.name for op, grows in zip(ops, context_dependent(ops), strict=True) if grows}
     assert context_rows == {"attention_decode"}
     a = _layer_rows(cost, BatchShape(decode_seqs=8, decode_context=8 * 100))
     b = _layer_rows(cost, BatchShape(decode_seqs=8, decode_context=8 * 9000))

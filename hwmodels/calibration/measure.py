@@ -329,12 +329,13 @@ class Case:
 
 def _model_cases(model: Any, tp: int, tokens: tuple[int, ...], quick: bool) -> Iterator[Case]:
     """Cases of one model (a catalog id or a ``ModelSpec``) sharded ``tp`` ways."""
+    from simulator.costmodel.sharding import kv_heads_per_gpu  # the simulator's sharding: time what it prices
     from simulator.models import get_model  # the catalog lives with the simulator
 
     m = get_model(model) if isinstance(model, str) else model
     d, h, hkv, dh, f = m.hidden_size, m.num_heads, m.num_kv_heads, m.head_dim, m.ffn_size
     h_gpu = h // tp
-    hkv_gpu = max(hkv // tp, 1)
+    hkv_gpu = kv_heads_per_gpu(hkv, tp)
     gated = m.mlp == "gated"
     up = (2 if gated else 1) * f // tp
     base = {"model": m.name, "hidden": d, "tp": tp}

@@ -45,6 +45,27 @@ def _combine(fixed: float, tc: float, tm: float, q: float) -> Priced:
 ZERO = Priced(0.0, 0.0, 0.0)
 
 
+@dataclass(frozen=True, slots=True)
+class DecodeLines:
+    """A ``-v2`` decode-attention step for one batch: ``fixed + max(flat, base + slope * C)`` seconds at summed context ``C``."""
+
+    fixed: float
+    flat: float
+    base: float
+    slope: float
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeTerms:
+    """A ``-v1`` decode-attention step for one batch: ``fixed`` seconds, seconds per FLOP and per byte, and the
+    serial seconds per context token that bound the compute side from below."""
+
+    fixed: float
+    per_flop: float
+    per_byte: float
+    serial: float
+
+
 class GemmPricer:
     """A row of one or more GEMMs (fused QKV, gate-up + down, ...) sharing the token count ``m``.
 
@@ -181,9 +202,8 @@ class DecodePricer:
             hit = self._regimes[key] = attention_curves.decode_v2_splits(self.p, seqs, self.hkv, self.dh, context / seqs)
         return hit
 
-    def lines(self, seqs: float, per_seq_bytes: float,
-              context_per_seq: float | None = None) -> tuple[float, float, float, float]:
-        """``-v2``: ``(fixed, flat, base, slope)``; the step takes ``fixed + max(flat, base + slope * C)``.
+    def lines(self, seqs: float, per_seq_bytes: float, context_per_seq: float | None = None) -> DecodeLines:
+        """``-v2``: the step's two lines in the summed context ``C``.
 
         Priced with a cold L2 (the serving case, see :mod:`hwmodels.calibration.attention_curves`).
         ``context_per_seq`` picks the split count where the kernel caps it by the
@@ -202,25 +222,25 @@ class DecodePricer:
             # The residual surface: one factor of the batch for the fixed terms, one for the slope.
             feats = (float(seqs) * self.hkv,)
             fa, fb = correction.factor(self.corr, feats), correction.slope_factor(self.corr, feats)
-            return float(fixed * fa), float(flat * fa), float(base * fa), slope * fb
-        return float(fixed), float(flat), float(base), slope
+            return DecodeLines(float(fixed * fa), float(flat * fa), float(base * fa), slope * fb)
+        return DecodeLines(float(fixed), float(flat), float(base), slope)
 
-    def terms(self, seqs: float) -> tuple[float, float, float, float]:
-        """``(fixed_s, s per FLOP, s per byte, serial s per context token)`` for ``seqs`` sequences."""
+    def terms(self, seqs: float) -> DecodeTerms:
+        """``-v1``: the step's fixed time, time per FLOP and per byte, and serial time per context token."""
         fixed, eta_c, eta_m, serial = curves.decode_terms(self.p, seqs, self.h, self.hkv)
-        return fixed, 1.0 / (self.peak * eta_c), 1.0 / (self.bw * eta_m), float(serial)
+        return DecodeTerms(fixed, 1.0 / (self.peak * eta_c), 1.0 / (self.bw * eta_m), float(serial))
 
     def price(self, seqs: float, context: float, flops: float, nbytes: float) -> Priced:
         if seqs <= 0.0:
             return ZERO
         if self.v2:
             kv = self.b_tok * context
-            fixed, flat, base, slope = self.lines(seqs, max(nbytes - kv, 0.0), context / seqs)
-            t = fixed + max(flat, base + slope * context)
+            ln = self.lines(seqs, max(nbytes - kv, 0.0), context / seqs)
+            t = ln.fixed + max(ln.flat, ln.base + ln.slope * context)
             return Priced(t, flops / (self.peak * self.p["c_max"]), nbytes / (self.bw * self.p["m_max"]))
-        fixed, per_flop, per_byte, serial = self.terms(seqs)
-        tc = max(flops * per_flop, serial * context)
-        return _combine(fixed, tc, nbytes * per_byte, math.inf)
+        t = self.terms(seqs)
+        tc = max(flops * t.per_flop, t.serial * context)
+        return _combine(t.fixed, tc, nbytes * t.per_byte, math.inf)
 
 
 class MemoryPricer:

@@ -37,6 +37,21 @@ FEATURE_NAMES = (
 )
 
 
+def prefill_attention_work(new_tokens: float, cached_tokens: float) -> float:
+    """Causal query-key pairs of one prefill chunk: ``q (c + q/2)`` for ``q`` new tokens after ``c`` cached.
+
+    Each new token attends to the cached tokens and, causally, to the new ones before it (half of
+    them on average). The one definition the engine's hot loop, :class:`BatchShape` and the cost
+    model's priming share (a plain function: the loop calls it once per chunk).
+    """
+    return new_tokens * (cached_tokens + new_tokens / 2.0)
+
+
+def prefill_kv_read(new_tokens: int, cached_tokens: int) -> int:
+    """KV tokens one prefill chunk's attention reads: the cached ones and its own, ``c + q``."""
+    return cached_tokens + new_tokens
+
+
 def expected_experts_hit(tokens, num_experts: int, top_k: int):
     """Expected distinct experts hit by ``tokens`` tokens with uniform top-k routing.
 
@@ -76,8 +91,8 @@ class BatchShape:
         x[PREFILL_TOKENS] = self.prefill_tokens
         x[DECODE_SEQS] = self.decode_seqs
         x[LOGIT_SEQS] = self.decode_seqs + sum(1 for _, _, done in self.prefill_chunks if done)
-        x[PREFILL_ATTN_WORK] = sum(q * (c + q / 2.0) for q, c, _ in self.prefill_chunks)
-        x[PREFILL_KV_READ] = sum(q + c for q, c, _ in self.prefill_chunks)
+        x[PREFILL_ATTN_WORK] = sum(prefill_attention_work(q, c) for q, c, _ in self.prefill_chunks)
+        x[PREFILL_KV_READ] = sum(prefill_kv_read(q, c) for q, c, _ in self.prefill_chunks)
         x[DECODE_CONTEXT] = self.decode_context
         x[EXPERTS_HIT] = expected_experts_hit(self.tokens, num_experts, top_k)
         return x

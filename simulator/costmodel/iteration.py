@@ -12,12 +12,16 @@ The engine asks two questions, millions of times per capacity plan:
   contexts. Inside one roofline regime the durations are affine in the
   iteration index; ``affine`` says when that holds exactly, letting the metrics
   store a run of token gaps as an arithmetic progression.
+
+Each operator row is priced by the pricer the registry of
+:mod:`simulator.costmodel.pricers` gives its class (the roofline, or a
+calibrated profile's curve); :mod:`simulator.costmodel.scopes` sums them. The
+methods here ask those two, whatever the pricing: there is one path.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +30,10 @@ from hwmodels.roofline import RooflineDevice
 from simulator.costmodel import features as F
 from simulator.costmodel.features import BatchShape
 from simulator.costmodel.operators import OperatorTable
+from simulator.costmodel.pricers import PRICERS, PricerRegistry, PricingContext, RooflinePricer
+from simulator.costmodel.scopes import Collectives, OperatorBreakdown, RooflineBlock, RowByRow, Scope
+
+__all__ = ["DecodeRun", "IterationCost", "IterationCostModel", "OperatorBreakdown", "OverheadTerms"]
 
 
 @dataclass(frozen=True)
@@ -155,38 +163,6 @@ class DecodeRun:
 
 
 @dataclass(frozen=True)
-class OperatorBreakdown:
-    """Per-operator time of one iteration, for ``capsim estimate`` and the dashboard."""
-
-    name: str
-    op_class: str
-    scope: str  # "layer" (times num_layers) or "iteration"
-    flops: float  # per GPU, all layers
-    bytes: float
-    time_s: float  # all layers
-    bound: str  # "compute", "memory" or "communication"
-
-
-@dataclass(frozen=True)
-class OperatorShapes:
-    """The shapes behind the operator table's rows, for calibrated per-shape pricing.
-
-    ``gemms`` maps an operator name to the GEMMs it launches, ``(n, k, count)``
-    each (per expert for MoE rows): the token count ``m`` comes from the batch,
-    so a calibrated curve prices every GEMM at its own (m, n, k). Heads are per
-    GPU. Built by :func:`simulator.system.operator_shapes`; without it the cost
-    model derives square GEMMs of the right size from the table's coefficients.
-    """
-
-    gemms: Mapping[str, tuple[tuple[float, float, float], ...]]
-    heads: float
-    kv_heads: float
-    head_dim: float
-    act_dtype: str = "bf16"
-    kv_bytes: float = 2.0  # per KV-cache element (the cache write a calibrated attention curve may include)
-
-
-@dataclass(frozen=True)
 class OverheadTerms:
     """Time per iteration that no GPU kernel accounts for (serving-engine CPU work).
 
@@ -208,14 +184,57 @@ class OverheadTerms:
         return bool(self.per_iteration_s or self.per_sequence_s or self.per_layer_s)
 
 
+@dataclass(frozen=True, slots=True)
+class ContextLines:
+    """The context-dependent rows of a decode step as lines in the summed context ``C`` (all layers).
+
+    The step takes ``static + sum(max(compute_slope * C + compute_base, memory_slope * C + memory_base))``;
+    with ``single`` (one such row, the common case) the four are floats, else arrays over the rows.
+    """
+
+    single: bool
+    compute_slope: float | np.ndarray
+    compute_base: float | np.ndarray
+    memory_slope: float | np.ndarray
+    memory_base: float | np.ndarray
+
+    @classmethod
+    def of(cls, lines: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]) -> ContextLines:
+        af, bf, am, bm = lines
+        if len(af) == 1:
+            return cls(True, float(af[0]), float(bf[0]), float(am[0]), float(bm[0]))
+        return cls(False, af, bf, am, bm)
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeWork:
+    """FLOPs and bytes over all GPUs of one decode step of a batch: ``flops + flops_per_context * C`` at summed
+    context ``C`` (bytes likewise)."""
+
+    flops: float
+    bytes: float
+    flops_per_context: float
+    bytes_per_context: float
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeCoefficients:
+    """A decode step of one batch size (and split regime), priced once: ``static_s`` whatever the context plus
+    ``lines`` in the summed context (None: no closed form, so a run prices each step), and its work."""
+
+    static_s: float
+    lines: ContextLines | None
+    work: DecodeWork
+
+
 class IterationCostModel:
     """Prices batches on one replica from its operator table and device.
 
-    With ``device.profile`` set (a calibrated device profile), every operator
-    that has a fitted curve is priced by it at its own shape (GEMMs at the
-    iteration's token count and the layer's (n, k)); the rest, and everything
-    when there is no profile, by the roofline with the device's constant
-    efficiencies. ``overheads`` adds the serving engine's CPU time.
+    Every operator row gets a pricer when the model is built (:mod:`simulator.costmodel.pricers`,
+    chosen by the row's class and placement): with ``device.profile`` set, the profile's curve for
+    the row at its own shape where there is one (GEMMs at the iteration's token count and the
+    row's (n, k)), else the roofline with the device's constant efficiencies. ``overheads`` adds
+    the serving engine's CPU time. ``pricers`` is the registry rows are looked up in.
 
     >>> # cost = IterationCostModel(table, device); cost.iteration(BatchShape(decode_seqs=8, decode_context=8192))
     """
@@ -224,28 +243,30 @@ class IterationCostModel:
         self,
         table: OperatorTable,
         device: RooflineDevice,
-        shapes: OperatorShapes | None = None,
         overheads: OverheadTerms | None = None,
+        *,
+        pricers: PricerRegistry = PRICERS,
     ):
         self.table = table
         self.device = device
-        self.shapes = shapes
         self.overheads = overheads or OverheadTerms()
         layers = float(table.num_layers)
         self._layers = layers
-        ops = list(table.layer_ops)
-        self._lf = np.array([op.flops for op in ops]) / device.effective_flops
-        self._lm = np.array([op.bytes for op in ops]) / device.effective_bandwidth
-        # Launch overhead per operator, charged only when the operator has work in the
-        # batch (a decode-only step launches no prefill-attention kernel), as breakdown() does.
-        self._l_launch = np.array([op.launches for op in ops], dtype=float) * device.launch_overhead_s
-        iops = list(table.iteration_ops)
-        self._if = np.array([op.flops for op in iops]) / device.effective_flops
-        self._im = np.array([op.bytes for op in iops]) / device.effective_bandwidth
-        self._i_launch = np.array([op.launches for op in iops], dtype=float) * device.launch_overhead_s
-        self._comm = layers * sum((c.time for c in table.layer_comms), np.zeros(F.NUM_FEATURES)) + sum(
-            (c.time for c in table.iteration_comms), np.zeros(F.NUM_FEATURES)
-        )
+        context = PricingContext(device, table.attention)
+        layer_pricers = [pricers.for_row(op, context) for op in table.layer_ops]
+        iteration_pricers = [pricers.for_row(op, context) for op in table.iteration_ops]
+        # Datasheet pricing -- every row on the roofline, no fitted engine overheads -- sums the rows as matrix
+        # products (fast); anything calibrated sums row by row. Each keeps the order of sums its results have
+        # always had, so both stay bit-identical across this refactor (tests/test_fingerprints.py).
+        datasheet = all(type(p) is RooflinePricer for p in (*layer_pricers, *iteration_pricers))
+        if datasheet and not self.overheads.active:
+            self._layer: Scope = RooflineBlock(table.layer_ops, layer_pricers, device)
+            self._iter: Scope = RooflineBlock(table.iteration_ops, iteration_pricers, device)
+        else:
+            self._layer = RowByRow(table.layer_ops, layer_pricers)
+            self._iter = RowByRow(table.iteration_ops, iteration_pricers)
+        self._comms = Collectives(table, device, layers)
+        ops, iops = list(table.layer_ops), list(table.iteration_ops)
         # Work totals across all GPUs of the replica (per-GPU rows x tp ranks x layers).
         scale = float(table.tp)
         self._flops_total = scale * (
@@ -256,35 +277,44 @@ class IterationCostModel:
             layers * sum((op.bytes for op in ops), np.zeros(F.NUM_FEATURES))
             + sum((op.bytes for op in iops), np.zeros(F.NUM_FEATURES))
         )
-        # Split layer operators by whether they depend on decode context.
-        ctx = F.DECODE_CONTEXT
-        dep = (self._lf[:, ctx] != 0) | (self._lm[:, ctx] != 0)
-        self._ctx_rows = np.flatnonzero(dep)
-        self._static_rows = np.flatnonzero(~dep)
         self._cache: dict[tuple, IterationCost] = {}
-        self._decode_cache: dict[int, tuple] = {}
+        self._decode_cache: dict[int | tuple[int, int], DecodeCoefficients] = {}
         self._E = table.num_experts
         self._k = table.experts_per_token
         # Tokens each decode sequence feeds the model per step: 1, or K + 1 when a speculation technique
         # verifies K drafted tokens (its table is scaled to match); only the MoE expert count reads it.
         self.decode_tokens_per_seq = 1
-        self._cal = _Calibrated.build(self) if device.profile is not None or self.overheads.active else None
         # (batch, summed context) -> the decode-attention kernel's split count, where it depends on the context.
-        self._split_regime = self._cal.capped.split_regime if self._cal is not None and self._cal.capped else None
+        split = [p for p in layer_pricers if p.split_regime(1.0, 1.0) != 0]
+        self._split_regime = split[0].split_regime if split else None
+        self._split_block = split[0].split_block_tokens if split else 0  # KV tokens per block of that kernel
 
     # ----------------------------------------------------------------- single
     def features(self, shape: BatchShape) -> np.ndarray:
         return shape.features(self._E, self._k)
 
+    def _overhead(self, x: np.ndarray):
+        """Serving-engine overhead of the iteration(s) with features ``x`` (one row, or shapes x features)."""
+        o = self.overheads
+        if not o.active:
+            return 0.0
+        return o.per_iteration_s + o.per_sequence_s * x[..., F.LOGIT_SEQS] + o.per_layer_s * self._layers
+
     def price_features(self, x: np.ndarray) -> float:
         """Seconds for one iteration with feature vector ``x``."""
-        if self._cal is not None:
-            return self._cal.price(x)
-        lc, lm = self._lf @ x, self._lm @ x
-        ic, im = self._if @ x, self._im @ x
-        layer = np.maximum(lc, lm).sum() + self._l_launch @ ((lc != 0) | (lm != 0))
-        it = np.maximum(ic, im).sum() + self._i_launch @ ((ic != 0) | (im != 0))
-        return float(self._layers * layer + it + self._comm @ x)
+        xl = x.tolist()
+        layer, it = self._layer.time(x, xl), self._iter.time(x, xl)
+        return float(self._layers * layer + it + self._comms.time(x) + self._overhead(x))
+
+    def _price_many(self, X: np.ndarray) -> np.ndarray | None:
+        """:meth:`price_features` of every row of ``X`` (shapes x features) in one pass, or None where it cannot."""
+        layer, it = self._layer.time_many(X), self._iter.time_many(X)
+        if layer is None or it is None:
+            return None
+        comm = self._comms.time_many(X)
+        if comm is None:
+            return None
+        return self._layers * layer + it + comm + self._overhead(X)
 
     def iteration(self, shape: BatchShape) -> IterationCost:
         """Cost of one iteration of ``shape`` (memoised)."""
@@ -338,10 +368,8 @@ class IterationCostModel:
         cached, no decodes). Returns how many shapes it priced (0 when the
         scalar path must do it: datasheet pricing is cheap already).
         """
-        if self._cal is None:
-            return 0
         lengths = [int(v) for v in np.unique(np.asarray(prompt_lengths)) if v > 0]
-        keys = [(q, 1, q * (0 + q / 2.0), q, 0, 0) for q in lengths]
+        keys = [(q, 1, F.prefill_attention_work(q, 0), F.prefill_kv_read(q, 0), 0, 0) for q in lengths]
         keys = [k for k in keys if k not in self._cache]
         if not keys:
             return 0
@@ -352,7 +380,7 @@ class IterationCostModel:
         X[:, F.PREFILL_ATTN_WORK] = [k[2] for k in keys]
         X[:, F.PREFILL_KV_READ] = [k[3] for k in keys]
         X[:, F.EXPERTS_HIT] = F.expected_experts_hit(X[:, F.PREFILL_TOKENS], self._E, self._k)
-        times = self._cal.price_many(X)
+        times = self._price_many(X)
         if times is None:
             return 0
         flops, nbytes = X @ self._flops_total, X @ self._bytes_total
@@ -374,7 +402,7 @@ class IterationCostModel:
         x[F.EXPERTS_HIT] = F.expected_experts_hit(batch * self.decode_tokens_per_seq, self._E, self._k)
         return x
 
-    def _decode_coefficients(self, batch: int, regime: int = 0, context: float | None = None) -> tuple:
+    def _decode_coefficients(self, batch: int, regime: int = 0, context: float | None = None) -> DecodeCoefficients:
         """Per batch size (and split regime), once: the context-independent time and the context-dependent rows as lines.
 
         A context-dependent operator's compute and memory times are lines in
@@ -384,30 +412,18 @@ class IterationCostModel:
         """
         key = batch if not regime else (batch, regime)
         hit = self._decode_cache.get(key)
-        if hit is None and self._cal is not None:
-            hit = self._cal.decode_coefficients(batch, None if context is None else context / batch)
-            self._decode_cache[key] = hit
         if hit is None:
-            x = self._decode_base(batch)
-            s, rows = self._static_rows, self._ctx_rows
-            lc, lm = self._lf[s] @ x, self._lm[s] @ x
-            ic, im = self._if @ x, self._im @ x
-            # Context-dependent rows always have work in a decode step, so they always launch.
-            launch = self._l_launch[s] @ ((lc != 0) | (lm != 0)) + self._l_launch[rows].sum()
-            layer = np.maximum(lc, lm).sum() + launch
-            it = np.maximum(ic, im).sum() + self._i_launch @ ((ic != 0) | (im != 0))
-            static = float(self._layers * layer + it + self._comm @ x)
             L = self._layers
-            af = L * self._lf[rows, F.DECODE_CONTEXT]
-            bf = L * (self._lf[rows] @ x)
-            am = L * self._lm[rows, F.DECODE_CONTEXT]
-            bm = L * (self._lm[rows] @ x)
-            fl, by = self._flops_total, self._bytes_total
-            work = (float(fl @ x), float(by @ x), float(fl[F.DECODE_CONTEXT]), float(by[F.DECODE_CONTEXT]))
-            single = len(rows) == 1
-            lines = (float(af[0]), float(bf[0]), float(am[0]), float(bm[0])) if single else (af, bf, am, bm)
-            hit = (static, single, lines, work)
-            self._decode_cache[batch] = hit
+            x = self._decode_base(batch)
+            xl = x.tolist()
+            layer = self._layer.decode(batch, x, xl, None if context is None else context / batch, L)
+            it = self._iter.time(x, xl)
+            static = float(L * layer.static_s + it + self._comms.time(x) + self._overhead(x))
+            fl, by, ctx = self._flops_total, self._bytes_total, F.DECODE_CONTEXT
+            work = DecodeWork(float(fl @ x), float(by @ x), float(fl[ctx]), float(by[ctx]))
+            lines = None if layer.lines is None else ContextLines.of(layer.lines)
+            hit = DecodeCoefficients(static, lines, work)
+            self._decode_cache[key] = hit
         return hit
 
     def decode_run(self, batch: int, context0: int, iterations: int, growth: float | None = None) -> DecodeRun:
@@ -427,17 +443,18 @@ class IterationCostModel:
     def _run_in_regime(self, batch: int, regime: int, context0: int, k: int, g: float) -> DecodeRun:
         """``k`` decode steps within one split regime of the attention kernel: affine where one roofline side
         holds throughout, else every duration."""
-        static, single, lines, _ = self._decode_coefficients(batch, regime, context0)
-        if lines is None:  # a calibrated context-dependent row with no closed form: price every step
+        coefficients = self._decode_coefficients(batch, regime, context0)
+        static, lines = coefficients.static_s, coefficients.lines
+        if lines is None:  # a context-dependent row with no closed form: price every step
             ctx = context0 + g * np.arange(k, dtype=float)
-            d = np.array([self._cal.price(self._decode_x(batch, c)) for c in ctx])
+            d = np.array([self.price_features(self._decode_x(batch, c)) for c in ctx])
             second = np.diff(d, 2) if k > 2 else np.zeros(0)
             if np.all(np.abs(second) <= 1e-12 * max(float(d.max()), 1e-30)):
                 return DecodeRun(k, float(d[0]), float(d[1] - d[0]) if k > 1 else 0.0, True)
             return DecodeRun(k, float(d[0]), 0.0, False, d)
         c_last = context0 + g * (k - 1)
-        if single:
-            af, bf, am, bm = lines
+        af, bf, am, bm = lines.compute_slope, lines.compute_base, lines.memory_slope, lines.memory_base
+        if lines.single:
             compute_first = af * context0 + bf >= am * context0 + bm
             compute_last = af * c_last + bf >= am * c_last + bm
             if compute_first == compute_last:
@@ -446,7 +463,6 @@ class IterationCostModel:
             ctx = context0 + g * np.arange(k, dtype=float)
             d = static + np.maximum(af * ctx + bf, am * ctx + bm)
             return DecodeRun(k, float(d[0]), 0.0, False, d)
-        af, bf, am, bm = lines
         ctx = context0 + g * np.arange(k, dtype=float)
         comp = np.outer(af, ctx) + bf[:, None]
         mem = np.outer(am, ctx) + bm[:, None]
@@ -464,7 +480,7 @@ class IterationCostModel:
         a new block (a few pieces per run). A piece inside one roofline regime is
         affine and stays two numbers; otherwise the run keeps every duration.
         """
-        block = self._cal.capped_block
+        block = self._split_block
         runs: list[DecodeRun] = []
         j = 0
         while j < k:
@@ -483,355 +499,21 @@ class IterationCostModel:
         """(FLOPs, bytes) over all GPUs of ``iterations`` decode steps, in closed form."""
         k = iterations
         g = batch if growth is None else growth
-        flops0, bytes0, flops_c, bytes_c = self._decode_coefficients(batch)[3]
+        w = self._decode_coefficients(batch).work
         ctx_sum = context0 * k + g * k * (k - 1) / 2.0
-        return k * flops0 + flops_c * ctx_sum, k * bytes0 + bytes_c * ctx_sum
+        return k * w.flops + w.flops_per_context * ctx_sum, k * w.bytes + w.bytes_per_context * ctx_sum
 
     # --------------------------------------------------------------- breakdown
     def breakdown(self, shape: BatchShape) -> list[OperatorBreakdown]:
-        """Per-operator times of one iteration (same numbers :meth:`iteration` sums)."""
+        """Per-operator times of one iteration (the numbers :meth:`iteration` sums, to rounding), each with
+        what priced it."""
         x = self.features(shape)
-        if self._cal is not None:
-            return self._cal.breakdown(x)
-        dev = self.device
-        out: list[OperatorBreakdown] = []
-        for scope, ops, mult in (
-            ("layer", self.table.layer_ops, self._layers),
-            ("iteration", self.table.iteration_ops, 1.0),
-        ):
-            for op in ops:
-                fl, by = float(op.flops @ x), float(op.bytes @ x)
-                if fl == 0 and by == 0:
-                    continue
-                tc, tm = fl / dev.effective_flops, by / dev.effective_bandwidth
-                t = mult * (max(tc, tm) + op.launches * dev.launch_overhead_s)
-                out.append(
-                    OperatorBreakdown(
-                        op.name, op.op_class, scope, mult * fl, mult * by, t,
-                        "compute" if tc >= tm else "memory",
-                    )
-                )
-        for scope, comms, mult in (
-            ("layer", self.table.layer_comms, self._layers),
-            ("iteration", self.table.iteration_comms, 1.0),
-        ):
-            for c in comms:
-                out.append(
-                    OperatorBreakdown(
-                        c.name, "communication", scope, 0.0, mult * float(c.bytes @ x),
-                        mult * float(c.time @ x), "communication",
-                    )
-                )
-        return out
-
-
-# --------------------------------------------------------------- calibrated pricing
-
-
-_Row = Callable[[list, float, float], object]  # (features as a list, FLOPs, bytes) -> pricing.Priced
-
-
-class _Calibrated:
-    """Calibrated pricing of one cost model's operator rows, collectives and overheads.
-
-    Built once per :class:`IterationCostModel`: each row gets a pricer from the
-    device profile (GEMM, prefill / decode attention, bandwidth-bound op) or, when
-    the profile has no curve for it, keeps the roofline with constant
-    efficiencies. Collectives with a fitted alpha-beta curve for the group size
-    use it; the rest keep the link model of the operator table.
-    """
-
-    def __init__(self, model: IterationCostModel):
-        from hwmodels.calibration.pricing import Priced
-
-        self._priced = Priced
-        self.model = model
-        dev = model.device
-        table = model.table
-        self.L = model._layers
-        self.inv_c = 1.0 / dev.effective_flops
-        self.inv_m = 1.0 / dev.effective_bandwidth
-        self.Fl = np.array([op.flops for op in table.layer_ops])
-        self.Bl = np.array([op.bytes for op in table.layer_ops])
-        self.Fi = np.array([op.flops for op in table.iteration_ops])
-        self.Bi = np.array([op.bytes for op in table.iteration_ops])
-        launch = dev.launch_overhead_s
-        self.l_rows = [(op, self._pricer(op), op.launches * launch) for op in table.layer_ops]
-        self.i_rows = [(op, self._pricer(op), op.launches * launch) for op in table.iteration_ops]
-        self.ctx_rows = set(model._ctx_rows.tolist())
-        # The decode-attention pricer whose split count depends on the context (FlashAttention-2), if any.
-        capped = [getattr(p, "decode", None) for _, p, _ in self.l_rows]
-        capped = [d for d in capped if d is not None and d.split_regime(1.0, 1.0) != 0]
-        self.capped = capped[0] if capped else None
-        if self.capped is not None:
-            from hwmodels.calibration.attention_curves import kv_block_tokens
-
-            self.capped_block = kv_block_tokens(self.capped.dh)  # tokens per KV block of its split heuristic
-        self.comm_vec = np.zeros(F.NUM_FEATURES)
-        self.comm_cal: list[tuple[float, object, np.ndarray, float, float, str]] = []
-        for comms, mult in ((table.layer_comms, self.L), (table.iteration_comms, 1.0)):
-            for c in comms:
-                cal = self._collective(c)
-                if cal is None:
-                    self.comm_vec = self.comm_vec + mult * c.time
-                else:
-                    pricer, scale, count = cal
-                    self.comm_cal.append((mult, pricer, c.bytes, scale, count, c.name))
-        self.over = model.overheads
-
-    @classmethod
-    def build(cls, model: IterationCostModel) -> _Calibrated:
-        return cls(model)
-
-    # ---------------------------------------------------------------- pricers
-    def _peaks(self, dtype: str) -> tuple[float, float]:
-        """(FLOP/s, bytes/s) the profile's curves were fitted against (efficiencies are fractions of them)."""
-        dev = self.model.device
-        peaks = (dev.profile.doc.get("peaks") or {}) if dev.profile is not None else {}
-        flops = peaks.get("flops_per_s") or {}
-        peak = flops.get(dtype) or flops.get({"bf16": "fp16", "fp16": "bf16"}.get(dtype, ""))
-        bw = peaks.get("memory_bandwidth_Bps")
-        return float(peak or dev.peak_flops), float(bw or dev.memory_bandwidth)
-
-    def _gemm_shapes(self, op) -> tuple[tuple[float, float, float], ...]:
-        shapes = self.model.shapes
-        if shapes is not None and op.name in shapes.gemms:
-            return shapes.gemms[op.name]
-        # No shapes given: square GEMMs with the row's weight elements per token, one per launch.
-        per_token = max(op.flops[F.PREFILL_TOKENS], op.flops[F.DECODE_SEQS], op.flops[F.LOGIT_SEQS]) / 2.0
-        if op.bytes[F.EXPERTS_HIT] != 0:
-            return ((math.sqrt(per_token / max(self.model._k, 1)),) * 2 + (1.0,),)
-        n = math.sqrt(per_token / max(op.launches, 1.0))
-        return ((n, n, max(op.launches, 1.0)),)
-
-    def _pricer(self, op) -> _Row | None:
-        from hwmodels.calibration import pricing
-
-        dev = self.model.device
-        profile = dev.profile
-        if profile is None:
-            return None
-        shapes = self.model.shapes
-        act = shapes.act_dtype if shapes is not None else "bf16"
-        if op.op_class == "gemm":
-            curve = profile.curve("gemm", dev.compute_format)
-            if curve is None:
-                return None
-            peak, bw = self._peaks(curve.dtype)
-            g = pricing.GemmPricer(curve, self._gemm_shapes(op), peak, bw)
-            if op.bytes[F.EXPERTS_HIT] != 0:
-                fn = lambda x, f, b: g.price(f, b, max(x[F.EXPERTS_HIT], 1e-9))  # noqa: E731
-                fn.many = lambda X, f, b: g.price_many(f, b, np.maximum(X[:, F.EXPERTS_HIT], 1e-9))
-                return fn
-            fn = lambda x, f, b: g.price(f, b)  # noqa: E731
-            fn.many = lambda X, f, b: g.price_many(f, b)
-            return fn
-        if shapes is None and op.op_class.startswith("attention"):
-            return None
-        if op.op_class == "attention_prefill":
-            curve = profile.curve("attention_prefill", act)
-            if curve is None:
-                return None
-            peak, bw = self._peaks(curve.dtype)
-            a = pricing.PrefillPricer(curve, shapes.heads, shapes.kv_heads, shapes.head_dim, peak, bw, shapes.kv_bytes)
-            fn = lambda x, f, b: a.price(x[F.PREFILL_TOKENS], x[F.PREFILL_ATTN_WORK], f, b, x[F.PREFILL_KV_READ])  # noqa: E731
-            fn.many = lambda X, f, b: a.price_many(
-                X[:, F.PREFILL_TOKENS], X[:, F.PREFILL_ATTN_WORK], f, b, X[:, F.PREFILL_KV_READ])
-            return fn
-        if op.op_class == "attention_decode":
-            curve = profile.curve("attention_decode", act)
-            if curve is None:
-                return None
-            peak, bw = self._peaks(curve.dtype)
-            d = pricing.DecodePricer(curve, shapes.heads, shapes.kv_heads, peak, bw, shapes.head_dim,
-                                     op.flops[F.DECODE_CONTEXT], op.bytes[F.DECODE_CONTEXT])
-            fn = lambda x, f, b: d.price(x[F.DECODE_SEQS], x[F.DECODE_CONTEXT], f, b)  # noqa: E731
-            fn.decode = d  # decode runs price this row as two lines in the context
-            return fn
-        if op.op_class == "elementwise":
-            curve = profile.curve(f"elementwise:{op.name}", act)
-            if curve is None:
-                return None
-            peak, bw = self._peaks(curve.dtype)
-            mp = pricing.MemoryPricer(curve, peak, bw)
-            launches = max(op.launches, 1.0)
-            fn = lambda x, f, b: mp.price(f, b, launches)  # noqa: E731
-            fn.many = lambda X, f, b: mp.price_many(f, b, launches)
-            return fn
-        return None
-
-    def _collective(self, c):
-        """(pricer, bytes-to-message scale, count) for a collective row with a fitted curve, else None."""
-        from hwmodels.calibration.pricing import CollectivePricer
-
-        profile = self.model.device.profile
-        if profile is None:
-            return None
-        table = self.model.table
-        if c.name == "tp_allreduce" and table.tp > 1:
-            curve = profile.collective("all_reduce", table.tp)
-            # c.bytes counts what each rank sends in a ring, 2 (t-1)/t of the message.
-            return (CollectivePricer(curve), table.tp / (2.0 * (table.tp - 1)), 1.0) if curve else None
-        if c.name == "pp_send" and table.pp > 1:
-            curve = profile.collective("send_recv", 2)
-            return (CollectivePricer(curve), 1.0 / (table.pp - 1), float(table.pp - 1)) if curve else None
-        return None
-
-    # ---------------------------------------------------------------- pricing
-    def _row(self, pricer, f: float, b: float, launch: float, xl: list):
-        if pricer is None:
-            if f == 0.0 and b == 0.0:
-                return None
-            tc, tm = f * self.inv_c, b * self.inv_m
-            return self._priced((tc if tc >= tm else tm) + launch, tc, tm)
-        return pricer(xl, f, b)
-
-    def _rows_time(self, rows, F: np.ndarray, B: np.ndarray, x: np.ndarray, xl: list) -> float:
-        """Seconds of one pass over ``rows`` (FLOP and byte coefficient matrices ``F``, ``B``) at features ``x``."""
-        total = 0.0
-        for (_, pricer, launch), f, b in zip(rows, (F @ x).tolist(), (B @ x).tolist(), strict=True):
-            p = self._row(pricer, f, b, launch, xl)
-            if p is not None:
-                total += p.time_s
-        return total
-
-    def _layer_iteration(self, x: np.ndarray) -> tuple[float, float]:
         xl = x.tolist()
-        return self._rows_time(self.l_rows, self.Fl, self.Bl, x, xl), self._rows_time(self.i_rows, self.Fi, self.Bi, x, xl)
-
-    def comm(self, x: np.ndarray) -> float:
-        t = float(self.comm_vec @ x)
-        for mult, pricer, bvec, scale, count, _ in self.comm_cal:
-            t += mult * count * pricer.time(float(bvec @ x) * scale)
-        return t
-
-    def overhead(self, x: np.ndarray):
-        """Serving-engine overhead of the iteration(s) with features ``x`` (one row, or shapes x features)."""
-        o = self.over
-        if not o.active:
-            return 0.0
-        return o.per_iteration_s + o.per_sequence_s * x[..., F.LOGIT_SEQS] + o.per_layer_s * self.L
-
-    def price(self, x: np.ndarray) -> float:
-        layer, it = self._layer_iteration(x)
-        return float(self.L * layer + it + self.comm(x) + self.overhead(x))
-
-    def price_many(self, X: np.ndarray) -> np.ndarray | None:
-        """:meth:`price` of every row of ``X`` (shapes x features) in one pass, or None where it cannot.
-
-        Same formulas, on arrays. It declines (None) unless every operator row has
-        work in all shapes or in none: the scalar pricers' "nothing to do" branches
-        are not vectorised.
-        """
-        layer = self._rows_time_many(self.l_rows, self.Fl, self.Bl, X)
-        it = self._rows_time_many(self.i_rows, self.Fi, self.Bi, X)
-        if layer is None or it is None:
-            return None
-        comm = X @ self.comm_vec
-        for mult, pricer, bvec, scale, count, _ in self.comm_cal:
-            nbytes = (X @ bvec) * scale
-            if not np.all(nbytes > 0.0):
-                return None
-            comm = comm + mult * count * pricer.time_many(nbytes)
-        return self.L * layer + it + comm + self.overhead(X)
-
-    def _rows_time_many(self, rows, F_: np.ndarray, B: np.ndarray, X: np.ndarray) -> np.ndarray | None:
-        total = np.zeros(len(X))
-        for (_, pricer, launch), f, b in zip(rows, F_ @ X.T, B @ X.T, strict=True):
-            idle = (f == 0.0) & (b == 0.0)
-            if idle.all():
-                continue
-            if pricer is None:
-                if idle.any():
-                    return None
-                tc, tm = f * self.inv_c, b * self.inv_m
-                total = total + (np.maximum(tc, tm) + launch)
-                continue
-            many = getattr(pricer, "many", None)
-            if many is None or idle.any():
-                return None
-            total = total + many(X, f, b).time_s
-        return total
-
-    def decode_coefficients(self, batch: int, context_per_seq: float | None = None) -> tuple:
-        """As :meth:`IterationCostModel._decode_coefficients`, with calibrated rows
-        (``context_per_seq`` picks the attention kernel's split regime)."""
-        model = self.model
-        x = model._decode_base(batch)
-        xl = x.tolist()
-        fl, bl = (self.Fl @ x).tolist(), (self.Bl @ x).tolist()
-        L, ctx = self.L, F.DECODE_CONTEXT
-        static_layer = 0.0
-        lines = []
-        closed_form = True
-        for i, ((_, pricer, launch), f, b) in enumerate(zip(self.l_rows, fl, bl, strict=True)):
-            if i not in self.ctx_rows:
-                p = self._row(pricer, f, b, launch, xl)
-                if p is not None:
-                    static_layer += p.time_s
-                continue
-            if pricer is None:
-                static_layer += launch  # context-dependent rows always have work in a decode step
-                lines.append((L * self.Fl[i, ctx] * self.inv_c, L * f * self.inv_c,
-                              L * self.Bl[i, ctx] * self.inv_m, L * b * self.inv_m))
-            elif hasattr(pricer, "decode") and pricer.decode.v2:
-                # fixed + max(flat, base + slope * C): two lines in C.
-                fixed, flat, base, slope = pricer.decode.lines(float(batch), b, context_per_seq)
-                lines.append((0.0, L * (fixed + flat), L * slope, L * (fixed + base)))
-            elif hasattr(pricer, "decode") and (f == 0.0 or pricer.decode.terms(float(batch))[3] == 0.0):
-                # Compute and serial sides are lines through the origin in C (no context-free FLOPs):
-                # their maximum is the steeper one.
-                fixed, per_flop, per_byte, serial = pricer.decode.terms(float(batch))
-                slope = max(self.Fl[i, ctx] * per_flop, serial)
-                lines.append((L * slope, L * (f * per_flop + fixed),
-                              L * self.Bl[i, ctx] * per_byte, L * (b * per_byte + fixed)))
-            else:
-                closed_form = False
-        fi, bi = (self.Fi @ x).tolist(), (self.Bi @ x).tolist()
-        it = 0.0
-        for (_, pricer, launch), f, b in zip(self.i_rows, fi, bi, strict=True):
-            p = self._row(pricer, f, b, launch, xl)
-            if p is not None:
-                it += p.time_s
-        static = float(L * static_layer + it + self.comm(x) + self.overhead(x))
-        fl_t, by_t = model._flops_total, model._bytes_total
-        work = (float(fl_t @ x), float(by_t @ x), float(fl_t[ctx]), float(by_t[ctx]))
-        if not closed_form or not lines:
-            return (static, False, None, work)
-        if len(lines) == 1:
-            return (static, True, tuple(float(v) for v in lines[0]), work)
-        af, bf, am, bm = (np.array(col, dtype=float) for col in zip(*lines, strict=True))
-        return (static, False, (af, bf, am, bm), work)
-
-    def breakdown(self, x: np.ndarray) -> list[OperatorBreakdown]:
-        xl = x.tolist()
-        out: list[OperatorBreakdown] = []
-        for scope, rows, Fm, Bm, mult in (
-            ("layer", self.l_rows, self.Fl, self.Bl, self.L),
-            ("iteration", self.i_rows, self.Fi, self.Bi, 1.0),
-        ):
-            for (op, pricer, launch), f, b in zip(rows, (Fm @ x).tolist(), (Bm @ x).tolist(), strict=True):
-                p = self._row(pricer, f, b, launch, xl)
-                if p is None or (f == 0.0 and b == 0.0):
-                    continue
-                out.append(OperatorBreakdown(
-                    op.name, op.op_class, scope, mult * f, mult * b, mult * p.time_s,
-                    "compute" if p.compute_s >= p.memory_s else "memory",
-                ))
-        table = self.model.table
-        cal = {name: (mult, pricer, bvec, scale, count) for mult, pricer, bvec, scale, count, name in self.comm_cal}
-        for scope, comms, mult in (("layer", table.layer_comms, self.L), ("iteration", table.iteration_comms, 1.0)):
-            for c in comms:
-                if c.name in cal:
-                    m, pricer, bvec, scale, count = cal[c.name]
-                    t = m * count * pricer.time(float(bvec @ x) * scale)
-                else:
-                    t = mult * float(c.time @ x)
-                out.append(OperatorBreakdown(
-                    c.name, "communication", scope, 0.0, mult * float(c.bytes @ x), t, "communication",
-                ))
-        if self.over.active:
+        out = self._layer.breakdown(x, xl, "layer", self._layers) + self._iter.breakdown(x, xl, "iteration", 1.0)
+        out += self._comms.breakdown(x)
+        if self.overheads.active:
             out.append(OperatorBreakdown(
-                f"engine_overhead ({self.over.name})", "overhead", "iteration", 0.0, 0.0, self.overhead(x), "overhead",
+                f"engine_overhead ({self.overheads.name})", "overhead", "iteration", 0.0, 0.0, self._overhead(x),
+                "overhead", f"engine overheads {self.overheads.name}",
             ))
         return out

@@ -43,27 +43,58 @@ import numpy as np
 
 from hwmodels.links import Link, ring_allreduce_coefficients
 from simulator.costmodel import features as F
+from simulator.costmodel.sharding import heads_per_gpu, kv_heads_per_gpu
 from simulator.models.spec import ModelSpec
+
+GemmShape = tuple[float, float, float]  # (n, k, count): output and input features of one GEMM, launches of it
 
 
 @dataclass(frozen=True)
 class Operator:
-    """One operator: FLOPs and bytes as coefficient vectors over batch features."""
+    """One operator: FLOPs and bytes as coefficient vectors over batch features.
+
+    ``op_class`` and ``placement`` pick the row's pricer (:mod:`simulator.costmodel.pricers`);
+    ``gemms`` are the GEMMs a ``gemm``-class row launches, ``(n, k, count)`` each (per expert
+    for MoE rows; the token count ``m`` comes from the batch), so a calibrated curve can price
+    each at its own shape. They are set where the sharding that decides them is computed.
+    """
 
     name: str
-    op_class: str  # "gemm", "attention_prefill", "attention_decode", "elementwise", "lm_head", ...
+    op_class: str  # "gemm", "attention_prefill", "attention_decode", "elementwise"
     flops: np.ndarray
     bytes: np.ndarray
     launches: float = 1.0
+    gemms: tuple[GemmShape, ...] = ()
+    placement: str = "device"  # where the row runs; "device" (the replica's GPUs) is the only one today
+
+
+@dataclass(frozen=True)
+class AttentionGeometry:
+    """The attention rows' shape on one GPU, for pricers whose curves depend on it (heads per GPU)."""
+
+    heads: float
+    kv_heads: float
+    head_dim: float
+    act_dtype: str = "bf16"
+    kv_bytes: float = 2.0  # per KV-cache element (the cache write a calibrated attention curve may include)
 
 
 @dataclass(frozen=True)
 class Collective:
-    """A communication step: ``time = coef . x`` seconds (alpha-beta link model)."""
+    """A communication step: ``time = coef . x`` seconds (alpha-beta link model).
+
+    ``kind`` and ``group`` name the collective a calibrated profile may have fitted
+    (``all_reduce`` over ``tp`` ranks, ``send_recv`` between 2); such a curve prices ``count``
+    messages of ``message_scale * (bytes . x)`` bytes each instead of the link model.
+    """
 
     name: str
     time: np.ndarray
     bytes: np.ndarray  # bytes each GPU sends, for accounting
+    kind: str = ""  # "" when no fitted curve applies
+    group: int = 1
+    message_scale: float = 1.0
+    count: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -72,7 +103,8 @@ class OperatorTable:
 
     ``layer_ops`` and ``layer_comms`` run once per layer (``num_layers`` times,
     stages one after another for a single batch); ``iteration_ops`` and
-    ``iteration_comms`` once per iteration.
+    ``iteration_comms`` once per iteration. ``attention`` is the attention rows'
+    per-GPU geometry, which calibrated attention curves are priced at.
     """
 
     num_layers: int
@@ -85,6 +117,7 @@ class OperatorTable:
     layer_comms: tuple[Collective, ...] = ()
     iteration_comms: tuple[Collective, ...] = ()
     notes: tuple[str, ...] = field(default=())
+    attention: AttentionGeometry | None = None
 
     def with_ops(self, **changes) -> OperatorTable:
         """A copy with some fields replaced (techniques transform tables this way)."""
@@ -114,16 +147,22 @@ def build_operator_table(
     act_bytes: float,
     tp_link: Link,
     pp_link: Link,
+    act_dtype: str = "bf16",
 ) -> OperatorTable:
-    """Operators of ``model`` sharded ``tp``-way per layer and ``pp``-way across layers."""
+    """Operators of ``model`` sharded ``tp``-way per layer and ``pp``-way across layers.
+
+    GEMM rows carry their GEMMs as vLLM launches them: fused QKV, output projection,
+    fused gate+up (when gated) and down projection, MoE router and per-expert MLP,
+    LM head; weights ``[k, n]`` with ``k`` the input features, sharded ``tp``-way.
+    """
     d, L = model.hidden_size, model.num_layers
     h, dh = model.num_heads, model.head_dim
     hkv = model.num_kv_heads
     f, V = model.ffn_size, model.vocab_size
     t = tp
     # Query heads split evenly; KV heads are replicated when there are fewer than t.
-    h_gpu = h / t
-    hkv_gpu = float(-(-hkv // t)) if hkv >= t else 1.0
+    h_gpu = heads_per_gpu(h, t)
+    hkv_gpu = float(kv_heads_per_gpu(hkv, t))
     qkv_out = (h_gpu + 2 * hkv_gpu) * dh
     mlp_mats = 3 if model.mlp == "gated" else 2
     ba, bw, bkv = act_bytes, weight_bytes, kv_bytes
@@ -139,6 +178,7 @@ def build_operator_table(
         "gemm",
         flops=_vec(**_per_token(2.0 * d * qkv_out)),
         bytes=_vec(one=d * qkv_out * bw, **_per_token((d + qkv_out) * ba)),
+        gemms=((qkv_out, float(d), 1.0),),
     )
     # Causal prefill attention: 4*h*dh FLOPs per query-key pair (QK^T and AV);
     # reads the chunk's KV (cached + new) once, writes the new tokens' KV.
@@ -166,9 +206,13 @@ def build_operator_table(
         "gemm",
         flops=_vec(**_per_token(2.0 * h_gpu * dh * d)),
         bytes=_vec(one=h_gpu * dh * d * bw, **_per_token((h_gpu * dh + d) * ba)),
+        gemms=((float(d), h_gpu * dh, 1.0),),
     )
     expert_weight_bytes = mlp_mats * d * (f / t) * bw
     mlp_act_bytes = (2.0 * d + mlp_mats * f / t) * ba
+    # The MLP's GEMMs (per expert): gate and up fused into one when gated, then down.
+    up = (2.0 if model.mlp == "gated" else 1.0) * f / t
+    mlp_gemms = ((up, float(d), 1.0), (float(d), f / t, 1.0))
     if model.is_moe:
         k, E = model.experts_per_token, model.num_experts
         router = Operator(
@@ -176,6 +220,7 @@ def build_operator_table(
             "gemm",
             flops=_vec(**_per_token(2.0 * d * E)),
             bytes=_vec(one=d * E * bw, **_per_token(d * ba)),
+            gemms=((float(E), float(d), 1.0),),
         )
         experts = Operator(
             "moe_experts",
@@ -183,6 +228,7 @@ def build_operator_table(
             flops=_vec(**_per_token(k * 2.0 * mlp_mats * d * f / t)),
             bytes=_vec(experts_hit=expert_weight_bytes, **_per_token(k * mlp_act_bytes)),
             launches=2.0 * mlp_mats,
+            gemms=mlp_gemms,
         )
         mlp_ops: tuple[Operator, ...] = (router, experts)
     else:
@@ -193,6 +239,7 @@ def build_operator_table(
                 flops=_vec(**_per_token(2.0 * mlp_mats * d * f / t)),
                 bytes=_vec(one=expert_weight_bytes, **_per_token(mlp_act_bytes)),
                 launches=float(mlp_mats),
+                gemms=mlp_gemms,
             ),
         )
     # Elementwise operators between the GEMMs (formulas in the module docstring). They scale with the
@@ -233,6 +280,7 @@ def build_operator_table(
         "gemm",
         flops=_vec(logit_seqs=2.0 * d * V / t),
         bytes=_vec(one=d * (V / t) * bw, logit_seqs=(d + V / t) * ba),
+        gemms=((V / t, float(d), 1.0),),
     )
     embedding = Operator(
         "embedding",
@@ -250,6 +298,8 @@ def build_operator_table(
             "tp_allreduce",
             time=_vec(one=fixed, **_per_token(per_byte * msg)),
             bytes=_vec(**_per_token(2.0 * (t - 1) / t * msg)),
+            # A ring all-reduce sends 2 (t-1)/t of the message from each rank.
+            kind="all_reduce", group=t, message_scale=t / (2.0 * (t - 1)),
         )
         layer_comms = (ar, ar)  # after attention and after the MLP
     iteration_comms: tuple[Collective, ...] = ()
@@ -259,6 +309,8 @@ def build_operator_table(
             "pp_send",
             time=_vec(one=(pp - 1) * pp_link.latency_s, **_per_token((pp - 1) * msg / pp_link.bandwidth)),
             bytes=_vec(**_per_token((pp - 1) * msg)),
+            # pp - 1 point-to-point sends, one per stage boundary.
+            kind="send_recv", group=2, message_scale=1.0 / (pp - 1), count=float(pp - 1),
         )
         iteration_comms = (send,)
 
@@ -272,4 +324,5 @@ def build_operator_table(
         iteration_ops=iteration_ops,
         layer_comms=layer_comms,
         iteration_comms=iteration_comms,
+        attention=AttentionGeometry(h_gpu, hkv_gpu, float(dh), act_dtype, float(kv_bytes)),
     )

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from hwmodels.device import DeviceSpec
 from hwmodels.roofline import RooflineDevice
 from simulator.config.schema import DeploymentConfig
-from simulator.costmodel.iteration import IterationCostModel, OperatorShapes, OverheadTerms
+from simulator.costmodel.iteration import IterationCostModel, OverheadTerms
 from simulator.costmodel.operators import OperatorTable
 from simulator.models.spec import ModelSpec
 
@@ -27,7 +27,6 @@ class BuildContext:
     device: DeviceSpec
     deployment: DeploymentConfig
     roofline: RooflineDevice
-    shapes: OperatorShapes | None
     overheads: OverheadTerms | None
     seed: int
     table: OperatorTable | None = None
@@ -36,7 +35,7 @@ class BuildContext:
         """A cost model of the main model (optionally with its table transformed), priced exactly as the
         replica's own: same device view, calibrated curves and engine overheads."""
         table = self.table if transform is None else transform(self.table)
-        return IterationCostModel(table, self.roofline, self.shapes, self.overheads)
+        return IterationCostModel(table, self.roofline, self.overheads)
 
     def cost_model(
         self, model: ModelSpec, *, device: DeviceSpec | None = None, tp: int | None = None,

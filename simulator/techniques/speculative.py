@@ -53,7 +53,7 @@ from capsim.errors import CapsimError
 from capsim.types import Count, Flag, OptionalCount
 from simulator.costmodel import features as F
 from simulator.costmodel.features import BatchShape
-from simulator.costmodel.iteration import DecodeRun, IterationCost, IterationCostModel, OperatorShapes
+from simulator.costmodel.iteration import DecodeRun, IterationCost, IterationCostModel
 from simulator.costmodel.operators import Collective, Operator, OperatorTable
 from simulator.costmodel.precision import bytes_per_element
 from simulator.memory_plan import weights_per_gpu
@@ -450,10 +450,10 @@ def medusa_table(model: ModelSpec, heads: int, tp: int, weight_bytes: float, act
 
     res = Operator("medusa_resblock", "gemm", flops=vec(decode_seqs=2 * heads * d * d / t),
                    bytes=vec(one=heads * d * d / t * weight_bytes, decode_seqs=heads * (d + d / t) * act_bytes),
-                   launches=float(heads))
+                   launches=float(heads), gemms=((d / t, d, float(heads)),))
     vocab = Operator("medusa_vocab", "gemm", flops=vec(decode_seqs=2 * heads * d * V / t),
                      bytes=vec(one=heads * d * V / t * weight_bytes, decode_seqs=heads * (d + V / t) * act_bytes),
-                     launches=float(heads))
+                     launches=float(heads), gemms=((V / t, d, float(heads)),))
     act = Operator("medusa_silu_add", "elementwise", flops=vec(decode_seqs=6 * heads * d / t),
                    bytes=vec(decode_seqs=3 * heads * d / t * act_bytes))
     return OperatorTable(num_layers=1, tp=tp, pp=1, num_experts=1, experts_per_token=1,
@@ -735,13 +735,7 @@ class SpeculativeDecoding(Technique):
             wb = bytes_per_element(dep.weight_dtype, field="deployment.weight_dtype")
             ab = bytes_per_element(dep.activation_dtype, field="deployment.activation_dtype")
             table = medusa_table(ctx.model, p.k, dep.tp, wb, ab)
-            d, V, t = float(ctx.model.hidden_size), float(ctx.model.vocab_size), float(dep.tp)
-            base = ctx.shapes
-            shapes = OperatorShapes(
-                {"medusa_resblock": ((d / t, d, float(p.k)),), "medusa_vocab": ((V / t, d, float(p.k)),)},
-                base.heads, base.kv_heads, base.head_dim, base.act_dtype, base.kv_bytes,
-            ) if base is not None else None
-            drafter = _HeadsDrafter(IterationCostModel(table, ctx.roofline, shapes, None))
+            drafter = _HeadsDrafter(IterationCostModel(table, ctx.roofline, None))
         elif p.drafter == "hierarchical":
             spec = self._draft_spec(ctx)
             tp = self._draft_tp(ctx)
@@ -755,7 +749,7 @@ class SpeculativeDecoding(Technique):
 
             def make(transform, kept=kept):
                 table = ctx.table.with_ops(num_layers=kept)
-                return IterationCostModel(transform(table), ctx.roofline, ctx.shapes, None)
+                return IterationCostModel(transform(table), ctx.roofline, None)
 
             drafter = _ModelDrafter(_ByTokens(make), prefills=False)
         else:

@@ -1,0 +1,352 @@
+"""Pricing one operator row: a typed interface, the roofline and the calibrated curves as its implementations.
+
+Why an interface: a technique that changes how a row is priced (a draft model's
+GEMMs, a LoRA GEMM, a KV transfer, a row offloaded to another device) must be
+written once and reach every question the cost model answers -- one iteration,
+many shapes at once, a run of decode steps -- instead of once per pricing path.
+So every row of an operator table gets a :class:`RowPricer` when the cost model
+is built, chosen by the row's class and placement from :data:`PRICERS`; a row
+whose class has no pricer is an error that names it, never a guess.
+
+The ``device`` placement's pricers take the calibrated profile's curve for the
+row where the profile has one (GEMM, prefill and decode attention, the
+bandwidth-bound kernels it measured) and the roofline with the device's
+constant efficiencies otherwise. That choice is recorded on the pricer
+(``source``) and shown in ``capsim estimate``'s breakdown.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from capsim.errors import CapsimError
+from hwmodels.calibration import pricing
+from hwmodels.calibration.attention_curves import kv_block_tokens
+from hwmodels.calibration.pricing import ZERO, Priced
+from hwmodels.calibration.profile import Curve
+from hwmodels.roofline import RooflineDevice
+from simulator.costmodel import features as F
+from simulator.costmodel.operators import AttentionGeometry, Operator
+
+__all__ = [
+    "PRICERS",
+    "DecodeLine",
+    "Priced",
+    "PricerRegistry",
+    "PricingContext",
+    "RooflinePricer",
+    "RowPricer",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeLine:
+    """A context-dependent row of a decode step of a fixed batch, as lines in the summed context ``C``.
+
+    The row takes ``max(compute_slope * C + compute_base, memory_slope * C + memory_base)``
+    seconds over all layers, plus ``static_s`` per layer whatever the context (a launch).
+    Lines let a run of decode steps be priced in closed form (the engine's hot path).
+    """
+
+    static_s: float
+    compute_slope: float
+    compute_base: float
+    memory_slope: float
+    memory_base: float
+
+
+class RowPricer(ABC):
+    """Prices one operator row from its FLOPs and bytes at a batch's features.
+
+    ``price`` is the scalar path (one shape, plain floats: the engine meets new shapes one
+    at a time), ``price_many`` the vectorised one (many shapes in one call), ``decode_line``
+    the closed form of a decode run. The defaults say "cannot": the cost model then
+    prices shape by shape.
+    """
+
+    source: str = "roofline"  # what prices the row, for the breakdown ("roofline", "profile gemm/bf16", ...)
+    split_block_tokens: int = 0  # KV tokens per block of a kernel whose split count follows the context
+
+    @abstractmethod
+    def price(self, x: Sequence[float], flops: float, nbytes: float) -> Priced:
+        """The row at features ``x`` (as a list) with ``flops`` and ``nbytes`` of work; ``ZERO`` when idle."""
+
+    def price_many(self, X: np.ndarray, flops: np.ndarray, nbytes: np.ndarray) -> np.ndarray | None:
+        """Seconds of the row at each shape (rows of ``X``), every one with work; None where not vectorised."""
+        return None
+
+    def decode_line(
+        self, batch: int, flops: float, nbytes: float, context_per_seq: float | None, layers: float
+    ) -> DecodeLine | None:
+        """The row in a decode step of ``batch`` sequences as lines in the summed context (``flops``, ``nbytes``
+        at zero context; ``context_per_seq`` picks a kernel's split regime), times ``layers``; None when the
+        row's time is not two lines in the context."""
+        return None
+
+    def split_regime(self, seqs: float, context: float) -> int:
+        """The kernel's split count where it depends on the context (decode runs are cut there), else 0."""
+        return 0
+
+
+class RooflinePricer(RowPricer):
+    """The roofline with the device's constant efficiencies, plus a launch cost when the row has work."""
+
+    def __init__(self, op: Operator, device: RooflineDevice):
+        self.inv_c = 1.0 / device.effective_flops
+        self.inv_m = 1.0 / device.effective_bandwidth
+        self.launch = op.launches * device.launch_overhead_s
+        self.flops_per_context = op.flops[F.DECODE_CONTEXT]
+        self.bytes_per_context = op.bytes[F.DECODE_CONTEXT]
+
+    def price(self, x: Sequence[float], flops: float, nbytes: float) -> Priced:
+        if flops == 0.0 and nbytes == 0.0:
+            return ZERO
+        tc, tm = flops * self.inv_c, nbytes * self.inv_m
+        return Priced((tc if tc >= tm else tm) + self.launch, tc, tm)
+
+    def price_many(self, X: np.ndarray, flops: np.ndarray, nbytes: np.ndarray) -> np.ndarray:
+        return np.maximum(flops * self.inv_c, nbytes * self.inv_m) + self.launch
+
+    def decode_line(
+        self, batch: int, flops: float, nbytes: float, context_per_seq: float | None, layers: float
+    ) -> DecodeLine:
+        # A context-dependent row always has work in a decode step, so it always launches.
+        return DecodeLine(
+            self.launch,
+            layers * self.flops_per_context * self.inv_c, layers * flops * self.inv_c,
+            layers * self.bytes_per_context * self.inv_m, layers * nbytes * self.inv_m,
+        )
+
+
+# ------------------------------------------------------------------------ calibrated
+
+
+class GemmCurvePricer(RowPricer):
+    """A GEMM row priced by the profile's GEMM curve at each of its GEMMs' shapes (per expert for MoE)."""
+
+    def __init__(self, gemm: pricing.GemmPricer, moe: bool, source: str):
+        self.gemm, self.moe, self.source = gemm, moe, source
+
+    def price(self, x: Sequence[float], flops: float, nbytes: float) -> Priced:
+        if self.moe:
+            return self.gemm.price(flops, nbytes, max(x[F.EXPERTS_HIT], 1e-9))
+        return self.gemm.price(flops, nbytes)
+
+    def price_many(self, X: np.ndarray, flops: np.ndarray, nbytes: np.ndarray) -> np.ndarray:
+        if self.moe:
+            return self.gemm.price_many(flops, nbytes, np.maximum(X[:, F.EXPERTS_HIT], 1e-9)).time_s
+        return self.gemm.price_many(flops, nbytes).time_s
+
+
+class PrefillCurvePricer(RowPricer):
+    """Causal prefill attention priced by the profile's curve from the batch's tokens, work and KV read."""
+
+    def __init__(self, attention: pricing.PrefillPricer, source: str):
+        self.attention, self.source = attention, source
+
+    def price(self, x: Sequence[float], flops: float, nbytes: float) -> Priced:
+        return self.attention.price(x[F.PREFILL_TOKENS], x[F.PREFILL_ATTN_WORK], flops, nbytes, x[F.PREFILL_KV_READ])
+
+    def price_many(self, X: np.ndarray, flops: np.ndarray, nbytes: np.ndarray) -> np.ndarray:
+        return self.attention.price_many(
+            X[:, F.PREFILL_TOKENS], X[:, F.PREFILL_ATTN_WORK], flops, nbytes, X[:, F.PREFILL_KV_READ]).time_s
+
+
+class DecodeCurvePricer(RowPricer):
+    """Decode attention priced by the profile's curve; its terms depend on the batch only, so a run's steps
+    are lines in the context (two for the ``-v2`` form)."""
+
+    def __init__(self, attention: pricing.DecodePricer, op: Operator, source: str):
+        self.attention, self.source = attention, source
+        self.flops_per_context = op.flops[F.DECODE_CONTEXT]
+        self.bytes_per_context = op.bytes[F.DECODE_CONTEXT]
+        self.split_block_tokens = kv_block_tokens(attention.dh)
+
+    def price(self, x: Sequence[float], flops: float, nbytes: float) -> Priced:
+        return self.attention.price(x[F.DECODE_SEQS], x[F.DECODE_CONTEXT], flops, nbytes)
+
+    def decode_line(
+        self, batch: int, flops: float, nbytes: float, context_per_seq: float | None, layers: float
+    ) -> DecodeLine | None:
+        d = self.attention
+        if d.v2:  # fixed + max(flat, base + slope * C)
+            ln = d.lines(float(batch), nbytes, context_per_seq)
+            return DecodeLine(0.0, 0.0, layers * (ln.fixed + ln.flat), layers * ln.slope, layers * (ln.fixed + ln.base))
+        t = d.terms(float(batch))
+        if flops != 0.0 and t.serial != 0.0:
+            return None  # max(FLOPs x per_flop, serial x C) with context-free FLOPs: not a line
+        # Compute and serial sides are lines through the origin in C: their maximum is the steeper one.
+        slope = max(self.flops_per_context * t.per_flop, t.serial)
+        return DecodeLine(
+            0.0, layers * slope, layers * (flops * t.per_flop + t.fixed),
+            layers * self.bytes_per_context * t.per_byte, layers * (nbytes * t.per_byte + t.fixed),
+        )
+
+    def split_regime(self, seqs: float, context: float) -> int:
+        return self.attention.split_regime(seqs, context)
+
+
+class MemoryCurvePricer(RowPricer):
+    """A bandwidth-bound kernel (RoPE, activation, residual add) priced by the profile's curve for it."""
+
+    def __init__(self, memory: pricing.MemoryPricer, launches: float, source: str):
+        self.memory, self.launches, self.source = memory, launches, source
+
+    def price(self, x: Sequence[float], flops: float, nbytes: float) -> Priced:
+        return self.memory.price(flops, nbytes, self.launches)
+
+    def price_many(self, X: np.ndarray, flops: np.ndarray, nbytes: np.ndarray) -> np.ndarray:
+        return self.memory.price_many(flops, nbytes, self.launches).time_s
+
+
+# ------------------------------------------------------------------------ context and registry
+
+
+@dataclass(frozen=True)
+class PricingContext:
+    """What a pricer factory may read besides its row: the device (with its profile, if any) and the
+    attention rows' per-GPU geometry."""
+
+    device: RooflineDevice
+    attention: AttentionGeometry | None
+
+    def curve(self, key: str, dtype: str) -> Curve | None:
+        """The profile's fitted curve for ``key`` at ``dtype``; None without a profile or such a curve."""
+        profile = self.device.profile
+        return profile.curve(key, dtype) if profile is not None else None
+
+    def peaks(self, dtype: str) -> tuple[float, float]:
+        """(FLOP/s, bytes/s) the profile's curves were fitted against (efficiencies are fractions of them)."""
+        dev = self.device
+        peaks = (dev.profile.doc.get("peaks") or {}) if dev.profile is not None else {}
+        flops = peaks.get("flops_per_s") or {}
+        peak = flops.get(dtype) or flops.get({"bf16": "fp16", "fp16": "bf16"}.get(dtype, ""))
+        bw = peaks.get("memory_bandwidth_Bps")
+        return float(peak or dev.peak_flops), float(bw or dev.memory_bandwidth)
+
+    def geometry(self, op: Operator) -> AttentionGeometry:
+        """The attention geometry a calibrated attention row needs; an error naming the row without it."""
+        if self.attention is None:
+            raise CapsimError(
+                f"attention row {op.name!r} has a calibrated curve but its operator table carries no attention "
+                "geometry (heads, KV heads, head size per GPU)",
+                where=f"operator table row {op.name!r}",
+                fix="build the table with build_operator_table, or set OperatorTable.attention",
+            )
+        return self.attention
+
+
+PricerFactory = Callable[[Operator, PricingContext], RowPricer]
+
+
+class PricerRegistry:
+    """Pricer factories keyed by ``(op_class, placement)``.
+
+    Why keyed by class and placement, not by operator name: a new row (a draft model's
+    GEMMs, a Medusa head) of a known class is priced like its class without a line of
+    code, and a row of a new class, or placed somewhere no pricer covers, fails loudly.
+    """
+
+    def __init__(self, factories: dict[tuple[str, str], PricerFactory] | None = None):
+        self._factories: dict[tuple[str, str], PricerFactory] = dict(factories or {})
+
+    def register(self, op_class: str, placement: str = "device") -> Callable[[PricerFactory], PricerFactory]:
+        """Decorator registering a factory ``(op, context) -> RowPricer`` for rows of ``op_class`` at ``placement``."""
+
+        def decorate(factory: PricerFactory) -> PricerFactory:
+            self.add(op_class, factory, placement)
+            return factory
+
+        return decorate
+
+    def add(self, op_class: str, factory: PricerFactory, placement: str = "device") -> None:
+        key = (op_class, placement)
+        if key in self._factories:
+            raise ValueError(f"a pricer for {op_class!r} rows on {placement!r} is registered twice")
+        self._factories[key] = factory
+
+    def copy(self) -> PricerRegistry:
+        """An independent registry with the same factories (to extend without touching this one)."""
+        return PricerRegistry(self._factories)
+
+    def known(self) -> list[str]:
+        """``class@placement`` of every registered factory."""
+        return sorted(f"{c}@{p}" for c, p in self._factories)
+
+    def for_row(self, op: Operator, context: PricingContext) -> RowPricer:
+        """The pricer of ``op``; a :class:`CapsimError` naming the row when its class has none at its placement."""
+        factory = self._factories.get((op.op_class, op.placement))
+        if factory is None:
+            raise CapsimError(
+                f"no pricer for operator {op.name!r} of class {op.op_class!r} placed on {op.placement!r} "
+                f"(known: {', '.join(self.known())})",
+                where=f"operator table row {op.name!r}",
+                fix="give the row one of the known classes, or register a pricer for its class and placement "
+                "(simulator.costmodel.pricers.PRICERS.register; see docs/extending.md)",
+            )
+        return factory(op, context)
+
+
+PRICERS = PricerRegistry()
+
+
+@PRICERS.register("gemm")
+def gemm_pricer(op: Operator, ctx: PricingContext) -> RowPricer:
+    """The profile's GEMM curve at the row's GEMM shapes, else the roofline."""
+    curve = ctx.curve("gemm", ctx.device.compute_format)
+    if curve is None:
+        return RooflinePricer(op, ctx.device)
+    if not op.gemms:
+        raise CapsimError(
+            f"GEMM row {op.name!r} has no GEMM shapes, so the calibrated GEMM curve cannot price it",
+            where=f"operator table row {op.name!r}",
+            fix="give the Operator its gemms=((n, k, count), ...) where its sharding is computed",
+        )
+    peak, bw = ctx.peaks(curve.dtype)
+    moe = op.bytes[F.EXPERTS_HIT] != 0  # weights read per expert hit: the GEMMs run once per expert
+    return GemmCurvePricer(pricing.GemmPricer(curve, op.gemms, peak, bw), moe, f"profile gemm/{curve.dtype}")
+
+
+@PRICERS.register("attention_prefill")
+def prefill_attention_pricer(op: Operator, ctx: PricingContext) -> RowPricer:
+    """The profile's prefill-attention curve, else the roofline."""
+    act = ctx.attention.act_dtype if ctx.attention is not None else "bf16"
+    curve = ctx.curve("attention_prefill", act)
+    if curve is None:
+        return RooflinePricer(op, ctx.device)
+    g = ctx.geometry(op)
+    peak, bw = ctx.peaks(curve.dtype)
+    return PrefillCurvePricer(
+        pricing.PrefillPricer(curve, g.heads, g.kv_heads, g.head_dim, peak, bw, g.kv_bytes),
+        f"profile attention_prefill/{curve.dtype}",
+    )
+
+
+@PRICERS.register("attention_decode")
+def decode_attention_pricer(op: Operator, ctx: PricingContext) -> RowPricer:
+    """The profile's decode-attention curve, else the roofline."""
+    act = ctx.attention.act_dtype if ctx.attention is not None else "bf16"
+    curve = ctx.curve("attention_decode", act)
+    if curve is None:
+        return RooflinePricer(op, ctx.device)
+    g = ctx.geometry(op)
+    peak, bw = ctx.peaks(curve.dtype)
+    d = pricing.DecodePricer(curve, g.heads, g.kv_heads, peak, bw, g.head_dim,
+                             op.flops[F.DECODE_CONTEXT], op.bytes[F.DECODE_CONTEXT])
+    return DecodeCurvePricer(d, op, f"profile attention_decode/{curve.dtype}")
+
+
+@PRICERS.register("elementwise")
+def elementwise_pricer(op: Operator, ctx: PricingContext) -> RowPricer:
+    """The profile's curve for this kernel (profiles fit each bandwidth-bound kernel apart), else the roofline."""
+    act = ctx.attention.act_dtype if ctx.attention is not None else "bf16"
+    key = f"elementwise:{op.name}"
+    curve = ctx.curve(key, act)
+    if curve is None:
+        return RooflinePricer(op, ctx.device)
+    peak, bw = ctx.peaks(curve.dtype)
+    return MemoryCurvePricer(pricing.MemoryPricer(curve, peak, bw), max(op.launches, 1.0), f"profile {key}/{curve.dtype}")

@@ -1,0 +1,252 @@
+"""Summing priced rows: the operators of one scope (a layer, or the once-per-iteration rest) and the collectives.
+
+Why apart from the pricers: a pricer knows one row; the cost model asks about a
+whole pass -- one shape, many shapes, or the closed form of a decode run -- and
+the order of the sums decides the last bits of every simulated time (the
+request and iteration tables are fingerprinted byte for byte). So the sums live
+here, once, in two arrangements of the same rows:
+
+* :class:`RowByRow` asks each row's pricer in table order (any mix of pricers);
+* :class:`RooflineBlock` prices rows that all take the roofline as one matrix
+  product per side -- datasheet pricing, and the engine's fastest.
+
+The cost model picks one per table (:class:`~simulator.costmodel.iteration.IterationCostModel`);
+both give the same prices to rounding (``tests/test_pricers.py``).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from hwmodels.calibration.pricing import CollectivePricer
+from hwmodels.roofline import RooflineDevice
+from simulator.costmodel import features as F
+from simulator.costmodel.operators import Collective, Operator, OperatorTable
+from simulator.costmodel.pricers import RowPricer
+
+Lines = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # compute slope, base, memory slope, base per row
+
+
+@dataclass(frozen=True)
+class OperatorBreakdown:
+    """Per-operator time of one iteration, for ``capsim estimate`` and the dashboard."""
+
+    name: str
+    op_class: str
+    scope: str  # "layer" (times num_layers) or "iteration"
+    flops: float  # per GPU, all layers
+    bytes: float
+    time_s: float  # all layers
+    bound: str  # "compute", "memory" or "communication"
+    source: str = "roofline"  # what priced it: "roofline", "profile gemm/bf16", "link model", ...
+
+
+@dataclass(frozen=True, slots=True)
+class ScopeDecode:
+    """A scope's rows in a decode step of one batch: ``static_s`` seconds per pass whatever the context,
+    and the context-dependent rows as lines (over all layers), or None when they are not lines."""
+
+    static_s: float
+    lines: Lines | None
+
+
+def _coefficients(ops: Sequence[Operator]) -> tuple[np.ndarray, np.ndarray]:
+    shape = (len(ops), F.NUM_FEATURES)
+    return np.array([op.flops for op in ops]).reshape(shape), np.array([op.bytes for op in ops]).reshape(shape)
+
+
+def context_dependent(ops: Sequence[Operator]) -> np.ndarray:
+    """Which rows' work grows with the decode context (a decode run prices them as lines)."""
+    ctx = F.DECODE_CONTEXT
+    return np.array([op.flops[ctx] != 0 or op.bytes[ctx] != 0 for op in ops], dtype=bool)
+
+
+class Scope(ABC):
+    """Rows that run together, each with its pricer; ``flops`` and ``bytes`` are their coefficient matrices."""
+
+    def __init__(self, ops: Sequence[Operator], pricers: Sequence[RowPricer]):
+        self.ops = tuple(ops)
+        self.pricers = tuple(pricers)
+        self.flops, self.bytes = _coefficients(self.ops)
+        self.context = context_dependent(self.ops)
+
+    @abstractmethod
+    def time(self, x: np.ndarray, xl: list[float]) -> float:
+        """Seconds of one pass at features ``x`` (``xl``: the same as a list)."""
+
+    @abstractmethod
+    def time_many(self, X: np.ndarray) -> np.ndarray | None:
+        """Seconds of one pass at each row of ``X``, or None where that is not vectorised."""
+
+    @abstractmethod
+    def decode(self, batch: int, x: np.ndarray, xl: list[float], context_per_seq: float | None,
+               layers: float) -> ScopeDecode:
+        """A decode step of ``batch`` sequences at features ``x`` (zero context), lines times ``layers``."""
+
+    def breakdown(self, x: np.ndarray, xl: list[float], scope: str, mult: float) -> list[OperatorBreakdown]:
+        """Each row with work at ``x``, priced by its own pricer, times ``mult`` passes."""
+        out: list[OperatorBreakdown] = []
+        for op, pricer, f, b in zip(self.ops, self.pricers, (self.flops @ x).tolist(), (self.bytes @ x).tolist(),
+                                    strict=True):
+            if f == 0.0 and b == 0.0:
+                continue
+            p = pricer.price(xl, f, b)
+            out.append(OperatorBreakdown(
+                op.name, op.op_class, scope, mult * f, mult * b, mult * p.time_s,
+                "compute" if p.compute_s >= p.memory_s else "memory", pricer.source,
+            ))
+        return out
+
+
+class RowByRow(Scope):
+    """Each row priced by its own pricer, summed in table order."""
+
+    def time(self, x: np.ndarray, xl: list[float]) -> float:
+        total = 0.0
+        for pricer, f, b in zip(self.pricers, (self.flops @ x).tolist(), (self.bytes @ x).tolist(), strict=True):
+            total += pricer.price(xl, f, b).time_s
+        return total
+
+    def time_many(self, X: np.ndarray) -> np.ndarray | None:
+        """Declines (None) unless every row has work in all shapes or in none: pricers' "nothing to do"
+        branches are scalar."""
+        total = np.zeros(len(X))
+        for pricer, f, b in zip(self.pricers, self.flops @ X.T, self.bytes @ X.T, strict=True):
+            idle = (f == 0.0) & (b == 0.0)
+            if idle.all():
+                continue
+            if idle.any():
+                return None
+            t = pricer.price_many(X, f, b)
+            if t is None:
+                return None
+            total = total + t
+        return total
+
+    def decode(self, batch: int, x: np.ndarray, xl: list[float], context_per_seq: float | None,
+               layers: float) -> ScopeDecode:
+        static = 0.0
+        lines = []
+        closed_form = True
+        rows = zip(self.pricers, self.context.tolist(), (self.flops @ x).tolist(), (self.bytes @ x).tolist(),
+                   strict=True)
+        for pricer, in_context, f, b in rows:
+            if not in_context:
+                static += pricer.price(xl, f, b).time_s
+                continue
+            line = pricer.decode_line(batch, f, b, context_per_seq, layers)
+            if line is None:
+                closed_form = False
+                continue
+            static += line.static_s
+            lines.append(line)
+        if not closed_form or not lines:
+            return ScopeDecode(static, None)
+        cols = (
+            [ln.compute_slope for ln in lines], [ln.compute_base for ln in lines],
+            [ln.memory_slope for ln in lines], [ln.memory_base for ln in lines],
+        )
+        af, bf, am, bm = (np.array(col, dtype=float) for col in cols)
+        return ScopeDecode(static, (af, bf, am, bm))
+
+
+class RooflineBlock(Scope):
+    """Rows that all take the roofline (constant efficiencies), priced as one matrix product per side.
+
+    The same prices as each row's :class:`~simulator.costmodel.pricers.RooflinePricer` (to rounding):
+    compute and memory time are coefficient matrices pre-divided by the effective rates, and a row
+    with work adds its launch cost.
+    """
+
+    def __init__(self, ops: Sequence[Operator], pricers: Sequence[RowPricer], device: RooflineDevice):
+        super().__init__(ops, pricers)
+        self.tc = self.flops / device.effective_flops
+        self.tm = self.bytes / device.effective_bandwidth
+        self.launch = np.array([op.launches for op in self.ops], dtype=float) * device.launch_overhead_s
+        s, r = np.flatnonzero(~self.context), np.flatnonzero(self.context)
+        self._static_tc, self._static_tm, self._static_launch = self.tc[s], self.tm[s], self.launch[s]
+        self._ctx_tc, self._ctx_tm = self.tc[r], self.tm[r]
+        self._ctx_launch = self.launch[r].sum()  # context-dependent rows always have work in a decode step
+
+    def time(self, x: np.ndarray, xl: list[float]) -> float:
+        lc, lm = self.tc @ x, self.tm @ x
+        return np.maximum(lc, lm).sum() + self.launch @ ((lc != 0) | (lm != 0))
+
+    def time_many(self, X: np.ndarray) -> None:
+        """Declines: a shape costs one small matrix product here already, so there is nothing to batch."""
+        return None
+
+    def decode(self, batch: int, x: np.ndarray, xl: list[float], context_per_seq: float | None,
+               layers: float) -> ScopeDecode:
+        lc, lm = self._static_tc @ x, self._static_tm @ x
+        launch = self._static_launch @ ((lc != 0) | (lm != 0)) + self._ctx_launch
+        static = np.maximum(lc, lm).sum() + launch
+        ctx = F.DECODE_CONTEXT
+        lines = (layers * self._ctx_tc[:, ctx], layers * (self._ctx_tc @ x),
+                 layers * self._ctx_tm[:, ctx], layers * (self._ctx_tm @ x))
+        return ScopeDecode(static, lines)
+
+
+@dataclass(frozen=True)
+class _Fitted:
+    """A collective priced by the profile's fitted curve: ``count`` messages of ``scale * (bytes . x)``."""
+
+    mult: float  # passes per iteration (layers, or 1)
+    pricer: CollectivePricer
+    bytes: np.ndarray
+    scale: float
+    count: float
+    source: str
+
+
+class Collectives:
+    """The table's collectives: a fitted curve where the profile has one for the kind and group size, else
+    the operator table's link model (whose time is linear in the features, so those fold into one vector)."""
+
+    def __init__(self, table: OperatorTable, device: RooflineDevice, layers: float):
+        profile = device.profile
+        self.link = np.zeros(F.NUM_FEATURES)
+        self.fitted: list[_Fitted] = []
+        self.rows: list[tuple[str, Collective, float, _Fitted | None]] = []
+        for scope, comms, mult in (("layer", table.layer_comms, layers), ("iteration", table.iteration_comms, 1.0)):
+            for c in comms:
+                curve = profile.collective(c.kind, c.group) if profile is not None and c.kind else None
+                fitted = None
+                if curve is None:
+                    self.link = self.link + mult * c.time
+                else:
+                    fitted = _Fitted(mult, CollectivePricer(curve), c.bytes, c.message_scale, c.count,
+                                     f"profile {c.kind} x{c.group}")
+                    self.fitted.append(fitted)
+                self.rows.append((scope, c, mult, fitted))
+
+    def time(self, x: np.ndarray) -> float:
+        t = float(self.link @ x)
+        for c in self.fitted:
+            t += c.mult * c.count * c.pricer.time(float(c.bytes @ x) * c.scale)
+        return t
+
+    def time_many(self, X: np.ndarray) -> np.ndarray | None:
+        comm = X @ self.link
+        for c in self.fitted:
+            nbytes = (X @ c.bytes) * c.scale
+            if not np.all(nbytes > 0.0):
+                return None
+            comm = comm + c.mult * c.count * c.pricer.time_many(nbytes)
+        return comm
+
+    def breakdown(self, x: np.ndarray) -> list[OperatorBreakdown]:
+        out = []
+        for scope, c, mult, fitted in self.rows:
+            if fitted is None:
+                t, source = mult * float(c.time @ x), "link model"
+            else:
+                t, source = fitted.mult * fitted.count * fitted.pricer.time(float(c.bytes @ x) * fitted.scale), fitted.source
+            out.append(OperatorBreakdown(
+                c.name, "communication", scope, 0.0, mult * float(c.bytes @ x), t, "communication", source,
+            ))
+        return out
