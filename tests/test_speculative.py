@@ -265,3 +265,18 @@ def test_hierarchical_drafting_pays_off_most_at_long_context():
     values = list(speedup.values())
     assert values == sorted(values)  # the longer the context, the more hierarchy pays
     assert speedup[120_000] > 1.3 * speedup[1_000]
+
+
+def test_a_draft_on_a_slower_inline_device_costs_more_and_frees_the_gpus_memory():
+    cpu = {"name": "host-cpu", "vendor": "generic", "source": "test", "sram_mib": 300, "peak_tflops": {"bf16": 40},
+           "memory_gib": 512, "memory_bandwidth_gbs": 300, "tdp_w": 700, "idle_w": 100,
+           "interconnect": {"nvlink_gbs": 0, "pcie_gbs": 32, "link_latency_us": 10}, "price_usd_per_hour": 1.0}
+    same = scenario([{**DRAFT, "draft_model": "llama-3.2-1b", "k": 4}], model="llama-3.1-8b", device="h100-sxm")
+    apart = scenario([{**DRAFT, "draft_model": "llama-3.2-1b", "k": 4, "draft_device": cpu}], model="llama-3.1-8b",
+                     device="h100-sxm")
+    s_same, s_apart = build_system(same), build_system(apart)
+    assert s_apart.memory.kv_capacity_tokens > s_same.memory.kv_capacity_tokens  # draft weights and KV moved off
+    shape = s_same.step.chain_max
+    slow = s_apart.step.drafter.round_run(shape, 4, 4000, 1, 4.0).first
+    fast = s_same.step.drafter.round_run(shape, 4, 4000, 1, 4.0).first
+    assert slow > 2 * fast  # 300 GB/s against an H100's HBM: the draft's weight reads dominate

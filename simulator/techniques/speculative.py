@@ -44,7 +44,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 from functools import cached_property
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -86,9 +86,10 @@ class SpeculativeParams(TechniqueParams):
         "draft_model speculates for the target with a kv_budget sparse cache, which drafts for the target)."
     )
     draft_model: str | None = Field(None, description="Catalog id of the draft model (drafter: model).")
-    draft_device: str | None = Field(
-        None, description="Catalog id of a separate device the draft model runs on (drafter: model); None: "
-        "the replica's own GPUs, time-shared with verification."
+    draft_device: str | dict[str, Any] | None = Field(
+        None, description="A separate device the draft model runs on (drafter: model): a catalog id, or an inline "
+        "device definition (e.g. a host CPU's peak FLOP/s and memory bandwidth); None: the replica's own GPUs, "
+        "time-shared with verification."
     )
     draft_tp: OptionalCount = Field(
         None, gt=0, description="Tensor-parallel degree of the draft model (default: the deployment's tp on "
@@ -669,12 +670,16 @@ class SpeculativeDecoding(Technique):
         return None
 
     def _draft_device(self, ctx: BuildContext):
+        from hwmodels.device import device_from_dict
         from simulator.system import resolve_device
 
-        if self.params.draft_device is None:
+        device = self.params.draft_device
+        if device is None:
             return None
+        if isinstance(device, dict):
+            return device_from_dict(device, where=f"{self.where}.draft_device")
         try:
-            return resolve_device(self.params.draft_device)
+            return resolve_device(device)
         except CapsimError as exc:
             raise CapsimError(exc.problem, where=f"{self.where}.draft_device", fix=exc.fix) from None
 
