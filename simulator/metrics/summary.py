@@ -24,6 +24,24 @@ batches are still filling from empty) are left out of every latency and SLO stat
 
 * **throughput** = finished measured requests / window; **input/output tokens per second** = their prompt/output
   tokens / window.
+*Arrival window* = [first measured arrival a0, last measured arrival a1], of length S; the load the run offered and
+the rate it kept up with are measured over it, so that draining the queue after the last arrival (which a slower
+configuration needs longer for) does not dilute them:
+
+* **offered_rps** = (measured arrivals − 1) / S: the arrival rate (n arrivals delimit n − 1 gaps).
+* **served_rps** = measured requests finishing in [a0 + w, a1 + w] / S, where w is the median E2E of the measured
+  requests (unfinished ones count as infinitely late). A configuration that keeps up finishes requests at the rate
+  they arrive, w later; one that does not finishes at its own capacity, however long the window is shifted.
+* **served_output_tps** = output tokens the deployment generated during the arrival window / S: one token at each
+  first-token time in it, plus one per decode sequence per iteration (iteration runs cut by the window edge count
+  pro rata by time). Every request's tokens count, warm-up included: the GPUs did that work in the window.
+* **queue_growth_s** = mean queueing delay of the measured requests arriving in the second half of the arrival
+  window minus that of the first half (an unscheduled request waits until the end of the simulation).
+* **overloaded** = the configuration does not keep up: it finished more than ``OVERLOAD_SIGMAS`` standard
+  deviations of the arrival count (√n for n arrivals) fewer requests than arrived (n − served_rps·S > 2√n), *and*
+  its queue grew (queue_growth_s > 0). A shortfall within the noise of the arrival count, or one without a growing
+  queue, is not overload. An overloaded configuration is never called the answer, whatever its latencies.
+
 * **SLO attainment** = fraction of measured requests (finished or not) that meet every set target of the
   :class:`~simulator.metrics.slo.SLOConfig`; unfinished requests count as misses. **slo_met** = attainment ≥ the
   configured attainment target. **Goodput** = measured requests meeting the SLO / window.
@@ -37,8 +55,12 @@ counts pro rata by time):
   decode_seqs.
 * **KV utilisation** = kv_blocks_used / kv_blocks_total at the start of each run; the mean is weighted by busy time
   (idle stretches are left out), the peak is the largest value seen in the window.
-* **Energy and cost** over the window follow :mod:`simulator.metrics.energy`; per-token values divide by the output
-  tokens of finished measured requests.
+* **Energy and cost** over the window follow :mod:`simulator.metrics.energy`; energy per token divides by the
+  output tokens of finished measured requests.
+* **Cost per million output tokens** = the deployment's price per second / served_output_tps × 10⁶: what a token
+  costs at the rate the run offered, in steady state (drain excluded). Every configuration that keeps up with the
+  same load serves the same tokens per second, so this orders them as their price per hour does. (With no arrival
+  window, e.g. a single request, it falls back to the window's cost / output tokens of finished measured requests.)
 """
 
 from __future__ import annotations
@@ -86,6 +108,11 @@ SUMMARY_KEYS: dict[str, str] = {
     "window_end_s": "measurement window end: last measured finish (s)",
     "window_s": "measurement window length (s)",
     "throughput_rps": "finished measured requests per second",
+    "offered_rps": "measured arrivals per second over the arrival window (first to last measured arrival)",
+    "served_rps": "measured requests finished per second over the arrival window shifted by the median E2E",
+    "served_output_tps": "output tokens generated per second during the arrival window (all requests)",
+    "queue_growth_s": "mean queueing delay of the arrival window's second half minus its first half (s)",
+    "overloaded": "whether the configuration does not keep up with the offered load (see the definitions)",
     "input_tps": "prompt tokens of finished measured requests per second",
     "output_tps": "output tokens of finished measured requests per second",
     "slo_attainment": "fraction of measured requests meeting every SLO target (unfinished ones miss)",
@@ -115,6 +142,10 @@ SUMMARY_KEYS: dict[str, str] = {
 }
 
 NAN = float("nan")
+
+#: How many standard deviations of the arrival count (√n) the served shortfall must exceed to count as overload:
+#: two is the usual "not explained by chance" line; a Poisson count of n arrivals varies by √n.
+OVERLOAD_SIGMAS = 2.0
 
 
 def _ratio(num: float, den: float) -> float:
@@ -185,6 +216,57 @@ def _iteration_stats(result: SimulationResult, t0: float, t1: float, window: flo
     }
 
 
+def output_tokens_between(result: SimulationResult, t0: float, t1: float) -> float:
+    """Output tokens the deployment generated in [t0, t1], from the first-token times and the iteration records.
+
+    Why not from the requests' finish times: a request's tokens are produced while it decodes, not when it ends,
+    and an interval of prefill-only iterations produces none (the iteration records say exactly how many decode
+    sequences each iteration carried). A run of iterations cut by the interval's edge counts pro rata by time.
+    """
+    first = result.requests["first_token_s"].to_numpy(dtype=np.float64)
+    firsts = int(np.count_nonzero((first >= t0) & (first <= t1)))
+    it = result.iterations
+    start, end = it["start_s"].to_numpy(dtype=np.float64), it["end_s"].to_numpy(dtype=np.float64)
+    duration = end - start
+    overlap = np.clip(np.minimum(end, t1) - np.maximum(start, t0), 0.0, None)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        frac = np.where(duration > 0, overlap / duration, ((end >= t0) & (end <= t1)).astype(np.float64))
+    decode = it["decode_seqs"].to_numpy(dtype=np.float64) * it["num_iterations"].to_numpy(dtype=np.float64)
+    return float(firsts) + float(np.dot(decode, frac))
+
+
+def load_stats(result: SimulationResult, req: pd.DataFrame, lat: pd.DataFrame) -> dict[str, Any]:
+    """Offered and served rates over the arrival window, queue growth and the overload flag (module doc)."""
+    arrival = req["arrival_s"].to_numpy(dtype=np.float64)
+    n = len(arrival)
+    out: dict[str, Any] = dict.fromkeys(("offered_rps", "served_rps", "served_output_tps", "queue_growth_s"), NAN)
+    out["overloaded"] = False
+    if n < 2:
+        return out
+    a0, a1 = float(arrival.min()), float(arrival.max())
+    span = a1 - a0
+    if not span > 0:
+        return out
+    e2e = np.nan_to_num(lat["e2e_s"].to_numpy(dtype=np.float64), nan=math.inf)
+    shift = float(np.median(e2e))
+    finish = req["finish_s"].to_numpy(dtype=np.float64)
+    served = int(np.count_nonzero((finish >= a0 + shift) & (finish <= a1 + shift))) if math.isfinite(shift) else 0
+    queue = lat["queue_s"].to_numpy(dtype=np.float64)
+    queue = np.where(np.isfinite(queue), queue, float(result.info.sim_end_s) - arrival)
+    late = arrival > a0 + span / 2
+    growth = float(queue[late].mean() - queue[~late].mean()) if late.any() and (~late).any() else NAN
+    out.update(
+        {
+            "offered_rps": (n - 1) / span,
+            "served_rps": served / span,
+            "served_output_tps": output_tokens_between(result, a0, a1) / span,
+            "queue_growth_s": growth,
+            "overloaded": bool(n - served > OVERLOAD_SIGMAS * math.sqrt(n) and growth > 0),
+        }
+    )
+    return out
+
+
 def measured_requests(result: SimulationResult) -> pd.DataFrame:
     """The requests that count for statistics: those that arrived at or after the warm-up time."""
     req = result.requests
@@ -227,6 +309,7 @@ def summarise(result: SimulationResult, slo: SLOConfig | None = None) -> dict[st
             "window_end_s": t1,
             "window_s": window,
             "throughput_rps": _ratio(n_done, window),
+            **load_stats(result, req, lat),
             "input_tps": _ratio(float(done["prompt_tokens"].sum()), window),
             "output_tps": _ratio(out_tokens, window),
             "slo_attainment": _ratio(float(meets.sum()), n),
@@ -243,7 +326,11 @@ def summarise(result: SimulationResult, slo: SLOConfig | None = None) -> dict[st
     out["preemptions"] = int(req["preemptions"].sum()) if n else 0
     out["iterations"] = int(result.iterations["num_iterations"].sum())
     out["energy_per_output_token_j"] = _ratio(out["energy_j"], out_tokens)
-    out["cost_per_million_output_tokens_usd"] = _ratio(out["cost_usd"] * 1e6, out_tokens)
+    price_per_s = info.num_gpus * info.price_usd_per_gpu_hour / 3600.0
+    steady = _ratio(price_per_s * 1e6, out["served_output_tps"])
+    out["cost_per_million_output_tokens_usd"] = (
+        steady if math.isfinite(steady) else _ratio(out["cost_usd"] * 1e6, out_tokens)
+    )
     out["sim_time_s"] = float(info.sim_end_s)
     out["wall_time_s"] = float(info.wall_time_s)
     out["sim_speed_rps"] = _ratio(len(result.requests), info.wall_time_s)
