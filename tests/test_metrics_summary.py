@@ -175,10 +175,12 @@ def test_energy_and_cost_cover_the_window() -> None:
     assert s["energy_j"] == pytest.approx(2000 + 9600)
     assert s["energy_per_output_token_j"] == pytest.approx(11600 / 11)
     assert s["cost_usd"] == pytest.approx(2 * 10 / 3600 * 3.0)
-    # steady state: the price of 2 GPUs per second over the output tokens generated per second in the arrival
-    # window [10, 16]: first tokens at 11, 12.5 and 16, and 4 decode sequences x 40 iterations of run B
-    assert s["served_output_tps"] == pytest.approx((3 + 160) / 6)
-    assert s["cost_per_million_output_tokens_usd"] == pytest.approx(2 * 3.0 / 3600 / ((3 + 160) / 6) * 1e6)
+    # steady state: a run that keeps up serves the offered tokens per second, 3 gaps over 6 s of arrivals times
+    # a mean of (5 + 1 + 10 + 5) / 4 output tokens
+    assert s["overloaded"] is False
+    assert s["offered_output_tps"] == pytest.approx(3 / 6 * 21 / 4)
+    assert s["served_output_tps"] == s["offered_output_tps"]
+    assert s["cost_per_million_output_tokens_usd"] == pytest.approx(2 * 3.0 / 3600 / (3 / 6 * 21 / 4) * 1e6)
     assert s["sim_speed_rps"] == pytest.approx(5 / 2.0)
     assert s["num_gpus"] == 2
 
@@ -217,9 +219,13 @@ def test_a_configuration_slower_than_its_arrivals_is_overloaded() -> None:
     assert slow["throughput_rps"] < slow["served_rps"]
     assert slow["queue_growth_s"] > 0 and slow["overloaded"] is True
     assert slow["slo_met"] is True  # a loose enough SLO is met: overload is a separate verdict
+    # it serves its capacity (one token per request here), not the offered tokens, and pays for them at that rate
+    assert slow["served_output_tps"] == pytest.approx(slow["served_rps"])
+    assert slow["served_output_tps"] < slow["offered_output_tps"] / 1.9
     fast = summarise(fcfs_result(arrival_rate=4.0, service_rate=5.0), SLOConfig())
     assert fast["served_rps"] == pytest.approx(4.0, rel=0.01)
     assert fast["queue_growth_s"] == pytest.approx(0.0) and fast["overloaded"] is False
+    assert fast["served_output_tps"] == fast["offered_output_tps"] == pytest.approx(4.0)
     # arrivals barely faster than service: a shortfall within the noise of the arrival count is not overload
     edge = summarise(fcfs_result(arrival_rate=4.0, service_rate=3.96), SLOConfig())
     assert 0 < (edge["offered_rps"] - edge["served_rps"]) * 100 < 2 * math.sqrt(400)

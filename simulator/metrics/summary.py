@@ -24,27 +24,34 @@ batches are still filling from empty) are left out of every latency and SLO stat
 
 * **throughput** = finished measured requests / window; **input/output tokens per second** = their prompt/output
   tokens / window.
+* **SLO attainment** = fraction of measured requests (finished or not) that meet every set target of the
+  :class:`~simulator.metrics.slo.SLOConfig`; unfinished requests count as misses. **slo_met** = attainment ≥ the
+  configured attainment target. **Goodput** = measured requests meeting the SLO / window.
+
 *Arrival window* = [first measured arrival a0, last measured arrival a1], of length S; the load the run offered and
 the rate it kept up with are measured over it, so that draining the queue after the last arrival (which a slower
 configuration needs longer for) does not dilute them:
 
 * **offered_rps** = (measured arrivals − 1) / S: the arrival rate (n arrivals delimit n − 1 gaps).
 * **served_rps** = measured requests finishing in [a0 + w, a1 + w] / S, where w is the median E2E of the measured
-  requests (unfinished ones count as infinitely late). A configuration that keeps up finishes requests at the rate
-  they arrive, w later; one that does not finishes at its own capacity, however long the window is shifted.
-* **served_output_tps** = output tokens the deployment generated during the arrival window / S: one token at each
-  first-token time in it, plus one per decode sequence per iteration (iteration runs cut by the window edge count
-  pro rata by time). Every request's tokens count, warm-up included: the GPUs did that work in the window.
+  requests (unfinished ones count as infinitely late; if that makes w infinite, w = 0). A configuration that keeps
+  up finishes requests at the rate they arrive, w later; one that does not finishes at its own capacity, however
+  the window is shifted.
+* **offered_output_tps** = offered_rps × the mean output tokens of the measured requests: the tokens per second the
+  load asks for.
+* **served_output_tps** = the output tokens per second the configuration serves in steady state at this load. One
+  that keeps up (not overloaded, below) serves what is offered -- in steady state tokens flow out as fast as they
+  flow in -- so it is offered_output_tps, the same for every such configuration under the same load. An overloaded
+  one has no steady state at this load; it serves its capacity: the output tokens it generated in the shifted
+  window [a0 + w, a1 + w] / S (one token at each first-token time, one per decode sequence per iteration from the
+  iteration records, runs cut by the window pro rata; every request's tokens, warm-up included), a window in
+  which it is still working through its backlog.
 * **queue_growth_s** = mean queueing delay of the measured requests arriving in the second half of the arrival
   window minus that of the first half (an unscheduled request waits until the end of the simulation).
 * **overloaded** = the configuration does not keep up: it finished more than ``OVERLOAD_SIGMAS`` standard
   deviations of the arrival count (√n for n arrivals) fewer requests than arrived (n − served_rps·S > 2√n), *and*
   its queue grew (queue_growth_s > 0). A shortfall within the noise of the arrival count, or one without a growing
   queue, is not overload. An overloaded configuration is never called the answer, whatever its latencies.
-
-* **SLO attainment** = fraction of measured requests (finished or not) that meet every set target of the
-  :class:`~simulator.metrics.slo.SLOConfig`; unfinished requests count as misses. **slo_met** = attainment ≥ the
-  configured attainment target. **Goodput** = measured requests meeting the SLO / window.
 
 Iteration statistics use the parts of iteration runs that fall inside the window (a run cut by the window edge
 counts pro rata by time):
@@ -58,9 +65,10 @@ counts pro rata by time):
 * **Energy and cost** over the window follow :mod:`simulator.metrics.energy`; energy per token divides by the
   output tokens of finished measured requests.
 * **Cost per million output tokens** = the deployment's price per second / served_output_tps × 10⁶: what a token
-  costs at the rate the run offered, in steady state (drain excluded). Every configuration that keeps up with the
-  same load serves the same tokens per second, so this orders them as their price per hour does. (With no arrival
-  window, e.g. a single request, it falls back to the window's cost / output tokens of finished measured requests.)
+  costs at the rate the run offered, in steady state (the drain after the last arrival, which slower hardware needs
+  longer for, does not enter it). Every configuration that keeps up with the same load serves the same tokens per
+  second, so among them this orders exactly as the price per hour does. (With no arrival window, e.g. a single
+  request, it falls back to the window's cost / output tokens of finished measured requests.)
 """
 
 from __future__ import annotations
@@ -110,7 +118,8 @@ SUMMARY_KEYS: dict[str, str] = {
     "throughput_rps": "finished measured requests per second",
     "offered_rps": "measured arrivals per second over the arrival window (first to last measured arrival)",
     "served_rps": "measured requests finished per second over the arrival window shifted by the median E2E",
-    "served_output_tps": "output tokens generated per second during the arrival window (all requests)",
+    "offered_output_tps": "output tokens per second the load asks for: offered_rps x mean output tokens",
+    "served_output_tps": "output tokens per second served in steady state (offered if it keeps up, else capacity)",
     "queue_growth_s": "mean queueing delay of the arrival window's second half minus its first half (s)",
     "overloaded": "whether the configuration does not keep up with the offered load (see the definitions)",
     "input_tps": "prompt tokens of finished measured requests per second",
@@ -239,7 +248,8 @@ def load_stats(result: SimulationResult, req: pd.DataFrame, lat: pd.DataFrame) -
     """Offered and served rates over the arrival window, queue growth and the overload flag (module doc)."""
     arrival = req["arrival_s"].to_numpy(dtype=np.float64)
     n = len(arrival)
-    out: dict[str, Any] = dict.fromkeys(("offered_rps", "served_rps", "served_output_tps", "queue_growth_s"), NAN)
+    keys = ("offered_rps", "served_rps", "offered_output_tps", "served_output_tps", "queue_growth_s")
+    out: dict[str, Any] = dict.fromkeys(keys, NAN)
     out["overloaded"] = False
     if n < 2:
         return out
@@ -249,19 +259,26 @@ def load_stats(result: SimulationResult, req: pd.DataFrame, lat: pd.DataFrame) -
         return out
     e2e = np.nan_to_num(lat["e2e_s"].to_numpy(dtype=np.float64), nan=math.inf)
     shift = float(np.median(e2e))
+    if not math.isfinite(shift):  # most requests never finished: measure over the arrival window itself
+        shift = 0.0
     finish = req["finish_s"].to_numpy(dtype=np.float64)
-    served = int(np.count_nonzero((finish >= a0 + shift) & (finish <= a1 + shift))) if math.isfinite(shift) else 0
+    served = int(np.count_nonzero((finish >= a0 + shift) & (finish <= a1 + shift)))
     queue = lat["queue_s"].to_numpy(dtype=np.float64)
     queue = np.where(np.isfinite(queue), queue, float(result.info.sim_end_s) - arrival)
     late = arrival > a0 + span / 2
     growth = float(queue[late].mean() - queue[~late].mean()) if late.any() and (~late).any() else NAN
+    overloaded = bool(n - served > OVERLOAD_SIGMAS * math.sqrt(n) and growth > 0)
+    offered_tps = (n - 1) / span * float(req["output_tokens"].to_numpy(dtype=np.float64).mean())
     out.update(
         {
             "offered_rps": (n - 1) / span,
             "served_rps": served / span,
-            "served_output_tps": output_tokens_between(result, a0, a1) / span,
+            "offered_output_tps": offered_tps,
+            "served_output_tps": (
+                output_tokens_between(result, a0 + shift, a1 + shift) / span if overloaded else offered_tps
+            ),
             "queue_growth_s": growth,
-            "overloaded": bool(n - served > OVERLOAD_SIGMAS * math.sqrt(n) and growth > 0),
+            "overloaded": overloaded,
         }
     )
     return out
