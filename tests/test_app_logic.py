@@ -236,6 +236,25 @@ def test_verdict_names_the_cheapest_configuration_that_meets_the_slo():
     assert list(table.columns) == ["a", "b"] and table.loc["SLO", "b"] == "met"
 
 
+def test_an_overloaded_configuration_is_flagged_and_never_crowned():
+    """A loose TTFT target can be met by a configuration that served 1.78 of 4 req/s offered; cheapest per token
+    or not, it is not the answer."""
+    base = {"slo_target_attainment": 0.9, "slo_ttft_s": 200.0, "unfinished": 0, "offered_rps": 4.0}
+    slow = {**base, "name": "slow", "slo_met": True, "slo_attainment": 0.95, "overloaded": True,
+            "served_rps": 1.78, "queue_growth_s": 75.0, "cost_per_million_output_tokens_usd": 0.3}
+    fast = {**base, "name": "fast", "slo_met": True, "slo_attainment": 1.0, "overloaded": False,
+            "served_rps": 3.98, "queue_growth_s": 0.0, "cost_per_million_output_tokens_usd": 0.5}
+    met, text = verdict([slow, fast], [{}, {}])
+    assert met and text.startswith("**fast** meets the SLO")
+    assert "slow is overloaded" in text and "served 1.78 of 4.00 req/s" in text
+    met, text = verdict([slow], [{}])
+    assert not met and "**slow**" not in text and "slow is overloaded" in text
+    table = display_table([slow, fast])
+    assert table.loc["offered / served (req/s)", "slow"] == "4.00 / 1.78 (overloaded)"
+    assert table.loc["offered / served (req/s)", "fast"] == "4.00 / 3.98"
+    assert table.loc["SLO", "slow"] == "met, but overloaded"
+
+
 # -------------------------------------------------------------------- runner
 def test_cache_key_changes_with_the_scenario_and_only_then():
     sc = Scenario.model_validate(scenario_data(small_setup())[0])
