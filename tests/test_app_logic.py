@@ -17,7 +17,7 @@ from app.checks import check_setup
 from app.cli import DEFAULT_HOST, DEFAULT_PORT, streamlit_command
 from app.export import csv_bytes, png_bytes
 from app.fields import REQUIRED, form_fields, prune_defaults
-from app.runner import job_for, parse_rates, with_rate
+from app.runner import highest_sustained_rate, job_for, parse_rates, with_rate
 from app.setup import (
     Configuration,
     Setup,
@@ -268,6 +268,15 @@ def test_sweep_rates_are_parsed_or_explained():
     for bad in ("", "two", "-1"):
         with pytest.raises(CapsimError):
             parse_rates(bad)
+
+
+def test_the_load_sweep_never_counts_an_overloaded_rate_as_sustained():
+    frame = pd.DataFrame({
+        "configuration": ["a", "a", "a", "b"], "qps": [2.0, 4.0, 8.0, 2.0],
+        "slo_met": [True, True, True, False], "overloaded": [False, False, True, False],
+    })
+    best = highest_sustained_rate(frame)
+    assert best["a"] == 4.0 and np.isnan(best["b"])
 
 
 # ----------------------------------------------------------------------- CLI
