@@ -348,7 +348,12 @@ def _device_label(name: str) -> str:
     if name not in DEVICES:
         return str(name)
     d = DEVICES.get(name)
-    return f"{name} ({d.memory_gib:g} GiB, ${d.price_usd_per_hour:.2f}/h)"
+    return f"{name} ({memory_text(d.memory_gib)}, ${d.price_usd_per_hour:.2f}/h)"
+
+
+def memory_text(gib: float) -> str:
+    """GPU memory for a menu: whole GiB from 10 GiB up (``44.9883`` -> ``45 GiB``), one decimal below."""
+    return f"{gib:.0f} GiB" if gib >= 10 else f"{gib:.1f} GiB"
 
 
 def _device(form: Form, ui: Any, prefix: str, initial: Any) -> Any:
