@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -253,6 +254,54 @@ def test_an_overloaded_configuration_is_flagged_and_never_crowned():
     assert table.loc["offered / served (req/s)", "slow"] == "4.00 / 1.78 (overloaded)"
     assert table.loc["offered / served (req/s)", "fast"] == "4.00 / 3.98"
     assert table.loc["SLO", "slow"] == "met, but overloaded"
+
+
+def test_device_menu_rounds_memory_sensibly():
+    from app.inputs import _device_label
+    from hwmodels.device import DEVICES
+
+    for name in DEVICES.names():
+        label = _device_label(name)
+        gib = re.search(r"\(([\d.]+) GiB, \$[\d.]+/h\)$", label)
+        assert gib is not None, label
+        value = float(gib.group(1))
+        assert value == pytest.approx(DEVICES.get(name).memory_gib, abs=0.5)
+        assert len(gib.group(1).split(".")[-1]) <= 1 or "." not in gib.group(1), label
+    assert "44.9883" not in _device_label("l40s") and "(45 GiB, $1.33/h)" in _device_label("l40s")
+
+
+def test_an_over_long_prompt_is_explained_once_with_fixes_that_apply(tmp_path):
+    """A prompt longer than the model's context is the workload's problem, the same in every configuration:
+    one message at the workload, not one per configuration tab, and no suggestion of a scheduler that chunks
+    prompts (which cannot help, and which a configuration may already use)."""
+    trace = tmp_path / "long.csv"
+    trace.write_text("arrival_s,prompt_tokens,output_tokens\n0.0,100,10\n0.5,200000,10\n")
+    setup = default_setup()
+    setup.shared["workload"] = {"arrival": "trace", "trace": {"path": str(trace)}}
+    setup.shared["simulation"] = {"num_requests": None}
+    for cfg in setup.configurations:  # both chunk prompts: no prefill budget to exceed
+        cfg.scheduler = {"name": "sarathi"}
+    check = check_setup(setup)
+    long = [i for i in check.issues if "can never be served" in i.message]
+    assert [i.path for i in long] == ["workload"], [(i.path, i.message) for i in long]
+    assert "exceed the model context" in long[0].message
+    assert "sarathi" not in long[0].message and "max_num_batched_tokens" not in long[0].message
+    assert "longer context" in long[0].message and "oversized: drop" in long[0].message
+    assert not check.ok
+
+
+def test_a_prompt_over_the_prefill_budget_suggests_chunking_only_where_it_helps(tmp_path):
+    trace = tmp_path / "long.csv"
+    trace.write_text("arrival_s,prompt_tokens,output_tokens\n0.0,100,10\n0.5,9000,10\n")
+    setup = default_setup()
+    setup.shared["workload"] = {"arrival": "trace", "trace": {"path": str(trace)}}
+    setup.shared["simulation"] = {"num_requests": None}
+    setup.configurations[0].scheduler = {"name": "vllm", "max_num_batched_tokens": 8192}
+    setup.configurations[1].scheduler = {"name": "sarathi"}
+    issues = [i for i in check_setup(setup).issues if "can never be served" in i.message]
+    assert [i.path for i in issues] == ["cfg0"], [(i.path, i.message) for i in issues]
+    assert "prefill budget" in issues[0].message and "sarathi" in issues[0].message
+    assert "longer context" not in issues[0].message
 
 
 # -------------------------------------------------------------------- runner
