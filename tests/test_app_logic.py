@@ -224,6 +224,33 @@ def test_charts_and_exports_from_the_same_frames(run_output):
         assert list(back.columns) == list(spec.frame.columns) and len(back) == len(spec.frame)
 
 
+def test_operator_classes_and_bounds_keep_their_colours_in_every_chart():
+    """A class's colour must not depend on which classes a run happens to have (a decode-only run has no prefill
+    attention) or list first, on the page or in the PNG."""
+    from app.charts import breakdown_specs
+    from app.export import _colors
+
+    def specs(classes: list[str], bounds: list[str]):
+        return breakdown_specs(pd.DataFrame({
+            "phase": "decode", "operator": classes, "op_class": classes, "bound": bounds, "time_s": 1e-3,
+            "flops": 1.0, "bytes": 1.0, "configuration": "a",
+        }))
+
+    def page_colors(spec) -> dict[str, str]:
+        scale = altair_chart(spec).to_dict()["encoding"]["color"]["scale"]
+        return dict(zip(scale["domain"], scale["range"], strict=True))
+
+    full = specs(["gemm", "attention_prefill", "attention_decode", "elementwise"],
+                 ["compute", "compute", "memory", "memory"])
+    decode = specs(["elementwise", "attention_decode", "gemm"], ["memory", "memory", "compute"])
+    for a, b in zip(full, decode, strict=True):
+        pa, pb = page_colors(a), page_colors(b)
+        shared = set(pa) & set(pb)
+        assert shared and all(pa[k] == pb[k] for k in shared), (pa, pb)
+        assert len(set(pa.values())) == len(pa)  # distinct hues within a chart
+        assert _colors(a) == pa and _colors(b) == pb  # the PNG uses the page's colours
+
+
 # -------------------------------------------------------------------- tables
 def test_verdict_names_the_cheapest_configuration_that_meets_the_slo():
     base = {"slo_target_attainment": 0.9, "slo_ttft_s": 0.5, "unfinished": 0}
