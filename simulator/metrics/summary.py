@@ -48,10 +48,12 @@ configuration needs longer for) does not dilute them:
   which it is still working through its backlog.
 * **queue_growth_s** = mean queueing delay of the measured requests arriving in the second half of the arrival
   window minus that of the first half (an unscheduled request waits until the end of the simulation).
-* **overloaded** = the configuration does not keep up: it finished more than ``OVERLOAD_SIGMAS`` standard
+* **overloaded** = the configuration does not keep up: it finished more than ``OVERLOAD_SIGMAS`` (2) standard
   deviations of the arrival count (√n for n arrivals) fewer requests than arrived (n − served_rps·S > 2√n), *and*
-  its queue grew (queue_growth_s > 0). A shortfall within the noise of the arrival count, or one without a growing
-  queue, is not overload. An overloaded configuration is never called the answer, whatever its latencies.
+  its queue grew by more than 2 standard errors of that difference of means (queue_growth_s > 2·√(s₁²/n₁ +
+  s₂²/n₂), s and n the standard deviation and count of the queueing delays of each half). A shortfall within the
+  noise of the arrival count, or one without a queue that clearly grows, is not overload. An overloaded
+  configuration is never called the answer, whatever its latencies.
 
 Iteration statistics use the parts of iteration runs that fall inside the window (a run cut by the window edge
 counts pro rata by time):
@@ -266,8 +268,12 @@ def load_stats(result: SimulationResult, req: pd.DataFrame, lat: pd.DataFrame) -
     queue = lat["queue_s"].to_numpy(dtype=np.float64)
     queue = np.where(np.isfinite(queue), queue, float(result.info.sim_end_s) - arrival)
     late = arrival > a0 + span / 2
-    growth = float(queue[late].mean() - queue[~late].mean()) if late.any() and (~late).any() else NAN
-    overloaded = bool(n - served > OVERLOAD_SIGMAS * math.sqrt(n) and growth > 0)
+    growth, growth_se = NAN, NAN
+    if late.sum() >= 2 and (~late).sum() >= 2:
+        growth = float(queue[late].mean() - queue[~late].mean())
+        growth_se = math.sqrt(float(queue[late].var(ddof=1)) / late.sum()
+                              + float(queue[~late].var(ddof=1)) / (~late).sum())
+    overloaded = bool(n - served > OVERLOAD_SIGMAS * math.sqrt(n) and growth > OVERLOAD_SIGMAS * growth_se)
     offered_tps = (n - 1) / span * float(req["output_tokens"].to_numpy(dtype=np.float64).mean())
     out.update(
         {
