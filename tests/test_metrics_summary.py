@@ -232,6 +232,27 @@ def test_a_configuration_slower_than_its_arrivals_is_overloaded() -> None:
     assert edge["overloaded"] is False
 
 
+def test_long_and_short_requests_that_never_queue_are_not_overloaded() -> None:
+    """Requests of very different lengths finish far from the median latency, so fewer of them fall in the shifted
+    window than arrived -- a shortfall well beyond 2 sqrt(n) -- but nothing queues up: not overload."""
+    n = 400
+    rng = np.random.default_rng(8)
+    arrival = np.arange(n) / 4.0
+    schedule = arrival + rng.exponential(0.01, n)  # jitter without a trend (this draw happens to rise a little)
+    finish = schedule + np.where(np.arange(n) % 2 == 0, 1.0, 60.0)
+    req = pd.DataFrame({
+        "request_id": np.arange(n), "replica": 0, "arrival_s": arrival, "prompt_tokens": 10, "output_tokens": 1,
+        "schedule_s": schedule, "first_token_s": finish, "finish_s": finish, "preemptions": 0, "max_tbt_s": NAN,
+    })
+    result = SimulationResult(req, empty_iterations_frame(), TokenGaps.empty(),
+                              info(warmup_s=0.0, sim_end_s=float(finish.max())))
+    s = summarise(result, SLOConfig())
+    assert (s["offered_rps"] - s["served_rps"]) * (n - 1) / s["offered_rps"] > 2 * math.sqrt(n)
+    # the queue "grows" by a fraction of a millisecond: chance, well within two standard errors, not a backlog
+    assert 0 < s["queue_growth_s"] < 0.001
+    assert s["overloaded"] is False
+
+
 def test_tokens_generated_in_a_window_come_from_the_iteration_records() -> None:
     result = hand_result()
     from simulator.metrics.summary import output_tokens_between
