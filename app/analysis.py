@@ -11,10 +11,11 @@ Tables:
 
 * ``cdf``: ``metric`` (TTFT, TPOT, TBT, E2E), ``latency_s``, ``fraction`` -- empirical CDF points from
   :func:`~simulator.metrics.quantiles.ecdf_points` and :func:`~simulator.metrics.quantiles.token_gap_cdf`.
-* ``timeline``: per time bin, ``output_tokens_per_s`` and ``finished_per_s`` (from the requests: one token at
-  the first-token time, the rest spread evenly up to the finish), ``batch_size`` (iteration-weighted mean sequences
-  per iteration) and ``kv_used_fraction`` / ``kv_used_gib`` (busy-time weighted means over replicas), from the
-  iteration records.
+* ``timeline``: per time bin, ``output_tokens_per_s`` (one token at each first-token time, plus one per decode
+  sequence per iteration from the iteration records, spread over each run of iterations: a stall -- e.g. a
+  stretch of prefill-only iterations -- shows as the dip it is), ``finished_per_s`` (request finish times),
+  ``batch_size`` (iteration-weighted mean sequences per iteration) and ``kv_used_fraction`` / ``kv_used_gib``
+  (busy-time weighted means over replicas), from the iteration records.
 * ``breakdown``: per-operator time of two representative iterations of the run -- the mean decode step (mean
   decode batch and context) and a typical prefill (median prefill tokens per iteration) -- from
   ``System.cost_model().breakdown()``, with each operator's bound (compute, memory, communication).
@@ -99,19 +100,19 @@ def timeline(output: RunOutput, bins: int = TIME_BINS) -> pd.DataFrame:
     req = res.requests
     first = req["first_token_s"].to_numpy(float)
     finish = req["finish_s"].to_numpy(float)
-    out_tokens = req["output_tokens"].to_numpy(float)
-    done = np.isfinite(first) & np.isfinite(finish)
-    first_hist = np.histogram(first[done], bins=edges)[0]
-    spread = done & (finish > first) & (out_tokens > 1)
-    rate = (out_tokens[spread] - 1) / (finish[spread] - first[spread])
-    decode_tokens = integrate_steps(first[spread], finish[spread], rate, edges)
-    # One-token requests and zero-length decodes: all their tokens at the first token.
-    lump = done & ~spread
-    lump_hist = np.histogram(first[lump], bins=edges, weights=np.maximum(out_tokens[lump] - 1, 0))[0]
-    finished_hist = np.histogram(finish[done], bins=edges)[0]
+    first_hist = np.histogram(first[np.isfinite(first)], bins=edges)[0]
+    finished_hist = np.histogram(finish[np.isfinite(finish)], bins=edges)[0]
 
     it = res.iterations
     start_s, end_s = it["start_s"].to_numpy(float), it["end_s"].to_numpy(float)
+    # Every decode sequence of an iteration emits one token: spread each run's tokens over its time span (a run of
+    # zero length puts them at its start), so a stretch of prefill-only iterations shows no decode tokens.
+    decode = (it["decode_seqs"] * it["num_iterations"]).to_numpy(float)
+    timed = end_s > start_s
+    with np.errstate(divide="ignore", invalid="ignore"):
+        decode_rate = np.where(timed, decode / (end_s - start_s), 0.0)
+    decode_tokens = integrate_steps(start_s[timed], end_s[timed], decode_rate[timed], edges)
+    decode_tokens = decode_tokens + np.histogram(start_s[~timed], bins=edges, weights=decode[~timed])[0]
     batch = (it["prefill_seqs"] + it["decode_seqs"]).to_numpy(float)
     total = it["kv_blocks_total"].to_numpy(float)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -128,7 +129,7 @@ def timeline(output: RunOutput, bins: int = TIME_BINS) -> pd.DataFrame:
     return pd.DataFrame(
         {
             "time_s": (edges[:-1] + edges[1:]) / 2,
-            "output_tokens_per_s": (first_hist + decode_tokens + lump_hist) / width,
+            "output_tokens_per_s": (first_hist + decode_tokens) / width,
             "finished_per_s": finished_hist / width,
             "batch_size": np.where(iterations > 0, mean_batch, np.nan),
             "kv_used_fraction": np.where(busy > 0, mean_util, np.nan),

@@ -25,6 +25,32 @@ OP_CLASS_LABELS = {
 }
 
 
+#: Fixed colours of the categories of the time-breakdown charts (tableau10 hues), so that a class or a bound has
+#: the same colour in every chart and every run, whichever categories a run happens to have or list first.
+CATEGORY_COLORS: dict[str, str] = {
+    OP_CLASS_LABELS["gemm"]: "#4e79a7",
+    OP_CLASS_LABELS["attention_prefill"]: "#f28e2b",
+    OP_CLASS_LABELS["attention_decode"]: "#e15759",
+    OP_CLASS_LABELS["elementwise"]: "#76b7b2",
+    OP_CLASS_LABELS["communication"]: "#59a14f",
+    "compute": "#b07aa1",
+    "memory": "#edc948",
+    "communication": "#59a14f",
+}
+#: Colours for categories without a fixed one (a class added to the cost model later), in order of appearance.
+SPARE_COLORS = ("#ff9da7", "#9c755f", "#bab0ac", "#17becf", "#bcbd22")
+
+
+def palette(values: list[str], fixed: dict[str, str] | None) -> dict[str, str] | None:
+    """``value -> colour`` for the values of a chart when its categories have fixed colours, else None."""
+    if fixed is None:
+        return None
+    out = {v: fixed[v] for v in values if v in fixed}
+    spare = [v for v in values if v not in fixed]
+    out.update({v: SPARE_COLORS[i % len(SPARE_COLORS)] for i, v in enumerate(spare)})
+    return out
+
+
 @dataclass
 class ChartSpec:
     """A chart: one tidy frame plus which columns go where.
@@ -48,6 +74,13 @@ class ChartSpec:
     rule_y: float | None = None
     normalize: bool = False
     tooltip: tuple[str, ...] = ()
+    fixed_colors: dict[str, str] | None = None  # colour per value of ``color`` (default: by order of appearance)
+
+    def colors(self) -> dict[str, str] | None:
+        """The fixed colour of each value of ``color`` in this chart, or None (hues by order)."""
+        if self.frame.empty or self.color not in self.frame:
+            return None
+        return palette([str(v) for v in self.frame[self.color].unique()], self.fixed_colors)
 
 
 def latency_cdf_spec(frame: pd.DataFrame) -> ChartSpec:
@@ -77,11 +110,12 @@ def breakdown_specs(frame: pd.DataFrame) -> tuple[ChartSpec, ChartSpec]:
     by_class = ChartSpec(
         "breakdown_by_operator", "Time per iteration by operator class", data, "bar", "time_ms", "configuration",
         "op_class", "time per iteration (ms)", "", facet="phase", tooltip=("configuration", "operator", "bound", "time_ms"),
+        fixed_colors=CATEGORY_COLORS,
     )
     by_bound = ChartSpec(
         "breakdown_by_bound", "Share of iteration time compute- vs memory-bound", data, "bar", "time_ms",
         "configuration", "bound", "share of iteration time", "", facet="phase", normalize=True,
-        tooltip=("configuration", "operator", "bound", "time_ms"),
+        tooltip=("configuration", "operator", "bound", "time_ms"), fixed_colors=CATEGORY_COLORS,
     )
     return by_class, by_bound
 
@@ -103,13 +137,16 @@ def _legend(orient: str) -> alt.Legend:
     return alt.Legend(orient=orient, title=None, labelLimit=400)
 
 
-def _color(field: str, orient: str = "bottom", order: list[str] | None = None) -> alt.Color:
-    """Distinct hues (configurations must be told apart at a glance, not shades of one colour).
+def _color(field: str, orient: str = "bottom", order: list[str] | None = None,
+           colors: dict[str, str] | None = None) -> alt.Color:
+    """Distinct hues (configurations must be told apart at a glance, not shades of one colour); ``colors`` fixes
+    the hue of each value (categories such as operator classes keep theirs in every chart).
 
     A legend below a chart that stretches to the page width eats into its fixed height (Vega-Lite's "fit"
     autosizing), so single-panel line charts put it on the right.
     """
-    return alt.Color(f"{field}:N", legend=_legend(orient), scale=alt.Scale(scheme="tableau10"),
+    scale = alt.Scale(domain=list(colors), range=list(colors.values())) if colors else alt.Scale(scheme="tableau10")
+    return alt.Color(f"{field}:N", legend=_legend(orient), scale=scale,
                      sort=order if order is not None else "ascending")
 
 
@@ -152,7 +189,7 @@ def _bar(spec: ChartSpec) -> alt.Chart:
     chart = alt.Chart(spec.frame).mark_bar().encode(
         x=alt.X(f"sum({spec.x}):Q", stack=stack, title=spec.x_title, axis=x_axis),
         y=alt.Y(f"{spec.y}:N", title=None, axis=alt.Axis(labelLimit=300), sort=_appearance(spec.frame, spec.y)),
-        color=_color(spec.color),
+        color=_color(spec.color, colors=spec.colors()),
         tooltip=list(spec.tooltip),
     )
     if spec.facet:

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from pydantic import ValidationError
 
 from app.setup import CONFIG_SECTIONS, Setup, scenario_data, to_file_data
@@ -169,8 +170,18 @@ def _system_issues(
         kv_capacity_tokens=system.memory.kv_capacity_tokens,
         max_prefill_tokens=system.scheduler_cls(system.scheduler_params, None).max_prefill_tokens(),
     )
-    try:
-        enforce(mask, reasons, stream.prompt_tokens, stream.output_tokens, "error")
-    except CapsimError as exc:
-        return [Issue(config_path(index), error_message(exc))]
-    return []
+    # Requests longer than the model's context are a property of the model and the workload, the same in every
+    # configuration: shown once, at the workload, rather than repeated in each configuration's tab.
+    shared = "model" not in overridden and "workload" not in overridden
+    groups = ([r for r in reasons if r.kind == "context"], [r for r in reasons if r.kind != "context"]) if shared \
+        else ([], reasons)
+    issues = []
+    for group, path in zip(groups, ("workload", config_path(index)), strict=True):
+        if not group:
+            continue
+        try:
+            enforce(np.logical_or.reduce([r.mask for r in group]), group, stream.prompt_tokens,
+                    stream.output_tokens, "error")
+        except CapsimError as exc:
+            issues.append(Issue(path, error_message(exc)))
+    return issues

@@ -35,7 +35,11 @@ def _panels(spec: ChartSpec) -> list[tuple[str | None, pd.DataFrame]]:
 
 
 def _colors(spec: ChartSpec) -> dict[str, str]:
-    """One colour per series for the whole figure (the same configuration or class in every panel)."""
+    """One colour per series for the whole figure (the same configuration or class in every panel); categories
+    with fixed colours (operator classes, bounds) get the same ones as on the page."""
+    fixed = spec.colors()
+    if fixed is not None:
+        return fixed
     return {str(v): f"C{i % 10}" for i, v in enumerate(spec.frame[spec.color].unique())}
 
 

@@ -194,16 +194,36 @@ def _trace_options(form: Form, ui: Any, trace0: dict[str, Any]) -> dict[str, Any
     return prune_defaults({k: v for k, v in values.items() if v is not None}, fields)
 
 
+def _replay_rate(form: Form, ui: Any, init: dict[str, Any], source: str) -> dict[str, Any]:
+    """``{"qps": rate}`` when the user asks to rescale a replayed trace to a request rate, else nothing.
+
+    Why opt-in, with its own widget key: a replayed trace keeps its own timing. The synthetic arrivals' rate
+    widget must not carry over (a shared key once kept ``qps: 4`` and replayed the Azure trace at 4/5.5 of its
+    real speed without a word).
+    """
+    rescale = ui.checkbox(
+        "rescale the trace to a request rate", value=init.get("qps") is not None,
+        key=form.key(f"workload.{source}.rescale"),
+        help="Off: the trace's own arrival times. On: its inter-arrival gaps are scaled to the mean rate below.",
+    )
+    if not rescale:
+        return {}
+    qps = form.field(ui, _field(WorkloadConfig, "qps"), "workload.qps", init.get("qps"),
+                     key_path=f"workload.{source}.qps", label="rescale to (req/s)")
+    if qps is None:
+        form.issues.append(Issue("workload.qps", "give the request rate to rescale the trace to, or untick "
+                                 "'rescale the trace to a request rate' to keep its own timing"))
+        return {}
+    return {"qps": qps}
+
+
 def _replay(form: Form, ui: Any, init: dict[str, Any]) -> dict[str, Any]:
     trace0 = init.get("trace") or {}
     ids = [t.id for t in list_traces() if t.has_arrivals]
     name = form.field(ui, _field(TraceConfig, "name"), "workload.trace.name", trace0.get("name", ids[0]), options=ids,
                       label="shipped trace")
     form.slots.reserve(ui, "workload.trace")
-    out: dict[str, Any] = {"arrival": "trace"}
-    qps = form.field(ui, _field(WorkloadConfig, "qps"), "workload.qps", init.get("qps"))
-    if qps is not None:
-        out["qps"] = qps
+    out: dict[str, Any] = {"arrival": "trace", **_replay_rate(form, ui, init, "replay")}
     out["trace"] = {"name": name, **_trace_options(form, ui, trace0)}
     out.update(_lengths(form, ui, init, has_trace=True))
     return out
@@ -265,10 +285,7 @@ def _trace_file(form: Form, ui: Any, init: dict[str, Any]) -> dict[str, Any]:
     replay = ui.checkbox("replay the file's arrival times", value=replay0, key=form.key("workload.trace.replay"),
                          help="Off: use the file for lengths only, with synthetic arrivals.")
     if replay:
-        out: dict[str, Any] = {"arrival": "trace"}
-        qps = form.field(ui, _field(WorkloadConfig, "qps"), "workload.qps", init.get("qps"))
-        if qps is not None:
-            out["qps"] = qps
+        out: dict[str, Any] = {"arrival": "trace", **_replay_rate(form, ui, init, "file")}
     else:
         out = _arrival(form, ui, init)
     out["trace"] = {**trace, **_trace_options(form, ui, trace0)}
@@ -331,7 +348,12 @@ def _device_label(name: str) -> str:
     if name not in DEVICES:
         return str(name)
     d = DEVICES.get(name)
-    return f"{name} ({d.memory_gib:g} GiB, ${d.price_usd_per_hour:.2f}/h)"
+    return f"{name} ({memory_text(d.memory_gib)}, ${d.price_usd_per_hour:.2f}/h)"
+
+
+def memory_text(gib: float) -> str:
+    """GPU memory for a menu: whole GiB from 10 GiB up (``44.9883`` -> ``45 GiB``), one decimal below."""
+    return f"{gib:.0f} GiB" if gib >= 10 else f"{gib:.1f} GiB"
 
 
 def _device(form: Form, ui: Any, prefix: str, initial: Any) -> Any:

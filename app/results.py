@@ -17,7 +17,16 @@ import streamlit as st
 from app.analysis import RunData
 from app.charts import ChartSpec, altair_chart, breakdown_specs, latency_cdf_spec, sweep_spec, timeline_spec
 from app.export import csv_bytes, png_bytes
-from app.runner import Job, RunFailure, job_for, parse_rates, run_jobs, sweep_frame, with_rate
+from app.runner import (
+    Job,
+    RunFailure,
+    highest_sustained_rate,
+    job_for,
+    parse_rates,
+    run_jobs,
+    sweep_frame,
+    with_rate,
+)
 from app.tables import csv_table, display_table, verdict
 from capsim.errors import CapsimError
 from simulator.config.schema import Scenario
@@ -148,6 +157,4 @@ def render_sweep_controls() -> None:
             return
         target = scenarios[0].slo.attainment
         chart_with_downloads(sweep_spec(frame, target), "sweep-" + "-".join(j.digest[:6] for _, _, j in sweep))
-        best = (frame[frame["slo_met"]].groupby("configuration")["qps"].max()
-                .reindex(frame["configuration"].unique()))
-        st.table(best.rename("highest rate tried that meets the SLO (req/s)").to_frame().fillna("none"))
+        st.table(highest_sustained_rate(frame).to_frame().fillna("none"))

@@ -137,7 +137,8 @@ def parse_rates(text: str) -> list[float]:
 
 
 def sweep_frame(rows: Sequence[tuple[str, float, RunData | RunFailure]]) -> pd.DataFrame:
-    """Tidy sweep results: configuration, qps, attainment, goodput and tail latencies (failed runs left out)."""
+    """Tidy sweep results: configuration, qps, attainment, goodput, tail latencies, SLO met and overload (failed
+    runs left out)."""
     records = []
     for name, qps, data in rows:
         if isinstance(data, RunData):
@@ -145,7 +146,18 @@ def sweep_frame(rows: Sequence[tuple[str, float, RunData | RunFailure]]) -> pd.D
             records.append({
                 "configuration": name, "qps": qps, "slo_attainment": s["slo_attainment"],
                 "goodput_rps": s["goodput_rps"], "ttft_p99_s": s["ttft_p99_s"], "tpot_p99_s": s["tpot_p99_s"],
-                "slo_met": s["slo_met"],
+                "slo_met": s["slo_met"], "overloaded": bool(s.get("overloaded", False)),
             })
-    columns = ["configuration", "qps", "slo_attainment", "goodput_rps", "ttft_p99_s", "tpot_p99_s", "slo_met"]
+    columns = ["configuration", "qps", "slo_attainment", "goodput_rps", "ttft_p99_s", "tpot_p99_s", "slo_met",
+               "overloaded"]
     return pd.DataFrame(records, columns=columns)
+
+
+def highest_sustained_rate(frame: pd.DataFrame) -> pd.Series:
+    """Per configuration (in the sweep's order), the highest rate tried that meets the SLO and keeps up; NaN if none.
+
+    An overloaded run does not sustain its rate however loose the SLO is (see :func:`app.tables.verdict`).
+    """
+    sustained = frame[frame["slo_met"].astype(bool) & ~frame["overloaded"].astype(bool)]
+    best = sustained.groupby("configuration")["qps"].max().reindex(frame["configuration"].unique())
+    return best.rename("highest rate tried that meets the SLO and keeps up (req/s)")

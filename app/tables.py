@@ -29,7 +29,15 @@ def _gib(value: Any) -> str:
 
 
 def _verdict_cell(s: Summary) -> str:
+    if s.get("overloaded"):
+        return "met, but overloaded" if s.get("slo_met") else "missed, overloaded"
     return "met" if s.get("slo_met") else "missed"
+
+
+def _load_cell(s: Summary) -> str:
+    """Offered and served request rates side by side, marked when the configuration does not keep up."""
+    text = f"{fmt_number(s.get('offered_rps'))} / {fmt_number(s.get('served_rps'))}"
+    return f"{text} (overloaded)" if s.get("overloaded") else text
 
 
 def _latency(metric: str, percentile: int) -> Callable[[Summary], str]:
@@ -45,6 +53,7 @@ LATENCY_ROWS = (("TTFT", "ttft", (50, 90, 99)), ("TPOT", "tpot", (50, 90, 99)), 
 ROWS: list[tuple[str, Callable[[Summary], str]]] = [
     ("SLO", _verdict_cell),
     ("SLO attainment", lambda s: f"{fmt_percent(s.get('slo_attainment'))} (target {fmt_percent(s.get('slo_target_attainment'))})"),
+    ("offered / served (req/s)", _load_cell),
     ("goodput (req/s)", lambda s: fmt_number(s.get("goodput_rps"))),
     ("throughput (req/s)", lambda s: fmt_number(s.get("throughput_rps"))),
     ("output tokens/s", lambda s: fmt_number(s.get("output_tps"), 0)),
@@ -90,25 +99,42 @@ def miss_reason(summary: Summary, quantiles: Mapping[str, float]) -> str:
     return ", ".join(parts)
 
 
+def overload_reason(summary: Summary) -> str:
+    """Why a configuration is overloaded, in numbers: served against offered rate, and how the queue grew."""
+    text = (f"it served {fmt_number(summary.get('served_rps'))} of {fmt_number(summary.get('offered_rps'))} "
+            "req/s offered")
+    growth = summary.get("queue_growth_s")
+    if growth is not None and math.isfinite(float(growth)):
+        text += f"; requests of the run's second half queued {fmt_seconds(growth)} longer than the first half's"
+    return text
+
+
 def verdict(summaries: Sequence[Summary], quantiles: Sequence[Mapping[str, float]]) -> tuple[bool, str]:
-    """(any configuration meets the SLO, one paragraph: the cheapest that does, and why the others miss)."""
-    met = [s for s in summaries if s.get("slo_met")]
+    """(any configuration is an answer, one paragraph: the cheapest that meets the SLO, and why the others don't).
+
+    An overloaded configuration (it does not keep up with the offered load, its queue grows) is never the answer,
+    even when a loose SLO is met: the run ended before its waits grew large enough to miss.
+    """
+    answers = [s for s in summaries if s.get("slo_met") and not s.get("overloaded")]
     lines = []
-    if met:
-        best = min(met, key=lambda s: _cost(s))
+    if answers:
+        best = min(answers, key=lambda s: _cost(s))
         lines.append(
             f"**{best['name']}** meets the SLO at the lowest cost "
             f"({fmt_usd(best.get('cost_per_million_output_tokens_usd'))} per million output tokens, "
             f"{fmt_percent(best.get('slo_attainment'))} attainment)."
         )
     else:
-        lines.append("No configuration meets the SLO.")
+        lines.append("No configuration meets the SLO while keeping up with the load.")
     for s, q in zip(summaries, quantiles, strict=True):
-        if not s.get("slo_met"):
+        if s.get("overloaded"):
+            met = " although it meets the latency targets in this run" if s.get("slo_met") else ""
+            lines.append(f"{s['name']} is overloaded{met}: {overload_reason(s)}.")
+        elif not s.get("slo_met"):
             reason = miss_reason(s, q)
             lines.append(f"{s['name']} misses it ({fmt_percent(s.get('slo_attainment'))} attainment"
                          + (f"; {reason}" if reason else "") + ").")
-    return bool(met), " ".join(lines)
+    return bool(answers), " ".join(lines)
 
 
 def _cost(summary: Summary) -> float:

@@ -143,6 +143,14 @@ def _capped(candidate) -> str:
     return "+" if candidate.search is not None and candidate.search.capped else ""
 
 
+def _overload_note(summary: dict[str, Any]) -> str:
+    """Why a simulated candidate that may meet the latency targets still does not sustain the target rate."""
+    if not summary.get("overloaded"):
+        return ""
+    return (f"overloaded at the target: served {_fmt(summary.get('served_rps'))} of "
+            f"{_fmt(summary.get('offered_rps'))} req/s offered, queue growing")
+
+
 def _print_plan(result, doc: dict[str, Any]) -> None:
     plan = result.plan
     metric = plan.pareto_metric
@@ -181,7 +189,7 @@ def _print_plan(result, doc: dict[str, Any]) -> None:
                                                        if math.isfinite(c.cost_per_hour_usd) else math.inf, c.name))
     for c in ordered:
         status = ("[green]meets target[/]" if c.meets_target else "[red]below target[/]") if c.search else c.status
-        why = c.detail if c.pruned else ""
+        why = c.detail if c.pruned else _overload_note(c.at_target)
         plus = _capped(c)
         table.add_row(c.name, status, _fmt(c.cost_per_hour_usd), _fmt(c.max_rate) + plus,
                       _fmt(result.headroom(c)) + plus, str(c.sims), why)

@@ -131,8 +131,127 @@ def test_compare_two_configurations_in_a_browser(dashboard, tmp_path):
             browser.close()
 
 
+def pick_device(page, config: int, device: str) -> None:
+    """Choose ``device`` in configuration ``config`` (0-based). A redraw may close the dropdown before its options
+    show; retry then."""
+    page.get_by_role("tab", name=f"Config {config + 1}").click()
+    selector = f".st-key-w0-cfg{config}-deployment-device"
+    option = page.get_by_role("option", name=re.compile(rf"^{re.escape(device)}\b"))
+    for attempt in range(4):
+        page.locator(selector).click()
+        try:
+            option.wait_for(timeout=10_000)
+            break
+        except Exception:
+            if attempt == 3:
+                raise
+            page.keyboard.press("Escape")
+            wait_until_idle(page)
+    option.click()
+    page.wait_for_function(SHOWS_VALUE, arg=[selector, device], timeout=RESULT_TIMEOUT_MS)
+    wait_until_idle(page)
+
+
+def set_number(page, key: str, value: float) -> None:
+    box = page.locator(f".st-key-{key} input")
+    box.fill(f"{value:g}")
+    box.press("Enter")
+    page.wait_for_function("([sel, v]) => document.querySelector(sel)?.value === v",
+                           arg=[f".st-key-{key} input", f"{value:g}"], timeout=RESULT_TIMEOUT_MS)
+    wait_until_idle(page)
+
+
+def run_and_wait_for(page, columns: list[str]):
+    """Click the run button and return the summary table once it shows exactly ``columns`` for the current inputs
+    (the page marks results of earlier inputs as such until the new ones replace them)."""
+    page.get_by_role("button", name="Run comparison").click()
+    header = ",".join(columns)
+    page.wait_for_function(
+        """(want) => !document.body.innerText.includes("The inputs changed since these results") &&
+           [...document.querySelectorAll('[data-testid="stTable"]')].some(t => {
+             const row = t.querySelector("tr");
+             return row && t.innerText.includes("TTFT p50") &&
+               [...row.querySelectorAll("th")].slice(1).map(c => c.innerText.trim()).join(",") === want; })""",
+        arg=header, timeout=RESULT_TIMEOUT_MS)
+    wait_until_idle(page)
+    assert_no_exception(page)
+    return page.locator('[data-testid="stTable"]', has_text="TTFT p50")
+
+
+def row_cells(table, label: str, columns: int = 2) -> list[str]:
+    rows = table.locator("tr", has_text=label)
+    assert rows.count() == 1, f"the summary table has no row {label!r}"
+    cells = rows.first.locator("td")
+    values = [cells.nth(i).inner_text().strip() for i in range(cells.count())]
+    assert len(values) == columns, values
+    return values
+
+
+def scenario_workload(page) -> dict:
+    """The workload section of the scenario YAML the page shows (and would download)."""
+    import yaml
+
+    expander = page.locator('[data-testid="stExpander"]', has_text="Scenario YAML")
+    code = expander.locator('[data-testid="stCode"]')
+    if not code.first.is_visible():
+        expander.get_by_text("Scenario YAML").click()
+    code.first.wait_for(state="visible", timeout=RESULT_TIMEOUT_MS)
+    return yaml.safe_load(code.first.inner_text())["workload"]
+
+
+def verdict_text(page) -> str:
+    alert = page.locator('[data-testid="stAlert"]', has_text=re.compile("lowest cost|No configuration meets"))
+    alert.first.wait_for(timeout=RESULT_TIMEOUT_MS)
+    return alert.first.inner_text()
+
+
+def check_overloaded_is_never_crowned(page) -> None:
+    """Issue 20: with a loose TTFT target an L40S at 4 req/s met the SLO and was called the cheapest answer
+    although it served under half the offered load and took 280 s for 500 requests."""
+    pick_device(page, 1, "l40s")
+    set_number(page, "w0-slo-ttft_s", 200)
+    set_number(page, "w0-slo-tpot_s", 1)
+    table = run_and_wait_for(page, ["h100-sxm vllm", "l40s vllm"])
+    text = verdict_text(page)
+    assert not text.startswith("l40s vllm meets"), text
+    assert "l40s vllm is overloaded" in text, text
+    load = row_cells(table, "offered / served")
+    assert "(overloaded)" not in load[0] and load[1].endswith("(overloaded)"), load
+    offered, served = (float(x) for x in load[1].split("(")[0].split("/"))
+    assert served < offered / 1.5, load
+
+
+def native_rate(requests: int) -> tuple[str, float]:
+    """The shipped replay trace the page offers first, and its own arrival rate over its first requests."""
+    from traces.catalog import list_traces
+    from traces.config import TraceConfig
+    from traces.replay import load_trace
+
+    name = next(t.id for t in list_traces() if t.has_arrivals)
+    arrival = load_trace(TraceConfig(name=name))["arrival_s"].to_numpy()[:requests]
+    return name, (len(arrival) - 1) / (arrival[-1] - arrival[0])
+
+
+def check_replay_keeps_the_trace_timing(page) -> None:
+    """Issue 20: switching traffic to a replay kept the synthetic qps (4) and replayed the trace slower."""
+    assert scenario_workload(page)["qps"] == 4
+    page.get_by_text("replay a shipped trace").click()
+    wait_until_idle(page)
+    assert_no_exception(page)
+    name, rate = native_rate(500)
+    page.wait_for_function("(name) => document.body.innerText.includes('name: ' + name)", arg=name,
+                           timeout=RESULT_TIMEOUT_MS)
+    workload = scenario_workload(page)
+    assert workload["arrival"] == "trace" and "qps" not in workload, workload
+    table = run_and_wait_for(page, ["h100-sxm vllm", "l40s vllm"])
+    for cell in row_cells(table, "offered / served"):
+        offered = float(cell.split("/")[0])
+        assert offered == pytest.approx(rate, abs=0.006), (cell, rate)
+
+
 def drive(page, url: str, tmp_path: Path) -> None:
-    """Load the page, put an H200 in configuration 2, run, and check the results; screenshot at the end."""
+    """Load the page, put an H200 in configuration 2, run, and check the results; then the journeys of issue 20
+    (an overloaded configuration under a loose SLO, a replayed trace); screenshot at the end."""
     page.goto(url)
     run = page.get_by_role("button", name="Run comparison")
     # The page is ready when its run button shows -- or it failed, if an exception shows first.
@@ -186,3 +305,6 @@ def drive(page, url: str, tmp_path: Path) -> None:
     shot = tmp_path / "dashboard.png"
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
+
+    check_overloaded_is_never_crowned(page)
+    check_replay_keeps_the_trace_timing(page)

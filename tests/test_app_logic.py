@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -17,7 +18,7 @@ from app.checks import check_setup
 from app.cli import DEFAULT_HOST, DEFAULT_PORT, streamlit_command
 from app.export import csv_bytes, png_bytes
 from app.fields import REQUIRED, form_fields, prune_defaults
-from app.runner import job_for, parse_rates, with_rate
+from app.runner import highest_sustained_rate, job_for, parse_rates, with_rate
 from app.setup import (
     Configuration,
     Setup,
@@ -223,6 +224,33 @@ def test_charts_and_exports_from_the_same_frames(run_output):
         assert list(back.columns) == list(spec.frame.columns) and len(back) == len(spec.frame)
 
 
+def test_operator_classes_and_bounds_keep_their_colours_in_every_chart():
+    """A class's colour must not depend on which classes a run happens to have (a decode-only run has no prefill
+    attention) or list first, on the page or in the PNG."""
+    from app.charts import breakdown_specs
+    from app.export import _colors
+
+    def specs(classes: list[str], bounds: list[str]):
+        return breakdown_specs(pd.DataFrame({
+            "phase": "decode", "operator": classes, "op_class": classes, "bound": bounds, "time_s": 1e-3,
+            "flops": 1.0, "bytes": 1.0, "configuration": "a",
+        }))
+
+    def page_colors(spec) -> dict[str, str]:
+        scale = altair_chart(spec).to_dict()["encoding"]["color"]["scale"]
+        return dict(zip(scale["domain"], scale["range"], strict=True))
+
+    full = specs(["gemm", "attention_prefill", "attention_decode", "elementwise"],
+                 ["compute", "compute", "memory", "memory"])
+    decode = specs(["elementwise", "attention_decode", "gemm"], ["memory", "memory", "compute"])
+    for a, b in zip(full, decode, strict=True):
+        pa, pb = page_colors(a), page_colors(b)
+        shared = set(pa) & set(pb)
+        assert shared and all(pa[k] == pb[k] for k in shared), (pa, pb)
+        assert len(set(pa.values())) == len(pa)  # distinct hues within a chart
+        assert _colors(a) == pa and _colors(b) == pb  # the PNG uses the page's colours
+
+
 # -------------------------------------------------------------------- tables
 def test_verdict_names_the_cheapest_configuration_that_meets_the_slo():
     base = {"slo_target_attainment": 0.9, "slo_ttft_s": 0.5, "unfinished": 0}
@@ -234,6 +262,73 @@ def test_verdict_names_the_cheapest_configuration_that_meets_the_slo():
     assert miss_reason(a, {"ttft_s": 0.1}) == ""
     table = display_table([a, b])
     assert list(table.columns) == ["a", "b"] and table.loc["SLO", "b"] == "met"
+
+
+def test_an_overloaded_configuration_is_flagged_and_never_crowned():
+    """A loose TTFT target can be met by a configuration that served 1.78 of 4 req/s offered; cheapest per token
+    or not, it is not the answer."""
+    base = {"slo_target_attainment": 0.9, "slo_ttft_s": 200.0, "unfinished": 0, "offered_rps": 4.0}
+    slow = {**base, "name": "slow", "slo_met": True, "slo_attainment": 0.95, "overloaded": True,
+            "served_rps": 1.78, "queue_growth_s": 75.0, "cost_per_million_output_tokens_usd": 0.3}
+    fast = {**base, "name": "fast", "slo_met": True, "slo_attainment": 1.0, "overloaded": False,
+            "served_rps": 3.98, "queue_growth_s": 0.0, "cost_per_million_output_tokens_usd": 0.5}
+    met, text = verdict([slow, fast], [{}, {}])
+    assert met and text.startswith("**fast** meets the SLO")
+    assert "slow is overloaded" in text and "served 1.78 of 4.00 req/s" in text
+    met, text = verdict([slow], [{}])
+    assert not met and "**slow**" not in text and "slow is overloaded" in text
+    table = display_table([slow, fast])
+    assert table.loc["offered / served (req/s)", "slow"] == "4.00 / 1.78 (overloaded)"
+    assert table.loc["offered / served (req/s)", "fast"] == "4.00 / 3.98"
+    assert table.loc["SLO", "slow"] == "met, but overloaded"
+
+
+def test_device_menu_rounds_memory_sensibly():
+    from app.inputs import _device_label
+    from hwmodels.device import DEVICES
+
+    for name in DEVICES.names():
+        label = _device_label(name)
+        gib = re.search(r"\(([\d.]+) GiB, \$[\d.]+/h\)$", label)
+        assert gib is not None, label
+        value = float(gib.group(1))
+        assert value == pytest.approx(DEVICES.get(name).memory_gib, abs=0.5)
+        assert len(gib.group(1).split(".")[-1]) <= 1 or "." not in gib.group(1), label
+    assert "44.9883" not in _device_label("l40s") and "(45 GiB, $1.33/h)" in _device_label("l40s")
+
+
+def test_an_over_long_prompt_is_explained_once_with_fixes_that_apply(tmp_path):
+    """A prompt longer than the model's context is the workload's problem, the same in every configuration:
+    one message at the workload, not one per configuration tab, and no suggestion of a scheduler that chunks
+    prompts (which cannot help, and which a configuration may already use)."""
+    trace = tmp_path / "long.csv"
+    trace.write_text("arrival_s,prompt_tokens,output_tokens\n0.0,100,10\n0.5,200000,10\n")
+    setup = default_setup()
+    setup.shared["workload"] = {"arrival": "trace", "trace": {"path": str(trace)}}
+    setup.shared["simulation"] = {"num_requests": None}
+    for cfg in setup.configurations:  # both chunk prompts: no prefill budget to exceed
+        cfg.scheduler = {"name": "sarathi"}
+    check = check_setup(setup)
+    long = [i for i in check.issues if "can never be served" in i.message]
+    assert [i.path for i in long] == ["workload"], [(i.path, i.message) for i in long]
+    assert "exceed the model context" in long[0].message
+    assert "sarathi" not in long[0].message and "max_num_batched_tokens" not in long[0].message
+    assert "longer context" in long[0].message and "oversized: drop" in long[0].message
+    assert not check.ok
+
+
+def test_a_prompt_over_the_prefill_budget_suggests_chunking_only_where_it_helps(tmp_path):
+    trace = tmp_path / "long.csv"
+    trace.write_text("arrival_s,prompt_tokens,output_tokens\n0.0,100,10\n0.5,9000,10\n")
+    setup = default_setup()
+    setup.shared["workload"] = {"arrival": "trace", "trace": {"path": str(trace)}}
+    setup.shared["simulation"] = {"num_requests": None}
+    setup.configurations[0].scheduler = {"name": "vllm", "max_num_batched_tokens": 8192}
+    setup.configurations[1].scheduler = {"name": "sarathi"}
+    issues = [i for i in check_setup(setup).issues if "can never be served" in i.message]
+    assert [i.path for i in issues] == ["cfg0"], [(i.path, i.message) for i in issues]
+    assert "prefill budget" in issues[0].message and "sarathi" in issues[0].message
+    assert "longer context" not in issues[0].message
 
 
 # -------------------------------------------------------------------- runner
@@ -251,6 +346,15 @@ def test_sweep_rates_are_parsed_or_explained():
             parse_rates(bad)
 
 
+def test_the_load_sweep_never_counts_an_overloaded_rate_as_sustained():
+    frame = pd.DataFrame({
+        "configuration": ["a", "a", "a", "b"], "qps": [2.0, 4.0, 8.0, 2.0],
+        "slo_met": [True, True, True, False], "overloaded": [False, False, True, False],
+    })
+    best = highest_sustained_rate(frame)
+    assert best["a"] == 4.0 and np.isnan(best["b"])
+
+
 # ----------------------------------------------------------------------- CLI
 def test_capsim_app_command_is_wired_with_documented_defaults():
     result = CliRunner().invoke(cli_app, ["app", "--help"])
@@ -263,3 +367,32 @@ def test_capsim_app_command_is_wired_with_documented_defaults():
 def test_capsim_app_rejects_a_bad_port_without_a_traceback():
     result = CliRunner().invoke(cli_app, ["app", "--port", "70000"])
     assert result.exit_code == 2 and "Traceback" not in result.output
+
+
+def test_output_tokens_per_second_come_from_the_iteration_records():
+    """Spreading each request's tokens evenly from first token to finish hid stalls: in the default comparison
+    the A100 runs 22 prefill-only iterations (no decode token at all) around 42-50 s, which the chart showed at
+    700-930 tok/s. Drawn from the iteration records, a stretch without decode iterations shows only its first
+    tokens."""
+    from app.analysis import timeline
+
+    sc = Scenario.model_validate(scenario_data(default_setup())[1])
+    assert sc.deployment.device == "a100-80gb-sxm"
+    output = simulate(sc)
+    res = output.result
+    frame = timeline(output)
+    width = float(frame["time_s"].diff().iloc[1])
+    edges = np.append(frame["time_s"].to_numpy() - width / 2, frame["time_s"].iloc[-1] + width / 2)
+    it = res.iterations
+    decoding = it[it["decode_seqs"] > 0]
+    first = res.requests["first_token_s"].to_numpy(float)
+    firsts = np.histogram(first[np.isfinite(first)], bins=edges)[0]
+    tokens = frame["output_tokens_per_s"].to_numpy() * width
+    stalled = [k for k in range(len(frame))
+               if not ((decoding["start_s"] < edges[k + 1]) & (decoding["end_s"] > edges[k])).any()
+               and ((it["start_s"] < edges[k + 1]) & (it["end_s"] > edges[k])).any()]
+    assert stalled, "the default A100 run should have a stretch of prefill-only iterations"
+    for k in stalled:
+        assert tokens[k] == pytest.approx(firsts[k]), (k, edges[k])
+    # every token is drawn once: first tokens plus one per decode sequence per iteration
+    assert tokens.sum() == pytest.approx(float(res.requests["output_tokens"].sum()))

@@ -175,9 +175,92 @@ def test_energy_and_cost_cover_the_window() -> None:
     assert s["energy_j"] == pytest.approx(2000 + 9600)
     assert s["energy_per_output_token_j"] == pytest.approx(11600 / 11)
     assert s["cost_usd"] == pytest.approx(2 * 10 / 3600 * 3.0)
-    assert s["cost_per_million_output_tokens_usd"] == pytest.approx(2 * 10 / 3600 * 3.0 / 11 * 1e6)
+    # steady state: a run that keeps up serves the offered tokens per second, 3 gaps over 6 s of arrivals times
+    # a mean of (5 + 1 + 10 + 5) / 4 output tokens
+    assert s["overloaded"] is False
+    assert s["offered_output_tps"] == pytest.approx(3 / 6 * 21 / 4)
+    assert s["served_output_tps"] == s["offered_output_tps"]
+    assert s["cost_per_million_output_tokens_usd"] == pytest.approx(2 * 3.0 / 3600 / (3 / 6 * 21 / 4) * 1e6)
     assert s["sim_speed_rps"] == pytest.approx(5 / 2.0)
     assert s["num_gpus"] == 2
+
+
+def test_offered_and_served_rates_over_the_arrival_window() -> None:
+    s = summarise(hand_result(), SLOConfig())
+    assert s["offered_rps"] == pytest.approx(3 / 6)  # 4 measured arrivals from 10 to 16 s
+    # median E2E of 2.3, 5, 8 and (unfinished) inf is 6.5: finishes in [16.5, 22.5] are r2 (20) and r4 (18.3)
+    assert s["served_rps"] == pytest.approx(2 / 6)
+    # queueing delays 0.5 and 0 before the window's midpoint (13 s), 0.2 and 0.1 after it
+    assert s["queue_growth_s"] == pytest.approx(0.15 - 0.25)
+    assert s["overloaded"] is False
+
+
+def fcfs_result(arrival_rate: float, service_rate: float, n: int = 400) -> SimulationResult:
+    """One server handling one request at a time in arrival order: a queue that grows when arrivals outpace it."""
+    arrival = np.arange(n) / arrival_rate
+    finish = np.empty(n)
+    start = np.empty(n)
+    free = 0.0
+    for k, a in enumerate(arrival):
+        start[k] = max(a, free)
+        free = finish[k] = start[k] + 1 / service_rate
+    req = pd.DataFrame({
+        "request_id": np.arange(n), "replica": 0, "arrival_s": arrival, "prompt_tokens": 10, "output_tokens": 1,
+        "schedule_s": start, "first_token_s": finish, "finish_s": finish, "preemptions": 0, "max_tbt_s": NAN,
+    })
+    return SimulationResult(req, empty_iterations_frame(), TokenGaps.empty(),
+                            info(warmup_s=0.0, sim_end_s=float(finish[-1])))
+
+
+def test_a_configuration_slower_than_its_arrivals_is_overloaded() -> None:
+    slow = summarise(fcfs_result(arrival_rate=4.0, service_rate=2.0), SLOConfig(ttft_s=1e6))
+    assert slow["offered_rps"] == pytest.approx(4.0)
+    assert slow["served_rps"] == pytest.approx(2.0, rel=0.02)  # its own capacity, not the drain-diluted rate
+    assert slow["throughput_rps"] < slow["served_rps"]
+    assert slow["queue_growth_s"] > 0 and slow["overloaded"] is True
+    assert slow["slo_met"] is True  # a loose enough SLO is met: overload is a separate verdict
+    # it serves its capacity (one token per request here), not the offered tokens, and pays for them at that rate
+    assert slow["served_output_tps"] == pytest.approx(slow["served_rps"])
+    assert slow["served_output_tps"] < slow["offered_output_tps"] / 1.9
+    fast = summarise(fcfs_result(arrival_rate=4.0, service_rate=5.0), SLOConfig())
+    assert fast["served_rps"] == pytest.approx(4.0, rel=0.01)
+    assert fast["queue_growth_s"] == pytest.approx(0.0) and fast["overloaded"] is False
+    assert fast["served_output_tps"] == fast["offered_output_tps"] == pytest.approx(4.0)
+    # arrivals barely faster than service: a shortfall within the noise of the arrival count is not overload
+    edge = summarise(fcfs_result(arrival_rate=4.0, service_rate=3.96), SLOConfig())
+    assert 0 < (edge["offered_rps"] - edge["served_rps"]) * 100 < 2 * math.sqrt(400)
+    assert edge["overloaded"] is False
+
+
+def test_long_and_short_requests_that_never_queue_are_not_overloaded() -> None:
+    """Requests of very different lengths finish far from the median latency, so fewer of them fall in the shifted
+    window than arrived -- a shortfall well beyond 2 sqrt(n) -- but nothing queues up: not overload."""
+    n = 400
+    rng = np.random.default_rng(8)
+    arrival = np.arange(n) / 4.0
+    schedule = arrival + rng.exponential(0.01, n)  # jitter without a trend (this draw happens to rise a little)
+    finish = schedule + np.where(np.arange(n) % 2 == 0, 1.0, 60.0)
+    req = pd.DataFrame({
+        "request_id": np.arange(n), "replica": 0, "arrival_s": arrival, "prompt_tokens": 10, "output_tokens": 1,
+        "schedule_s": schedule, "first_token_s": finish, "finish_s": finish, "preemptions": 0, "max_tbt_s": NAN,
+    })
+    result = SimulationResult(req, empty_iterations_frame(), TokenGaps.empty(),
+                              info(warmup_s=0.0, sim_end_s=float(finish.max())))
+    s = summarise(result, SLOConfig())
+    assert (s["offered_rps"] - s["served_rps"]) * (n - 1) / s["offered_rps"] > 2 * math.sqrt(n)
+    # the queue "grows" by a fraction of a millisecond: chance, well within two standard errors, not a backlog
+    assert 0 < s["queue_growth_s"] < 0.001
+    assert s["overloaded"] is False
+
+
+def test_tokens_generated_in_a_window_come_from_the_iteration_records() -> None:
+    result = hand_result()
+    from simulator.metrics.summary import output_tokens_between
+
+    # over the whole run: every first token, and every decode sequence of every iteration
+    assert output_tokens_between(result, 0.0, 24.0) == pytest.approx(5 + 300 + 160 + 160)
+    # half of run C (decode 2 x 80 iterations over [16, 24]) and no first token in [20, 24]
+    assert output_tokens_between(result, 20.0, 24.0) == pytest.approx(80)
 
 
 def test_a_run_with_nothing_to_measure_gives_nan_not_an_exception() -> None:
@@ -202,3 +285,20 @@ def test_no_finished_request_gives_nan_rates_and_zero_attainment() -> None:
 def test_missing_columns_are_reported_with_a_fix() -> None:
     with pytest.raises(CapsimError, match="finish_s"):
         SimulationResult(hand_requests().drop(columns=["finish_s"]), hand_iterations(), GAPS, info())
+
+
+def test_tokens_from_iterations_add_up_to_the_requests_output_in_a_simulation() -> None:
+    from simulator.config.schema import Scenario
+    from simulator.engine import simulate
+    from simulator.metrics.summary import output_tokens_between
+
+    scenario = Scenario.model_validate({
+        "name": "tokens", "model": "llama-3.1-8b", "deployment": {"device": "a100-80gb-sxm"},
+        "scheduler": {"name": "sarathi", "chunk_size": 512},
+        "workload": {"arrival": "poisson", "qps": 6, "trace": {"name": "sharegpt-lengths"}},
+        "simulation": {"num_requests": 200},
+    })
+    result = simulate(scenario).result
+    assert np.isfinite(result.requests["finish_s"]).all()
+    total = output_tokens_between(result, 0.0, float(result.info.sim_end_s))
+    assert total == pytest.approx(float(result.requests["output_tokens"].sum()))

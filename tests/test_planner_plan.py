@@ -101,6 +101,54 @@ def test_cheapest_and_pareto(planned):
     assert h100x2.cost_per_hour_usd == pytest.approx(2 * 2.99)
 
 
+def test_cost_per_token_at_the_target_orders_as_cost_per_hour(planned):
+    """Every candidate meeting the target serves the same load, so the cheapest per hour is the cheapest per
+    token: $/Mtok at the target is the price over the steady-state served token rate, not over a window that
+    includes draining the queue (which charged slower hardware more per token)."""
+    _, _, result = planned
+    ok = [c for c in result.candidates if c.meets_target]
+    assert len(ok) >= 3
+    served = {c.name: c.at_target["served_output_tps"] for c in ok}
+    assert all(not c.at_target["overloaded"] for c in ok)
+    assert max(served.values()) == pytest.approx(min(served.values()), rel=1e-12)  # one common served rate
+    for c in ok:
+        mtok = c.at_target["cost_per_million_output_tokens_usd"]
+        assert mtok == pytest.approx(c.cost_per_hour_usd / 3600 / served[c.name] * 1e6, rel=1e-12)
+    by_hour = min(ok, key=lambda c: (c.cost_per_hour_usd, c.name))
+    by_token = min(ok, key=lambda c: (c.at_target["cost_per_million_output_tokens_usd"], c.name))
+    assert by_hour.cost_per_hour_usd == by_token.cost_per_hour_usd == result.cheapest.cost_per_hour_usd
+    order_hour = sorted(ok, key=lambda c: c.cost_per_hour_usd)
+    mtoks = [c.at_target["cost_per_million_output_tokens_usd"] for c in order_hour]
+    assert mtoks == sorted(mtoks)
+
+
+def test_an_overloaded_probe_never_counts_as_meeting_the_slo():
+    """A loose SLO can be met by a configuration whose queue grows without bound during the probe; the planner
+    must not call that rate sustainable."""
+    from simulator.planner.worker import is_good
+    from simulator.sweep.worker import OK
+
+    met = {"slo_met": True, "overloaded": False}
+    assert is_good({"status": OK, "summary": met})
+    assert not is_good({"status": OK, "summary": {**met, "overloaded": True}})
+    assert not is_good({"status": OK, "summary": {**met, "slo_met": False}})
+
+
+def test_a_loose_slo_does_not_make_an_overloaded_candidate_the_answer(tmp_path):
+    text = PLAN.replace("slo: {ttft_s: 1.0, tpot_s: 0.05, attainment: 0.9}",
+                        "slo: {ttft_s: 1000, tpot_s: 10, attainment: 0.9}").replace(
+        "deployment.num_replicas: [1, 2]", "deployment.num_replicas: [1]").replace("target_rps: 8", "target_rps: 16")
+    path = tmp_path / "loose.yaml"
+    path.write_text(text)
+    plan, candidates = load_plan(path)
+    result = run_plan(plan, candidates, executor=LocalExecutor(1), plots=False)
+    overloaded = [c for c in result.candidates if c.at_target.get("overloaded")]
+    assert overloaded, "some candidate should be overloaded at 16 req/s"
+    assert all(c.at_target["slo_met"] for c in overloaded)  # the loose SLO alone would have crowned them
+    assert not any(c.meets_target for c in overloaded)
+    assert result.cheapest is None or not result.cheapest.at_target["overloaded"]
+
+
 def test_outputs_written(planned):
     _, out, result = planned
     for name in ("candidates.parquet", "candidates.csv", "evaluations.parquet", "evaluations.csv", "plan.json",

@@ -117,6 +117,7 @@ def test_mapping_to_an_absent_column(tmp_path):
 def test_negative_tokens_name_the_row_and_value(tmp_path):
     err = error_of(tmp_path, "a.csv", "arrival_s,prompt_tokens,output_tokens\n0,5,5\n1,5,5\n2,-7,5\n")
     assert err.where.endswith("a.csv row 3") and "-7" in str(err) and "negative" in str(err)
+    assert "negative value: -7" in str(err) and "np." not in str(err)  # the value, not numpy's repr of it
 
 
 def test_non_numeric_and_fractional_tokens(tmp_path):

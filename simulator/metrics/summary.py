@@ -30,6 +30,33 @@ in the records at all; ``not_arrived`` counts them.
   :class:`~simulator.metrics.slo.SLOConfig`; unfinished requests count as misses. **slo_met** = attainment ≥ the
   configured attainment target. **Goodput** = measured requests meeting the SLO / window.
 
+*Arrival window* = [first measured arrival a0, last measured arrival a1], of length S; the load the run offered and
+the rate it kept up with are measured over it, so that draining the queue after the last arrival (which a slower
+configuration needs longer for) does not dilute them:
+
+* **offered_rps** = (measured arrivals − 1) / S: the arrival rate (n arrivals delimit n − 1 gaps).
+* **served_rps** = measured requests finishing in [a0 + w, a1 + w] / S, where w is the median E2E of the measured
+  requests (unfinished ones count as infinitely late; if that makes w infinite, w = 0). A configuration that keeps
+  up finishes requests at the rate they arrive, w later; one that does not finishes at its own capacity, however
+  the window is shifted.
+* **offered_output_tps** = offered_rps × the mean output tokens of the measured requests: the tokens per second the
+  load asks for.
+* **served_output_tps** = the output tokens per second the configuration serves in steady state at this load. One
+  that keeps up (not overloaded, below) serves what is offered -- in steady state tokens flow out as fast as they
+  flow in -- so it is offered_output_tps, the same for every such configuration under the same load. An overloaded
+  one has no steady state at this load; it serves its capacity: the output tokens it generated in the shifted
+  window [a0 + w, a1 + w] / S (one token at each first-token time, one per decode sequence per iteration from the
+  iteration records, runs cut by the window pro rata; every request's tokens, warm-up included), a window in
+  which it is still working through its backlog.
+* **queue_growth_s** = mean queueing delay of the measured requests arriving in the second half of the arrival
+  window minus that of the first half (an unscheduled request waits until the end of the simulation).
+* **overloaded** = the configuration does not keep up: it finished more than ``OVERLOAD_SIGMAS`` (2) standard
+  deviations of the arrival count (√n for n arrivals) fewer requests than arrived (n − served_rps·S > 2√n), *and*
+  its queue grew by more than 2 standard errors of that difference of means (queue_growth_s > 2·√(s₁²/n₁ +
+  s₂²/n₂), s and n the standard deviation and count of the queueing delays of each half). A shortfall within the
+  noise of the arrival count, or one without a queue that clearly grows, is not overload. An overloaded
+  configuration is never called the answer, whatever its latencies.
+
 Iteration statistics use the parts of iteration runs that fall inside the window (a run cut by the window edge
 counts pro rata by time):
 
@@ -39,8 +66,13 @@ counts pro rata by time):
   decode_seqs.
 * **KV utilisation** = kv_blocks_used / kv_blocks_total at the start of each run; the mean is weighted by busy time
   (idle stretches are left out), the peak is the largest value seen in the window.
-* **Energy and cost** over the window follow :mod:`simulator.metrics.energy`; per-token values divide by the output
-  tokens of finished measured requests.
+* **Energy and cost** over the window follow :mod:`simulator.metrics.energy`; energy per token divides by the
+  output tokens of finished measured requests.
+* **Cost per million output tokens** = the deployment's price per second / served_output_tps × 10⁶: what a token
+  costs at the rate the run offered, in steady state (the drain after the last arrival, which slower hardware needs
+  longer for, does not enter it). Every configuration that keeps up with the same load serves the same tokens per
+  second, so among them this orders exactly as the price per hour does. (With no arrival window, e.g. a single
+  request, it falls back to the window's cost / output tokens of finished measured requests.)
 """
 
 from __future__ import annotations
@@ -89,6 +121,12 @@ SUMMARY_KEYS: dict[str, str] = {
     "window_end_s": "measurement window end: last measured finish (s)",
     "window_s": "measurement window length (s)",
     "throughput_rps": "finished measured requests per second",
+    "offered_rps": "measured arrivals per second over the arrival window (first to last measured arrival)",
+    "served_rps": "measured requests finished per second over the arrival window shifted by the median E2E",
+    "offered_output_tps": "output tokens per second the load asks for: offered_rps x mean output tokens",
+    "served_output_tps": "output tokens per second served in steady state (offered if it keeps up, else capacity)",
+    "queue_growth_s": "mean queueing delay of the arrival window's second half minus its first half (s)",
+    "overloaded": "whether the configuration does not keep up with the offered load (see the definitions)",
     "input_tps": "prompt tokens of finished measured requests per second",
     "output_tps": "output tokens of finished measured requests per second",
     "slo_attainment": "fraction of measured requests meeting every SLO target (unfinished ones miss)",
@@ -118,6 +156,10 @@ SUMMARY_KEYS: dict[str, str] = {
 }
 
 NAN = float("nan")
+
+#: How many standard deviations of the arrival count (√n) the served shortfall must exceed to count as overload:
+#: two is the usual "not explained by chance" line; a Poisson count of n arrivals varies by √n.
+OVERLOAD_SIGMAS = 2.0
 
 
 def _ratio(num: float, den: float) -> float:
@@ -188,6 +230,69 @@ def _iteration_stats(result: SimulationResult, t0: float, t1: float, window: flo
     }
 
 
+def output_tokens_between(result: SimulationResult, t0: float, t1: float) -> float:
+    """Output tokens the deployment generated in [t0, t1], from the first-token times and the iteration records.
+
+    Why not from the requests' finish times: a request's tokens are produced while it decodes, not when it ends,
+    and an interval of prefill-only iterations produces none (the iteration records say exactly how many decode
+    sequences each iteration carried). A run of iterations cut by the interval's edge counts pro rata by time.
+    """
+    first = result.requests["first_token_s"].to_numpy(dtype=np.float64)
+    firsts = int(np.count_nonzero((first >= t0) & (first <= t1)))
+    it = result.iterations
+    start, end = it["start_s"].to_numpy(dtype=np.float64), it["end_s"].to_numpy(dtype=np.float64)
+    duration = end - start
+    overlap = np.clip(np.minimum(end, t1) - np.maximum(start, t0), 0.0, None)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        frac = np.where(duration > 0, overlap / duration, ((end >= t0) & (end <= t1)).astype(np.float64))
+    decode = it["decode_seqs"].to_numpy(dtype=np.float64) * it["num_iterations"].to_numpy(dtype=np.float64)
+    return float(firsts) + float(np.dot(decode, frac))
+
+
+def load_stats(result: SimulationResult, req: pd.DataFrame, lat: pd.DataFrame) -> dict[str, Any]:
+    """Offered and served rates over the arrival window, queue growth and the overload flag (module doc)."""
+    arrival = req["arrival_s"].to_numpy(dtype=np.float64)
+    n = len(arrival)
+    keys = ("offered_rps", "served_rps", "offered_output_tps", "served_output_tps", "queue_growth_s")
+    out: dict[str, Any] = dict.fromkeys(keys, NAN)
+    out["overloaded"] = False
+    if n < 2:
+        return out
+    a0, a1 = float(arrival.min()), float(arrival.max())
+    span = a1 - a0
+    if not span > 0:
+        return out
+    e2e = np.nan_to_num(lat["e2e_s"].to_numpy(dtype=np.float64), nan=math.inf)
+    shift = float(np.median(e2e))
+    if not math.isfinite(shift):  # most requests never finished: measure over the arrival window itself
+        shift = 0.0
+    finish = req["finish_s"].to_numpy(dtype=np.float64)
+    served = int(np.count_nonzero((finish >= a0 + shift) & (finish <= a1 + shift)))
+    queue = lat["queue_s"].to_numpy(dtype=np.float64)
+    queue = np.where(np.isfinite(queue), queue, float(result.info.sim_end_s) - arrival)
+    late = arrival > a0 + span / 2
+    growth, growth_se = NAN, NAN
+    if late.sum() >= 2 and (~late).sum() >= 2:
+        growth = float(queue[late].mean() - queue[~late].mean())
+        growth_se = math.sqrt(float(queue[late].var(ddof=1)) / late.sum()
+                              + float(queue[~late].var(ddof=1)) / (~late).sum())
+    overloaded = bool(n - served > OVERLOAD_SIGMAS * math.sqrt(n) and growth > OVERLOAD_SIGMAS * growth_se)
+    offered_tps = (n - 1) / span * float(req["output_tokens"].to_numpy(dtype=np.float64).mean())
+    out.update(
+        {
+            "offered_rps": (n - 1) / span,
+            "served_rps": served / span,
+            "offered_output_tps": offered_tps,
+            "served_output_tps": (
+                output_tokens_between(result, a0 + shift, a1 + shift) / span if overloaded else offered_tps
+            ),
+            "queue_growth_s": growth,
+            "overloaded": overloaded,
+        }
+    )
+    return out
+
+
 def measured_requests(result: SimulationResult) -> pd.DataFrame:
     """The requests that count for statistics: those that arrived at or after the warm-up time."""
     req = result.requests
@@ -231,6 +336,7 @@ def summarise(result: SimulationResult, slo: SLOConfig | None = None) -> dict[st
             "window_end_s": t1,
             "window_s": window,
             "throughput_rps": _ratio(n_done, window),
+            **load_stats(result, req, lat),
             "input_tps": _ratio(float(done["prompt_tokens"].sum()), window),
             "output_tps": _ratio(out_tokens, window),
             "slo_attainment": _ratio(float(meets.sum()), n),
@@ -247,7 +353,11 @@ def summarise(result: SimulationResult, slo: SLOConfig | None = None) -> dict[st
     out["preemptions"] = int(req["preemptions"].sum()) if n else 0
     out["iterations"] = int(result.iterations["num_iterations"].sum())
     out["energy_per_output_token_j"] = _ratio(out["energy_j"], out_tokens)
-    out["cost_per_million_output_tokens_usd"] = _ratio(out["cost_usd"] * 1e6, out_tokens)
+    price_per_s = info.num_gpus * info.price_usd_per_gpu_hour / 3600.0
+    steady = _ratio(price_per_s * 1e6, out["served_output_tps"])
+    out["cost_per_million_output_tokens_usd"] = (
+        steady if math.isfinite(steady) else _ratio(out["cost_usd"] * 1e6, out_tokens)
+    )
     out["sim_time_s"] = float(info.sim_end_s)
     out["wall_time_s"] = float(info.wall_time_s)
     out["sim_speed_rps"] = _ratio(len(result.requests), info.wall_time_s)

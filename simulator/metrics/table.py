@@ -69,6 +69,12 @@ def fmt_attainment(summary: Mapping[str, Any]) -> str:
     return f"[green]{text}[/]" if summary["slo_met"] else f"[red]{text}[/]"
 
 
+def fmt_served(summary: Mapping[str, Any]) -> str:
+    """The served rate (req/s), in red and marked when the run is overloaded (it did not keep up with the load)."""
+    text = fmt_number(summary.get("served_rps"))
+    return f"[red]{text} overloaded[/]" if summary.get("overloaded") and text != DASH else text
+
+
 #: Columns of the comparison table after the name: header, and how to render a summary into the cell.
 COMPARISON_COLUMNS: list[tuple[str, Callable[[Mapping[str, Any]], str]]] = [
     ("TTFT p50", lambda s: fmt_seconds(s.get("ttft_p50_s"))),
@@ -76,6 +82,8 @@ COMPARISON_COLUMNS: list[tuple[str, Callable[[Mapping[str, Any]], str]]] = [
     ("TPOT p50", lambda s: fmt_seconds(s.get("tpot_p50_s"))),
     ("TPOT p99", lambda s: fmt_seconds(s.get("tpot_p99_s"))),
     ("E2E p99", lambda s: fmt_seconds(s.get("e2e_p99_s"))),
+    ("offered", lambda s: fmt_number(s.get("offered_rps"))),
+    ("served", lambda s: fmt_served(s)),
     ("req/s", lambda s: fmt_number(s.get("throughput_rps"))),
     ("goodput", lambda s: fmt_number(s.get("goodput_rps"))),
     ("SLO att.", fmt_attainment),
@@ -128,6 +136,7 @@ def _totals_table(summary: Mapping[str, Any]) -> Table:
     rows = [
         ("requests (finished / unfinished)", f"{g('completed', DASH)} / {g('unfinished', DASH)}"
          + (f" ({g('not_arrived')} not arrived by max_time_s, left out)" if g("not_arrived") else "")),
+        ("offered / served (req/s)", f"{fmt_number(g('offered_rps'))} / {fmt_served(summary)}"),
         ("throughput (req/s)", fmt_number(g("throughput_rps"))),
         ("input / output tokens/s", f"{fmt_number(g('input_tps'))} / {fmt_number(g('output_tps'))}"),
         ("SLO attainment (target)", f"{fmt_attainment(summary)} ({fmt_percent(g('slo_target_attainment'))})"),

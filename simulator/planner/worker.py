@@ -47,5 +47,11 @@ def evaluate_rate(scenario_dump: dict[str, Any]) -> dict[str, Any]:
 
 
 def is_good(result: dict[str, Any]) -> bool:
-    """Whether an evaluated rate met the SLO goal (simulated, and ``slo_met``)."""
-    return result.get("status") == OK and bool((result.get("summary") or {}).get("slo_met"))
+    """Whether an evaluated rate is sustainable: simulated, ``slo_met``, and not ``overloaded``.
+
+    Why overload counts separately: with a loose SLO a configuration whose queue grows without bound during the
+    probe can still meet every target (its probe ends before the waits grow large enough); served far below the
+    offered rate, it does not sustain that rate, whatever the latencies say.
+    """
+    summary = result.get("summary") or {}
+    return result.get("status") == OK and bool(summary.get("slo_met")) and not summary.get("overloaded", False)

@@ -187,6 +187,11 @@ def _row_label(index: int, rows: np.ndarray | None) -> int:
     return int(rows[index]) if rows is not None else index + 1
 
 
+def plain(value: object) -> object:
+    """A cell as the plain Python value it holds, for messages: ``-3`` rather than numpy 2's ``np.int64(-3)``."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def token_column(
     raw: pd.Series,
     *,
@@ -209,7 +214,7 @@ def token_column(
     def fail(mask: np.ndarray, problem: str, fix: str) -> None:
         first = int(np.flatnonzero(mask)[0])
         raise TraceFormatError(
-            f"{role} tokens column {column!r} has {problem}: {raw.iloc[first]!r}",
+            f"{role} tokens column {column!r} has {problem}: {plain(raw.iloc[first])!r}",
             where=row_where(path, _row_label(first, rows), word=word),
             fix=fix,
         )
@@ -269,7 +274,7 @@ def arrival_column(
         if bad.any():
             first = int(np.flatnonzero(bad)[0])
             raise TraceFormatError(
-                f"arrival column {column!r} has a value that is not a date-time: {raw.iloc[first]!r}",
+                f"arrival column {column!r} has a value that is not a date-time: {plain(raw.iloc[first])!r}",
                 where=row_where(path, _row_label(first, rows), word=word),
                 fix="use ISO 8601 date-times (2023-11-16 18:15:46.68) or numbers with arrival_unit s/ms/us",
             )
@@ -280,7 +285,7 @@ def arrival_column(
     if bad.any():
         first = int(np.flatnonzero(bad)[0])
         raise TraceFormatError(
-            f"arrival column {column!r} has a missing or non-numeric value: {raw.iloc[first]!r}",
+            f"arrival column {column!r} has a missing or non-numeric value: {plain(raw.iloc[first])!r}",
             where=row_where(path, _row_label(first, rows), word=word),
             fix="every request needs an arrival time (number, or date-time with arrival_unit: datetime)",
         )
