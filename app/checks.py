@@ -15,6 +15,7 @@ checked here with the same code the simulator uses, and reported as
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,7 +79,7 @@ def error_message(exc: CapsimError) -> str:
 
 
 def _section(path: str) -> str:
-    return path.split(".", 1)[0]
+    return re.split(r"[.\[]", path, maxsplit=1)[0]
 
 
 def _shared_issues(base: dict[str, Any]) -> tuple[Scenario | None, list[Issue]]:
@@ -112,6 +113,8 @@ def _config_issue_path(index: int, where: str, overridden: set[str]) -> str:
     section = _section(where)
     if section in CONFIG_SECTIONS:
         return config_path(index, where)
+    if section == "techniques":  # techniques[1].k -> the widget of that technique's parameter
+        return config_path(index, re.sub(r"\[(\d+)\]", r".\1", where.split(" ")[0]))
     if section in overridden:
         return config_path(index, "extras")
     if section in ("model", "workload", "slo", "simulation", "seed"):

@@ -35,6 +35,7 @@ from simulator.models import MODELS
 from simulator.models.spec import ModelSpec
 from simulator.routers import ROUTERS
 from simulator.schedulers import SCHEDULERS
+from simulator.techniques import TECHNIQUES
 from traces.arrivals import ARRIVAL_PARAMETERS, ARRIVALS
 from traces.catalog import list_traces
 from traces.config import ColumnMap, LengthConfig, TraceConfig, WorkloadConfig
@@ -407,6 +408,34 @@ def _plugin(form: Form, ui: Any, registry: Any, path: str, initial: dict[str, An
     return {"name": name, **{k: v for k, v in values.items() if k in kept or k in params0}}
 
 
+def _techniques(form: Form, ui: Any, path: str, initial: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The configuration's techniques, in the order chosen, each with its parameters drawn from the ``Params``
+    model the technique registers (no per-technique code here: a new technique appears by registering)."""
+    given = [t for t in initial if isinstance(t, dict) and t.get("name")]
+    names0 = [_canonical(TECHNIQUES, t["name"]) for t in given]
+    options = [*TECHNIQUES.names(), *[n for n in names0 if n not in TECHNIQUES.names()]]
+
+    def label_of(n: str) -> str:
+        return f"{n}: {TECHNIQUES.get(n).summary.rstrip('.')}" if n in TECHNIQUES else n
+
+    chosen = ui.multiselect("techniques", options, default=names0, format_func=label_of, key=form.key(f"{path}.names"),
+                            help=Scenario.model_fields["techniques"].description)
+    form.slots.reserve(ui, path)
+    out = []
+    for i, name in enumerate(chosen):
+        params0 = next(({k: v for k, v in t.items() if k != "name"} for t, n in zip(given, names0, strict=True)
+                        if n == name), {})
+        if name not in TECHNIQUES:
+            out.append({"name": name, **params0})
+            continue
+        fields = form_fields(TECHNIQUES.get(name).Params)
+        box = ui.expander(f"{name} parameters", expanded=bool(params0))
+        values = form.fields(box, fields, f"{path}.{i}", params0, key_prefix=f"{path}.{name}")
+        kept = prune_defaults(values, fields)
+        out.append({"name": name, **{k: v for k, v in values.items() if k in kept or k in params0}})
+    return out
+
+
 def configuration_input(form: Form, ui: Any, index: int, init: Configuration) -> Configuration:
     """One configuration: device and size, scheduler and its parameters, router, and everything else."""
     p = f"cfg{index}"
@@ -421,19 +450,22 @@ def configuration_input(form: Form, ui: Any, index: int, init: Configuration) ->
                         SchedulerConfig.model_fields["name"].description)
     router = _plugin(form, ui, ROUTERS, f"{p}.router", init.router or {"name": "round-robin"}, "router",
                      "How requests are spread over replicas.")
+    techniques = _techniques(form, ui, f"{p}.techniques", init.extras.get("techniques") or [])
     extras: dict[str, Any] = {}
     more_ui = ui.expander("more deployment options")
     rest = [f for n, f in dep_fields.items() if n not in ("device", "num_replicas", "tp", "pp")]
     more = form.fields(more_ui, rest, f"{p}.deployment", init.deployment,
                        options={n: list(BYTES_PER_ELEMENT) for n in DTYPE_FIELDS})
     # Scenario sections without dedicated inputs (e.g. added to the schema later), drawn from the schema.
-    handled = set(SHARED_FIELDS) | set(CONFIG_SECTIONS)
+    handled = set(SHARED_FIELDS) | set(CONFIG_SECTIONS) | {"techniques"}
     others = [f for f in form_fields(Scenario) if f.name not in handled]
     for f in others:
         value = form.field(more_ui, f, f"{p}.{f.name}", init.extras.get(f.name))
         if value is not None and value != f.default:
             extras[f.name] = value
-    named = {f.name for f in others}
+    named = {f.name for f in others} | {"techniques"}
+    if techniques:
+        extras["techniques"] = techniques
     extras.update(_overrides(form, more_ui, p, {k: v for k, v in init.extras.items() if k not in named}))
     deployment = {"device": device, **prune_defaults({**sizes, **more}, dep_fields.values())}
     router_out = router if router != {"name": "round-robin"} else {}
