@@ -191,6 +191,10 @@ def simulate(
         weights_bytes_per_gpu=system.memory.weights_bytes,
         gpu_memory_bytes=system.memory.gpu_memory_bytes,
         warmup_s=sim.warmup_s,
+        # Devices techniques add per replica, spread over its pp engines like its GPUs.
+        extra_usd_per_replica_hour=system.extra_usd_per_replica_hour / dep.pp,
+        extra_idle_w_per_replica=sum(d.count * d.idle_w for d in system.extra_devices) / dep.pp,
+        extra_tdp_w_per_replica=sum(d.count * d.tdp_w for d in system.extra_devices) / dep.pp,
         wall_time_s=wall,
         sim_end_s=float(env.now),
         not_arrived=table.n - arrived,

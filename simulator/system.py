@@ -27,6 +27,7 @@ from simulator.models.spec import ModelSpec
 from simulator.routers import ROUTERS, Router
 from simulator.schedulers import SCHEDULERS, Scheduler, SchedulerParams
 from simulator.techniques import BuildContext, StepModel, TechniqueStack, build_stack
+from simulator.techniques.base import ExtraDevice
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,18 @@ class System:
     overheads: OverheadTerms | None = None
     techniques: TechniqueStack = field(default_factory=TechniqueStack)
     step: StepModel | None = None  # the decode-step model of a technique; None: one token per step
+    extra_devices: tuple[ExtraDevice, ...] = ()  # per replica, added by techniques (a separate draft device)
+
+    @property
+    def extra_usd_per_replica_hour(self) -> float:
+        return sum(d.count * d.price_usd_per_hour for d in self.extra_devices)
+
+    @property
+    def cost_per_hour_usd(self) -> float:
+        """Rental price of the whole deployment: its GPUs and the devices its techniques add."""
+        gpus = self.num_gpus * self.device.price_usd_per_hour
+        extra = self.extra_usd_per_replica_hour
+        return gpus + self.deployment.num_replicas * extra if extra else gpus
 
     def cost_model(self) -> IterationCostModel:
         """A fresh (empty-cache) cost model; one per simulation keeps runs independent."""
@@ -207,4 +220,5 @@ def build_system(scenario: Scenario) -> System:
     return System(
         model, device, dep, fmt, roofline, table, memory, sched_cls, sched_params, router_cls, overheads,
         techniques=stack, step=stack.step_model(ctx) if stack else None,
+        extra_devices=stack.extra_devices(ctx) if stack else (),
     )

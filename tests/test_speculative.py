@@ -280,3 +280,20 @@ def test_a_draft_on_a_slower_inline_device_costs_more_and_frees_the_gpus_memory(
     slow = s_apart.step.drafter.round_run(shape, 4, 4000, 1, 4.0).first
     fast = s_same.step.drafter.round_run(shape, 4, 4000, 1, 4.0).first
     assert slow > 2 * fast  # 300 GB/s against an H100's HBM: the draft's weight reads dominate
+
+
+def test_a_separate_draft_device_is_paid_for():
+    """A draft GPU beside each replica is hardware: the planner's $/h, the run's cost and $/Mtok include it."""
+    plain = scenario(model="llama-3.1-8b", device="h100-sxm", n=30)
+    apart = scenario([{**DRAFT, "draft_model": "llama-3.2-1b", "k": 4, "draft_device": "l4"}], model="llama-3.1-8b",
+                     device="h100-sxm", n=30)
+    s_plain, s_apart = build_system(plain), build_system(apart)
+    l4 = s_apart.extra_devices[0]
+    assert l4.name == "l4" and l4.count == 1
+    assert s_apart.cost_per_hour_usd == pytest.approx(s_plain.cost_per_hour_usd + l4.price_usd_per_hour)
+    a, b = (summarise(simulate(sc).result, sc.slo) for sc in (plain, apart))
+    assert a["cost_usd"] == pytest.approx(a["window_s"] * s_plain.cost_per_hour_usd / 3600, rel=1e-12)
+    assert b["cost_usd"] == pytest.approx(b["window_s"] * s_apart.cost_per_hour_usd / 3600, rel=1e-12)
+    # The L4 idles at least for the whole window: energy exceeds the H100's own by its idle draw.
+    assert b["energy_j"] > a["energy_j"] * b["window_s"] / a["window_s"]
+    assert build_system(scenario([DRAFT])).extra_devices == ()  # on the same GPUs: nothing added

@@ -219,6 +219,10 @@ class RunInfo:
     # Requests of the workload that had not arrived when simulation.max_time_s stopped the run: left out of the
     # records and of every statistic (they were never part of what was measured), but counted so a cut is visible.
     not_arrived: int = 0
+    # Devices a technique adds to each replica (a separate draft device): price and power per replica.
+    extra_usd_per_replica_hour: float = 0.0
+    extra_idle_w_per_replica: float = 0.0
+    extra_tdp_w_per_replica: float = 0.0
 
     @property
     def num_gpus(self) -> int:

@@ -85,7 +85,7 @@ import pandas as pd
 
 from simulator.metrics.energy import cost_usd, energy_joules
 from simulator.metrics.quantiles import token_gap_mean, token_gap_quantiles
-from simulator.metrics.result import SimulationResult, request_latencies
+from simulator.metrics.result import RunInfo, SimulationResult, request_latencies
 from simulator.metrics.slo import SLOConfig
 
 #: Latency metrics reported, with their human names.
@@ -225,9 +225,20 @@ def _iteration_stats(result: SimulationResult, t0: float, t1: float, window: flo
         "kv_util_peak": kv_peak,
         "energy_j": energy_joules(
             window_s=window, busy_gpu_s=busy_gpu_s, num_gpus=num_gpus, idle_w=info.idle_w, active_w=info.tdp_w
-        ),
-        "cost_usd": cost_usd(window_s=window, num_gpus=num_gpus, price_usd_per_gpu_hour=info.price_usd_per_gpu_hour),
+        ) + _extra_energy(info, window, float(overlap.sum())),
+        "cost_usd": cost_usd(window_s=window, num_gpus=num_gpus, price_usd_per_gpu_hour=info.price_usd_per_gpu_hour)
+        + info.num_replicas * info.extra_usd_per_replica_hour * window / 3600.0,
     }
+
+
+def _extra_energy(info: RunInfo, window: float, busy_replica_s: float) -> float:
+    """Energy of the devices techniques add to each replica (a separate draft device; 0 without). They are
+    powered for the whole window and counted active while their replica is busy (an upper bound: a draft
+    device works for part of each round)."""
+    if not info.extra_tdp_w_per_replica:
+        return 0.0
+    idle, active = info.extra_idle_w_per_replica, info.extra_tdp_w_per_replica
+    return info.num_replicas * idle * window + (active - idle) * busy_replica_s
 
 
 def output_tokens_between(result: SimulationResult, t0: float, t1: float) -> float:
@@ -354,6 +365,8 @@ def summarise(result: SimulationResult, slo: SLOConfig | None = None) -> dict[st
     out["iterations"] = int(result.iterations["num_iterations"].sum())
     out["energy_per_output_token_j"] = _ratio(out["energy_j"], out_tokens)
     price_per_s = info.num_gpus * info.price_usd_per_gpu_hour / 3600.0
+    if info.extra_usd_per_replica_hour:
+        price_per_s += info.num_replicas * info.extra_usd_per_replica_hour / 3600.0
     steady = _ratio(price_per_s * 1e6, out["served_output_tps"])
     out["cost_per_million_output_tokens_usd"] = (
         steady if math.isfinite(steady) else _ratio(out["cost_usd"] * 1e6, out_tokens)

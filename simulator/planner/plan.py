@@ -222,7 +222,7 @@ def prepass(candidates: Sequence[Scenario], min_probe_s: float | None = None) ->
             out.append(cand)
             continue
         cand.gpus = system.num_gpus
-        cand.cost_per_hour_usd = system.num_gpus * system.device.price_usd_per_hour
+        cand.cost_per_hour_usd = system.cost_per_hour_usd
         try:
             verdict = check(sc, system)
         except CapsimError as exc:

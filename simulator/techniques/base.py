@@ -109,6 +109,10 @@ class Technique:
     def operators(self, table: OperatorTable, ctx: BuildContext) -> OperatorTable:
         return table
 
+    def devices(self, ctx: BuildContext) -> tuple[ExtraDevice, ...]:
+        """Hardware the technique adds to every replica (a separate draft device), for cost and energy."""
+        return ()
+
     # -- runtime hooks (None: the technique does not take part) -----------------------------
     def step(self, ctx: BuildContext) -> StepModel | None:
         """The decode-step model this technique imposes (tokens per step, step cost), if any."""
@@ -128,6 +132,17 @@ class Technique:
         deployment) stay lower bounds with this technique on. A technique that can make a step cheaper
         or yield more tokens per step returns False, and the planner then simulates instead of pruning."""
         return False
+
+
+@dataclass(frozen=True)
+class ExtraDevice:
+    """``count`` devices a technique adds to each replica beside its GPUs (priced and powered like them)."""
+
+    name: str
+    count: int
+    price_usd_per_hour: float
+    idle_w: float
+    tdp_w: float
 
 
 TECHNIQUES: Registry[type[Technique]] = Registry("technique")
@@ -162,6 +177,9 @@ class TechniqueStack:
         for t in self.techniques:
             table = t.operators(table, ctx)
         return table
+
+    def extra_devices(self, ctx: BuildContext) -> tuple[ExtraDevice, ...]:
+        return tuple(d for t in self.techniques for d in t.devices(ctx))
 
     def step_model(self, ctx: BuildContext) -> StepModel | None:
         steps = [s for s in (t.step(ctx) for t in self.techniques) if s is not None]

@@ -59,7 +59,7 @@ from simulator.costmodel.precision import bytes_per_element
 from simulator.memory_plan import weights_per_gpu
 from simulator.models.spec import ModelSpec
 from simulator.requests import RequestTable
-from simulator.techniques.base import TECHNIQUES, MemoryTerms, Technique, TechniqueParams
+from simulator.techniques.base import TECHNIQUES, ExtraDevice, MemoryTerms, Technique, TechniqueParams
 from simulator.techniques.context import BuildContext
 from simulator.techniques.presets import PRESETS
 from simulator.techniques.step import StepPlan, durations_run, max_runs, scale_run, sum_runs
@@ -729,6 +729,13 @@ class SpeculativeDecoding(Technique):
             return terms  # the draft's weights and KV live on its own device
         return terms.plus(kv=kv, reserved=w, note=f"draft {spec.name}: {w / 2**30:.2f} GiB weights, "
                           f"{kv:.0f} B of KV per token per GPU")
+
+    def devices(self, ctx: BuildContext) -> tuple[ExtraDevice, ...]:
+        device = self._draft_device(ctx)
+        if device is None:
+            return ()
+        n = self._draft_tp(ctx)
+        return (ExtraDevice(device.name, n, device.price_usd_per_hour, device.idle_w, device.tdp_w),)
 
     def step(self, ctx: BuildContext) -> SpeculativeStep:
         p = self.params
