@@ -208,6 +208,15 @@ def test_runs_are_deterministic_for_a_seed():
 
 
 # ------------------------------------------------------------------ presets and bad input
+@pytest.mark.parametrize("name", sorted(n for n, p in PRESETS.items() if p.tau is not None))
+def test_solved_preset_rates_reproduce_the_reported_tau(name):
+    preset = PRESETS[name]
+    p = preset.params
+    widths = tuple(p["tree"]) if p.get("tree") else (1,) * p["k"]
+    assert p["acceptance"] == solve_acceptance(widths, preset.tau)
+    assert expected_tokens(RoundShape(widths), lambda j: p["acceptance"]) == pytest.approx(preset.tau, abs=1e-3)
+
+
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_every_preset_builds_and_runs(name):
     preset = PRESETS[name]
