@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-
 @dataclass(frozen=True)
 class Preset:
     params: dict[str, Any]
