@@ -177,38 +177,55 @@ class Replica:
                     self._wake = env.event()
                     yield self._wake
                 continue
-            if self.step is not None:
-                if plan.repeat and not plan.prefill:
-                    yield from self._step_run(plan)
-                else:
-                    yield from self._step_iteration(plan)
-            elif plan.repeat and not plan.prefill:
+            if not (plan.repeat and not plan.prefill):
+                yield from self._iteration(plan)
+            elif self.step is None:
                 yield from self._decode_run(plan)
             else:
-                yield from self._iteration(plan)
+                yield from self._step_run(plan)
 
     def _iteration(self, plan: Plan):
-        """One iteration with prefill chunks and, for mixed batching, decodes."""
-        t = self.table
+        """One iteration with prefill chunks and, for mixed batching, decodes (one step of a step model,
+        if the scenario has one: the step model then prices the iteration)."""
+        t, step = self.table, self.step
         start = self.env.now
         ids = plan.decode_ids
         n_dec = len(ids)
         ctx = int(t.kv_tokens[ids].sum()) + n_dec if n_dec else 0
-        ptok = logits = kv_read = 0
-        work = 0.0
-        for c in plan.prefill:
-            q = c.cost_tokens
-            ptok += q
-            kv_read += prefill_kv_read(q, c.cached)
-            work += prefill_attention_work(q, c.cached)
-            logits += c.completes
-        cost = self.cost.iteration_from_totals(ptok, logits + n_dec, work, kv_read, n_dec, ctx)
+        ptok, logits, work, kv_read = _prefill_totals(plan.prefill)
+        if step is None:
+            cost = self.cost.iteration_from_totals(ptok, logits + n_dec, work, kv_read, n_dec, ctx)
+        else:
+            sp = step.plan(ids) if n_dec else None
+            cost = step.iteration(sp, ptok, logits + n_dec, work, kv_read, n_dec, ctx)
         yield self.env.timeout(cost.time_s)
         end = self.env.now
-        finished: list[int] = []
         if n_dec:
-            self._advance_decodes(ids, DecodeRun(1, cost.time_s, 0.0, True), end, start)
-        for c in plan.prefill:
+            one = DecodeRun(1, cost.time_s, 0.0, True)
+            if step is None:
+                self._advance_decodes(ids, one, end, start)
+            else:
+                got = np.minimum(step.commit(ids, sp, 1), t.output[ids] - t.generated[ids])
+                self.blocks.grow_each(ids, got)
+                self._advance_live(ids, one, end, start, got)
+        finished = self._complete_prefills(plan.prefill, end)
+        self.recorder.iteration(
+            self.index, start, end, 1, ptok, len(plan.prefill), n_dec, ctx, cost.time_s, cost.time_s,
+            self.blocks.used_blocks, self.blocks.total_blocks, cost.flops, cost.bytes,
+        )
+        if n_dec:
+            done = ids[t.generated[ids] == t.output[ids]]
+            if len(done):
+                finished.extend(done.tolist())
+        if finished:
+            self._finish(np.asarray(finished, dtype=np.int64), end)
+
+    def _complete_prefills(self, prefill, end: float) -> list[int]:
+        """Chunks that finish a (re)prefill emit their request's next token at ``end``; returns the requests
+        that thereby finished."""
+        t = self.table
+        finished: list[int] = []
+        for c in prefill:
             if not c.completes:
                 continue
             rid = c.rid
@@ -224,16 +241,7 @@ class Replica:
             t.last_token_s[rid] = end
             if t.generated[rid] == t.output[rid]:
                 finished.append(rid)
-        self.recorder.iteration(
-            self.index, start, end, 1, ptok, len(plan.prefill), n_dec, ctx, cost.time_s, cost.time_s,
-            self.blocks.used_blocks, self.blocks.total_blocks, cost.flops, cost.bytes,
-        )
-        if n_dec:
-            done = ids[t.generated[ids] == t.output[ids]]
-            if len(done):
-                finished.extend(done.tolist())
-        if finished:
-            self._finish(np.asarray(finished, dtype=np.int64), end)
+        return finished
 
     def _decode_run(self, plan: Plan):
         """Repeat the decode batch until a sequence finishes, memory runs out or a request arrives."""
@@ -262,30 +270,11 @@ class Replica:
             # the newest sequences until the rest can each store a token, and decode those now:
             # re-planning first would re-admit the victim (prefill-first) into the blocks just freed,
             # and the batch could cycle prefill -> preempt without ever decoding.
-            victim = self.scheduler.preempt_one()
-            if victim is None:
-                raise RuntimeError("decode cannot grow and nothing can be preempted")
-            ids = ids[ids != victim]
+            ids = self._drop_newest(ids)
             if not len(ids):
                 return
-        run = self.cost.decode_run(n, ctx0, steps)
         start = env.now
-        nxt = self._next_arrival()
-        if nxt is not None and plan.interruptible and steps > 1:
-            # Stop at the first iteration boundary at or after the next preloaded arrival.
-            upto = run.iterations_ending_by(nxt - start)
-            if upto < steps:
-                run = run.prefix(upto)
-                steps = upto
-        if steps > 1 and plan.interruptible:
-            wake = env.timeout(run.total)
-            self._run = (run, start, wake)
-            yield wake
-            self._run = None
-            if self._cut is not None:  # an arrival ended the run early (see _cut_run_short)
-                run, self._cut = self._cut, None
-        else:
-            yield env.timeout(run.total)
+        run = yield from self._wait_run(self.cost.decode_run(n, ctx0, steps), plan)
         end = env.now
         self.blocks.grow_all(ids, run.iterations, kv, kv_list)
         self._advance_live(live, run, end, start)
@@ -296,6 +285,37 @@ class Replica:
         )
         if run.iterations == limit:
             self._finish(live[remaining == limit], end)
+
+    def _drop_newest(self, ids: np.ndarray) -> np.ndarray:
+        """Preempt the newest sequence (the scheduler's victim) and return the batch without it."""
+        victim = self.scheduler.preempt_one()
+        if victim is None:
+            raise RuntimeError("decode cannot grow and nothing can be preempted")
+        return ids[ids != victim]
+
+    def _wait_run(self, run: DecodeRun, plan: Plan):
+        """Wait for ``run`` (a generator: ``run = yield from ...``) and return the part of it that happened.
+
+        An interruptible run stops at the first iteration boundary at or after the next preloaded arrival,
+        or at the boundary where a submitted request interrupts it (see :meth:`_cut_run_short`).
+        """
+        env = self.env
+        start = env.now
+        nxt = self._next_arrival()
+        if nxt is not None and plan.interruptible and run.iterations > 1:
+            upto = run.iterations_ending_by(nxt - start)
+            if upto < run.iterations:
+                run = run.prefix(upto)
+        if run.iterations > 1 and plan.interruptible:
+            wake = env.timeout(run.total)
+            self._run = (run, start, wake)
+            yield wake
+            self._run = None
+            if self._cut is not None:  # an arrival ended the run early (see _cut_run_short)
+                run, self._cut = self._cut, None
+        else:
+            yield env.timeout(run.total)
+        return run
 
     def _advance_decodes(self, ids, run: DecodeRun, end, start):
         """The decode iterations of ``run`` of ``ids`` ended at ``end``: tokens, gaps and KV."""
@@ -401,30 +421,13 @@ class Replica:
             steps = self._steps_that_fit(ids, sp, kv, remaining, limit)
             if steps:
                 break
-            victim = self.scheduler.preempt_one()
-            if victim is None:
-                raise RuntimeError("decode cannot grow and nothing can be preempted")
-            ids = ids[ids != victim]
+            ids = self._drop_newest(ids)
             if not len(ids):
                 return
         ctx0 = int(kv.sum()) + n
         growth = float(sp.tokens_per_step.sum())
-        run = step.run(sp, n, ctx0, steps, growth)
         start = env.now
-        nxt = self._next_arrival()
-        if nxt is not None and plan.interruptible and steps > 1:
-            upto = run.iterations_ending_by(nxt - start)
-            if upto < steps:
-                run = run.prefix(upto)
-        if run.iterations > 1 and plan.interruptible:
-            wake = env.timeout(run.total)
-            self._run = (run, start, wake)
-            yield wake
-            self._run = None
-            if self._cut is not None:
-                run, self._cut = self._cut, None
-        else:
-            yield env.timeout(run.total)
+        run = yield from self._wait_run(step.run(sp, n, ctx0, steps, growth), plan)
         end = env.now
         got = np.minimum(step.commit(ids, sp, run.iterations), remaining)
         self.blocks.grow_each(ids, got)
@@ -464,56 +467,6 @@ class Replica:
                 hi = mid
         return lo
 
-    def _step_iteration(self, plan: Plan):
-        """An iteration with prefill chunks under a step model: its decodes (mixed batching) take one
-        step, and the step model prices the whole iteration (a drafter prefills the prompts too)."""
-        t, step = self.table, self.step
-        start = self.env.now
-        ids = plan.decode_ids
-        n_dec = len(ids)
-        ctx = int(t.kv_tokens[ids].sum()) + n_dec if n_dec else 0
-        ptok = logits = kv_read = 0
-        work = 0.0
-        for c in plan.prefill:
-            q = c.cost_tokens
-            ptok += q
-            kv_read += c.cached + q
-            work += q * (c.cached + q / 2.0)
-            logits += c.completes
-        sp = step.plan(ids) if n_dec else None
-        cost = step.iteration(sp, ptok, logits + n_dec, work, kv_read, n_dec, ctx)
-        yield self.env.timeout(cost.time_s)
-        end = self.env.now
-        finished: list[int] = []
-        if n_dec:
-            remaining = t.output[ids] - t.generated[ids]
-            got = np.minimum(step.commit(ids, sp, 1), remaining)
-            self.blocks.grow_each(ids, got)
-            self._advance_live(ids, DecodeRun(1, cost.time_s, 0.0, True), end, start, got)
-            finished.extend(ids[got == remaining].tolist())
-        for c in plan.prefill:
-            if not c.completes:
-                continue
-            rid = c.rid
-            if t.generated[rid] == 0:
-                t.first_token_s[rid] = end
-            else:
-                gap = end - t.last_token_s[rid]
-                if t.arrival_s[rid] >= self.warmup_s:
-                    self.recorder.gap_run(gap, 0.0, 1, 1)
-                if gap > t.max_tbt_s[rid]:
-                    t.max_tbt_s[rid] = gap
-            t.generated[rid] += 1
-            t.last_token_s[rid] = end
-            if t.generated[rid] == t.output[rid]:
-                finished.append(rid)
-        self.recorder.iteration(
-            self.index, start, end, 1, ptok, len(plan.prefill), n_dec, ctx, cost.time_s, cost.time_s,
-            self.blocks.used_blocks, self.blocks.total_blocks, cost.flops, cost.bytes,
-        )
-        if finished:
-            self._finish(np.asarray(finished, dtype=np.int64), end)
-
     def _finish(self, finished: np.ndarray, now: float) -> None:
         t = self.table
         t.finish_s[finished] = now
@@ -522,6 +475,19 @@ class Replica:
         self.scheduler.retire(finished)
         if self.on_finish is not None:
             self.on_finish(finished, now)
+
+
+def _prefill_totals(prefill) -> tuple[int, int, float, int]:
+    """(tokens, sequences producing logits, causal attention work, KV tokens read) of an iteration's chunks."""
+    ptok = logits = kv_read = 0
+    work = 0.0
+    for c in prefill:
+        q = c.cost_tokens
+        ptok += q
+        kv_read += prefill_kv_read(q, c.cached)
+        work += prefill_attention_work(q, c.cached)
+        logits += c.completes
+    return ptok, logits, work, kv_read
 
 
 def _record_piecewise(rec, durations: np.ndarray, weight: int) -> None:

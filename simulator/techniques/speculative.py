@@ -360,28 +360,27 @@ class _ModelDrafter(_Drafter):
         return self.models(1).iteration_from_totals(ptok, logits, work, kv_read, 0, 0)
 
 
-def capped_run(model: IterationCostModel, n: int, c0: float, k: int, growth: float, cap: int) -> DecodeRun:
-    """A decode run whose sequences attend at most ``cap`` tokens each (a sparse or windowed cache): the
-    summed context grows until it reaches ``n * cap`` and stays there (mean-context approximation)."""
+def capped_segments(n: int, c0: float, k: int, growth: float, cap: int) -> list[tuple[float, int, float]]:
+    """``(context0, steps, growth)`` pieces of a run whose sequences attend at most ``cap`` tokens each (a
+    sparse or windowed cache): the summed context grows until it reaches ``n * cap`` and stays there
+    (mean-context approximation)."""
     limit = float(n * cap)
     if c0 >= limit:
-        return model.decode_run(n, limit, k, 0.0)
+        return [(limit, k, 0.0)]
     if c0 + growth * (k - 1) <= limit:
-        return model.decode_run(n, c0, k, growth)
+        return [(c0, k, growth)]
     below = int((limit - c0) // growth) + 1
-    a, b = model.decode_run(n, c0, below, growth), model.decode_run(n, limit, k - below, 0.0)
-    return durations_run(np.concatenate([a.all_durations(), b.all_durations()]))
+    return [(c0, below, growth), (limit, k - below, 0.0)]
+
+
+def capped_run(model: IterationCostModel, n: int, c0: float, k: int, growth: float, cap: int) -> DecodeRun:
+    runs = [model.decode_run(n, c, steps, g) for c, steps, g in capped_segments(n, c0, k, growth, cap)]
+    return runs[0] if len(runs) == 1 else durations_run(np.concatenate([r.all_durations() for r in runs]))
 
 
 def capped_work(model: IterationCostModel, n: int, c0: float, k: int, growth: float, cap: int) -> tuple[float, float]:
-    limit = float(n * cap)
-    if c0 >= limit:
-        return model.decode_work(n, limit, k, 0.0)
-    if c0 + growth * (k - 1) <= limit:
-        return model.decode_work(n, c0, k, growth)
-    below = int((limit - c0) // growth) + 1
-    a, b = model.decode_work(n, c0, below, growth), model.decode_work(n, limit, k - below, 0.0)
-    return a[0] + b[0], a[1] + b[1]
+    works = [model.decode_work(n, c, steps, g) for c, steps, g in capped_segments(n, c0, k, growth, cap)]
+    return sum(w[0] for w in works), sum(w[1] for w in works)
 
 
 class _HierarchicalDrafter(_Drafter):
