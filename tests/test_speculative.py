@@ -232,7 +232,7 @@ def test_every_preset_builds_and_runs(name):
     ({**NGRAM, "preset": "nope"}, "techniques[0]", "known presets"),
     ({**DRAFT, "draft_model": "llama-9000"}, "techniques[0] (speculative-decoding).draft_model", "unknown model"),
     ({**NGRAM, "k": 0}, "techniques[0].k", "greater than or equal to 1"),
-    ({**NGRAM, "tree": [2, 2], "policy": "goodput"}, "techniques[0]", "tree"),
+    ({**NGRAM, "tree": [2, 2], "policy": "threshold"}, "techniques[0]", "tree"),
 ])
 def test_bad_parameters_name_the_field(tech, where, text):
     with pytest.raises(CapsimError) as exc:
@@ -306,3 +306,14 @@ def test_a_separate_draft_device_is_paid_for():
     # The L4 idles at least for the whole window: energy exceeds the H100's own by its idle draw.
     assert b["energy_j"] > a["energy_j"] * b["window_s"] / a["window_s"]
     assert build_system(scenario([DRAFT])).extra_devices == ()  # on the same GPUs: nothing added
+
+
+def test_goodput_sizes_a_tree_per_batch():
+    """With a tree, the goodput policy drafts fewer of its levels as the batch grows (dynamic tree size)."""
+    sc = scenario([{**DRAFT, "tree": [4, 2, 2, 1], "k": 4, "acceptance": 0.6, "policy": "goodput"}])
+    out = simulate(sc)
+    bound = build_system(sc).step.bind(out.table, np.random.default_rng(0))
+    out.table.kv_tokens[:] = 512
+    depths = [bound.plan(np.arange(n) % out.table.n).option.depth for n in (1, 16, 64, 256)]
+    assert depths[0] >= 2 and depths == sorted(depths, reverse=True) and depths[-1] < depths[0]
+    assert bound.plan(np.arange(1)).option.widths == (4, 2, 2, 1)[: depths[0]]

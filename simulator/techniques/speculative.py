@@ -127,7 +127,8 @@ class SpeculativeParams(TechniqueParams):
     policy: Literal["fixed", "threshold", "goodput"] = Field(
         "fixed", description="Speculation length per batch: 'fixed' K = k; 'threshold' (SpecDec++): the "
         "longest K whose probability of at least one rejection stays <= threshold; 'goodput' (SmartSpec): "
-        "the K in 0..k with the most expected tokens per second for the batch and context at hand."
+        "the K in 0..k (with a tree: its first 0..D levels) with the most expected tokens per second for the "
+        "batch and context at hand."
     )
     threshold: float = Field(0.5, gt=0, lt=1, description="Stopping threshold of the 'threshold' policy.")
     kv_budget: Count = Field(
@@ -168,9 +169,9 @@ class SpeculativeParams(TechniqueParams):
         if self.tree is not None:
             if not self.tree or any(w < 1 for w in self.tree):
                 raise ValueError("tree must list at least one level of >= 1 candidates")
-            if self.policy != "fixed":
-                raise ValueError("the threshold and goodput policies choose a chain length; use policy: fixed "
-                                 "with a tree")
+            if self.policy == "threshold":
+                raise ValueError("the threshold policy stops a chain; with a tree use policy fixed, or goodput "
+                                 "(which picks how many of the tree's levels to draft per batch)")
         depth = len(self.tree) if self.tree else self.k
         if self.acceptance_by_position is not None:
             if len(self.acceptance_by_position) < depth:
@@ -506,8 +507,10 @@ class BoundSpeculation:
         self.max_lookahead = model.chain_max.verified - 1
         self._goodput_memo: dict[tuple[int, int], np.ndarray] = {}
         # Options: speculation lengths 0..k for a chain, or (0, the tree) for a tree.
-        self.shapes = [PLAIN, model.chain_max] if p.tree else [RoundShape((1,) * d) if d else PLAIN
-                                                               for d in range(p.k + 1)]
+        # Options by depth: a chain of 0..k tokens, or the tree's first 0..D levels (the goodput policy then
+        # sizes the tree per batch, as dynamic-tree methods such as DySpec and Sequoia size it to the hardware).
+        widths = model.chain_max.widths
+        self.shapes = [RoundShape(widths[:d]) if d else PLAIN for d in range(len(widths) + 1)]
         by_pos = p.acceptance_by_position
         accept = (lambda j: by_pos[j]) if by_pos is not None else (lambda j: alpha)
         self.tau = np.column_stack([np.broadcast_to(np.asarray(expected_tokens(s, accept), dtype=float), (table.n,))
