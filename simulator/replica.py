@@ -416,7 +416,7 @@ class Replica:
             sp = step.plan(ids)
             remaining = t.output[ids] - t.generated[ids]
             to_finish = step.steps_to_reach(ids, sp, remaining)
-            limit = int(to_finish.min())
+            limit = int(np.minimum.reduce(to_finish))
             kv = t.kv_tokens[ids]
             steps = self._steps_that_fit(ids, sp, kv, remaining, limit)
             if steps:
@@ -424,8 +424,8 @@ class Replica:
             ids = self._drop_newest(ids)
             if not len(ids):
                 return
-        ctx0 = int(kv.sum()) + n
-        growth = float(sp.tokens_per_step.sum())
+        ctx0 = int(np.add.reduce(kv)) + n
+        growth = float(np.add.reduce(sp.tokens_per_step))
         start = env.now
         run = yield from self._wait_run(step.run(sp, n, ctx0, steps, growth), plan)
         end = env.now
@@ -437,9 +437,8 @@ class Replica:
             self.index, start, end, run.iterations, 0, 0, n, ctx0, run.first, run.last,
             self.blocks.used_blocks, self.blocks.total_blocks, flops, nbytes,
         )
-        done = got == remaining
-        if done.any():
-            self._finish(ids[done], end)
+        if run.iterations == limit:  # the sequences needing exactly `limit` steps got their last token
+            self._finish(ids[to_finish == limit], end)
 
     def _steps_that_fit(self, ids, sp, kv, remaining, limit: int) -> int:
         """Most steps (<= ``limit``) whose kept tokens plus one step's rolled-back lookahead fit in the
@@ -448,7 +447,7 @@ class Replica:
         # Fast path (the common case): even if every sequence stored all its remaining tokens plus the
         # lookahead, opening blocks at once, the free blocks would do.
         bs = blocks.block_size
-        worst = len(ids) * ((int(remaining.max()) + sp.lookahead) // bs + 2)
+        worst = len(ids) * ((int(np.maximum.reduce(remaining)) + sp.lookahead) // bs + 2)
         if worst <= blocks.free_blocks:
             return limit
 
