@@ -37,14 +37,12 @@ def main() -> None:
 
     from hwmodels.calibration.fit import datasets, is_primary, reference_peaks
     from hwmodels.calibration.folds import FOLDS, assign_folds
-    from hwmodels.calibration.importers import data_dir_available, import_all, resolve_data_dir
+    from hwmodels.calibration.importers import load_measurements
     from hwmodels.calibration.validate import ape, inner_predictions, report_key
 
-    if not data_dir_available(args.data_dir):
-        raise SystemExit(f"shared data not found at {resolve_data_dir(args.data_dir)}; pass --data-dir")
     t0 = time.perf_counter()
     devices, classes = tuple(args.device or GPUS), tuple(args.op_class or OP_CLASSES)
-    df, _ = import_all(args.data_dir)
+    df, _ = load_measurements(args.data_dir)
     df = df[df["device"].isin(devices) & df["op_class"].isin(classes)]
     folds = assign_folds(df)
     sets = datasets(df)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -127,9 +128,11 @@ def test_data_dir_resolution_prefers_option_then_env(tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------ the real tables
 
-REAL = resolve_data_dir(None)
+# The raw tables: $CAPSIM_SHARED_DATA, else the project's development layout (a shared/data folder beside the
+# checkout, as CI lays it out); the shipped tidy table is what a user's clone has instead.
+REAL = resolve_data_dir(None) or Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_data = pytest.mark.skipif(
-    not data_dir_available(None),
+    not data_dir_available(REAL),
     reason=f"shared data folder {REAL} absent (set CAPSIM_SHARED_DATA to the folder holding aiconfigurator/ "
     "and vidur/)",
 )
@@ -156,3 +159,37 @@ def test_real_vidur_h100_llama2_7b_up_projection_matches_its_source_note():
     row = df[(df["op"] == "mlp_up_proj") & (df["m"] == 4096) & (df["tp"] == 1)].iloc[0]
     assert (row["n"], row["k"]) == (2 * 11008, 4096)
     assert row["measured_s"] == pytest.approx(0.993e-3, rel=0.01)  # SOURCE.md sanity check: 0.993 ms
+
+
+# ------------------------------------------------------------------ the shipped tidy table
+
+
+def test_without_a_data_folder_the_shipped_table_is_used(monkeypatch):
+    """A clone has no raw tables: validate, fit and the accuracy benchmark read the shipped table."""
+    from capsim.errors import CapsimError
+    from hwmodels.calibration.importers import import_all, load_measurements
+
+    monkeypatch.delenv("CAPSIM_SHARED_DATA", raising=False)
+    df, notes = load_measurements(None)
+    assert {"a100-80gb-sxm", "h100-sxm", "h200"} <= set(df["device"])
+    assert {"gemm", "attention_prefill", "attention_decode", "all_reduce"} <= set(df["op_class"])
+    assert "shipped" in notes[0]
+    with pytest.raises(CapsimError, match="raw-data folder"):
+        import_all(None)  # `calibrate import` needs the raw tables it converts
+    with pytest.raises(CapsimError, match="no published measurements"):
+        load_measurements(Path("/nonexistent"))
+
+
+@needs_data
+def test_the_shipped_table_is_what_import_builds_from_the_raw_tables():
+    from hwmodels.calibration.importers import SHIPPED_MEASUREMENTS, import_all
+    from hwmodels.calibration.schema import read_measurements
+
+    shipped = read_measurements(SHIPPED_MEASUREMENTS)
+    imported, _ = import_all(REAL)
+    assert len(shipped) == len(imported)
+    key = ["source", "device", "op_class"]
+    a = shipped.sort_values(key, kind="stable").reset_index(drop=True)
+    b = imported.sort_values(key, kind="stable").reset_index(drop=True)
+    assert (a["source"] == b["source"]).all()
+    np.testing.assert_allclose(a["measured_s"], b["measured_s"], rtol=1e-8)

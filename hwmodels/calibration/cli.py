@@ -5,9 +5,9 @@ on stdout, progress and notes on stderr; bad input ends with the CapsimError
 paragraph and exit status 2, like every capsim command.
 
     capsim calibrate measure --device cpu --quick --out results/calibration/cpu.csv
-    capsim calibrate import --out results/calibration/imported.csv
+    capsim calibrate import --data-dir DIR --out results/calibration/imported.csv   # raw tables -> one CSV
     capsim calibrate fit --measurements results/calibration/cpu.csv
-    capsim calibrate fit --device h100-sxm --install        # refit a shipped profile from ../shared/data
+    capsim calibrate fit --device h100-sxm --install        # refit a shipped profile from the shipped table
     capsim calibrate validate --device h100-sxm --json
 """
 
@@ -23,12 +23,13 @@ DEFAULT_DIR = Path("results") / "calibration"
 
 DataDirOpt = Annotated[
     str | None,
-    typer.Option("--data-dir", help="Shared data folder (default: $CAPSIM_SHARED_DATA, else ../shared/data)."),
+    typer.Option("--data-dir", help="Folder of the raw published tables (aiconfigurator/, vidur/) to import; default: "
+                 "$CAPSIM_SHARED_DATA, else the tidy table shipped in hwmodels/calibration/data/."),
 ]
 MeasOpt = Annotated[
     list[Path] | None,
-    typer.Option("--measurements", "-m", help="Measurement CSV(s) in the calibration schema; default: import "
-                 "the published tables from --data-dir."),
+    typer.Option("--measurements", "-m", help="Measurement CSV(s) in the calibration schema; default: the "
+                 "published measurements (shipped, or imported from --data-dir)."),
 ]
 DeviceOpt = Annotated[
     list[str] | None,
@@ -54,21 +55,14 @@ def _load(measurements: list[Path] | None, data_dir: str | None, devices: list[s
     import pandas as pd
 
     from capsim.errors import CapsimError
-    from hwmodels.calibration.importers import data_dir_available, import_all, resolve_data_dir
+    from hwmodels.calibration.importers import load_measurements
     from hwmodels.calibration.schema import read_measurements
 
     notes: list[str] = []
     if measurements:
         df = pd.concat([read_measurements(p) for p in measurements], ignore_index=True)
     else:
-        if not data_dir_available(data_dir):
-            raise CapsimError(
-                f"no measurements given and no shared data at {resolve_data_dir(data_dir)}",
-                where="calibrate",
-                fix="pass --measurements FILE (from `capsim calibrate measure`), or --data-dir / "
-                "$CAPSIM_SHARED_DATA pointing at the shared data folder",
-            )
-        df, notes = import_all(data_dir)
+        df, notes = load_measurements(data_dir)
     if devices:
         from capsim.registry import normalise_name
 
@@ -130,9 +124,10 @@ def register(app: typer.Typer) -> None:
         """Convert the published GPU tables (aiconfigurator, vidur) into one schema CSV."""
 
         def action() -> None:
+            from hwmodels.calibration.importers import import_all
             from hwmodels.calibration.schema import write_measurements
 
-            df, notes = _load(None, data_dir, None)
+            df, notes = import_all(data_dir)
             for note in notes:
                 err_console.print(note, highlight=False)
             path = write_measurements(df, out or DEFAULT_DIR / "imported.csv")

@@ -17,23 +17,21 @@ import pandas as pd
 from capsim.errors import CapsimError
 
 ENV_VAR = "CAPSIM_SHARED_DATA"
-REPO_ROOT = Path(__file__).resolve().parents[3]
-DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data"
-"""``../shared/data`` relative to the repository (the project's layout)."""
 
 
-def resolve_data_dir(option: str | Path | None = None) -> Path:
-    """The shared data folder: ``option``, else ``$CAPSIM_SHARED_DATA``, else ``../shared/data``."""
+def resolve_data_dir(option: str | Path | None = None) -> Path | None:
+    """The folder of raw published measurements: ``option``, else ``$CAPSIM_SHARED_DATA``, else None (the
+    shipped tidy table, ``hwmodels/calibration/data/``, stands in for it)."""
     if option:
         return Path(option)
     env = os.environ.get(ENV_VAR)
-    return Path(env) if env else DEFAULT_DATA_DIR
+    return Path(env) if env else None
 
 
 def data_dir_available(option: str | Path | None = None) -> bool:
-    """True when the shared data folder exists and holds at least one of the importers' sources."""
+    """True when a raw-data folder is given and holds at least one of the importers' sources."""
     root = resolve_data_dir(option)
-    return (root / "aiconfigurator" / "perf").is_dir() or (root / "vidur" / "profiling").is_dir()
+    return root is not None and ((root / "aiconfigurator" / "perf").is_dir() or (root / "vidur" / "profiling").is_dir())
 
 
 def read_csv_strict(
