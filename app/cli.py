@@ -51,7 +51,7 @@ def _check(port: int) -> None:
         raise CapsimError(
             "the dashboard needs Streamlit, which is not installed",
             where="capsim app",
-            fix="pip install 'capsim[app]' (or pip install streamlit)",
+            fix="reinstall capsim (pip install -e .), which depends on Streamlit, or pip install streamlit",
         )
 
 

@@ -104,3 +104,26 @@ def test_a_million_requests_is_fast():
     s = build_requests(cfg, seed=0, num_requests=1_000_000)
     assert time.perf_counter() - start < 1.0
     assert len(s) == 1_000_000
+
+
+def test_offline_workload_puts_every_request_at_time_zero():
+    import pytest
+
+    from capsim.errors import CapsimError
+    from simulator.config.schema import Scenario
+    from simulator.engine import simulate
+
+    sc = Scenario.model_validate({
+        "model": "llama-2-7b", "deployment": {"device": "a100-80gb-sxm"},
+        "scheduler": {"name": "vllm", "max_num_seqs": 64},
+        "workload": {"arrival": "offline", "prompt": {"dist": "fixed", "value": 256},
+                     "output": {"dist": "fixed", "value": 32}},
+        "simulation": {"num_requests": 200},
+    })
+    req = simulate(sc).result.requests
+    assert (req["arrival_s"] == 0).all()
+    assert req["finish_s"].notna().all()
+    # The batch cap admits 64 at a time: later requests queue, so first tokens spread over several waves.
+    assert req["first_token_s"].nunique() > 3
+    with pytest.raises(CapsimError, match="number of requests"):
+        simulate(Scenario.model_validate({**sc.model_dump(), "simulation": {"num_requests": None, "duration_s": 5}}))

@@ -243,6 +243,28 @@ class ClosedLoopArrivals(ArrivalProcess):
         return f"closed-loop({cfg.concurrency} users, think {cfg.think_time_s:g} s)"
 
 
+@register_arrival("offline", aliases=("batch", "all-at-once"))
+class Offline(ArrivalProcess):
+    """Every request present at time 0: the offline throughput benchmark of vLLM, TensorRT-LLM and NanoFlow
+    (the engine admits them as fast as memory and its budgets allow; the run's length measures throughput)."""
+
+    uses = frozenset()
+    description = "offline: every request arrives at t = 0 (throughput benchmark)"
+
+    def sample(self, cfg, rng, *, num_requests, duration_s, trace):
+        if num_requests is None:
+            raise CapsimError(
+                "an offline workload needs a number of requests (they all arrive at once)",
+                where="simulation.num_requests",
+                fix="set simulation.num_requests",
+            )
+        check_request_count(num_requests)
+        return ArrivalDraw(np.zeros(num_requests))
+
+    def describe(self, cfg):
+        return "offline (all at t = 0)"
+
+
 @register_arrival("trace", aliases=("replay",))
 class TraceReplay(ArrivalProcess):
     """Arrival times from ``workload.trace``; with ``qps`` set, rescaled so the mean rate equals ``qps``.
