@@ -18,7 +18,7 @@ def test_defaults_are_fixed_512_and_128_without_a_trace():
 
 def test_names_are_normalised():
     assert WorkloadConfig(arrival="Closed_Loop", concurrency=2).arrival == "closed-loop"
-    assert ARRIVALS.names() == ["closed-loop", "constant", "gamma", "poisson", "servegen", "trace"]
+    assert ARRIVALS.names() == ["closed-loop", "constant", "gamma", "offline", "poisson", "servegen", "trace"]
 
 
 @pytest.mark.parametrize(
@@ -51,3 +51,36 @@ def test_bad_workloads_are_rejected_with_a_clear_message(cfg, needle):
 def test_trace_label():
     assert TraceConfig(name="azure-code-2023").label() == "azure-code-2023"
     assert TraceConfig(path="/tmp/some/dir/my.csv").label() == "my.csv"
+
+
+def test_max_total_tokens_clips_output_first_or_drops_and_says_how_many():
+    import warnings
+
+    import numpy as np
+
+    from traces.build import build_requests
+
+    cfg = WorkloadConfig.model_validate({
+        "arrival": "poisson", "qps": 2, "max_total_tokens": 1000,
+        "prompt": {"dist": "uniform", "low": 10, "high": 1500}, "output": {"dist": "uniform", "low": 1, "high": 400},
+    })
+    plain = build_requests(WorkloadConfig.model_validate({**cfg.model_dump(), "max_total_tokens": None}), seed=3,
+                           num_requests=400, duration_s=None)
+    over = plain.prompt_tokens + plain.output_tokens > 1000
+    assert over.any() and not over.all()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        clipped = build_requests(cfg, seed=3, num_requests=400, duration_s=None)
+    assert f"{int(over.sum())} of 400" in str(caught[0].message)
+    total = clipped.prompt_tokens + clipped.output_tokens
+    assert (total <= 1000).all() and (clipped.output_tokens >= 1).all()
+    # Output is cut first: a prompt under the cap is kept whole.
+    short = over & (plain.prompt_tokens < 1000)
+    assert np.array_equal(clipped.prompt_tokens[short], plain.prompt_tokens[short])
+    assert np.array_equal(clipped.arrival_s, plain.arrival_s)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dropped = build_requests(WorkloadConfig.model_validate({**cfg.model_dump(), "length_cap": "drop"}), seed=3,
+                                 num_requests=400, duration_s=None)
+    assert len(dropped.prompt_tokens) == int((~over).sum())
+    assert np.array_equal(dropped.arrival_s, plain.arrival_s[~over])

@@ -105,14 +105,51 @@ def build_requests(
         column = trace["prefix_block_hashes"].to_numpy()
         hashes = tuple(column[rows])
 
+    arrival_s, source = draw.arrival_s, _source(cfg, process.describe(cfg), names, label)
+    if cfg.max_total_tokens is not None:
+        arrival_s, hashes, note = _cap_lengths(cfg, arrival_s, lengths, hashes)
+        source += note
     return RequestStream(
-        arrival_s=draw.arrival_s,
+        arrival_s=arrival_s,
         prompt_tokens=lengths["prompt"],
         output_tokens=lengths["output"],
-        source=_source(cfg, process.describe(cfg), names, label),
+        source=source,
         closed_loop=process.closed_loop(cfg),
         prefix_block_hashes=hashes,
     )
+
+
+def _cap_lengths(cfg: WorkloadConfig, arrival_s: np.ndarray, lengths: dict[str, np.ndarray],
+                 hashes: tuple | None) -> tuple[np.ndarray, tuple | None, str]:
+    """Apply ``workload.max_total_tokens`` to ``lengths`` in place (clip) or by filtering (drop); warn with the count.
+
+    Clipping shortens the output first (down to one token), then the prompt, so a request keeps as much of the
+    prompt it was sampled with as the cap allows.
+    """
+    cap = cfg.max_total_tokens
+    prompt, output = lengths["prompt"], lengths["output"]
+    over = prompt + output > cap
+    k = int(over.sum())
+    if not k:
+        return arrival_s, hashes, ""
+    n = len(prompt)
+    if cfg.length_cap == "clip":
+        new_prompt = np.minimum(prompt, cap - 1)
+        lengths["prompt"] = np.where(over, new_prompt, prompt)
+        lengths["output"] = np.where(over, np.maximum(cap - new_prompt, 1), output)
+        verb = "clipped"
+    else:
+        keep = ~over
+        if not keep.any():
+            raise CapsimError(f"every one of the {n} requests has more than {cap} prompt + output tokens",
+                              where="workload.max_total_tokens", fix="raise the cap, or use length_cap: clip")
+        lengths["prompt"], lengths["output"] = prompt[keep], output[keep]
+        arrival_s = arrival_s[keep]
+        hashes = tuple(h for h, kept in zip(hashes, keep.tolist(), strict=True) if kept) if hashes else hashes
+        verb = "dropped"
+    warnings.warn(f"workload.max_total_tokens: {k} of {n} requests had more than {cap} prompt + output tokens "
+                  f"and were {verb}", stacklevel=3)
+    return arrival_s, hashes, f" (cap {cap} tokens: {k} {verb})"
 
 
 def _source(cfg: WorkloadConfig, arrivals: str, names: dict[str, str | None], label: str | None) -> str:

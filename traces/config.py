@@ -234,6 +234,13 @@ class WorkloadConfig(_Strict):
     servegen: ServeGenConfig | None = Field(
         None, description="servegen: the ServeGen data folder and start time of day"
     )
+    max_total_tokens: OptionalCount = Field(
+        None, ge=2, description="cap on prompt + output tokens of each request (e.g. the model's context); longer "
+        "requests are clipped (output first, then prompt) or dropped, as length_cap says, and the count is reported"
+    )
+    length_cap: Literal["clip", "drop"] = Field(
+        "clip", description="what max_total_tokens does to a longer request: 'clip' its lengths or 'drop' it"
+    )
 
     @field_validator("arrival")
     @classmethod
