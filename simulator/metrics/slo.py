@@ -14,9 +14,30 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from simulator.metrics.result import request_latencies
+
+
+class PercentileTarget(BaseModel):
+    """A target on one percentile of a latency distribution (DistServe's P90 TTFT and P90 TPOT, Sarathi-Serve's
+    P99 of every inter-token gap, a median scheduling delay that keeps the queue from blowing up)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    metric: Literal["ttft_s", "tpot_s", "e2e_s", "queueing_s", "tbt_s"] = Field(
+        description="ttft_s, tpot_s, e2e_s or queueing_s (scheduling delay) over the measured requests; tbt_s over "
+        "every inter-token gap of every request."
+    )
+    percentile: float = Field(gt=0, le=100, description="Which percentile, e.g. 90 or 99.")
+    max_s: float = Field(gt=0, description="The percentile must not exceed this many seconds.")
+
+    @property
+    def key(self) -> str:
+        """Summary key of the measured value, e.g. ``slo_ttft_p90_s``."""
+        return f"slo_{self.metric[:-2]}_p{self.percentile:g}_s"
 
 
 class SLOConfig(BaseModel):
@@ -43,6 +64,12 @@ class SLOConfig(BaseModel):
         gt=0,
         le=1,
         description="Fraction of (post-warm-up) requests that must meet all the given targets for the SLO to be met.",
+    )
+    percentiles: list[PercentileTarget] = Field(
+        default_factory=list,
+        description="Percentile targets, all of which must hold besides the per-request attainment, e.g. "
+        "[{metric: ttft_s, percentile: 90, max_s: 0.5}, {metric: tbt_s, percentile: 99, max_s: 0.1}]. A request "
+        "unfinished at the end counts as infinitely slow.",
     )
 
     def targets(self) -> dict[str, float]:
