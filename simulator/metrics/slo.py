@@ -12,10 +12,10 @@ counting it as a hit would reward an overloaded configuration for leaving work u
 
 from __future__ import annotations
 
-import numpy as np
-import pandas as pd
 from typing import Literal
 
+import numpy as np
+import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from simulator.metrics.result import request_latencies
