@@ -22,13 +22,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
-import pandas as pd
 
 from capsim.errors import CapsimError
 from capsim.registry import Registry
 from traces.stream import ClosedLoop
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from traces.config import WorkloadConfig
 
 #: Workload fields that belong to arrival processes; each process declares the ones it uses.

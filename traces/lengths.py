@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
-from scipy import special
 
 from capsim.registry import Registry
 
@@ -94,6 +93,8 @@ def _truncated_normal(
     """
     if scale == 0:
         return np.full(n, np.clip(loc, lower, upper), dtype=np.float64)
+    from scipy import special  # imported when a truncated normal is drawn, not when a scenario is validated
+
     a, b = (lower - loc) / scale, (upper - loc) / scale
     mirror = a > 0
     if mirror:

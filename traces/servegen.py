@@ -25,12 +25,15 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from capsim.errors import CapsimError, TraceFormatError
 from traces.arrivals import ArrivalDraw, ArrivalProcess, check_request_count, register_arrival
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 WINDOW_S = 600.0  # arrival windows (ServeGen README)
 LENGTH_WINDOW_S = 21_600.0  # length-distribution windows
@@ -57,6 +60,8 @@ def _mean_gap(pattern: np.ndarray, shape: np.ndarray, scale: np.ndarray) -> np.n
 @functools.lru_cache(maxsize=4)
 def load_clients(folder: str) -> ServeGenClients:
     """Read every ``chunk-<id>-trace.csv`` of ``folder`` (memoised; the files do not change)."""
+    import pandas as pd
+
     path = Path(folder)
     if not path.is_dir():
         raise TraceFormatError(
@@ -227,6 +232,8 @@ class ServeGenArrivals(ArrivalProcess):
     def _lengths(
         folder: Path, client: np.ndarray, arrival: np.ndarray, rng: np.random.Generator
     ) -> dict[str, np.ndarray]:
+        import pandas as pd
+
         out = {"prompt": np.empty(len(arrival), dtype=np.int64), "output": np.empty(len(arrival), dtype=np.int64)}
         window = np.floor(arrival / LENGTH_WINDOW_S) * LENGTH_WINDOW_S
         keys = pd.DataFrame({"client": client, "window": window}).groupby(["client", "window"]).indices

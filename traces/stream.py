@@ -14,11 +14,14 @@ sliced and checked in milliseconds. The simulator turns rows into its own
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from capsim.errors import CapsimError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @dataclass(frozen=True)
@@ -136,6 +139,8 @@ class RequestStream:
 
     def to_frame(self) -> pd.DataFrame:
         """One row per request (``arrival_s``, ``prompt_tokens``, ``output_tokens``), for inspection and plots."""
+        import pandas as pd
+
         return pd.DataFrame(
             {"arrival_s": self.arrival_s, "prompt_tokens": self.prompt_tokens, "output_tokens": self.output_tokens}
         )

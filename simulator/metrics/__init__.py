@@ -5,23 +5,42 @@ Data flows one way: the engine builds a :class:`SimulationResult`; :func:`summar
 Plots (matplotlib) are imported only when written.
 """
 
-from simulator.metrics.energy import cost_usd, energy_joules
-from simulator.metrics.quantiles import token_gap_mean, token_gap_quantiles, weighted_quantiles
-from simulator.metrics.result import (
-    ITERATION_COLUMNS,
-    REQUEST_COLUMNS,
-    RunInfo,
-    SimulationResult,
-    TokenGaps,
-    TokenGapsBuilder,
-    empty_iterations_frame,
-    empty_requests_frame,
-    request_latencies,
-)
-from simulator.metrics.slo import SLOConfig
-from simulator.metrics.summary import SUMMARY_KEYS, summarise
-from simulator.metrics.table import comparison_table, summary_table
-from simulator.metrics.writers import write_outputs
+# Submodules are imported on first use (PEP 562): ``simulator.metrics.slo`` is read by the scenario schema, and a
+# one-shot command such as ``capsim estimate`` should not pay for pandas, rich tables and the writers it never uses.
+_EXPORTS = {
+    "cost_usd": "simulator.metrics.energy",
+    "energy_joules": "simulator.metrics.energy",
+    "token_gap_mean": "simulator.metrics.quantiles",
+    "token_gap_quantiles": "simulator.metrics.quantiles",
+    "weighted_quantiles": "simulator.metrics.quantiles",
+    "ITERATION_COLUMNS": "simulator.metrics.result",
+    "REQUEST_COLUMNS": "simulator.metrics.result",
+    "RunInfo": "simulator.metrics.result",
+    "SimulationResult": "simulator.metrics.result",
+    "TokenGaps": "simulator.metrics.result",
+    "TokenGapsBuilder": "simulator.metrics.result",
+    "empty_iterations_frame": "simulator.metrics.result",
+    "empty_requests_frame": "simulator.metrics.result",
+    "request_latencies": "simulator.metrics.result",
+    "SLOConfig": "simulator.metrics.slo",
+    "SUMMARY_KEYS": "simulator.metrics.summary",
+    "summarise": "simulator.metrics.summary",
+    "comparison_table": "simulator.metrics.table",
+    "summary_table": "simulator.metrics.table",
+    "write_outputs": "simulator.metrics.writers",
+}
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'simulator.metrics' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "ITERATION_COLUMNS",

@@ -12,13 +12,13 @@ counting it as a hit would reward an overloaded configuration for leaving work u
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from simulator.metrics.result import request_latencies
+if TYPE_CHECKING:  # pandas is imported when requests are judged, not when a scenario is validated
+    import pandas as pd
 
 
 class PercentileTarget(BaseModel):
@@ -82,6 +82,8 @@ class SLOConfig(BaseModel):
 
         With no targets set, every finished request meets the SLO and every unfinished one misses it.
         """
+        from simulator.metrics.result import request_latencies
+
         finished = np.isfinite(requests["finish_s"].to_numpy(dtype=np.float64))
         lat = request_latencies(requests)
         ok = finished.copy()
