@@ -65,7 +65,10 @@ class Operator:
     bytes: np.ndarray
     launches: float = 1.0
     gemms: tuple[GemmShape, ...] = ()
-    placement: str = "device"  # where the row runs; "device" (the replica's GPUs) is the only one today
+    placement: str = "device"  # where the row runs: "device" (the replica's GPUs) or a link of the table
+    # Rows sharing a non-empty ``overlap`` name run concurrently on different resources (a KV fetch over
+    # PCIe beside the GPU's attention): the group takes the longest of its placements' summed times.
+    overlap: str = ""
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,8 @@ class OperatorTable:
     iteration_comms: tuple[Collective, ...] = ()
     notes: tuple[str, ...] = field(default=())
     attention: AttentionGeometry | None = None
+    #: Links rows may be placed on (a row with ``placement="pcie"`` is priced by the link named "pcie").
+    links: tuple[Link, ...] = ()
 
     def with_ops(self, **changes) -> OperatorTable:
         """A copy with some fields replaced (techniques transform tables this way)."""

@@ -28,6 +28,7 @@ from hwmodels.calibration import pricing
 from hwmodels.calibration.attention_curves import kv_block_tokens
 from hwmodels.calibration.pricing import ZERO, Priced
 from hwmodels.calibration.profile import Curve
+from hwmodels.links import Link
 from hwmodels.roofline import RooflineDevice
 from simulator.costmodel import features as F
 from simulator.costmodel.operators import AttentionGeometry, Operator
@@ -203,6 +204,35 @@ class MemoryCurvePricer(RowPricer):
         return self.memory.price_many(flops, nbytes, self.launches).time_s
 
 
+class LinkPricer(RowPricer):
+    """A data transfer over a link (the alpha-beta model): ``bytes / bandwidth`` plus the link's latency per
+    launch. The row's FLOPs are ignored (a copy engine does no arithmetic); its time counts as the memory
+    side, so breakdowns call it memory-bound."""
+
+    source = "link model"
+
+    def __init__(self, op: Operator, link: Link):
+        self.inv_bw = 1.0 / link.bandwidth
+        self.latency = op.launches * link.latency_s
+        self.bytes_per_context = op.bytes[F.DECODE_CONTEXT]
+        self.source = f"link model ({link.name})"
+
+    def price(self, x: Sequence[float], flops: float, nbytes: float) -> Priced:
+        if nbytes == 0.0:
+            return ZERO
+        tm = nbytes * self.inv_bw
+        return Priced(tm + self.latency, 0.0, tm)
+
+    def price_many(self, X: np.ndarray, flops: np.ndarray, nbytes: np.ndarray) -> np.ndarray:
+        return nbytes * self.inv_bw + self.latency
+
+    def decode_line(
+        self, batch: int, flops: float, nbytes: float, context_per_seq: float | None, layers: float
+    ) -> DecodeLine:
+        return DecodeLine(self.latency, 0.0, 0.0, layers * self.bytes_per_context * self.inv_bw,
+                          layers * nbytes * self.inv_bw)
+
+
 # ------------------------------------------------------------------------ context and registry
 
 
@@ -213,6 +243,19 @@ class PricingContext:
 
     device: RooflineDevice
     attention: AttentionGeometry | None
+    links: tuple[Link, ...] = ()
+
+    def link(self, op: Operator) -> Link:
+        """The link a row is placed on (its ``placement`` names it); an error naming the row when the table has none."""
+        for link in self.links:
+            if link.name == op.placement:
+                return link
+        raise CapsimError(
+            f"operator {op.name!r} is placed on link {op.placement!r}, which its operator table does not carry "
+            f"(links: {', '.join(ln.name for ln in self.links) or 'none'})",
+            where=f"operator table row {op.name!r}",
+            fix="add the link to OperatorTable.links where the row is added (e.g. the device's PCIe link)",
+        )
 
     def curve(self, key: str, dtype: str) -> Curve | None:
         """The profile's fitted curve for ``key`` at ``dtype``; None without a profile or such a curve."""
@@ -350,3 +393,16 @@ def elementwise_pricer(op: Operator, ctx: PricingContext) -> RowPricer:
         return RooflinePricer(op, ctx.device)
     peak, bw = ctx.peaks(curve.dtype)
     return MemoryCurvePricer(pricing.MemoryPricer(curve, peak, bw), max(op.launches, 1.0), f"profile {key}/{curve.dtype}")
+
+
+@PRICERS.register("transfer", placement="pcie")
+def pcie_transfer_pricer(op: Operator, ctx: PricingContext) -> RowPricer:
+    """Bytes moved between host memory and the GPU over the table's PCIe link (KV kept in host memory)."""
+    return LinkPricer(op, ctx.link(op))
+
+
+@PRICERS.register("kv_select")
+def kv_select_pricer(op: Operator, ctx: PricingContext) -> RowPricer:
+    """Sparse-attention bookkeeping on the GPU (scoring page summaries, estimating a sparse pattern): no
+    profile measures these kernels, so the roofline prices them."""
+    return RooflinePricer(op, ctx.device)
