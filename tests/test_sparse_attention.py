@@ -215,3 +215,31 @@ def test_device_spec_has_the_pcie_rate_the_fetch_uses():
     sys_ = system([{"name": SPARSE, "density": 0.5, "kv_location": "host", "host_kv_gib": 64}])
     link = next(ln for ln in sys_.table.links if ln.name == "pcie")
     assert link.bandwidth == dev.pcie_bandwidth
+
+
+# ------------------------------------------------------------------ calibrated kernels at the attended context
+@pytest.mark.parametrize("device", ["a100-80gb-sxm", "h100-sxm"])
+def test_calibrated_sparse_row_is_the_dense_kernel_over_the_attended_tokens(device):
+    """A sparse attention row reads density x C tokens' KV: the profile's decode curve prices it as the dense
+    kernel at that context (split count and per-context terms included), not at the full context."""
+    rho = 1 / 16
+    sparse, dense = system([{"name": SPARSE, "density": rho}], device=device), system(device=device)
+    assert sparse.roofline.profile is not None
+    for batch, ctx in ((1, K128), (4, 32768), (16, 8192)):
+        got = rows(sparse, BatchShape(decode_seqs=batch, decode_context=batch * ctx))["attention_decode"]
+        want = rows(dense, BatchShape(decode_seqs=batch, decode_context=int(batch * ctx * rho)))["attention_decode"]
+        assert got.source.startswith("profile")
+        assert got.time_s == pytest.approx(want.time_s, rel=1e-9)
+
+
+@pytest.mark.parametrize("device", ["a100-80gb-sxm", "h100-sxm"])
+@pytest.mark.parametrize("host", [False, True])
+def test_decode_runs_agree_with_step_by_step_prices(device, host):
+    tech = {"name": SPARSE, "density": 0.1, "dense_layers": 1}
+    if host:
+        tech.update(kv_location="host", host_kv_gib=64)
+    cm = cost(system([tech], device=device))
+    batch, c0, k = 3, 3 * 20000, 400
+    run = cm.decode_run(batch, c0, k)
+    steps = [cm.iteration(BatchShape(decode_seqs=batch, decode_context=c0 + batch * j)).time_s for j in range(k)]
+    assert run.all_durations() == pytest.approx(steps, rel=1e-9)

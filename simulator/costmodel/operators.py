@@ -69,6 +69,9 @@ class Operator:
     # Rows sharing a non-empty ``overlap`` name run concurrently on different resources (a KV fetch over
     # PCIe beside the GPU's attention): the group takes the longest of its placements' summed times.
     overlap: str = ""
+    # Fraction of each sequence's context a decode-attention row attends (sparse attention reads a selected
+    # share): its coefficients already count only that share; a kernel curve is priced at the attended context.
+    attended: float = 1.0
 
 
 @dataclass(frozen=True)

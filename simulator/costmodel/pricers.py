@@ -70,7 +70,7 @@ class RowPricer(ABC):
     """
 
     source: str = "roofline"  # what prices the row, for the breakdown ("roofline", "profile gemm/bf16", ...)
-    split_block_tokens: int = 0  # KV tokens per block of a kernel whose split count follows the context
+    split_block_tokens: float = 0  # KV tokens per block of a kernel whose split count follows the context (of the summed context for a sparse row)
 
     @abstractmethod
     def price(self, x: Sequence[float], flops: float, nbytes: float) -> Priced:
@@ -165,29 +165,43 @@ class DecodeCurvePricer(RowPricer):
         self.attention, self.source = attention, source
         self.flops_per_context = op.flops[F.DECODE_CONTEXT]
         self.bytes_per_context = op.bytes[F.DECODE_CONTEXT]
+        # A sparse row attends ``attended`` of each context: the kernel runs over that many tokens (its split
+        # count and per-context terms follow them), and its regimes change every block / attended tokens.
+        self.attended = op.attended
         self.split_block_tokens = kv_block_tokens(attention.dh)
+        if self.attended != 1.0:
+            self.split_block_tokens = self.split_block_tokens / self.attended
 
     def price(self, x: Sequence[float], flops: float, nbytes: float) -> Priced:
+        if self.attended != 1.0:
+            return self.attention.price(x[F.DECODE_SEQS], x[F.DECODE_CONTEXT] * self.attended, flops, nbytes)
         return self.attention.price(x[F.DECODE_SEQS], x[F.DECODE_CONTEXT], flops, nbytes)
 
     def decode_line(
         self, batch: int, flops: float, nbytes: float, context_per_seq: float | None, layers: float
     ) -> DecodeLine | None:
         d = self.attention
+        a = self.attended  # lines in the attended context a * C, written in the summed context C
         if d.v2:  # fixed + max(flat, base + slope * C)
+            if a != 1.0:
+                ln = d.lines(float(batch), nbytes, None if context_per_seq is None else context_per_seq * a)
+                return DecodeLine(0.0, 0.0, layers * (ln.fixed + ln.flat), layers * ln.slope * a,
+                                  layers * (ln.fixed + ln.base))
             ln = d.lines(float(batch), nbytes, context_per_seq)
             return DecodeLine(0.0, 0.0, layers * (ln.fixed + ln.flat), layers * ln.slope, layers * (ln.fixed + ln.base))
         t = d.terms(float(batch))
         if flops != 0.0 and t.serial != 0.0:
             return None  # max(FLOPs x per_flop, serial x C) with context-free FLOPs: not a line
         # Compute and serial sides are lines through the origin in C: their maximum is the steeper one.
-        slope = max(self.flops_per_context * t.per_flop, t.serial)
+        slope = max(self.flops_per_context * t.per_flop, t.serial * a if a != 1.0 else t.serial)
         return DecodeLine(
             0.0, layers * slope, layers * (flops * t.per_flop + t.fixed),
             layers * self.bytes_per_context * t.per_byte, layers * (nbytes * t.per_byte + t.fixed),
         )
 
     def split_regime(self, seqs: float, context: float) -> int:
+        if self.attended != 1.0:
+            return self.attention.split_regime(seqs, context * self.attended)
         return self.attention.split_regime(seqs, context)
 
 
@@ -378,8 +392,11 @@ def decode_attention_pricer(op: Operator, ctx: PricingContext) -> RowPricer:
         return RooflinePricer(op, ctx.device)
     g = ctx.geometry(op)
     peak, bw = ctx.peaks(curve.dtype)
-    d = pricing.DecodePricer(curve, g.heads, g.kv_heads, peak, bw, g.head_dim,
-                             op.flops[F.DECODE_CONTEXT], op.bytes[F.DECODE_CONTEXT])
+    # Per attended token (a sparse row's coefficients count only the share of the context it reads).
+    per_token_flops, per_token_bytes = op.flops[F.DECODE_CONTEXT], op.bytes[F.DECODE_CONTEXT]
+    if op.attended != 1.0:
+        per_token_flops, per_token_bytes = per_token_flops / op.attended, per_token_bytes / op.attended
+    d = pricing.DecodePricer(curve, g.heads, g.kv_heads, peak, bw, g.head_dim, per_token_flops, per_token_bytes)
     return DecodeCurvePricer(d, op, f"profile attention_decode/{curve.dtype}")
 
 

@@ -190,7 +190,7 @@ class SparseAttention(Technique):
                 fl, by = op.flops.copy(), op.bytes.copy()
                 fl[ctx_i] *= rho
                 by[ctx_i] *= rho
-                op = replace(op, flops=fl, bytes=by, overlap=group)
+                op = replace(op, flops=fl, bytes=by, overlap=group, attended=op.attended * rho)
                 ops.append(op)
                 ops.extend(self._extra_rows(g, rho, sparse_share, group))
                 continue
