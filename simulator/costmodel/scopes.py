@@ -160,9 +160,9 @@ class Overlapped(RowByRow):
     Why: a KV fetch over PCIe and the GPU's own work of the same layer can proceed at once (double
     buffering), so the pair costs the longer of the two, not their sum. Each group is split into lanes by
     placement (the GPUs, a link); a lane's rows add up, and the group takes its longest lane. Rows without
-    a group add up as in :class:`RowByRow`. This is the ``compose`` hook DESIGN.md names, in its smallest
-    form: the maximum of lanes is not two lines in the context, so a decode run prices every step
-    (``decode`` declines the closed form), and shapes are priced one at a time.
+    a group add up as in :class:`RowByRow`. This is the smallest form of a composition hook (rows that
+    overlap instead of adding up): the maximum of lanes is not two lines in the context, so a decode run
+    prices every step (``decode`` declines the closed form), and shapes are priced one at a time.
     """
 
     def __init__(self, ops: Sequence[Operator], pricers: Sequence[RowPricer]):
