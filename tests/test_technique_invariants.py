@@ -83,6 +83,12 @@ def test_host_kv_tier_preempts_and_finishes():
     out = simulate(with_technique(base, "sparse-host-values"))
     check_invariants(out)
     assert out.result.requests["preemptions"].sum() > 0
+    # KV in use never exceeds either tier: the host's bytes and the GPU's (key factor and page summaries).
+    m = out.system.memory
+    peak_tokens = max(out.kv_blocks_peak) * m.block_size
+    assert m.host_kv_bytes_per_token > 0
+    assert peak_tokens * m.host_kv_bytes_per_token <= m.host_kv_bytes
+    assert peak_tokens * m.kv_bytes_per_token <= m.kv_bytes
 
 
 def test_preloaded_arrivals_match_event_per_arrival_path_with_speculation():
