@@ -37,6 +37,8 @@ class MemoryPlan:
     kv_bytes_per_token: float  # per GPU
     kv_capacity_tokens: int  # per replica
     block_size: int
+    host_kv_bytes_per_token: float = 0.0  # per GPU's share, when a technique keeps KV in host memory
+    host_kv_bytes: float = 0.0  # host memory for KV, per GPU
 
     @property
     def kv_bytes(self) -> float:
@@ -99,11 +101,17 @@ def plan_memory(
     reserve_bytes: float,
     technique_kv_bytes_per_token: float = 0.0,
     technique_reserved_bytes: float = 0.0,
+    gpu_kv_fraction: float = 1.0,
+    host_kv_bytes_per_token: float = 0.0,
+    host_kv_bytes: float = 0.0,
 ) -> MemoryPlan:
     """Budget one replica's memory; raise when nothing is left for the KV cache.
 
     ``technique_*`` are what the scenario's techniques add per GPU (a draft model's own KV per token,
     its weights); they are kept apart from the served model's figures so reports can show both.
+    ``gpu_kv_fraction`` of the served model's KV stays on the GPU when a technique keeps the rest in host
+    memory (``host_kv_bytes_per_token`` per GPU's share, ``host_kv_bytes`` set aside per GPU); the
+    capacity is then the fewest tokens either tier holds, so KV in use never exceeds either.
     """
     gpu = float(device.memory_bytes)
     usable = gpu * memory_utilization
@@ -111,6 +119,8 @@ def plan_memory(
     layers_per_stage = -(-model.num_layers // pp)
     kv_heads_gpu = kv_heads_per_gpu(model.num_kv_heads, tp)  # replicated when fewer KV heads than ranks
     kv_per_token = 2.0 * layers_per_stage * kv_heads_gpu * model.head_dim * kv_bytes
+    if gpu_kv_fraction != 1.0:
+        kv_per_token *= gpu_kv_fraction
     techniques_note = ""
     if technique_kv_bytes_per_token or technique_reserved_bytes:
         techniques_note = f" (of which {technique_reserved_bytes / GIB:.1f} GiB for the scenario's techniques)"
@@ -131,6 +141,18 @@ def plan_memory(
             "weight_dtype (fp8/int4), or a higher memory_utilization"
             + (", or lighten the techniques (a smaller draft model, fewer heads)" if techniques_note else ""),
         )
+    if host_kv_bytes_per_token:
+        if host_kv_bytes < host_kv_bytes_per_token * min_tokens:
+            raise DoesNotFitError(
+                f"the host memory set aside for KV ({host_kv_bytes / GIB:.2f} GiB per GPU) holds fewer than "
+                f"{min_tokens} tokens at {host_kv_bytes_per_token:.0f} B per token",
+                where="techniques", fix="raise the technique's host_kv_gib",
+            )
+        host_capacity = int(host_kv_bytes // host_kv_bytes_per_token)
+        capacity = host_capacity if kv_per_token <= 0 else min(int(left // kv_per_token), host_capacity)
+        capacity -= capacity % block_size
+        return MemoryPlan(gpu, usable, weights, reserve_bytes, kv_per_token, capacity, block_size,
+                          host_kv_bytes_per_token, host_kv_bytes)
     capacity = int(left // kv_per_token)
     capacity -= capacity % block_size
     return MemoryPlan(gpu, usable, weights, reserve_bytes, kv_per_token, capacity, block_size)

@@ -239,3 +239,55 @@ def test_the_table_and_the_memory_plan_shard_kv_heads_alike(model, tp):
     assert sys_.memory.kv_bytes_per_token == pytest.approx(sys_.table.num_layers * decode.bytes[F.DECODE_CONTEXT],
                                                            rel=1e-12)
     assert sys_.table.attention.kv_heads == -(-sys_.model.num_kv_heads // tp)
+
+
+# ------------------------------------------------------------------------ rows sparse attention adds
+SPARSE_HOST = {"name": "sparse-attention", "density": 0.1, "dense_layers": 1, "kv_location": "host",
+               "host_kv_gib": 64, "host_tensors": "values", "key_rank": 96, "overlap": False}
+
+
+@pytest.mark.parametrize("calibration", ["datasheet", "profile"])
+@pytest.mark.parametrize("device", ["h100-sxm", "a100-80gb-sxm"])
+def test_sparse_rows_agree_on_scalar_vectorised_and_decode_line_paths(calibration, device):
+    """The transfer row on the PCIe link and the selection rows: registered pricers whose three paths agree,
+    and the sparse decode-attention row's lines in the summed context (priced at the attended context)."""
+    sys_ = build_system(Scenario.model_validate({
+        "model": "llama-3.1-8b", "deployment": {"device": device, "calibration": calibration},
+        "techniques": [{"name": "sparse-prefill", "density": 0.2}, SPARSE_HOST]}))
+    ctx = PricingContext(sys_.roofline, sys_.table.attention, sys_.table.links)
+    pricers = [(op, PRICERS.for_row(op, ctx)) for op in sys_.table.layer_ops]
+    names = {op.name: p for op, p in pricers}
+    assert names["kv_fetch"].source == "link model (pcie)"
+    assert type(names["kv_select"]) is RooflinePricer and type(names["sparse_pattern"]) is RooflinePricer
+    rng = np.random.default_rng(3)
+    X = _random_features(rng, 30)
+    L = float(sys_.table.num_layers)
+    for op, pricer in pricers:
+        f, b = X @ op.flops, X @ op.bytes
+        busy = (f != 0.0) | (b != 0.0)
+        many = pricer.price_many(X[busy], f[busy], b[busy])
+        if many is not None:
+            scalar = [pricer.price(x.tolist(), fi, bi).time_s for x, fi, bi in zip(X[busy], f[busy], b[busy], strict=True)]
+            np.testing.assert_allclose(many, scalar, rtol=1e-12, atol=0.0, err_msg=op.name)
+        if not context_dependent([op])[0]:
+            continue
+        for _ in range(20):
+            batch = int(rng.integers(1, 128))
+            context = float(batch * rng.integers(1, 60000))
+            base = BatchShape(decode_seqs=batch).features()
+            x = base.copy()
+            x[F.DECODE_CONTEXT] = context
+            line = pricer.decode_line(batch, float(op.flops @ base), float(op.bytes @ base), context / batch, L)
+            assert line is not None, op.name
+            closed = L * line.static_s + max(line.compute_slope * context + line.compute_base,
+                                             line.memory_slope * context + line.memory_base)
+            scalar = L * pricer.price(x.tolist(), float(op.flops @ x), float(op.bytes @ x)).time_s
+            assert closed == pytest.approx(scalar, rel=1e-12), (op.name, batch, context)
+
+
+def test_a_row_on_a_link_the_table_lacks_is_an_error_naming_it():
+    sys_ = system(calibration="datasheet")
+    fetch = Operator("kv_fetch", "transfer", flops=np.zeros(F.NUM_FEATURES),
+                     bytes=np.eye(F.NUM_FEATURES)[F.DECODE_CONTEXT] * 4096.0, placement="pcie")
+    with pytest.raises(CapsimError, match="link 'pcie'"):
+        IterationCostModel(_with_row(sys_.table, fetch), sys_.roofline)

@@ -3,7 +3,9 @@
 Speculation changes how many tokens a step yields, how much KV a step writes and rolls back, and what
 a step costs; none of that may break "every request finishes once with all its tokens", monotone time,
 the KV budget, or one recorded gap per token -- under every scheduler that accepts the technique,
-with preemption, both arrival paths and every drafter.
+with preemption, both arrival paths and every drafter. Sparse attention moves the KV cache to host memory
+(a second capacity tier) and prices steps with overlapped PCIe fetches; the same invariants hold with it
+on, alone and combined with speculation.
 """
 
 from __future__ import annotations
@@ -26,6 +28,13 @@ TECHNIQUE_VARIANTS = {
     "all-accepted": {"name": SPEC, "drafter": "ngram", "k": 7, "acceptance": 1.0},
     "triforce": {"name": SPEC, "drafter": "hierarchical", "draft_model": "llama-68m", "k": 5, "acceptance": 0.9,
                  "kv_budget": 64, "draft_window": 32},
+    "sparse-hbm": {"name": "sparse-attention", "density": 0.125, "page_size": 16, "dense_layers": 2},
+    # KV in host memory: 0.6 GiB holds ~1,200 tokens of llama-2-7b's KV, so the host tier forces preemption.
+    "sparse-host-values": {"name": "sparse-attention", "density": 0.25, "kv_location": "host", "host_kv_gib": 0.6,
+                           "host_tensors": "values", "key_rank": 64},
+    "sparse-prefill": {"name": "sparse-prefill", "density": 0.2},
+    "sparse-host+spec": [{"name": "sparse-attention", "density": 0.5, "kv_location": "host", "host_kv_gib": 0.6},
+                         {"name": SPEC, "drafter": "ngram", "k": 3, "acceptance": 0.7}],
 }
 
 
@@ -36,7 +45,8 @@ def with_technique(scenario: Scenario, variant: str) -> Scenario:
     data["simulation"]["oversized"] = "drop"
     if data["deployment"]["memory_utilization"] < 0.5:  # the tight budget: room for the heads' weights too
         data["deployment"]["memory_utilization"] += 0.015
-    return Scenario.model_validate({**data, "techniques": [TECHNIQUE_VARIANTS[variant]]})
+    entry = TECHNIQUE_VARIANTS[variant]
+    return Scenario.model_validate({**data, "techniques": entry if isinstance(entry, list) else [entry]})
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -66,6 +76,19 @@ def test_tight_memory_with_speculation_preempts_and_finishes():
     out = simulate(with_technique(base, "draft-model"))
     check_invariants(out)
     assert out.result.requests["preemptions"].sum() > 0
+
+
+def test_host_kv_tier_preempts_and_finishes():
+    base = tiny_scenario("vllm", seed=3, qps=50.0, n=80, replicas=1, router="round-robin", kv_tokens_budget=False)
+    out = simulate(with_technique(base, "sparse-host-values"))
+    check_invariants(out)
+    assert out.result.requests["preemptions"].sum() > 0
+    # KV in use never exceeds either tier: the host's bytes and the GPU's (key factor and page summaries).
+    m = out.system.memory
+    peak_tokens = max(out.kv_blocks_peak) * m.block_size
+    assert m.host_kv_bytes_per_token > 0
+    assert peak_tokens * m.host_kv_bytes_per_token <= m.host_kv_bytes
+    assert peak_tokens * m.kv_bytes_per_token <= m.kv_bytes
 
 
 def test_preloaded_arrivals_match_event_per_arrival_path_with_speculation():

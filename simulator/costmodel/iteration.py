@@ -31,7 +31,7 @@ from simulator.costmodel import features as F
 from simulator.costmodel.features import BatchShape
 from simulator.costmodel.operators import OperatorTable
 from simulator.costmodel.pricers import PRICERS, PricerRegistry, PricingContext, RooflinePricer
-from simulator.costmodel.scopes import Collectives, OperatorBreakdown, RooflineBlock, RowByRow, Scope
+from simulator.costmodel.scopes import Collectives, OperatorBreakdown, Overlapped, RooflineBlock, RowByRow, Scope
 
 __all__ = ["DecodeRun", "IterationCost", "IterationCostModel", "OperatorBreakdown", "OverheadTerms"]
 
@@ -252,16 +252,20 @@ class IterationCostModel:
         self.overheads = overheads or OverheadTerms()
         layers = float(table.num_layers)
         self._layers = layers
-        context = PricingContext(device, table.attention)
+        context = PricingContext(device, table.attention, table.links)
         layer_pricers = [pricers.for_row(op, context) for op in table.layer_ops]
         iteration_pricers = [pricers.for_row(op, context) for op in table.iteration_ops]
         # Datasheet pricing -- every row on the roofline, no fitted engine overheads -- sums the rows as matrix
         # products (fast); anything calibrated sums row by row. Each keeps the order of sums its results have
         # always had, so both stay bit-identical across this refactor (tests/test_fingerprints.py).
         datasheet = all(type(p) is RooflinePricer for p in (*layer_pricers, *iteration_pricers))
-        if datasheet and not self.overheads.active:
-            self._layer: Scope = RooflineBlock(table.layer_ops, layer_pricers, device)
-            self._iter: Scope = RooflineBlock(table.iteration_ops, iteration_pricers, device)
+        overlapped = any(op.overlap for op in (*table.layer_ops, *table.iteration_ops))
+        if overlapped:  # rows that run concurrently: each scope takes the longest lane of each group
+            self._layer: Scope = Overlapped(table.layer_ops, layer_pricers)
+            self._iter: Scope = Overlapped(table.iteration_ops, iteration_pricers)
+        elif datasheet and not self.overheads.active:
+            self._layer = RooflineBlock(table.layer_ops, layer_pricers, device)
+            self._iter = RooflineBlock(table.iteration_ops, iteration_pricers, device)
         else:
             self._layer = RowByRow(table.layer_ops, layer_pricers)
             self._iter = RowByRow(table.iteration_ops, iteration_pricers)

@@ -65,7 +65,13 @@ class Operator:
     bytes: np.ndarray
     launches: float = 1.0
     gemms: tuple[GemmShape, ...] = ()
-    placement: str = "device"  # where the row runs; "device" (the replica's GPUs) is the only one today
+    placement: str = "device"  # where the row runs: "device" (the replica's GPUs) or a link of the table
+    # Rows sharing a non-empty ``overlap`` name run concurrently on different resources (a KV fetch over
+    # PCIe beside the GPU's attention): the group takes the longest of its placements' summed times.
+    overlap: str = ""
+    # Fraction of each sequence's context a decode-attention row attends (sparse attention reads a selected
+    # share): its coefficients already count only that share; a kernel curve is priced at the attended context.
+    attended: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -118,6 +124,8 @@ class OperatorTable:
     iteration_comms: tuple[Collective, ...] = ()
     notes: tuple[str, ...] = field(default=())
     attention: AttentionGeometry | None = None
+    #: Links rows may be placed on (a row with ``placement="pcie"`` is priced by the link named "pcie").
+    links: tuple[Link, ...] = ()
 
     def with_ops(self, **changes) -> OperatorTable:
         """A copy with some fields replaced (techniques transform tables this way)."""

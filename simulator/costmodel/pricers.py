@@ -28,6 +28,7 @@ from hwmodels.calibration import pricing
 from hwmodels.calibration.attention_curves import kv_block_tokens
 from hwmodels.calibration.pricing import ZERO, Priced
 from hwmodels.calibration.profile import Curve
+from hwmodels.links import Link
 from hwmodels.roofline import RooflineDevice
 from simulator.costmodel import features as F
 from simulator.costmodel.operators import AttentionGeometry, Operator
@@ -69,7 +70,7 @@ class RowPricer(ABC):
     """
 
     source: str = "roofline"  # what prices the row, for the breakdown ("roofline", "profile gemm/bf16", ...)
-    split_block_tokens: int = 0  # KV tokens per block of a kernel whose split count follows the context
+    split_block_tokens: float = 0  # KV tokens per block of a kernel whose split count follows the context (of the summed context for a sparse row)
 
     @abstractmethod
     def price(self, x: Sequence[float], flops: float, nbytes: float) -> Priced:
@@ -164,29 +165,43 @@ class DecodeCurvePricer(RowPricer):
         self.attention, self.source = attention, source
         self.flops_per_context = op.flops[F.DECODE_CONTEXT]
         self.bytes_per_context = op.bytes[F.DECODE_CONTEXT]
+        # A sparse row attends ``attended`` of each context: the kernel runs over that many tokens (its split
+        # count and per-context terms follow them), and its regimes change every block / attended tokens.
+        self.attended = op.attended
         self.split_block_tokens = kv_block_tokens(attention.dh)
+        if self.attended != 1.0:
+            self.split_block_tokens = self.split_block_tokens / self.attended
 
     def price(self, x: Sequence[float], flops: float, nbytes: float) -> Priced:
+        if self.attended != 1.0:
+            return self.attention.price(x[F.DECODE_SEQS], x[F.DECODE_CONTEXT] * self.attended, flops, nbytes)
         return self.attention.price(x[F.DECODE_SEQS], x[F.DECODE_CONTEXT], flops, nbytes)
 
     def decode_line(
         self, batch: int, flops: float, nbytes: float, context_per_seq: float | None, layers: float
     ) -> DecodeLine | None:
         d = self.attention
+        a = self.attended  # lines in the attended context a * C, written in the summed context C
         if d.v2:  # fixed + max(flat, base + slope * C)
+            if a != 1.0:
+                ln = d.lines(float(batch), nbytes, None if context_per_seq is None else context_per_seq * a)
+                return DecodeLine(0.0, 0.0, layers * (ln.fixed + ln.flat), layers * ln.slope * a,
+                                  layers * (ln.fixed + ln.base))
             ln = d.lines(float(batch), nbytes, context_per_seq)
             return DecodeLine(0.0, 0.0, layers * (ln.fixed + ln.flat), layers * ln.slope, layers * (ln.fixed + ln.base))
         t = d.terms(float(batch))
         if flops != 0.0 and t.serial != 0.0:
             return None  # max(FLOPs x per_flop, serial x C) with context-free FLOPs: not a line
         # Compute and serial sides are lines through the origin in C: their maximum is the steeper one.
-        slope = max(self.flops_per_context * t.per_flop, t.serial)
+        slope = max(self.flops_per_context * t.per_flop, t.serial * a if a != 1.0 else t.serial)
         return DecodeLine(
             0.0, layers * slope, layers * (flops * t.per_flop + t.fixed),
             layers * self.bytes_per_context * t.per_byte, layers * (nbytes * t.per_byte + t.fixed),
         )
 
     def split_regime(self, seqs: float, context: float) -> int:
+        if self.attended != 1.0:
+            return self.attention.split_regime(seqs, context * self.attended)
         return self.attention.split_regime(seqs, context)
 
 
@@ -203,6 +218,35 @@ class MemoryCurvePricer(RowPricer):
         return self.memory.price_many(flops, nbytes, self.launches).time_s
 
 
+class LinkPricer(RowPricer):
+    """A data transfer over a link (the alpha-beta model): ``bytes / bandwidth`` plus the link's latency per
+    launch. The row's FLOPs are ignored (a copy engine does no arithmetic); its time counts as the memory
+    side, so breakdowns call it memory-bound."""
+
+    source = "link model"
+
+    def __init__(self, op: Operator, link: Link):
+        self.inv_bw = 1.0 / link.bandwidth
+        self.latency = op.launches * link.latency_s
+        self.bytes_per_context = op.bytes[F.DECODE_CONTEXT]
+        self.source = f"link model ({link.name})"
+
+    def price(self, x: Sequence[float], flops: float, nbytes: float) -> Priced:
+        if nbytes == 0.0:
+            return ZERO
+        tm = nbytes * self.inv_bw
+        return Priced(tm + self.latency, 0.0, tm)
+
+    def price_many(self, X: np.ndarray, flops: np.ndarray, nbytes: np.ndarray) -> np.ndarray:
+        return nbytes * self.inv_bw + self.latency
+
+    def decode_line(
+        self, batch: int, flops: float, nbytes: float, context_per_seq: float | None, layers: float
+    ) -> DecodeLine:
+        return DecodeLine(self.latency, 0.0, 0.0, layers * self.bytes_per_context * self.inv_bw,
+                          layers * nbytes * self.inv_bw)
+
+
 # ------------------------------------------------------------------------ context and registry
 
 
@@ -213,6 +257,19 @@ class PricingContext:
 
     device: RooflineDevice
     attention: AttentionGeometry | None
+    links: tuple[Link, ...] = ()
+
+    def link(self, op: Operator) -> Link:
+        """The link a row is placed on (its ``placement`` names it); an error naming the row when the table has none."""
+        for link in self.links:
+            if link.name == op.placement:
+                return link
+        raise CapsimError(
+            f"operator {op.name!r} is placed on link {op.placement!r}, which its operator table does not carry "
+            f"(links: {', '.join(ln.name for ln in self.links) or 'none'})",
+            where=f"operator table row {op.name!r}",
+            fix="add the link to OperatorTable.links where the row is added (e.g. the device's PCIe link)",
+        )
 
     def curve(self, key: str, dtype: str) -> Curve | None:
         """The profile's fitted curve for ``key`` at ``dtype``; None without a profile or such a curve."""
@@ -335,8 +392,11 @@ def decode_attention_pricer(op: Operator, ctx: PricingContext) -> RowPricer:
         return RooflinePricer(op, ctx.device)
     g = ctx.geometry(op)
     peak, bw = ctx.peaks(curve.dtype)
-    d = pricing.DecodePricer(curve, g.heads, g.kv_heads, peak, bw, g.head_dim,
-                             op.flops[F.DECODE_CONTEXT], op.bytes[F.DECODE_CONTEXT])
+    # Per attended token (a sparse row's coefficients count only the share of the context it reads).
+    per_token_flops, per_token_bytes = op.flops[F.DECODE_CONTEXT], op.bytes[F.DECODE_CONTEXT]
+    if op.attended != 1.0:
+        per_token_flops, per_token_bytes = per_token_flops / op.attended, per_token_bytes / op.attended
+    d = pricing.DecodePricer(curve, g.heads, g.kv_heads, peak, bw, g.head_dim, per_token_flops, per_token_bytes)
     return DecodeCurvePricer(d, op, f"profile attention_decode/{curve.dtype}")
 
 
@@ -350,3 +410,16 @@ def elementwise_pricer(op: Operator, ctx: PricingContext) -> RowPricer:
         return RooflinePricer(op, ctx.device)
     peak, bw = ctx.peaks(curve.dtype)
     return MemoryCurvePricer(pricing.MemoryPricer(curve, peak, bw), max(op.launches, 1.0), f"profile {key}/{curve.dtype}")
+
+
+@PRICERS.register("transfer", placement="pcie")
+def pcie_transfer_pricer(op: Operator, ctx: PricingContext) -> RowPricer:
+    """Bytes moved between host memory and the GPU over the table's PCIe link (KV kept in host memory)."""
+    return LinkPricer(op, ctx.link(op))
+
+
+@PRICERS.register("kv_select")
+def kv_select_pricer(op: Operator, ctx: PricingContext) -> RowPricer:
+    """Sparse-attention bookkeeping on the GPU (scoring page summaries, estimating a sparse pattern): no
+    profile measures these kernels, so the roofline prices them."""
+    return RooflinePricer(op, ctx.device)

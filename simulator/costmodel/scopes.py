@@ -154,6 +154,44 @@ class RowByRow(Scope):
         return ScopeDecode(static, (af, bf, am, bm))
 
 
+class Overlapped(RowByRow):
+    """Rows priced one by one, where rows sharing an ``overlap`` name run concurrently on different resources.
+
+    Why: a KV fetch over PCIe and the GPU's own work of the same layer can proceed at once (double
+    buffering), so the pair costs the longer of the two, not their sum. Each group is split into lanes by
+    placement (the GPUs, a link); a lane's rows add up, and the group takes its longest lane. Rows without
+    a group add up as in :class:`RowByRow`. This is the smallest form of a composition hook (rows that
+    overlap instead of adding up): the maximum of lanes is not two lines in the context, so a decode run
+    prices every step (``decode`` declines the closed form), and shapes are priced one at a time.
+    """
+
+    def __init__(self, ops: Sequence[Operator], pricers: Sequence[RowPricer]):
+        super().__init__(ops, pricers)
+        self.lane = [(op.overlap, op.placement) if op.overlap else None for op in self.ops]
+
+    def time(self, x: np.ndarray, xl: list[float]) -> float:
+        total = 0.0
+        groups: dict[str, dict[str, float]] = {}
+        for lane, pricer, f, b in zip(self.lane, self.pricers, (self.flops @ x).tolist(), (self.bytes @ x).tolist(),
+                                      strict=True):
+            t = pricer.price(xl, f, b).time_s
+            if lane is None:
+                total += t
+            else:
+                lanes = groups.setdefault(lane[0], {})
+                lanes[lane[1]] = lanes.get(lane[1], 0.0) + t
+        for lanes in groups.values():
+            total += max(lanes.values())
+        return total
+
+    def time_many(self, X: np.ndarray) -> None:
+        return None
+
+    def decode(self, batch: int, x: np.ndarray, xl: list[float], context_per_seq: float | None,
+               layers: float) -> ScopeDecode:
+        return ScopeDecode(0.0, None)
+
+
 class RooflineBlock(Scope):
     """Rows that all take the roofline (constant efficiencies), priced as one matrix product per side.
 

@@ -28,7 +28,7 @@ message naming both.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -56,16 +56,34 @@ class MemoryTerms:
     ``extra_kv_bytes_per_token`` is stored for every token of every sequence in addition to the
     target model's KV (a draft model keeps its own cache); ``reserved_bytes`` is held for the whole
     run (draft weights, heads, adapters). Both reduce the KV capacity the memory plan leaves.
+
+    A technique that keeps the KV cache in host memory (sparse attention with KV retrieval) sets
+    ``gpu_kv_fraction`` (the share of the served model's KV per token still held on the GPU; 0 when all
+    of it moved), ``host_kv_bytes_per_token`` (what each token costs in host memory, per GPU's share) and
+    ``host_kv_bytes`` (host memory set aside for KV, per GPU): capacity is then the least that either
+    tier holds. Devices do not model host DRAM yet, so its size is the technique's parameter.
     """
 
     extra_kv_bytes_per_token: float = 0.0
     reserved_bytes: float = 0.0
     notes: tuple[str, ...] = ()
+    gpu_kv_fraction: float = 1.0
+    host_kv_bytes_per_token: float = 0.0
+    host_kv_bytes: float = 0.0
 
     def plus(self, kv: float = 0.0, reserved: float = 0.0, note: str | None = None) -> MemoryTerms:
-        return MemoryTerms(
-            self.extra_kv_bytes_per_token + kv, self.reserved_bytes + reserved,
-            self.notes + ((note,) if note else ()),
+        return replace(
+            self, extra_kv_bytes_per_token=self.extra_kv_bytes_per_token + kv,
+            reserved_bytes=self.reserved_bytes + reserved, notes=self.notes + ((note,) if note else ()),
+        )
+
+    def on_host(self, gpu_kv_fraction: float, host_bytes_per_token: float, host_bytes: float,
+                note: str | None = None) -> MemoryTerms:
+        """The served model's KV moved (in part) to host memory: ``gpu_kv_fraction`` of it stays on the GPU."""
+        return replace(
+            self, gpu_kv_fraction=self.gpu_kv_fraction * gpu_kv_fraction,
+            host_kv_bytes_per_token=self.host_kv_bytes_per_token + host_bytes_per_token,
+            host_kv_bytes=self.host_kv_bytes + host_bytes, notes=self.notes + ((note,) if note else ()),
         )
 
 
