@@ -99,11 +99,13 @@ def plan_memory(
     reserve_bytes: float,
     technique_kv_bytes_per_token: float = 0.0,
     technique_reserved_bytes: float = 0.0,
+    technique_kv_scale: float = 1.0,
 ) -> MemoryPlan:
     """Budget one replica's memory; raise when nothing is left for the KV cache.
 
     ``technique_*`` are what the scenario's techniques add per GPU (a draft model's own KV per token,
     its weights); they are kept apart from the served model's figures so reports can show both.
+    ``technique_kv_scale`` multiplies the served model's own KV bytes per token (a quantised cache).
     """
     gpu = float(device.memory_bytes)
     usable = gpu * memory_utilization
@@ -111,6 +113,8 @@ def plan_memory(
     layers_per_stage = -(-model.num_layers // pp)
     kv_heads_gpu = kv_heads_per_gpu(model.num_kv_heads, tp)  # replicated when fewer KV heads than ranks
     kv_per_token = 2.0 * layers_per_stage * kv_heads_gpu * model.head_dim * kv_bytes
+    if technique_kv_scale != 1.0:
+        kv_per_token *= technique_kv_scale
     techniques_note = ""
     if technique_kv_bytes_per_token or technique_reserved_bytes:
         techniques_note = f" (of which {technique_reserved_bytes / GIB:.1f} GiB for the scenario's techniques)"

@@ -216,6 +216,7 @@ def build_system(scenario: Scenario) -> System:
         model, device, tp=dep.tp, pp=dep.pp, weight_bytes=wb, kv_bytes=kb, act_bytes=ab,
         memory_utilization=dep.memory_utilization, block_size=dep.block_size, reserve_bytes=reserve,
         technique_kv_bytes_per_token=extra.extra_kv_bytes_per_token, technique_reserved_bytes=extra.reserved_bytes,
+        technique_kv_scale=extra.kv_bytes_scale,
     )
     return System(
         model, device, dep, fmt, roofline, table, memory, sched_cls, sched_params, router_cls, overheads,

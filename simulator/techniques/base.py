@@ -56,16 +56,27 @@ class MemoryTerms:
     ``extra_kv_bytes_per_token`` is stored for every token of every sequence in addition to the
     target model's KV (a draft model keeps its own cache); ``reserved_bytes`` is held for the whole
     run (draft weights, heads, adapters). Both reduce the KV capacity the memory plan leaves.
+    ``kv_bytes_scale`` multiplies the target model's own KV bytes per token (a quantised or
+    channel-pruned cache stores fewer bytes per token; a multiplier, because the saving is relative to
+    whatever ``deployment.kv_dtype`` stores). Techniques compose by multiplying it.
     """
 
     extra_kv_bytes_per_token: float = 0.0
     reserved_bytes: float = 0.0
     notes: tuple[str, ...] = ()
+    kv_bytes_scale: float = 1.0
 
     def plus(self, kv: float = 0.0, reserved: float = 0.0, note: str | None = None) -> MemoryTerms:
         return MemoryTerms(
             self.extra_kv_bytes_per_token + kv, self.reserved_bytes + reserved,
-            self.notes + ((note,) if note else ()),
+            self.notes + ((note,) if note else ()), self.kv_bytes_scale,
+        )
+
+    def scaled(self, factor: float, note: str | None = None) -> MemoryTerms:
+        """The target model's KV bytes per token multiplied by ``factor`` (on top of earlier scales)."""
+        return MemoryTerms(
+            self.extra_kv_bytes_per_token, self.reserved_bytes, self.notes + ((note,) if note else ()),
+            self.kv_bytes_scale * factor,
         )
 
 
