@@ -1,7 +1,8 @@
 """The engine invariants (tests/test_engine_invariants.py) hold with every technique switched on.
 
 Speculation changes how many tokens a step yields, how much KV a step writes and rolls back, and what
-a step costs; none of that may break "every request finishes once with all its tokens", monotone time,
+a step costs; KV quantisation changes bytes per token; eviction changes how many tokens each sequence
+stores and attends. None of that may break "every request finishes once with all its tokens", monotone time,
 the KV budget, or one recorded gap per token -- under every scheduler that accepts the technique,
 with preemption, both arrival paths and every drafter.
 """
@@ -26,6 +27,16 @@ TECHNIQUE_VARIANTS = {
     "all-accepted": {"name": SPEC, "drafter": "ngram", "k": 7, "acceptance": 1.0},
     "triforce": {"name": SPEC, "drafter": "hierarchical", "draft_model": "llama-68m", "k": 5, "acceptance": 0.9,
                  "kv_budget": 64, "draft_window": 32},
+    "kv-quant-2bit": {"name": "kv-quantization", "bits": 2, "group_size": 32, "outlier_fraction": 0.01},
+    "h2o": {"name": "kv-eviction", "policy": "h2o", "budget_tokens": 64, "selection_flops": 1.0},
+    "snapkv-ratio": {"name": "kv-eviction", "policy": "snapkv", "retention": 0.3},
+    "streaming-duo": {"name": "kv-eviction", "policy": "streaming", "sink_tokens": 4, "window_tokens": 60,
+                      "full_head_fraction": 0.25},
+    "minicache-think": {"name": "kv-eviction", "policy": "none", "merged_layer_fraction": 0.5,
+                        "key_channel_pruning": 0.5},
+    # Composition: a quantised cache, H2O eviction and speculation at once.
+    "int8-h2o-spec": [{"name": "kv-quantization", "bits": 8}, {"name": "kv-eviction", "budget_tokens": 128},
+                      {"name": SPEC, "drafter": "ngram", "k": 3, "acceptance": 0.7}],
 }
 
 
@@ -36,7 +47,8 @@ def with_technique(scenario: Scenario, variant: str) -> Scenario:
     data["simulation"]["oversized"] = "drop"
     if data["deployment"]["memory_utilization"] < 0.5:  # the tight budget: room for the heads' weights too
         data["deployment"]["memory_utilization"] += 0.015
-    return Scenario.model_validate({**data, "techniques": [TECHNIQUE_VARIANTS[variant]]})
+    techniques = TECHNIQUE_VARIANTS[variant]
+    return Scenario.model_validate({**data, "techniques": techniques if isinstance(techniques, list) else [techniques]})
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
