@@ -80,6 +80,19 @@ def test_tight_memory_with_speculation_preempts_and_finishes():
     assert out.result.requests["preemptions"].sum() > 0
 
 
+def test_tight_memory_with_eviction_preempts_and_finishes():
+    # A budget near the prompts' lengths still fills the tiny cache: preemption (recompute) must keep every
+    # invariant, and a recomputed sequence is compressed again when its re-prefill completes.
+    for scheduler in ("vllm", "sarathi"):
+        base = tiny_scenario(scheduler, seed=3, qps=50.0, n=80, replicas=1, router="round-robin",
+                             kv_tokens_budget=True)
+        data = base.model_dump()
+        data["techniques"] = [{"name": "kv-eviction", "policy": "h2o", "budget_tokens": 300}]
+        out = simulate(Scenario.model_validate(data))
+        check_invariants(out)
+        assert out.result.requests["preemptions"].sum() > 0
+
+
 def test_preloaded_arrivals_match_event_per_arrival_path_with_speculation():
     for scheduler in ("vllm", "sarathi", "orca"):
         sc = with_technique(tiny_scenario(scheduler, seed=5, qps=20.0, n=60, replicas=2, router="round-robin",
