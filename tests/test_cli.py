@@ -238,7 +238,7 @@ def test_error_messages_keep_square_brackets(cli):
     assert "mod[els]" in flat
 
 
-@pytest.mark.parametrize("path", sorted(Path("scenarios").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(Path("scenarios").rglob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_scenario_file_validates(cli, path):
     """Scenario, sweep and plan files alike: the examples the README points at must stay valid."""
     result = cli("validate", path)
