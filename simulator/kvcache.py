@@ -13,6 +13,8 @@ not change any cost the simulator models.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from simulator.requests import RequestTable
@@ -198,6 +200,16 @@ class Retention:
         self.drop = np.asarray(drop, dtype=np.int64)
         self.cap = np.asarray(cap, dtype=np.int64)
         self.full = float(full)
+        # Python lists for one-sequence questions (admission, growth of one prefill): list indexing and int
+        # arithmetic beat numpy's scalar path several times over.
+        self._after, self._drop, self._cap = self.after.tolist(), self.drop.tolist(), self.cap.tolist()
+
+    def retained_one(self, rid: int, logical: int) -> float:
+        """Tokens kept by sequence ``rid`` holding ``logical`` tokens."""
+        if logical < self._after[rid]:
+            return logical
+        kept = min(logical - self._drop[rid], self._cap[rid])
+        return self.full * logical + (1.0 - self.full) * kept if self.full else kept
 
     def retained(self, ids, logical):
         """Tokens kept by sequences ``ids`` (array or one id) holding ``logical`` tokens."""
@@ -233,17 +245,23 @@ class RetainingBlockManager(BlockManager):
         self.retention = retention
 
     def _blocks(self, ids, logical):
-        return np.ceil(self.retention.retained(ids, logical) / self.block_size).astype(np.int64)
+        kept = self.retention.retained(ids, logical)
+        if self.retention.full:  # fractional kept tokens (some heads keep everything)
+            return np.ceil(kept / self.block_size).astype(np.int64)
+        return -(-kept // self.block_size)
+
+    def _blocks_one(self, rid: int, logical: int) -> int:
+        return math.ceil(self.retention.retained_one(rid, logical) / self.block_size)
 
     def _logical(self, ids, kv):
         return np.maximum(kv, self._t.kv_reserved[ids]) if self._reservations else kv
 
     def held_by(self, rid: int) -> int:
         t = self._t
-        return int(self._blocks(rid, max(int(t.kv_tokens[rid]), int(t.kv_reserved[rid]))))
+        return self._blocks_one(rid, max(int(t.kv_tokens[rid]), int(t.kv_reserved[rid])))
 
     def blocks_to_grow(self, rid: int, new_kv_tokens: int) -> int:
-        after = int(self._blocks(rid, max(new_kv_tokens, int(self._t.kv_reserved[rid]))))
+        after = self._blocks_one(rid, max(int(new_kv_tokens), int(self._t.kv_reserved[rid])))
         return after - self.held_by(rid)
 
     def grow(self, rid: int, new_kv_tokens: int) -> None:
