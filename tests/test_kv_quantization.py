@@ -104,3 +104,15 @@ def test_bad_parameters_name_the_field(tech, where, text):
         build_system(scenario([tech], **H100))
     assert exc.value.where.startswith(where)
     assert text in exc.value.render()
+
+
+@pytest.mark.parametrize("device,model", [("h100-sxm", "llama-3.1-8b"), ("a100-80gb-sxm", "llama-2-7b")])
+def test_decode_runs_with_the_dequant_row_stay_closed_form_and_match_step_by_step_pricing(device, model):
+    # The kv_dequant row has no memory line, so it folds into the attention row's closed form (an affine run)
+    # rather than forcing per-row arrays; each step must still price exactly as the table says.
+    cm = build_system(scenario([Q4], model=model, device=device)).cost_model()
+    for n, c, k in ((8, 8000, 50), (64, 64 * 3000, 40)):
+        run = cm.decode_run(n, c, k)
+        steps = np.array([cm.price_features(cm._decode_x(n, c + j * n)) for j in range(k)])
+        assert run.affine
+        np.testing.assert_allclose(run.all_durations(), steps, rtol=1e-12)
