@@ -145,3 +145,18 @@ def test_bad_parameters_name_the_field(tech, where, text):
 def test_eviction_is_listed_once():
     with pytest.raises(CapsimError, match="listed twice"):
         build_system(scenario([H2O, {**H2O, "budget_tokens": 64}], **H100))
+
+
+@pytest.mark.parametrize("scheduler", ["vllm", "sarathi", "orca"])
+def test_fp8_cache_h2o_and_speculation_together_keep_the_engine_invariants(scheduler):
+    from tests.test_engine_invariants import check_invariants
+
+    sc = scenario([{"name": "kv-eviction", "policy": "h2o", "budget_tokens": 256, "selection_flops": 1.0},
+                   {**NGRAM, "k": 3, "acceptance": 0.7}],
+                  n=40, qps=20.0, prompt=700, output=300, scheduler={"name": scheduler},
+                  deployment={"device": "a100-80gb-sxm", "kv_dtype": "fp8", "memory_utilization": 0.18,
+                              "activation_reserve_gib": 0.0})
+    out = simulate(sc)
+    check_invariants(out)
+    assert out.system.memory.kv_bytes_per_token == 2 * 32 * 32 * 128 * 1.0  # llama-2-7b, fp8
+    assert max(out.kv_blocks_peak) <= out.system.memory.kv_blocks
