@@ -49,6 +49,10 @@ class BlockManager:
         t = self._t
         return int(blocks_for(max(int(t.kv_tokens[rid]), int(t.kv_reserved[rid])), self.block_size))
 
+    def blocks_to_admit(self, rid: int, tokens: int) -> int:
+        """Blocks a waiting sequence ``rid`` (holding none) needs for its ``tokens``-token (re)prefill."""
+        return -(-tokens // self.block_size)
+
     def blocks_to_grow(self, rid: int, new_kv_tokens: int) -> int:
         """Extra blocks ``rid`` needs to hold ``new_kv_tokens`` tokens."""
         t = self._t
@@ -259,6 +263,9 @@ class RetainingBlockManager(BlockManager):
     def held_by(self, rid: int) -> int:
         t = self._t
         return self._blocks_one(rid, max(int(t.kv_tokens[rid]), int(t.kv_reserved[rid])))
+
+    def blocks_to_admit(self, rid: int, tokens: int) -> int:
+        return self._blocks_one(rid, tokens)
 
     def blocks_to_grow(self, rid: int, new_kv_tokens: int) -> int:
         after = self._blocks_one(rid, max(int(new_kv_tokens), int(self._t.kv_reserved[rid])))

@@ -59,8 +59,8 @@ class VllmScheduler(Scheduler):
                 # A preempted sequence may exceed the budget; let it run alone.
                 if tokens + need > p.max_num_batched_tokens and chunks:
                     break
-                # blocks_to_grow, not blocks_for(need): a KV retention policy may keep fewer tokens.
-                if not self.fits_with_watermark(st.blocks.blocks_to_grow(rid, need), watermark):
+                # Asked of the block manager: a KV retention policy may keep fewer tokens than `need`.
+                if not self.fits_with_watermark(st.blocks.blocks_to_admit(rid, need), watermark):
                     break
                 waiting.popleft()
                 chunks.append(self.admit(rid, st.now))
