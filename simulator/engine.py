@@ -18,7 +18,7 @@ import simpy
 
 from simulator.admission import enforce, unservable_mask
 from simulator.config.schema import Scenario
-from simulator.kvcache import BlockManager
+from simulator.kvcache import BlockManager, RetainingBlockManager
 from simulator.metrics.result import RunInfo, SimulationResult
 from simulator.recorder import Recorder
 from simulator.replica import Replica
@@ -137,13 +137,18 @@ def simulate(
         # so switching a technique on leaves the workload and the router's draws as they were.
         rng_step = np.random.default_rng(np.random.SeedSequence(scenario.seed, spawn_key=(2,)))
         step = system.step.bind(table, rng_step, cost)
+    # A technique's KV retention (eviction, compression), bound to this simulation's requests.
+    retention = system.kv_policy.bind(table) if system.kv_policy is not None else None
     for i in range(engines):
-        blocks = BlockManager(blocks_per_engine, dep.block_size, table)
+        if retention is None:
+            blocks = BlockManager(blocks_per_engine, dep.block_size, table)
+        else:
+            blocks = RetainingBlockManager(blocks_per_engine, dep.block_size, table, retention)
         if step is not None:
             blocks.step_tokens = 1 + step.max_lookahead
         replicas.append(
             Replica(env, i, table, blocks, cost, make_scheduler, recorder, on_finish, system.model.max_context,
-                    warmup_s=sim.warmup_s, step=step)
+                    warmup_s=sim.warmup_s, step=step, kv=retention)
         )
 
     if closed is None and router.oblivious and preload_arrivals:

@@ -13,6 +13,8 @@ not change any cost the simulator models.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from simulator.requests import RequestTable
@@ -46,6 +48,10 @@ class BlockManager:
     def held_by(self, rid: int) -> int:
         t = self._t
         return int(blocks_for(max(int(t.kv_tokens[rid]), int(t.kv_reserved[rid])), self.block_size))
+
+    def blocks_to_admit(self, rid: int, tokens: int) -> int:
+        """Blocks a waiting sequence ``rid`` (holding none) needs for its ``tokens``-token (re)prefill."""
+        return -(-tokens // self.block_size)
 
     def blocks_to_grow(self, rid: int, new_kv_tokens: int) -> int:
         """Extra blocks ``rid`` needs to hold ``new_kv_tokens`` tokens."""
@@ -170,3 +176,128 @@ class BlockManager:
             added = int(((new - 1) // bs - (kv - 1) // bs).sum())
         self._add(added)
         t.kv_tokens[ids] = new
+
+
+# ---------------------------------------------------------------- retention (eviction, compression)
+#: "No cap": larger than any context, small enough that arithmetic on it cannot overflow int64.
+NO_CAP = 1 << 50
+
+
+class Retention:
+    """How many of a sequence's tokens its KV cache keeps: ``r_i(n)`` for ``n`` logical tokens.
+
+    Why one formula: eviction and compression methods differ in *which* tokens they keep, which costs
+    nothing the simulator models; what they change is how many tokens' KV each sequence stores and
+    attends. Per request ``i``, from ``after_i`` tokens on (its prompt: the policy acts once prefill is
+    done), ``r_i(n) = full * n + (1 - full) * min(n - drop_i, cap_i)``, and ``r_i(n) = n`` before:
+
+    * a one-off compression of the prompt to a budget (SnapKV): ``drop_i = prompt_i - budget_i``, no cap;
+    * a cache capped at a budget during decoding (H2O; StreamingLLM's sinks + window): ``cap_i = budget_i``;
+    * ``full`` the fraction of the KV (heads) exempt from either (DuoAttention's retrieval heads).
+
+    ``t.kv_tokens`` stays the *logical* count (prefill progress, recompute and finishing are unchanged);
+    the block manager and the decode step see ``r_i``. The same tokens are stored and attended.
+    """
+
+    def __init__(self, after: np.ndarray, drop: np.ndarray, cap: np.ndarray, full: float = 0.0):
+        self.after = np.asarray(after, dtype=np.int64)
+        self.drop = np.asarray(drop, dtype=np.int64)
+        self.cap = np.asarray(cap, dtype=np.int64)
+        self.full = float(full)
+        # Python lists for one-sequence questions (admission, growth of one prefill): list indexing and int
+        # arithmetic beat numpy's scalar path several times over.
+        self._after, self._drop, self._cap = self.after.tolist(), self.drop.tolist(), self.cap.tolist()
+
+    def retained_one(self, rid: int, logical: int) -> float:
+        """Tokens kept by sequence ``rid`` holding ``logical`` tokens."""
+        if logical < self._after[rid]:
+            return logical
+        kept = min(logical - self._drop[rid], self._cap[rid])
+        return self.full * logical + (1.0 - self.full) * kept if self.full else kept
+
+    def retained(self, ids, logical):
+        """Tokens kept by sequences ``ids`` (array or one id) holding ``logical`` tokens."""
+        logical = np.asarray(logical)
+        kept = np.minimum(logical - self.drop[ids], self.cap[ids])
+        if self.full:
+            kept = self.full * logical + (1.0 - self.full) * kept
+        return np.where(logical >= self.after[ids], kept, logical)
+
+    def decode_segment(self, ids: np.ndarray, kv: np.ndarray) -> tuple[float, np.ndarray, int]:
+        """For a decode run of ``ids`` whose logical KV is ``kv``: the attended context summed over the run's
+        first step, each sequence's growth per token, and how many one-token steps keep those growths (at
+        least 1; a sequence reaching its cap stops growing). The run is affine over those steps."""
+        n0 = kv + 1
+        r0 = self.retained(ids, n0)
+        m0 = n0 - self.drop[ids]
+        cap = self.cap[ids]
+        below = m0 < cap
+        slope = np.where(below, 1.0, self.full)
+        until = int(np.minimum.reduce(cap[below] - m0[below] + 1)) if below.any() else NO_CAP
+        return float(np.add.reduce(r0)), slope, max(until, 1)
+
+
+class RetainingBlockManager(BlockManager):
+    """A block manager whose sequences hold ``ceil(r_i(n) / block_size)`` blocks (see :class:`Retention`).
+
+    A subclass, so that the default manager keeps its hot paths (shifts, Python loops over small batches)
+    untouched; every count here goes through ``r_i`` and is vectorised.
+    """
+
+    def __init__(self, total_blocks: int, block_size: int, table: RequestTable, retention: Retention):
+        super().__init__(total_blocks, block_size, table)
+        self.retention = retention
+
+    def _blocks(self, ids, logical):
+        kept = self.retention.retained(ids, logical)
+        if self.retention.full:  # fractional kept tokens (some heads keep everything)
+            return np.ceil(kept / self.block_size).astype(np.int64)
+        return -(-kept // self.block_size)
+
+    def _blocks_one(self, rid: int, logical: int) -> int:
+        return math.ceil(self.retention.retained_one(rid, logical) / self.block_size)
+
+    def _logical(self, ids, kv):
+        return np.maximum(kv, self._t.kv_reserved[ids]) if self._reservations else kv
+
+    def held_by(self, rid: int) -> int:
+        t = self._t
+        return self._blocks_one(rid, max(int(t.kv_tokens[rid]), int(t.kv_reserved[rid])))
+
+    def blocks_to_admit(self, rid: int, tokens: int) -> int:
+        return self._blocks_one(rid, tokens)
+
+    def blocks_to_grow(self, rid: int, new_kv_tokens: int) -> int:
+        after = self._blocks_one(rid, max(int(new_kv_tokens), int(self._t.kv_reserved[rid])))
+        return after - self.held_by(rid)
+
+    def grow(self, rid: int, new_kv_tokens: int) -> None:
+        before = self.held_by(rid)
+        self._t.kv_tokens[rid] = new_kv_tokens
+        self._add(self.held_by(rid) - before)
+
+    def release(self, rid: int) -> None:
+        self.used_blocks -= self.held_by(rid)
+        self._t.kv_reserved[rid] = 0
+        self._t.kv_tokens[rid] = 0
+
+    def _growth(self, ids: np.ndarray, new: np.ndarray) -> int:
+        kv = self._t.kv_tokens[ids]
+        return int((self._blocks(ids, self._logical(ids, new)) - self._blocks(ids, self._logical(ids, kv))).sum())
+
+    def growth_after(self, ids: np.ndarray, steps: int) -> int:
+        return self._growth(ids, self._t.kv_tokens[ids] + steps * self.step_tokens)
+
+    def growth_to(self, ids: np.ndarray, tokens: np.ndarray) -> int:
+        held = self._logical(ids, self._t.kv_tokens[ids])
+        return self._growth(ids, np.maximum(tokens, held))
+
+    def grow_each(self, ids: np.ndarray, tokens: np.ndarray) -> None:
+        new = self._t.kv_tokens[ids] + tokens
+        self._add(self._growth(ids, new))
+        self._t.kv_tokens[ids] = new
+
+    def grow_all(self, ids: np.ndarray, steps: int, kv: np.ndarray | None = None, kv_list: list | None = None) -> None:
+        new = self._t.kv_tokens[ids] + steps
+        self._add(self._growth(ids, new))
+        self._t.kv_tokens[ids] = new

@@ -104,6 +104,7 @@ def plan_memory(
     gpu_kv_fraction: float = 1.0,
     host_kv_bytes_per_token: float = 0.0,
     host_kv_bytes: float = 0.0,
+    technique_kv_scale: float = 1.0,
 ) -> MemoryPlan:
     """Budget one replica's memory; raise when nothing is left for the KV cache.
 
@@ -112,6 +113,7 @@ def plan_memory(
     ``gpu_kv_fraction`` of the served model's KV stays on the GPU when a technique keeps the rest in host
     memory (``host_kv_bytes_per_token`` per GPU's share, ``host_kv_bytes`` set aside per GPU); the
     capacity is then the fewest tokens either tier holds, so KV in use never exceeds either.
+    ``technique_kv_scale`` multiplies the served model's own KV bytes per token (a quantised cache).
     """
     gpu = float(device.memory_bytes)
     usable = gpu * memory_utilization
@@ -121,6 +123,8 @@ def plan_memory(
     kv_per_token = 2.0 * layers_per_stage * kv_heads_gpu * model.head_dim * kv_bytes
     if gpu_kv_fraction != 1.0:
         kv_per_token *= gpu_kv_fraction
+    if technique_kv_scale != 1.0:
+        kv_per_token *= technique_kv_scale
     techniques_note = ""
     if technique_kv_bytes_per_token or technique_reserved_bytes:
         techniques_note = f" (of which {technique_reserved_bytes / GIB:.1f} GiB for the scenario's techniques)"

@@ -20,7 +20,7 @@ import simpy
 
 from simulator.costmodel.features import prefill_attention_work, prefill_kv_read
 from simulator.costmodel.iteration import DecodeRun, IterationCostModel
-from simulator.kvcache import BlockManager
+from simulator.kvcache import BlockManager, Retention
 from simulator.recorder import Recorder
 from simulator.requests import RequestTable
 from simulator.schedulers.base import Plan, Scheduler
@@ -76,10 +76,14 @@ class Replica:
         max_context: int,
         warmup_s: float = 0.0,
         step: BoundStep | None = None,
+        kv: Retention | None = None,
     ):
         self.env = env
         # A technique's decode-step model (several tokens per step); None keeps the one-token path.
         self.step = step
+        # A technique's KV retention (eviction, compression): decode steps attend only the retained tokens.
+        # None: every token is kept and attended.
+        self.kv = kv
         self.warmup_s = warmup_s
         self.index = index
         self.table = table
@@ -191,7 +195,12 @@ class Replica:
         start = self.env.now
         ids = plan.decode_ids
         n_dec = len(ids)
-        ctx = int(t.kv_tokens[ids].sum()) + n_dec if n_dec else 0
+        if not n_dec:
+            ctx = 0
+        elif self.kv is None:
+            ctx = int(t.kv_tokens[ids].sum()) + n_dec
+        else:
+            ctx = round(float(self.kv.retained(ids, t.kv_tokens[ids] + 1).sum()))
         ptok, logits, work, kv_read = _prefill_totals(plan.prefill)
         if step is None:
             cost = self.cost.iteration_from_totals(ptok, logits + n_dec, work, kv_read, n_dec, ctx)
@@ -273,12 +282,16 @@ class Replica:
             ids = self._drop_newest(ids)
             if not len(ids):
                 return
+        growth = None
+        if self.kv is not None:  # the attended context grows only where a sequence is below its cap
+            attended, slope, until = self.kv.decode_segment(ids, kv)
+            ctx0, growth, steps = round(attended), float(np.add.reduce(slope)), min(steps, until)
         start = env.now
-        run = yield from self._wait_run(self.cost.decode_run(n, ctx0, steps), plan)
+        run = yield from self._wait_run(self.cost.decode_run(n, ctx0, steps, growth), plan)
         end = env.now
         self.blocks.grow_all(ids, run.iterations, kv, kv_list)
         self._advance_live(live, run, end, start)
-        flops, nbytes = self.cost.decode_work(n, ctx0, run.iterations)
+        flops, nbytes = self.cost.decode_work(n, ctx0, run.iterations, growth)
         self.recorder.iteration(
             self.index, start, end, run.iterations, 0, 0, n, ctx0, run.first, run.last,
             self.blocks.used_blocks, self.blocks.total_blocks, flops, nbytes,
@@ -424,8 +437,14 @@ class Replica:
             ids = self._drop_newest(ids)
             if not len(ids):
                 return
-        ctx0 = int(np.add.reduce(kv)) + n
-        growth = float(np.add.reduce(sp.tokens_per_step))
+        if self.kv is None:
+            ctx0 = int(np.add.reduce(kv)) + n
+            growth = float(np.add.reduce(sp.tokens_per_step))
+        else:  # retained context: growth where below the cap, the run cut where a sequence may reach it
+            attended, slope, until = self.kv.decode_segment(ids, kv)
+            ctx0 = round(attended)
+            growth = float(np.add.reduce(slope * sp.tokens_per_step))
+            steps = min(steps, max(1, int(until // float(np.maximum.reduce(sp.tokens_per_step)))))
         start = env.now
         run = yield from self._wait_run(step.run(sp, n, ctx0, steps, growth), plan)
         end = env.now

@@ -27,7 +27,7 @@ from simulator.models.spec import ModelSpec
 from simulator.routers import ROUTERS, Router
 from simulator.schedulers import SCHEDULERS, Scheduler, SchedulerParams
 from simulator.techniques import BuildContext, StepModel, TechniqueStack, build_stack
-from simulator.techniques.base import ExtraDevice
+from simulator.techniques.base import ExtraDevice, KVPolicy
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,7 @@ class System:
     overheads: OverheadTerms | None = None
     techniques: TechniqueStack = field(default_factory=TechniqueStack)
     step: StepModel | None = None  # the decode-step model of a technique; None: one token per step
+    kv_policy: KVPolicy | None = None  # a technique's KV retention (eviction); None: every token kept
     extra_devices: tuple[ExtraDevice, ...] = ()  # per replica, added by techniques (a separate draft device)
 
     @property
@@ -218,9 +219,11 @@ def build_system(scenario: Scenario) -> System:
         technique_kv_bytes_per_token=extra.extra_kv_bytes_per_token, technique_reserved_bytes=extra.reserved_bytes,
         gpu_kv_fraction=extra.gpu_kv_fraction, host_kv_bytes_per_token=extra.host_kv_bytes_per_token,
         host_kv_bytes=extra.host_kv_bytes,
+        technique_kv_scale=extra.kv_bytes_scale,
     )
     return System(
         model, device, dep, fmt, roofline, table, memory, sched_cls, sched_params, router_cls, overheads,
         techniques=stack, step=stack.step_model(ctx) if stack else None,
+        kv_policy=stack.kv_policy(ctx) if stack else None,
         extra_devices=stack.extra_devices(ctx) if stack else (),
     )

@@ -1,7 +1,8 @@
 """The engine invariants (tests/test_engine_invariants.py) hold with every technique switched on.
 
 Speculation changes how many tokens a step yields, how much KV a step writes and rolls back, and what
-a step costs; none of that may break "every request finishes once with all its tokens", monotone time,
+a step costs; KV quantisation changes bytes per token; eviction changes how many tokens each sequence
+stores and attends. None of that may break "every request finishes once with all its tokens", monotone time,
 the KV budget, or one recorded gap per token -- under every scheduler that accepts the technique,
 with preemption, both arrival paths and every drafter. Sparse attention moves the KV cache to host memory
 (a second capacity tier) and prices steps with overlapped PCIe fetches; the same invariants hold with it
@@ -35,6 +36,16 @@ TECHNIQUE_VARIANTS = {
     "sparse-prefill": {"name": "sparse-prefill", "density": 0.2},
     "sparse-host+spec": [{"name": "sparse-attention", "density": 0.5, "kv_location": "host", "host_kv_gib": 0.6},
                          {"name": SPEC, "drafter": "ngram", "k": 3, "acceptance": 0.7}],
+    "kv-quant-2bit": {"name": "kv-quantization", "bits": 2, "group_size": 32, "outlier_fraction": 0.01},
+    "h2o": {"name": "kv-eviction", "policy": "h2o", "budget_tokens": 64, "selection_flops": 1.0},
+    "snapkv-ratio": {"name": "kv-eviction", "policy": "snapkv", "retention": 0.3},
+    "streaming-duo": {"name": "kv-eviction", "policy": "streaming", "sink_tokens": 4, "window_tokens": 60,
+                      "full_head_fraction": 0.25},
+    "minicache-think": {"name": "kv-eviction", "policy": "none", "merged_layer_fraction": 0.5,
+                        "key_channel_pruning": 0.5},
+    # Composition: a quantised cache, H2O eviction and speculation at once.
+    "int8-h2o-spec": [{"name": "kv-quantization", "bits": 8}, {"name": "kv-eviction", "budget_tokens": 128},
+                      {"name": SPEC, "drafter": "ngram", "k": 3, "acceptance": 0.7}],
 }
 
 
@@ -89,6 +100,19 @@ def test_host_kv_tier_preempts_and_finishes():
     assert m.host_kv_bytes_per_token > 0
     assert peak_tokens * m.host_kv_bytes_per_token <= m.host_kv_bytes
     assert peak_tokens * m.kv_bytes_per_token <= m.kv_bytes
+
+
+def test_tight_memory_with_eviction_preempts_and_finishes():
+    # A budget near the prompts' lengths still fills the tiny cache: preemption (recompute) must keep every
+    # invariant, and a recomputed sequence is compressed again when its re-prefill completes.
+    for scheduler in ("vllm", "sarathi"):
+        base = tiny_scenario(scheduler, seed=3, qps=50.0, n=80, replicas=1, router="round-robin",
+                             kv_tokens_budget=True)
+        data = base.model_dump()
+        data["techniques"] = [{"name": "kv-eviction", "policy": "h2o", "budget_tokens": 300}]
+        out = simulate(Scenario.model_validate(data))
+        check_invariants(out)
+        assert out.result.requests["preemptions"].sum() > 0
 
 
 def test_preloaded_arrivals_match_event_per_arrival_path_with_speculation():

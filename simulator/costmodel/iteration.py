@@ -190,6 +190,9 @@ class ContextLines:
 
     The step takes ``static + sum(max(compute_slope * C + compute_base, memory_slope * C + memory_base))``;
     with ``single`` (one such row, the common case) the four are floats, else arrays over the rows.
+    ``affine_slope * C + affine_base`` is added on top: rows with no memory line (work on operands another
+    row reads, such as dequantising a cache) always take their compute line, so beside one other row they
+    keep the single-row closed form instead of the per-row arrays.
     """
 
     single: bool
@@ -197,12 +200,19 @@ class ContextLines:
     compute_base: float | np.ndarray
     memory_slope: float | np.ndarray
     memory_base: float | np.ndarray
+    affine_slope: float = 0.0
+    affine_base: float = 0.0
 
     @classmethod
     def of(cls, lines: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]) -> ContextLines:
         af, bf, am, bm = lines
         if len(af) == 1:
             return cls(True, float(af[0]), float(bf[0]), float(am[0]), float(bm[0]))
+        compute_only = (am == 0.0) & (bm == 0.0) & (af >= 0.0) & (bf >= 0.0)
+        if compute_only.any() and int((~compute_only).sum()) == 1:
+            i = int(np.flatnonzero(~compute_only)[0])
+            return cls(True, float(af[i]), float(bf[i]), float(am[i]), float(bm[i]),
+                       float(af[compute_only].sum()), float(bf[compute_only].sum()))
         return cls(False, af, bf, am, bm)
 
 
@@ -461,11 +471,16 @@ class IterationCostModel:
         if lines.single:
             compute_first = af * context0 + bf >= am * context0 + bm
             compute_last = af * c_last + bf >= am * c_last + bm
+            ea, eb = lines.affine_slope, lines.affine_base
             if compute_first == compute_last:
                 a, b = (af, bf) if compute_first else (am, bm)
+                if ea or eb:
+                    a, b = a + ea, b + eb
                 return DecodeRun(k, static + a * context0 + b, a * g, True)
             ctx = context0 + g * np.arange(k, dtype=float)
             d = static + np.maximum(af * ctx + bf, am * ctx + bm)
+            if ea or eb:
+                d = d + (ea * ctx + eb)
             return DecodeRun(k, float(d[0]), 0.0, False, d)
         ctx = context0 + g * np.arange(k, dtype=float)
         comp = np.outer(af, ctx) + bf[:, None]

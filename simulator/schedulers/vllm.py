@@ -14,7 +14,6 @@ from __future__ import annotations
 from pydantic import Field
 
 from capsim.types import Count
-from simulator.kvcache import blocks_for
 from simulator.schedulers.base import EMPTY_IDS, SCHEDULERS, Plan, Scheduler, SchedulerParams
 
 
@@ -54,14 +53,14 @@ class VllmScheduler(Scheduler):
             watermark = int(p.watermark * st.blocks.total_blocks)
             chunks = []
             tokens = 0
-            bs = st.blocks.block_size
             while waiting and len(running) < p.max_num_seqs:
                 rid = waiting[0]
                 need = st.table.prefill_target(rid)
                 # A preempted sequence may exceed the budget; let it run alone.
                 if tokens + need > p.max_num_batched_tokens and chunks:
                     break
-                if not self.fits_with_watermark(int(blocks_for(need, bs)), watermark):
+                # Asked of the block manager: a KV retention policy may keep fewer tokens than `need`.
+                if not self.fits_with_watermark(st.blocks.blocks_to_admit(rid, need), watermark):
                     break
                 waiting.popleft()
                 chunks.append(self.admit(rid, st.now))

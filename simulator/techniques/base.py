@@ -15,7 +15,7 @@ hook           when       what it may change
 ``memory``     build      bytes per KV token and reserved bytes per GPU (draft weights, adapters)
 ``operators``  build      the operator table: add, scale or remove rows (verify tokens, sparse reads)
 ``step``       runtime    tokens a decode step yields and what the step costs (speculation)
-``kv_policy``  runtime    attended context and stored KV (eviction, merging) -- no user yet
+``kv_policy``  runtime    tokens each sequence keeps: stored KV and attended context (eviction)
 ``admit``      scheduler  tokens already cached at admission (prefix reuse, KV hand-off) -- no user yet
 ``bounds``     planner    whether the planner's analytic lower bounds still hold
 =============  =========  ==========================================================================
@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -38,7 +38,9 @@ from capsim.registry import Registry
 
 if TYPE_CHECKING:
     from simulator.costmodel.operators import OperatorTable
+    from simulator.kvcache import Retention
     from simulator.models.spec import ModelSpec
+    from simulator.requests import RequestTable
     from simulator.techniques.context import BuildContext
     from simulator.techniques.step import StepModel
 
@@ -62,6 +64,10 @@ class MemoryTerms:
     of it moved), ``host_kv_bytes_per_token`` (what each token costs in host memory, per GPU's share) and
     ``host_kv_bytes`` (host memory set aside for KV, per GPU): capacity is then the least that either
     tier holds. Devices do not model host DRAM yet, so its size is the technique's parameter.
+
+    ``kv_bytes_scale`` multiplies the target model's own KV bytes per token (a quantised or
+    channel-pruned cache stores fewer bytes per token; a multiplier, because the saving is relative to
+    whatever ``deployment.kv_dtype`` stores). Techniques compose by multiplying it.
     """
 
     extra_kv_bytes_per_token: float = 0.0
@@ -70,12 +76,17 @@ class MemoryTerms:
     gpu_kv_fraction: float = 1.0
     host_kv_bytes_per_token: float = 0.0
     host_kv_bytes: float = 0.0
+    kv_bytes_scale: float = 1.0
 
     def plus(self, kv: float = 0.0, reserved: float = 0.0, note: str | None = None) -> MemoryTerms:
         return replace(
             self, extra_kv_bytes_per_token=self.extra_kv_bytes_per_token + kv,
             reserved_bytes=self.reserved_bytes + reserved, notes=self.notes + ((note,) if note else ()),
         )
+
+    def scaled(self, factor: float, note: str | None = None) -> MemoryTerms:
+        """The target model's KV bytes per token multiplied by ``factor`` (on top of earlier scales)."""
+        return replace(self, kv_bytes_scale=self.kv_bytes_scale * factor, notes=self.notes + ((note,) if note else ()))
 
     def on_host(self, gpu_kv_fraction: float, host_bytes_per_token: float, host_bytes: float,
                 note: str | None = None) -> MemoryTerms:
@@ -136,8 +147,9 @@ class Technique:
         """The decode-step model this technique imposes (tokens per step, step cost), if any."""
         return None
 
-    def kv_policy(self, ctx: BuildContext) -> Any | None:
-        """A KV retention policy (eviction, merging, compression); no technique uses it yet."""
+    def kv_policy(self, ctx: BuildContext) -> KVPolicy | None:
+        """A KV retention policy (eviction, compression): how many tokens each sequence keeps. The engine
+        then counts blocks of the kept tokens and prices decode attention over them."""
         return None
 
     def admit(self, ctx: BuildContext) -> Any | None:
@@ -150,6 +162,14 @@ class Technique:
         deployment) stay lower bounds with this technique on. A technique that can make a step cheaper
         or yield more tokens per step returns False, and the planner then simulates instead of pruning."""
         return False
+
+
+class KVPolicy(Protocol):
+    """Built once per system by a technique's ``kv_policy`` hook; bound once per simulation to its requests
+    (budgets may depend on each prompt's length)."""
+
+    def bind(self, table: RequestTable) -> Retention:
+        """The per-request retention :class:`simulator.kvcache.Retention` of this simulation."""
 
 
 @dataclass(frozen=True)
@@ -198,6 +218,10 @@ class TechniqueStack:
 
     def extra_devices(self, ctx: BuildContext) -> tuple[ExtraDevice, ...]:
         return tuple(d for t in self.techniques for d in t.devices(ctx))
+
+    def kv_policy(self, ctx: BuildContext) -> KVPolicy | None:
+        policies = [k for k in (t.kv_policy(ctx) for t in self.techniques) if k is not None]
+        return policies[0] if policies else None  # exclusivity of "kv_policy" was checked when the stack was built
 
     def step_model(self, ctx: BuildContext) -> StepModel | None:
         steps = [s for s in (t.step(ctx) for t in self.techniques) if s is not None]
