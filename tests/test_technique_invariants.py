@@ -122,3 +122,19 @@ def test_preloaded_arrivals_match_event_per_arrival_path_with_speculation():
         fast, slow = simulate(sc).result, simulate(sc, preload_arrivals=False).result
         pd.testing.assert_frame_equal(fast.requests, slow.requests, rtol=1e-12, atol=1e-12)
         assert fast.token_gaps.num_samples == slow.token_gaps.num_samples
+
+
+def test_every_shipped_technique_at_once_keeps_the_invariants():
+    """Quantised KV, H2O eviction, sparse decode and prefill attention and speculation compose (list order),
+    and together still serve every request with one gap per token and the KV budget kept."""
+    from simulator.techniques import TECHNIQUES
+
+    techniques = [{"name": "kv-quantization", "bits": 4}, {"name": "kv-eviction", "policy": "h2o", "budget_tokens": 512},
+                  {"name": "sparse-attention", "density": 0.25}, {"name": "sparse-prefill", "density": 0.3},
+                  {"name": SPEC, "drafter": "eagle", "k": 4, "acceptance": 0.7, "policy": "goodput"}]
+    assert {t["name"] for t in techniques} == set(TECHNIQUES.names())  # a new technique joins this test
+    for scheduler in ("vllm", "sarathi"):
+        base = tiny_scenario(scheduler, seed=11, qps=8.0, n=40, replicas=1, router="round-robin", kv_tokens_budget=False)
+        out = simulate(Scenario.model_validate({**base.model_dump(), "techniques": techniques}))
+        check_invariants(out)
+        assert out.result.token_gaps.num_samples == int((out.table.output - 1).sum())
