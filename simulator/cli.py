@@ -17,12 +17,12 @@ from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from capsim import __version__
 from capsim.errors import CapsimError, UnknownNameError
 from simulator.cli_common import DebugOpt, SetOpt, _guard, _json_default, err_console, out_console
+from simulator.progress import Progress
 
 app = typer.Typer(
     add_completion=False,
@@ -117,20 +117,15 @@ def run(
         if out is not None:
             _clear_earlier_run(out, folders)
         summaries: list[dict[str, Any]] = []
-        progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            console=err_console, transient=True, disable=len(scenarios) == 1 or not err_console.is_terminal,
-        )
-        with progress:
-            task = progress.add_task("simulating", total=len(scenarios))
+        with Progress("simulating", len(scenarios), console=err_console, show=len(scenarios) > 1) as progress:
             for i, sc in enumerate(scenarios):
-                progress.update(task, description=f"simulating {sc.name}")
+                progress.update(description=f"simulating {sc.name}")
                 summary, output = _run_one(sc)
                 summaries.append(summary)
                 if out is not None:
                     target = folders[i] if folders else out
                     write_outputs(output.result, summary, target, plots=plots)
-                progress.advance(task)
+                progress.advance()
         if out is not None and len(scenarios) > 1:
             import pandas as pd
 

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from simulator.cli_common import DebugOpt, SetOpt, _guard, _json_default, err_console, out_console
+from simulator.progress import Progress
 
 OutOpt = Annotated[
     Path | None,
@@ -31,13 +31,6 @@ RayOpt = Annotated[
     typer.Option("--ray", help="Run on a Ray cluster at ADDRESS ('auto' on a cluster node, 'local' for a new local "
                  "instance); needs the ray extra: pip install 'capsim\\[ray]'."),  # help is console markup: "\\[" prints "["
 ]
-
-
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=err_console, transient=True, disable=not err_console.is_terminal,
-    )
 
 
 def _out_dir(out: Path | None, source: Path) -> Path:
@@ -74,11 +67,11 @@ def register(app: typer.Typer) -> None:
 
             scenarios = load_sweep(sweep_file, set_ or [])
             target = _out_dir(out, sweep_file)
-            with make_executor(workers, ray) as executor, _progress() as bar:
-                task = bar.add_task(f"sweep on {executor.describe()}", total=len(scenarios))
+            with make_executor(workers, ray) as executor, \
+                    Progress(f"sweep on {executor.describe()}", len(scenarios), console=err_console) as bar:
                 result = run_sweep(
                     scenarios, out_dir=target, executor=executor,
-                    progress=lambda done, total, name, cached: bar.update(task, completed=done),
+                    progress=lambda done, total, name, cached: bar.update(completed=done),
                 )
             rows = result.table.to_dict("records")
             out_console.print(comparison_table(rows, title=f"{sweep_file} ({len(rows)} configurations)"))
@@ -118,11 +111,11 @@ def register(app: typer.Typer) -> None:
 
             plan_cfg, candidates = load_plan(plan_file, set_ or [])
             target = _out_dir(out, plan_file)
-            with make_executor(workers, ray) as executor, _progress() as bar:
-                task = bar.add_task("analytic pre-pass", total=len(candidates))
+            with make_executor(workers, ray) as executor, \
+                    Progress("analytic pre-pass", len(candidates), console=err_console) as bar:
 
                 def progress(phase: str, done: int, total: int) -> None:
-                    bar.update(task, description=phase, completed=done, total=total)
+                    bar.update(description=phase, completed=done, total=total)
 
                 result = run_plan(plan_cfg, candidates, out_dir=target, executor=executor, progress=progress,
                                   plots=plots)

@@ -263,3 +263,24 @@ def test_run_stopped_by_max_time_says_how_many_requests_were_cut(cli, tmp_path):
     assert summary["slo_attainment"] > 0.5  # the cut requests used to count as unfinished misses
     flat = " ".join(result.stderr.split())
     assert f"before {summary['not_arrived']} of the workload's requests arrived" in flat
+
+
+def test_progress_prints_periodic_lines_when_not_a_terminal():
+    """In logs and CI (stderr not a terminal) long work prints a line every few seconds instead of nothing."""
+    import io
+
+    from rich.console import Console
+
+    from simulator.progress import Progress
+
+    buf = io.StringIO()
+    console = Console(file=buf, force_terminal=False)
+    with Progress("sweep", 3, console=console, every_s=0.0) as p:
+        p.advance()
+        p.update(description="sweep (cached)", completed=3)
+    lines = buf.getvalue().splitlines()
+    assert lines[0].startswith("sweep: 1/3") and lines[1].startswith("sweep (cached): 3/3")
+    quiet = io.StringIO()
+    with Progress("one run", 1, console=Console(file=quiet, force_terminal=False), every_s=60.0) as p:
+        p.advance()
+    assert quiet.getvalue() == ""  # short work stays silent

@@ -266,12 +266,23 @@ def run_plan(
     probes: dict[int, list[tuple[float, bool]]] = {c.index: [] for c in live}
     computed = reused = 0
     finished = 0
+    rounds = 0
     while pending:
         order = sorted(pending)
+        rounds += 1
         scenarios = [at_rate(by_index[i].scenario, pending[i], rs.min_probe_s) for i in order]
         payloads = [scenario_payload(s) for s in scenarios]
         keys = [scenario_key(p) for p in payloads]
-        results, n_new = evaluate_all(payloads, keys, store, executor, evaluate_rate)
+        on_done = None
+        if progress:
+            # Report every probe as it lands (a round of probes can take minutes), counting candidates done.
+            landed = [0]
+
+            def on_done(_i, _result, _from_store, landed=landed, total=len(order), r=rounds, done=finished):
+                landed[0] += 1
+                progress(f"goodput search round {r} ({landed[0]}/{total} probes); candidates done", done, len(live))
+
+        results, n_new = evaluate_all(payloads, keys, store, executor, evaluate_rate, on_done=on_done)
         computed += n_new
         reused += len(order) - n_new
         nxt: dict[int, float] = {}
@@ -297,7 +308,8 @@ def run_plan(
                 finished += 1
         pending = nxt
         if progress:
-            progress(f"goodput search ({computed + reused} probes)", finished, len(live))
+            progress(f"goodput search ({computed + reused} probes in {rounds} rounds); candidates done", finished,
+                     len(live))
     cheapest = choose_cheapest(cands)
     front = pareto_front(cands, plan.pareto_metric)
     result = PlanResult(plan, cands, cheapest, front, computed, reused, time.perf_counter() - wall0)
