@@ -193,3 +193,24 @@ def test_the_shipped_table_is_what_import_builds_from_the_raw_tables():
     b = imported.sort_values(key, kind="stable").reset_index(drop=True)
     assert (a["source"] == b["source"]).all()
     np.testing.assert_allclose(a["measured_s"], b["measured_s"], rtol=1e-8)
+
+
+def test_validate_answers_from_the_profiles_held_out_records(monkeypatch):
+    """`capsim calibrate validate` without --refit prints what each shipped profile recorded when it was fitted
+    (seconds, not a refit), row for row."""
+    import json as _json
+
+    from typer.testing import CliRunner
+
+    from hwmodels.calibration.profile import shipped_profile
+    from simulator.cli import app
+
+    monkeypatch.delenv("CAPSIM_SHARED_DATA", raising=False)
+    result = CliRunner().invoke(app, ["calibrate", "validate", "--device", "h200", "--json"])
+    assert result.exit_code == 0, result.output
+    table = _json.loads(result.stdout[result.stdout.index("{"):])
+    doc = shipped_profile("h200").doc
+    assert table["h200"]["gemm"]["calibrated"] == doc["operators"]["gemm"]["bf16"]["heldout"]["calibrated"]
+    assert any(key.startswith("all_reduce x") for key in table["h200"])
+    bad = CliRunner().invoke(app, ["calibrate", "validate", "--device", "l40s"])
+    assert bad.exit_code == 2 and "no shipped profile" in bad.output

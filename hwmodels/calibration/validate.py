@@ -315,6 +315,40 @@ def target_status(key: str, stats: Mapping[str, Any], device: str = TARGET_DEVIC
     return "met" if ok else "MISSED"
 
 
+def stored_table(devices: list[str] | None = None) -> dict[str, dict[str, dict[str, Any]]]:
+    """The held-out error table as recorded in the shipped profiles (what ``calibrate fit`` measured with the
+    same 2-fold split), in seconds instead of a refit. One row per curve: operator class (and dtype where it is
+    not 16-bit) and collective (with its group size, since each group size is fitted and held out on its own)."""
+    from capsim.registry import normalise_name
+    from hwmodels.calibration.profile import shipped_profile, shipped_profile_names
+
+    names = shipped_profile_names() if not devices else [normalise_name(d) for d in devices]
+    table: dict[str, dict[str, dict[str, Any]]] = {}
+    for name in names:
+        profile = shipped_profile(name)
+        if profile is None:
+            continue
+        rows: dict[str, dict[str, Any]] = {}
+        for op_class, by_dtype in sorted((profile.doc.get("operators") or {}).items()):
+            for dtype, entry in sorted(by_dtype.items()):
+                held = entry.get("heldout")
+                if held:
+                    key = op_class if dtype_group(dtype) == "16-bit" else f"{op_class} {dtype}"
+                    rows[key] = {"calibrated": held["calibrated"], "datasheet": held.get("datasheet", _NO_ROWS)}
+        for kind, entries in sorted((profile.doc.get("collectives") or {}).items()):
+            for entry in entries:
+                held = entry.get("heldout")
+                if held:
+                    link = entry.get("link")
+                    key = f"{kind} x{entry.get('group_size')}" + (f"[{link}]" if link and link != "nvswitch" else "")
+                    rows[key] = {"calibrated": held["calibrated"], "datasheet": held.get("datasheet", _NO_ROWS)}
+        table[profile.doc.get("device", name)] = rows
+    return table
+
+
+_NO_ROWS = {"median_ape": float("nan"), "p90_ape": float("nan"), "max_ape": float("nan"), "n": 0}
+
+
 def format_table(table: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:
     """Plain-text error table: one line per device and op class."""
     head = (f"{'device':15} {'op class':38} {'n':>6} | {'calibrated med/p90/max APE %':>29} | "
