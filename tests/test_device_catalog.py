@@ -236,3 +236,73 @@ def test_inline_device_with_bad_values_is_rejected(changes, words):
 def test_device_specs_are_immutable():
     with pytest.raises(ValidationError, match="frozen"):
         get_device("h100").memory_gib = 1  # type: ignore[misc]
+
+
+# -- inline devices on a catalog base ------------------------------------------------------
+
+
+def test_inline_device_on_a_base_overrides_fields_and_keeps_the_calibrated_profile():
+    from hwmodels.device import calibrated_profile
+
+    h100 = get_device("h100-sxm")
+    dev = device_from_dict({"base": "h100", "memory_gib": 94, "price_usd_per_hour": 3.5}, where="deployment.device")
+    assert dev.name == "h100-sxm-custom" and dev.aliases == ()
+    assert dev.memory_gib == 94 and dev.price_usd_per_hour == 3.5
+    assert dev.peak_tflops == h100.peak_tflops and dev.interconnect == h100.interconnect
+    profile = calibrated_profile(dev)
+    assert profile is not None and profile is calibrated_profile(h100)
+
+
+def test_inline_device_on_a_base_merges_nested_mappings():
+    dev = device_from_dict({"base": "l4", "name": "l4-bridged", "interconnect": {"nvlink_gbs": 50}})
+    assert dev.name == "l4-bridged"
+    assert dev.interconnect.nvlink_gbs == 50
+    assert dev.interconnect.pcie_gbs == get_device("l4").interconnect.pcie_gbs
+
+
+def test_inline_device_on_a_base_with_new_peaks_falls_back_to_datasheet_with_a_warning():
+    from hwmodels.device import calibrated_profile
+
+    with pytest.warns(UserWarning, match="peak_tflops.*datasheet"):
+        dev = device_from_dict({"base": "h100-sxm", "peak_tflops": {"bf16": 900}}, where="deployment.device")
+    assert dev.peak_tflops["bf16"] == 900 and dev.peak_tflops["fp8"] == 1979
+    assert calibrated_profile(dev) is None
+    with pytest.warns(UserWarning, match="memory_bandwidth_gbs"):
+        assert calibrated_profile(device_from_dict({"base": "h200", "memory_bandwidth_gbs": 4000})) is None
+    # Naming the profile keeps it; restating the base's own peaks is no change.
+    kept = device_from_dict({"base": "h100-sxm", "peak_tflops": {"bf16": 900}, "calibration_profile": "h100-sxm"})
+    assert calibrated_profile(kept) is not None
+    assert calibrated_profile(device_from_dict({"base": "h100-sxm", "peak_tflops": {"bfloat16": 989}})) is not None
+
+
+def test_inline_device_on_an_uncalibrated_base_stays_uncalibrated():
+    from hwmodels.device import calibrated_profile
+
+    dev = device_from_dict({"base": "l40s", "memory_gib": 40})
+    assert dev.calibration_profile is None and calibrated_profile(dev) is None
+
+
+def test_inline_device_with_unknown_base_names_the_field():
+    with pytest.raises(UnknownNameError) as info:
+        device_from_dict({"base": "h100-sxm6", "memory_gib": 94}, where="deployment.device")
+    assert info.value.where == "deployment.device.base"
+    assert "h100-sxm" in info.value.fix
+    with pytest.raises(CapsimError) as info:
+        device_from_dict({"base": 7}, where="deployment.device")
+    assert info.value.where == "deployment.device.base"
+
+
+def test_inline_device_on_a_base_still_rejects_unknown_fields():
+    with pytest.raises(CapsimError) as info:
+        device_from_dict({"base": "h100", "memory_gb": 94}, where="deployment.device")
+    assert "memory_gb" in info.value.render() and "memory_gib" in info.value.render()
+
+
+def test_scenario_device_on_a_base_resolves_with_the_profile():
+    from simulator.system import resolve_device
+
+    dev = resolve_device({"base": "a100-80gb-sxm", "price_usd_per_hour": 1.0})
+    assert dev.calibration_profile == "a100-80gb-sxm" and dev.price_usd_per_hour == 1.0
+    with pytest.raises(UnknownNameError) as info:
+        resolve_device({"base": "nope"})
+    assert info.value.where == "deployment.device.base"
