@@ -115,7 +115,12 @@ class DeviceSpec(BaseModel):
     )
     memory_gib: float = Field(gt=0, description="Device memory capacity, GiB (2^30 bytes).")
     memory_bandwidth_gbs: float = Field(gt=0, description="Peak memory bandwidth, GB/s.")
-    sram_mib: float = Field(ge=0, description="Last-level on-chip cache (L2, or AMD Infinity Cache), MiB.")
+    sram_mib: float | None = Field(
+        default=None,
+        ge=0,
+        description="Last-level on-chip cache (L2, or AMD Infinity Cache), MiB; None where no source gives it "
+        "(calibration fitting then treats the L2 as 0).",
+    )
     num_sms: OptionalCount = Field(
         default=None,
         gt=0,

@@ -31,6 +31,11 @@ REQUIRED_IDS = {
     "b200",
     "l4",
     "a10g",
+    # issue 19
+    "a100-80gb-pcie",
+    "a40",
+    "t4",
+    "b300",
 }
 
 
@@ -57,6 +62,7 @@ LLM_ANALYSIS = {
     "h100-pcie": "h100-pcie-80gb.json",
     "a6000": "a6000-48gb.json",
     "a10g": "a10g-pcie-24gb.json",
+    "a100-80gb-pcie": "a100-pcie-80gb.json",
 }
 
 # catalog id -> NVIDIA aiconfigurator systems file
@@ -68,6 +74,8 @@ AICONFIGURATOR = {
     "l40s": "l40s.yaml",
     "l4": "l4.yaml",
     "b200": "b200_sxm.yaml",
+    "a100-80gb-pcie": "a100_pcie.yaml",
+    "b300": "b300_sxm.yaml",
 }
 
 
@@ -136,6 +144,29 @@ def test_numbers_match_aiconfigurator_systems(name):
         assert dev.nvlink_bandwidth == pytest.approx(node["intra_node_bw"])
     assert dev.efficiency.memory == gpu["mem_bw_empirical_scaling_factor"]
     assert dev.efficiency.launch_overhead_us * 1e-6 == pytest.approx(gpu["mem_empirical_constant_latency"])
+
+
+def test_pcie_parts_have_no_scale_up_fabric_and_turing_has_no_bf16():
+    for name in ("a100-80gb-pcie", "a40", "t4"):
+        dev = get_device(name)
+        assert dev.nvlink_bandwidth == 0 and dev.interconnect.pcie_gbs > 0
+    # Same tensor rates as the SXM A100, less bandwidth and power.
+    pcie, sxm = get_device("a100-pcie"), get_device("a100-80gb-sxm")
+    assert pcie.peak_tflops == sxm.peak_tflops
+    assert pcie.memory_bandwidth_gbs < sxm.memory_bandwidth_gbs and pcie.tdp_w < sxm.tdp_w
+    t4 = get_device("tesla-t4")
+    assert t4.interconnect.pcie_gbs == 16  # PCIe Gen3 x16
+    with pytest.raises(CapsimError) as info:
+        t4.peak_flops("bf16")
+    assert "fp16" in info.value.fix
+
+
+def test_b300_keeps_b200_float_rates_but_not_its_int8():
+    b300, b200 = get_device("b300"), get_device("b200")
+    assert b300.peak_tflops["bf16"] == b200.peak_tflops["bf16"]
+    assert b300.peak_tflops["int8"] < b200.peak_tflops["int8"] / 10
+    assert b300.memory_gib > b200.memory_gib
+    assert b300.sram_mib is None and b300.num_sms is None  # no source found: unset, not guessed
 
 
 def test_ridge_points_match_the_cost_model_primer():
