@@ -115,7 +115,12 @@ class DeviceSpec(BaseModel):
     )
     memory_gib: float = Field(gt=0, description="Device memory capacity, GiB (2^30 bytes).")
     memory_bandwidth_gbs: float = Field(gt=0, description="Peak memory bandwidth, GB/s.")
-    sram_mib: float = Field(ge=0, description="Last-level on-chip cache (L2, or AMD Infinity Cache), MiB.")
+    sram_mib: float | None = Field(
+        default=None,
+        ge=0,
+        description="Last-level on-chip cache (L2, or AMD Infinity Cache), MiB; None where no source gives it "
+        "(calibration fitting then treats the L2 as 0).",
+    )
     num_sms: OptionalCount = Field(
         default=None,
         gt=0,
@@ -230,7 +235,9 @@ class DeviceSpec(BaseModel):
 def device_from_dict(data: Mapping[str, Any], *, where: str = "hardware.device") -> DeviceSpec:
     """Build a :class:`DeviceSpec` from a mapping (an inline device in a scenario).
 
-    Same schema as a catalog entry; unknown keys and bad values raise
+    Same schema as a catalog entry, or ``base: <catalog id>`` plus the fields to override
+    (:func:`_fields_on_base`: the base's calibrated profile is kept unless the peaks or
+    bandwidth change). Unknown keys and bad values raise
     :class:`~capsim.errors.CapsimError` whose ``where`` starts with ``where``.
     """
     if not isinstance(data, Mapping):
@@ -239,10 +246,80 @@ def device_from_dict(data: Mapping[str, Any], *, where: str = "hardware.device")
             where=where,
             fix="give either a catalog name (a string) or a mapping of DeviceSpec fields",
         )
+    fields = dict(data)
+    if "base" in fields:
+        fields = _fields_on_base(fields, where=where)
     try:
-        return DeviceSpec.model_validate(dict(data))
+        return DeviceSpec.model_validate(fields)
     except ValidationError as err:
         raise spec_validation_error(err, DeviceSpec, where=where, what="device", doc="hwmodels/device.py") from None
+
+
+_PRICING_FIELDS = ("peak_tflops", "memory_bandwidth_gbs")
+"""Fields a calibrated profile's curves depend on: its curves were fitted against the base's values."""
+
+
+def _fields_on_base(fields: dict[str, Any], *, where: str) -> dict[str, Any]:
+    """``{base: <catalog id>, ...overrides}`` -> the base entry's fields with the overrides applied.
+
+    The result keeps the base's calibrated profile (``calibration_profile`` is set to it
+    explicitly, so a renamed device still finds it) unless the overrides change the peaks
+    or the memory bandwidth: a profile's curves are fitted against the peaks it records,
+    so it would silently price the base's hardware. Then the device falls back to the
+    datasheet constants and a :class:`UserWarning` says so; give ``calibration_profile``
+    explicitly to keep a profile anyway. A mapping override (``peak_tflops``,
+    ``interconnect``, ``efficiency``) replaces only the keys it gives. The name defaults to
+    ``<base>-custom``; aliases are not inherited.
+    """
+    from capsim.errors import UnknownNameError
+
+    base_name = fields.pop("base")
+    if not isinstance(base_name, str):
+        raise CapsimError(
+            f"base must be a catalog device name, got {type(base_name).__name__}",
+            where=f"{where}.base",
+            fix="name a catalog device, e.g. base: h100-sxm (run `capsim list devices`)",
+        )
+    try:
+        base = DEVICES.get(base_name)
+    except UnknownNameError as exc:
+        raise UnknownNameError(exc.problem, where=f"{where}.base", fix=exc.fix) from None
+    merged = base.model_dump(exclude={"aliases", "calibration_profile"})
+    merged["name"] = f"{base.name}-custom"
+    for key, value in fields.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = {**merged[key], **value}  # one peak, link or efficiency; the others stay
+        else:
+            merged[key] = value
+    if "calibration_profile" in fields:
+        return merged
+    profile = base.calibration_profile or (base.name if calibrated_profile(base) is not None else None)
+    if profile is None:
+        return merged
+    changed = [key for key in _PRICING_FIELDS if key in fields and _differs(merged[key], getattr(base, key))]
+    if changed:
+        import warnings
+
+        warnings.warn(
+            f"{where}: {', '.join(changed)} differ from base {base.name!r}, whose calibrated profile was fitted "
+            "on the base's peaks; this device is priced with the datasheet constants instead "
+            f"(set calibration_profile: {profile} to keep the profile anyway)",
+            UserWarning,
+            stacklevel=3,
+        )
+        return merged
+    merged["calibration_profile"] = profile
+    return merged
+
+
+def _differs(given: Any, base_value: Any) -> bool:
+    """Whether an override changes a base value (peak tables compared after canonicalising format names)."""
+    if isinstance(given, Mapping) and isinstance(base_value, Mapping):
+        try:
+            return {canonical_dtype(k): float(v) for k, v in given.items()} != dict(base_value)
+        except (TypeError, ValueError):
+            return True
+    return given != base_value
 
 
 def load_device_catalog() -> dict[str, DeviceSpec]:

@@ -31,6 +31,11 @@ REQUIRED_IDS = {
     "b200",
     "l4",
     "a10g",
+    # issue 19
+    "a100-80gb-pcie",
+    "a40",
+    "t4",
+    "b300",
 }
 
 
@@ -57,6 +62,7 @@ LLM_ANALYSIS = {
     "h100-pcie": "h100-pcie-80gb.json",
     "a6000": "a6000-48gb.json",
     "a10g": "a10g-pcie-24gb.json",
+    "a100-80gb-pcie": "a100-pcie-80gb.json",
 }
 
 # catalog id -> NVIDIA aiconfigurator systems file
@@ -68,6 +74,8 @@ AICONFIGURATOR = {
     "l40s": "l40s.yaml",
     "l4": "l4.yaml",
     "b200": "b200_sxm.yaml",
+    "a100-80gb-pcie": "a100_pcie.yaml",
+    "b300": "b300_sxm.yaml",
 }
 
 
@@ -136,6 +144,29 @@ def test_numbers_match_aiconfigurator_systems(name):
         assert dev.nvlink_bandwidth == pytest.approx(node["intra_node_bw"])
     assert dev.efficiency.memory == gpu["mem_bw_empirical_scaling_factor"]
     assert dev.efficiency.launch_overhead_us * 1e-6 == pytest.approx(gpu["mem_empirical_constant_latency"])
+
+
+def test_pcie_parts_have_no_scale_up_fabric_and_turing_has_no_bf16():
+    for name in ("a100-80gb-pcie", "a40", "t4"):
+        dev = get_device(name)
+        assert dev.nvlink_bandwidth == 0 and dev.interconnect.pcie_gbs > 0
+    # Same tensor rates as the SXM A100, less bandwidth and power.
+    pcie, sxm = get_device("a100-pcie"), get_device("a100-80gb-sxm")
+    assert pcie.peak_tflops == sxm.peak_tflops
+    assert pcie.memory_bandwidth_gbs < sxm.memory_bandwidth_gbs and pcie.tdp_w < sxm.tdp_w
+    t4 = get_device("tesla-t4")
+    assert t4.interconnect.pcie_gbs == 16  # PCIe Gen3 x16
+    with pytest.raises(CapsimError) as info:
+        t4.peak_flops("bf16")
+    assert "fp16" in info.value.fix
+
+
+def test_b300_keeps_b200_float_rates_but_not_its_int8():
+    b300, b200 = get_device("b300"), get_device("b200")
+    assert b300.peak_tflops["bf16"] == b200.peak_tflops["bf16"]
+    assert b300.peak_tflops["int8"] < b200.peak_tflops["int8"] / 10
+    assert b300.memory_gib > b200.memory_gib
+    assert b300.sram_mib is None and b300.num_sms is None  # no source found: unset, not guessed
 
 
 def test_ridge_points_match_the_cost_model_primer():
@@ -236,3 +267,73 @@ def test_inline_device_with_bad_values_is_rejected(changes, words):
 def test_device_specs_are_immutable():
     with pytest.raises(ValidationError, match="frozen"):
         get_device("h100").memory_gib = 1  # type: ignore[misc]
+
+
+# -- inline devices on a catalog base ------------------------------------------------------
+
+
+def test_inline_device_on_a_base_overrides_fields_and_keeps_the_calibrated_profile():
+    from hwmodels.device import calibrated_profile
+
+    h100 = get_device("h100-sxm")
+    dev = device_from_dict({"base": "h100", "memory_gib": 94, "price_usd_per_hour": 3.5}, where="deployment.device")
+    assert dev.name == "h100-sxm-custom" and dev.aliases == ()
+    assert dev.memory_gib == 94 and dev.price_usd_per_hour == 3.5
+    assert dev.peak_tflops == h100.peak_tflops and dev.interconnect == h100.interconnect
+    profile = calibrated_profile(dev)
+    assert profile is not None and profile is calibrated_profile(h100)
+
+
+def test_inline_device_on_a_base_merges_nested_mappings():
+    dev = device_from_dict({"base": "l4", "name": "l4-bridged", "interconnect": {"nvlink_gbs": 50}})
+    assert dev.name == "l4-bridged"
+    assert dev.interconnect.nvlink_gbs == 50
+    assert dev.interconnect.pcie_gbs == get_device("l4").interconnect.pcie_gbs
+
+
+def test_inline_device_on_a_base_with_new_peaks_falls_back_to_datasheet_with_a_warning():
+    from hwmodels.device import calibrated_profile
+
+    with pytest.warns(UserWarning, match="peak_tflops.*datasheet"):
+        dev = device_from_dict({"base": "h100-sxm", "peak_tflops": {"bf16": 900}}, where="deployment.device")
+    assert dev.peak_tflops["bf16"] == 900 and dev.peak_tflops["fp8"] == 1979
+    assert calibrated_profile(dev) is None
+    with pytest.warns(UserWarning, match="memory_bandwidth_gbs"):
+        assert calibrated_profile(device_from_dict({"base": "h200", "memory_bandwidth_gbs": 4000})) is None
+    # Naming the profile keeps it; restating the base's own peaks is no change.
+    kept = device_from_dict({"base": "h100-sxm", "peak_tflops": {"bf16": 900}, "calibration_profile": "h100-sxm"})
+    assert calibrated_profile(kept) is not None
+    assert calibrated_profile(device_from_dict({"base": "h100-sxm", "peak_tflops": {"bfloat16": 989}})) is not None
+
+
+def test_inline_device_on_an_uncalibrated_base_stays_uncalibrated():
+    from hwmodels.device import calibrated_profile
+
+    dev = device_from_dict({"base": "l40s", "memory_gib": 40})
+    assert dev.calibration_profile is None and calibrated_profile(dev) is None
+
+
+def test_inline_device_with_unknown_base_names_the_field():
+    with pytest.raises(UnknownNameError) as info:
+        device_from_dict({"base": "h100-sxm6", "memory_gib": 94}, where="deployment.device")
+    assert info.value.where == "deployment.device.base"
+    assert "h100-sxm" in info.value.fix
+    with pytest.raises(CapsimError) as info:
+        device_from_dict({"base": 7}, where="deployment.device")
+    assert info.value.where == "deployment.device.base"
+
+
+def test_inline_device_on_a_base_still_rejects_unknown_fields():
+    with pytest.raises(CapsimError) as info:
+        device_from_dict({"base": "h100", "memory_gb": 94}, where="deployment.device")
+    assert "memory_gb" in info.value.render() and "memory_gib" in info.value.render()
+
+
+def test_scenario_device_on_a_base_resolves_with_the_profile():
+    from simulator.system import resolve_device
+
+    dev = resolve_device({"base": "a100-80gb-sxm", "price_usd_per_hour": 1.0})
+    assert dev.calibration_profile == "a100-80gb-sxm" and dev.price_usd_per_hour == 1.0
+    with pytest.raises(UnknownNameError) as info:
+        resolve_device({"base": "nope"})
+    assert info.value.where == "deployment.device.base"

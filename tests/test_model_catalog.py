@@ -34,6 +34,14 @@ REQUIRED_IDS = {
     "opt-30b",
     "opt-66b",
     "bloom-176b",
+    # issue 19: models that published experiments and current deployments use
+    "yi-34b",
+    "opt-175b",
+    "mistral-7b-v0.2",
+    "qwen3-8b",
+    "qwen3-32b",
+    "qwen3-30b-a3b",
+    "qwen3-235b-a22b",
 }
 
 TINY = {
@@ -67,6 +75,36 @@ def test_total_params_match_the_published_count_within_2_percent(name):
 
 def test_every_required_model_is_checked_against_a_published_count():
     assert all(CATALOG[name].published_params_b for name in REQUIRED_IDS)
+
+
+@pytest.mark.parametrize(
+    ("name", "active_b"),
+    [("qwen3-30b-a3b", 3.3), ("qwen3-235b-a22b", 22.0)],  # the model cards' activated counts
+)
+def test_qwen3_moe_active_parameters_match_the_model_cards(name, active_b):
+    spec = get_model(name)
+    assert spec.is_moe and (spec.num_experts, spec.experts_per_token) == (128, 8)
+    assert spec.active_params_per_token() / 1e9 == pytest.approx(active_b, rel=0.02)
+
+
+def test_qwen3_head_dim_is_explicit_not_hidden_over_heads():
+    # Qwen3-32B: 64 heads of 128 = 8192 query width on a 5120 residual stream.
+    spec = get_model("Qwen/Qwen3-32B")
+    assert spec.head_dim == 128 and spec.q_dim == 8192 != spec.hidden_size
+    assert spec.kv_bytes_per_token(2) == 2 * 64 * 8 * 128 * 2
+
+
+def test_mistral_v0_2_has_v0_1_shapes_and_is_a_separate_entry():
+    v1, v2 = get_model("mistral-7b"), get_model("mistralai/Mistral-7B-Instruct-v0.2")
+    assert v2.name == "mistral-7b-v0.2" != v1.name
+    assert v2.total_params() == v1.total_params()
+    assert v2.kv_bytes_per_token(2) == v1.kv_bytes_per_token(2)
+
+
+def test_opt_175b_has_the_paper_dimensions():
+    opt = get_model("facebook/opt-175b")
+    assert (opt.num_layers, opt.num_heads, opt.hidden_size, opt.ffn_size) == (96, 96, 12288, 4 * 12288)
+    assert opt.kv_bytes_per_token(2) == 2 * 96 * 12288 * 2  # 4.5 MiB per token in fp16
 
 
 def test_llama2_7b_parameter_count_is_exact():
