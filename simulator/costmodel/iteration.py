@@ -365,9 +365,11 @@ class IterationCostModel:
             x[F.DECODE_CONTEXT] = decode_context
             x[F.EXPERTS_HIT] = F.expected_experts_hit(
                 prefill_tokens + decode_seqs * self.decode_tokens_per_seq, self._E, self._k)
-            hit = IterationCost(
-                self.price_features(x), float(self._flops_total @ x), float(self._bytes_total @ x)
-            )
+            # The scopes reuse the rows that do not vary with the decode context, keyed by the rest.
+            xl, fixed = x.tolist(), key[:5]
+            layer, it = self._layer.time_keyed(x, xl, fixed), self._iter.time_keyed(x, xl, fixed)
+            time_s = float(self._layers * layer + it + self._comms.time(x) + self._overhead(x))
+            hit = IterationCost(time_s, float(self._flops_total @ x), float(self._bytes_total @ x))
             self._cache[key] = hit
         return hit
 

@@ -70,6 +70,9 @@ class RowPricer(ABC):
     """
 
     source: str = "roofline"  # what prices the row, for the breakdown ("roofline", "profile gemm/bf16", ...)
+    # Whether ``price`` reads the decode context from ``x`` (beyond the row's FLOPs and bytes): such a row is
+    # re-priced at every context even where its work does not follow the context (see ``RowByRow.time_keyed``).
+    reads_context: bool = False
     split_block_tokens: float = 0  # KV tokens per block of a kernel whose split count follows the context (of the summed context for a sparse row)
 
     @abstractmethod
@@ -160,6 +163,8 @@ class PrefillCurvePricer(RowPricer):
 class DecodeCurvePricer(RowPricer):
     """Decode attention priced by the profile's curve; its terms depend on the batch only, so a run's steps
     are lines in the context (two for the ``-v2`` form)."""
+
+    reads_context = True
 
     def __init__(self, attention: pricing.DecodePricer, op: Operator, source: str):
         self.attention, self.source = attention, source
