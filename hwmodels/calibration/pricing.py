@@ -183,6 +183,8 @@ class DecodePricer:
         self._block = attention_curves.kv_block_tokens(self.dh)
         self._fills = 0.8 * float(self.p.get("sms", 1.0)) * float(self.p.get("ctas_per_sm", 1.0))
         self._regimes: dict[tuple[float, int], int] = {}
+        # (batch, KV blocks or None) -> the context-free terms of ``lines`` (see there).
+        self._line_terms: dict[tuple[float, int | None], tuple] = {}
 
     def split_regime(self, seqs: float, context: float) -> int:
         """The kernel's KV split count for ``seqs`` sequences of summed ``context``, where it depends on it, else 0.
@@ -210,18 +212,28 @@ class DecodePricer:
         context (:meth:`split_regime`); without it, the long-context limit.
         """
         p = self.p
-        fixed, flat, base, _ = attention_curves.decode_v2_lines(
-            p, seqs, self.h, self.hkv, self.dh, 2.0, self.peak, self.bw, context_per_seq=context_per_seq)
-        eta_m = attention_curves.decode_v2_memory_efficiency(p, seqs, self.hkv)
-        slope_cta = attention_curves.decode_v2_cta_slope(p, seqs, self.h, self.hkv, self.dh, context_per_seq)
-        # The row's FLOPs count the model's query heads; a kernel that pads them to whole tiles does more.
-        padded = float(attention_curves.decode_query_rows(p, self.h, self.hkv)) / self.h
-        slope = max(self.f_tok * padded / (self.peak * p["c_max"]), self.b_tok / (self.bw * eta_m), float(slope_cta))
+        # The context enters only through the KV blocks that cap the split count: the terms are memoised by
+        # (batch, blocks), so a mixed iteration -- a new summed context nearly every step -- reuses them.
+        key = (seqs, attention_curves.kv_blocks(p, context_per_seq, self.dh))
+        terms = self._line_terms.get(key)
+        if terms is None:
+            fixed, flat, base, _ = attention_curves.decode_v2_lines(
+                p, seqs, self.h, self.hkv, self.dh, 2.0, self.peak, self.bw, context_per_seq=context_per_seq)
+            eta_m = attention_curves.decode_v2_memory_efficiency(p, seqs, self.hkv)
+            slope_cta = attention_curves.decode_v2_cta_slope(p, seqs, self.h, self.hkv, self.dh, context_per_seq)
+            # The row's FLOPs count the model's query heads; a kernel that pads them to whole tiles does more.
+            padded = float(attention_curves.decode_query_rows(p, self.h, self.hkv)) / self.h
+            slope = max(self.f_tok * padded / (self.peak * p["c_max"]), self.b_tok / (self.bw * eta_m),
+                        float(slope_cta))
+            fa = fb = None
+            if self.corr is not None:
+                # The residual surface: one factor of the batch for the fixed terms, one for the slope.
+                feats = (float(seqs) * self.hkv,)
+                fa, fb = correction.factor(self.corr, feats), correction.slope_factor(self.corr, feats)
+            terms = self._line_terms[key] = (fixed, flat, base, slope, fa, fb)
+        fixed, flat, base, slope, fa, fb = terms
         fixed += per_seq_bytes / (self.bw * p["m_max"])
-        if self.corr is not None:
-            # The residual surface: one factor of the batch for the fixed terms, one for the slope.
-            feats = (float(seqs) * self.hkv,)
-            fa, fb = correction.factor(self.corr, feats), correction.slope_factor(self.corr, feats)
+        if fa is not None:
             return DecodeLines(float(fixed * fa), float(flat * fa), float(base * fa), slope * fb)
         return DecodeLines(float(fixed), float(flat), float(base), slope)
 
