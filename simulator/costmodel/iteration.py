@@ -292,6 +292,8 @@ class IterationCostModel:
             + sum((op.bytes for op in iops), np.zeros(F.NUM_FEATURES))
         )
         self._cache: dict[tuple, IterationCost] = {}
+        # iteration_from_totals: the feature vector at zero decode context, per context-free key.
+        self._mixed_base: dict[tuple, np.ndarray] = {}
         self._decode_cache: dict[int | tuple[int, int], DecodeCoefficients] = {}
         self._E = table.num_experts
         self._k = table.experts_per_token
@@ -355,18 +357,25 @@ class IterationCostModel:
         key = (prefill_tokens, logit_seqs, prefill_attn_work, prefill_kv_read, decode_seqs, decode_context)
         hit = self._cache.get(key)
         if hit is None:
-            x = np.zeros(F.NUM_FEATURES)
-            x[F.ONE] = 1.0
-            x[F.PREFILL_TOKENS] = prefill_tokens
-            x[F.DECODE_SEQS] = decode_seqs
-            x[F.LOGIT_SEQS] = logit_seqs
-            x[F.PREFILL_ATTN_WORK] = prefill_attn_work
-            x[F.PREFILL_KV_READ] = prefill_kv_read
+            # Mixed (chunked-prefill) iterations meet a new decode context nearly every step while the rest
+            # of the shape repeats: the features but the context are built once per ``fixed`` key, and the
+            # scopes reuse the rows that do not vary with the context under the same key.
+            fixed = key[:5]
+            base = self._mixed_base.get(fixed)
+            if base is None:
+                base = np.zeros(F.NUM_FEATURES)
+                base[F.ONE] = 1.0
+                base[F.PREFILL_TOKENS] = prefill_tokens
+                base[F.DECODE_SEQS] = decode_seqs
+                base[F.LOGIT_SEQS] = logit_seqs
+                base[F.PREFILL_ATTN_WORK] = prefill_attn_work
+                base[F.PREFILL_KV_READ] = prefill_kv_read
+                base[F.EXPERTS_HIT] = F.expected_experts_hit(
+                    prefill_tokens + decode_seqs * self.decode_tokens_per_seq, self._E, self._k)
+                self._mixed_base[fixed] = base
+            x = base.copy()
             x[F.DECODE_CONTEXT] = decode_context
-            x[F.EXPERTS_HIT] = F.expected_experts_hit(
-                prefill_tokens + decode_seqs * self.decode_tokens_per_seq, self._E, self._k)
-            # The scopes reuse the rows that do not vary with the decode context, keyed by the rest.
-            xl, fixed = x.tolist(), key[:5]
+            xl = x.tolist()
             layer, it = self._layer.time_keyed(x, xl, fixed), self._iter.time_keyed(x, xl, fixed)
             time_s = float(self._layers * layer + it + self._comms.time(x) + self._overhead(x))
             hit = IterationCost(time_s, float(self._flops_total @ x), float(self._bytes_total @ x))
