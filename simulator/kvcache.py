@@ -166,6 +166,9 @@ class BlockManager:
             res = t.kv_reserved[ids]
             growth = blocks_for(np.maximum(new, res), self.block_size) - blocks_for(np.maximum(kv, res), self.block_size)
             added = int(growth.sum())
+        elif sh is not None and steps == 1:
+            # One token each (a mixed iteration's decodes): a block opens where the blocks are full (kv >= 0).
+            added = int(np.count_nonzero((kv & (self.block_size - 1)) == 0))
         elif sh is not None and kv_list is not None:
             # Small batch: a Python loop over a short list beats five numpy calls (~0.5 us each).
             # Running sequences hold >= 1 token, so ceil(n/bs) = (n-1)//bs + 1.
