@@ -161,11 +161,6 @@ def _blocks(p, context_per_seq, head_dim):
     return np.maximum(1, np.ceil(np.asarray(context_per_seq, dtype=float) / block)).astype(int)
 
 
-def kv_blocks(p, context_per_seq, head_dim) -> int | None:
-    """Scalar :func:`_blocks`: the only way a decode step's terms depend on its context (callers memoise by it)."""
-    return _blocks(p, context_per_seq, head_dim)
-
-
 def _ceil(x):
     return float(math.ceil(x)) if _is_scalar(x) else np.ceil(x)
 

@@ -211,10 +211,22 @@ class DecodePricer:
         ``context_per_seq`` picks the split count where the kernel caps it by the
         context (:meth:`split_regime`); without it, the long-context limit.
         """
+        fixed, flat, base, slope, fa = self._terms_at(seqs, context_per_seq)
+        fixed += per_seq_bytes / (self.bw * self.p["m_max"])
+        return DecodeLines(float(fixed * fa) if fa is not None else float(fixed), flat, base, slope)
+
+    def _terms_at(self, seqs: float, context_per_seq: float | None) -> tuple:
+        """``lines`` but its per-sequence bytes: ``(fixed, flat, base, slope, fa)``, the last three final, ``fixed``
+        still to get the bytes' time added and then to be scaled by the correction factor ``fa`` (None: none).
+
+        The context enters only through the KV blocks that cap the split count, so these are memoised by
+        (batch, blocks): a mixed iteration meets a new summed context nearly every step and reuses them.
+        """
         p = self.p
-        # The context enters only through the KV blocks that cap the split count: the terms are memoised by
-        # (batch, blocks), so a mixed iteration -- a new summed context nearly every step -- reuses them.
-        key = (seqs, attention_curves.kv_blocks(p, context_per_seq, self.dh))
+        blocks = None
+        if context_per_seq is not None and p.get("kv_block_cap"):  # attention_curves._blocks, scalar
+            blocks = max(1, math.ceil(context_per_seq / self._block))
+        key = (seqs, blocks)
         terms = self._line_terms.get(key)
         if terms is None:
             fixed, flat, base, _ = attention_curves.decode_v2_lines(
@@ -225,17 +237,15 @@ class DecodePricer:
             padded = float(attention_curves.decode_query_rows(p, self.h, self.hkv)) / self.h
             slope = max(self.f_tok * padded / (self.peak * p["c_max"]), self.b_tok / (self.bw * eta_m),
                         float(slope_cta))
-            fa = fb = None
             if self.corr is not None:
                 # The residual surface: one factor of the batch for the fixed terms, one for the slope.
                 feats = (float(seqs) * self.hkv,)
                 fa, fb = correction.factor(self.corr, feats), correction.slope_factor(self.corr, feats)
-            terms = self._line_terms[key] = (fixed, flat, base, slope, fa, fb)
-        fixed, flat, base, slope, fa, fb = terms
-        fixed += per_seq_bytes / (self.bw * p["m_max"])
-        if fa is not None:
-            return DecodeLines(float(fixed * fa), float(flat * fa), float(base * fa), slope * fb)
-        return DecodeLines(float(fixed), float(flat), float(base), slope)
+                terms = (fixed, float(flat * fa), float(base * fa), slope * fb, fa)
+            else:
+                terms = (fixed, float(flat), float(base), slope, None)
+            self._line_terms[key] = terms
+        return terms
 
     def terms(self, seqs: float) -> DecodeTerms:
         """``-v1``: the step's fixed time, time per FLOP and per byte, and serial time per context token."""
@@ -247,8 +257,11 @@ class DecodePricer:
             return ZERO
         if self.v2:
             kv = self.b_tok * context
-            ln = self.lines(seqs, max(nbytes - kv, 0.0), context / seqs)
-            t = ln.fixed + max(ln.flat, ln.base + ln.slope * context)
+            # ``lines`` inlined (a mixed iteration prices this at nearly every step), the same operations.
+            fixed, flat, base, slope, fa = self._terms_at(seqs, context / seqs)
+            fixed += max(nbytes - kv, 0.0) / (self.bw * self.p["m_max"])
+            fixed = float(fixed * fa) if fa is not None else float(fixed)
+            t = fixed + max(flat, base + slope * context)
             return Priced(t, flops / (self.peak * self.p["c_max"]), nbytes / (self.bw * self.p["m_max"]))
         t = self.terms(seqs)
         tc = max(flops * t.per_flop, t.serial * context)
