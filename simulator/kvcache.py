@@ -56,6 +56,9 @@ class BlockManager:
     def blocks_to_grow(self, rid: int, new_kv_tokens: int) -> int:
         """Extra blocks ``rid`` needs to hold ``new_kv_tokens`` tokens."""
         t = self._t
+        if not self._reservations:  # nothing reserved anywhere: ceil(new / bs) - ceil(held / bs), one read
+            bs = self.block_size
+            return int(-(-new_kv_tokens // bs)) + (-int(t.kv_tokens[rid]) // bs)
         after = blocks_for(max(new_kv_tokens, int(t.kv_reserved[rid])), self.block_size)
         return int(after) - self.held_by(rid)
 
