@@ -18,6 +18,8 @@ Workloads (issue #2):
    profile's FlashAttention-2 split count changes with the context, so many decode runs are piecewise affine.
 6. Workload 1 with speculative decoding (a LLaMA-68M draft model, K = 4): compare with workload 1.
 7. Workload 3 with an EAGLE-style head, goodput-driven K <= 6 and per-request acceptance: compare with 3.
+8. Workload 3 with the ``sarathi`` scheduler (chunked prefill, the vLLM v1 default; 512-token budget):
+   compare with 3 (issue 19's target: at most 1.3x its wall time, measured in one run).
 """
 
 from __future__ import annotations
@@ -76,6 +78,10 @@ WORKLOADS[6] = {**WORKLOADS[1], "name": "workload 1 + draft llama-68m, k=4",
 WORKLOADS[7] = {**WORKLOADS[3], "name": "workload 3 + eagle head, goodput k<=6",
                 "techniques": [{"name": "speculative-decoding", "drafter": "eagle", "k": 6, "acceptance": 0.75,
                                 "policy": "goodput", "acceptance_concentration": 4.0}]}
+
+# Chunked prefill (issue 19): mixed prefill + decode iterations while prompts are chunked.
+WORKLOADS[8] = {**WORKLOADS[3], "name": "workload 3 with sarathi, chunk 512",
+                "scheduler": {"name": "sarathi", "chunk_size": 512}}
 
 
 def run_one(index: int) -> dict:

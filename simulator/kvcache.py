@@ -56,6 +56,9 @@ class BlockManager:
     def blocks_to_grow(self, rid: int, new_kv_tokens: int) -> int:
         """Extra blocks ``rid`` needs to hold ``new_kv_tokens`` tokens."""
         t = self._t
+        if not self._reservations:  # nothing reserved anywhere: ceil(new / bs) - ceil(held / bs), one read
+            bs = self.block_size
+            return int(-(-new_kv_tokens // bs)) + (-int(t.kv_tokens[rid]) // bs)
         after = blocks_for(max(new_kv_tokens, int(t.kv_reserved[rid])), self.block_size)
         return int(after) - self.held_by(rid)
 
@@ -102,6 +105,10 @@ class BlockManager:
             steps = steps * self.step_tokens
         kv = t.kv_tokens[ids]
         if not self._reservations:
+            if steps == 1 and self._shift is not None:
+                # One token more opens a block exactly where a sequence's blocks are full (kv >= 0): one mask
+                # and a count instead of two ceiling divisions (a chunked-prefill scheduler asks every step).
+                return int(np.count_nonzero((kv & (bs - 1)) == 0))
             return int((blocks_for(kv + steps, bs) - blocks_for(kv, bs)).sum())
         res = t.kv_reserved[ids]
         now = blocks_for(np.maximum(kv, res), bs)
@@ -162,6 +169,9 @@ class BlockManager:
             res = t.kv_reserved[ids]
             growth = blocks_for(np.maximum(new, res), self.block_size) - blocks_for(np.maximum(kv, res), self.block_size)
             added = int(growth.sum())
+        elif sh is not None and steps == 1:
+            # One token each (a mixed iteration's decodes): a block opens where the blocks are full (kv >= 0).
+            added = int(np.count_nonzero((kv & (self.block_size - 1)) == 0))
         elif sh is not None and kv_list is not None:
             # Small batch: a Python loop over a short list beats five numpy calls (~0.5 us each).
             # Running sequences hold >= 1 token, so ceil(n/bs) = (n-1)//bs + 1.

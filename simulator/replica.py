@@ -195,10 +195,12 @@ class Replica:
         start = self.env.now
         ids = plan.decode_ids
         n_dec = len(ids)
+        kv = None
         if not n_dec:
             ctx = 0
         elif self.kv is None:
-            ctx = int(t.kv_tokens[ids].sum()) + n_dec
+            kv = t.kv_tokens[ids]  # unchanged until the decodes advance (only plan() moves KV)
+            ctx = int(np.add.reduce(kv)) + n_dec
         else:
             ctx = round(float(self.kv.retained(ids, t.kv_tokens[ids] + 1).sum()))
         ptok, logits, work, kv_read = _prefill_totals(plan.prefill)
@@ -212,7 +214,7 @@ class Replica:
         if n_dec:
             one = DecodeRun(1, cost.time_s, 0.0, True)
             if step is None:
-                self._advance_decodes(ids, one, end, start)
+                self._advance_decodes(ids, one, end, start, kv)
             else:
                 got = np.minimum(step.commit(ids, sp, 1), t.output[ids] - t.generated[ids])
                 self.blocks.grow_each(ids, got)
@@ -330,11 +332,12 @@ class Replica:
             yield env.timeout(run.total)
         return run
 
-    def _advance_decodes(self, ids, run: DecodeRun, end, start):
-        """The decode iterations of ``run`` of ``ids`` ended at ``end``: tokens, gaps and KV."""
+    def _advance_decodes(self, ids, run: DecodeRun, end, start, kv: np.ndarray | None = None):
+        """The decode iterations of ``run`` of ``ids`` ended at ``end``: tokens, gaps and KV (``kv``: their
+        KV tokens before, if the caller gathered them)."""
         t = self.table
         live = ids[t.generated[ids] < t.output[ids]] if self.scheduler.pads_finished else ids
-        self.blocks.grow_all(ids, run.iterations)
+        self.blocks.grow_all(ids, run.iterations, kv)
         self._advance_live(live, run, end, start)
 
     def _advance_live(self, live, run: DecodeRun, end, start, got: np.ndarray | None = None):

@@ -183,6 +183,8 @@ class DecodePricer:
         self._block = attention_curves.kv_block_tokens(self.dh)
         self._fills = 0.8 * float(self.p.get("sms", 1.0)) * float(self.p.get("ctas_per_sm", 1.0))
         self._regimes: dict[tuple[float, int], int] = {}
+        # (batch, KV blocks or None) -> the context-free terms of ``lines`` (see there).
+        self._line_terms: dict[tuple[float, int | None], tuple] = {}
 
     def split_regime(self, seqs: float, context: float) -> int:
         """The kernel's KV split count for ``seqs`` sequences of summed ``context``, where it depends on it, else 0.
@@ -209,21 +211,41 @@ class DecodePricer:
         ``context_per_seq`` picks the split count where the kernel caps it by the
         context (:meth:`split_regime`); without it, the long-context limit.
         """
+        fixed, flat, base, slope, fa = self._terms_at(seqs, context_per_seq)
+        fixed += per_seq_bytes / (self.bw * self.p["m_max"])
+        return DecodeLines(float(fixed * fa) if fa is not None else float(fixed), flat, base, slope)
+
+    def _terms_at(self, seqs: float, context_per_seq: float | None) -> tuple:
+        """``lines`` but its per-sequence bytes: ``(fixed, flat, base, slope, fa)``, the last three final, ``fixed``
+        still to get the bytes' time added and then to be scaled by the correction factor ``fa`` (None: none).
+
+        The context enters only through the KV blocks that cap the split count, so these are memoised by
+        (batch, blocks): a mixed iteration meets a new summed context nearly every step and reuses them.
+        """
         p = self.p
-        fixed, flat, base, _ = attention_curves.decode_v2_lines(
-            p, seqs, self.h, self.hkv, self.dh, 2.0, self.peak, self.bw, context_per_seq=context_per_seq)
-        eta_m = attention_curves.decode_v2_memory_efficiency(p, seqs, self.hkv)
-        slope_cta = attention_curves.decode_v2_cta_slope(p, seqs, self.h, self.hkv, self.dh, context_per_seq)
-        # The row's FLOPs count the model's query heads; a kernel that pads them to whole tiles does more.
-        padded = float(attention_curves.decode_query_rows(p, self.h, self.hkv)) / self.h
-        slope = max(self.f_tok * padded / (self.peak * p["c_max"]), self.b_tok / (self.bw * eta_m), float(slope_cta))
-        fixed += per_seq_bytes / (self.bw * p["m_max"])
-        if self.corr is not None:
-            # The residual surface: one factor of the batch for the fixed terms, one for the slope.
-            feats = (float(seqs) * self.hkv,)
-            fa, fb = correction.factor(self.corr, feats), correction.slope_factor(self.corr, feats)
-            return DecodeLines(float(fixed * fa), float(flat * fa), float(base * fa), slope * fb)
-        return DecodeLines(float(fixed), float(flat), float(base), slope)
+        blocks = None
+        if context_per_seq is not None and p.get("kv_block_cap"):  # attention_curves._blocks, scalar
+            blocks = max(1, math.ceil(context_per_seq / self._block))
+        key = (seqs, blocks)
+        terms = self._line_terms.get(key)
+        if terms is None:
+            fixed, flat, base, _ = attention_curves.decode_v2_lines(
+                p, seqs, self.h, self.hkv, self.dh, 2.0, self.peak, self.bw, context_per_seq=context_per_seq)
+            eta_m = attention_curves.decode_v2_memory_efficiency(p, seqs, self.hkv)
+            slope_cta = attention_curves.decode_v2_cta_slope(p, seqs, self.h, self.hkv, self.dh, context_per_seq)
+            # The row's FLOPs count the model's query heads; a kernel that pads them to whole tiles does more.
+            padded = float(attention_curves.decode_query_rows(p, self.h, self.hkv)) / self.h
+            slope = max(self.f_tok * padded / (self.peak * p["c_max"]), self.b_tok / (self.bw * eta_m),
+                        float(slope_cta))
+            if self.corr is not None:
+                # The residual surface: one factor of the batch for the fixed terms, one for the slope.
+                feats = (float(seqs) * self.hkv,)
+                fa, fb = correction.factor(self.corr, feats), correction.slope_factor(self.corr, feats)
+                terms = (fixed, float(flat * fa), float(base * fa), slope * fb, fa)
+            else:
+                terms = (fixed, float(flat), float(base), slope, None)
+            self._line_terms[key] = terms
+        return terms
 
     def terms(self, seqs: float) -> DecodeTerms:
         """``-v1``: the step's fixed time, time per FLOP and per byte, and serial time per context token."""
@@ -235,8 +257,11 @@ class DecodePricer:
             return ZERO
         if self.v2:
             kv = self.b_tok * context
-            ln = self.lines(seqs, max(nbytes - kv, 0.0), context / seqs)
-            t = ln.fixed + max(ln.flat, ln.base + ln.slope * context)
+            # ``lines`` inlined (a mixed iteration prices this at nearly every step), the same operations.
+            fixed, flat, base, slope, fa = self._terms_at(seqs, context / seqs)
+            fixed += max(nbytes - kv, 0.0) / (self.bw * self.p["m_max"])
+            fixed = float(fixed * fa) if fa is not None else float(fixed)
+            t = fixed + max(flat, base + slope * context)
             return Priced(t, flops / (self.peak * self.p["c_max"]), nbytes / (self.bw * self.p["m_max"]))
         t = self.terms(seqs)
         tc = max(flops * t.per_flop, t.serial * context)

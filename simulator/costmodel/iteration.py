@@ -292,6 +292,8 @@ class IterationCostModel:
             + sum((op.bytes for op in iops), np.zeros(F.NUM_FEATURES))
         )
         self._cache: dict[tuple, IterationCost] = {}
+        # iteration_from_totals: the feature vector at zero decode context, per context-free key.
+        self._mixed_base: dict[tuple, np.ndarray] = {}
         self._decode_cache: dict[int | tuple[int, int], DecodeCoefficients] = {}
         self._E = table.num_experts
         self._k = table.experts_per_token
@@ -355,21 +357,44 @@ class IterationCostModel:
         key = (prefill_tokens, logit_seqs, prefill_attn_work, prefill_kv_read, decode_seqs, decode_context)
         hit = self._cache.get(key)
         if hit is None:
-            x = np.zeros(F.NUM_FEATURES)
-            x[F.ONE] = 1.0
-            x[F.PREFILL_TOKENS] = prefill_tokens
-            x[F.DECODE_SEQS] = decode_seqs
-            x[F.LOGIT_SEQS] = logit_seqs
-            x[F.PREFILL_ATTN_WORK] = prefill_attn_work
-            x[F.PREFILL_KV_READ] = prefill_kv_read
+            if not decode_seqs:  # prefill only: nothing to reuse across decode contexts
+                x = self._totals_x(prefill_tokens, logit_seqs, prefill_attn_work, prefill_kv_read, 0)
+                x[F.DECODE_CONTEXT] = decode_context
+                hit = IterationCost(
+                    self.price_features(x), float(self._flops_total @ x), float(self._bytes_total @ x)
+                )
+                self._cache[key] = hit
+                return hit
+            # Mixed (chunked-prefill) iterations meet a new decode context nearly every step while the rest
+            # of the shape repeats: the features but the context are built once per ``fixed`` key, and the
+            # scopes reuse the rows that do not vary with the context under the same key.
+            fixed = key[:5]
+            base = self._mixed_base.get(fixed)
+            if base is None:
+                base = self._mixed_base[fixed] = self._totals_x(*fixed)
+            x = base.copy()
             x[F.DECODE_CONTEXT] = decode_context
-            x[F.EXPERTS_HIT] = F.expected_experts_hit(
-                prefill_tokens + decode_seqs * self.decode_tokens_per_seq, self._E, self._k)
-            hit = IterationCost(
-                self.price_features(x), float(self._flops_total @ x), float(self._bytes_total @ x)
-            )
+            xl = x.tolist()
+            layer, it = self._layer.time_keyed(x, xl, fixed), self._iter.time_keyed(x, xl, fixed)
+            time_s = float(self._layers * layer + it + self._comms.time(x) + self._overhead(x))
+            hit = IterationCost(time_s, float(self._flops_total @ x), float(self._bytes_total @ x))
             self._cache[key] = hit
         return hit
+
+    def _totals_x(
+        self, prefill_tokens: int, logit_seqs: int, prefill_attn_work: float, prefill_kv_read: int, decode_seqs: int
+    ) -> np.ndarray:
+        """The feature vector of :meth:`iteration_from_totals` at zero decode context."""
+        x = np.zeros(F.NUM_FEATURES)
+        x[F.ONE] = 1.0
+        x[F.PREFILL_TOKENS] = prefill_tokens
+        x[F.DECODE_SEQS] = decode_seqs
+        x[F.LOGIT_SEQS] = logit_seqs
+        x[F.PREFILL_ATTN_WORK] = prefill_attn_work
+        x[F.PREFILL_KV_READ] = prefill_kv_read
+        x[F.EXPERTS_HIT] = F.expected_experts_hit(
+            prefill_tokens + decode_seqs * self.decode_tokens_per_seq, self._E, self._k)
+        return x
 
     def prime_lone_prefills(self, prompt_lengths: np.ndarray) -> int:
         """Price, in one vectorised pass, the iteration that prefills each prompt length alone.

@@ -70,6 +70,9 @@ class RowPricer(ABC):
     """
 
     source: str = "roofline"  # what prices the row, for the breakdown ("roofline", "profile gemm/bf16", ...)
+    # Whether ``price`` reads the decode context from ``x`` (beyond the row's FLOPs and bytes): such a row is
+    # re-priced at every context even where its work does not follow the context (see ``RowByRow.time_keyed``).
+    reads_context: bool = False
     split_block_tokens: float = 0  # KV tokens per block of a kernel whose split count follows the context (of the summed context for a sparse row)
 
     @abstractmethod
@@ -131,11 +134,19 @@ class GemmCurvePricer(RowPricer):
 
     def __init__(self, gemm: pricing.GemmPricer, moe: bool, source: str):
         self.gemm, self.moe, self.source = gemm, moe, source
+        # A dense row's price is a function of its (FLOPs, bytes) alone, which follow the iteration's token
+        # count: memoised by them, since batches of different make-up (a chunk of 500 beside 12 decodes,
+        # one of 510 beside 2) often share it and a GEMM curve costs ~10 us a row.
+        self._memo: dict[tuple[float, float], Priced] = {}
 
     def price(self, x: Sequence[float], flops: float, nbytes: float) -> Priced:
         if self.moe:
             return self.gemm.price(flops, nbytes, max(x[F.EXPERTS_HIT], 1e-9))
-        return self.gemm.price(flops, nbytes)
+        key = (flops, nbytes)
+        hit = self._memo.get(key)
+        if hit is None:
+            hit = self._memo[key] = self.gemm.price(flops, nbytes)
+        return hit
 
     def price_many(self, X: np.ndarray, flops: np.ndarray, nbytes: np.ndarray) -> np.ndarray:
         if self.moe:
@@ -160,6 +171,8 @@ class PrefillCurvePricer(RowPricer):
 class DecodeCurvePricer(RowPricer):
     """Decode attention priced by the profile's curve; its terms depend on the batch only, so a run's steps
     are lines in the context (two for the ``-v2`` form)."""
+
+    reads_context = True
 
     def __init__(self, attention: pricing.DecodePricer, op: Operator, source: str):
         self.attention, self.source = attention, source
@@ -210,9 +223,14 @@ class MemoryCurvePricer(RowPricer):
 
     def __init__(self, memory: pricing.MemoryPricer, launches: float, source: str):
         self.memory, self.launches, self.source = memory, launches, source
+        self._memo: dict[tuple[float, float], Priced] = {}  # by (FLOPs, bytes), as GemmCurvePricer's
 
     def price(self, x: Sequence[float], flops: float, nbytes: float) -> Priced:
-        return self.memory.price(flops, nbytes, self.launches)
+        key = (flops, nbytes)
+        hit = self._memo.get(key)
+        if hit is None:
+            hit = self._memo[key] = self.memory.price(flops, nbytes, self.launches)
+        return hit
 
     def price_many(self, X: np.ndarray, flops: np.ndarray, nbytes: np.ndarray) -> np.ndarray:
         return self.memory.price_many(flops, nbytes, self.launches).time_s

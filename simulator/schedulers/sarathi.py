@@ -15,7 +15,7 @@ from pydantic import Field
 
 from capsim.types import Count
 from simulator.kvcache import blocks_for
-from simulator.schedulers.base import SCHEDULERS, Plan, PrefillChunk, Scheduler, SchedulerParams
+from simulator.schedulers.base import EMPTY_IDS, SCHEDULERS, Plan, PrefillChunk, Scheduler, SchedulerParams
 
 
 class SarathiParams(SchedulerParams):
@@ -49,17 +49,20 @@ class SarathiScheduler(Scheduler):
     def plan(self) -> Plan | None:
         st, p = self.state, self.params
         t, blocks, bs = st.table, st.blocks, st.blocks.block_size
-        decoding = [r for r in st.running if r not in self.prefilling]
-        # Decodes need one new token of KV each; preempt until that fits.
+        prefilling = self.prefilling
+        decoding = [r for r in st.running if r not in prefilling] if prefilling else list(st.running)
+        # Decodes need one new token of KV each; preempt until that fits. ``decode_growth``: the blocks the
+        # decodes will take at the end of this iteration; prefill chunks must leave them free.
+        ids, decode_growth = EMPTY_IDS, 0
         while decoding:
-            ids = self._ids(decoding)
-            if blocks.growth_after(ids, 1) <= blocks.free_blocks:
+            ids = self._ids(decoding) if prefilling else st.running_ids()  # the latter: cached until it changes
+            decode_growth = blocks.growth_after(ids, 1)
+            if decode_growth <= blocks.free_blocks:
                 break
             self.preempt_one()
-            decoding = [r for r in st.running if r not in self.prefilling]
+            decoding = [r for r in st.running if r not in prefilling]
+            ids, decode_growth = EMPTY_IDS, 0
         budget = p.chunk_size - len(decoding)
-        # Blocks the decodes will take at the end of this iteration; prefill chunks must leave them free.
-        decode_growth = blocks.growth_after(self._ids(decoding), 1) if decoding else 0
         chunks: list[PrefillChunk] = []
         for rid, target in list(self.prefilling.items()):
             if budget <= 0:
@@ -86,7 +89,6 @@ class SarathiScheduler(Scheduler):
                 break
             chunks.append(chunk)
             budget -= chunk.tokens
-        ids = self._ids(decoding)
         if chunks:
             return Plan(tuple(chunks), ids)
         if decoding:
