@@ -211,6 +211,15 @@ class Constant(RenewalProcess):
         return f"constant({_rate(cfg)})"
 
 
+def _all_at_zero(num_requests: int | None, problem: str, where: str, fix: str) -> ArrivalDraw:
+    """``num_requests`` arrivals at t = 0 (closed loop issues them as users free up; offline has them all at once);
+    a run without a request count is refused with ``problem``."""
+    if num_requests is None:
+        raise CapsimError(problem, where=where, fix=fix)
+    check_request_count(num_requests)
+    return ArrivalDraw(np.zeros(num_requests))
+
+
 @register_arrival("closed-loop", aliases=("closed",))
 class ClosedLoopArrivals(ArrivalProcess):
     """``concurrency`` users, each sending its next request ``think_time_s`` after the previous one completes.
@@ -228,14 +237,8 @@ class ClosedLoopArrivals(ArrivalProcess):
             raise ValueError("arrival 'closed-loop' needs 'concurrency' (the number of users)")
 
     def sample(self, cfg, rng, *, num_requests, duration_s, trace):
-        if num_requests is None:
-            raise CapsimError(
-                "a closed-loop workload needs a number of requests; its duration is an outcome of the run",
-                where="workload",
-                fix="give num_requests (the run length in requests)",
-            )
-        check_request_count(num_requests)
-        return ArrivalDraw(np.zeros(num_requests))
+        return _all_at_zero(num_requests, "a closed-loop workload needs a number of requests; its duration is an "
+                            "outcome of the run", "workload", "give num_requests (the run length in requests)")
 
     def closed_loop(self, cfg):
         return ClosedLoop(concurrency=cfg.concurrency, think_time_s=cfg.think_time_s)
@@ -253,14 +256,8 @@ class Offline(ArrivalProcess):
     description = "offline: every request arrives at t = 0 (throughput benchmark)"
 
     def sample(self, cfg, rng, *, num_requests, duration_s, trace):
-        if num_requests is None:
-            raise CapsimError(
-                "an offline workload needs a number of requests (they all arrive at once)",
-                where="simulation.num_requests",
-                fix="set simulation.num_requests",
-            )
-        check_request_count(num_requests)
-        return ArrivalDraw(np.zeros(num_requests))
+        return _all_at_zero(num_requests, "an offline workload needs a number of requests (they all arrive at "
+                            "once)", "simulation.num_requests", "set simulation.num_requests")
 
     def describe(self, cfg):
         return "offline (all at t = 0)"
