@@ -8,9 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from simulator.cli import app
+from tests.cli_helpers import assert_user_error
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "scenarios" / "quickstart.yaml"
@@ -22,28 +21,6 @@ deployment: {device: h100-sxm}
 workload: {qps: 4, prompt: {dist: fixed, value: 256}, output: {dist: fixed, value: 16}}
 simulation: {num_requests: 30}
 """
-
-
-@pytest.fixture
-def cli():
-    runner = CliRunner()
-
-    def invoke(*args: str):
-        return runner.invoke(app, [str(a) for a in args])
-
-    return invoke
-
-
-def assert_user_error(result, *fragments: str) -> str:
-    """Exit 2, no traceback, no 'internal error', the message on stderr containing ``fragments``."""
-    text = result.output
-    assert result.exit_code == 2, text
-    assert "Traceback" not in text and "internal error" not in text, text
-    assert "error:" in result.stderr and "Fix:" in result.stderr, text
-    flat = " ".join(result.stderr.split())  # undo console wrapping
-    for fragment in fragments:
-        assert fragment in flat, (fragment, flat)
-    return flat
 
 
 def test_validate_quickstart(cli):

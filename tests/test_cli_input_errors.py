@@ -5,31 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from simulator.cli import app
-
-
-@pytest.fixture
-def cli():
-    runner = CliRunner()
-
-    def invoke(*args: str | Path):
-        return runner.invoke(app, [str(a) for a in args])
-
-    return invoke
-
-
-def assert_user_error(result, *fragments: str) -> str:
-    """Exit 2, no traceback, no 'internal error', the message on stderr containing ``fragments``."""
-    text = result.output
-    assert result.exit_code == 2, text
-    assert "Traceback" not in text and "internal error" not in text, text
-    assert "error:" in result.stderr and "Fix:" in result.stderr, text
-    flat = " ".join(result.stderr.split())  # undo console wrapping
-    for fragment in fragments:
-        assert fragment in flat, (fragment, flat)
-    return flat
+from tests.cli_helpers import assert_user_error
 
 
 def trace_scenario(tmp_path: Path, trace: Path) -> Path:

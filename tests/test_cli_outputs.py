@@ -5,11 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-from typer.testing import CliRunner
-
-from simulator.cli import app
-
 SMALL = """\
 name: small
 model: llama-3.1-8b
@@ -17,16 +12,6 @@ deployment: {device: h100-sxm}
 workload: {qps: 4, prompt: {dist: fixed, value: 256}, output: {dist: fixed, value: 16}}
 simulation: {num_requests: 12}
 """
-
-
-@pytest.fixture
-def cli():
-    runner = CliRunner()
-
-    def invoke(*args: str | Path):
-        return runner.invoke(app, [str(a) for a in args])
-
-    return invoke
 
 
 def flat_stderr(result) -> str:
