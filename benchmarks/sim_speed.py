@@ -20,6 +20,7 @@ Workloads (issue #2):
 7. Workload 3 with an EAGLE-style head, goodput-driven K <= 6 and per-request acceptance: compare with 3.
 8. Workload 3 with the ``sarathi`` scheduler (chunked prefill, the vLLM v1 default; 512-token budget):
    compare with 3 (issue 19's target: at most 1.3x its wall time, measured in one run).
+9. Workload 3 on two prefill and two decode replicas (disaggregated, KV over NVLink): compare with 3.
 """
 
 from __future__ import annotations
@@ -82,6 +83,14 @@ WORKLOADS[7] = {**WORKLOADS[3], "name": "workload 3 + eagle head, goodput k<=6",
 # Chunked prefill (issue 19): mixed prefill + decode iterations while prompts are chunked.
 WORKLOADS[8] = {**WORKLOADS[3], "name": "workload 3 with sarathi, chunk 512",
                 "scheduler": {"name": "sarathi", "chunk_size": 512}}
+
+# Pools (issue 15): workload 3 served by two prefill and two decode replicas, KV handed off over NVLink;
+# compare with 3 (every request now has a hand-off, a transfer process and two schedulers).
+WORKLOADS[9] = {**{k: v for k, v in WORKLOADS[3].items() if k != "deployment"},
+                "name": "workload 3 disaggregated 2P+2D nvlink",
+                "serving": {"name": "disaggregated", "link": {"kind": "nvlink"}},
+                "pools": [{"name": "prefill", "role": "prefill", "device": "h100-sxm", "num_replicas": 2},
+                          {"name": "decode", "role": "decode", "device": "h100-sxm", "num_replicas": 2}]}
 
 
 def run_one(index: int) -> dict:

@@ -224,6 +224,9 @@ def validate(
 
         kind, scenarios = _load_any(scenario_file, set_ or [])
         for sc in scenarios:
+            if sc.pools is not None:
+                _validate_pools(sc)
+                continue
             try:
                 prep = prepare(sc)
             except DoesNotFitError as exc:
@@ -244,7 +247,31 @@ def validate(
     _guard(debug, action)
 
 
-LIST_KINDS = ("models", "devices", "schedulers", "routers", "traces", "arrivals", "lengths", "techniques")
+def _validate_pools(sc) -> None:
+    """``capsim validate`` of a multi-pool scenario: one line per pool."""
+    from simulator.memory_plan import GIB
+    from simulator.pools.engine import prepare_pools
+
+    prep = prepare_pools(sc)
+    dropped = int(prep.unservable.sum())
+    out_console.print(
+        f"[green]ok[/] {sc.name}: {sc.serving.name} serving of {prep.pools.pools[0].system.model.name}, "
+        f"{prep.pools.num_gpus} GPUs, ${prep.pools.cost_per_hour_usd:.2f}/h; workload {len(prep.stream):,} requests "
+        f"({prep.stream.source})" + (f", {dropped:,} unservable will be dropped" if dropped else ""),
+        highlight=False,
+    )
+    for p in prep.pools.pools:
+        dep, m = p.system.deployment, p.system.memory
+        out_console.print(
+            f"   pool {p.name} ({p.role}): {dep.num_replicas}x{p.system.device.name} tp={dep.tp} pp={dep.pp}, "
+            f"{p.system.scheduler_cls.__name__}; weights {m.weights_bytes / GIB:.1f} GiB/GPU, "
+            f"KV capacity {m.kv_capacity_tokens:,} tokens/replica",
+            highlight=False,
+        )
+
+
+LIST_KINDS = ("models", "devices", "schedulers", "routers", "traces", "arrivals", "lengths", "techniques", "systems",
+              "links")
 
 
 @app.command("list")
@@ -265,6 +292,8 @@ def list_(
         kinds.add("traces", _traces_table)
         kinds.add("arrivals", lambda: _registry_table("arrival processes", "traces.arrivals", "ARRIVALS"))
         kinds.add("lengths", lambda: _registry_table("length distributions", "traces.lengths", "LENGTHS"))
+        kinds.add("systems", _systems_table)
+        kinds.add("links", _links_table)
         kinds.add("techniques", lambda: __import__("simulator.cli_techniques", fromlist=["x"]).techniques_table())
         if kind not in kinds:
             close = difflib.get_close_matches(kind.lower(), LIST_KINDS, n=1)
@@ -341,6 +370,32 @@ def _routers_table() -> Table:
         t.add_column(col)
     for name in ROUTERS.names():
         t.add_row(name, _first_line(ROUTERS.get(name)), ", ".join(ROUTERS.aliases_of(name)))
+    return t
+
+
+def _systems_table() -> Table:
+    from simulator.pools.systems import SERVING_SYSTEMS
+
+    t = Table(title="serving systems (serving.name, with pools:)")
+    for col in ("id", "roles", "what", "parameters", "source"):
+        t.add_column(col)
+    for name in SERVING_SYSTEMS.names():
+        cls = SERVING_SYSTEMS.get(name)
+        t.add_row(name, ", ".join(cls.roles), cls.summary, ", ".join(cls.Params.model_fields), "; ".join(cls.sources))
+    return t
+
+
+def _links_table() -> Table:
+    from hwmodels.network import LINKS
+
+    t = Table(title="links between pools (serving.link.kind)")
+    for col in ("id", "lane", "latency", "lanes", "source"):
+        t.add_column(col)
+    for name in LINKS.names():
+        spec = LINKS.get(name)
+        lane = f"device {spec.from_device}" if spec.from_device else f"{spec.bandwidth_gbps:g} Gb/s"
+        lat = "device" if spec.from_device else f"{spec.latency_us:g} us"
+        t.add_row(name, lane, lat, f"one per {spec.per}", spec.source)
     return t
 
 

@@ -39,6 +39,7 @@ class RunOutput:
     table: RequestTable  # final per-request state, for invariant checks
     kv_blocks_used_at_end: list[int]
     kv_blocks_peak: list[int]
+    pools: object = None  # a multi-pool run's PoolSet (simulator.pools.build); None for one pool
 
 
 @dataclass
@@ -90,6 +91,10 @@ def simulate(
     ``preload_arrivals=False`` forces the event-per-arrival path even for
     oblivious routers (the tests use it to show both paths agree).
     """
+    if scenario.pools is not None:
+        from simulator.pools.engine import simulate_pools
+
+        return simulate_pools(scenario, stream=stream)
     wall0 = time.perf_counter()
     prep = prepare(scenario, system=system, stream=stream)
     system, stream, mask = prep.system, prep.stream, prep.unservable

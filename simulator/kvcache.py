@@ -92,6 +92,18 @@ class BlockManager:
             self.used_blocks -= -(-int(t.kv_tokens[rid]) // self.block_size)
         t.kv_tokens[rid] = 0
 
+    def unpin(self, blocks: int) -> None:
+        """Free ``blocks`` that :meth:`detach` kept for a KV transfer."""
+        self.used_blocks -= blocks
+
+    def detach(self, rid: int) -> int:
+        """Stop tracking ``rid`` here while keeping its blocks in use (its KV is being sent to another pool);
+        returns the blocks kept, for :meth:`unpin` once the transfer is done."""
+        held = self.held_by(rid)
+        self.release(rid)
+        self._add(held)
+        return held
+
     def _add(self, blocks: int) -> None:
         self.used_blocks += blocks
         if self.used_blocks > self.peak_used_blocks:

@@ -100,6 +100,14 @@ class Replica:
         self._pre_next = 0
         self._run: tuple[DecodeRun, float, simpy.Timeout] | None = None  # interruptible run in flight
         self._cut: DecodeRun | None = None  # that run, shortened by an arrival
+        # Multi-pool deployments only (simulator.pools): where requests go when their prefill is done, and
+        # requests whose KV arrived from another pool, joining the batch at the next iteration boundary.
+        self.handoff: Callable[[list[int], float, float], None] | None = None
+        self._ready: list[int] = []
+        # A replica that receives KV from another pool grants blocks while it runs: it must leave free the
+        # blocks its iteration or decode run in flight will still claim (``pending_blocks``).
+        self.receiving = False
+        self.pending_blocks = 0
         self.process = env.process(self._loop())
 
     # ------------------------------------------------------------------ input
@@ -166,12 +174,34 @@ class Replica:
         proc._target = early
         self._cut = cut
 
+    def receive(self, rid: int) -> None:
+        """``rid``'s KV has arrived from another pool (already counted in ``outstanding``, its blocks already
+        held here): it joins the running batch at the next iteration boundary, without a prefill."""
+        self._ready.append(rid)
+        self.poke()
+
+    def poke(self) -> None:
+        """Something this replica waits for changed (KV arrived, blocks freed): plan again at the next boundary."""
+        if self._wake is not None:
+            wake, self._wake = self._wake, None
+            wake.succeed()
+        elif self._run is not None and self._cut is None:
+            self._cut_run_short()
+
+    def _take_ready(self) -> None:
+        running = self.state.running
+        running.extend(self._ready)
+        self._ready.clear()
+        self.state.changed()
+
     # ------------------------------------------------------------------- loop
     def _loop(self):
         env = self.env
         scheduler = self.scheduler
         while True:
             self._pull_arrivals(env.now)
+            if self._ready:
+                self._take_ready()
             plan = scheduler.plan()
             if plan is None:
                 nxt = self._next_arrival()
@@ -209,7 +239,10 @@ class Replica:
         else:
             sp = step.plan(ids) if n_dec else None
             cost = step.iteration(sp, ptok, logits + n_dec, work, kv_read, n_dec, ctx)
+        if self.receiving and n_dec:
+            self.pending_blocks = self.blocks.growth_after(ids, 1)
         yield self.env.timeout(cost.time_s)
+        self.pending_blocks = 0
         end = self.env.now
         if n_dec:
             one = DecodeRun(1, cost.time_s, 0.0, True)
@@ -224,12 +257,24 @@ class Replica:
             self.index, start, end, 1, ptok, len(plan.prefill), n_dec, ctx, cost.time_s, cost.time_s,
             self.blocks.used_blocks, self.blocks.total_blocks, cost.flops, cost.bytes,
         )
+        if self.handoff is not None:
+            self._hand_off(plan.prefill, end, start)
         if n_dec:
             done = ids[t.generated[ids] == t.output[ids]]
             if len(done):
                 finished.extend(done.tolist())
         if finished:
             self._finish(np.asarray(finished, dtype=np.int64), end)
+
+    def _hand_off(self, prefill, end: float, start: float) -> None:
+        """Requests whose prefill just completed leave this replica's batch for another pool; their KV stays
+        here until it has been sent (the hand-off releases it)."""
+        t = self.table
+        done = [c.rid for c in prefill if c.completes and t.generated[c.rid] < t.output[c.rid]]
+        if done:
+            self.scheduler.detach(done)
+            self.outstanding -= len(done)
+            self.handoff(done, end, start)
 
     def _complete_prefills(self, prefill, end: float) -> list[int]:
         """Chunks that finish a (re)prefill emit their request's next token at ``end``; returns the requests
@@ -289,7 +334,10 @@ class Replica:
             attended, slope, until = self.kv.decode_segment(ids, kv)
             ctx0, growth, steps = round(attended), float(np.add.reduce(slope)), min(steps, until)
         start = env.now
+        if self.receiving:
+            self.pending_blocks = self.blocks.growth_after(ids, steps)
         run = yield from self._wait_run(self.cost.decode_run(n, ctx0, steps, growth), plan)
+        self.pending_blocks = 0
         end = env.now
         self.blocks.grow_all(ids, run.iterations, kv, kv_list)
         self._advance_live(live, run, end, start)

@@ -273,11 +273,32 @@ def validate_as(model: type[BaseModel], data: dict[str, Any], source: str):
         raise validation_error(exc, source, model) from None
 
 
+def _label_value(value: Any) -> str:
+    """A searched value as a configuration label shows it: a pool list as ``prefill:1xh100-sxm/decode:2xa100``,
+    a plug-in mapping with only a name as that name, anything else as written."""
+    if isinstance(value, list) and value and all(isinstance(v, dict) and "role" in v for v in value):
+        def pool(v: dict[str, Any]) -> str:
+            tp = f"tp{v['tp']}" if v.get("tp", 1) != 1 else ""
+            device = v.get("device", "h100-sxm")
+            device = device.get("name", device.get("base", "inline")) if isinstance(device, dict) else device
+            return f"{v.get('name', v['role'])}:{v.get('num_replicas', 1)}x{device}{tp}"
+
+        return "/".join(pool(v) for v in value)
+    if isinstance(value, dict) and list(value) == ["name"]:
+        return str(value["name"])
+    return str(value)
+
+
+def point_label(values: dict[str, Any]) -> str:
+    """``{a.x: 1, b.y: 3}`` -> ``x=1,y=3``; a ``None`` (a field switched off for this point) is left out."""
+    return ",".join(f"{k.split('.')[-1]}={_label_value(v)}" for k, v in values.items() if v is not None)
+
+
 def _grid_points(grid: dict[str, list[Any]]) -> list[tuple[str, dict[str, Any]]]:
     keys = list(grid)
     points = []
     for values in itertools.product(*(grid[k] for k in keys)):
-        label = ",".join(f"{k.split('.')[-1]}={v}" for k, v in zip(keys, values, strict=True))
+        label = point_label(dict(zip(keys, values, strict=True)))
         points.append((label, dict(zip(keys, values, strict=True))))
     return points
 

@@ -95,6 +95,37 @@ class TechniqueConfig(PluginConfig):
     name: str = Field(description="Technique id, e.g. 'speculative-decoding'.")
 
 
+class PoolConfig(DeploymentConfig):
+    """One pool of identical replicas in a multi-pool deployment: its hardware, layout, memory settings and
+    scheduler, and the role it plays in the serving system (``serving:``). Every pool holds its own copy of the
+    scenario's model."""
+
+    name: str = Field(description="Pool label, unique in the scenario (used in results: pool.<name>.*).")
+    role: str = Field(
+        description="What the pool does for a request, as the serving system defines it "
+        "(`capsim explain SYSTEM`): prefill, decode or mixed (both phases, colocated)."
+    )
+    scheduler: SchedulerConfig | None = Field(
+        None, description="The pool's batch scheduler; None uses the scenario's `scheduler:`."
+    )
+    router: RouterConfig | None = Field(
+        None, description="How the pool spreads the requests it receives over its replicas; None uses `router:`."
+    )
+
+    def deployment(self) -> DeploymentConfig:
+        """The pool's hardware and layout as a single-pool deployment."""
+        fields = {k: getattr(self, k) for k in DeploymentConfig.model_fields}
+        return DeploymentConfig.model_validate(fields)
+
+
+class ServingConfig(PluginConfig):
+    """The serving system that joins the pools (`capsim list systems`) and its parameters."""
+
+    name: str = Field(
+        "disaggregated", description="Serving system id: disaggregated (DistServe) or splitwise."
+    )
+
+
 class SimulationConfig(BaseModel):
     """How much to simulate and what to measure."""
 
@@ -152,6 +183,45 @@ class Scenario(BaseModel):
         description="Serving techniques applied in list order, each `{name: ..., <its parameters>}` "
         "(`capsim list techniques`, `capsim explain NAME`); empty: plain serving.",
     )
+    pools: list[PoolConfig] | None = Field(
+        None,
+        description="Several cooperating pools of replicas (e.g. prefill and decode) instead of `deployment:`; "
+        "requests move between them as `serving:` says. None: one pool, described by `deployment:`.",
+    )
+    serving: ServingConfig | None = Field(
+        None, description="How the pools cooperate (required with `pools:`): `{name: disaggregated, ...}`."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_deployment_is_absent(cls, data):
+        # `deployment: null` means "not given": a plan or sweep can then switch a candidate from one pool to
+        # `pools:` (zip: {deployment: [{...}, null], pools: [null, [...]]}).
+        if isinstance(data, dict) and "deployment" in data and data["deployment"] is None:
+            data = {k: v for k, v in data.items() if k != "deployment"}
+        return data
+
+    @model_validator(mode="after")
+    def _pools_or_deployment(self):
+        if self.pools is None:
+            if self.serving is not None:
+                raise ValueError("`serving:` joins several pools: give `pools:` too, or remove `serving:`")
+            return self
+        # A dump of a pools scenario carries the default deployment; only a deployment that says something counts.
+        if "deployment" in self.model_fields_set and self.deployment != DeploymentConfig():
+            raise ValueError(
+                "give either `deployment:` (one pool) or `pools:` (several), not both: move the deployment's "
+                "fields into each pool"
+            )
+        if not self.pools:
+            raise ValueError("`pools:` is empty: list at least one pool, or use `deployment:`")
+        names = [p.name for p in self.pools]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"pool names must be unique; repeated: {', '.join(dupes)}")
+        if self.serving is None:
+            raise ValueError("`pools:` needs `serving:` naming how they cooperate, e.g. {name: disaggregated}")
+        return self
 
 
 class RunEntry(BaseModel):

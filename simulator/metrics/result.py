@@ -194,6 +194,56 @@ class TokenGapsBuilder:
         return TokenGaps.from_runs(self._first, self._step, self._count, self._weight, self._singles)
 
 
+@dataclass(frozen=True)
+class PoolInfo:
+    """One pool of a multi-pool run: its replicas are ``first_replica .. first_replica + num_replicas - 1`` in
+    the records; the hardware fields mean what :class:`RunInfo`'s do, for this pool."""
+
+    name: str
+    role: str
+    device: str
+    first_replica: int
+    num_replicas: int
+    gpus_per_replica: int
+    peak_flops_per_gpu: float
+    mem_bandwidth_per_gpu: float
+    price_usd_per_gpu_hour: float
+    tdp_w: float
+    idle_w: float
+    kv_capacity_tokens_per_replica: int
+    weights_bytes_per_gpu: float
+    gpu_memory_bytes: float
+    extra_usd_per_replica_hour: float = 0.0
+    extra_idle_w_per_replica: float = 0.0
+    extra_tdp_w_per_replica: float = 0.0
+    # A multi-pool run (``pools:``): each pool's replicas and hardware. Empty for one pool, whose hardware is
+    # in the fields above; with pools, those fields describe the first pool and the totals come from here.
+    pools: tuple[PoolInfo, ...] = ()
+
+    @property
+    def num_gpus(self) -> int:
+        if self.pools:
+            return sum(p.num_gpus for p in self.pools)
+        return int(self.num_replicas * self.gpus_per_replica)
+
+    def pool_views(self) -> tuple[PoolInfo, ...]:
+        """The pools of the run; a single-pool run is one pool built from the scalar fields."""
+        if self.pools:
+            return self.pools
+        return (PoolInfo(
+            "default", "colocated", self.device, 0, self.num_replicas, self.gpus_per_replica,
+            self.peak_flops_per_gpu, self.mem_bandwidth_per_gpu, self.price_usd_per_gpu_hour, self.tdp_w,
+            self.idle_w, self.kv_capacity_tokens_per_replica, self.weights_bytes_per_gpu, self.gpu_memory_bytes,
+            self.extra_usd_per_replica_hour, self.extra_idle_w_per_replica, self.extra_tdp_w_per_replica,
+        ),)
+
+    @property
+    def price_usd_per_hour(self) -> float:
+        """Rental price of everything the run used: GPUs of every pool and devices techniques add."""
+        return sum(p.num_gpus * p.price_usd_per_gpu_hour + p.num_replicas * p.extra_usd_per_replica_hour
+                   for p in self.pool_views())
+
+
 @dataclass
 class RunInfo:
     """Facts about the run that the metrics need (hardware, prices, windows) and that go into summary.json."""
@@ -223,10 +273,32 @@ class RunInfo:
     extra_usd_per_replica_hour: float = 0.0
     extra_idle_w_per_replica: float = 0.0
     extra_tdp_w_per_replica: float = 0.0
+    # A multi-pool run (``pools:``): each pool's replicas and hardware. Empty for one pool, whose hardware is
+    # in the fields above; with pools, those fields describe the first pool and the totals come from here.
+    pools: tuple[PoolInfo, ...] = ()
 
     @property
     def num_gpus(self) -> int:
+        if self.pools:
+            return sum(p.num_gpus for p in self.pools)
         return int(self.num_replicas * self.gpus_per_replica)
+
+    def pool_views(self) -> tuple[PoolInfo, ...]:
+        """The pools of the run; a single-pool run is one pool built from the scalar fields."""
+        if self.pools:
+            return self.pools
+        return (PoolInfo(
+            "default", "colocated", self.device, 0, self.num_replicas, self.gpus_per_replica,
+            self.peak_flops_per_gpu, self.mem_bandwidth_per_gpu, self.price_usd_per_gpu_hour, self.tdp_w,
+            self.idle_w, self.kv_capacity_tokens_per_replica, self.weights_bytes_per_gpu, self.gpu_memory_bytes,
+            self.extra_usd_per_replica_hour, self.extra_idle_w_per_replica, self.extra_tdp_w_per_replica,
+        ),)
+
+    @property
+    def price_usd_per_hour(self) -> float:
+        """Rental price of everything the run used: GPUs of every pool and devices techniques add."""
+        return sum(p.num_gpus * p.price_usd_per_gpu_hour + p.num_replicas * p.extra_usd_per_replica_hour
+                   for p in self.pool_views())
 
 
 def _check_columns(frame: pd.DataFrame, needed: tuple[str, ...], name: str) -> None:

@@ -263,6 +263,95 @@ def _iteration_stats(result: SimulationResult, t0: float, t1: float, window: flo
     }
 
 
+#: Per-pool keys of a multi-pool run, each reported as ``pool.<name>.<key>`` after the fixed keys.
+POOL_KEYS: dict[str, str] = {
+    "num_gpus": "GPUs of the pool",
+    "busy": "fraction of the window the pool's replicas were running iterations (mean over its replicas)",
+    "mfu": "the pool's model FLOPs utilisation",
+    "mbu": "the pool's memory-bandwidth utilisation",
+    "mean_batch_size": "the pool's sequences per iteration",
+    "kv_util_mean": "the pool's mean KV-cache occupancy",
+    "kv_util_peak": "the pool's peak KV-cache occupancy",
+    "energy_j": "the pool's energy over the window",
+    "cost_usd": "the pool's rental cost over the window",
+}
+
+#: Hand-off keys of a multi-pool run (KV moved between pools), after the fixed keys.
+HANDOFF_KEYS: dict[str, str] = {
+    "kv_handoffs": "KV hand-offs between pools (measured requests)",
+    "kv_handoff_gib": "KV bytes moved between pools, GiB",
+    "kv_transfer_mean_s": "mean time a KV transfer held the link",
+    "kv_transfer_p99_s": "P99 time a KV transfer held the link",
+    "kv_handoff_wait_mean_s": "mean time from prefill done to transfer start (receiver memory, link queue)",
+    "kv_handoff_share_of_e2e": "mean share of a request's E2E latency spent between prefill done and KV arrival",
+}
+
+
+def _pools_iteration_stats(result: SimulationResult, t0: float, t1: float, window: float) -> dict[str, Any]:
+    """:func:`_iteration_stats` for a multi-pool run: each pool priced with its own hardware, then summed
+    (energy, cost) or weighted by capacity (MFU, MBU) into the totals, with per-pool keys beside them."""
+    info = result.info
+    it = result.iterations
+    replica = it["replica"].to_numpy()
+    totals: dict[str, float] = {"energy_j": 0.0, "cost_usd": 0.0}
+    flops_cap = bytes_cap = mfu_num = mbu_num = 0.0
+    per_pool: dict[str, Any] = {}
+    for pool in info.pools:
+        mine = (replica >= pool.first_replica) & (replica < pool.first_replica + pool.num_replicas)
+        view = SimulationResult.__new__(SimulationResult)
+        view.iterations = it[mine]
+        view.info = RunInfo(
+            info.scenario_name, info.seed, info.model, pool.device, pool.num_replicas, pool.gpus_per_replica,
+            pool.peak_flops_per_gpu, pool.mem_bandwidth_per_gpu, pool.price_usd_per_gpu_hour, pool.tdp_w,
+            pool.idle_w, pool.kv_capacity_tokens_per_replica, info.kv_block_size, pool.weights_bytes_per_gpu,
+            pool.gpu_memory_bytes, info.warmup_s, info.wall_time_s, info.sim_end_s,
+        )
+        stats = _iteration_stats(view, t0, t1, window)
+        busy = NAN
+        if math.isfinite(window) and window > 0:
+            start, end = view.iterations["start_s"].to_numpy(), view.iterations["end_s"].to_numpy()
+            overlap = np.clip(np.minimum(end, t1) - np.maximum(start, t0), 0.0, None)
+            busy = float(overlap.sum()) / (window * pool.num_replicas)
+        prefix = f"pool.{pool.name}."
+        per_pool[prefix + "num_gpus"] = pool.num_gpus
+        per_pool[prefix + "busy"] = busy
+        for key in ("mfu", "mbu", "mean_batch_size", "kv_util_mean", "kv_util_peak", "energy_j", "cost_usd"):
+            per_pool[prefix + key] = stats[key]
+        totals["energy_j"] += stats["energy_j"]
+        totals["cost_usd"] += stats["cost_usd"]
+        fc = pool.peak_flops_per_gpu * pool.num_gpus
+        bc = pool.mem_bandwidth_per_gpu * pool.num_gpus
+        flops_cap += fc
+        bytes_cap += bc
+        mfu_num += np.nan_to_num(stats["mfu"]) * fc
+        mbu_num += np.nan_to_num(stats["mbu"]) * bc
+    whole = _iteration_stats(result, t0, t1, window)  # batch and KV statistics over every iteration
+    whole.update(totals)
+    whole["mfu"] = _ratio(mfu_num, flops_cap) if math.isfinite(window) else NAN
+    whole["mbu"] = _ratio(mbu_num, bytes_cap) if math.isfinite(window) else NAN
+    return {**whole, **per_pool}
+
+
+def handoff_stats(req: pd.DataFrame, lat: pd.DataFrame) -> dict[str, Any]:
+    """:data:`HANDOFF_KEYS` from the hand-off columns of a multi-pool run's requests."""
+    moved = req["kv_transfers"].to_numpy() > 0
+    start = req["kv_transfer_start_s"].to_numpy(dtype=np.float64)[moved]
+    end = req["kv_transfer_end_s"].to_numpy(dtype=np.float64)[moved]
+    ready = req["kv_ready_s"].to_numpy(dtype=np.float64)[moved]
+    e2e = lat["e2e_s"].to_numpy(dtype=np.float64)[moved]
+    held = end - start
+    share = (end - ready) / e2e
+    share = share[np.isfinite(share)]
+    return {
+        "kv_handoffs": int(req["kv_transfers"].sum()),
+        "kv_handoff_gib": float(req["kv_transfer_bytes"].sum()) / 2**30,
+        "kv_transfer_mean_s": float(held.mean()) if len(held) else NAN,
+        "kv_transfer_p99_s": float(np.quantile(held, 0.99)) if len(held) else NAN,
+        "kv_handoff_wait_mean_s": float((start - ready).mean()) if len(held) else NAN,
+        "kv_handoff_share_of_e2e": float(share.mean()) if len(share) else NAN,
+    }
+
+
 def _extra_energy(info: RunInfo, window: float, busy_replica_s: float) -> float:
     """Energy of the devices techniques add to each replica (a separate draft device; 0 without). They are
     powered for the whole window and counted active while their replica is busy (an upper bound: a draft
@@ -395,12 +484,17 @@ def summarise(result: SimulationResult, slo: SLOConfig | None = None) -> dict[st
         out[f"slo_{name}"] = getattr(slo, name)
     out["num_gpus"] = info.num_gpus
 
-    out.update(_iteration_stats(result, t0, t1, window))
+    pooled = bool(info.pools)
+    out.update(_pools_iteration_stats(result, t0, t1, window) if pooled else _iteration_stats(result, t0, t1, window))
+    if pooled:
+        out.update(handoff_stats(req, lat))
     out["preemptions"] = int(req["preemptions"].sum()) if n else 0
     out["iterations"] = int(result.iterations["num_iterations"].sum())
     out["energy_per_output_token_j"] = _ratio(out["energy_j"], out_tokens)
     price_per_s = info.num_gpus * info.price_usd_per_gpu_hour / 3600.0
-    if info.extra_usd_per_replica_hour:
+    if pooled:
+        price_per_s = info.price_usd_per_hour / 3600.0
+    elif info.extra_usd_per_replica_hour:
         price_per_s += info.num_replicas * info.extra_usd_per_replica_hour / 3600.0
     steady = _ratio(price_per_s * 1e6, out["served_output_tps"])
     out["cost_per_million_output_tokens_usd"] = (
@@ -412,4 +506,5 @@ def summarise(result: SimulationResult, slo: SLOConfig | None = None) -> dict[st
     ordered = {key: out[key] for key in SUMMARY_KEYS}
     # The percentile targets the scenario set (their keys depend on it), after the fixed keys.
     ordered.update({k: v for k, v in out.items() if k.startswith("slo_") and k not in ordered})
+    ordered.update({k: v for k, v in out.items() if k.startswith("pool.") or k in HANDOFF_KEYS})
     return ordered

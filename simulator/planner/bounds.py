@@ -93,6 +93,7 @@ LATENCY_FLOOR = "latency-floor"
 TOO_SLOW = "too-slow"
 NOTHING_MEASURED = "nothing-measured"
 TECHNIQUE = "technique"  # not checked: a technique voids the bounds' assumptions
+POOLS = "pools"  # not checked: the bounds are for one pool of identical replicas
 
 
 @dataclass(frozen=True)
@@ -284,6 +285,13 @@ def _floor_ok(slo: SLOConfig, pre: np.ndarray, dec: np.ndarray, output: np.ndarr
     if slo.e2e_s is not None:
         ok &= pre + (output - 1.0) * dec <= slo.e2e_s * loose
     return ok
+
+
+def unbounded_pools() -> Verdict:
+    """The verdict for a multi-pool candidate: the rules assume one pool where every replica runs both phases,
+    so nothing is pruned and the candidate is simulated."""
+    return Verdict(True, POOLS, "not bounded analytically: several pools (the bounds assume one)",
+                   0, 0, math.nan, math.nan, math.nan, math.nan)
 
 
 def check(scenario: Scenario, system: System, bounds: CostBounds | None = None) -> Verdict:

@@ -34,7 +34,7 @@ from capsim import __version__
 from capsim.errors import CapsimError, DoesNotFitError
 from simulator.config.loader import parse_override, read_yaml, set_path, validate_as
 from simulator.config.schema import Scenario
-from simulator.planner.bounds import NOTHING_MEASURED, check
+from simulator.planner.bounds import NOTHING_MEASURED, check, unbounded_pools
 from simulator.planner.schema import PLAN_KEYS, PlanFile
 from simulator.planner.search import SearchResult, bracket_search, partial_result
 from simulator.planner.worker import BOUND, evaluate_rate, is_good
@@ -200,6 +200,15 @@ class PlanResult:
 ProgressFn = Callable[[str, int, int], None]  # (phase text, done, total)
 
 
+def _build(sc: Scenario):
+    """The candidate's system (one pool) or pool set (several): both say ``num_gpus`` and ``cost_per_hour_usd``."""
+    if sc.pools is not None:
+        from simulator.pools.build import build_pools
+
+        return build_pools(sc)
+    return build_system(sc)
+
+
 def prepass(candidates: Sequence[Scenario], min_probe_s: float | None = None) -> list[Candidate]:
     """Rule 1 (memory) and rules 2-3 (latency floors, work) at the target rate for every candidate.
 
@@ -212,7 +221,7 @@ def prepass(candidates: Sequence[Scenario], min_probe_s: float | None = None) ->
         if min_probe_s is not None:
             sc = at_rate(sc, float(sc.workload.qps), min_probe_s)
         try:
-            system = build_system(sc)
+            system = _build(sc)
         except DoesNotFitError as exc:
             cand.status, cand.detail = DOES_NOT_FIT, exc.render()
             out.append(cand)
@@ -224,7 +233,7 @@ def prepass(candidates: Sequence[Scenario], min_probe_s: float | None = None) ->
         cand.gpus = system.num_gpus
         cand.cost_per_hour_usd = system.cost_per_hour_usd
         try:
-            verdict = check(sc, system)
+            verdict = unbounded_pools() if sc.pools is not None else check(sc, system)
         except CapsimError as exc:
             cand.status, cand.detail = INVALID, exc.render()
             out.append(cand)

@@ -24,13 +24,16 @@ def evaluate_rate(scenario_dump: dict[str, Any]) -> dict[str, Any]:
     from simulator.engine import simulate
     from simulator.metrics.summary import summarise
     from simulator.metrics.writers import to_json_value
-    from simulator.planner.bounds import check
+    from simulator.planner.bounds import check, unbounded_pools
     from simulator.system import build_system
 
     try:
         scenario = validate_as(Scenario, scenario_dump, scenario_dump.get("name", "scenario"))
-        system = build_system(scenario)
-        verdict = check(scenario, system)
+        if scenario.pools is not None:  # several pools: no analytic bounds, simulate
+            system, verdict = None, unbounded_pools()
+        else:
+            system = build_system(scenario)
+            verdict = check(scenario, system)
         if not verdict.possible:
             return {"status": BOUND, "reason": verdict.reason, "verdict": to_json_value(verdict.as_dict())}
         output = simulate(scenario, system=system)

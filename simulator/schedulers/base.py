@@ -82,6 +82,9 @@ class Scheduler:
     #: batches of whole prompts): the engine then prices that shape for every prompt length of
     #: the workload up front, in one vectorised call, instead of one at a time in the hot loop.
     lone_prefills: ClassVar[bool] = False
+    #: Whether the scheduler can take a request whose KV arrives from another pool mid-run (a decode pool of a
+    #: disaggregated deployment). Request-level batching cannot: its batch is fixed until every member is done.
+    receives_kv: ClassVar[bool] = True
 
     def __init__(self, params: SchedulerParams, state: ReplicaState):
         self.params = params
@@ -137,6 +140,27 @@ class Scheduler:
         st.waiting.appendleft(victim)
         self.on_preempted(victim)
         return victim
+
+    def blocks_to_receive(self, rid: int, kv_tokens: int) -> int:
+        """Blocks ``rid`` needs here to take ``kv_tokens`` of KV sent from another pool."""
+        return self.state.blocks.blocks_to_admit(rid, kv_tokens)
+
+    def hold_received(self, rid: int, kv_tokens: int) -> None:
+        """Account the blocks of ``rid``'s incoming KV (before it is sent: the transfer writes into them)."""
+        self.state.blocks.grow(rid, kv_tokens)
+        t = self.state.table
+        if np.isnan(t.schedule_s[rid]):
+            t.schedule_s[rid] = self.state.now
+
+    def detach(self, rids: list[int]) -> None:
+        """``rids`` leave the batch without finishing and keep their KV blocks (handed to another pool, which
+        releases the blocks once the KV has been sent)."""
+        st = self.state
+        gone = set(rids)
+        st.running[:] = [r for r in st.running if r not in gone]
+        st.changed()
+        for r in rids:
+            self.on_preempted(r)
 
     def on_preempted(self, rid: int) -> None:
         """Hook for schedulers that track extra per-sequence state."""

@@ -51,6 +51,14 @@ class OrcaScheduler(Scheduler):
             return exact
         return max(self.state.max_context, exact)
 
+    def blocks_to_receive(self, rid: int, kv_tokens: int) -> int:
+        return int(blocks_for(max(kv_tokens, self._reservation(rid)), self.state.blocks.block_size))
+
+    def hold_received(self, rid: int, kv_tokens: int) -> None:
+        """A request arriving with its KV gets the same up-front reservation as one admitted here."""
+        self.state.blocks.reserve(rid, self._reservation(rid))
+        super().hold_received(rid, kv_tokens)
+
     def plan(self) -> Plan | None:
         st, p = self.state, self.params
         decoding = self.running_ids()

@@ -36,6 +36,7 @@ class StaticScheduler(Scheduler):
 
     Params = StaticParams
     pads_finished = True
+    receives_kv = False
 
     def plan(self) -> Plan | None:
         st = self.state

@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from capsim.errors import CapsimError
-from simulator.config.loader import apply_updates, expand, parse_override, read_yaml, set_path, validate_as
+from simulator.config.loader import (
+    apply_updates,
+    expand,
+    parse_override,
+    point_label,
+    read_yaml,
+    set_path,
+    validate_as,
+)
 from simulator.config.schema import Scenario
 from simulator.sweep.schema import SweepFile
 
@@ -26,7 +34,7 @@ def zip_points(zipped: dict[str, list[Any]]) -> list[tuple[str, dict[str, Any]]]
     points = []
     for i in range(count):
         values = {k: zipped[k][i] for k in keys}
-        label = ",".join(f"{k.split('.')[-1]}={v}" for k, v in values.items())
+        label = point_label(values)
         points.append((label, values))
     return points
 

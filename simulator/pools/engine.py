@@ -1,0 +1,436 @@
+"""Simulate a multi-pool deployment: replicas of several pools, and KV hand-offs between them over links.
+
+The same :class:`~simulator.replica.Replica` loop runs every replica of every pool; what is new is the path a
+request takes (:mod:`simulator.pools.systems` decides it) and the hand-off:
+
+1. A prefill replica completes a request's prefill -- the request's first token is out (TTFT ends here, as
+   DistServe and Splitwise count it) -- and the request leaves its batch, its KV still held there.
+2. The serving system names the pool that decodes it, and that pool's router a replica. The request joins the
+   replica's *inbox*: it is granted when the receiving scheduler has the KV blocks and a batch slot free (pull,
+   as DistServe's decode instances fetch KV when they have memory; until then the prefill replica's memory is the
+   queue, so a congested decode pool pushes back on prefill).
+3. The transfer holds the sending replica's NICs and then the receiving replica's (each a SimPy resource, so
+   concurrent transfers queue behind each other) for ``latency + bytes / bandwidth``. When it ends, the sender
+   frees the blocks and the request joins the receiver's batch at its next iteration boundary -- without a
+   prefill: its KV is there.
+
+Every request's KV leaves one pool and arrives in the next exactly once; ``tests/test_pools.py`` checks that,
+causality per stage, link bytes and every engine invariant in every pool.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import simpy
+
+from simulator.admission import enforce, unservable_mask
+from simulator.config.schema import Scenario
+from simulator.kvcache import BlockManager
+from simulator.metrics.result import PoolInfo, RunInfo, SimulationResult
+from simulator.pools.build import PoolPlan, PoolSet, build_pools
+from simulator.recorder import Recorder
+from simulator.replica import Replica
+from simulator.requests import RequestTable
+from traces.build import build_requests
+from traces.stream import RequestStream
+
+
+@dataclass
+class PoolRuntime:
+    """A pool during one simulation: its replicas (engines), router and inboxes."""
+
+    plan: PoolPlan
+    replicas: list[Replica] = field(default_factory=list)
+    inboxes: list[Inbox] = field(default_factory=list)
+    router: object = None
+    blocks_per_engine: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.plan.name
+
+    @property
+    def role(self) -> str:
+        return self.plan.role
+
+    def queued_per_replica(self) -> float:
+        """Requests routed here and not running yet, per replica: the load signal a serving system reads."""
+        waiting = sum(len(r.state.waiting) for r in self.replicas) + sum(len(b.queue) for b in self.inboxes)
+        return waiting / max(len(self.replicas), 1)
+
+
+@dataclass
+class HandoffLog:
+    """Per-request record of the hand-off (NaN / -1 where a request had none)."""
+
+    n: int
+
+    def __post_init__(self) -> None:
+        self.source = np.full(self.n, -1, dtype=np.int64)
+        self.ready_s = np.full(self.n, np.nan)
+        self.start_s = np.full(self.n, np.nan)
+        self.end_s = np.full(self.n, np.nan)
+        self.nbytes = np.zeros(self.n)
+        self.count = np.zeros(self.n, dtype=np.int64)
+
+
+class Inbox:
+    """Requests waiting to move their KV into one receiving replica, granted first come, first served."""
+
+    def __init__(self, engine: PoolEngine, replica: Replica, pool: PoolRuntime):
+        self.engine = engine
+        self.replica = replica
+        self.pool = pool
+        params = pool.plan.system.scheduler_params
+        self.max_seqs = params.max_batch_seqs()
+        # The receiving scheduler's own admission watermark, when it keeps one (vLLM does).
+        self.watermark = int(getattr(params, "watermark", 0.0) * replica.blocks.total_blocks)
+        self.queue: deque[tuple[int, Replica, float, float]] = deque()
+        self.in_flight = 0
+
+    def offer(self, rid: int, source: Replica, ready: float, head_start: float) -> None:
+        self.queue.append((rid, source, ready, head_start))
+        self.try_grant()
+
+    def try_grant(self) -> None:
+        """Start the transfers that fit now: blocks free above the watermark and a batch slot."""
+        replica, queue = self.replica, self.queue
+        state, scheduler = replica.state, replica.scheduler
+        table = replica.table
+        while queue:
+            rid, source, ready, head_start = queue[0]
+            if len(state.running) + len(replica._ready) + self.in_flight >= self.max_seqs:
+                return
+            kv = int(table.kv_tokens[rid])
+            need = scheduler.blocks_to_receive(rid, kv)
+            free = replica.blocks.free_blocks - replica.pending_blocks
+            if free - need < self.watermark and (state.running or self.in_flight):
+                return
+            if need > free:
+                return
+            queue.popleft()
+            held = source.blocks.detach(rid)
+            scheduler.hold_received(rid, kv)
+            self.in_flight += 1
+            self.engine.env.process(self.engine.transfer(rid, source, self, held, kv, ready, head_start))
+
+
+class PoolEngine:
+    """Builds the replicas of every pool and runs the hand-offs between them."""
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        pools: PoolSet,
+        table: RequestTable,
+        env: simpy.Environment,
+        recorder: Recorder,
+        rng: np.random.Generator,
+        on_finish,
+    ):
+        self.env = env
+        self.table = table
+        self.pools_plan = pools
+        self.log = HandoffLog(table.n)
+        self.pools: list[PoolRuntime] = []
+        self.replicas: list[Replica] = []
+        self.pool_of_replica: list[int] = []
+        self.nic: list[simpy.Resource] = []  # one per physical replica (its NICs), shared by its pp engines
+        self._nic_of: list[int] = []
+        sim = scenario.simulation
+        for plan in pools.pools:
+            system = plan.system
+            dep = system.deployment
+            rt = PoolRuntime(plan, blocks_per_engine=system.memory.kv_blocks // dep.pp)
+            cost = system.cost_model()
+            if system.scheduler_cls.lone_prefills and plan.role != "decode":
+                cost.prime_lone_prefills(table.prompt)
+            make_scheduler = (lambda s: lambda state: s.scheduler_cls(s.scheduler_params, state))(system)
+            first_nic = len(self.nic)
+            self.nic.extend(simpy.Resource(env, capacity=1) for _ in range(dep.num_replicas))
+            for k in range(dep.num_replicas * dep.pp):
+                index = len(self.replicas)
+                blocks = BlockManager(rt.blocks_per_engine, dep.block_size, table)
+                replica = Replica(
+                    env,
+                    index,
+                    table,
+                    blocks,
+                    cost,
+                    make_scheduler,
+                    recorder,
+                    None,
+                    system.model.max_context,
+                    warmup_s=sim.warmup_s,
+                )
+                rt.replicas.append(replica)
+                self.replicas.append(replica)
+                self.pool_of_replica.append(plan.index)
+                self._nic_of.append(first_nic + k // dep.pp)
+            rt.router = system.router_cls(rt.replicas, rng)
+            self.pools.append(rt)
+        self.system = pools.system_cls(pools.params, self.pools)
+        for rt in self.pools:
+            if rt.role in ("decode", "mixed"):
+                rt.inboxes.extend(Inbox(self, replica, rt) for replica in rt.replicas)
+                for replica in rt.replicas:
+                    replica.receiving = True
+        self._inbox_of = {id(b.replica): b for rt in self.pools for b in rt.inboxes}
+        for rt in self.pools:
+            for replica in rt.replicas:
+                replica.on_finish = self._finished_here(replica, on_finish)
+                if rt.role == "prefill":
+                    replica.handoff = self._handoff_from(rt, replica)
+        self.layers = max(p.system.model.num_layers for p in pools.pools)
+
+    # ----------------------------------------------------------------- routing
+    def submit(self, rid: int) -> None:
+        """A new request enters the pool the serving system names."""
+        rt = self.system.entry(rid)
+        rt.replicas[rt.router.pick(rid)].submit(rid)
+
+    def _finished_here(self, replica: Replica, on_finish):
+        inbox = self._inbox_of.get(id(replica))
+
+        def finished(rids: np.ndarray, now: float) -> None:
+            if inbox is not None:
+                inbox.try_grant()  # blocks and batch slots were just freed
+            if on_finish is not None:
+                on_finish(rids, now)
+
+        return finished
+
+    def _handoff_from(self, rt: PoolRuntime, replica: Replica):
+        def handoff(rids: list[int], end: float, start: float) -> None:
+            for rid in rids:
+                dest = self.system.after_prefill(rid, rt)
+                target = dest.replicas[dest.router.pick(rid)]
+                target.outstanding += 1
+                self.table.replica[rid] = target.index
+                self.log.source[rid] = replica.index
+                self.log.ready_s[rid] = end
+                self._inbox_of[id(target)].offer(rid, replica, end, end - start)
+
+        return handoff
+
+    # ---------------------------------------------------------------- transfer
+    def transfer(
+        self, rid: int, source: Replica, inbox: Inbox, held: int, kv_tokens: int, ready: float, head_start: float
+    ):
+        """Move ``rid``'s KV from ``source`` to ``inbox.replica`` (a SimPy process)."""
+        env, log = self.env, self.log
+        src_pool = self.pools[self.pool_of_replica[source.index]]
+        dst = inbox.replica
+        link = self.pools_plan.links[(src_pool.plan.index, inbox.pool.plan.index)]
+        nbytes = kv_tokens * src_pool.plan.system.model.kv_bytes_per_token(_kv_bytes(src_pool.plan.system))
+        with self.nic[self._nic_of[source.index]].request() as out:
+            yield out
+            with self.nic[self._nic_of[dst.index]].request() as inn:
+                yield inn
+                start = env.now
+                duration = link.transfer_s(nbytes)
+                if self.pools_plan.params.layerwise:
+                    # Layers sent while the prefill ran hide behind it; at least the last layer's share is left.
+                    overlap = max(head_start - (start - ready), 0.0)
+                    duration = max(duration / self.layers, duration - overlap)
+                yield env.timeout(duration)
+        source.blocks.unpin(held)
+        source.poke()  # its scheduler may have been waiting for these blocks
+        log.start_s[rid] = start
+        log.end_s[rid] = env.now
+        log.nbytes[rid] += nbytes
+        log.count[rid] += 1
+        inbox.in_flight -= 1
+        dst.receive(rid)
+        inbox.try_grant()
+
+
+def _kv_bytes(system) -> float:
+    from simulator.costmodel.precision import bytes_per_element
+
+    return bytes_per_element(system.deployment.kv_dtype, field="deployment.kv_dtype")
+
+
+def _unservable(pools: PoolSet, stream: RequestStream) -> tuple[np.ndarray, list]:
+    """Requests some pool on their path could never serve: a prefill pool must hold the prompt's KV and run its
+    prefill; a decode or mixed pool the whole sequence (and a re-prefill after preemption)."""
+    prompt, output = stream.prompt_tokens, stream.output_tokens
+    mask = np.zeros(len(prompt), dtype=bool)
+    reasons = []
+    for p in pools.pools:
+        system, dep = p.system, p.system.deployment
+        blocks = system.memory.kv_blocks // dep.pp
+        out = np.ones_like(output) if p.role == "prefill" else output
+        m, r = unservable_mask(
+            prompt,
+            out,
+            max_context=system.model.max_context,
+            kv_capacity_tokens=blocks * dep.block_size,
+            max_prefill_tokens=system.scheduler_cls(system.scheduler_params, None).max_prefill_tokens(),
+        )
+        mask |= m
+        reasons.extend(r._replace(text=f"pool {p.name!r}: {r.text}") for r in r)
+    return mask, reasons
+
+
+@dataclass
+class PoolsPrepared:
+    """A multi-pool scenario resolved and checked (what ``capsim validate`` runs)."""
+
+    pools: PoolSet
+    stream: RequestStream
+    unservable: np.ndarray
+
+
+def prepare_pools(scenario: Scenario, *, stream: RequestStream | None = None) -> PoolsPrepared:
+    pools = build_pools(scenario)
+    sim = scenario.simulation
+    if stream is None:
+        stream = build_requests(
+            scenario.workload, seed=scenario.seed, num_requests=sim.num_requests, duration_s=sim.duration_s
+        )
+    mask, reasons = _unservable(pools, stream)
+    enforce(mask, reasons, stream.prompt_tokens, stream.output_tokens, sim.oversized)
+    return PoolsPrepared(pools, stream, mask)
+
+
+def simulate_pools(scenario: Scenario, *, stream: RequestStream | None = None):
+    """Simulate a scenario with ``pools:``; returns the same :class:`~simulator.engine.RunOutput` as a single
+    pool, with per-pool facts in ``result.info.pools`` and the hand-off columns in ``result.requests``."""
+    from simulator.engine import RunOutput
+
+    wall0 = time.perf_counter()
+    prep = prepare_pools(scenario, stream=stream)
+    pools, stream, mask = prep.pools, prep.stream, prep.unservable
+    sim = scenario.simulation
+    keep = ~mask
+    table = RequestTable(stream.arrival_s[keep], stream.prompt_tokens[keep], stream.output_tokens[keep])
+    env = simpy.Environment()
+    recorder = Recorder()
+    rng = np.random.default_rng(np.random.SeedSequence(scenario.seed).spawn(2)[1])
+    closed = stream.closed_loop
+    next_request = [0]
+    engine_ref: list[PoolEngine] = []
+
+    def submit_next(_event=None) -> None:
+        rid = next_request[0]
+        if rid >= table.n:
+            return
+        next_request[0] = rid + 1
+        table.arrival_s[rid] = env.now
+        engine_ref[0].submit(rid)
+
+    on_finish = None
+    if closed is not None:
+        think = closed.think_time_s
+
+        def on_finish(finished: np.ndarray, now: float) -> None:
+            for _ in range(len(finished)):
+                if think > 0:
+                    env.timeout(think).callbacks.append(submit_next)
+                else:
+                    submit_next()
+
+    engine = PoolEngine(scenario, pools, table, env, recorder, rng, on_finish)
+    engine_ref.append(engine)
+    if closed is None:
+        env.process(_arrivals(env, table, engine))
+    else:
+        for _ in range(min(closed.concurrency, table.n)):
+            submit_next()
+    if sim.max_time_s is not None:
+        env.run(until=sim.max_time_s)
+    else:
+        env.run()
+
+    if closed is not None:
+        arrived = next_request[0]
+    elif sim.max_time_s is not None:
+        arrived = int(np.searchsorted(table.arrival_s, env.now, side="left"))
+    else:
+        arrived = table.n
+    info = _run_info(scenario, pools, engine, time.perf_counter() - wall0, float(env.now), table.n - arrived)
+    frame = table.to_frame()
+    log = engine.log
+    frame["prefill_replica"] = log.source
+    frame["kv_ready_s"] = log.ready_s
+    frame["kv_transfer_start_s"] = log.start_s
+    frame["kv_transfer_end_s"] = log.end_s
+    frame["kv_transfer_bytes"] = log.nbytes
+    frame["kv_transfers"] = log.count
+    if arrived < table.n:
+        frame = frame.iloc[:arrived]
+    result = SimulationResult(frame, recorder.iterations_frame(), recorder.token_gaps(), info)
+    first = pools.pools[0].system
+    return RunOutput(
+        result,
+        first,
+        int(mask.sum()),
+        stream.source,
+        table,
+        [r.blocks.used_blocks for r in engine.replicas],
+        [r.blocks.peak_used_blocks for r in engine.replicas],
+        pools=pools,
+    )
+
+
+def _arrivals(env: simpy.Environment, table: RequestTable, engine: PoolEngine):
+    timeout = env.timeout
+    for rid, at in enumerate(table.arrival_s.tolist()):
+        delay = at - env.now
+        if delay > 0:
+            yield timeout(delay)
+        engine.submit(rid)
+
+
+def _run_info(
+    scenario: Scenario, pools: PoolSet, engine: PoolEngine, wall: float, end: float, not_arrived: int
+) -> RunInfo:
+    infos = []
+    for rt in engine.pools:
+        system, dep = rt.plan.system, rt.plan.system.deployment
+        infos.append(
+            PoolInfo(
+                name=rt.name,
+                role=rt.role,
+                device=system.device.name,
+                first_replica=rt.replicas[0].index,
+                num_replicas=len(rt.replicas),
+                gpus_per_replica=dep.tp,
+                peak_flops_per_gpu=system.roofline.peak_flops,
+                mem_bandwidth_per_gpu=system.roofline.memory_bandwidth,
+                price_usd_per_gpu_hour=system.device.price_usd_per_hour,
+                tdp_w=system.device.tdp_w,
+                idle_w=system.device.idle_w,
+                kv_capacity_tokens_per_replica=rt.blocks_per_engine * dep.block_size,
+                weights_bytes_per_gpu=system.memory.weights_bytes,
+                gpu_memory_bytes=system.memory.gpu_memory_bytes,
+            )
+        )
+    head = pools.pools[0].system
+    return RunInfo(
+        scenario_name=scenario.name,
+        seed=scenario.seed,
+        model=head.model.name,
+        device="+".join(dict.fromkeys(p.device for p in infos)),
+        num_replicas=sum(p.num_replicas for p in infos),
+        gpus_per_replica=head.deployment.tp,
+        peak_flops_per_gpu=head.roofline.peak_flops,
+        mem_bandwidth_per_gpu=head.roofline.memory_bandwidth,
+        price_usd_per_gpu_hour=head.device.price_usd_per_hour,
+        tdp_w=head.device.tdp_w,
+        idle_w=head.device.idle_w,
+        kv_capacity_tokens_per_replica=infos[0].kv_capacity_tokens_per_replica,
+        kv_block_size=head.deployment.block_size,
+        weights_bytes_per_gpu=head.memory.weights_bytes,
+        gpu_memory_bytes=head.memory.gpu_memory_bytes,
+        warmup_s=scenario.simulation.warmup_s,
+        wall_time_s=wall,
+        sim_end_s=end,
+        not_arrived=not_arrived,
+        pools=tuple(infos),
+    )
