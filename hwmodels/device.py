@@ -71,6 +71,12 @@ class Interconnect(BaseModel):
     )
     pcie_gbs: float = Field(gt=0, description="Host link bandwidth per direction, GB/s.")
     link_latency_us: float = Field(ge=0, description="Fixed cost of one message between devices, microseconds.")
+    nvlink_domain: OptionalCount = Field(
+        default=None,
+        gt=0,
+        description="GPUs one scale-up fabric joins (72 for a GB200 NVL72 rack). capsim prices every link of a "
+        "replica with nvlink_gbs, so a replica of more GPUs (tp x pp) than this is refused; unset: not checked.",
+    )
 
 
 class Efficiency(BaseModel):

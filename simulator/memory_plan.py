@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from capsim.errors import DoesNotFitError
 from hwmodels.device import DeviceSpec
-from simulator.costmodel.sharding import kv_heads_per_gpu
+from simulator.costmodel.sharding import kv_elements_per_layer_per_gpu, kv_heads_per_gpu
 from simulator.models.spec import ModelSpec
 
 GIB = float(2**30)
@@ -61,7 +61,12 @@ def weights_per_gpu(model: ModelSpec, tp: int, pp: int, bytes_per_weight: float)
     # so the K and V projections of the replicated heads are stored more than once.
     kv_heads_gpu = kv_heads_per_gpu(model.num_kv_heads, tp)
     replicated_kv = (kv_heads_gpu * tp - model.num_kv_heads) * 2 * model.hidden_size * model.head_dim
-    body = layers_per_stage * (model.layer_params + replicated_kv) / tp
+    # MLA's down-projections are whole on every rank: each rank holds the rest's 1/tp plus all of them.
+    replicated_mla = model.mla_replicated_params_per_layer * (tp - 1)
+    if pp == 1:  # every block, the leading dense ones (DeepSeek) smaller than the MoE rest
+        body = (model.body_params + model.num_layers * (replicated_kv + replicated_mla)) / tp
+    else:  # the last stage's blocks are the largest ones (dense blocks, if any, lead)
+        body = layers_per_stage * (model.layer_params + replicated_kv + replicated_mla) / tp
     vd = model.vocab_size * model.hidden_size + model.learned_positions * model.hidden_size
     if pp == 1:
         emb = model.embedding_params / tp
@@ -80,9 +85,14 @@ def activation_reserve(
     and the MLP's intermediate (gate and up for gated MLPs), split tp ways;
     plus fp32 logits of ``max_seqs`` sequences over the vocabulary.
     """
-    d, f = model.hidden_size, model.ffn_size * model.experts_per_token
+    d, f = model.hidden_size, model.ffn_size * (model.experts_per_token + model.num_shared_experts)
+    if model.dense_layers and model.dense_ffn_size:
+        f = max(f, model.dense_ffn_size)
     mats = 2 if model.mlp == "gated" else 1
-    per_token = (2 * d + (model.q_dim + 2 * model.kv_dim) / tp + mats * f / tp) * act_bytes
+    qkv = model.q_dim + 2 * model.kv_dim
+    if model.is_mla:  # MLA's prefill form expands the latent to full keys and values (queries carry d_r more)
+        qkv += model.num_heads * model.qk_rope_head_dim
+    per_token = (2 * d + qkv / tp + mats * f / tp) * act_bytes
     logits = max_seqs * model.vocab_size / tp * 4.0
     return max_batch_tokens * per_token + logits + RUNTIME_WORKSPACE_BYTES
 
@@ -119,8 +129,8 @@ def plan_memory(
     usable = gpu * memory_utilization
     weights = weights_per_gpu(model, tp, pp, weight_bytes)
     layers_per_stage = -(-model.num_layers // pp)
-    kv_heads_gpu = kv_heads_per_gpu(model.num_kv_heads, tp)  # replicated when fewer KV heads than ranks
-    kv_per_token = 2.0 * layers_per_stage * kv_heads_gpu * model.head_dim * kv_bytes
+    # KV heads are replicated when fewer than ranks; an MLA latent is whole on every rank.
+    kv_per_token = layers_per_stage * kv_elements_per_layer_per_gpu(model, tp) * kv_bytes
     if gpu_kv_fraction != 1.0:
         kv_per_token *= gpu_kv_fraction
     if technique_kv_scale != 1.0:

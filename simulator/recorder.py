@@ -11,9 +11,11 @@ from __future__ import annotations
 from array import array
 
 import numpy as np
-import pandas as pd
 
+from capsim.lazy import lazy_module
 from simulator.metrics.result import TokenGaps
+
+pd = lazy_module("pandas")  # imported on first use (the iteration frame), not when a system is prepared
 
 ITERATION_COLUMNS = (
     ("replica", "l"),

@@ -10,7 +10,10 @@ table is owned by one simulation; nothing here is global.
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
+
+from capsim.lazy import lazy_module
+
+pd = lazy_module("pandas")  # imported on first use (to_frame): `capsim estimate` never needs it
 
 
 class RequestTable:

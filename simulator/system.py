@@ -198,6 +198,14 @@ def build_system(scenario: Scenario) -> System:
             where="deployment.pp",
             fix="use at most one stage per layer",
         )
+    domain = device.interconnect.nvlink_domain
+    if domain is not None and dep.tp * dep.pp > domain:
+        raise CapsimError(
+            f"tp x pp = {dep.tp * dep.pp} GPUs exceeds the {domain}-GPU NVLink domain of {device.name}, and capsim "
+            "prices every link of a replica as that fabric",
+            where="deployment.tp",
+            fix=f"keep tp x pp at most {domain}, and scale out with num_replicas",
+        )
     stack = build_stack(scenario.techniques, SCHEDULERS.canonical(scenario.scheduler.name))
     roofline = roofline_for(device, dep, fmt)
     overheads = resolve_overheads(dep.overheads, dep.tp)

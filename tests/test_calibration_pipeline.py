@@ -80,3 +80,19 @@ def test_cpu_profile_prices_an_inline_device(measured, tmp_path):
     assert cal.roofline.profile is not None
     t_cal, t_ref = cal.cost_model().iteration(shape).time_s, ref.cost_model().iteration(shape).time_s
     assert t_cal > 0 and t_cal != t_ref
+
+
+def test_fit_and_validation_report_progress_per_dataset(measured):
+    """`calibrate fit` and `validate --refit` show a bar (terminal) or a line every few seconds (logs) from these."""
+    from hwmodels.calibration.fit import build_profile
+    from hwmodels.calibration.validate import cross_validate
+
+    df = read_measurements(measured)
+    for run in (lambda cb: cross_validate(df, cross_source=False, progress=cb),
+                lambda cb: build_profile(df, "cpu", progress=cb)):
+        calls: list[tuple[int, int, str]] = []
+        run(lambda done, total, what, calls=calls: calls.append((done, total, what)))
+        total = calls[0][1]
+        assert total > 3 and all(t == total for _, t, _ in calls)
+        assert [d for d, _, _ in calls] == list(range(total + 1))  # one tick per dataset, then the closing one
+        assert calls[-1][2] == "done" and calls[0][2].startswith(("cpu", "gemm", "attention", "elementwise", "memcpy"))

@@ -36,6 +36,10 @@ REQUIRED_IDS = {
     "a40",
     "t4",
     "b300",
+    "a10",
+    "h20",
+    "gb200",
+    "a100-40gb-pcie",
 }
 
 
@@ -63,6 +67,7 @@ LLM_ANALYSIS = {
     "a6000": "a6000-48gb.json",
     "a10g": "a10g-pcie-24gb.json",
     "a100-80gb-pcie": "a100-pcie-80gb.json",
+    "a100-40gb-pcie": "a100-pcie-40gb.json",
 }
 
 # catalog id -> NVIDIA aiconfigurator systems file
@@ -76,6 +81,7 @@ AICONFIGURATOR = {
     "b200": "b200_sxm.yaml",
     "a100-80gb-pcie": "a100_pcie.yaml",
     "b300": "b300_sxm.yaml",
+    "gb200": "gb200.yaml",
 }
 
 
@@ -337,3 +343,57 @@ def test_scenario_device_on_a_base_resolves_with_the_profile():
     with pytest.raises(UnknownNameError) as info:
         resolve_device({"base": "nope"})
     assert info.value.where == "deployment.device.base"
+
+
+def test_gb200_is_one_gpu_of_the_nvl72_rack():
+    # The NVL72 datasheet's rack figures over its 72 GPUs, sparse tensor rates halved.
+    gb200 = get_device("gb200-nvl72")
+    rack = {"bf16": 360e15, "fp8": 720e15, "tf32": 180e15}  # sparse, whole rack
+    for fmt, sparse in rack.items():
+        assert gb200.peak_flops(fmt) == pytest.approx(sparse / 72 / 2)
+    assert gb200.peak_tflops["fp32"] * 72 == pytest.approx(5760)
+    assert gb200.memory_bandwidth * 72 == pytest.approx(576e12)
+    assert 2 * gb200.nvlink_bandwidth * 72 == pytest.approx(129.6e12)  # the rack's "130 TB/s"
+    assert gb200.interconnect.nvlink_domain == 72
+    # Same float rates per GPU as the 8-GPU B200 board's, a little more of everything else.
+    b200 = get_device("b200")
+    assert gb200.peak_flops("bf16") > b200.peak_flops("bf16") and gb200.memory_gib > b200.memory_gib
+
+
+def test_a_replica_larger_than_the_nvlink_domain_is_refused():
+    from simulator.config.schema import DeploymentConfig, Scenario
+    from simulator.system import build_system
+
+    def build(tp, pp):
+        return build_system(Scenario(model="llama-3.1-405b", deployment=DeploymentConfig(device="gb200", tp=tp, pp=pp)))
+
+    assert build(8, 9).deployment.gpus_per_replica == 72
+    with pytest.raises(CapsimError) as info:
+        build(8, 16)
+    assert info.value.where == "deployment.tp" and "72" in info.value.fix
+    # Devices without a stated domain are not checked (an H100 replica of 16 GPUs still builds).
+    assert build_system(Scenario(model="llama-3.1-405b", deployment=DeploymentConfig(device="h100-sxm", tp=16)))
+
+
+def test_a10_has_the_a10g_memory_system_and_twice_its_tensor_rate():
+    a10, a10g = get_device("a10"), get_device("a10g")
+    assert (a10.memory_gib, a10.memory_bandwidth_gbs) == (a10g.memory_gib, a10g.memory_bandwidth_gbs) == (24, 600)
+    assert a10.peak_tflops["fp16"] == 125 and a10g.peak_tflops["fp16"] == 70
+    assert a10.tdp_w == 150 and a10.nvlink_bandwidth == 0
+
+
+def test_h20_trades_h100_compute_for_memory():
+    h20, h100 = get_device("h20"), get_device("h100-sxm")
+    assert h20.peak_flops("bf16") / h100.peak_flops("bf16") == pytest.approx(0.15, abs=0.005)
+    assert h20.memory_gib > h100.memory_gib and h20.memory_bandwidth > h100.memory_bandwidth
+    assert h20.ridge_point("bf16") == pytest.approx(37.0)  # 148 TFLOP/s over 4 TB/s: decode-friendly
+    assert h20.nvlink_bandwidth == h100.nvlink_bandwidth
+
+
+def test_a100_40gb_pcie_is_the_40gb_sxm_part_at_pcie_power_without_nvlink():
+    pcie, sxm = get_device("a100-pcie-40gb"), get_device("a100-40gb-sxm")
+    assert pcie.peak_tflops == sxm.peak_tflops
+    assert (pcie.memory_gib, pcie.memory_bandwidth_gbs) == (sxm.memory_gib, sxm.memory_bandwidth_gbs)
+    assert pcie.tdp_w == 250 < sxm.tdp_w and pcie.nvlink_bandwidth == 0 < sxm.nvlink_bandwidth
+    # No public price of its own: the rule in devices.yaml takes the SXM part's rate.
+    assert pcie.price_usd_per_hour == sxm.price_usd_per_hour and "upper bound" in pcie.price_source

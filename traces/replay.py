@@ -15,13 +15,15 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from capsim.errors import CapsimError, UnknownNameError
+from capsim.lazy import lazy_module
 from traces.catalog import SHIPPED_TRACES
 from traces.config import TraceConfig
 from traces.loaders import load_file
 from traces.loaders.generic import as_mapping
+
+pd = lazy_module("pandas")  # imported on first use: commands that read no trace start without it
 
 #: How many distinct trace files stay parsed in memory.
 CACHE_SIZE = 8

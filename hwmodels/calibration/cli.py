@@ -75,9 +75,20 @@ def _load(measurements: list[Path] | None, data_dir: str | None, devices: list[s
     return df, notes
 
 
+def _ticker(bar, phase: str):
+    """A ``progress(done, total, what)`` callback that shows ``phase: what done/total`` on ``bar``
+    (a :class:`simulator.progress.Progress`: a bar on a terminal, a line every few seconds in logs)."""
+
+    def tick(done: int, total: int, what: str) -> None:
+        bar.update(description=f"{phase}: {what}", completed=done, total=total)
+
+    return tick
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``calibrate`` command group to ``app``."""
     from simulator.cli_common import _guard, err_console, out_console
+    from simulator.progress import Progress
 
     cal = typer.Typer(help="Fit the hardware models to measured kernels and report their accuracy.",
                       no_args_is_help=True)
@@ -101,11 +112,9 @@ def register(app: typer.Typer) -> None:
             from hwmodels.calibration.measure import run_sweep
             from hwmodels.calibration.schema import write_measurements
 
-            def progress(i: int, n: int) -> None:
-                if i == n or i % 20 == 0:
-                    err_console.print(f"measured {i}/{n} cases", highlight=False)
-
-            df = run_sweep(device, quick=quick, backend=backend, label=label, progress=progress)
+            with Progress(f"measuring kernels on {device}", 0, console=err_console) as bar:
+                df = run_sweep(device, quick=quick, backend=backend, label=label,
+                               progress=lambda i, n: bar.update(completed=i, total=n))
             skipped = df.attrs.get("skipped", [])
             if skipped:
                 err_console.print(f"skipped {len(skipped)} cases too large for this machine's memory, e.g. "
@@ -164,8 +173,13 @@ def register(app: typer.Typer) -> None:
                 if (rows["op_class"] == "cpu_overhead").all():
                     continue
                 err_console.print(f"fitting {dev} ({len(rows):,} rows)...", highlight=False)
-                held = cross_validate(rows, cross_source=False).per_dataset if heldout else None
-                doc = build_profile(df, dev, heldout=held, split_note=SPLIT_SUMMARY)
+                with Progress(dev, 0, console=err_console) as bar:
+                    held = None
+                    if heldout:
+                        held = cross_validate(rows, cross_source=False, progress=_ticker(bar, f"{dev} held-out folds"))
+                        held = held.per_dataset
+                    doc = build_profile(df, dev, heldout=held, split_note=SPLIT_SUMMARY,
+                                        progress=_ticker(bar, f"{dev} fit"))
                 # Only catalog devices are installed: a shipped profile is found by the device's catalog id.
                 target = shipped if install and dev in DEVICES else out_dir
                 path = write_profile(doc, target / f"{dev.replace(':', '_').replace(' ', '_')}.yaml")
@@ -212,7 +226,8 @@ def register(app: typer.Typer) -> None:
                 print(json.dumps(table, indent=2) if as_json else format_table(table))
                 return
             df = _load_reporting_gaps(measurements, data_dir, device)
-            v = cross_validate(df, min_time_s=min_us * 1e-6)
+            with Progress("held-out validation", 0, console=err_console) as bar:
+                v = cross_validate(df, min_time_s=min_us * 1e-6, progress=_ticker(bar, "held-out validation"))
             for note in v.notes:
                 err_console.print(note, highlight=False)
             if not no_plots:

@@ -508,8 +508,11 @@ def build_profile(
     *,
     heldout: Mapping[tuple, Mapping[str, Any]] | None = None,
     split_note: str = "",
+    progress: Callable[[int, int, str], None] | None = None,
 ) -> dict[str, Any]:
     """Fit every dataset of ``device`` on ALL its rows and return the profile document.
+
+    ``progress(done, total, dataset)`` is called before each dataset's fit and once at the end.
 
     ``heldout`` maps a dataset key (see :func:`heldout_key`) to its held-out error
     summary from :func:`hwmodels.calibration.validate.cross_validate`.
@@ -527,7 +530,9 @@ def build_profile(
     alternatives: dict[str, dict[str, Any]] = {}
     collectives: dict[str, list[dict[str, Any]]] = {}
     skipped: list[str] = []
-    for ds in sets:
+    for i, ds in enumerate(sets):
+        if progress is not None:
+            progress(i, len(sets), f"{ds.op_class}/{ds.dtype}")
         part = df.loc[ds.index]
         if not ds.is_collective and peaks is None:
             skipped.append(f"{ds.op_class}/{ds.dtype}/{ds.origin}: no datasheet peaks and no GEMM+copy measurements")
@@ -577,6 +582,8 @@ def build_profile(
         doc["alternatives"] = alternatives
     if skipped:
         doc["not_calibrated"] = skipped
+    if progress is not None:
+        progress(len(sets), len(sets), "done")
     return doc
 
 

@@ -25,7 +25,7 @@ Two extra kinds of row:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -169,8 +169,12 @@ def cross_validate(
     devices: list[str] | None = None,
     min_time_s: float = DEFAULT_MIN_TIME_S,
     cross_source: bool = True,
+    progress: Callable[[int, int, str], None] | None = None,
 ) -> Validation:
-    """2-fold held-out validation of every dataset of ``devices`` (all when None)."""
+    """2-fold held-out validation of every dataset of ``devices`` (all when None).
+
+    ``progress(done, total, dataset)`` is called after each dataset (its folds refit: seconds each).
+    """
     if devices:
         df = df[df["device"].isin(devices)]
     df = df[df["op_class"] != "cpu_overhead"]
@@ -185,7 +189,9 @@ def cross_validate(
     per_dataset: dict[tuple, dict[str, Any]] = {}
     peaks_cache: dict[str, Peaks | None] = {}
     primary_fits: dict[tuple, tuple[FittedCurve, Peaks | None]] = {}
-    for ds in sets:
+    for i, ds in enumerate(sets):
+        if progress is not None:
+            progress(i, len(sets), f"{ds.device} {ds.op_class}")
         if ds.device not in peaks_cache:
             peaks_cache[ds.device] = reference_peaks(ds.device, df)
         peaks = peaks_cache[ds.device]
@@ -213,6 +219,8 @@ def cross_validate(
                 primary_fits[(ds.device, ds.profile_key, ds.dtype)] = (fit_curve(ds.form, part, peaks), peaks)
             except CapsimError:
                 pass
+    if progress is not None:
+        progress(len(sets), len(sets), "done")
     if cross_source:
         frames.extend(_cross_source(df, sets, primary_fits, datasheet))
     all_rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

@@ -83,6 +83,10 @@ class AttentionGeometry:
     head_dim: float
     act_dtype: str = "bf16"
     kv_bytes: float = 2.0  # per KV-cache element (the cache write a calibrated attention curve may include)
+    #: Multi-head latent attention: the rows attend a shared latent of ``head_dim`` elements per token (one
+    #: "KV head" of keys, whose first ``kv_lora_rank`` elements are also the values), not FlashAttention's
+    #: separate keys and values, so curves fitted on FlashAttention do not price them.
+    latent: bool = False
 
 
 @dataclass(frozen=True)
@@ -250,6 +254,15 @@ def build_operator_table(
                 gemms=mlp_gemms,
             ),
         )
+    if model.num_shared_experts:  # DeepSeek: always-on experts, run as one dense MLP s times as wide
+        mlp_ops = (*mlp_ops, _dense_mlp("moe_shared_experts", model, model.num_shared_experts * f, t, bw, ba))
+    if model.dense_layers:
+        # The leading dense layers and the MoE rest as rows weighted by their share of the L layers: the table
+        # is charged L times, and a row's roofline time (and a GEMM curve's, its launch count weighted the same)
+        # scales with the weight, so the sum over the table is the sum over the real layers.
+        moe_share = model.moe_layers / L
+        mlp_ops = (*(_layer_share(op, moe_share) for op in mlp_ops),
+                   _layer_share(_dense_mlp("mlp", model, model.dense_ffn_size, t, bw, ba), model.dense_layers / L))
     # Elementwise operators between the GEMMs (formulas in the module docstring). They scale with the
     # iteration's tokens only, so a decode step of a given batch size prices them once (context-free rows).
     rope_elems = (h_gpu + hkv_gpu) * dh
@@ -262,6 +275,10 @@ def build_operator_table(
     experts_per_token = float(model.experts_per_token) if model.is_moe else 1.0
     f_gpu = f / t
     gated = model.mlp == "gated"
+    if model.num_shared_experts or model.dense_layers:  # intermediate width per token, averaged over layers
+        moe_width = (model.experts_per_token + model.num_shared_experts) * f_gpu
+        f_gpu = (model.moe_layers * moe_width + model.dense_layers * (model.dense_ffn_size or 0) / t) / L
+        experts_per_token = 1.0
     activation = Operator(
         "activation",
         "elementwise",
@@ -278,8 +295,13 @@ def build_operator_table(
         bytes=_vec(**_per_token((add_inputs + 1.0) * d * ba)),
     )
     adds_after_attention = () if model.parallel_attention else (residual_add,)
-    attention_block = (norm, qkv, *((rope,) if model.has_rope else ()), attn_prefill, attn_decode, o_proj,
-                       *adds_after_attention)
+    if model.is_mla:
+        mla_rows, geometry = _mla_attention_rows(model, t, ba=ba, bw=bw, bkv=bkv, act_dtype=act_dtype)
+        attention_block = (norm, *mla_rows, o_proj, *adds_after_attention)
+    else:
+        attention_block = (norm, qkv, *((rope,) if model.has_rope else ()), attn_prefill, attn_decode, o_proj,
+                           *adds_after_attention)
+        geometry = AttentionGeometry(h_gpu, hkv_gpu, float(dh), act_dtype, float(kv_bytes))
     layer_ops = (*attention_block, norm, *mlp_ops, activation, residual_add)
 
     # LM head on the last position of each sequence that produces logits, plus the final norm.
@@ -332,5 +354,128 @@ def build_operator_table(
         iteration_ops=iteration_ops,
         layer_comms=layer_comms,
         iteration_comms=iteration_comms,
-        attention=AttentionGeometry(h_gpu, hkv_gpu, float(dh), act_dtype, float(kv_bytes)),
+        attention=geometry,
     )
+
+
+def _dense_mlp(name: str, model: ModelSpec, width: float, t: int, bw: float, ba: float) -> Operator:
+    """One dense MLP ``d -> width -> d`` split ``t`` ways (a DeepSeek dense layer's MLP, or its shared experts)."""
+    d, mats = float(model.hidden_size), 3 if model.mlp == "gated" else 2
+    w_gpu = width / t
+    up = (2.0 if model.mlp == "gated" else 1.0) * w_gpu
+    return Operator(
+        name,
+        "gemm",
+        flops=_vec(**_per_token(2.0 * mats * d * w_gpu)),
+        bytes=_vec(one=mats * d * w_gpu * bw, **_per_token((2.0 * d + mats * w_gpu) * ba)),
+        launches=float(mats),
+        gemms=((up, d, 1.0), (d, w_gpu, 1.0)),
+    )
+
+
+def _layer_share(op: Operator, share: float) -> Operator:
+    """``op`` run in ``share`` of the layers: its work, launches and GEMM launch counts weighted by ``share``."""
+    return replace(op, flops=op.flops * share, bytes=op.bytes * share, launches=op.launches * share,
+                   gemms=tuple((n, k, c * share) for n, k, c in op.gemms))
+
+
+def _mla_attention_rows(
+    model: ModelSpec, t: int, *, ba: float, bw: float, bkv: float, act_dtype: str
+) -> tuple[tuple[Operator, ...], AttentionGeometry]:
+    """The rows of multi-head latent attention (DeepSeek-V2, arXiv:2405.04434, section 2.1), per GPU.
+
+    Notation: ``h_t = h/t`` heads per GPU, ``d_h`` = qk_nope_head_dim = v_head_dim, ``d_r`` = qk_rope_head_dim,
+    ``r_q``/``r_kv`` the query/KV latent ranks. Each token's hidden state is projected down to the query latent
+    and to the KV latent ``c_KV`` plus one rotary key ``k_R`` shared by all heads (``qkv_a_proj``, replicated
+    on every rank as vLLM does); the cache stores ``c_KV`` and ``k_R``: ``r_kv + d_r`` elements per token and
+    layer, on every rank. The queries come from ``q_b_proj`` (``r_q -> h_t (d_h + d_r)``).
+
+    Attention runs in two forms, as vLLM's MLA backends do:
+
+    * prefill, expanded: ``mla_kv_up`` up-projects the latent of every KV token the chunk reads to per-head
+      keys and values (``r_kv -> h_t * 2 d_h``), then ordinary attention with ``d_h + d_r``-wide query-key dot
+      products and ``d_h``-wide values: ``2 h_t (d_h + d_r) + 2 h_t d_h`` FLOPs per query-key pair.
+    * decode, weight-absorbed (section 2.1.2's "absorb W_UK into W_Q and W_UV into W_O"): ``mla_q_absorb``
+      maps each head's ``d_h``-wide query into the latent space (``h_t`` GEMMs ``d_h -> r_kv``), attention then
+      reads each cached latent once for all heads (multi-query style: ``(r_kv + d_r) b_kv`` bytes per context
+      token, ``2 h_t (r_kv + d_r) + 2 h_t r_kv`` FLOPs), and ``mla_out_absorb`` maps each head's ``r_kv``-wide
+      output back to ``d_h`` before ``o_proj``.
+
+    The up-projection's weights (``kv_b_proj``, ``r_kv x h_t 2 d_h``) are what both forms multiply by; they are
+    charged once per iteration, on the two absorb rows (``W_UK`` and ``W_UV`` halves), so an iteration that runs
+    both forms is charged one read of them where the kernels make two (at most ``2 h_t d_h r_kv b_w`` bytes
+    per layer, 4 MiB for DeepSeek-V3 at t = 8).
+    """
+    d = float(model.hidden_size)
+    h_t = heads_per_gpu(model.num_heads, t)
+    dh, dr = float(model.head_dim), float(model.qk_rope_head_dim)
+    rq, rkv = float(model.q_lora_rank), float(model.kv_lora_rank)
+    latent = rkv + dr  # cached elements per token and layer
+    q_out = h_t * (dh + dr)  # per-GPU query width (no-position and rotary parts)
+    rows: list[Operator] = []
+    a_out = rq + latent  # the fused down-projection's outputs (query latent, KV latent, rotary key)
+    rows.append(Operator(
+        "qkv_a_proj", "gemm",
+        flops=_vec(**_per_token(2.0 * d * a_out)),
+        bytes=_vec(one=d * a_out * bw, **_per_token((d + a_out) * ba)),
+        gemms=((a_out, d, 1.0),),
+    ))
+    if rq:
+        rows.append(Operator(
+            "q_b_proj", "gemm",
+            flops=_vec(**_per_token(2.0 * rq * q_out)),
+            bytes=_vec(one=rq * q_out * bw, **_per_token((rq + q_out) * ba)),
+            gemms=((q_out, rq, 1.0),),
+        ))
+    else:  # DeepSeek-V2-Lite: queries straight from the hidden state, split by heads
+        rows.append(Operator(
+            "q_proj", "gemm",
+            flops=_vec(**_per_token(2.0 * d * q_out)),
+            bytes=_vec(one=d * q_out * bw, **_per_token((d + q_out) * ba)),
+            gemms=((q_out, d, 1.0),),
+        ))
+    norms = rq + rkv  # RMSNorm on the query latent and on the KV latent
+    rows.append(Operator("mla_norm", "elementwise", flops=_vec(**_per_token(5.0 * norms)),
+                         bytes=_vec(**_per_token(2.0 * norms * ba))))
+    rope_elems = (h_t + 1.0) * dr  # every head's rotary query part and the one shared rotary key
+    rows.append(Operator("rope", "elementwise", flops=_vec(**_per_token(3.0 * rope_elems)),
+                         bytes=_vec(**_per_token(2.0 * rope_elems * ba))))
+    # Prefill: expand each KV token the chunk reads (cached and new) to per-head keys and values.
+    kv_up = h_t * 2.0 * dh
+    rows.append(Operator(
+        "mla_kv_up", "gemm",
+        flops=_vec(prefill_kv_read=2.0 * rkv * kv_up),
+        bytes=_vec(prefill_kv_read=latent * bkv + kv_up * ba),  # read the cached latent, write keys and values
+        gemms=((kv_up, rkv, 1.0),),
+    ))
+    rows.append(Operator(
+        "attention_prefill", "attention_prefill",
+        flops=_vec(prefill_attn_work=2.0 * h_t * (dh + dr) + 2.0 * h_t * dh),
+        bytes=_vec(
+            prefill_kv_read=h_t * (dh + dr + dh) * ba,  # expanded keys (rotary part broadcast) and values
+            prefill_tokens=(q_out + h_t * dh) * ba + latent * bkv,  # queries in, outputs out, cache write
+        ),
+    ))
+    # Decode: absorb the up-projections into the query and the output; attend the latent directly.
+    rows.append(Operator(
+        "mla_q_absorb", "gemm",
+        flops=_vec(decode_seqs=2.0 * h_t * dh * rkv),
+        bytes=_vec(one=h_t * dh * rkv * bw, decode_seqs=h_t * (dh + rkv) * ba),
+        gemms=((rkv, dh, h_t),),
+    ))
+    rows.append(Operator(
+        "attention_decode", "attention_decode",
+        flops=_vec(decode_context=2.0 * h_t * latent + 2.0 * h_t * rkv),
+        bytes=_vec(
+            decode_context=latent * bkv,  # each cached latent read once for all heads
+            decode_seqs=h_t * (latent + rkv) * ba + latent * bkv,  # latent queries in, outputs out, cache write
+        ),
+    ))
+    rows.append(Operator(
+        "mla_out_absorb", "gemm",
+        flops=_vec(decode_seqs=2.0 * h_t * rkv * dh),
+        bytes=_vec(one=h_t * rkv * dh * bw, decode_seqs=h_t * (rkv + dh) * ba),
+        gemms=((dh, rkv, h_t),),
+    ))
+    geometry = AttentionGeometry(h_t, 1.0, latent, act_dtype, float(bkv), latent=True)
+    return tuple(rows), geometry

@@ -388,10 +388,10 @@ def gemm_pricer(op: Operator, ctx: PricingContext) -> RowPricer:
 
 @PRICERS.register("attention_prefill")
 def prefill_attention_pricer(op: Operator, ctx: PricingContext) -> RowPricer:
-    """The profile's prefill-attention curve, else the roofline."""
+    """The profile's prefill-attention curve, else the roofline (always for MLA, whose kernels no profile measured)."""
     act = ctx.attention.act_dtype if ctx.attention is not None else "bf16"
     curve = ctx.curve("attention_prefill", act)
-    if curve is None:
+    if curve is None or (ctx.attention is not None and ctx.attention.latent):  # MLA: no fitted kernel
         return RooflinePricer(op, ctx.device)
     g = ctx.geometry(op)
     peak, bw = ctx.peaks(curve.dtype)
@@ -403,10 +403,10 @@ def prefill_attention_pricer(op: Operator, ctx: PricingContext) -> RowPricer:
 
 @PRICERS.register("attention_decode")
 def decode_attention_pricer(op: Operator, ctx: PricingContext) -> RowPricer:
-    """The profile's decode-attention curve, else the roofline."""
+    """The profile's decode-attention curve, else the roofline (always for MLA, whose kernels no profile measured)."""
     act = ctx.attention.act_dtype if ctx.attention is not None else "bf16"
     curve = ctx.curve("attention_decode", act)
-    if curve is None:
+    if curve is None or (ctx.attention is not None and ctx.attention.latent):  # MLA: no fitted kernel
         return RooflinePricer(op, ctx.device)
     g = ctx.geometry(op)
     peak, bw = ctx.peaks(curve.dtype)

@@ -17,9 +17,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-import pandas as pd
 
 from capsim.errors import CapsimError
+from capsim.lazy import lazy_module
+
+pd = lazy_module("pandas")  # imported on first use: `capsim validate` of a synthetic workload never needs it
 
 #: Columns the engine writes to ``SimulationResult.requests`` (extra columns are allowed and kept).
 REQUEST_COLUMNS: tuple[str, ...] = (

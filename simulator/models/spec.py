@@ -21,7 +21,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from capsim.registry import normalise_name
-from capsim.types import Count, Flag
+from capsim.types import Count, Flag, OptionalCount
 
 _NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
@@ -98,6 +98,45 @@ class ModelSpec(BaseModel):
         "Same GEMM FLOPs and bytes as the sequential block; the cost model charges one "
         "three-input residual add per layer instead of two two-input ones.",
     )
+    # -- multi-head latent attention (DeepSeek-V2/V3) ---------------------------------------
+    kv_lora_rank: Count = Field(
+        default=0,
+        ge=0,
+        description="MLA (DeepSeek-V2/V3): width of the compressed KV latent c_KV that the cache stores per "
+        "token and layer, beside the shared rotary key; 0 = ordinary multi-head/grouped-query attention. "
+        "With MLA, head_dim is qk_nope_head_dim (= v_head_dim in DeepSeek's configs).",
+    )
+    q_lora_rank: Count = Field(
+        default=0,
+        ge=0,
+        description="MLA: width of the query latent (q_a_proj then q_b_proj); 0 = queries projected "
+        "directly from the residual stream (DeepSeek-V2-Lite).",
+    )
+    qk_rope_head_dim: Count = Field(
+        default=0,
+        ge=0,
+        description="MLA: width of the decoupled rotary part of each query head; the rotary key of that "
+        "width is shared by all heads and cached beside the latent.",
+    )
+    # -- mixture-of-experts layout beyond routed experts ----------------------------------------
+    num_shared_experts: Count = Field(
+        default=0,
+        ge=0,
+        description="Experts of ffn_size every token passes through in each MoE layer, beside its routed "
+        "experts_per_token (DeepSeek n_shared_experts).",
+    )
+    dense_layers: Count = Field(
+        default=0,
+        ge=0,
+        description="Leading layers whose MLP is one dense MLP of dense_ffn_size instead of the experts "
+        "(DeepSeek first_k_dense_replace); the other num_layers - dense_layers layers are MoE.",
+    )
+    dense_ffn_size: OptionalCount = Field(
+        default=None,
+        gt=0,
+        description="Intermediate size of the dense_layers' MLP (DeepSeek intermediate_size); required "
+        "when dense_layers > 0.",
+    )
     published_params_b: float | None = Field(
         default=None,
         gt=0,
@@ -144,6 +183,28 @@ class ModelSpec(BaseModel):
             raise ValueError(
                 f"experts_per_token ({self.experts_per_token}) cannot exceed num_experts ({self.num_experts})"
             )
+        if self.kv_lora_rank == 0 and (self.q_lora_rank or self.qk_rope_head_dim):
+            raise ValueError(
+                "q_lora_rank and qk_rope_head_dim describe multi-head latent attention: give kv_lora_rank "
+                "too (DeepSeek: 512), or leave all three out for ordinary attention"
+            )
+        if self.kv_lora_rank and not self.qk_rope_head_dim:
+            raise ValueError(
+                "multi-head latent attention (kv_lora_rank > 0) needs qk_rope_head_dim, the width of the "
+                "decoupled rotary key cached beside the latent (DeepSeek: 64)"
+            )
+        if self.kv_lora_rank and self.num_kv_heads != self.num_heads:
+            raise ValueError(
+                f"with multi-head latent attention every query head has its own expanded key and value: "
+                f"num_kv_heads ({self.num_kv_heads}) must equal num_heads ({self.num_heads})"
+            )
+        if (self.num_shared_experts or self.dense_layers) and not self.is_moe:
+            raise ValueError("num_shared_experts and dense_layers describe a mixture-of-experts model: "
+                             "set num_experts > 1, or leave them out")
+        if self.dense_layers >= self.num_layers:
+            raise ValueError(f"dense_layers ({self.dense_layers}) must be fewer than num_layers ({self.num_layers})")
+        if self.dense_layers and self.dense_ffn_size is None:
+            raise ValueError("dense_layers > 0 needs dense_ffn_size, the intermediate size of those layers' MLP")
         return self
 
     # -- derived sizes ----------------------------------------------------------------
@@ -159,6 +220,38 @@ class ModelSpec(BaseModel):
         return self.num_experts > 1
 
     @property
+    def is_mla(self) -> bool:
+        """True for multi-head latent attention (DeepSeek-V2/V3): the cache holds a latent, not keys and values."""
+        return self.kv_lora_rank > 0
+
+    @property
+    def moe_layers(self) -> int:
+        """Layers whose MLP is the experts (all of them for a dense model's single "expert")."""
+        return self.num_layers - self.dense_layers
+
+    @property
+    def kv_elements_per_token_layer(self) -> int:
+        """KV-cache elements one token stores in one layer (whole model, before any tensor parallelism).
+
+        ``2*h_kv*d_h`` (a key and a value per KV head) for ordinary attention; ``kv_lora_rank +
+        qk_rope_head_dim`` for MLA, which caches the compressed latent and the shared rotary key
+        (DeepSeek-V2, arXiv:2405.04434, section 2.1: 576 elements against 2*128*128 for MHA).
+        """
+        if self.is_mla:
+            return self.kv_lora_rank + self.qk_rope_head_dim
+        return 2 * self.kv_dim
+
+    @property
+    def mla_replicated_params_per_layer(self) -> int:
+        """MLA weights every tensor-parallel rank holds whole: the down-projections to the query latent and
+        to the KV latent plus rotary key (q_a_proj, kv_a_proj_with_mqa) and their norms. vLLM keeps these
+        replicated (their outputs are small and every head needs them); 0 without MLA."""
+        if not self.is_mla:
+            return 0
+        d, rq, rkv, dr = self.hidden_size, self.q_lora_rank, self.kv_lora_rank, self.qk_rope_head_dim
+        return d * (rq + rkv + dr) + rq + rkv
+
+    @property
     def q_dim(self) -> int:
         """Width of all query heads together: h * d_h."""
         return self.num_heads * self.head_dim
@@ -170,7 +263,18 @@ class ModelSpec(BaseModel):
 
     @property
     def attn_params_per_layer(self) -> int:
-        """QKV ``d*(h + 2*h_kv)*d_h`` plus output projection ``h*d_h*d`` (plus biases)."""
+        """QKV ``d*(h + 2*h_kv)*d_h`` plus output projection ``h*d_h*d`` (plus biases).
+
+        MLA (``d_r`` = qk_rope_head_dim, ``r_q``/``r_kv`` the latent ranks): ``d*r_q + r_q*h*(d_h + d_r)``
+        for the queries (``d*h*(d_h + d_r)`` without a query latent), ``d*(r_kv + d_r) + r_kv*h*2*d_h``
+        for the KV latent, rotary key and their up-projection to keys and values, ``h*d_h*d`` out, and
+        the two latent norms.
+        """
+        if self.is_mla:
+            d, h, dh = self.hidden_size, self.num_heads, self.head_dim
+            rq, rkv, dr = self.q_lora_rank, self.kv_lora_rank, self.qk_rope_head_dim
+            q = (d * rq + rq * h * (dh + dr)) if rq else d * h * (dh + dr)
+            return q + d * (rkv + dr) + rkv * h * 2 * dh + h * dh * d + rq + rkv
         d, qkv_out = self.hidden_size, self.q_dim + 2 * self.kv_dim
         params = d * qkv_out + self.q_dim * d
         if self.attn_bias:
@@ -182,7 +286,10 @@ class ModelSpec(BaseModel):
     @property
     def mlp_params_per_expert(self) -> int:
         """One MLP: ``3*d*f`` gated (up, gate, down) or ``2*d*f`` plain (up, down), plus biases."""
-        d, f = self.hidden_size, self.ffn_size
+        return self._mlp_params(self.ffn_size)
+
+    def _mlp_params(self, f: int) -> int:
+        d = self.hidden_size
         n_up = 2 if self.mlp == "gated" else 1  # matrices d -> f
         params = (n_up + 1) * d * f
         if self.dense_bias:
@@ -196,13 +303,20 @@ class ModelSpec(BaseModel):
 
     @property
     def mlp_params_per_layer(self) -> int:
-        """All experts plus the router: ``E * expert + d*E``."""
-        return self.num_experts * self.mlp_params_per_expert + self.router_params_per_layer
+        """All experts (routed and shared) plus the router of one MoE layer: ``(E + s) * expert + d*E``."""
+        experts = self.num_experts + self.num_shared_experts
+        return experts * self.mlp_params_per_expert + self.router_params_per_layer
 
     @property
     def active_mlp_params_per_layer(self) -> int:
-        """What one token touches: ``k * expert + d*E`` (the router sees every token)."""
-        return self.experts_per_token * self.mlp_params_per_expert + self.router_params_per_layer
+        """What one token touches in an MoE layer: ``(k + s) * expert + d*E`` (the router sees every token)."""
+        experts = self.experts_per_token + self.num_shared_experts
+        return experts * self.mlp_params_per_expert + self.router_params_per_layer
+
+    @property
+    def dense_mlp_params(self) -> int:
+        """The MLP of one of the leading dense layers (``dense_ffn_size`` wide); 0 when there are none."""
+        return self._mlp_params(self.dense_ffn_size) if self.dense_layers and self.dense_ffn_size else 0
 
     @property
     def norm_params_per_layer(self) -> int:
@@ -215,8 +329,14 @@ class ModelSpec(BaseModel):
 
     @property
     def layer_params(self) -> int:
-        """Parameters of one transformer block (all experts counted)."""
+        """Parameters of one transformer block with the experts (all counted): the largest block."""
         return self.attn_params_per_layer + self.mlp_params_per_layer + self.norm_params_per_layer
+
+    @property
+    def body_params(self) -> int:
+        """All L blocks: the ``dense_layers`` leading dense blocks and the MoE (or ordinary) rest."""
+        dense = self.attn_params_per_layer + self.dense_mlp_params + self.norm_params_per_layer
+        return self.dense_layers * dense + self.moe_layers * self.layer_params
 
     @property
     def lm_head_params(self) -> int:
@@ -231,7 +351,7 @@ class ModelSpec(BaseModel):
 
     def total_params(self) -> int:
         """All parameters: embeddings + L blocks + the final norm."""
-        return self.embedding_params + self.num_layers * self.layer_params + self._norm_params
+        return self.embedding_params + self.body_params + self._norm_params
 
     def active_params_per_token(self) -> int:
         """Parameters one token uses: the total minus the ``E - k`` experts it skips per layer.
@@ -239,14 +359,15 @@ class ModelSpec(BaseModel):
         This is the figure MoE model cards quote (Mixtral-8x7B: 12.9B of 46.7B).
         """
         skipped = (self.num_experts - self.experts_per_token) * self.mlp_params_per_expert
-        return self.total_params() - self.num_layers * skipped
+        return self.total_params() - self.moe_layers * skipped
 
     def kv_bytes_per_token(self, bytes_per_elem: float = 2) -> float:
         """KV-cache bytes one token occupies across all layers: ``2*L*h_kv*d_h*b``.
 
-        The 2 is one key plus one value vector per layer.
+        The 2 is one key plus one value vector per layer; MLA stores ``L*(kv_lora_rank +
+        qk_rope_head_dim)*b`` instead (see :attr:`kv_elements_per_token_layer`).
         """
-        return 2 * self.num_layers * self.kv_dim * bytes_per_elem
+        return self.num_layers * self.kv_elements_per_token_layer * bytes_per_elem
 
     def weight_bytes(self, bytes_per_weight: float = 2) -> float:
         """Bytes of all weights at ``bytes_per_weight`` (2 for bf16, 0.5 for int4)."""

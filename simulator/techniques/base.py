@@ -118,6 +118,9 @@ class Technique:
     exclusive: ClassVar[tuple[str, ...]] = ()
     incompatible: ClassVar[tuple[str, ...]] = ()
     schedulers_refused: ClassVar[dict[str, str]] = {}
+    #: True when the technique's formulas assume a cache of separate keys and values per KV head, which a
+    #: multi-head latent attention model (DeepSeek-V2/V3: one shared latent per token) does not have.
+    needs_key_value_heads: ClassVar[bool] = False
 
     def __init__(self, params: TechniqueParams, *, name: str, index: int):
         self.params = params
@@ -202,6 +205,12 @@ class TechniqueStack:
 
     def apply_model(self, model: ModelSpec, ctx: BuildContext) -> ModelSpec:
         for t in self.techniques:
+            if t.needs_key_value_heads and model.is_mla:
+                raise CapsimError(
+                    f"technique {t.name!r} models a cache of keys and values per KV head, but {model.name} uses "
+                    "multi-head latent attention (one shared latent per token), which capsim does not model it on",
+                    where=t.where, fix="drop the technique for this model (kv_dtype: fp8 quantises an MLA cache)",
+                )
             model = t.model(model, ctx)
         return model
 

@@ -139,6 +139,7 @@ class RetentionPolicy:
 @TECHNIQUES.register("kv-eviction", aliases=("kv-evict", "kv-compression"))
 class KVEviction(Technique):
     Params = KVEvictionParams
+    needs_key_value_heads = True
     summary = "Keep fewer tokens' KV per sequence (SnapKV, H2O, StreamingLLM, DuoAttention) or fewer bytes per " \
               "token (MiniCache, ThinK)."
     mechanism = __doc__

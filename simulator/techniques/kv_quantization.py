@@ -121,6 +121,7 @@ def quantised_table(table: OperatorTable, kv_heads: float, head_dim: float, old_
 @TECHNIQUES.register("kv-quantization", aliases=("kv-quant", "kvquant", "kv-quantisation"))
 class KVQuantization(Technique):
     Params = KVQuantParams
+    needs_key_value_heads = True
     summary = "Store the KV cache at fewer bits per element (mixed precision, outliers, group scales)."
     mechanism = __doc__
     sources = (

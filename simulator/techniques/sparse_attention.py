@@ -137,6 +137,7 @@ class SparseAttentionParams(TechniqueParams):
 @TECHNIQUES.register("sparse-attention", aliases=("sparse-decode", "quest"))
 class SparseAttention(Technique):
     Params = SparseAttentionParams
+    needs_key_value_heads = True
     summary = "Decode steps read a selected fraction of a whole KV cache kept in HBM or host memory."
     mechanism = __doc__
     sources = (

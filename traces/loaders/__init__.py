@@ -14,10 +14,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pandas as pd
-
+from capsim.lazy import lazy_module
 from traces.loaders import azure, generic_csv, generic_jsonl, mooncake, vidur  # noqa: F401  (registration)
 from traces.loaders.common import FRAME_COLUMNS, TRACE_FORMATS, TraceFormat, require_file
+
+pd = lazy_module("pandas")  # imported on first use: commands that read no trace start without it
 
 __all__ = ["FRAME_COLUMNS", "TRACE_FORMATS", "TraceFormat", "detect_format", "load_file"]
 

@@ -11,8 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import pandas as pd
-
+from capsim.lazy import lazy_module
 from traces.loaders.common import (
     TraceFormat,
     arrival_column,
@@ -22,6 +21,8 @@ from traces.loaders.common import (
     register_format,
     token_column,
 )
+
+pd = lazy_module("pandas")  # imported on first use: commands that read no trace start without it
 
 COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
 

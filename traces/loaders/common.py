@@ -21,10 +21,12 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import pandas as pd
 
 from capsim.errors import TraceFormatError
+from capsim.lazy import lazy_module
 from capsim.registry import Registry
+
+pd = lazy_module("pandas")  # imported on first use: commands that read no trace start without it
 
 FRAME_COLUMNS = ("arrival_s", "prompt_tokens", "output_tokens")
 

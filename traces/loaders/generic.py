@@ -11,10 +11,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from capsim.errors import TraceFormatError
+from capsim.lazy import lazy_module
 from traces.loaders.common import arrival_column, normalised_frame, token_column
+
+pd = lazy_module("pandas")  # imported on first use: commands that read no trace start without it
 
 #: Names tried, in order, when no mapping is given (case-insensitive).
 DEFAULT_NAMES: dict[str, tuple[str, ...]] = {

@@ -9,10 +9,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import pandas as pd
-
+from capsim.lazy import lazy_module
 from traces.loaders.common import TraceFormat, read_csv_table, register_format
 from traces.loaders.generic import frame_from_table
+
+pd = lazy_module("pandas")  # imported on first use: commands that read no trace start without it
 
 
 def sniff(names: Sequence[str]) -> bool:

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from capsim.errors import TraceFormatError
+from capsim.lazy import lazy_module
 from traces.loaders.common import (
     TraceFormat,
     arrival_column,
@@ -26,6 +26,8 @@ from traces.loaders.common import (
     row_where,
     token_column,
 )
+
+pd = lazy_module("pandas")  # imported on first use: commands that read no trace start without it
 
 NEEDED = ("timestamp", "input_length", "output_length")
 
