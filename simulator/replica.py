@@ -104,6 +104,8 @@ class Replica:
         # requests whose KV arrived from another pool, joining the batch at the next iteration boundary.
         self.handoff: Callable[[list[int], float, float], None] | None = None
         self._ready: list[int] = []
+        # Requests leaving for another replica (live migration): handled at the next iteration boundary.
+        self._departing: list[tuple[int, Callable[[bool], None]]] = []
         # A replica that receives KV from another pool grants blocks while it runs: it must leave free the
         # blocks its iteration or decode run in flight will still claim (``pending_blocks``).
         self.receiving = False
@@ -188,6 +190,18 @@ class Replica:
         elif self._run is not None and self._cut is None:
             self._cut_run_short()
 
+    def depart(self, rid: int, then: Callable[[bool], None]) -> None:
+        """At the next iteration boundary, call ``then(still_running)``: whether ``rid`` is still in the batch
+        (the caller then detaches it) or finished, was preempted or left meanwhile."""
+        self._departing.append((rid, then))
+        self.poke()
+
+    def _take_departures(self) -> None:
+        leaving, self._departing = self._departing, []
+        running = self.state.running
+        for rid, then in leaving:
+            then(rid in running)
+
     def _take_ready(self) -> None:
         running = self.state.running
         running.extend(self._ready)
@@ -202,6 +216,8 @@ class Replica:
             self._pull_arrivals(env.now)
             if self._ready:
                 self._take_ready()
+            if self._departing:
+                self._take_departures()
             plan = scheduler.plan()
             if plan is None:
                 nxt = self._next_arrival()

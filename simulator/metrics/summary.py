@@ -287,6 +287,24 @@ HANDOFF_KEYS: dict[str, str] = {
 }
 
 
+#: Live-migration keys (a multi-pool run with ``serving.migration``), after the fixed keys.
+MIGRATION_KEYS: dict[str, str] = {
+    "migrations": "running requests moved live between replicas (measured requests)",
+    "migration_gib": "KV bytes those moves copied, GiB",
+    "migration_downtime_mean_s": "mean stop-and-copy pause per migration (the migrated request's token gap grows by it)",
+}
+
+
+def migration_stats(req: pd.DataFrame) -> dict[str, Any]:
+    """:data:`MIGRATION_KEYS` from the migration columns of the requests."""
+    count = int(req["migrations"].sum())
+    return {
+        "migrations": count,
+        "migration_gib": float(req["migration_bytes"].sum()) / 2**30,
+        "migration_downtime_mean_s": float(req["migration_downtime_s"].sum()) / count if count else NAN,
+    }
+
+
 def _pools_iteration_stats(result: SimulationResult, t0: float, t1: float, window: float) -> dict[str, Any]:
     """:func:`_iteration_stats` for a multi-pool run: each pool priced with its own hardware, then summed
     (energy, cost) or weighted by capacity (MFU, MBU) into the totals, with per-pool keys beside them."""
@@ -488,6 +506,8 @@ def summarise(result: SimulationResult, slo: SLOConfig | None = None) -> dict[st
     out.update(_pools_iteration_stats(result, t0, t1, window) if pooled else _iteration_stats(result, t0, t1, window))
     if pooled:
         out.update(handoff_stats(req, lat))
+        if "migrations" in req.columns:
+            out.update(migration_stats(req))
     out["preemptions"] = int(req["preemptions"].sum()) if n else 0
     out["iterations"] = int(result.iterations["num_iterations"].sum())
     out["energy_per_output_token_j"] = _ratio(out["energy_j"], out_tokens)
@@ -506,5 +526,5 @@ def summarise(result: SimulationResult, slo: SLOConfig | None = None) -> dict[st
     ordered = {key: out[key] for key in SUMMARY_KEYS}
     # The percentile targets the scenario set (their keys depend on it), after the fixed keys.
     ordered.update({k: v for k, v in out.items() if k.startswith("slo_") and k not in ordered})
-    ordered.update({k: v for k, v in out.items() if k.startswith("pool.") or k in HANDOFF_KEYS})
+    ordered.update({k: v for k, v in out.items() if k.startswith("pool.") or k in HANDOFF_KEYS or k in MIGRATION_KEYS})
     return ordered

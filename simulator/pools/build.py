@@ -147,14 +147,13 @@ def build_pools(scenario: Scenario) -> PoolSet:
             )
     links = {}
     for src in plans:
-        for dst in plans:
-            if src is not dst:
-                links[(src.index, dst.index)] = resolve_link(
-                    params.link,
-                    src.system.device,
-                    dst.system.device,
-                    src.system.deployment.gpus_per_replica,
-                    dst.system.deployment.gpus_per_replica,
-                    where="serving.link",
-                )
+        for dst in plans:  # (i, i): between two replicas of one pool (live migration)
+            links[(src.index, dst.index)] = resolve_link(
+                params.link,
+                src.system.device,
+                dst.system.device,
+                src.system.deployment.gpus_per_replica,
+                dst.system.deployment.gpus_per_replica,
+                where="serving.link",
+            )
     return PoolSet(tuple(plans), cls, params, links)

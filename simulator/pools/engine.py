@@ -32,6 +32,7 @@ from simulator.config.schema import Scenario
 from simulator.kvcache import BlockManager
 from simulator.metrics.result import PoolInfo, RunInfo, SimulationResult
 from simulator.pools.build import PoolPlan, PoolSet, build_pools
+from simulator.pools.migration import Migrator
 from simulator.recorder import Recorder
 from simulator.replica import Replica
 from simulator.requests import RequestTable
@@ -180,6 +181,13 @@ class PoolEngine:
                 for replica in rt.replicas:
                     replica.receiving = True
         self._inbox_of = {id(b.replica): b for rt in self.pools for b in rt.inboxes}
+        self.migrators: list[Migrator] = []
+        if pools.params.migration is not None:
+            for rt in self.pools:
+                if len(rt.replicas) > 1:
+                    migrator = Migrator(self, rt, pools.params.migration)
+                    self.migrators.append(migrator)
+                    env.process(migrator.run())
         for rt in self.pools:
             for replica in rt.replicas:
                 replica.on_finish = self._finished_here(replica, on_finish)
@@ -216,6 +224,15 @@ class PoolEngine:
                 self._inbox_of[id(target)].offer(rid, replica, end, end - start)
 
         return handoff
+
+    def nic_of(self, replica: Replica) -> simpy.Resource:
+        """The NICs of the physical replica that ``replica`` (an engine) belongs to."""
+        return self.nic[self._nic_of[replica.index]]
+
+    def kv_bytes_per_token(self, rt: PoolRuntime) -> float:
+        """KV bytes of one token, all layers, in ``rt``'s KV format (what a transfer moves)."""
+        system = rt.plan.system
+        return system.model.kv_bytes_per_token(_kv_bytes(system))
 
     # ---------------------------------------------------------------- transfer
     def transfer(
@@ -362,6 +379,10 @@ def simulate_pools(scenario: Scenario, *, stream: RequestStream | None = None):
     frame["kv_transfer_end_s"] = log.end_s
     frame["kv_transfer_bytes"] = log.nbytes
     frame["kv_transfers"] = log.count
+    if engine.migrators:
+        frame["migrations"] = sum(m.count for m in engine.migrators)
+        frame["migration_bytes"] = sum(m.nbytes for m in engine.migrators)
+        frame["migration_downtime_s"] = sum(m.downtime for m in engine.migrators)
     if arrived < table.n:
         frame = frame.iloc[:arrived]
     result = SimulationResult(frame, recorder.iterations_frame(), recorder.token_gaps(), info)

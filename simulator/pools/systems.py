@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from capsim.registry import Registry
 from capsim.types import Flag
 from hwmodels.network import LinkConfig
+from simulator.pools.migration import MigrationConfig
 
 
 class PoolView(Protocol):
@@ -34,6 +35,11 @@ class ServingParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     link: LinkConfig = Field(default_factory=LinkConfig, description="Link that carries KV between the pools.")
+    migration: MigrationConfig | None = Field(
+        None,
+        description="Live migration of running requests between the replicas of each pool (Llumnix); "
+        "None: requests stay where they were routed.",
+    )
     layerwise: Flag = Field(
         False,
         description="Send each layer's KV as soon as the prefill has computed it (Splitwise, DistServe's pull "
@@ -127,3 +133,28 @@ class Splitwise(ServingSystem):
         if mixed is not None and decode.queued_per_replica() >= self.params.overflow_queue:
             return mixed
         return decode
+
+
+class LlumnixParams(ServingParams):
+    migration: MigrationConfig | None = Field(
+        default_factory=MigrationConfig,
+        description="Live migration between the pool's replicas (on by default for this system; null turns it off).",
+    )
+
+
+@SERVING_SYSTEMS.register("llumnix", aliases=("migration", "colocated"))
+class Llumnix(ServingSystem):
+    """One pool serving whole requests, whose running requests migrate live between replicas (Llumnix): load
+    balancing and de-fragmentation after the router's one-time choice."""
+
+    Params = LlumnixParams
+    roles = ("mixed",)
+    required = ("mixed",)
+    summary = "one colocated pool; running requests migrate between its replicas"
+    sources = ("Sun et al., Llumnix: Dynamic Scheduling for Large Language Model Serving, OSDI 2024",)
+
+    def entry(self, rid: int) -> PoolView:
+        return self.by_role["mixed"][0]
+
+    def after_prefill(self, rid: int, source: PoolView) -> PoolView | None:
+        return None
