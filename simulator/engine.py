@@ -11,7 +11,7 @@ independent and deterministic for a seed.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import simpy
@@ -23,7 +23,9 @@ from simulator.metrics.result import RunInfo, SimulationResult
 from simulator.recorder import Recorder
 from simulator.replica import Replica
 from simulator.requests import RequestTable
+from simulator.schedulers.preemption import swap_space_for, total_stats
 from simulator.system import System, build_system
+from simulator.throughput_bound import throughput_bound
 from traces.build import build_requests
 from traces.stream import RequestStream
 
@@ -39,6 +41,7 @@ class RunOutput:
     table: RequestTable  # final per-request state, for invariant checks
     kv_blocks_used_at_end: list[int]
     kv_blocks_peak: list[int]
+    swap_spaces: list = field(default_factory=list)  # each engine's SwapSpace (None: recompute), for checks
 
 
 @dataclass
@@ -148,7 +151,7 @@ def simulate(
             blocks.step_tokens = 1 + step.max_lookahead
         replicas.append(
             Replica(env, i, table, blocks, cost, make_scheduler, recorder, on_finish, system.model.max_context,
-                    warmup_s=sim.warmup_s, step=step, kv=retention)
+                    warmup_s=sim.warmup_s, step=step, kv=retention, swap=swap_space_for(system, dep.pp))
         )
 
     if closed is None and router.oblivious and preload_arrivals:
@@ -176,6 +179,9 @@ def simulate(
         arrived = int(np.searchsorted(table.arrival_s, env.now, side="left"))  # arrivals are sorted
     else:
         arrived = table.n
+    swaps = total_stats([r.state.swap for r in replicas])
+    bound = throughput_bound(system, table.prompt[:arrived], table.output[:arrived], engines,
+                             blocks_per_engine * dep.block_size)
     wall = time.perf_counter() - wall0
     info = RunInfo(
         scenario_name=scenario.name,
@@ -203,6 +209,14 @@ def simulate(
         wall_time_s=wall,
         sim_end_s=float(env.now),
         not_arrived=table.n - arrived,
+        swap_outs=swaps.swap_outs,
+        swap_ins=swaps.swap_ins,
+        swap_bytes=(swaps.bytes_out + swaps.bytes_in) * dep.tp,
+        swap_recompute_fallbacks=swaps.fallbacks,
+        swap_transfer_s=swaps.transfer_s,
+        bound_compute_tps=bound.compute_tps,
+        bound_memory_tps=bound.memory_tps,
+        bound_network_tps=bound.network_tps,
     )
     frame = table.to_frame()
     if arrived < table.n:
@@ -211,6 +225,7 @@ def simulate(
     return RunOutput(
         result, system, int(mask.sum()), stream.source, table,
         [r.blocks.used_blocks for r in replicas], [r.blocks.peak_used_blocks for r in replicas],
+        [r.state.swap for r in replicas],
     )
 
 
