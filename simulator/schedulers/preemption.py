@@ -5,7 +5,8 @@ when it resumes (recompute); its v0 engine could instead copy the blocks to a ho
 (``--preemption-mode swap``, ``--swap-space`` GiB per GPU) and copy them back before the sequence
 resumes, with no re-prefill. Which wins depends on the context and the host link: a recompute costs a
 prefill of the whole context (quadratic attention, linear GEMMs), a swap costs two transfers of its KV bytes
-over PCIe (linear) plus a fixed cost per copy. FastSwitch (Shen et al. 2024) makes swapping cheaper by
+over PCIe (linear) plus a fixed cost per copy. FastSwitch (Shen et al., "FastSwitch: Optimizing Context Switching Efficiency in Fairness-aware Large
+Language Model Serving", arXiv 2411.18424, 2024) makes swapping cheaper by
 copying block groups instead of single blocks and by running the copies asynchronously beside compute.
 
 How capsim models it (per replica, one :class:`SwapSpace`):
