@@ -211,7 +211,7 @@ def simulate(
         not_arrived=table.n - arrived,
         swap_outs=swaps.swap_outs,
         swap_ins=swaps.swap_ins,
-        swap_bytes=(swaps.bytes_out + swaps.bytes_in) * dep.tp,
+        swap_bytes=(swaps.bytes_out + swaps.bytes_in) * dep.tp * dep.pp,  # every GPU moves its own shard
         swap_recompute_fallbacks=swaps.fallbacks,
         swap_transfer_s=swaps.transfer_s,
         bound_compute_tps=bound.compute_tps,
