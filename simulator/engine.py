@@ -11,7 +11,7 @@ independent and deterministic for a seed.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import simpy
@@ -23,7 +23,9 @@ from simulator.metrics.result import RunInfo, SimulationResult
 from simulator.recorder import Recorder
 from simulator.replica import Replica
 from simulator.requests import RequestTable
+from simulator.schedulers.preemption import swap_space_for, total_stats
 from simulator.system import System, build_system
+from simulator.throughput_bound import throughput_bound
 from traces.build import build_requests
 from traces.stream import RequestStream
 
@@ -40,6 +42,7 @@ class RunOutput:
     kv_blocks_used_at_end: list[int]
     kv_blocks_peak: list[int]
     pools: object = None  # a multi-pool run's PoolSet (simulator.pools.build); None for one pool
+    swap_spaces: list = field(default_factory=list)  # each engine's SwapSpace (None: recompute), for checks
 
 
 @dataclass
@@ -153,7 +156,7 @@ def simulate(
             blocks.step_tokens = 1 + step.max_lookahead
         replicas.append(
             Replica(env, i, table, blocks, cost, make_scheduler, recorder, on_finish, system.model.max_context,
-                    warmup_s=sim.warmup_s, step=step, kv=retention)
+                    warmup_s=sim.warmup_s, step=step, kv=retention, swap=swap_space_for(system, dep.pp))
         )
 
     if closed is None and router.oblivious and preload_arrivals:
@@ -181,6 +184,9 @@ def simulate(
         arrived = int(np.searchsorted(table.arrival_s, env.now, side="left"))  # arrivals are sorted
     else:
         arrived = table.n
+    swaps = total_stats([r.state.swap for r in replicas])
+    bound = throughput_bound(system, table.prompt[:arrived], table.output[:arrived], engines,
+                             blocks_per_engine * dep.block_size)
     wall = time.perf_counter() - wall0
     info = RunInfo(
         scenario_name=scenario.name,
@@ -208,6 +214,14 @@ def simulate(
         wall_time_s=wall,
         sim_end_s=float(env.now),
         not_arrived=table.n - arrived,
+        swap_outs=swaps.swap_outs,
+        swap_ins=swaps.swap_ins,
+        swap_bytes=(swaps.bytes_out + swaps.bytes_in) * dep.tp * dep.pp,  # every GPU moves its own shard
+        swap_recompute_fallbacks=swaps.fallbacks,
+        swap_transfer_s=swaps.transfer_s,
+        bound_compute_tps=bound.compute_tps,
+        bound_memory_tps=bound.memory_tps,
+        bound_network_tps=bound.network_tps,
     )
     frame = table.to_frame()
     if arrived < table.n:
@@ -216,6 +230,7 @@ def simulate(
     return RunOutput(
         result, system, int(mask.sum()), stream.source, table,
         [r.blocks.used_blocks for r in replicas], [r.blocks.peak_used_blocks for r in replicas],
+        swap_spaces=[r.state.swap for r in replicas],
     )
 
 

@@ -24,6 +24,7 @@ from simulator.kvcache import BlockManager, Retention
 from simulator.recorder import Recorder
 from simulator.requests import RequestTable
 from simulator.schedulers.base import Plan, Scheduler
+from simulator.schedulers.preemption import SwapSpace
 from simulator.techniques.step import BoundStep
 
 SMALL_BATCH = 32
@@ -43,6 +44,8 @@ class ReplicaState:
         self.waiting: deque[int] = deque()
         self.running: list[int] = []
         self._running_ids: np.ndarray | None = None
+        # Host swap space of preemption by swap (simulator/schedulers/preemption.py); None: recompute.
+        self.swap: SwapSpace | None = None
 
     def changed(self) -> None:
         """Schedulers call this after changing ``running`` (invalidates the cached id array)."""
@@ -77,6 +80,7 @@ class Replica:
         warmup_s: float = 0.0,
         step: BoundStep | None = None,
         kv: Retention | None = None,
+        swap: SwapSpace | None = None,
     ):
         self.env = env
         # A technique's decode-step model (several tokens per step); None keeps the one-token path.
@@ -90,6 +94,7 @@ class Replica:
         self.blocks = blocks
         self.cost = cost
         self.state = ReplicaState(env, table, blocks, max_context)
+        self.state.swap = self._swap = swap
         self.scheduler = make_scheduler(self.state)
         self.recorder = recorder
         self.on_finish = on_finish
@@ -238,6 +243,8 @@ class Replica:
         """One iteration with prefill chunks and, for mixed batching, decodes (one step of a step model,
         if the scenario has one: the step model then prices the iteration)."""
         t, step = self.table, self.step
+        if self._swap is not None and self._swap.stall_until > self.env.now:
+            yield from self._await_swaps()
         start = self.env.now
         ids = plan.decode_ids
         n_dec = len(ids)
@@ -349,6 +356,8 @@ class Replica:
         if self.kv is not None:  # the attended context grows only where a sequence is below its cap
             attended, slope, until = self.kv.decode_segment(ids, kv)
             ctx0, growth, steps = round(attended), float(np.add.reduce(slope)), min(steps, until)
+        if self._swap is not None and self._swap.stall_until > env.now:
+            yield from self._await_swaps()
         start = env.now
         if self.receiving:
             self.pending_blocks = self.blocks.growth_after(ids, steps)
@@ -364,6 +373,10 @@ class Replica:
         )
         if run.iterations == limit:
             self._finish(live[remaining == limit], end)
+
+    def _await_swaps(self):
+        """Wait for the KV copies the next iteration depends on (preemption by swap)."""
+        yield self.env.timeout(self._swap.stall_until - self.env.now)
 
     def _drop_newest(self, ids: np.ndarray) -> np.ndarray:
         """Preempt the newest sequence (the scheduler's victim) and return the batch without it."""
@@ -512,6 +525,8 @@ class Replica:
             ctx0 = round(attended)
             growth = float(np.add.reduce(slope * sp.tokens_per_step))
             steps = min(steps, max(1, int(until // float(np.maximum.reduce(sp.tokens_per_step)))))
+        if self._swap is not None and self._swap.stall_until > env.now:
+            yield from self._await_swaps()
         start = env.now
         run = yield from self._wait_run(step.run(sp, n, ctx0, steps, growth), plan)
         end = env.now

@@ -24,6 +24,11 @@ SCHEDULERS = {
     "sarathi": {"name": "sarathi", "max_num_seqs": 8, "chunk_size": 256},
     "orca": {"name": "orca", "max_batch_size": 8, "kv_reservation": "request"},
     "static": {"name": "static", "batch_size": 4},
+    # Preemption by swap (a small host swap space, so some victims also fall back to recompute).
+    "vllm-swap": {"name": "vllm", "max_num_seqs": 8, "max_num_batched_tokens": 2048, "preemption_mode": "swap",
+                  "swap_space_gib": 0.1},
+    "sarathi-swap": {"name": "sarathi", "max_num_seqs": 8, "chunk_size": 256, "preemption_mode": "swap",
+                     "swap_space_gib": 0.1, "swap_overlap": True, "swap_copy": "sequence"},
 }
 
 

@@ -291,3 +291,14 @@ def test_planner_prices_and_simulates_pool_candidates():
     result = evaluate_rate(scenario_payload(pooled[0].scenario))
     assert result["status"] == "ok", result
     assert result["summary"]["kv_handoffs"] > 0
+
+
+def test_swap_preemption_works_in_a_decode_pool():
+    sc = pd_scenario(qps=30.0, n=120, decode=TIGHT_DECODE)
+    data = sc.model_dump(exclude_unset=True)
+    data["pools"][1]["scheduler"] = {"name": "vllm", "max_num_seqs": 8, "max_num_batched_tokens": 4096,
+                                     "preemption_mode": "swap"}
+    out = simulate(Scenario.model_validate(data))
+    check_pool_invariants(out)
+    s = summarise(out.result)
+    assert s["swap_outs"] > 0 and s["swap_ins"] == s["swap_outs"]

@@ -43,6 +43,8 @@ TECHNIQUE_VARIANTS = {
                       "full_head_fraction": 0.25},
     "minicache-think": {"name": "kv-eviction", "policy": "none", "merged_layer_fraction": 0.5,
                         "key_channel_pruning": 0.5},
+    "nanoflow-3": {"name": "nanoflow", "nano_batches": 3},
+    "nanoflow-split-always": {"name": "nanoflow", "nano_batches": 2, "adaptive": False},
     # Composition: a quantised cache, H2O eviction and speculation at once.
     "int8-h2o-spec": [{"name": "kv-quantization", "bits": 8}, {"name": "kv-eviction", "budget_tokens": 128},
                       {"name": SPEC, "drafter": "ngram", "k": 3, "acceptance": 0.7}],
@@ -125,13 +127,14 @@ def test_preloaded_arrivals_match_event_per_arrival_path_with_speculation():
 
 
 def test_every_shipped_technique_at_once_keeps_the_invariants():
-    """Quantised KV, H2O eviction, sparse decode and prefill attention and speculation compose (list order),
+    """Quantised KV, H2O eviction, sparse decode and prefill attention, speculation and nano-batching compose (list order),
     and together still serve every request with one gap per token and the KV budget kept."""
     from simulator.techniques import TECHNIQUES
 
     techniques = [{"name": "kv-quantization", "bits": 4}, {"name": "kv-eviction", "policy": "h2o", "budget_tokens": 512},
                   {"name": "sparse-attention", "density": 0.25}, {"name": "sparse-prefill", "density": 0.3},
-                  {"name": SPEC, "drafter": "eagle", "k": 4, "acceptance": 0.7, "policy": "goodput"}]
+                  {"name": SPEC, "drafter": "eagle", "k": 4, "acceptance": 0.7, "policy": "goodput"},
+                  {"name": "nanoflow", "nano_batches": 2}]
     assert {t["name"] for t in techniques} == set(TECHNIQUES.names())  # a new technique joins this test
     for scheduler in ("vllm", "sarathi"):
         base = tiny_scenario(scheduler, seed=11, qps=8.0, n=40, replicas=1, router="round-robin", kv_tokens_budget=False)

@@ -271,7 +271,8 @@ class IterationCostModel:
         datasheet = all(type(p) is RooflinePricer for p in (*layer_pricers, *iteration_pricers))
         overlapped = any(op.overlap for op in (*table.layer_ops, *table.iteration_ops))
         if overlapped:  # rows that run concurrently: each scope takes the longest lane of each group
-            self._layer: Scope = Overlapped(table.layer_ops, layer_pricers)
+            self._layer: Scope = Overlapped(table.layer_ops, layer_pricers, table.nano_batches,
+                                                 table.nano_adaptive)
             self._iter: Scope = Overlapped(table.iteration_ops, iteration_pricers)
         elif datasheet and not self.overheads.active:
             self._layer = RooflineBlock(table.layer_ops, layer_pricers, device)

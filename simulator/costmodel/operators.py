@@ -69,6 +69,10 @@ class Operator:
     # Rows sharing a non-empty ``overlap`` name run concurrently on different resources (a KV fetch over
     # PCIe beside the GPU's attention): the group takes the longest of its placements' summed times.
     overlap: str = ""
+    # Within an overlap group, rows of the same lane run one after another and lanes run concurrently; empty:
+    # the row's placement is its lane. NanoFlow's nano-batches put compute-, memory- and network-bound rows of
+    # one GPU in separate lanes (simulator/techniques/nanoflow.py).
+    lane: str = ""
     # Fraction of each sequence's context a decode-attention row attends (sparse attention reads a selected
     # share): its coefficients already count only that share; a kernel curve is priced at the attended context.
     attended: float = 1.0
@@ -130,6 +134,11 @@ class OperatorTable:
     attention: AttentionGeometry | None = None
     #: Links rows may be placed on (a row with ``placement="pcie"`` is priced by the link named "pcie").
     links: tuple[Link, ...] = ()
+    #: Nano-batches each layer's overlapped rows are split into (NanoFlow): each runs over 1/n of the batch's
+    #: tokens and reads all of the weights; 1 (the default) leaves the batch whole.
+    nano_batches: int = 1
+    #: With nano-batches: each pass runs split or whole, whichever is cheaper (NanoFlow tunes the split per batch).
+    nano_adaptive: bool = False
 
     def with_ops(self, **changes) -> OperatorTable:
         """A copy with some fields replaced (techniques transform tables this way)."""

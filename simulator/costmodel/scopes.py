@@ -210,9 +210,18 @@ class Overlapped(RowByRow):
     prices every step (``decode`` declines the closed form), and shapes are priced one at a time.
     """
 
-    def __init__(self, ops: Sequence[Operator], pricers: Sequence[RowPricer]):
+    def __init__(self, ops: Sequence[Operator], pricers: Sequence[RowPricer], nano_batches: int = 1,
+                 adaptive: bool = False):
         super().__init__(ops, pricers)
-        self.lane = [(op.overlap, op.placement) if op.overlap else None for op in self.ops]
+        self.lane = [(op.overlap, op.lane or op.placement) if op.overlap else None for op in self.ops]
+        # Named lanes share one GPU's FLOP/s and memory bandwidth: a group then also takes at least the summed
+        # compute and the summed memory time of its rows on the device (NanoFlow's resource bound). Rows in
+        # placement lanes (a GPU beside a link) never exceed that, so the floor applies to named lanes only.
+        self.floor = [bool(op.overlap and op.lane and op.placement == "device") for op in self.ops]
+        self.shared = any(self.floor)
+        self.nano = int(nano_batches)
+        # Adaptive: a pass whose grouped rows would run faster one after another, whole, runs that way.
+        self.adaptive = bool(adaptive)
 
     def time_keyed(self, x: np.ndarray, xl: list[float], key: tuple) -> float:
         return self.time(x, xl)  # lanes take maxima, not a left-to-right sum: no reuse
@@ -220,17 +229,35 @@ class Overlapped(RowByRow):
     def time(self, x: np.ndarray, xl: list[float]) -> float:
         total = 0.0
         groups: dict[str, dict[str, float]] = {}
-        for lane, pricer, f, b in zip(self.lane, self.pricers, (self.flops @ x).tolist(), (self.bytes @ x).tolist(),
-                                      strict=True):
-            t = pricer.price(xl, f, b).time_s
+        n = self.nano
+        fl, by = (self.flops @ x).tolist(), (self.bytes @ x).tolist()
+        if n > 1:  # grouped rows run as n nano-batches of 1/n of the tokens, each reading all the weights
+            xn = x / n
+            xn[F.ONE] = x[F.ONE]
+            xn[F.EXPERTS_HIT] = x[F.EXPERTS_HIT]
+            xnl, fln, byn = xn.tolist(), (self.flops @ xn).tolist(), (self.bytes @ xn).tolist()
+        floors: dict[str, list[float]] = {}
+        whole = 0.0  # the grouped rows one after another, unsplit (for the adaptive choice)
+        for i, (lane, pricer) in enumerate(zip(self.lane, self.pricers, strict=True)):
             if lane is None:
-                total += t
-            else:
-                lanes = groups.setdefault(lane[0], {})
-                lanes[lane[1]] = lanes.get(lane[1], 0.0) + t
-        for lanes in groups.values():
-            total += max(lanes.values())
-        return total
+                total += pricer.price(xl, fl[i], by[i]).time_s
+                continue
+            if self.adaptive:
+                whole += pricer.price(xl, fl[i], by[i]).time_s
+            p = pricer.price(xl, fl[i], by[i]) if n == 1 else pricer.price(xnl, fln[i], byn[i])
+            lanes = groups.setdefault(lane[0], {})
+            lanes[lane[1]] = lanes.get(lane[1], 0.0) + n * p.time_s
+            if self.shared and self.floor[i]:
+                acc = floors.setdefault(lane[0], [0.0, 0.0])
+                acc[0] += n * p.compute_s
+                acc[1] += n * p.memory_s
+        overlapped = 0.0
+        for name, lanes in groups.items():
+            longest = max(lanes.values())
+            if name in floors:
+                longest = max(longest, *floors[name])
+            overlapped += longest
+        return total + (min(overlapped, whole) if self.adaptive else overlapped)
 
     def time_many(self, X: np.ndarray) -> None:
         return None

@@ -278,6 +278,17 @@ class RunInfo:
     # A multi-pool run (``pools:``): each pool's replicas and hardware. Empty for one pool, whose hardware is
     # in the fields above; with pools, those fields describe the first pool and the totals come from here.
     pools: tuple[PoolInfo, ...] = ()
+    # Preemption by swap (simulator/schedulers/preemption.py), summed over replicas; zero when it is off.
+    swap_outs: int = 0
+    swap_ins: int = 0
+    swap_bytes: float = 0.0  # both directions, all GPUs
+    swap_recompute_fallbacks: int = 0
+    swap_transfer_s: float = 0.0
+    # The optimal-throughput bound of the workload on this hardware (simulator/throughput_bound.py), output
+    # tokens per second per resource; NaN when unknown (records built outside the engine).
+    bound_compute_tps: float = float("nan")
+    bound_memory_tps: float = float("nan")
+    bound_network_tps: float = float("nan")
 
     @property
     def num_gpus(self) -> int:

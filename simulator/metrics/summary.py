@@ -145,6 +145,18 @@ SUMMARY_KEYS: dict[str, str] = {
     "kv_util_mean": "busy-time-weighted mean fraction of KV blocks in use",
     "kv_util_peak": "largest fraction of KV blocks in use",
     "preemptions": "preemptions suffered by measured requests",
+    "swap_outs": "preempted sequences whose KV was swapped to host memory (preemption_mode: swap; whole run)",
+    "swap_ins": "swapped sequences whose KV was copied back to the GPU (whole run)",
+    "swap_bytes": "KV bytes copied between GPU and host memory, both directions, all GPUs (whole run)",
+    "swap_recompute_fallbacks": "preemptions recomputed because the host swap space was full (whole run)",
+    "swap_transfer_s": "seconds of KV copies over PCIe, summed over copies (whole run)",
+    "bound_output_tps": "optimal-throughput bound: output tokens/s the hardware could sustain for this workload "
+    "with every resource at peak and perfectly overlapped (NanoFlow's analysis; the smallest of the three below)",
+    "bound_resource": "the resource that binds the optimal-throughput bound: compute, memory or network",
+    "bound_compute_output_tps": "output tokens/s the GPUs' peak FLOP/s allow for this workload",
+    "bound_memory_output_tps": "output tokens/s the GPUs' memory bandwidth allows for this workload",
+    "bound_network_output_tps": "output tokens/s the collectives' links allow (inf without collectives)",
+    "bound_attainment": "output_tps / bound_output_tps: share of the hardware's bound the run reached",
     "iterations": "iterations simulated (whole run)",
     "energy_j": "GPU energy over the window (J)",
     "energy_per_output_token_j": "GPU energy per output token (J)",
@@ -449,6 +461,27 @@ def measured_requests(result: SimulationResult) -> pd.DataFrame:
     return req[req["arrival_s"].to_numpy(dtype=np.float64) >= result.info.warmup_s]
 
 
+def _swap_and_bound(info: RunInfo, output_tps: float) -> dict[str, Any]:
+    """Swap counts and the optimal-throughput bound (simulator/throughput_bound.py) from the run's info."""
+    per = {"compute": info.bound_compute_tps, "memory": info.bound_memory_tps, "network": info.bound_network_tps}
+    known = {k: v for k, v in per.items() if math.isfinite(v) or v == math.inf}
+    bound = min(known.values()) if known else NAN
+    resource = min(known, key=known.get) if known and math.isfinite(bound) else None
+    return {
+        "swap_outs": int(info.swap_outs),
+        "swap_ins": int(info.swap_ins),
+        "swap_bytes": float(info.swap_bytes),
+        "swap_recompute_fallbacks": int(info.swap_recompute_fallbacks),
+        "swap_transfer_s": float(info.swap_transfer_s),
+        "bound_output_tps": bound,
+        "bound_resource": resource,
+        "bound_compute_output_tps": float(info.bound_compute_tps),
+        "bound_memory_output_tps": float(info.bound_memory_tps),
+        "bound_network_output_tps": float(info.bound_network_tps),
+        "bound_attainment": _ratio(output_tps, bound) if resource is not None else NAN,
+    }
+
+
 def summarise(result: SimulationResult, slo: SLOConfig | None = None) -> dict[str, Any]:
     """The headline numbers of one run; keys and meanings in :data:`SUMMARY_KEYS`, definitions in the module doc.
 
@@ -510,6 +543,7 @@ def summarise(result: SimulationResult, slo: SLOConfig | None = None) -> dict[st
             out.update(migration_stats(req))
     out["preemptions"] = int(req["preemptions"].sum()) if n else 0
     out["iterations"] = int(result.iterations["num_iterations"].sum())
+    out.update(_swap_and_bound(info, out["output_tps"]))
     out["energy_per_output_token_j"] = _ratio(out["energy_j"], out_tokens)
     price_per_s = info.num_gpus * info.price_usd_per_gpu_hour / 3600.0
     if pooled:

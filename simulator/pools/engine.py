@@ -36,6 +36,7 @@ from simulator.pools.migration import Migrator
 from simulator.recorder import Recorder
 from simulator.replica import Replica
 from simulator.requests import RequestTable
+from simulator.schedulers.preemption import swap_space_for, total_stats
 from traces.build import build_requests
 from traces.stream import RequestStream
 
@@ -167,6 +168,7 @@ class PoolEngine:
                     None,
                     system.model.max_context,
                     warmup_s=sim.warmup_s,
+                    swap=swap_space_for(system, dep.pp),
                 )
                 rt.replicas.append(replica)
                 self.replicas.append(replica)
@@ -396,6 +398,7 @@ def simulate_pools(scenario: Scenario, *, stream: RequestStream | None = None):
         [r.blocks.used_blocks for r in engine.replicas],
         [r.blocks.peak_used_blocks for r in engine.replicas],
         pools=pools,
+        swap_spaces=[r.state.swap for r in engine.replicas],
     )
 
 
@@ -432,6 +435,14 @@ def _run_info(
                 gpu_memory_bytes=system.memory.gpu_memory_bytes,
             )
         )
+    swap_outs = swap_ins = fallbacks = 0
+    swap_bytes = swap_s = 0.0
+    for rt in engine.pools:
+        st = total_stats([r.state.swap for r in rt.replicas])
+        dep = rt.plan.system.deployment
+        swap_outs, swap_ins, fallbacks = swap_outs + st.swap_outs, swap_ins + st.swap_ins, fallbacks + st.fallbacks
+        swap_bytes += (st.bytes_out + st.bytes_in) * dep.tp * dep.pp  # every GPU moves its own shard
+        swap_s += st.transfer_s
     head = pools.pools[0].system
     return RunInfo(
         scenario_name=scenario.name,
@@ -454,4 +465,9 @@ def _run_info(
         sim_end_s=end,
         not_arrived=not_arrived,
         pools=tuple(infos),
+        swap_outs=swap_outs,
+        swap_ins=swap_ins,
+        swap_bytes=swap_bytes,
+        swap_recompute_fallbacks=fallbacks,
+        swap_transfer_s=swap_s,
     )

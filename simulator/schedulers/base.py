@@ -115,26 +115,32 @@ class Scheduler:
         st = self.state
         t = st.table
         target = t.prefill_target(rid)
+        # A sequence swapped out to host memory gets its KV back and continues from it (no re-prefill).
+        cached = st.swap.swap_in(rid, now) if st.swap is not None and rid in st.swap.held else 0
         st.blocks.grow(rid, target)
         if np.isnan(t.schedule_s[rid]):
             t.schedule_s[rid] = now
         st.running.append(rid)
         st.changed()
-        return PrefillChunk(rid, target, 0, True, target)
+        return PrefillChunk(rid, target - cached, cached, True, target - cached)
 
     def preempt_one(self) -> int | None:
-        """Free memory by preempting the most recently admitted sequence (recompute); return it.
+        """Free memory by preempting the most recently admitted sequence; return it.
 
-        vLLM's default policy: the victim loses its KV and goes back to the
-        front of the waiting queue; its generated tokens are kept and re-
-        prefilled with the prompt when it is admitted again. ``None`` when
-        nothing is running.
+        vLLM's default policy (recompute): the victim loses its KV and goes back
+        to the front of the waiting queue; its generated tokens are kept and re-
+        prefilled with the prompt when it is admitted again. With a swap space
+        (``preemption_mode: swap``, :mod:`simulator.schedulers.preemption`) its
+        blocks are copied to host memory instead, when they fit, and come back
+        when it is admitted again. ``None`` when nothing is running.
         """
         st = self.state
         if not st.running:
             return None
         victim = st.running.pop()
         st.changed()
+        if st.swap is not None:
+            st.swap.swap_out(victim, int(st.table.kv_tokens[victim]), st.blocks.held_by(victim), st.now)
         st.blocks.release(victim)
         st.table.preemptions[victim] += 1
         st.waiting.appendleft(victim)
@@ -161,6 +167,11 @@ class Scheduler:
         st.changed()
         for r in rids:
             self.on_preempted(r)
+
+    def swapped_tokens(self, rid: int) -> int:
+        """KV tokens ``rid`` holds in host swap space (0 without swap or when it is not swapped out)."""
+        swap = self.state.swap
+        return 0 if swap is None else swap.tokens(rid)
 
     def on_preempted(self, rid: int) -> None:
         """Hook for schedulers that track extra per-sequence state."""

@@ -15,10 +15,11 @@ from pydantic import Field
 
 from capsim.types import Count
 from simulator.kvcache import blocks_for
-from simulator.schedulers.base import EMPTY_IDS, SCHEDULERS, Plan, PrefillChunk, Scheduler, SchedulerParams
+from simulator.schedulers.base import EMPTY_IDS, SCHEDULERS, Plan, PrefillChunk, Scheduler
+from simulator.schedulers.preemption import PreemptionParams
 
 
-class SarathiParams(SchedulerParams):
+class SarathiParams(PreemptionParams):
     max_num_seqs: Count = Field(256, gt=0, description="Most sequences in the batch.")
     chunk_size: Count = Field(
         512, gt=0, description="Token budget per iteration (decode tokens + prefill chunk tokens)."
@@ -75,10 +76,14 @@ class SarathiScheduler(Scheduler):
         watermark = int(p.watermark * blocks.total_blocks)
         while budget > 0 and st.waiting and len(st.running) < p.max_num_seqs:
             rid = st.waiting[0]
-            q = min(t.prefill_target(rid), budget)
-            if blocks.free_blocks - decode_growth - int(blocks_for(q, bs)) < watermark:
+            held = self.swapped_tokens(rid) if st.swap is not None else 0  # KV waiting in host swap space
+            q = min(t.prefill_target(rid) - held, budget)
+            if blocks.free_blocks - decode_growth - int(blocks_for(held + q, bs)) < watermark:
                 break
             st.waiting.popleft()
+            if held:  # its blocks come back from the host; the prefill continues where it stopped
+                st.swap.swap_in(rid, st.now)
+                blocks.grow(rid, held)
             if np.isnan(t.schedule_s[rid]):  # first admission (not a re-admission after preemption)
                 t.schedule_s[rid] = st.now
             st.running.append(rid)

@@ -6,7 +6,8 @@ is a prefill-only batch of as many waiting requests (first come, first served)
 as fit the sequence cap, the token budget and the free KV blocks above a small
 watermark; running decodes pause for that iteration. Otherwise every running
 sequence decodes. KV blocks are allocated on demand; when a decode step finds
-no free block the newest sequence is preempted and later recomputed.
+no free block the newest sequence is preempted and later recomputed (or, with
+``preemption_mode: swap``, swapped to host memory and back: simulator/schedulers/preemption.py).
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ from __future__ import annotations
 from pydantic import Field
 
 from capsim.types import Count
-from simulator.schedulers.base import EMPTY_IDS, SCHEDULERS, Plan, Scheduler, SchedulerParams
+from simulator.schedulers.base import EMPTY_IDS, SCHEDULERS, Plan, Scheduler
+from simulator.schedulers.preemption import PreemptionParams
 
 
-class VllmParams(SchedulerParams):
+class VllmParams(PreemptionParams):
     max_num_seqs: Count = Field(256, gt=0, description="Most sequences in one batch (vLLM --max-num-seqs).")
     max_num_batched_tokens: Count = Field(
         8192,
@@ -56,15 +58,17 @@ class VllmScheduler(Scheduler):
             while waiting and len(running) < p.max_num_seqs:
                 rid = waiting[0]
                 need = st.table.prefill_target(rid)
+                # A sequence swapped out to host memory needs no re-prefill of what it kept.
+                work = need - self.swapped_tokens(rid) if st.swap is not None else need
                 # A preempted sequence may exceed the budget; let it run alone.
-                if tokens + need > p.max_num_batched_tokens and chunks:
+                if tokens + work > p.max_num_batched_tokens and chunks:
                     break
                 # Asked of the block manager: a KV retention policy may keep fewer tokens than `need`.
                 if not self.fits_with_watermark(st.blocks.blocks_to_admit(rid, need), watermark):
                     break
                 waiting.popleft()
                 chunks.append(self.admit(rid, st.now))
-                tokens += need
+                tokens += work
             if chunks:
                 return Plan(tuple(chunks), EMPTY_IDS)
         if running:
