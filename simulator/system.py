@@ -48,6 +48,7 @@ class System:
     techniques: TechniqueStack = field(default_factory=TechniqueStack)
     step: StepModel | None = None  # the decode-step model of a technique; None: one token per step
     kv_policy: KVPolicy | None = None  # a technique's KV retention (eviction); None: every token kept
+    admit: Any | None = None  # a technique's admission hook (prefix caching); None: nothing cached at admission
     extra_devices: tuple[ExtraDevice, ...] = ()  # per replica, added by techniques (a separate draft device)
 
     @property
@@ -225,5 +226,6 @@ def build_system(scenario: Scenario) -> System:
         model, device, dep, fmt, roofline, table, memory, sched_cls, sched_params, router_cls, overheads,
         techniques=stack, step=stack.step_model(ctx) if stack else None,
         kv_policy=stack.kv_policy(ctx) if stack else None,
+        admit=stack.admit(ctx) if stack else None,
         extra_devices=stack.extra_devices(ctx) if stack else (),
     )

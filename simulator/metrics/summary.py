@@ -412,4 +412,20 @@ def summarise(result: SimulationResult, slo: SLOConfig | None = None) -> dict[st
     ordered = {key: out[key] for key in SUMMARY_KEYS}
     # The percentile targets the scenario set (their keys depend on it), after the fixed keys.
     ordered.update({k: v for k, v in out.items() if k.startswith("slo_") and k not in ordered})
+    if "cached_tokens" in req.columns:  # the prefix-caching technique is on
+        ordered.update(prefix_cache_stats(req))
     return ordered
+
+
+def prefix_cache_stats(req) -> dict[str, float]:
+    """Prefix-cache hits of the measured requests that were admitted (``cached_tokens`` >= 0, their first
+    admission's hit): by tokens (cached prompt tokens / prompt tokens) and by requests (share with a hit)."""
+    cached = req["cached_tokens"].to_numpy(dtype=np.int64)
+    admitted = cached >= 0
+    hit = cached[admitted]
+    prompt = req["prompt_tokens"].to_numpy(dtype=np.int64)[admitted]
+    return {
+        "prefix_hit_rate_tokens": _ratio(float(hit.sum()), float(prompt.sum())),
+        "prefix_hit_rate_requests": _ratio(float(np.count_nonzero(hit)), float(len(hit))),
+        "prefix_cached_tokens": int(hit.sum()),
+    }

@@ -108,16 +108,18 @@ class Scheduler:
         return self.state.running_ids()
 
     def admit(self, rid: int, now: float) -> PrefillChunk:
-        """Move ``rid`` from the waiting queue into the batch with its full (re)prefill."""
+        """Move ``rid`` from the waiting queue into the batch with its (re)prefill: all of it, less the prompt
+        tokens the block manager already holds in KV (a prefix-cache hit, priced as cached)."""
         st = self.state
         t = st.table
         target = t.prefill_target(rid)
+        cached = st.blocks.attach(rid)
         st.blocks.grow(rid, target)
         if np.isnan(t.schedule_s[rid]):
             t.schedule_s[rid] = now
         st.running.append(rid)
         st.changed()
-        return PrefillChunk(rid, target, 0, True, target)
+        return PrefillChunk(rid, target - cached, cached, True, target - cached)
 
     def preempt_one(self) -> int | None:
         """Free memory by preempting the most recently admitted sequence (recompute); return it.
