@@ -88,6 +88,7 @@ class PrefixCachingBlockManager(BlockManager):
         self._held: dict[int, list[int]] = {}  # rid -> unit ids it references
         self._next: dict[int, int] = {}  # rid -> index of its next prompt unit to register
         self.evicted_units = 0
+        self.peak_resident_blocks = 0  # most blocks ever holding KV, free-able cached units included
 
     # ------------------------------------------------------------------ cache
     @property
@@ -214,10 +215,14 @@ class PrefixCachingBlockManager(BlockManager):
     def _add(self, blocks: int) -> None:
         used = self.used_blocks + blocks
         self.used_blocks = used
-        if blocks > 0 and self._lru:
-            over = used + len(self._lru) * self.unit_blocks - self.total_blocks
+        if blocks > 0:
+            resident = used + len(self._lru) * self.unit_blocks
+            over = resident - self.total_blocks
             if over > 0:  # make room by evicting free-able cached units, least recently released first
                 self._evict(-(-over // self.unit_blocks))
+                resident = used + len(self._lru) * self.unit_blocks
+            if resident > self.peak_resident_blocks:
+                self.peak_resident_blocks = resident
         if used > self.peak_used_blocks:
             self.peak_used_blocks = used
 

@@ -111,6 +111,28 @@ def scheduler_params(name: str, params: dict[str, Any]) -> tuple[type[Scheduler]
         ) from None
 
 
+def router_with_params(name: str, params: dict[str, Any]) -> type[Router]:
+    """The router class of ``name``, with its parameters validated and bound (most routers take none)."""
+    cls = _lookup(ROUTERS.get, name, "router.name")
+    if cls.Params is None:
+        if params:
+            raise CapsimError(
+                f"router {name!r} takes no parameters (got {', '.join(params)})", where="router", fix="remove them"
+            )
+        return cls
+    try:
+        return cls.with_params(cls.Params.model_validate(params))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(x) for x in err.get("loc", ()))
+        msg = "unknown parameter" if err.get("type") == "extra_forbidden" else err.get("msg", "invalid")
+        raise CapsimError(
+            f"{msg}: {field!r} (got {err.get('input')!r})" if field else msg,
+            where=f"router.{field}" if field else "router",
+            fix=f"parameters of router {ROUTERS.canonical(name)!r} are: {', '.join(cls.Params.model_fields)}",
+        ) from None
+
+
 def resolve_overheads(name: str, tp: int) -> OverheadTerms:
     """The named serving-engine overhead set at this TP degree (``none``: all zero)."""
     from hwmodels.calibration.overheads import overhead_terms
@@ -172,13 +194,7 @@ def build_system(scenario: Scenario) -> System:
     model = resolve_model(scenario.model)
     device = resolve_device(dep.device)
     sched_cls, sched_params = scheduler_params(scenario.scheduler.name, scenario.scheduler.params)
-    router_cls = _lookup(ROUTERS.get, scenario.router.name, "router.name")
-    if scenario.router.params:
-        raise CapsimError(
-            f"router {scenario.router.name!r} takes no parameters (got {', '.join(scenario.router.params)})",
-            where="router",
-            fix="remove them",
-        )
+    router_cls = router_with_params(scenario.router.name, scenario.router.params)
     wb = bytes_per_element(dep.weight_dtype, field="deployment.weight_dtype")
     kb = bytes_per_element(dep.kv_dtype, field="deployment.kv_dtype")
     ab = bytes_per_element(dep.activation_dtype, field="deployment.activation_dtype")
@@ -200,6 +216,12 @@ def build_system(scenario: Scenario) -> System:
             fix="use at most one stage per layer",
         )
     stack = build_stack(scenario.techniques, SCHEDULERS.canonical(scenario.scheduler.name))
+    needs = router_cls.requires_technique
+    if needs is not None and needs not in stack.names:
+        raise CapsimError(
+            f"router {scenario.router.name!r} needs the {needs!r} technique (its signal comes from it)",
+            where="router.name", fix=f"add `techniques: [{{name: {needs}}}]` or choose another router",
+        )
     roofline = roofline_for(device, dep, fmt)
     overheads = resolve_overheads(dep.overheads, dep.tp)
     ctx = BuildContext(model, device, dep, roofline, overheads, scenario.seed)
