@@ -20,6 +20,9 @@ Workloads (issue #2):
 7. Workload 3 with an EAGLE-style head, goodput-driven K <= 6 and per-request acceptance: compare with 3.
 8. Workload 3 with the ``sarathi`` scheduler (chunked prefill, the vLLM v1 default; 512-token budget):
    compare with 3 (issue 19's target: at most 1.3x its wall time, measured in one run).
+9. The Mooncake conversation trace (12,031 requests, one hour, 512-token prefix block ids) on 8 replicas of
+   Llama-3.1-8B on H100 with prefix caching and the cache-aware router (issue 16).
+10. Workload 9 without prefix caching (least-outstanding router): compare with 9.
 """
 
 from __future__ import annotations
@@ -82,6 +85,20 @@ WORKLOADS[7] = {**WORKLOADS[3], "name": "workload 3 + eagle head, goodput k<=6",
 # Chunked prefill (issue 19): mixed prefill + decode iterations while prompts are chunked.
 WORKLOADS[8] = {**WORKLOADS[3], "name": "workload 3 with sarathi, chunk 512",
                 "scheduler": {"name": "sarathi", "chunk_size": 512}}
+
+# Prefix caching (issue 16): the Mooncake trace's block ids drive each replica's prefix cache.
+WORKLOADS[9] = {
+    "name": "mooncake 8x llama3-8b h100, prefix cache",
+    "model": "llama-3.1-8b",
+    "deployment": {"device": "h100-sxm", "num_replicas": 8},
+    "scheduler": {"name": "vllm", "max_num_batched_tokens": 131072},
+    "router": {"name": "cache-aware"},
+    "workload": {"arrival": "trace", "trace": {"name": "mooncake-conversation"}},
+    "simulation": {"num_requests": None},
+    "techniques": [{"name": "prefix-caching"}],
+}
+WORKLOADS[10] = {**WORKLOADS[9], "name": "workload 9 without prefix caching", "router": {"name": "least-outstanding"},
+                 "techniques": []}
 
 
 def run_one(index: int) -> dict:
