@@ -156,7 +156,7 @@ def simulate(
             blocks.step_tokens = 1 + step.max_lookahead
         replicas.append(
             Replica(env, i, table, blocks, cost, make_scheduler, recorder, on_finish, system.model.max_context,
-                    warmup_s=sim.warmup_s, step=step, kv=retention)
+                    warmup_s=sim.warmup_s, step=step, kv=retention if prefix is None else prefix.attention(blocks))
         )
 
     if closed is None and router.oblivious and preload_arrivals:

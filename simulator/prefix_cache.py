@@ -38,7 +38,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from capsim.errors import CapsimError
-from simulator.kvcache import BlockManager, blocks_for
+from simulator.kvcache import NO_CAP, BlockManager, blocks_for
 from simulator.requests import RequestTable
 
 
@@ -49,8 +49,16 @@ class PrefixIndex:
     ones); ``cached_tokens[rid]`` is the hit of its first admission (-1: never admitted).
     """
 
-    def __init__(self, table: RequestTable, hashes: Sequence[np.ndarray], unit_tokens: int, clock: Callable[[], float]):
+    def __init__(
+        self,
+        table: RequestTable,
+        hashes: Sequence[np.ndarray],
+        unit_tokens: int,
+        clock: Callable[[], float],
+        shared_attention: bool = False,
+    ):
         self.unit = int(unit_tokens)
+        self.shared_attention = shared_attention
         prompts = table.prompt.tolist()
         self.ids: list[list[int]] = [
             np.asarray(h)[: p // self.unit].tolist() for h, p in zip(hashes, prompts, strict=True)
@@ -60,6 +68,10 @@ class PrefixIndex:
 
     def block_manager(self, total_blocks: int, block_size: int, table: RequestTable) -> PrefixCachingBlockManager:
         return PrefixCachingBlockManager(total_blocks, block_size, table, self)
+
+    def attention(self, blocks: PrefixCachingBlockManager) -> SharedPrefixAttention | None:
+        """The decode-attention view of one engine (Hydragen), or None when shared-prefix attention is off."""
+        return SharedPrefixAttention(blocks) if self.shared_attention else None
 
 
 class PrefixCachingBlockManager(BlockManager):
@@ -227,4 +239,44 @@ class PrefixCachingBlockManager(BlockManager):
             self.peak_used_blocks = used
 
 
-__all__ = ["PrefixCachingBlockManager", "PrefixIndex"]
+class SharedPrefixAttention:
+    """Decode attention that reads a prefix shared by several sequences of the batch once per step (Hydragen).
+
+    Why the replica's attended-context hook: the decode step's cost is priced on the tokens of KV it reads,
+    summed over the batch. Hydragen splits attention into the shared prefix -- computed once for all the
+    sequences that share it, as one matrix-matrix product over its KV -- and each sequence's own suffix, the
+    two partial results combined by their softmax denominators. So a cached unit referenced by ``c`` sequences
+    of the batch is read once instead of ``c`` times: the batch attends ``sum(context) - unit * sum(c - 1)``
+    tokens of KV. Each sequence's own tokens still grow by one per step. The FLOPs of the shared part are
+    priced on the same reduced count (capsim's decode-attention rows scale FLOPs and bytes with one context
+    feature); decode attention is memory-bound, so the bytes are what sets its time.
+
+    Same interface as :class:`simulator.kvcache.Retention` where the replica reads it (``retained``,
+    ``decode_segment``); blocks are not affected (sharing them is the prefix cache's job).
+    """
+
+    def __init__(self, blocks: PrefixCachingBlockManager):
+        self.blocks = blocks
+
+    def saved(self, ids) -> int:
+        """Tokens of KV a step of batch ``ids`` does not read again: each unit once per extra sequence using it."""
+        held = self.blocks._held
+        seen: dict[int, int] = {}
+        for rid in np.atleast_1d(ids).tolist():
+            for h in held.get(rid, ()):
+                seen[h] = seen.get(h, 0) + 1
+        return sum(c - 1 for c in seen.values()) * self.blocks.unit
+
+    def retained(self, ids, logical):
+        """Attended tokens per sequence: the savings spread evenly over the batch (only the sum is priced)."""
+        logical = np.asarray(logical, dtype=np.float64)
+        n = logical.size
+        return logical - (self.saved(ids) / n if n else 0.0)
+
+    def decode_segment(self, ids: np.ndarray, kv: np.ndarray) -> tuple[float, np.ndarray, int]:
+        """A decode run of ``ids``: attended context of its first step, each sequence's growth per token (1), and
+        no cut (the shared units do not change while the batch does not)."""
+        return float(np.add.reduce(kv + 1)) - self.saved(ids), np.ones(len(ids)), NO_CAP
+
+
+__all__ = ["PrefixCachingBlockManager", "PrefixIndex", "SharedPrefixAttention"]

@@ -15,6 +15,9 @@ the prefill tokens a hit skips):
   ``cached = hit`` cached ones, so the GEMMs, KV writes and logits cover only the new tokens while attention
   still reads (and attends to) the cached ones. Every scheduler gets it through the block manager's
   ``attach`` call at admission; a shared prefix is also stored once, however many running requests use it.
+* **Shared-prefix attention** (``shared_prefix_attention``, Hydragen): a decode step reads a cached unit that
+  ``c`` sequences of the batch share once instead of ``c`` times, so the step's attended context is the batch's
+  distinct KV tokens; prefill attention and blocks are unchanged.
 * **Reports.** The run's summary gains ``prefix_hit_rate_tokens`` (cached prompt tokens / prompt tokens) and
   ``prefix_hit_rate_requests`` (requests with a hit), measured at each request's first admission; the request
   table gains ``cached_tokens``. The ``cache-aware`` router sends a request to the replica holding its longest
@@ -29,6 +32,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
+from pydantic import Field
 
 from capsim.errors import CapsimError
 from simulator.prefix_cache import PrefixIndex
@@ -38,11 +42,20 @@ from simulator.techniques.context import BuildContext
 
 
 class PrefixCachingParams(TechniqueParams):
-    """Prefix caching takes no parameters: the sharing unit comes from the request stream's block ids."""
+    """The sharing unit comes from the request stream's block ids; the one parameter is the attention kernel."""
+
+    shared_prefix_attention: bool = Field(
+        False,
+        description="Hydragen: a decode step reads a cached prefix shared by several sequences of the batch once "
+        "(its KV counted once in the step's attended context) instead of once per sequence.",
+    )
 
 
 class PrefixCachePolicy:
     """Built by the technique's ``admit`` hook; bound once per simulation to its requests and their block ids."""
+
+    def __init__(self, shared_attention: bool = False):
+        self.shared_attention = shared_attention
 
     def bind(
         self,
@@ -58,7 +71,7 @@ class PrefixCachePolicy:
                 fix="replay a trace that carries them (trace: {name: mooncake-conversation}) or add a sharing "
                 "pattern (workload.sharing: {pattern: system-prompt, shared_tokens: 1024})",
             )
-        return PrefixIndex(table, hashes, unit_tokens, clock)
+        return PrefixIndex(table, hashes, unit_tokens, clock, self.shared_attention)
 
 
 @TECHNIQUES.register("prefix-caching", aliases=("automatic-prefix-caching", "apc", "radix-cache", "prefix-cache"))
@@ -73,6 +86,7 @@ class PrefixCaching(Technique):
         "NeurIPS 2024 (arXiv 2312.07104).",
         "Qin et al. Mooncake: Trading More Storage for Less Computation. USENIX FAST 2025 -- the trace's "
         "512-token block ids.",
+        "Juravsky et al. Hydragen: High-Throughput LLM Inference with Shared Prefixes (arXiv 2402.05099).",
     )
     # The KV of a shared block must be the same for every request using it; a retention policy rewrites a
     # sequence's KV after its prefill (and the block accounting of both would have to be merged).
@@ -80,7 +94,7 @@ class PrefixCaching(Technique):
     exclusive = ("admit",)
 
     def admit(self, ctx: BuildContext) -> PrefixCachePolicy:
-        return PrefixCachePolicy()
+        return PrefixCachePolicy(self.params.shared_prefix_attention)
 
     def keeps_planner_bounds(self) -> bool:
         return False  # a hit makes a prefill cheaper than the analytic bound of the plain deployment
