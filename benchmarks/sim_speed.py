@@ -20,7 +20,10 @@ Workloads (issue #2):
 7. Workload 3 with an EAGLE-style head, goodput-driven K <= 6 and per-request acceptance: compare with 3.
 8. Workload 3 with the ``sarathi`` scheduler (chunked prefill, the vLLM v1 default; 512-token budget):
    compare with 3 (issue 19's target: at most 1.3x its wall time, measured in one run).
-9. Workload 3 on two prefill and two decode replicas (disaggregated, KV over NVLink): compare with 3.
+9. The Mooncake conversation trace (12,031 requests, one hour, 512-token prefix block ids) on 8 replicas of
+   Llama-3.1-8B on H100 with prefix caching and the cache-aware router (issue 16).
+10. Workload 9 without prefix caching (least-outstanding router): compare with 9.
+11. Workload 3 on two prefill and two decode replicas (disaggregated, KV over NVLink): compare with 3.
 """
 
 from __future__ import annotations
@@ -84,9 +87,23 @@ WORKLOADS[7] = {**WORKLOADS[3], "name": "workload 3 + eagle head, goodput k<=6",
 WORKLOADS[8] = {**WORKLOADS[3], "name": "workload 3 with sarathi, chunk 512",
                 "scheduler": {"name": "sarathi", "chunk_size": 512}}
 
+# Prefix caching (issue 16): the Mooncake trace's block ids drive each replica's prefix cache.
+WORKLOADS[9] = {
+    "name": "mooncake 8x llama3-8b h100, prefix cache",
+    "model": "llama-3.1-8b",
+    "deployment": {"device": "h100-sxm", "num_replicas": 8},
+    "scheduler": {"name": "vllm", "max_num_batched_tokens": 131072},
+    "router": {"name": "cache-aware"},
+    "workload": {"arrival": "trace", "trace": {"name": "mooncake-conversation"}},
+    "simulation": {"num_requests": None},
+    "techniques": [{"name": "prefix-caching"}],
+}
+WORKLOADS[10] = {**WORKLOADS[9], "name": "workload 9 without prefix caching", "router": {"name": "least-outstanding"},
+                 "techniques": []}
+
 # Pools (issue 15): workload 3 served by two prefill and two decode replicas, KV handed off over NVLink;
 # compare with 3 (every request now has a hand-off, a transfer process and two schedulers).
-WORKLOADS[9] = {**{k: v for k, v in WORKLOADS[3].items() if k != "deployment"},
+WORKLOADS[11] = {**{k: v for k, v in WORKLOADS[3].items() if k != "deployment"},
                 "name": "workload 3 disaggregated 2P+2D nvlink",
                 "serving": {"name": "disaggregated", "link": {"kind": "nvlink"}},
                 "pools": [{"name": "prefill", "role": "prefill", "device": "h100-sxm", "num_replicas": 2},

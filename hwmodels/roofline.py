@@ -39,6 +39,10 @@ class RooflineDevice:
     launch_overhead_s: float
     profile: Any = None  # calibrated DeviceProfile, or None for datasheet-only pricing
     compute_format: str = "bf16"  # numeric format of the GEMMs (selects the profile's curve)
+    # Share of the GPU this pricing view gets (SM partitioning, simulator/pools/partition.py): ``peak_flops`` and
+    # ``memory_bandwidth`` above are already scaled; the profile's fitted peaks are scaled by these. 1: whole GPU.
+    compute_share: float = 1.0
+    bandwidth_share: float = 1.0
 
     @property
     def effective_flops(self) -> float:

@@ -147,8 +147,16 @@ def simulate(
         step = system.step.bind(table, rng_step, cost)
     # A technique's KV retention (eviction, compression), bound to this simulation's requests.
     retention = system.kv_policy.bind(table) if system.kv_policy is not None else None
+    # A technique's admission hook (prefix caching): each engine's block manager then reports cached tokens.
+    prefix = None
+    if system.admit is not None:
+        hashes = stream.prefix_block_hashes
+        kept = None if hashes is None else [h for h, k in zip(hashes, keep.tolist(), strict=True) if k]
+        prefix = system.admit.bind(table, kept, stream.prefix_block_tokens, lambda: env.now)
     for i in range(engines):
-        if retention is None:
+        if prefix is not None:
+            blocks = prefix.block_manager(blocks_per_engine, dep.block_size, table)
+        elif retention is None:
             blocks = BlockManager(blocks_per_engine, dep.block_size, table)
         else:
             blocks = RetainingBlockManager(blocks_per_engine, dep.block_size, table, retention)
@@ -156,7 +164,8 @@ def simulate(
             blocks.step_tokens = 1 + step.max_lookahead
         replicas.append(
             Replica(env, i, table, blocks, cost, make_scheduler, recorder, on_finish, system.model.max_context,
-                    warmup_s=sim.warmup_s, step=step, kv=retention, swap=swap_space_for(system, dep.pp))
+                    warmup_s=sim.warmup_s, step=step, kv=retention if prefix is None else prefix.attention(blocks),
+                    swap=swap_space_for(system, dep.pp))
         )
 
     if closed is None and router.oblivious and preload_arrivals:
@@ -224,6 +233,8 @@ def simulate(
         bound_network_tps=bound.network_tps,
     )
     frame = table.to_frame()
+    if prefix is not None:
+        frame["cached_tokens"] = prefix.cached_tokens  # prompt tokens hit at each request's first admission
     if arrived < table.n:
         frame = frame.iloc[:arrived]
     result = SimulationResult(frame, recorder.iterations_frame(), recorder.token_gaps(), info)

@@ -53,6 +53,11 @@ class BlockManager:
         """Blocks a waiting sequence ``rid`` (holding none) needs for its ``tokens``-token (re)prefill."""
         return -(-tokens // self.block_size)
 
+    def attach(self, rid: int) -> int:
+        """Called when waiting ``rid`` is admitted: tokens of its prompt already in KV, now counted as stored
+        (a prefix cache's hit, see :mod:`simulator.prefix_cache`). Plain paged KV caches nothing: 0."""
+        return 0
+
     def blocks_to_grow(self, rid: int, new_kv_tokens: int) -> int:
         """Extra blocks ``rid`` needs to hold ``new_kv_tokens`` tokens."""
         t = self._t

@@ -115,6 +115,10 @@ class Replica:
         # blocks its iteration or decode run in flight will still claim (``pending_blocks``).
         self.receiving = False
         self.pending_blocks = 0
+        # Told when the replica starts working after being idle (True) and when it runs out of work (False):
+        # workers sharing a GPU (SM partitioning) price their iterations by whether the other is busy.
+        self.on_busy: Callable[[Replica, bool], None] | None = None
+        self._busy = False
         self.process = env.process(self._loop())
 
     # ------------------------------------------------------------------ input
@@ -225,6 +229,9 @@ class Replica:
                 self._take_departures()
             plan = scheduler.plan()
             if plan is None:
+                if self.on_busy is not None and self._busy:
+                    self._busy = False
+                    self.on_busy(self, False)
                 nxt = self._next_arrival()
                 if nxt is not None:
                     yield env.timeout(nxt - env.now)
@@ -232,6 +239,9 @@ class Replica:
                     self._wake = env.event()
                     yield self._wake
                 continue
+            if self.on_busy is not None and not self._busy:
+                self._busy = True
+                self.on_busy(self, True)
             if not (plan.repeat and not plan.prefill):
                 yield from self._iteration(plan)
             elif self.step is None:

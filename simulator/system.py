@@ -48,6 +48,7 @@ class System:
     techniques: TechniqueStack = field(default_factory=TechniqueStack)
     step: StepModel | None = None  # the decode-step model of a technique; None: one token per step
     kv_policy: KVPolicy | None = None  # a technique's KV retention (eviction); None: every token kept
+    admit: Any | None = None  # a technique's admission hook (prefix caching); None: nothing cached at admission
     extra_devices: tuple[ExtraDevice, ...] = ()  # per replica, added by techniques (a separate draft device)
 
     @property
@@ -107,6 +108,28 @@ def scheduler_params(name: str, params: dict[str, Any]) -> tuple[type[Scheduler]
             f"{msg}: {field!r} (got {err.get('input')!r})" if field else msg,
             where=f"scheduler.{field}" if field else "scheduler",
             fix=f"parameters of scheduler {SCHEDULERS.canonical(name)!r} are: {known}",
+        ) from None
+
+
+def router_with_params(name: str, params: dict[str, Any]) -> type[Router]:
+    """The router class of ``name``, with its parameters validated and bound (most routers take none)."""
+    cls = _lookup(ROUTERS.get, name, "router.name")
+    if cls.Params is None:
+        if params:
+            raise CapsimError(
+                f"router {name!r} takes no parameters (got {', '.join(params)})", where="router", fix="remove them"
+            )
+        return cls
+    try:
+        return cls.with_params(cls.Params.model_validate(params))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(x) for x in err.get("loc", ()))
+        msg = "unknown parameter" if err.get("type") == "extra_forbidden" else err.get("msg", "invalid")
+        raise CapsimError(
+            f"{msg}: {field!r} (got {err.get('input')!r})" if field else msg,
+            where=f"router.{field}" if field else "router",
+            fix=f"parameters of router {ROUTERS.canonical(name)!r} are: {', '.join(cls.Params.model_fields)}",
         ) from None
 
 
@@ -171,13 +194,7 @@ def build_system(scenario: Scenario) -> System:
     model = resolve_model(scenario.model)
     device = resolve_device(dep.device)
     sched_cls, sched_params = scheduler_params(scenario.scheduler.name, scenario.scheduler.params)
-    router_cls = _lookup(ROUTERS.get, scenario.router.name, "router.name")
-    if scenario.router.params:
-        raise CapsimError(
-            f"router {scenario.router.name!r} takes no parameters (got {', '.join(scenario.router.params)})",
-            where="router",
-            fix="remove them",
-        )
+    router_cls = router_with_params(scenario.router.name, scenario.router.params)
     wb = bytes_per_element(dep.weight_dtype, field="deployment.weight_dtype")
     kb = bytes_per_element(dep.kv_dtype, field="deployment.kv_dtype")
     ab = bytes_per_element(dep.activation_dtype, field="deployment.activation_dtype")
@@ -207,6 +224,12 @@ def build_system(scenario: Scenario) -> System:
             fix=f"keep tp x pp at most {domain}, and scale out with num_replicas",
         )
     stack = build_stack(scenario.techniques, SCHEDULERS.canonical(scenario.scheduler.name))
+    needs = router_cls.requires_technique
+    if needs is not None and needs not in stack.names:
+        raise CapsimError(
+            f"router {scenario.router.name!r} needs the {needs!r} technique (its signal comes from it)",
+            where="router.name", fix=f"add `techniques: [{{name: {needs}}}]` or choose another router",
+        )
     roofline = roofline_for(device, dep, fmt)
     overheads = resolve_overheads(dep.overheads, dep.tp)
     ctx = BuildContext(model, device, dep, roofline, overheads, scenario.seed)
@@ -233,5 +256,6 @@ def build_system(scenario: Scenario) -> System:
         model, device, dep, fmt, roofline, table, memory, sched_cls, sched_params, router_cls, overheads,
         techniques=stack, step=stack.step_model(ctx) if stack else None,
         kv_policy=stack.kv_policy(ctx) if stack else None,
+        admit=stack.admit(ctx) if stack else None,
         extra_devices=stack.extra_devices(ctx) if stack else (),
     )

@@ -36,6 +36,7 @@ TECHNIQUE_VARIANTS = {
     "sparse-prefill": {"name": "sparse-prefill", "density": 0.2},
     "sparse-host+spec": [{"name": "sparse-attention", "density": 0.5, "kv_location": "host", "host_kv_gib": 0.6},
                          {"name": SPEC, "drafter": "ngram", "k": 3, "acceptance": 0.7}],
+    "prefix-caching": {"name": "prefix-caching"},
     "kv-quant-2bit": {"name": "kv-quantization", "bits": 2, "group_size": 32, "outlier_fraction": 0.01},
     "h2o": {"name": "kv-eviction", "policy": "h2o", "budget_tokens": 64, "selection_flops": 1.0},
     "snapkv-ratio": {"name": "kv-eviction", "policy": "snapkv", "retention": 0.3},
@@ -59,6 +60,8 @@ def with_technique(scenario: Scenario, variant: str) -> Scenario:
     if data["deployment"]["memory_utilization"] < 0.5:  # the tight budget: room for the heads' weights too
         data["deployment"]["memory_utilization"] += 0.015
     entry = TECHNIQUE_VARIANTS[variant]
+    if variant == "prefix-caching":  # prompts need block ids: a shared system prompt (48 | every block size drawn)
+        data["workload"]["sharing"] = {"pattern": "system-prompt", "shared_tokens": 150, "block_tokens": 48}
     return Scenario.model_validate({**data, "techniques": entry if isinstance(entry, list) else [entry]})
 
 
@@ -135,9 +138,15 @@ def test_every_shipped_technique_at_once_keeps_the_invariants():
                   {"name": "sparse-attention", "density": 0.25}, {"name": "sparse-prefill", "density": 0.3},
                   {"name": SPEC, "drafter": "eagle", "k": 4, "acceptance": 0.7, "policy": "goodput"},
                   {"name": "nanoflow", "nano_batches": 2}]
-    assert {t["name"] for t in techniques} == set(TECHNIQUES.names())  # a new technique joins this test
-    for scheduler in ("vllm", "sarathi"):
-        base = tiny_scenario(scheduler, seed=11, qps=8.0, n=40, replicas=1, router="round-robin", kv_tokens_budget=False)
-        out = simulate(Scenario.model_validate({**base.model_dump(), "techniques": techniques}))
-        check_invariants(out)
-        assert out.result.token_gaps.num_samples == int((out.table.output - 1).sum())
+    # Prefix caching cannot share blocks whose KV eviction rewrites: it takes eviction's place in a second stack.
+    with_prefix = [{"name": "prefix-caching"}, *(t for t in techniques if t["name"] != "kv-eviction")]
+    named = {t["name"] for t in techniques} | {t["name"] for t in with_prefix}
+    assert named == set(TECHNIQUES.names())  # a new technique joins this test
+    for stack in (techniques, with_prefix):
+        for scheduler in ("vllm", "sarathi"):
+            base = tiny_scenario(scheduler, seed=11, qps=8.0, n=40, replicas=1, router="round-robin",
+                                 kv_tokens_budget=False).model_dump()
+            base["workload"]["sharing"] = {"pattern": "system-prompt", "shared_tokens": 100, "block_tokens": 32}
+            out = simulate(Scenario.model_validate({**base, "techniques": stack}))
+            check_invariants(out)
+            assert out.result.token_gaps.num_samples == int((out.table.output - 1).sum())

@@ -24,10 +24,11 @@ from traces.arrivals import ARRIVALS
 from traces.config import WorkloadConfig
 from traces.lengths import describe_lengths, sample_lengths
 from traces.replay import load_trace_source, prepare_trace
+from traces.sharing import apply_sharing
 from traces.stream import RequestStream
 
 #: Order of the child seed streams; append new ones at the end to keep old streams reproducible.
-_STREAMS = ("arrivals", "prompt", "output", "trace_rows", "trace_sample")
+_STREAMS = ("arrivals", "prompt", "output", "trace_rows", "trace_sample", "sharing")
 
 
 def _check_limits(num_requests: int | None, duration_s: float | None, finite: bool) -> None:
@@ -100,12 +101,22 @@ def build_requests(
             lengths[role] = sample_lengths(length_cfg, rngs[role], n, role=role, base_dir=base)
             names[role] = describe_lengths(length_cfg)
 
-    hashes = None
+    hashes = block_tokens = None
     if trace is not None and cfg.prompt is None and "prefix_block_hashes" in trace.columns:
         column = trace["prefix_block_hashes"].to_numpy()
         hashes = tuple(column[rows])
+        block_tokens = trace.attrs.get("hash_block_tokens")
 
     arrival_s, source = draw.arrival_s, _source(cfg, process.describe(cfg), names, label)
+    if cfg.sharing is not None:
+        if hashes is not None:
+            raise CapsimError(
+                f"trace {label!r} already carries prefix block ids; a synthetic sharing pattern would replace them",
+                where="workload.sharing", fix="remove workload.sharing, or override the trace's prompt lengths",
+            )
+        lengths["prompt"], hashes = apply_sharing(cfg.sharing, lengths["prompt"], lengths["output"], rngs["sharing"])
+        block_tokens = cfg.sharing.block_tokens
+        source += f" sharing {cfg.sharing.describe()}"
     if cfg.max_total_tokens is not None:
         arrival_s, hashes, note = _cap_lengths(cfg, arrival_s, lengths, hashes)
         source += note
@@ -116,6 +127,7 @@ def build_requests(
         source=source,
         closed_loop=process.closed_loop(cfg),
         prefix_block_hashes=hashes,
+        prefix_block_tokens=int(block_tokens) if hashes is not None and block_tokens else None,
     )
 
 

@@ -29,6 +29,7 @@ from traces.arrivals import ARRIVAL_PARAMETERS, ARRIVALS
 from traces.catalog import SHIPPED_TRACES
 from traces.lengths import LENGTHS, PARAMETERS
 from traces.loaders import TRACE_FORMATS
+from traces.sharing import SharingConfig
 
 DEFAULT_PROMPT_TOKENS = 512
 DEFAULT_OUTPUT_TOKENS = 128
@@ -240,6 +241,10 @@ class WorkloadConfig(_Strict):
     )
     length_cap: Literal["clip", "drop"] = Field(
         "clip", description="what max_total_tokens does to a longer request: 'clip' its lengths or 'drop' it"
+    )
+    sharing: SharingConfig | None = Field(
+        None, description="synthetic prefix sharing (system-prompt, few-shot or multi-turn): gives each prompt "
+        "block identities for the prefix-caching technique; see traces/sharing.py for each pattern's hit structure"
     )
 
     @field_validator("arrival")

@@ -74,7 +74,8 @@ class RequestStream:
     ``arrival_s`` is finite, >= 0 and non-decreasing (all zeros in closed
     loop); both token counts are integers >= 1; ``prefix_block_hashes``, when
     present, holds one int64 array per request (Mooncake's 512-token block
-    ids, used for prefix-cache hit modelling).
+    ids, used for prefix-cache hit modelling), each id covering
+    ``prefix_block_tokens`` prompt tokens.
     """
 
     arrival_s: np.ndarray
@@ -83,6 +84,7 @@ class RequestStream:
     source: str
     closed_loop: ClosedLoop | None = None
     prefix_block_hashes: tuple[np.ndarray, ...] | None = field(default=None, repr=False)
+    prefix_block_tokens: int | None = None  # tokens per prefix block id (None: no ids, or not known)
 
     def __post_init__(self) -> None:
         arrival = _frozen_array(self.arrival_s, np.float64, "arrival_s")

@@ -86,7 +86,11 @@ class SchedulerConfig(PluginConfig):
 class RouterConfig(PluginConfig):
     """How requests are spread over replicas."""
 
-    name: str = Field("round-robin", description="Router id: round-robin, random or least-outstanding.")
+    name: str = Field(
+        "round-robin",
+        description="Router id: round-robin, random, least-outstanding or cache-aware (with the prefix-caching "
+        "technique; parameter max_imbalance).",
+    )
 
 
 class TechniqueConfig(PluginConfig):

@@ -301,7 +301,10 @@ class PricingContext:
         flops = peaks.get("flops_per_s") or {}
         peak = flops.get(dtype) or flops.get({"bf16": "fp16", "fp16": "bf16"}.get(dtype, ""))
         bw = peaks.get("memory_bandwidth_Bps")
-        return float(peak or dev.peak_flops), float(bw or dev.memory_bandwidth)
+        # A view of part of the GPU (SM partitioning) scales the fitted peaks as it scales the datasheet's.
+        peak = float(peak) * dev.compute_share if peak else dev.peak_flops
+        bw = float(bw) * dev.bandwidth_share if bw else dev.memory_bandwidth
+        return peak, bw
 
     def geometry(self, op: Operator) -> AttentionGeometry:
         """The attention geometry a calibrated attention row needs; an error naming the row without it."""

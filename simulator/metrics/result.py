@@ -218,32 +218,18 @@ class PoolInfo:
     extra_usd_per_replica_hour: float = 0.0
     extra_idle_w_per_replica: float = 0.0
     extra_tdp_w_per_replica: float = 0.0
-    # A multi-pool run (``pools:``): each pool's replicas and hardware. Empty for one pool, whose hardware is
-    # in the fields above; with pools, those fields describe the first pool and the totals come from here.
-    pools: tuple[PoolInfo, ...] = ()
+    # Share of its GPUs this pool uses, when pools share GPUs (SM partitioning): its cost, power and peaks are
+    # that share of the GPUs'; 1 for a pool with GPUs of its own.
+    gpu_share: float = 1.0
 
     @property
     def num_gpus(self) -> int:
-        if self.pools:
-            return sum(p.num_gpus for p in self.pools)
         return int(self.num_replicas * self.gpus_per_replica)
 
-    def pool_views(self) -> tuple[PoolInfo, ...]:
-        """The pools of the run; a single-pool run is one pool built from the scalar fields."""
-        if self.pools:
-            return self.pools
-        return (PoolInfo(
-            "default", "colocated", self.device, 0, self.num_replicas, self.gpus_per_replica,
-            self.peak_flops_per_gpu, self.mem_bandwidth_per_gpu, self.price_usd_per_gpu_hour, self.tdp_w,
-            self.idle_w, self.kv_capacity_tokens_per_replica, self.weights_bytes_per_gpu, self.gpu_memory_bytes,
-            self.extra_usd_per_replica_hour, self.extra_idle_w_per_replica, self.extra_tdp_w_per_replica,
-        ),)
-
     @property
-    def price_usd_per_hour(self) -> float:
-        """Rental price of everything the run used: GPUs of every pool and devices techniques add."""
-        return sum(p.num_gpus * p.price_usd_per_gpu_hour + p.num_replicas * p.extra_usd_per_replica_hour
-                   for p in self.pool_views())
+    def gpus_used(self) -> float:
+        """GPUs this pool accounts for (its share of the GPUs it shares)."""
+        return self.num_gpus * self.gpu_share
 
 
 @dataclass
@@ -293,7 +279,7 @@ class RunInfo:
     @property
     def num_gpus(self) -> int:
         if self.pools:
-            return sum(p.num_gpus for p in self.pools)
+            return round(sum(p.gpus_used for p in self.pools))
         return int(self.num_replicas * self.gpus_per_replica)
 
     def pool_views(self) -> tuple[PoolInfo, ...]:
@@ -310,7 +296,7 @@ class RunInfo:
     @property
     def price_usd_per_hour(self) -> float:
         """Rental price of everything the run used: GPUs of every pool and devices techniques add."""
-        return sum(p.num_gpus * p.price_usd_per_gpu_hour + p.num_replicas * p.extra_usd_per_replica_hour
+        return sum(p.gpus_used * p.price_usd_per_gpu_hour + p.num_replicas * p.extra_usd_per_replica_hour
                    for p in self.pool_views())
 
 

@@ -77,6 +77,7 @@ counts pro rata by time):
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -330,10 +331,12 @@ def _pools_iteration_stats(result: SimulationResult, t0: float, t1: float, windo
         mine = (replica >= pool.first_replica) & (replica < pool.first_replica + pool.num_replicas)
         view = SimulationResult.__new__(SimulationResult)
         view.iterations = it[mine]
+        share = pool.gpu_share  # a pool on a share of shared GPUs pays, draws and peaks at that share
         view.info = RunInfo(
             info.scenario_name, info.seed, info.model, pool.device, pool.num_replicas, pool.gpus_per_replica,
-            pool.peak_flops_per_gpu, pool.mem_bandwidth_per_gpu, pool.price_usd_per_gpu_hour, pool.tdp_w,
-            pool.idle_w, pool.kv_capacity_tokens_per_replica, info.kv_block_size, pool.weights_bytes_per_gpu,
+            pool.peak_flops_per_gpu * share, pool.mem_bandwidth_per_gpu * share,
+            pool.price_usd_per_gpu_hour * share, pool.tdp_w * share,
+            pool.idle_w * share, pool.kv_capacity_tokens_per_replica, info.kv_block_size, pool.weights_bytes_per_gpu,
             pool.gpu_memory_bytes, info.warmup_s, info.wall_time_s, info.sim_end_s,
         )
         stats = _iteration_stats(view, t0, t1, window)
@@ -343,19 +346,23 @@ def _pools_iteration_stats(result: SimulationResult, t0: float, t1: float, windo
             overlap = np.clip(np.minimum(end, t1) - np.maximum(start, t0), 0.0, None)
             busy = float(overlap.sum()) / (window * pool.num_replicas)
         prefix = f"pool.{pool.name}."
-        per_pool[prefix + "num_gpus"] = pool.num_gpus
+        per_pool[prefix + "num_gpus"] = pool.gpus_used
         per_pool[prefix + "busy"] = busy
         for key in ("mfu", "mbu", "mean_batch_size", "kv_util_mean", "kv_util_peak", "energy_j", "cost_usd"):
             per_pool[prefix + key] = stats[key]
         totals["energy_j"] += stats["energy_j"]
         totals["cost_usd"] += stats["cost_usd"]
-        fc = pool.peak_flops_per_gpu * pool.num_gpus
-        bc = pool.mem_bandwidth_per_gpu * pool.num_gpus
+        fc = pool.peak_flops_per_gpu * pool.gpus_used
+        bc = pool.mem_bandwidth_per_gpu * pool.gpus_used
         flops_cap += fc
         bytes_cap += bc
         mfu_num += np.nan_to_num(stats["mfu"]) * fc
         mbu_num += np.nan_to_num(stats["mbu"]) * bc
-    whole = _iteration_stats(result, t0, t1, window)  # batch and KV statistics over every iteration
+    # Batch and KV statistics over every iteration (energy, cost, MFU and MBU are replaced by the pools' sums;
+    # the view counts every replica as a GPU group of its own so shared GPUs do not look over-busy).
+    flat = SimulationResult.__new__(SimulationResult)
+    flat.iterations, flat.info = it, dataclasses.replace(info, pools=())
+    whole = _iteration_stats(flat, t0, t1, window)
     whole.update(totals)
     whole["mfu"] = _ratio(mfu_num, flops_cap) if math.isfinite(window) else NAN
     whole["mbu"] = _ratio(mbu_num, bytes_cap) if math.isfinite(window) else NAN
@@ -561,4 +568,20 @@ def summarise(result: SimulationResult, slo: SLOConfig | None = None) -> dict[st
     # The percentile targets the scenario set (their keys depend on it), after the fixed keys.
     ordered.update({k: v for k, v in out.items() if k.startswith("slo_") and k not in ordered})
     ordered.update({k: v for k, v in out.items() if k.startswith("pool.") or k in HANDOFF_KEYS or k in MIGRATION_KEYS})
+    if "cached_tokens" in req.columns:  # the prefix-caching technique is on
+        ordered.update(prefix_cache_stats(req))
     return ordered
+
+
+def prefix_cache_stats(req) -> dict[str, float]:
+    """Prefix-cache hits of the measured requests that were admitted (``cached_tokens`` >= 0, their first
+    admission's hit): by tokens (cached prompt tokens / prompt tokens) and by requests (share with a hit)."""
+    cached = req["cached_tokens"].to_numpy(dtype=np.int64)
+    admitted = cached >= 0
+    hit = cached[admitted]
+    prompt = req["prompt_tokens"].to_numpy(dtype=np.int64)[admitted]
+    return {
+        "prefix_hit_rate_tokens": _ratio(float(hit.sum()), float(prompt.sum())),
+        "prefix_hit_rate_requests": _ratio(float(np.count_nonzero(hit)), float(len(hit))),
+        "prefix_cached_tokens": int(hit.sum()),
+    }

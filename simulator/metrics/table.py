@@ -93,15 +93,23 @@ COMPARISON_COLUMNS: list[tuple[str, Callable[[Mapping[str, Any]], str]]] = [
 ]
 
 
+#: Columns shown only when some row has the key (a technique's own report, e.g. prefix-cache hits).
+OPTIONAL_COLUMNS: list[tuple[str, str, Callable[[Mapping[str, Any]], str]]] = [
+    ("prefix_hit_rate_tokens", "hit tok", lambda s: fmt_percent(s.get("prefix_hit_rate_tokens"))),
+    ("prefix_hit_rate_requests", "hit req", lambda s: fmt_percent(s.get("prefix_hit_rate_requests"))),
+]
+
+
 def comparison_table(rows: Sequence[Mapping[str, Any]], *, title: str | None = None) -> Table:
     """One row per summary; the first column is the row's ``name`` (or ``scenario_name``, or its position)."""
     table = Table(title=title, header_style="bold")
     table.add_column("name", no_wrap=True)
-    for header, _ in COMPARISON_COLUMNS:
+    columns = COMPARISON_COLUMNS + [(h, r) for key, h, r in OPTIONAL_COLUMNS if any(key in row for row in rows)]
+    for header, _ in columns:
         table.add_column(header, justify="right")
     for i, row in enumerate(rows):
         name = row.get("name", row.get("scenario_name", f"#{i + 1}"))
-        table.add_row(str(name), *(render(row) for _, render in COMPARISON_COLUMNS))
+        table.add_row(str(name), *(render(row) for _, render in columns))
     return table
 
 
@@ -153,6 +161,9 @@ def _totals_table(summary: Mapping[str, Any]) -> Table:
         ("simulated / wall time", f"{fmt_seconds(g('sim_time_s'))} / {fmt_seconds(g('wall_time_s'))}"),
         ("simulation speed (req/wall s)", fmt_number(g("sim_speed_rps"), 0)),
     ]
+    if "prefix_hit_rate_tokens" in summary:
+        rows.append(("prefix-cache hits (tokens / requests)",
+                     f"{fmt_percent(g('prefix_hit_rate_tokens'))} / {fmt_percent(g('prefix_hit_rate_requests'))}"))
     for label, value in rows:
         table.add_row(label, value)
     return table

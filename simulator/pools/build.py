@@ -7,13 +7,14 @@ the scenario; only the field paths of its errors are rewritten to point at ``poo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pydantic import ValidationError
 
 from capsim.errors import CapsimError, UnknownNameError
 from hwmodels.network import ReplicaLink, resolve_link
 from simulator.config.schema import PoolConfig, Scenario
+from simulator.pools import partition as _partition  # noqa: F401 - registers semi-pd
 from simulator.pools.systems import SERVING_SYSTEMS, ServingParams, ServingSystem
 from simulator.schedulers import SCHEDULERS
 from simulator.system import System, build_system
@@ -44,14 +45,22 @@ class PoolSet:
     system_cls: type[ServingSystem]
     params: ServingParams
     links: dict[tuple[int, int], ReplicaLink]  # (sending pool, receiving pool) -> link
+    # Pools that share GPUs (an SM-partitioning system): KV blocks per engine of the shared cache, and each
+    # pool's share of the GPUs; None / 1 for pools with GPUs of their own.
+    shared_kv_blocks: int | None = None
+    gpu_shares: tuple[float, ...] = ()
+    alone: tuple[System, ...] = ()  # each pool's system priced as if its partner on the GPUs were idle
+
+    def gpu_share(self, index: int) -> float:
+        return self.gpu_shares[index] if self.gpu_shares else 1.0
 
     @property
     def cost_per_hour_usd(self) -> float:
-        return sum(p.system.cost_per_hour_usd for p in self.pools)
+        return sum(p.system.cost_per_hour_usd * self.gpu_share(p.index) for p in self.pools)
 
     @property
     def num_gpus(self) -> int:
-        return sum(p.system.num_gpus for p in self.pools)
+        return round(sum(p.system.num_gpus * self.gpu_share(p.index) for p in self.pools))
 
 
 def _pool_scenario(scenario: Scenario, pool: PoolConfig) -> Scenario:
@@ -156,4 +165,23 @@ def build_pools(scenario: Scenario) -> PoolSet:
                 dst.system.deployment.gpus_per_replica,
                 where="serving.link",
             )
+    if getattr(cls, "colocated", False):
+        return _partitioned(PoolSet(tuple(plans), cls, params, links))
     return PoolSet(tuple(plans), cls, params, links)
+
+
+def _partitioned(pools: PoolSet) -> PoolSet:
+    """Pools that share GPUs: each worker priced at its SM share, one KV cache for both."""
+    from simulator.pools.partition import attainable_shares, partitioned, shared_kv_blocks
+
+    by_role = {p.role: p for p in pools.pools}
+    prefill, decode = by_role["prefill"], by_role["decode"]
+    blocks = shared_kv_blocks(prefill.system, decode.system)
+    cp, bp, cd, bd = attainable_shares(pools.params)
+    _, bp1, _, bd1 = attainable_shares(pools.params, both_busy=False)
+    scaled = {prefill.index: partitioned(prefill.system, cp, bp), decode.index: partitioned(decode.system, cd, bd)}
+    alone = {prefill.index: partitioned(prefill.system, cp, bp1), decode.index: partitioned(decode.system, cd, bd1)}
+    plans = tuple(PoolPlan(p.index, p.config, scaled[p.index]) for p in pools.pools)
+    shares = tuple(cp if p.role == "prefill" else cd for p in pools.pools)
+    return replace(pools, pools=plans, shared_kv_blocks=blocks, gpu_shares=shares,
+                   alone=tuple(alone[p.index] for p in pools.pools))

@@ -80,6 +80,18 @@ class HandoffLog:
         self.count = np.zeros(self.n, dtype=np.int64)
 
 
+class SharedBlockManager(BlockManager):
+    """The KV cache of GPUs two workers share: free blocks leave out what the decode worker's iteration or run in
+    flight will still claim, so the prefill worker cannot take them meanwhile."""
+
+    decode_worker: Replica | None = None
+
+    @property
+    def free_blocks(self) -> int:
+        pending = self.decode_worker.pending_blocks if self.decode_worker is not None else 0
+        return self.total_blocks - self.used_blocks - pending
+
+
 class Inbox:
     """Requests waiting to move their KV into one receiving replica, granted first come, first served."""
 
@@ -144,10 +156,12 @@ class PoolEngine:
         self.nic: list[simpy.Resource] = []  # one per physical replica (its NICs), shared by its pp engines
         self._nic_of: list[int] = []
         sim = scenario.simulation
+        shared = pools.shared_kv_blocks
+        shared_blocks: list[BlockManager] = []  # one per engine of a GPU group both workers share
         for plan in pools.pools:
             system = plan.system
             dep = system.deployment
-            rt = PoolRuntime(plan, blocks_per_engine=system.memory.kv_blocks // dep.pp)
+            rt = PoolRuntime(plan, blocks_per_engine=shared if shared else system.memory.kv_blocks // dep.pp)
             cost = system.cost_model()
             if system.scheduler_cls.lone_prefills and plan.role != "decode":
                 cost.prime_lone_prefills(table.prompt)
@@ -156,7 +170,12 @@ class PoolEngine:
             self.nic.extend(simpy.Resource(env, capacity=1) for _ in range(dep.num_replicas))
             for k in range(dep.num_replicas * dep.pp):
                 index = len(self.replicas)
-                blocks = BlockManager(rt.blocks_per_engine, dep.block_size, table)
+                if shared and k < len(shared_blocks):  # the other worker on these GPUs: same KV cache
+                    blocks = shared_blocks[k]
+                else:
+                    blocks = SharedBlockManager(rt.blocks_per_engine, dep.block_size, table) if shared else \
+                        BlockManager(rt.blocks_per_engine, dep.block_size, table)
+                    shared_blocks.append(blocks)
                 replica = Replica(
                     env,
                     index,
@@ -178,10 +197,16 @@ class PoolEngine:
             self.pools.append(rt)
         self.system = pools.system_cls(pools.params, self.pools)
         for rt in self.pools:
-            if rt.role in ("decode", "mixed"):
+            if rt.role in ("decode", "mixed") and not shared:
                 rt.inboxes.extend(Inbox(self, replica, rt) for replica in rt.replicas)
                 for replica in rt.replicas:
                     replica.receiving = True
+        if shared:  # the prefill worker's admissions must leave free what the decode worker's run will claim
+            for rt in self.pools:
+                if rt.role == "decode":
+                    for replica in rt.replicas:
+                        replica.blocks.decode_worker = replica
+                        replica.receiving = True
         self._inbox_of = {id(b.replica): b for rt in self.pools for b in rt.inboxes}
         self.migrators: list[Migrator] = []
         if pools.params.migration is not None:
@@ -195,7 +220,35 @@ class PoolEngine:
                 replica.on_finish = self._finished_here(replica, on_finish)
                 if rt.role == "prefill":
                     replica.handoff = self._handoff_from(rt, replica)
+        if shared:
+            self._price_by_contention(table)
         self.layers = max(p.system.model.num_layers for p in pools.pools)
+
+    def _price_by_contention(self, table: RequestTable) -> None:
+        """Workers sharing GPUs: each priced alone or sharing the HBM, as its partner works or idles."""
+        from simulator.pools.partition import Contention
+
+        by_role = {rt.role: rt for rt in self.pools}
+        alone, shared = {}, {}
+        for rt in self.pools:
+            alone_system = self.pools_plan.alone[rt.plan.index]
+            cost = alone_system.cost_model()
+            if alone_system.scheduler_cls.lone_prefills and rt.role == "prefill":
+                cost.prime_lone_prefills(table.prompt)
+            alone[rt.role], shared[rt.role] = cost, rt.replicas[0].cost
+        pairs = list(zip(by_role["prefill"].replicas, by_role["decode"].replicas, strict=True))
+        self.contention = Contention(pairs, alone, shared)
+        for prefill, decode in pairs:  # blocks a decode worker frees may be what its prefill worker waits for
+            decode.on_finish = self._then_poke(decode.on_finish, prefill)
+
+    @staticmethod
+    def _then_poke(on_finish, other: Replica):
+        def finished(rids: np.ndarray, now: float) -> None:
+            if on_finish is not None:
+                on_finish(rids, now)
+            other.poke()
+
+        return finished
 
     # ----------------------------------------------------------------- routing
     def submit(self, rid: int) -> None:
@@ -215,6 +268,9 @@ class PoolEngine:
         return finished
 
     def _handoff_from(self, rt: PoolRuntime, replica: Replica):
+        if self.pools_plan.shared_kv_blocks:
+            return self._local_handoff_from(rt, replica)
+
         def handoff(rids: list[int], end: float, start: float) -> None:
             for rid in rids:
                 dest = self.system.after_prefill(rid, rt)
@@ -224,6 +280,22 @@ class PoolEngine:
                 self.log.source[rid] = replica.index
                 self.log.ready_s[rid] = end
                 self._inbox_of[id(target)].offer(rid, replica, end, end - start)
+
+        return handoff
+
+    def _local_handoff_from(self, rt: PoolRuntime, replica: Replica):
+        """Workers sharing GPUs and a KV cache: the decode worker on the same GPUs takes the request at once."""
+        k = rt.replicas.index(replica)
+
+        def handoff(rids: list[int], end: float, start: float) -> None:
+            dest = self.system.after_prefill(rids[0], rt)
+            target = dest.replicas[k]
+            for rid in rids:
+                target.outstanding += 1
+                self.table.replica[rid] = target.index
+                self.log.source[rid] = replica.index
+                self.log.ready_s[rid] = end
+                target.receive(rid)
 
         return handoff
 
@@ -425,14 +497,16 @@ def _run_info(
                 first_replica=rt.replicas[0].index,
                 num_replicas=len(rt.replicas),
                 gpus_per_replica=dep.tp,
-                peak_flops_per_gpu=system.roofline.peak_flops,
-                mem_bandwidth_per_gpu=system.roofline.memory_bandwidth,
+                # the GPU's own peaks (a worker on a share of shared GPUs is priced on its share: gpu_share)
+                peak_flops_per_gpu=system.device.peak_flops(system.compute_format),
+                mem_bandwidth_per_gpu=system.device.memory_bandwidth,
                 price_usd_per_gpu_hour=system.device.price_usd_per_hour,
                 tdp_w=system.device.tdp_w,
                 idle_w=system.device.idle_w,
                 kv_capacity_tokens_per_replica=rt.blocks_per_engine * dep.block_size,
                 weights_bytes_per_gpu=system.memory.weights_bytes,
                 gpu_memory_bytes=system.memory.gpu_memory_bytes,
+                gpu_share=pools.gpu_share(rt.plan.index),
             )
         )
     swap_outs = swap_ins = fallbacks = 0

@@ -111,12 +111,16 @@ class Scheduler:
         return self.state.running_ids()
 
     def admit(self, rid: int, now: float) -> PrefillChunk:
-        """Move ``rid`` from the waiting queue into the batch with its full (re)prefill."""
+        """Move ``rid`` from the waiting queue into the batch with its (re)prefill: all of it, less the prompt
+        tokens the block manager already holds in KV (a prefix-cache hit, priced as cached)."""
         st = self.state
         t = st.table
         target = t.prefill_target(rid)
-        # A sequence swapped out to host memory gets its KV back and continues from it (no re-prefill).
-        cached = st.swap.swap_in(rid, now) if st.swap is not None and rid in st.swap.held else 0
+        if st.swap is not None and rid in st.swap.held:
+            # A sequence swapped out to host memory gets its KV back and continues from it (no re-prefill).
+            cached = st.swap.swap_in(rid, now)
+        else:
+            cached = st.blocks.attach(rid)
         st.blocks.grow(rid, target)
         if np.isnan(t.schedule_s[rid]):
             t.schedule_s[rid] = now

@@ -89,8 +89,9 @@ class SarathiScheduler(Scheduler):
             st.running.append(rid)
             st.changed()
             self.prefilling[rid] = t.prefill_target(rid)
+            blocks.attach(rid)  # a prefix-cache hit: the chunks start after the cached tokens
             chunk = self._chunk(rid, self.prefilling[rid], budget, decode_growth)
-            if chunk is None:  # cannot happen after the watermark check; keep the queue consistent anyway
+            if chunk is None:  # only when a prefix hit took free-able blocks back; its chunks come next time
                 break
             chunks.append(chunk)
             budget -= chunk.tokens

@@ -61,5 +61,5 @@ class StaticScheduler(Scheduler):
             st.waiting.popleft()
             st.blocks.reserve(rid, longest_prompt + longest_output)
             c = self.admit(rid, st.now)
-            chunks.append(PrefillChunk(rid, c.tokens, 0, True, longest_prompt))
+            chunks.append(PrefillChunk(rid, c.tokens, c.cached, True, longest_prompt - c.cached))
         return Plan(tuple(chunks), EMPTY_IDS)

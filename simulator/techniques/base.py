@@ -16,7 +16,7 @@ hook           when       what it may change
 ``operators``  build      the operator table: add, scale or remove rows (verify tokens, sparse reads)
 ``step``       runtime    tokens a decode step yields and what the step costs (speculation)
 ``kv_policy``  runtime    tokens each sequence keeps: stored KV and attended context (eviction)
-``admit``      scheduler  tokens already cached at admission (prefix reuse, KV hand-off) -- no user yet
+``admit``      scheduler  tokens already cached at admission (prefix caching; KV hand-off later)
 ``bounds``     planner    whether the planner's analytic lower bounds still hold
 =============  =========  ==========================================================================
 
@@ -156,7 +156,9 @@ class Technique:
         return None
 
     def admit(self, ctx: BuildContext) -> Any | None:
-        """An admission hook that reports cached tokens (prefix reuse, KV from another pool)."""
+        """An admission hook that reports cached tokens (prefix reuse, KV from another pool): an object whose
+        ``bind(table, hashes, unit_tokens, clock)`` returns, per simulation, a factory of block managers
+        (``block_manager(total_blocks, block_size, table)``) whose ``attach`` reports each admission's hit."""
         return None
 
     # -- planner ------------------------------------------------------------------------------
@@ -231,6 +233,10 @@ class TechniqueStack:
     def kv_policy(self, ctx: BuildContext) -> KVPolicy | None:
         policies = [k for k in (t.kv_policy(ctx) for t in self.techniques) if k is not None]
         return policies[0] if policies else None  # exclusivity of "kv_policy" was checked when the stack was built
+
+    def admit(self, ctx: BuildContext) -> Any | None:
+        hooks = [a for a in (t.admit(ctx) for t in self.techniques) if a is not None]
+        return hooks[0] if hooks else None  # exclusivity of "admit" was checked when the stack was built
 
     def step_model(self, ctx: BuildContext) -> StepModel | None:
         steps = [s for s in (t.step(ctx) for t in self.techniques) if s is not None]

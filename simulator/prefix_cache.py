@@ -1,0 +1,282 @@
+"""A block-level prefix cache per replica: automatic prefix caching (vLLM) / radix-tree reuse (SGLang).
+
+Why a block-manager subclass: a prefix hit changes two things the rest of the simulator already understands --
+how many KV blocks a sequence holds privately, and how many of its prompt tokens are already in KV when its
+prefill starts (``PrefillChunk.cached``, which the cost model prices: attention reads the cached tokens, no
+other operator touches them). Keeping the cache inside the block manager means every scheduler gets it through
+the one call they all make on admission (:meth:`simulator.kvcache.BlockManager.attach`), with no branch in the
+engine, and the default manager keeps its hot paths untouched.
+
+Semantics (vLLM v1 ``KVCacheManager`` with automatic prefix caching; SGLang's radix cache behaves the same at
+block granularity):
+
+* The sharing unit is one prefix block id of the request stream (Mooncake's ``hash_ids``: 512 tokens; a
+  synthetic pattern's ``block_tokens``), a whole number of KV blocks. Equal ids mean equal tokens *and* equal
+  prefix, so a lookup walks a prompt's ids from the first and stops at the first one not cached (longest
+  prefix). Only blocks wholly inside the prompt are cached, and a hit leaves at least one prompt token to
+  compute (the last token's logits are needed), as vLLM does.
+* A unit becomes cached when a prefill computes it: it is registered when the scheduler plans the chunk that
+  writes it, and can be hit only by lookups at a later simulated time (after that iteration ended). A unit that
+  another request registered first stays private to its second writer (vLLM does not merge such duplicates).
+* Reference counts: a running sequence references the cached units of its prefix (hits and the ones it
+  registered). Referenced units count once in ``used_blocks``, however many sequences share them. When the
+  last reference goes (finish or preemption) the unit stays resident but becomes *free-able*: it counts as
+  free to the schedulers, and is evicted least-recently-released first (deepest block of a prefix first, as
+  vLLM frees a request's blocks in reverse order) when an allocation needs the room. Capacity is shared:
+  ``used_blocks`` (private blocks + referenced units) plus the free-able resident units never exceed
+  ``total_blocks``.
+
+Generated tokens are not cached (a multi-turn conversation reuses its earlier prompts, not the answers), and
+sharing starts only at whole units; both make the hit rate a lower bound of vLLM's on the same stream.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from capsim.errors import CapsimError
+from simulator.kvcache import NO_CAP, BlockManager, blocks_for
+from simulator.requests import RequestTable
+
+
+class PrefixIndex:
+    """One simulation's prefix identities and hit record, shared by every replica's cache.
+
+    ``ids[rid]`` lists the ids of ``rid``'s prompt blocks that lie wholly inside its prompt (the cacheable
+    ones); ``cached_tokens[rid]`` is the hit of its first admission (-1: never admitted).
+    """
+
+    def __init__(
+        self,
+        table: RequestTable,
+        hashes: Sequence[np.ndarray],
+        unit_tokens: int,
+        clock: Callable[[], float],
+        shared_attention: bool = False,
+    ):
+        self.unit = int(unit_tokens)
+        self.shared_attention = shared_attention
+        prompts = table.prompt.tolist()
+        self.ids: list[list[int]] = [
+            np.asarray(h)[: p // self.unit].tolist() for h, p in zip(hashes, prompts, strict=True)
+        ]
+        self.cached_tokens = np.full(table.n, -1, dtype=np.int64)
+        self.clock = clock
+
+    def block_manager(self, total_blocks: int, block_size: int, table: RequestTable) -> PrefixCachingBlockManager:
+        return PrefixCachingBlockManager(total_blocks, block_size, table, self)
+
+    def attention(self, blocks: PrefixCachingBlockManager) -> SharedPrefixAttention | None:
+        """The decode-attention view of one engine (Hydragen), or None when shared-prefix attention is off."""
+        return SharedPrefixAttention(blocks) if self.shared_attention else None
+
+
+class PrefixCachingBlockManager(BlockManager):
+    """Paged KV with a prefix cache of whole units (see the module docstring for the semantics).
+
+    A sequence's private blocks are ``ceil(max(kv, reserved) / block_size) - units_referenced * unit_blocks``:
+    the units it references are a whole number of blocks inside its stored tokens, so every growth the base
+    class computes as a difference of ``ceil`` terms (decode runs, multi-token steps) stays exact.
+    """
+
+    def __init__(self, total_blocks: int, block_size: int, table: RequestTable, index: PrefixIndex):
+        super().__init__(total_blocks, block_size, table)
+        if index.unit % self.block_size:
+            raise CapsimError(
+                f"prefix blocks of {index.unit} tokens are not a whole number of {self.block_size}-token KV blocks",
+                where="deployment.block_size",
+                fix="choose a block_size that divides the prefix block (16 or 32 for Mooncake's 512-token ids, "
+                "or set workload.sharing.block_tokens to a multiple of it)",
+            )
+        self.index = index
+        self.unit = index.unit
+        self.unit_blocks = index.unit // self.block_size
+        self._refs: dict[int, int] = {}  # resident unit id -> sequences referencing it
+        self._ready: dict[int, float] = {}  # resident unit id -> when its KV was planned (hittable after)
+        self._lru: OrderedDict[int, None] = OrderedDict()  # unreferenced resident units, next victim first
+        self._held: dict[int, list[int]] = {}  # rid -> unit ids it references
+        self._next: dict[int, int] = {}  # rid -> index of its next prompt unit to register
+        self.evicted_units = 0
+        self.peak_resident_blocks = 0  # most blocks ever holding KV, free-able cached units included
+
+    # ------------------------------------------------------------------ cache
+    @property
+    def cached_free_blocks(self) -> int:
+        """Blocks holding cached units no running sequence references (free-able, still hittable)."""
+        return len(self._lru) * self.unit_blocks
+
+    @property
+    def resident_blocks(self) -> int:
+        """Blocks physically holding KV: ``used_blocks`` plus the free-able cached units (<= ``total_blocks``)."""
+        return self.used_blocks + self.cached_free_blocks
+
+    def references(self, unit_id: int) -> int:
+        """Sequences referencing ``unit_id`` (0 when free-able or not resident)."""
+        return self._refs.get(unit_id, 0)
+
+    def _match(self, rid: int, tokens: int) -> list[int]:
+        """Ids of the longest cached prefix of ``rid`` usable by a ``tokens``-token (re)prefill."""
+        ids = self.index.ids[rid]
+        limit = min(len(ids), (tokens - 1) // self.unit)
+        if not limit:
+            return []
+        now, ready = self.index.clock(), self._ready
+        hits: list[int] = []
+        for j in range(limit):
+            at = ready.get(ids[j])
+            if at is None or at >= now:
+                break
+            hits.append(ids[j])
+        return hits
+
+    def match_tokens(self, rid: int) -> int:
+        """Prompt tokens of ``rid`` this replica's cache holds now (a cache-aware router's signal)."""
+        return len(self._match(rid, int(self._t.prompt[rid]))) * self.unit
+
+    def attach(self, rid: int) -> int:
+        """Reference the longest cached prefix of waiting ``rid`` and count it as stored KV; returns its tokens."""
+        t = self._t
+        hits = self._match(rid, int(t.prompt[rid] + t.generated[rid]))
+        before = self.held_by(rid)  # 0, or an up-front reservation
+        refs, lru, ub = self._refs, self._lru, self.unit_blocks
+        for h in hits:
+            r = refs[h]
+            if r == 0:  # free-able -> referenced: same resident blocks, now in use
+                del lru[h]
+                self.used_blocks += ub
+            refs[h] = r + 1
+        self._held[rid] = hits
+        self._next[rid] = len(hits)
+        cached = len(hits) * self.unit
+        t.kv_tokens[rid] = cached
+        self._add(self.held_by(rid) - before)
+        if self.index.cached_tokens[rid] < 0:
+            self.index.cached_tokens[rid] = cached
+        return cached
+
+    def _register(self, rid: int, new_kv_tokens: int) -> int:
+        """Units of ``rid``'s prompt that its stored KV now covers become cached (referenced by it); returns
+        how many (their blocks move from ``rid``'s private count to the referenced units')."""
+        ids = self.index.ids[rid]
+        start = self._next.get(rid, 0)
+        upto = min(len(ids), new_kv_tokens // self.unit)
+        if upto <= start:
+            return 0
+        held = self._held.setdefault(rid, [])
+        refs, ready, now = self._refs, self._ready, self.index.clock()
+        added = 0
+        for j in range(start, upto):
+            h = ids[j]
+            if h not in refs:  # a unit another request registered first stays private to this one
+                refs[h] = 1
+                ready[h] = now
+                held.append(h)
+                added += 1
+        self._next[rid] = upto
+        return added
+
+    def _evict(self, units: int) -> None:
+        lru, refs, ready = self._lru, self._refs, self._ready
+        units = min(units, len(lru))
+        for _ in range(units):
+            h, _none = lru.popitem(last=False)
+            del refs[h], ready[h]
+        self.evicted_units += units
+
+    # --------------------------------------------------------- block manager
+    def held_by(self, rid: int) -> int:
+        t = self._t
+        held = self._held.get(rid)
+        private = int(blocks_for(max(int(t.kv_tokens[rid]), int(t.kv_reserved[rid])), self.block_size))
+        return private - len(held) * self.unit_blocks if held else private
+
+    def blocks_to_admit(self, rid: int, tokens: int) -> int:
+        hits = self._match(rid, tokens)
+        revive = sum(1 for h in hits if self._refs[h] == 0)  # free-able units a hit takes back into use
+        return -(-tokens // self.block_size) + (revive - len(hits)) * self.unit_blocks
+
+    def blocks_to_grow(self, rid: int, new_kv_tokens: int) -> int:
+        t, bs = self._t, self.block_size
+        res = int(t.kv_reserved[rid])
+        return int(blocks_for(max(new_kv_tokens, res), bs)) - int(blocks_for(max(int(t.kv_tokens[rid]), res), bs))
+
+    def grow(self, rid: int, new_kv_tokens: int) -> None:
+        before = self.held_by(rid)
+        self._t.kv_tokens[rid] = new_kv_tokens
+        registered = self._register(rid, new_kv_tokens)
+        self._add(self.held_by(rid) - before + registered * self.unit_blocks)
+
+    def release(self, rid: int) -> None:
+        self.used_blocks -= self.held_by(rid)
+        held = self._held.pop(rid, None)
+        if held:
+            refs, lru, ub = self._refs, self._lru, self.unit_blocks
+            for h in reversed(held):  # a prefix's deepest unit is the first to go
+                r = refs[h] - 1
+                refs[h] = r
+                if r == 0:
+                    self.used_blocks -= ub
+                    lru[h] = None
+        self._next.pop(rid, None)
+        self._t.kv_reserved[rid] = 0
+        self._t.kv_tokens[rid] = 0
+
+    def _add(self, blocks: int) -> None:
+        used = self.used_blocks + blocks
+        self.used_blocks = used
+        if blocks > 0:
+            resident = used + len(self._lru) * self.unit_blocks
+            over = resident - self.total_blocks
+            if over > 0:  # make room by evicting free-able cached units, least recently released first
+                self._evict(-(-over // self.unit_blocks))
+                resident = used + len(self._lru) * self.unit_blocks
+            if resident > self.peak_resident_blocks:
+                self.peak_resident_blocks = resident
+        if used > self.peak_used_blocks:
+            self.peak_used_blocks = used
+
+
+class SharedPrefixAttention:
+    """Decode attention that reads a prefix shared by several sequences of the batch once per step (Hydragen).
+
+    Why the replica's attended-context hook: the decode step's cost is priced on the tokens of KV it reads,
+    summed over the batch. Hydragen splits attention into the shared prefix -- computed once for all the
+    sequences that share it, as one matrix-matrix product over its KV -- and each sequence's own suffix, the
+    two partial results combined by their softmax denominators. So a cached unit referenced by ``c`` sequences
+    of the batch is read once instead of ``c`` times: the batch attends ``sum(context) - unit * sum(c - 1)``
+    tokens of KV. Each sequence's own tokens still grow by one per step. The FLOPs of the shared part are
+    priced on the same reduced count (capsim's decode-attention rows scale FLOPs and bytes with one context
+    feature); decode attention is memory-bound, so the bytes are what sets its time.
+
+    Same interface as :class:`simulator.kvcache.Retention` where the replica reads it (``retained``,
+    ``decode_segment``); blocks are not affected (sharing them is the prefix cache's job).
+    """
+
+    def __init__(self, blocks: PrefixCachingBlockManager):
+        self.blocks = blocks
+
+    def saved(self, ids) -> int:
+        """Tokens of KV a step of batch ``ids`` does not read again: each unit once per extra sequence using it."""
+        held = self.blocks._held
+        seen: dict[int, int] = {}
+        for rid in np.atleast_1d(ids).tolist():
+            for h in held.get(rid, ()):
+                seen[h] = seen.get(h, 0) + 1
+        return sum(c - 1 for c in seen.values()) * self.blocks.unit
+
+    def retained(self, ids, logical):
+        """Attended tokens per sequence: the savings spread evenly over the batch (only the sum is priced)."""
+        logical = np.asarray(logical, dtype=np.float64)
+        n = logical.size
+        return logical - (self.saved(ids) / n if n else 0.0)
+
+    def decode_segment(self, ids: np.ndarray, kv: np.ndarray) -> tuple[float, np.ndarray, int]:
+        """A decode run of ``ids``: attended context of its first step, each sequence's growth per token (1), and
+        no cut (the shared units do not change while the batch does not)."""
+        return float(np.add.reduce(kv + 1)) - self.saved(ids), np.ones(len(ids)), NO_CAP
+
+
+__all__ = ["PrefixCachingBlockManager", "PrefixIndex", "SharedPrefixAttention"]

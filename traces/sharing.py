@@ -1,0 +1,120 @@
+"""Synthetic prefix-sharing patterns: which prompt blocks of a synthetic workload are identical.
+
+Why identities and not token text: a prefix cache only needs to know that block ``j`` of two prompts holds the
+same tokens *and* everything before it is the same (vLLM hashes each full block together with its parent's hash;
+SGLang's radix tree walks from the root). So every request gets one id per ``block_tokens`` tokens of its prompt,
+equal ids meaning "same block, same prefix" -- the form of the Mooncake trace's ``hash_ids`` -- and the simulator's
+prefix cache (``techniques: [{name: prefix-caching}]``) does the rest.
+
+Patterns and their hit structure (``B`` = ``block_tokens``, ``S`` = ``shared_tokens``; a cache hit is counted in
+whole blocks, and only blocks that lie wholly inside the prompt can hit):
+
+* ``system-prompt``: every prompt starts with the same ``S``-token system prompt, prepended to its sampled length.
+  Once the first request has prefilled, each request can reuse ``floor(S / B)`` blocks -- all requests share one
+  prefix, so with enough KV memory the token hit rate tends to ``B floor(S/B) / (S + mean sampled prompt)``.
+* ``few-shot``: ``templates`` different ``S``-token templates, one drawn uniformly (seeded) per request and
+  prepended. After each template's first use, a request reuses ``floor(S / B)`` blocks; at most ``templates``
+  requests miss for want of a first use.
+* ``multi-turn``: conversations of ``turns`` turns. Requests are dealt to conversations in arrival order
+  (request ``i`` is turn ``i // C`` of conversation ``i mod C``, ``C = ceil(n / turns)``), so a conversation's
+  turns are ``C`` requests apart in the stream. Turn ``k``'s prompt is turn ``k-1``'s prompt, its answer and the
+  turn's own sampled message (prompt lengths grow with the turns), and its first ``floor(p_{k-1} / B)`` blocks are
+  turn ``k-1``'s: turn ``k`` can reuse those blocks of the previous prompt (capsim caches prompt blocks, not
+  generated ones), when they are still cached.
+
+A workload without ``sharing`` builds exactly the stream it built before this module existed.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from capsim.types import Count, OptionalCount
+
+
+class SharingConfig(BaseModel):
+    """A synthetic prefix-sharing pattern (``workload.sharing``); see :mod:`traces.sharing` for the hit structure."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pattern: Literal["system-prompt", "few-shot", "multi-turn"] = Field(
+        description="system-prompt: one prefix shared by all requests; few-shot: one of `templates` prefixes per "
+        "request; multi-turn: turn k's prompt extends turn k-1's prompt and answer"
+    )
+    block_tokens: Count = Field(
+        512,
+        gt=0,
+        description="tokens per prefix block identity (the cache's sharing unit; a multiple of deployment.block_size)",
+    )
+    shared_tokens: OptionalCount = Field(
+        None, ge=1, description="system-prompt/few-shot: tokens of the shared prefix (prepended to each prompt)"
+    )
+    templates: Count = Field(8, gt=0, description="few-shot: number of distinct templates, drawn uniformly")
+    turns: Count = Field(4, gt=0, description="multi-turn: turns per conversation")
+
+    @model_validator(mode="after")
+    def _needs(self) -> SharingConfig:
+        if self.pattern in ("system-prompt", "few-shot") and self.shared_tokens is None:
+            raise ValueError(f"sharing pattern {self.pattern!r} needs 'shared_tokens' (the shared prefix length)")
+        if self.pattern == "multi-turn" and self.shared_tokens is not None:
+            raise ValueError("'shared_tokens' is not used by pattern 'multi-turn' (turns share their history)")
+        return self
+
+    def describe(self) -> str:
+        if self.pattern == "system-prompt":
+            return f"system prompt {self.shared_tokens} tokens"
+        if self.pattern == "few-shot":
+            return f"{self.templates} few-shot templates of {self.shared_tokens} tokens"
+        return f"{self.turns}-turn conversations"
+
+
+def apply_sharing(
+    cfg: SharingConfig, prompt: np.ndarray, output: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+    """The prompts with their shared parts added, and each prompt's block identities (one per started block).
+
+    Ids are ints unique within the stream: shared blocks get the ids of their template or earlier turn, every
+    other block a fresh id. ``rng`` is drawn from only by ``few-shot``.
+    """
+    b = cfg.block_tokens
+    n = len(prompt)
+    prompt = np.asarray(prompt, dtype=np.int64)
+    fresh = [0]
+
+    def new_ids(count: int) -> list[int]:
+        start = fresh[0]
+        fresh[0] += count
+        return list(range(start, start + count))
+
+    if cfg.pattern in ("system-prompt", "few-shot"):
+        s = int(cfg.shared_tokens)
+        full = s // b  # whole blocks of the template: the part that can be shared
+        count = 1 if cfg.pattern == "system-prompt" else int(cfg.templates)
+        templates = [new_ids(full) for _ in range(count)]
+        choice = np.zeros(n, dtype=np.int64) if count == 1 else rng.integers(0, count, size=n)
+        new_prompt = prompt + s
+        hashes = []
+        for p, k in zip(new_prompt.tolist(), choice.tolist(), strict=True):
+            rest = -(-p // b) - full  # the template's partial last block and the request's own part
+            hashes.append(np.asarray(templates[k] + new_ids(rest), dtype=np.int64))
+        return new_prompt, tuple(hashes)
+
+    # multi-turn
+    conversations = -(-n // int(cfg.turns))
+    out = np.asarray(output, dtype=np.int64)
+    new_prompt = prompt.copy()
+    hashes: list[np.ndarray] = [np.zeros(0, dtype=np.int64)] * n
+    for i in range(n):
+        prev = i - conversations
+        if prev >= 0:
+            p_prev = int(new_prompt[prev])
+            new_prompt[i] = p_prev + int(out[prev]) + int(prompt[i])
+            keep = p_prev // b  # the previous prompt's whole blocks
+            blocks = -(-int(new_prompt[i]) // b)
+            hashes[i] = np.concatenate([hashes[prev][:keep], np.asarray(new_ids(blocks - keep), dtype=np.int64)])
+        else:
+            hashes[i] = np.asarray(new_ids(-(-int(prompt[i]) // b)), dtype=np.int64)
+    return new_prompt, tuple(hashes)
