@@ -110,12 +110,21 @@ def scheduler_params(name: str, params: dict[str, Any]) -> tuple[type[Scheduler]
         ) from None
 
 
-def resolve_overheads(name: str, tp: int) -> OverheadTerms:
-    """The named serving-engine overhead set at this TP degree (``none``: all zero)."""
-    from hwmodels.calibration.overheads import overhead_terms
+def resolve_overheads(name: str, tp: int, *, where: str = "deployment.overheads") -> OverheadTerms:
+    """The named serving-engine profile (or Vidur overhead set) at this TP degree (``none``: all zero)."""
+    from hwmodels.calibration.engines import engine_terms
 
-    terms = overhead_terms(name, tp)
-    return OverheadTerms(terms["per_iteration_s"], terms["per_sequence_s"], terms["per_layer_s"], terms["name"])
+    t = engine_terms(name, tp, where=where)
+    return OverheadTerms(t["per_step_s"], t["per_sequence_s"], t["per_layer_s"], t["name"],
+                         per_token_s=t["per_token_s"], per_collective_s=t["per_collective_s"])
+
+
+def resolve_engine(dep: DeploymentConfig) -> OverheadTerms:
+    """The deployment's one engine profile: ``engine``, or the older ``overheads`` field."""
+    from hwmodels.calibration.engines import engine_name_of
+
+    name = engine_name_of(dep.engine, dep.overheads)
+    return resolve_overheads(name, dep.tp, where="deployment.engine" if name == dep.engine else "deployment.overheads")
 
 
 def links_of(device: DeviceSpec) -> tuple[Link, Link]:
@@ -200,7 +209,7 @@ def build_system(scenario: Scenario) -> System:
         )
     stack = build_stack(scenario.techniques, SCHEDULERS.canonical(scenario.scheduler.name))
     roofline = roofline_for(device, dep, fmt)
-    overheads = resolve_overheads(dep.overheads, dep.tp)
+    overheads = resolve_engine(dep)
     ctx = BuildContext(model, device, dep, roofline, overheads, scenario.seed)
     model = stack.apply_model(model, ctx)
     ctx = replace(ctx, model=model)

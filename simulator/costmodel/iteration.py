@@ -164,24 +164,32 @@ class DecodeRun:
 
 @dataclass(frozen=True)
 class OverheadTerms:
-    """Time per iteration that no GPU kernel accounts for (serving-engine CPU work).
+    """Time per iteration that no GPU kernel accounts for: the serving engine's terms.
 
-    Fitted per serving engine by :mod:`hwmodels.calibration.overheads`; all zero
-    (the default) models an engine whose CPU work overlaps the GPU completely.
+    Set by the deployment's engine profile (``deployment.engine``,
+    :mod:`hwmodels.calibration.engines`); all zero (the default) models an engine
+    whose CPU work overlaps the GPU completely.
 
-    * ``per_iteration_s``: scheduling, input preparation, sampler launch -- once per iteration;
+    * ``per_iteration_s``: per step -- scheduling, input preparation, sampler launch;
     * ``per_sequence_s``: per sequence that produces a token (sampling, detokenisation, output handling);
-    * ``per_layer_s``: per layer per iteration (kernel launches not hidden behind GPU work, eager mode).
+    * ``per_layer_s``: per layer per step (kernel launches not hidden behind GPU work, eager mode);
+    * ``per_token_s``: per token fed to the model (prefill tokens plus decode sequences: input copies,
+      position and slot-mapping tensors built on the host);
+    * ``per_collective_s``: per collective of each layer (two all-reduces per layer under TP): the engine's
+      all-reduce floor or synchronisation beyond the collective the kernel model prices.
     """
 
     per_iteration_s: float = 0.0
     per_sequence_s: float = 0.0
     per_layer_s: float = 0.0
     name: str = "none"
+    per_token_s: float = 0.0
+    per_collective_s: float = 0.0
 
     @property
     def active(self) -> bool:
-        return bool(self.per_iteration_s or self.per_sequence_s or self.per_layer_s)
+        return bool(self.per_iteration_s or self.per_sequence_s or self.per_layer_s or self.per_token_s
+                    or self.per_collective_s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,6 +288,9 @@ class IterationCostModel:
             self._layer = RowByRow(table.layer_ops, layer_pricers)
             self._iter = RowByRow(table.iteration_ops, iteration_pricers)
         self._comms = Collectives(table, device, layers)
+        # Collectives one step runs (two all-reduces per layer under TP): what an engine's per-collective term counts.
+        self._collectives_per_step = layers * sum(c.count for c in table.layer_comms) + sum(
+            c.count for c in table.iteration_comms)
         ops, iops = list(table.layer_ops), list(table.iteration_ops)
         # Work totals across all GPUs of the replica (per-GPU rows x tp ranks x layers).
         scale = float(table.tp)
@@ -314,7 +325,12 @@ class IterationCostModel:
         o = self.overheads
         if not o.active:
             return 0.0
-        return o.per_iteration_s + o.per_sequence_s * x[..., F.LOGIT_SEQS] + o.per_layer_s * self._layers
+        t = o.per_iteration_s + o.per_sequence_s * x[..., F.LOGIT_SEQS] + o.per_layer_s * self._layers
+        if o.per_token_s:
+            t = t + o.per_token_s * (x[..., F.PREFILL_TOKENS] + x[..., F.DECODE_SEQS])
+        if o.per_collective_s:
+            t = t + o.per_collective_s * self._collectives_per_step
+        return t
 
     def price_features(self, x: np.ndarray) -> float:
         """Seconds for one iteration with feature vector ``x``."""
