@@ -21,7 +21,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from hwmodels.calibration.engine_fit import ape, fit_terms, load_rows, price_rows
+from hwmodels.calibration.engine_fit import FIT_TERMS, ape, fit_terms, load_rows, price_rows
 from hwmodels.calibration.engines import TERMS, engine_terms
 
 TARGET = "issue 18 target: iteration times median 10 % / p90 20 %; throughput within 15 %"
@@ -45,12 +45,10 @@ def main() -> None:
             shipped_by_tp[tp] = {k: t[k] for k in TERMS}
     if args.refit:
         train = [p for p in priced if not p.row.held_out]
-        refit = {}
-        for tp in sorted(shipped_by_tp):
-            fixed = {"per_collective_s": shipped_by_tp[tp]["per_collective_s"]}
-            refit[tp] = fit_terms(train, fixed)  # the fitted terms do not depend on TP; only the fixed one does
-        report["refit"] = {str(tp): v for tp, v in refit.items()}
-        terms_of = refit
+        fixed = {tp: {k: v for k, v in t.items() if k not in FIT_TERMS} for tp, t in shipped_by_tp.items()}
+        fitted = fit_terms(train, fixed)
+        report["refit"] = fitted
+        terms_of = {tp: {**fixed[tp], **fitted} for tp in shipped_by_tp}
     else:
         terms_of = shipped_by_tp
     report["terms"] = {str(tp): v for tp, v in terms_of.items()}
@@ -64,18 +62,23 @@ def main() -> None:
     for key in sorted(groups, key=lambda k: (k[0] != "held-out", k[1] != "all", str(k[1]), str(k[2]), k[3])):
         v = np.array(groups[key])
         k, e = ape(v[:, 0], v[:, 2]), ape(v[:, 1], v[:, 2])
-        report["groups"].append({"split": key[0], "device": key[1], "tp": key[2], "kind": key[3],
-                                 "kernels_only": k, "with_engine": e})
-        lines.append(f"{key[0]:9s} {key[1]:14s} {str(key[2]):>3s} {key[3]:10s} {k['n']:>3d}   "
-                     f"{k['median_ape']:6.1f} {k['p90_ape']:6.1f}   {e['median_ape']:6.1f} {e['p90_ape']:6.1f}")
+        report["groups"].append(
+            {"split": key[0], "device": key[1], "tp": key[2], "kind": key[3], "kernels_only": k, "with_engine": e}
+        )
+        lines.append(
+            f"{key[0]:9s} {key[1]:14s} {str(key[2]):>3s} {key[3]:10s} {k['n']:>3d}   "
+            f"{k['median_ape']:6.1f} {k['p90_ape']:6.1f}   {e['median_ape']:6.1f} {e['p90_ape']:6.1f}"
+        )
     if args.json:
         print(json.dumps(report, indent=2))
         return
     print(f"engine profile {args.engine!r} on TensorRT-LLM session-benchmark rows ({TARGET})")
     for tp, t in sorted(terms_of.items()):
         print(f"  terms at tp={tp}: " + ", ".join(f"{k}={v:.4g}" for k, v in t.items()))
-    print(f"{'split':9s} {'device':14s} {'tp':>3s} {'kind':10s} {'n':>3s}   {'kernels-only APE %':>13s}   "
-          f"{'with profile APE %':>13s}")
+    print(
+        f"{'split':9s} {'device':14s} {'tp':>3s} {'kind':10s} {'n':>3s}   {'kernels-only APE %':>13s}   "
+        f"{'with profile APE %':>13s}"
+    )
     print(f"{'':42s}{'median':>6s} {'p90':>6s}   {'median':>6s} {'p90':>6s}")
     print("\n".join(lines))
 

@@ -375,6 +375,7 @@ _ESTIMATE_FLAGS = {
     "deployment.pp": "--pp",
     "deployment.weight_dtype": "--weight-dtype",
     "deployment.kv_dtype": "--kv-dtype",
+    "deployment.engine": "--engine",
 }
 """Scenario fields that ``capsim estimate`` fills from a flag, for error messages."""
 
@@ -390,6 +391,11 @@ def estimate(
     output: Annotated[int, typer.Option(help="Output tokens per request.")] = 256,
     weight_dtype: Annotated[str, typer.Option(help="Weight format (bf16, fp8, int8, int4).")] = "bf16",
     kv_dtype: Annotated[str, typer.Option(help="KV-cache format.")] = "bf16",
+    engine: Annotated[
+        str | None,
+        typer.Option(help="Serving-engine profile added to every iteration (`capsim calibrate engines`); "
+                     "default: the scenario default."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -403,7 +409,9 @@ def estimate(
         from simulator.system import build_system
 
         try:
-            deployment = DeploymentConfig(device=device, tp=tp, pp=pp, weight_dtype=weight_dtype, kv_dtype=kv_dtype)
+            deployment = DeploymentConfig(
+                device=device, tp=tp, pp=pp, weight_dtype=weight_dtype, kv_dtype=kv_dtype, engine=engine
+            )
         except ValidationError as exc:
             err = exc.errors()[0]
             field = "deployment." + ".".join(str(p) for p in err.get("loc", ()))

@@ -116,7 +116,8 @@ def resolve_overheads(name: str, tp: int, *, where: str = "deployment.overheads"
 
     t = engine_terms(name, tp, where=where)
     return OverheadTerms(t["per_step_s"], t["per_sequence_s"], t["per_layer_s"], t["name"],
-                         per_token_s=t["per_token_s"], per_collective_s=t["per_collective_s"])
+                         per_token_s=t["per_token_s"], per_collective_s=t["per_collective_s"],
+                         gqa_reread=t["gqa_reread"])
 
 
 def resolve_engine(dep: DeploymentConfig) -> OverheadTerms:
@@ -124,7 +125,8 @@ def resolve_engine(dep: DeploymentConfig) -> OverheadTerms:
     from hwmodels.calibration.engines import engine_name_of
 
     name = engine_name_of(dep.engine, dep.overheads)
-    return resolve_overheads(name, dep.tp, where="deployment.engine" if name == dep.engine else "deployment.overheads")
+    where = "deployment.overheads" if dep.engine is None and dep.overheads != "none" else "deployment.engine"
+    return resolve_overheads(name, dep.tp, where=where)
 
 
 def links_of(device: DeviceSpec) -> tuple[Link, Link]:

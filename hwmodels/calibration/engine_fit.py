@@ -24,7 +24,7 @@ from simulator.costmodel.iteration import OverheadTerms
 
 E2E_DIR = Path(__file__).resolve().parent / "data" / "e2e"
 E2E_DATA = "trtllm_static.csv"
-FIT_TERMS = ("per_step_s", "per_sequence_s", "per_token_s", "per_layer_s")
+FIT_TERMS = ("per_step_s", "per_sequence_s", "per_token_s", "per_layer_s", "gqa_reread")
 #: Held-out rows of the registered split: every row of this model.
 HELD_OUT_MODEL = "llama-2-70b"
 _UNIT = {
@@ -33,6 +33,7 @@ _UNIT = {
     "per_token_s": OverheadTerms(per_token_s=1.0, name="unit"),
     "per_layer_s": OverheadTerms(per_layer_s=1.0, name="unit"),
     "per_collective_s": OverheadTerms(per_collective_s=1.0, name="unit"),
+    "gqa_reread": OverheadTerms(gqa_reread=1.0, name="unit"),
 }
 
 
@@ -85,8 +86,21 @@ def load_rows(text: str | None = None) -> list[E2ERow]:
         text = (E2E_DIR / E2E_DATA).read_text(encoding="utf-8")
     out = []
     for r in csv.DictReader(io.StringIO(text)):
-        out.append(E2ERow(r["release"], r["device"], r["model"], r["weight_dtype"], r["kv_dtype"], int(r["tp"]),
-                          int(r["batch"]), int(r["isl"]), int(r["osl"]), r["metric"], float(r["value"])))
+        out.append(
+            E2ERow(
+                r["release"],
+                r["device"],
+                r["model"],
+                r["weight_dtype"],
+                r["kv_dtype"],
+                int(r["tp"]),
+                int(r["batch"]),
+                int(r["isl"]),
+                int(r["osl"]),
+                r["metric"],
+                float(r["value"]),
+            )
+        )
     return out
 
 
@@ -135,20 +149,27 @@ def price_rows(rows: list[E2ERow]) -> list[Priced]:
     return out
 
 
-def fit_terms(priced: list[Priced], fixed: dict[str, float]) -> dict[str, float]:
-    """Non-negative ``FIT_TERMS`` minimising the relative error over ``priced``, with ``fixed`` terms held."""
+def fit_terms(priced: list[Priced], fixed_by_tp: dict[int, dict[str, float]]) -> dict[str, float]:
+    """Non-negative ``FIT_TERMS`` minimising the relative error over ``priced``.
+
+    ``fixed_by_tp`` holds the terms that are not fitted (set from measurement), by TP degree: each row is
+    priced with its own TP's.
+    """
     from scipy.optimize import nnls
 
     a = np.array([[p.per_unit[k] / p.row.measured_s for k in FIT_TERMS] for p in priced])
-    b = np.array([1.0 - (p.with_terms(fixed)) / p.row.measured_s for p in priced])
+    b = np.array([1.0 - p.with_terms(fixed_by_tp.get(p.row.tp, {})) / p.row.measured_s for p in priced])
     scale = np.maximum(np.abs(a).max(axis=0), 1e-30)  # columns of very different magnitude (per token vs per step)
     theta, _ = nnls(a / scale, b)
-    return {**fixed, **{k: float(f"{v:.4g}") for k, v in zip(FIT_TERMS, theta / scale, strict=True)}}
+    return {k: float(f"{v:.4g}") for k, v in zip(FIT_TERMS, theta / scale, strict=True)}
 
 
 def ape(predicted: np.ndarray, measured: np.ndarray) -> dict[str, Any]:
     e = np.abs(np.asarray(predicted) / np.asarray(measured) - 1.0) * 100.0
     if not e.size:
         return {"median_ape": float("nan"), "p90_ape": float("nan"), "n": 0}
-    return {"median_ape": round(float(np.median(e)), 1), "p90_ape": round(float(np.percentile(e, 90)), 1),
-            "n": int(e.size)}
+    return {
+        "median_ape": round(float(np.median(e)), 1),
+        "p90_ape": round(float(np.percentile(e, 90)), 1),
+        "n": int(e.size),
+    }

@@ -6,14 +6,16 @@ kernels one by one where the step is not captured in a CUDA graph, and waits on
 small all-reduces. How much depends on the engine, not the GPU kernels, so it is a
 named profile (``deployment.engine``) rather than a change to the kernel curves.
 
-A profile is one entry of ``profiles/engines.yaml`` with up to five terms, each in
-seconds (the unit is in the name):
+A profile is one entry of ``profiles/engines.yaml`` with up to six terms, five in
+seconds (the unit is in the name) and one dimensionless:
 
 * ``per_step_s``        once per iteration;
 * ``per_sequence_s``    per sequence that produces a token in the iteration;
 * ``per_token_s``       per token fed to the model (prefill tokens + decode sequences);
 * ``per_layer_s``       per layer per iteration;
-* ``per_collective_s``  per collective per iteration (two all-reduces per layer under TP).
+* ``per_collective_s``  per collective per iteration (two all-reduces per layer under TP);
+* ``gqa_reread``        fraction of the extra KV bytes a decode-attention kernel reads when it loads each
+  KV head once per query head rather than once per group (priced at the device's memory bandwidth).
 
 A profile may name ``inherits`` (another profile, or one of the overhead sets of
 ``profiles/overheads.yaml`` fitted from Vidur's CPU tables): its terms at the
@@ -37,7 +39,7 @@ from hwmodels.calibration.profile import load_yaml_text
 
 ENGINES_FILE = "engines.yaml"
 ENGINES_FORMAT = "capsim-engines/1"
-TERMS = ("per_step_s", "per_sequence_s", "per_token_s", "per_layer_s", "per_collective_s")
+TERMS = ("per_step_s", "per_sequence_s", "per_token_s", "per_layer_s", "per_collective_s", "gqa_reread")
 _MAX_DEPTH = 8
 
 
@@ -47,8 +49,10 @@ def engine_profiles() -> Mapping[str, Any]:
     entry = resources.files("hwmodels.calibration.profiles").joinpath(ENGINES_FILE)
     doc = load_yaml_text(entry.read_text(encoding="utf-8")) if entry.is_file() else {}
     if doc and doc.get("format") != ENGINES_FORMAT:
-        raise CapsimError(f"{ENGINES_FILE} has format {doc.get('format')!r}, expected {ENGINES_FORMAT!r}",
-                          where="hwmodels/calibration/profiles/engines.yaml")
+        raise CapsimError(
+            f"{ENGINES_FILE} has format {doc.get('format')!r}, expected {ENGINES_FORMAT!r}",
+            where="hwmodels/calibration/profiles/engines.yaml",
+        )
     profiles = dict(doc.get("engines") or {})
     profiles.setdefault("none", {"description": "no engine overhead: the kernels alone"})
     return profiles
@@ -61,7 +65,8 @@ def engine_names() -> list[str]:
 
 def _unknown(name: str, where: str) -> UnknownNameError:
     return UnknownNameError(
-        f"unknown engine profile {name!r}", where=where,
+        f"unknown engine profile {name!r}",
+        where=where,
         fix=f"use one of {', '.join(engine_names())} (`capsim calibrate engines` lists them with their terms)",
     )
 
@@ -82,8 +87,15 @@ def _resolve(key: str, tp: int, where: str, depth: int) -> dict[str, Any]:
     if key not in profiles:
         if key in overhead_sets():
             t = overhead_terms(key, tp)
-            return {"per_step_s": t["per_iteration_s"], "per_sequence_s": t["per_sequence_s"], "per_token_s": 0.0,
-                    "per_layer_s": t["per_layer_s"], "per_collective_s": 0.0, "name": t["name"]}
+            return {
+                "per_step_s": t["per_iteration_s"],
+                "per_sequence_s": t["per_sequence_s"],
+                "per_token_s": 0.0,
+                "per_layer_s": t["per_layer_s"],
+                "per_collective_s": 0.0,
+                "gqa_reread": 0.0,
+                "name": t["name"],
+            }
         raise _unknown(key, where)
     entry = profiles[key]
     parent = entry.get("inherits")
@@ -105,17 +117,21 @@ def _resolve(key: str, tp: int, where: str, depth: int) -> dict[str, Any]:
     return out
 
 
-def engine_name_of(engine: str, overheads: str) -> str:
-    """The one profile a deployment names: ``engine``, or the older ``overheads`` field where only it is set."""
-    if overheads != "none":
-        if engine not in ("none", overheads):
-            raise CapsimError(
-                f"deployment.overheads ({overheads!r}) and deployment.engine ({engine!r}) both name engine terms",
-                where="deployment.overheads",
-                fix=f"keep only `engine: {engine}` (`overheads` is the older name of `engine`; "
-                    f"`engine: {overheads}` gives the overhead set you named)",
-            )
-        return overheads
+#: The profile of a deployment that names none (``deployment.engine`` unset, no ``overheads``).
+DEFAULT_ENGINE = "none"
+
+
+def engine_name_of(engine: str | None, overheads: str) -> str:
+    """The one profile a deployment names: ``engine``, else the older ``overheads`` field, else the default."""
+    if engine is None:
+        return overheads if overheads != "none" else DEFAULT_ENGINE
+    if overheads != "none" and normalise_name(engine) != normalise_name(overheads):
+        raise CapsimError(
+            f"deployment.overheads ({overheads!r}) and deployment.engine ({engine!r}) both name engine terms",
+            where="deployment.overheads",
+            fix=f"keep only `engine: {engine}` (`overheads` is the older name of `engine`; "
+            f"`engine: {overheads}` gives the overhead set you named)",
+        )
     return engine
 
 
