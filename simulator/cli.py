@@ -442,6 +442,8 @@ def estimate(
             ("prefill of the batch", f"{result.prefill_s * 1e3:.2f} ms ({result.prefill_bound}-bound)"),
             ("first decode step", _ms(result.first_decode_step_s)),
             ("mean decode step (TPOT)", _ms(result.tpot_s) + (f" ({result.decode_bound}-bound)" if result.decode_bound else "")),
+            *([(f"engine {result.engine}: prefill / first step", f"{result.engine_prefill_s * 1e3:.2f} / "
+                f"{_ms(result.engine_first_decode_step_s)}")] if result.engine != "none" else []),
             ("end-to-end", f"{result.e2e_s:.3f} s"),
             ("output tokens/s", f"{result.output_tokens_per_s:,.0f}"),
             ("weights per GPU", f"{result.weights_gib:.2f} GiB"),

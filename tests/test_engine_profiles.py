@@ -169,6 +169,12 @@ def test_estimate_takes_an_engine_and_prices_it(cli):
     off = json.loads(cli(*args).stdout)
     on = json.loads(cli(*args, "--engine", "vllm-eager").stdout)
     assert on["tpot_s"] > off["tpot_s"] and on["prefill_s"] > off["prefill_s"]
+    assert off["engine"] == "none" and off["engine_prefill_s"] == 0.0
+    t = engine_terms("vllm-eager", 8)
+    step = t["per_step_s"] + 4 * (t["per_sequence_s"] + t["per_token_s"]) + 80 * 2 * t["per_collective_s"]
+    assert on["engine"] == t["name"] == "vllm-eager@tp4"
+    assert on["engine_first_decode_step_s"] == pytest.approx(step, rel=1e-6)
+    assert on["first_decode_step_s"] - off["first_decode_step_s"] == pytest.approx(step, rel=1e-6)
 
 
 def test_estimate_and_calibrate_engines_refuse_an_unknown_profile(cli):
