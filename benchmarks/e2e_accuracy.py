@@ -3,7 +3,7 @@
 Predicts every published TensorRT-LLM session-benchmark row shipped in
 ``hwmodels/calibration/data/e2e/trtllm_static.csv`` (first-token latency of one
 prompt; output throughput of a static batch) with the calibrated kernels alone and
-with the ``tensorrt-llm`` engine profile, and prints the absolute percentage error
+with the ``tensorrt-llm-2023`` engine profile (the one fitted on them), and prints the absolute percentage error
 (median / p90 / n) per split, device, TP degree and kind of row. The split is the
 registered one (``docs/calibration-decisions.md``, *Engine profiles*): every
 LLaMA 70B row is held out; the other rows are the ones the profile was fitted on.
@@ -29,7 +29,7 @@ TARGET = "issue 18 target: iteration times median 10 % / p90 20 %; throughput wi
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--engine", default="tensorrt-llm", help="engine profile to check (default tensorrt-llm)")
+    ap.add_argument("--engine", default="tensorrt-llm-2023", help="engine profile to check (the fitted one by default)")
     ap.add_argument("--refit", action="store_true", help="refit the profile's fitted terms on the training rows")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args()
