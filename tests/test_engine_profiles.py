@@ -90,10 +90,19 @@ def test_engine_terms_add_what_they_say_to_one_iteration():
     assert any(r.name.startswith("engine_overhead (tensorrt-llm") for r in eng.breakdown(shape))
 
 
-@pytest.mark.parametrize("model,tp", [("llama-3.1-70b", 4), ("llama-3.1-8b", 1), ("llama-2-7b", 1)])
-def test_decode_runs_stay_closed_form_with_every_engine_term(model, tp):
+@pytest.mark.parametrize(
+    "model,tp,device",
+    [
+        ("llama-3.1-70b", 4, "h100-sxm"),
+        ("llama-3.1-8b", 1, "h100-sxm"),
+        ("llama-2-7b", 1, "h100-sxm"),
+        ("llama-3.1-8b", 1, "a100-80gb-sxm"),  # FlashAttention-2: runs cut where the split count changes
+        ("llama-3.1-8b", 2, "l40s"),  # datasheet pricing
+    ],
+)
+def test_decode_runs_stay_closed_form_with_every_engine_term(model, tp, device):
     """The KV re-read term grows with the context: a run's durations still equal step-by-step pricing."""
-    cost = system(model, tp=tp, engine="tensorrt-llm-2023").cost_model()
+    cost = system(model, device, tp=tp, engine="tensorrt-llm-2023").cost_model()
     batch, ctx0, k = 24, 24 * 1500, 40
     run = cost.decode_run(batch, ctx0, k)
     durations = run.all_durations()
