@@ -271,6 +271,7 @@ class IterationCostModel:
         self.table = table
         self.device = device
         self.overheads = overheads or OverheadTerms()
+        self._overheads_active = self.overheads.active  # read once per priced iteration
         layers = float(table.num_layers)
         self._layers = layers
         context = PricingContext(device, table.attention, table.links)
@@ -331,9 +332,9 @@ class IterationCostModel:
 
     def _overhead(self, x: np.ndarray):
         """Serving-engine overhead of the iteration(s) with features ``x`` (one row, or shapes x features)."""
-        o = self.overheads
-        if not o.active:
+        if not self._overheads_active:
             return 0.0
+        o = self.overheads
         t = o.per_iteration_s + o.per_sequence_s * x[..., F.LOGIT_SEQS] + o.per_layer_s * self._layers
         if o.per_token_s:
             t = t + o.per_token_s * (x[..., F.PREFILL_TOKENS] + x[..., F.DECODE_SEQS])
