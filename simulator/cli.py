@@ -430,6 +430,7 @@ _ESTIMATE_FLAGS = {
     "deployment.pp": "--pp",
     "deployment.weight_dtype": "--weight-dtype",
     "deployment.kv_dtype": "--kv-dtype",
+    "deployment.engine": "--engine",
 }
 """Scenario fields that ``capsim estimate`` fills from a flag, for error messages."""
 
@@ -445,6 +446,11 @@ def estimate(
     output: Annotated[int, typer.Option(help="Output tokens per request.")] = 256,
     weight_dtype: Annotated[str, typer.Option(help="Weight format (bf16, fp8, int8, int4).")] = "bf16",
     kv_dtype: Annotated[str, typer.Option(help="KV-cache format.")] = "bf16",
+    engine: Annotated[
+        str | None,
+        typer.Option(help="Serving-engine profile added to every iteration (`capsim calibrate engines`); "
+                     "default: the scenario default."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -458,7 +464,9 @@ def estimate(
         from simulator.system import build_system
 
         try:
-            deployment = DeploymentConfig(device=device, tp=tp, pp=pp, weight_dtype=weight_dtype, kv_dtype=kv_dtype)
+            deployment = DeploymentConfig(
+                device=device, tp=tp, pp=pp, weight_dtype=weight_dtype, kv_dtype=kv_dtype, engine=engine
+            )
         except ValidationError as exc:
             err = exc.errors()[0]
             field = "deployment." + ".".join(str(p) for p in err.get("loc", ()))
@@ -489,6 +497,8 @@ def estimate(
             ("prefill of the batch", f"{result.prefill_s * 1e3:.2f} ms ({result.prefill_bound}-bound)"),
             ("first decode step", _ms(result.first_decode_step_s)),
             ("mean decode step (TPOT)", _ms(result.tpot_s) + (f" ({result.decode_bound}-bound)" if result.decode_bound else "")),
+            *([(f"engine {result.engine}: prefill / first step", f"{result.engine_prefill_s * 1e3:.2f} / "
+                f"{_ms(result.engine_first_decode_step_s)}")] if result.engine != "none" else []),
             ("end-to-end", f"{result.e2e_s:.3f} s"),
             ("output tokens/s", f"{result.output_tokens_per_s:,.0f}"),
             ("weights per GPU", f"{result.weights_gib:.2f} GiB"),

@@ -50,6 +50,10 @@ class Estimate:
     mbu_decode: float | None
     # What priced each operator row (its pricer's source): "roofline" where a calibrated profile has no curve.
     pricing: dict[str, str] = field(default_factory=dict)
+    # The serving-engine profile (deployment.engine) and its share of the prefill and of the first decode step.
+    engine: str = "none"
+    engine_prefill_s: float = 0.0
+    engine_first_decode_step_s: float | None = None  # None when output is 1 (no decode)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -144,7 +148,16 @@ def estimate(system: System, *, batch: int, prompt: int, output: int) -> Estimat
         mfu_decode=flops / (decode_s * dev.peak_flops * gpus) if decode_s else None,
         mbu_decode=nbytes / (decode_s * dev.memory_bandwidth * gpus) if decode_s else None,
         pricing=_pricing(prefill_rows + decode_rows),
+        engine=cost.overheads.name,
+        engine_prefill_s=_engine_share(prefill_rows),
+        engine_first_decode_step_s=_engine_share(
+            cost.breakdown(BatchShape(decode_seqs=batch, decode_context=batch * (prompt + 1)))) if steps else None,
     )
+
+
+def _engine_share(rows) -> float:
+    """Seconds of an iteration's breakdown that the engine profile adds (its ``overhead`` row)."""
+    return float(sum(r.time_s for r in rows if r.op_class == "overhead"))
 
 
 def largest_fitting_batch(fits: Callable[[int], bool], upper: int) -> int:

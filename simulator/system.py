@@ -133,12 +133,23 @@ def router_with_params(name: str, params: dict[str, Any]) -> type[Router]:
         ) from None
 
 
-def resolve_overheads(name: str, tp: int) -> OverheadTerms:
-    """The named serving-engine overhead set at this TP degree (``none``: all zero)."""
-    from hwmodels.calibration.overheads import overhead_terms
+def resolve_overheads(name: str, tp: int, *, where: str = "deployment.overheads") -> OverheadTerms:
+    """The named serving-engine profile (or Vidur overhead set) at this TP degree (``none``: all zero)."""
+    from hwmodels.calibration.engines import engine_terms
 
-    terms = overhead_terms(name, tp)
-    return OverheadTerms(terms["per_iteration_s"], terms["per_sequence_s"], terms["per_layer_s"], terms["name"])
+    t = engine_terms(name, tp, where=where)
+    return OverheadTerms(t["per_step_s"], t["per_sequence_s"], t["per_layer_s"], t["name"],
+                         per_token_s=t["per_token_s"], per_collective_s=t["per_collective_s"],
+                         gqa_reread=t["gqa_reread"])
+
+
+def resolve_engine(dep: DeploymentConfig) -> OverheadTerms:
+    """The deployment's one engine profile: ``engine``, or the older ``overheads`` field."""
+    from hwmodels.calibration.engines import engine_name_of
+
+    name = engine_name_of(dep.engine, dep.overheads)
+    where = "deployment.overheads" if dep.engine is None and dep.overheads != "none" else "deployment.engine"
+    return resolve_overheads(name, dep.tp, where=where)
 
 
 def links_of(device: DeviceSpec) -> tuple[Link, Link]:
@@ -231,7 +242,7 @@ def build_system(scenario: Scenario) -> System:
             where="router.name", fix=f"add `techniques: [{{name: {needs}}}]` or choose another router",
         )
     roofline = roofline_for(device, dep, fmt)
-    overheads = resolve_overheads(dep.overheads, dep.tp)
+    overheads = resolve_engine(dep)
     ctx = BuildContext(model, device, dep, roofline, overheads, scenario.seed)
     model = stack.apply_model(model, ctx)
     ctx = replace(ctx, model=model)

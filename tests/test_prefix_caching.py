@@ -210,7 +210,7 @@ def test_manager_invariants_under_random_operations(ops, total):
             running.discard(rid)
         referenced = {u for r in running for u in m._held.get(r, [])}
         for u in referenced:
-            assert m.references(u) == sum(u in m._held.get(r, []) for r in running)
+            assert m.references(u) == sum(m._held.get(r, []).count(u) for r in running)
             assert u not in m._lru
         private = sum(-(-int(t.kv_tokens[r]) // 16) - len(m._held.get(r, [])) * m.unit_blocks for r in running)
         assert m.used_blocks == private + len(referenced) * m.unit_blocks

@@ -240,6 +240,41 @@ def register(app: typer.Typer) -> None:
 
         _guard(debug, action)
 
+    @cal.command("engines")
+    def engines_cmd(
+        tp: Annotated[int, typer.Option(help="TP degree to resolve each profile's terms at.")] = 1,
+        as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+        debug: DebugOpt = False,
+    ) -> None:
+        """List the serving-engine profiles (deployment.engine): terms at --tp, what they were fitted on, held-out error."""
+
+        def action() -> None:
+            from rich.table import Table
+
+            from hwmodels.calibration.engines import describe, engine_names, engine_terms
+
+            rows = []
+            for name in engine_names():
+                entry, terms = describe(name), engine_terms(name, tp, where="--tp")
+                rows.append({"name": name, "terms": terms, "inherits": entry.get("inherits"),
+                             "fitted_on": entry.get("fitted_on", entry.get("source", "")),
+                             "held_out_error": entry.get("held_out_error")})
+            if as_json:
+                print(json.dumps(rows, indent=2, default=str))
+                return
+            t = Table(title=f"engine profiles (deployment.engine) at tp={tp}")
+            for col in ("name", "per step", "per seq", "per token", "per layer", "per coll.", "gqa re-read",
+                        "inherits"):
+                t.add_column(col)
+            for r in rows:
+                x = r["terms"]
+                t.add_row(x["name"], f"{x['per_step_s'] * 1e3:.3f} ms", f"{x['per_sequence_s'] * 1e6:.1f} us",
+                          f"{x['per_token_s'] * 1e6:.2f} us", f"{x['per_layer_s'] * 1e6:.1f} us",
+                          f"{x['per_collective_s'] * 1e6:.1f} us", f"{x['gqa_reread']:.3g}", str(r["inherits"] or "-"))
+            out_console.print(t)
+
+        _guard(debug, action)
+
     @cal.command("overheads")
     def overheads_cmd(debug: DebugOpt = False) -> None:
         """List the serving-engine overhead sets (deployment.overheads) and their terms."""

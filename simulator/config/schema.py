@@ -53,11 +53,18 @@ class DeploymentConfig(BaseModel):
         "kernels; shipped for a100-80gb-sxm, h100-sxm and h200) where one exists and the datasheet roofline "
         "elsewhere; 'datasheet' forces the roofline with the catalog's constant efficiencies.",
     )
+    engine: str | None = Field(
+        None,
+        description="Serving-engine profile whose terms are added to every iteration beyond its kernels (per step, "
+        "per sequence, per token, per layer, per collective, decode KV re-read): vllm, vllm-eager, tensorrt-llm, "
+        "tensorrt-llm-2023, sglang, or a Vidur overhead set such as vidur-a100 (`capsim calibrate engines` lists "
+        "them with their terms, sources and held-out errors); 'none' prices the kernels alone. Unset: the older "
+        "`overheads` field where it is set, else 'none'.",
+    )
     overheads: str = Field(
         "none",
-        description="Serving-engine CPU overheads added to every iteration (per iteration, per sequence, per "
-        "layer), by name from hwmodels/calibration/profiles/overheads.yaml (`capsim calibrate overheads` lists "
-        "them); 'none' assumes the engine hides its CPU work behind the GPU.",
+        description="Older name of `engine` (kept so old scenarios run): a Vidur overhead set by name. Setting "
+        "both to different profiles is an error.",
     )
 
     @property

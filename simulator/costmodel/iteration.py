@@ -22,7 +22,7 @@ methods here ask those two, whatever the pricing: there is one path.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -164,24 +164,35 @@ class DecodeRun:
 
 @dataclass(frozen=True)
 class OverheadTerms:
-    """Time per iteration that no GPU kernel accounts for (serving-engine CPU work).
+    """Time per iteration that no GPU kernel accounts for: the serving engine's terms.
 
-    Fitted per serving engine by :mod:`hwmodels.calibration.overheads`; all zero
-    (the default) models an engine whose CPU work overlaps the GPU completely.
+    Set by the deployment's engine profile (``deployment.engine``,
+    :mod:`hwmodels.calibration.engines`); all zero (the default) models an engine
+    whose CPU work overlaps the GPU completely.
 
-    * ``per_iteration_s``: scheduling, input preparation, sampler launch -- once per iteration;
+    * ``per_iteration_s``: per step -- scheduling, input preparation, sampler launch;
     * ``per_sequence_s``: per sequence that produces a token (sampling, detokenisation, output handling);
-    * ``per_layer_s``: per layer per iteration (kernel launches not hidden behind GPU work, eager mode).
+    * ``per_layer_s``: per layer per step (kernel launches not hidden behind GPU work, eager mode);
+    * ``per_token_s``: per token fed to the model (prefill tokens plus decode sequences: input copies,
+      position and slot-mapping tensors built on the host);
+    * ``per_collective_s``: per collective of each layer (two all-reduces per layer under TP): the engine's
+      all-reduce floor or synchronisation beyond the collective the kernel model prices;
+    * ``gqa_reread`` (dimensionless): decode attention that reads each KV head once per query head of its group
+      instead of once per group: this fraction of the extra KV bytes, at the device's memory bandwidth.
     """
 
     per_iteration_s: float = 0.0
     per_sequence_s: float = 0.0
     per_layer_s: float = 0.0
     name: str = "none"
+    per_token_s: float = 0.0
+    per_collective_s: float = 0.0
+    gqa_reread: float = 0.0
 
     @property
     def active(self) -> bool:
-        return bool(self.per_iteration_s or self.per_sequence_s or self.per_layer_s)
+        return bool(self.per_iteration_s or self.per_sequence_s or self.per_layer_s or self.per_token_s
+                    or self.per_collective_s or self.gqa_reread)
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,6 +271,7 @@ class IterationCostModel:
         self.table = table
         self.device = device
         self.overheads = overheads or OverheadTerms()
+        self._overheads_active = self.overheads.active  # read once per priced iteration
         layers = float(table.num_layers)
         self._layers = layers
         context = PricingContext(device, table.attention, table.links)
@@ -281,6 +293,15 @@ class IterationCostModel:
             self._layer = RowByRow(table.layer_ops, layer_pricers)
             self._iter = RowByRow(table.iteration_ops, iteration_pricers)
         self._comms = Collectives(table, device, layers)
+        # Collectives one step runs (two all-reduces per layer under TP): what an engine's per-collective term counts.
+        self._collectives_per_step = layers * sum(c.count for c in table.layer_comms) + sum(
+            c.count for c in table.iteration_comms)
+        # Seconds per token of summed decode context that an engine re-reading KV per query head adds.
+        geo = table.attention
+        self._reread_slope = 0.0
+        if self.overheads.gqa_reread and geo is not None and geo.heads > geo.kv_heads:
+            extra_bytes = layers * (geo.heads - geo.kv_heads) * 2.0 * geo.head_dim * geo.kv_bytes
+            self._reread_slope = self.overheads.gqa_reread * extra_bytes / device.memory_bandwidth
         ops, iops = list(table.layer_ops), list(table.iteration_ops)
         # Work totals across all GPUs of the replica (per-GPU rows x tp ranks x layers).
         scale = float(table.tp)
@@ -312,10 +333,17 @@ class IterationCostModel:
 
     def _overhead(self, x: np.ndarray):
         """Serving-engine overhead of the iteration(s) with features ``x`` (one row, or shapes x features)."""
-        o = self.overheads
-        if not o.active:
+        if not self._overheads_active:
             return 0.0
-        return o.per_iteration_s + o.per_sequence_s * x[..., F.LOGIT_SEQS] + o.per_layer_s * self._layers
+        o = self.overheads
+        t = o.per_iteration_s + o.per_sequence_s * x[..., F.LOGIT_SEQS] + o.per_layer_s * self._layers
+        if o.per_token_s:
+            t = t + o.per_token_s * (x[..., F.PREFILL_TOKENS] + x[..., F.DECODE_SEQS])
+        if o.per_collective_s:
+            t = t + o.per_collective_s * self._collectives_per_step
+        if self._reread_slope:
+            t = t + self._reread_slope * x[..., F.DECODE_CONTEXT]
+        return t
 
     def price_features(self, x: np.ndarray) -> float:
         """Seconds for one iteration with feature vector ``x``."""
@@ -462,6 +490,8 @@ class IterationCostModel:
             fl, by, ctx = self._flops_total, self._bytes_total, F.DECODE_CONTEXT
             work = DecodeWork(float(fl @ x), float(by @ x), float(fl[ctx]), float(by[ctx]))
             lines = None if layer.lines is None else ContextLines.of(layer.lines)
+            if lines is not None and self._reread_slope:  # the engine's per-context term joins the affine part
+                lines = replace(lines, affine_slope=lines.affine_slope + self._reread_slope)
             hit = DecodeCoefficients(static, lines, work)
             self._decode_cache[key] = hit
         return hit
@@ -512,6 +542,8 @@ class IterationCostModel:
         comp = np.outer(af, ctx) + bf[:, None]
         mem = np.outer(am, ctx) + bm[:, None]
         d = static + np.maximum(comp, mem).sum(axis=0)
+        if lines.affine_slope or lines.affine_base:
+            d = d + (lines.affine_slope * ctx + lines.affine_base)
         if np.array_equal(comp[:, 0] >= mem[:, 0], comp[:, -1] >= mem[:, -1]):
             step = float(d[1] - d[0]) if k > 1 else 0.0
             return DecodeRun(k, float(d[0]), step, True)

@@ -1,0 +1,87 @@
+"""End-to-end accuracy of capsim with and without a serving-engine profile (not a timed test).
+
+Predicts every published TensorRT-LLM session-benchmark row shipped in
+``hwmodels/calibration/data/e2e/trtllm_static.csv`` (first-token latency of one
+prompt; output throughput of a static batch) with the calibrated kernels alone and
+with the ``tensorrt-llm-2023`` engine profile (the one fitted on them), and prints the absolute percentage error
+(median / p90 / n) per split, device, TP degree and kind of row. The split is the
+registered one (``docs/calibration-decisions.md``, *Engine profiles*): every
+LLaMA 70B row is held out; the other rows are the ones the profile was fitted on.
+
+    PYTHONPATH=. python benchmarks/e2e_accuracy.py          # the table (about 10 s)
+    PYTHONPATH=. python benchmarks/e2e_accuracy.py --refit  # also refit the terms on the training rows
+    PYTHONPATH=. python benchmarks/e2e_accuracy.py --json   # machine-readable
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+
+import numpy as np
+
+from hwmodels.calibration.engine_fit import FIT_TERMS, ape, fit_terms, load_rows, price_rows
+from hwmodels.calibration.engines import TERMS, engine_terms
+
+TARGET = "issue 18 target: iteration times median 10 % / p90 20 %; throughput within 15 %"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--engine", default="tensorrt-llm-2023", help="engine profile to check (the fitted one by default)")
+    ap.add_argument("--refit", action="store_true", help="refit the profile's fitted terms on the training rows")
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    args = ap.parse_args()
+
+    priced = price_rows(load_rows())
+    groups: dict[tuple, list] = defaultdict(list)
+    report: dict = {"engine": args.engine, "target": TARGET, "groups": []}
+    shipped_by_tp = {}
+    for p in priced:
+        tp = p.row.tp
+        if tp not in shipped_by_tp:
+            t = engine_terms(args.engine, tp)
+            shipped_by_tp[tp] = {k: t[k] for k in TERMS}
+    if args.refit:
+        train = [p for p in priced if not p.row.held_out]
+        fixed = {tp: {k: v for k, v in t.items() if k not in FIT_TERMS} for tp, t in shipped_by_tp.items()}
+        fitted = fit_terms(train, fixed)
+        report["refit"] = fitted
+        terms_of = {tp: {**fixed[tp], **fitted} for tp in shipped_by_tp}
+    else:
+        terms_of = shipped_by_tp
+    report["terms"] = {str(tp): v for tp, v in terms_of.items()}
+    for p in priced:
+        r = p.row
+        split = "held-out" if r.held_out else "train"
+        pred_k, pred_e = p.kernels_s, p.with_terms(terms_of[r.tp])
+        for key in ((split, "all", "-", "all"), (split, r.device, r.tp, r.kind)):
+            groups[key].append((pred_k, pred_e, r.measured_s))
+    lines = []
+    for key in sorted(groups, key=lambda k: (k[0] != "held-out", k[1] != "all", str(k[1]), str(k[2]), k[3])):
+        v = np.array(groups[key])
+        k, e = ape(v[:, 0], v[:, 2]), ape(v[:, 1], v[:, 2])
+        report["groups"].append(
+            {"split": key[0], "device": key[1], "tp": key[2], "kind": key[3], "kernels_only": k, "with_engine": e}
+        )
+        lines.append(
+            f"{key[0]:9s} {key[1]:14s} {str(key[2]):>3s} {key[3]:10s} {k['n']:>3d}   "
+            f"{k['median_ape']:6.1f} {k['p90_ape']:6.1f}   {e['median_ape']:6.1f} {e['p90_ape']:6.1f}"
+        )
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return
+    print(f"engine profile {args.engine!r} on TensorRT-LLM session-benchmark rows ({TARGET})")
+    for tp, t in sorted(terms_of.items()):
+        print(f"  terms at tp={tp}: " + ", ".join(f"{k}={v:.4g}" for k, v in t.items()))
+    print(
+        f"{'split':9s} {'device':14s} {'tp':>3s} {'kind':10s} {'n':>3s}   {'kernels-only APE %':>13s}   "
+        f"{'with profile APE %':>13s}"
+    )
+    print(f"{'':42s}{'median':>6s} {'p90':>6s}   {'median':>6s} {'p90':>6s}")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
