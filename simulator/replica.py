@@ -114,7 +114,7 @@ class Replica:
         # A replica that receives KV from another pool grants blocks while it runs: it must leave free the
         # blocks its iteration or decode run in flight will still claim (``pending_blocks``).
         self.receiving = False
-        self.pending_blocks = 0
+        self._pending: tuple[np.ndarray, int] | int = 0  # (ids, steps) of the run in flight, or its blocks
         # Told when the replica starts working after being idle (True) and when it runs out of work (False):
         # workers sharing a GPU (SM partitioning) price their iterations by whether the other is busy.
         self.on_busy: Callable[[Replica, bool], None] | None = None
@@ -184,6 +184,16 @@ class Replica:
         early.callbacks.append(proc._resume)
         proc._target = early
         self._cut = cut
+
+    @property
+    def pending_blocks(self) -> int:
+        """Blocks the iteration or decode run in flight will still claim (receiving replicas only; worked out
+        when first asked, since most runs end before anyone asks)."""
+        pending = self._pending
+        if pending.__class__ is tuple:
+            ids, steps = pending
+            pending = self._pending = self.blocks.growth_after(ids, steps)
+        return pending
 
     def receive(self, rid: int) -> None:
         """``rid``'s KV has arrived from another pool (already counted in ``outstanding``, its blocks already
@@ -273,9 +283,9 @@ class Replica:
             sp = step.plan(ids) if n_dec else None
             cost = step.iteration(sp, ptok, logits + n_dec, work, kv_read, n_dec, ctx)
         if self.receiving and n_dec:
-            self.pending_blocks = self.blocks.growth_after(ids, 1)
+            self._pending = (ids, 1)
         yield self.env.timeout(cost.time_s)
-        self.pending_blocks = 0
+        self._pending = 0
         end = self.env.now
         if n_dec:
             one = DecodeRun(1, cost.time_s, 0.0, True)
@@ -370,9 +380,9 @@ class Replica:
             yield from self._await_swaps()
         start = env.now
         if self.receiving:
-            self.pending_blocks = self.blocks.growth_after(ids, steps)
+            self._pending = (ids, steps)
         run = yield from self._wait_run(self.cost.decode_run(n, ctx0, steps, growth), plan)
-        self.pending_blocks = 0
+        self._pending = 0
         end = env.now
         self.blocks.grow_all(ids, run.iterations, kv, kv_list)
         self._advance_live(live, run, end, start)
