@@ -374,7 +374,7 @@ def _routers_table() -> Table:
 
 
 def _systems_table() -> Table:
-    from simulator.pools.systems import SERVING_SYSTEMS
+    from simulator.pools.build import SERVING_SYSTEMS  # (imports every system module)
 
     t = Table(title="serving systems (serving.name, with pools:)")
     for col in ("id", "roles", "what", "parameters", "source"):

@@ -41,10 +41,44 @@ def _bounds(field) -> str:
     return ", ".join(parts)
 
 
+def explain_system(name: str) -> None:
+    """Print a serving system's description, roles, parameters and sources (``serving:`` with ``pools:``)."""
+    from simulator.pools.build import SERVING_SYSTEMS
+
+    cls = SERVING_SYSTEMS.get(name)
+    canonical = SERVING_SYSTEMS.canonical(name)
+    out_console.print(f"[bold]{canonical}[/bold] (serving system) -- {escape(cls.summary)}\n")
+    out_console.print(escape(inspect.cleandoc(cls.__doc__ or "")) + "\n")
+    out_console.print(f"pool roles: {', '.join(cls.roles)} (required: {', '.join(cls.required)})\n")
+    _params_table(cls.Params, f"parameters (serving: {{name: {canonical}, ...}})")
+    if cls.sources:
+        out_console.print("\n[bold]sources[/bold]")
+        for s in cls.sources:
+            out_console.print(f"- {escape(s)}")
+
+
+def _params_table(params_cls, title: str) -> None:
+    params = Table(title=title)
+    for col in ("parameter", "type", "default", "bounds", "description"):
+        params.add_column(col)
+    for key, f in params_cls.model_fields.items():
+        if typing.get_origin(f.annotation) is typing.Literal:
+            ann = " | ".join(repr(a) for a in typing.get_args(f.annotation))
+        else:
+            ann = getattr(f.annotation, "__name__", None) or str(f.annotation).replace("typing.", "")
+        default = f.default if f.default_factory is None else f.default_factory()
+        params.add_row(key, escape(ann), escape(repr(default)), _bounds(f), escape(f.description or ""))
+    out_console.print(params)
+
+
 def explain(name: str) -> None:
-    """Print the technique's mechanism, parameters, sources and presets."""
+    """Print the technique's mechanism, parameters, sources and presets (or a serving system's)."""
+    from simulator.pools.build import SERVING_SYSTEMS
     from simulator.techniques import TECHNIQUES
 
+    if name not in TECHNIQUES and name in SERVING_SYSTEMS:
+        explain_system(name)
+        return
     cls = TECHNIQUES.get(name)
     canonical = TECHNIQUES.canonical(name)
     out_console.print(f"[bold]{canonical}[/bold] -- {escape(cls.summary)}\n")
@@ -79,7 +113,8 @@ def register(app: typer.Typer) -> None:
 
     @app.command("explain")
     def explain_cmd(
-        name: Annotated[str, typer.Argument(help="A technique id (`capsim list techniques`).")],
+        name: Annotated[str, typer.Argument(help="A technique id (`capsim list techniques`) or a serving system "
+                                                 "(`capsim list systems`).")],
         debug: DebugOpt = False,
     ) -> None:
         """Explain a serving technique: how capsim models it, its parameters, sources and presets."""

@@ -302,3 +302,18 @@ def test_swap_preemption_works_in_a_decode_pool():
     check_pool_invariants(out)
     s = summarise(out.result)
     assert s["swap_outs"] > 0 and s["swap_ins"] == s["swap_outs"]
+
+
+def test_list_and_explain_serving_systems_and_links(cli):
+    out = cli("list", "systems")
+    assert out.exit_code == 0 and "disaggregated" in out.stdout and "semi-pd" in out.stdout
+    out = cli("list", "links")
+    assert out.exit_code == 0 and "infiniband-ndr" in out.stdout and "ethernet-25g" in out.stdout
+    out = cli("explain", "splitwise")
+    assert out.exit_code == 0 and "overflow_queue" in out.stdout and "Patel" in out.stdout
+
+
+def test_validate_prints_each_pool(cli):
+    out = cli("validate", "scenarios/examples/disaggregation.yaml")
+    assert out.exit_code == 0, out.stdout
+    assert "pool prefill (prefill)" in out.stdout and "pool decode (decode)" in out.stdout
