@@ -168,6 +168,11 @@ def simulate(
                     swap=swap_space_for(system, dep.pp))
         )
 
+    if stream.image_tokens is not None:  # multimodal: the vision encoder runs on the replica before a prefill
+        from simulator import encoder
+
+        encoder.attach(replicas, scenario.workload.images, system, stream.image_tokens[keep])
+
     if closed is None and router.oblivious and preload_arrivals:
         where = router.assign(table.n)
         for i, replica in enumerate(replicas):
@@ -233,6 +238,8 @@ def simulate(
         bound_network_tps=bound.network_tps,
     )
     frame = table.to_frame()
+    if stream.image_tokens is not None:
+        frame["image_tokens"] = stream.image_tokens[keep]
     if prefix is not None:
         frame["cached_tokens"] = prefix.cached_tokens  # prompt tokens hit at each request's first admission
     if arrived < table.n:

@@ -108,6 +108,9 @@ class Replica:
         # Multi-pool deployments only (simulator.pools): where requests go when their prefill is done, and
         # requests whose KV arrived from another pool, joining the batch at the next iteration boundary.
         self.handoff: Callable[[list[int], float, float], None] | None = None
+        # Multimodal requests (simulator/encoder.py): seconds the vision encoder adds to an iteration that
+        # starts prefilling requests with images; None: text only, or images encoded elsewhere.
+        self.encode: Callable[[tuple], float] | None = None
         self._ready: list[int] = []
         # Requests leaving for another replica (live migration): handled at the next iteration boundary.
         self._departing: list[tuple[int, Callable[[bool], None]]] = []
@@ -284,11 +287,14 @@ class Replica:
             cost = step.iteration(sp, ptok, logits + n_dec, work, kv_read, n_dec, ctx)
         if self.receiving and n_dec:
             self._pending = (ids, 1)
-        yield self.env.timeout(cost.time_s)
+        took = cost.time_s
+        if self.encode is not None and plan.prefill:
+            took += self.encode(plan.prefill)  # the vision encoder runs first, on these GPUs
+        yield self.env.timeout(took)
         self._pending = 0
         end = self.env.now
         if n_dec:
-            one = DecodeRun(1, cost.time_s, 0.0, True)
+            one = DecodeRun(1, took, 0.0, True)
             if step is None:
                 self._advance_decodes(ids, one, end, start, kv)
             else:
@@ -297,7 +303,7 @@ class Replica:
                 self._advance_live(ids, one, end, start, got)
         finished = self._complete_prefills(plan.prefill, end)
         self.recorder.iteration(
-            self.index, start, end, 1, ptok, len(plan.prefill), n_dec, ctx, cost.time_s, cost.time_s,
+            self.index, start, end, 1, ptok, len(plan.prefill), n_dec, ctx, took, took,
             self.blocks.used_blocks, self.blocks.total_blocks, cost.flops, cost.bytes,
         )
         if self.handoff is not None:

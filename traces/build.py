@@ -22,13 +22,14 @@ import numpy as np
 from capsim.errors import CapsimError
 from traces.arrivals import ARRIVALS
 from traces.config import WorkloadConfig
+from traces.images import image_tokens
 from traces.lengths import describe_lengths, sample_lengths
 from traces.replay import load_trace_source, prepare_trace
 from traces.sharing import apply_sharing
 from traces.stream import RequestStream
 
 #: Order of the child seed streams; append new ones at the end to keep old streams reproducible.
-_STREAMS = ("arrivals", "prompt", "output", "trace_rows", "trace_sample", "sharing")
+_STREAMS = ("arrivals", "prompt", "output", "trace_rows", "trace_sample", "sharing", "images")
 
 
 def _check_limits(num_requests: int | None, duration_s: float | None, finite: bool) -> None:
@@ -120,6 +121,11 @@ def build_requests(
     if cfg.max_total_tokens is not None:
         arrival_s, hashes, note = _cap_lengths(cfg, arrival_s, lengths, hashes)
         source += note
+    images = None
+    if cfg.images is not None:  # image tokens join the prompt after any length cap (they are not text to clip)
+        images = image_tokens(cfg.images, len(arrival_s), rngs["images"])
+        lengths["prompt"] = lengths["prompt"] + images
+        source += f" + {cfg.images.describe()}"
     return RequestStream(
         arrival_s=arrival_s,
         prompt_tokens=lengths["prompt"],
@@ -128,6 +134,7 @@ def build_requests(
         closed_loop=process.closed_loop(cfg),
         prefix_block_hashes=hashes,
         prefix_block_tokens=int(block_tokens) if hashes is not None and block_tokens else None,
+        image_tokens=images,
     )
 
 

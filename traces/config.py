@@ -27,6 +27,7 @@ from capsim.types import Count, OptionalCount
 from traces import servegen  # noqa: F401  (registers arrival 'servegen')
 from traces.arrivals import ARRIVAL_PARAMETERS, ARRIVALS
 from traces.catalog import SHIPPED_TRACES
+from traces.images import ImagesConfig
 from traces.lengths import LENGTHS, PARAMETERS
 from traces.loaders import TRACE_FORMATS
 from traces.sharing import SharingConfig
@@ -241,6 +242,10 @@ class WorkloadConfig(_Strict):
     )
     length_cap: Literal["clip", "drop"] = Field(
         "clip", description="what max_total_tokens does to a longer request: 'clip' its lengths or 'drop' it"
+    )
+    images: ImagesConfig | None = Field(
+        None, description="multimodal requests: images per request, tokens per image and the vision encoder "
+        "(the image tokens join each prompt; see traces/images.py)"
     )
     sharing: SharingConfig | None = Field(
         None, description="synthetic prefix sharing (system-prompt, few-shot or multi-turn): gives each prompt "

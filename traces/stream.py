@@ -85,6 +85,8 @@ class RequestStream:
     closed_loop: ClosedLoop | None = None
     prefix_block_hashes: tuple[np.ndarray, ...] | None = field(default=None, repr=False)
     prefix_block_tokens: int | None = None  # tokens per prefix block id (None: no ids, or not known)
+    # Image tokens included in each prompt (multimodal workloads, traces/images.py); None: text only.
+    image_tokens: np.ndarray | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         arrival = _frozen_array(self.arrival_s, np.float64, "arrival_s")
@@ -125,6 +127,11 @@ class RequestStream:
                     f"prefix_block_hashes has {len(hashes)} entries for {len(arrival)} requests", where=where
                 )
             object.__setattr__(self, "prefix_block_hashes", hashes)
+        if self.image_tokens is not None:
+            images = _frozen_array(self.image_tokens, np.int64, "image_tokens")
+            if len(images) != len(arrival) or (len(images) and (images.min() < 0 or np.any(images > prompt))):
+                raise CapsimError("image_tokens must hold, per request, 0 to prompt_tokens tokens", where=where)
+            object.__setattr__(self, "image_tokens", images)
 
     def __len__(self) -> int:
         return len(self.arrival_s)

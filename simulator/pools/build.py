@@ -64,8 +64,18 @@ class PoolSet:
 
 
 def _pool_scenario(scenario: Scenario, pool: PoolConfig) -> Scenario:
+    update = {}
+    if pool.role == "encode":  # an encoder pool holds the vision encoder, not the language model
+        images = scenario.workload.images
+        if images is None:
+            raise CapsimError(
+                f"pool {pool.name!r} encodes images, but the workload has none",
+                where="workload.images", fix="add workload.images (e.g. {per_request: 1}), or remove the pool",
+            )
+        update["model"] = images.encoder
     return scenario.model_copy(
         update={
+            **update,
             "deployment": pool.deployment(),
             "scheduler": pool.scheduler or scenario.scheduler,
             "router": pool.router or scenario.router,

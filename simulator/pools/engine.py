@@ -78,6 +78,10 @@ class HandoffLog:
         self.end_s = np.full(self.n, np.nan)
         self.nbytes = np.zeros(self.n)
         self.count = np.zeros(self.n, dtype=np.int64)
+        self.encode_start_s = np.full(self.n, np.nan)  # EPD: the encoder pool's batch start and end
+        self.encode_end_s = np.full(self.n, np.nan)
+        self.embed_end_s = np.full(self.n, np.nan)  # embeddings arrived at the prefill replica
+        self.embed_bytes = np.zeros(self.n)
 
 
 class SharedBlockManager(BlockManager):
@@ -145,6 +149,7 @@ class PoolEngine:
         recorder: Recorder,
         rng: np.random.Generator,
         on_finish,
+        images: np.ndarray | None = None,
     ):
         self.env = env
         self.table = table
@@ -158,9 +163,17 @@ class PoolEngine:
         sim = scenario.simulation
         shared = pools.shared_kv_blocks
         shared_blocks: list[BlockManager] = []  # one per engine of a GPU group both workers share
+        images_cfg = scenario.workload.images
+        self.images_per_request = (images // images_cfg.tokens_per_image).tolist() if images is not None else None
+        self.image_tokens = images
+        self.encoders: list = []  # encoder replicas (EPD), outside `replicas` (they hold no KV)
+        self.encode_pool: PoolRuntime | None = None
         for plan in pools.pools:
             system = plan.system
             dep = system.deployment
+            if plan.role == "encode":
+                self._encode_pool(plan, scenario, recorder, rng)
+                continue
             rt = PoolRuntime(plan, blocks_per_engine=shared if shared else system.memory.kv_blocks // dep.pp)
             cost = system.cost_model()
             if system.scheduler_cls.lone_prefills and plan.role != "decode":
@@ -169,7 +182,7 @@ class PoolEngine:
             first_nic = len(self.nic)
             self.nic.extend(simpy.Resource(env, capacity=1) for _ in range(dep.num_replicas))
             for k in range(dep.num_replicas * dep.pp):
-                index = len(self.replicas)
+                index = len(self.pool_of_replica)
                 if shared and k < len(shared_blocks):  # the other worker on these GPUs: same KV cache
                     blocks = shared_blocks[k]
                 else:
@@ -196,6 +209,15 @@ class PoolEngine:
             rt.router = system.router_cls(rt.replicas, rng)
             self.pools.append(rt)
         self.system = pools.system_cls(pools.params, self.pools)
+        # Multimodal requests: a language-model replica encodes the images of a request it prefills, unless an
+        # encoder pool did (the flags are shared: a request is encoded once).
+        self.encoded_flags = np.zeros(table.n, dtype=bool)
+        if images is not None:
+            from simulator import encoder
+
+            for rt in self.pools:
+                if rt.role != "encode":
+                    encoder.attach(rt.replicas, images_cfg, rt.plan.system, images, self.encoded_flags)
         for rt in self.pools:
             if rt.role in ("decode", "mixed") and not shared:
                 rt.inboxes.extend(Inbox(self, replica, rt) for replica in rt.replicas)
@@ -211,11 +233,13 @@ class PoolEngine:
         self.migrators: list[Migrator] = []
         if pools.params.migration is not None:
             for rt in self.pools:
-                if len(rt.replicas) > 1:
+                if len(rt.replicas) > 1 and rt.role != "encode":
                     migrator = Migrator(self, rt, pools.params.migration)
                     self.migrators.append(migrator)
                     env.process(migrator.run())
         for rt in self.pools:
+            if rt.role == "encode":
+                continue
             for replica in rt.replicas:
                 replica.on_finish = self._finished_here(replica, on_finish)
                 if rt.role == "prefill":
@@ -223,6 +247,53 @@ class PoolEngine:
         if shared:
             self._price_by_contention(table)
         self.layers = max(p.system.model.num_layers for p in pools.pools)
+
+    def _encode_pool(self, plan: PoolPlan, scenario: Scenario, recorder: Recorder, rng) -> None:
+        """An encoder pool (EPD): encoder replicas instead of language-model replicas."""
+        from simulator.encoder import ImageEncoder
+        from simulator.pools.encode import EncodeWorker
+
+        system, dep = plan.system, plan.system.deployment
+        if self.images_per_request is None:
+            self.images_per_request = [0] * self.table.n
+        encoder = ImageEncoder(scenario.workload.images, system)
+        rt = PoolRuntime(plan)
+        first_nic = len(self.nic)
+        self.nic.extend(simpy.Resource(self.env, capacity=1) for _ in range(dep.num_replicas))
+        for k in range(dep.num_replicas):
+            index = len(self.pool_of_replica)
+            worker = EncodeWorker(self, index, encoder, self.images_per_request, self.pools_plan.params.max_images,
+                                  recorder)
+            rt.replicas.append(worker)
+            self.encoders.append(worker)
+            self.pool_of_replica.append(plan.index)
+            self._nic_of.append(first_nic + k)
+        rt.router = system.router_cls(rt.replicas, rng)
+        self.pools.append(rt)
+        self.encode_pool = rt
+
+    def encoded(self, rid: int, worker, start: float) -> None:
+        """``worker`` has encoded ``rid``'s images: send the embeddings to a prefill replica."""
+        self.encoded_flags[rid] = True
+        self.log.encode_start_s[rid] = start
+        self.log.encode_end_s[rid] = self.env.now
+        dest = self.system.entry(rid)
+        target = dest.replicas[dest.router.pick(rid)]
+        self.env.process(self._send_embeddings(rid, worker, dest, target))
+
+    def _send_embeddings(self, rid: int, worker, dest: PoolRuntime, target: Replica):
+        enc_pool = self.pools[self.pool_of_replica[worker.index]]
+        link = self.pools_plan.links[(enc_pool.plan.index, dest.plan.index)]
+        model = dest.plan.system.model
+        nbytes = float(self.image_tokens[rid]) * model.hidden_size * _act_bytes(dest.plan.system)
+        with self.nic_of(worker).request() as out:
+            yield out
+            with self.nic_of(target).request() as inn:
+                yield inn
+                yield self.env.timeout(link.transfer_s(nbytes))
+        self.log.embed_bytes[rid] = nbytes
+        self.log.embed_end_s[rid] = self.env.now
+        target.submit(rid)
 
     def _price_by_contention(self, table: RequestTable) -> None:
         """Workers sharing GPUs: each priced alone or sharing the HBM, as its partner works or idles."""
@@ -252,7 +323,11 @@ class PoolEngine:
 
     # ----------------------------------------------------------------- routing
     def submit(self, rid: int) -> None:
-        """A new request enters the pool the serving system names."""
+        """A new request enters the pool the serving system names (an encoder pool first, if it has images)."""
+        enc = self.encode_pool
+        if enc is not None and self.images_per_request[rid]:
+            enc.replicas[enc.router.pick(rid)].submit(rid)
+            return
         rt = self.system.entry(rid)
         rt.replicas[rt.router.pick(rid)].submit(rid)
 
@@ -340,6 +415,12 @@ class PoolEngine:
         inbox.try_grant()
 
 
+def _act_bytes(system) -> float:
+    from simulator.costmodel.precision import bytes_per_element
+
+    return bytes_per_element(system.deployment.activation_dtype, field="deployment.activation_dtype")
+
+
 def _kv_bytes(system) -> float:
     from simulator.costmodel.precision import bytes_per_element
 
@@ -353,6 +434,8 @@ def _unservable(pools: PoolSet, stream: RequestStream) -> tuple[np.ndarray, list
     mask = np.zeros(len(prompt), dtype=bool)
     reasons = []
     for p in pools.pools:
+        if p.role == "encode":  # an encoder holds no KV: any request's images can be encoded
+            continue
         system, dep = p.system, p.system.deployment
         blocks = system.memory.kv_blocks // dep.pp
         out = np.ones_like(output) if p.role == "prefill" else output
@@ -426,7 +509,8 @@ def simulate_pools(scenario: Scenario, *, stream: RequestStream | None = None):
                 else:
                     submit_next()
 
-    engine = PoolEngine(scenario, pools, table, env, recorder, rng, on_finish)
+    images = stream.image_tokens[keep] if stream.image_tokens is not None else None
+    engine = PoolEngine(scenario, pools, table, env, recorder, rng, on_finish, images=images)
     engine_ref.append(engine)
     if closed is None:
         env.process(_arrivals(env, table, engine))
@@ -453,6 +537,13 @@ def simulate_pools(scenario: Scenario, *, stream: RequestStream | None = None):
     frame["kv_transfer_end_s"] = log.end_s
     frame["kv_transfer_bytes"] = log.nbytes
     frame["kv_transfers"] = log.count
+    if images is not None:
+        frame["image_tokens"] = images
+    if engine.encoders:
+        frame["encode_start_s"] = log.encode_start_s
+        frame["encode_end_s"] = log.encode_end_s
+        frame["embeddings_arrive_s"] = log.embed_end_s
+        frame["embedding_bytes"] = log.embed_bytes
     if engine.migrators:
         frame["migrations"] = sum(m.count for m in engine.migrators)
         frame["migration_bytes"] = sum(m.nbytes for m in engine.migrators)
@@ -512,6 +603,8 @@ def _run_info(
     swap_outs = swap_ins = fallbacks = 0
     swap_bytes = swap_s = 0.0
     for rt in engine.pools:
+        if rt.role == "encode":
+            continue
         st = total_stats([r.state.swap for r in rt.replicas])
         dep = rt.plan.system.deployment
         swap_outs, swap_ins, fallbacks = swap_outs + st.swap_outs, swap_ins + st.swap_ins, fallbacks + st.fallbacks

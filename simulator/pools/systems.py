@@ -158,3 +158,33 @@ class Llumnix(ServingSystem):
 
     def after_prefill(self, rid: int, source: PoolView) -> PoolView | None:
         return None
+
+
+class EPDParams(ServingParams):
+    max_images: int = Field(
+        16, ge=1, description="Most images one encoder iteration batches (an encoder replica's batch limit)."
+    )
+
+
+@SERVING_SYSTEMS.register("epd", aliases=("encode-prefill-decode",))
+class EPD(ServingSystem):
+    """Encode, prefill and decode on separate pools (EPD disaggregation): requests with images are encoded on an
+    encoder pool, their embeddings sent to the prefill pool, their KV to the decode pool; text-only requests
+    start at the prefill pool."""
+
+    Params = EPDParams
+    roles = ("encode", "prefill", "decode")
+    required = ("encode", "prefill", "decode")
+    summary = "encoder pool -> embeddings over the link -> prefill pool -> KV over the link -> decode pool"
+    sources = (
+        "Singh et al., Efficiently Serving Large Multimodal Models Using EPD Disaggregation, arXiv 2501.05460, 2025",
+    )
+
+    def entry(self, rid: int) -> PoolView:
+        return self.by_role["prefill"][0]  # a request with images is sent to the encoder pool first (the engine)
+
+    def encoder_pool(self) -> PoolView:
+        return self.by_role["encode"][0]
+
+    def after_prefill(self, rid: int, source: PoolView) -> PoolView | None:
+        return self.by_role["decode"][0]
