@@ -122,6 +122,7 @@ class Replica:
         # workers sharing a GPU (SM partitioning) price their iterations by whether the other is busy.
         self.on_busy: Callable[[Replica, bool], None] | None = None
         self._busy = False
+        self.stall_until = 0.0  # set by whoever pauses the replica (an SM re-partition)
         self.process = env.process(self._loop())
 
     # ------------------------------------------------------------------ input
@@ -240,6 +241,9 @@ class Replica:
                 self._take_ready()
             if self._departing:
                 self._take_departures()
+            if self.stall_until > env.now:  # paused (re-partitioning the GPU): nothing runs until then
+                yield env.timeout(self.stall_until - env.now)
+                continue
             plan = scheduler.plan()
             if plan is None:
                 if self.on_busy is not None and self._busy:

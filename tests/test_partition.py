@@ -104,3 +104,50 @@ def test_mismatched_workers_are_refused():
     with pytest.raises(CapsimError) as err:
         build_pools(Scenario.model_validate(data))
     assert "share GPUs" in str(err.value) and "tp" in str(err.value)
+
+
+def resplit_scenario(share, resplit=True, switch=0.005):
+    data = semi_pd(share=share, qps=8.0, n=400).model_dump(exclude_unset=True)
+    data["model"] = "llama-3.1-8b"
+    for pool in data["pools"]:
+        pool["device"] = "h100-sxm"
+        pool["num_replicas"] = 2
+    data["workload"] = {"qps": 8.0, "prompt": {"dist": "lognormal", "mean": 2048, "std": 1024, "max": 8000},
+                        "output": {"dist": "lognormal", "mean": 256, "std": 128, "max": 2000}}
+    data["slo"] = {"ttft_s": 0.5, "tpot_s": 0.025}
+    data["router"] = {"name": "least-outstanding"}
+    data["scheduler"] = {"name": "vllm"}
+    if resplit:
+        data["serving"]["resplit"] = {"switch_cost_s": switch}
+    return Scenario.model_validate(data)
+
+
+def test_slo_aware_resplit_rescues_a_prefill_starved_split():
+    """Starting with 30 % of the SMs for prefill, TTFT misses; the controller moves SMs to prefill (emerges from
+    the measured attainment, nothing fitted)."""
+    static = simulate(resplit_scenario(0.3, resplit=False))
+    dynamic = simulate(resplit_scenario(0.3))
+    s0, s1 = summarise(static.result, resplit_scenario(0.3).slo), summarise(dynamic.result, resplit_scenario(0.3).slo)
+    assert s1["sm_resplits"] >= 1 and s1["sm_prefill_share_final"] > 0.3
+    assert s1["slo_attainment"] > s0["slo_attainment"]
+    assert dynamic.kv_blocks_used_at_end == [0] * len(dynamic.kv_blocks_used_at_end)
+    assert dynamic.result.requests["finish_s"].notna().all()
+
+
+def test_a_resplit_pauses_both_workers_for_the_switch_cost():
+    out = simulate(resplit_scenario(0.3, switch=0.05))
+    it = out.result.iterations
+    assert out.result.info.resplits
+    for when, _share in out.result.info.resplits:
+        started = it[(it["start_s"] > when + 1e-12) & (it["start_s"] < when + 0.05 - 1e-9)]
+        assert started.empty  # nothing starts on the re-partitioned GPUs during the pause
+
+
+def test_resplit_needs_latency_targets():
+    from capsim.errors import CapsimError
+
+    data = resplit_scenario(0.5).model_dump(exclude_unset=True)
+    data["slo"] = {"ttft_s": 0.5}
+    with pytest.raises(CapsimError) as err:
+        simulate(Scenario.model_validate(data))
+    assert "serving.resplit" in str(err.value)

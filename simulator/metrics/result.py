@@ -264,6 +264,8 @@ class RunInfo:
     # A multi-pool run (``pools:``): each pool's replicas and hardware. Empty for one pool, whose hardware is
     # in the fields above; with pools, those fields describe the first pool and the totals come from here.
     pools: tuple[PoolInfo, ...] = ()
+    # SM re-partitions of GPUs shared by two workers (semi-PD's dynamic split): (time, new prefill share) each.
+    resplits: tuple[tuple[float, float], ...] = ()
     # Preemption by swap (simulator/schedulers/preemption.py), summed over replicas; zero when it is off.
     swap_outs: int = 0
     swap_ins: int = 0

@@ -548,6 +548,9 @@ def summarise(result: SimulationResult, slo: SLOConfig | None = None) -> dict[st
         out.update(handoff_stats(req, lat))
         if "migrations" in req.columns:
             out.update(migration_stats(req))
+        if info.resplits:
+            out["sm_resplits"] = len(info.resplits)
+            out["sm_prefill_share_final"] = info.resplits[-1][1]
     out["preemptions"] = int(req["preemptions"].sum()) if n else 0
     out["iterations"] = int(result.iterations["num_iterations"].sum())
     out.update(_swap_and_bound(info, out["output_tps"]))
@@ -567,7 +570,8 @@ def summarise(result: SimulationResult, slo: SLOConfig | None = None) -> dict[st
     ordered = {key: out[key] for key in SUMMARY_KEYS}
     # The percentile targets the scenario set (their keys depend on it), after the fixed keys.
     ordered.update({k: v for k, v in out.items() if k.startswith("slo_") and k not in ordered})
-    ordered.update({k: v for k, v in out.items() if k.startswith("pool.") or k in HANDOFF_KEYS or k in MIGRATION_KEYS})
+    ordered.update({k: v for k, v in out.items()
+                    if k.startswith(("pool.", "sm_")) or k in HANDOFF_KEYS or k in MIGRATION_KEYS})
     if "cached_tokens" in req.columns:  # the prefix-caching technique is on
         ordered.update(prefix_cache_stats(req))
     return ordered

@@ -49,7 +49,7 @@ class PoolSet:
     # pool's share of the GPUs; None / 1 for pools with GPUs of their own.
     shared_kv_blocks: int | None = None
     gpu_shares: tuple[float, ...] = ()
-    alone: tuple[System, ...] = ()  # each pool's system priced as if its partner on the GPUs were idle
+    base_systems: tuple[System, ...] = ()  # each pool's system on whole GPUs, before the SM split
 
     def gpu_share(self, index: int) -> float:
         return self.gpu_shares[index] if self.gpu_shares else 1.0
@@ -188,10 +188,8 @@ def _partitioned(pools: PoolSet) -> PoolSet:
     prefill, decode = by_role["prefill"], by_role["decode"]
     blocks = shared_kv_blocks(prefill.system, decode.system)
     cp, bp, cd, bd = attainable_shares(pools.params)
-    _, bp1, _, bd1 = attainable_shares(pools.params, both_busy=False)
     scaled = {prefill.index: partitioned(prefill.system, cp, bp), decode.index: partitioned(decode.system, cd, bd)}
-    alone = {prefill.index: partitioned(prefill.system, cp, bp1), decode.index: partitioned(decode.system, cd, bd1)}
     plans = tuple(PoolPlan(p.index, p.config, scaled[p.index]) for p in pools.pools)
     shares = tuple(cp if p.role == "prefill" else cd for p in pools.pools)
     return replace(pools, pools=plans, shared_kv_blocks=blocks, gpu_shares=shares,
-                   alone=tuple(alone[p.index] for p in pools.pools))
+                   base_systems=tuple(p.system for p in pools.pools))

@@ -245,7 +245,7 @@ class PoolEngine:
                 if rt.role == "prefill":
                     replica.handoff = self._handoff_from(rt, replica)
         if shared:
-            self._price_by_contention(table)
+            self._price_by_contention(table, scenario)
         self.layers = max(p.system.model.num_layers for p in pools.pools)
 
     def _encode_pool(self, plan: PoolPlan, scenario: Scenario, recorder: Recorder, rng) -> None:
@@ -295,22 +295,31 @@ class PoolEngine:
         self.log.embed_end_s[rid] = self.env.now
         target.submit(rid)
 
-    def _price_by_contention(self, table: RequestTable) -> None:
-        """Workers sharing GPUs: each priced alone or sharing the HBM, as its partner works or idles."""
-        from simulator.pools.partition import Contention
+    def _price_by_contention(self, table: RequestTable, scenario: Scenario) -> None:
+        """Workers sharing GPUs: each priced alone or sharing the HBM, as its partner works or idles, at its
+        pair's split (moved by semi-PD's controller when ``resplit`` is set)."""
+        from capsim.errors import CapsimError
+        from simulator.pools.partition import Contention, CostsBySplit, Resplitter
 
+        params = self.pools_plan.params
         by_role = {rt.role: rt for rt in self.pools}
-        alone, shared = {}, {}
-        for rt in self.pools:
-            alone_system = self.pools_plan.alone[rt.plan.index]
-            cost = alone_system.cost_model()
-            if alone_system.scheduler_cls.lone_prefills and rt.role == "prefill":
-                cost.prime_lone_prefills(table.prompt)
-            alone[rt.role], shared[rt.role] = cost, rt.replicas[0].cost
+        base = {rt.role: self.pools_plan.base_systems[rt.plan.index] for rt in self.pools}
+        costs = CostsBySplit(base["prefill"], base["decode"], params, table.prompt)
         pairs = list(zip(by_role["prefill"].replicas, by_role["decode"].replicas, strict=True))
-        self.contention = Contention(pairs, alone, shared)
+        self.contention = Contention(pairs, costs, params.prefill_share)
         for prefill, decode in pairs:  # blocks a decode worker frees may be what its prefill worker waits for
             decode.on_finish = self._then_poke(decode.on_finish, prefill)
+        self.resplitter = None
+        if params.resplit is not None:
+            slo = scenario.slo
+            if slo.ttft_s is None or slo.tpot_s is None:
+                raise CapsimError(
+                    "semi-pd's dynamic re-split weighs each phase's latency against its target",
+                    where="serving.resplit", fix="set slo.ttft_s and slo.tpot_s, or remove serving.resplit",
+                )
+            self.resplitter = Resplitter(self.env, self.contention, params.resplit, slo.ttft_s, slo.tpot_s,
+                                         slo.attainment, table)
+            self.env.process(self.resplitter.run())
 
     @staticmethod
     def _then_poke(on_finish, other: Replica):
@@ -632,6 +641,7 @@ def _run_info(
         sim_end_s=end,
         not_arrived=not_arrived,
         pools=tuple(infos),
+        resplits=tuple(engine.resplitter.history) if getattr(engine, "resplitter", None) is not None else (),
         swap_outs=swap_outs,
         swap_ins=swap_ins,
         swap_bytes=swap_bytes,
