@@ -17,6 +17,7 @@ import numpy as np
 import simpy
 
 from simulator.admission import enforce, unservable_mask
+from simulator.clients import ClosedLoopClients, arrived_requests
 from simulator.config.schema import Scenario
 from simulator.kvcache import BlockManager, RetainingBlockManager
 from simulator.metrics.result import RunInfo, SimulationResult
@@ -114,26 +115,11 @@ def simulate(
     replicas: list[Replica] = []
     router = system.router_cls(replicas, rng)
 
-    next_request = [0]
-
-    def submit_next(_event=None) -> None:
-        rid = next_request[0]
-        if rid >= table.n:
-            return
-        next_request[0] = rid + 1
-        table.arrival_s[rid] = env.now
-        replicas[router.pick(rid)].submit(rid)
-
+    clients = None
     on_finish = None
     if closed is not None:
-        think = closed.think_time_s
-
-        def on_finish(finished: np.ndarray, now: float) -> None:
-            for _ in range(len(finished)):
-                if think > 0:
-                    env.timeout(think).callbacks.append(submit_next)
-                else:
-                    submit_next()
+        clients = ClosedLoopClients(env, table, closed, lambda rid: replicas[router.pick(rid)].submit(rid))
+        on_finish = clients.on_finish
 
     make_scheduler = lambda state: system.scheduler_cls(system.scheduler_params, state)  # noqa: E731
     cost = system.cost_model()
@@ -181,23 +167,15 @@ def simulate(
     elif closed is None:
         env.process(_open_loop_arrivals(env, table, replicas, router))
     else:
-        for _ in range(min(closed.concurrency, table.n)):
-            submit_next()
+        clients.start()
 
     if sim.max_time_s is not None:
         env.run(until=sim.max_time_s)
     else:
         env.run()
 
-    # A run stopped by max_time_s before the last arrival: requests that had not arrived (never issued, for a
-    # closed loop) are not part of the measurement -- counting them as unfinished would make attainment depend
-    # on how far the workload reached past the stop. They are dropped from the records and counted.
-    if closed is not None:
-        arrived = next_request[0]
-    elif sim.max_time_s is not None:
-        arrived = int(np.searchsorted(table.arrival_s, env.now, side="left"))  # arrivals are sorted
-    else:
-        arrived = table.n
+    # Requests not yet arrived when max_time_s stopped the run are dropped from the records and counted.
+    arrived = arrived_requests(table, clients, env.now, sim.max_time_s)
     swaps = total_stats([r.state.swap for r in replicas])
     bound = throughput_bound(system, table.prompt[:arrived], table.output[:arrived], engines,
                              blocks_per_engine * dep.block_size)

@@ -28,6 +28,7 @@ import numpy as np
 import simpy
 
 from simulator.admission import enforce, unservable_mask
+from simulator.clients import ClosedLoopClients, arrived_requests
 from simulator.config.schema import Scenario
 from simulator.kvcache import BlockManager
 from simulator.metrics.result import PoolInfo, RunInfo, SimulationResult
@@ -496,27 +497,12 @@ def simulate_pools(scenario: Scenario, *, stream: RequestStream | None = None):
     recorder = Recorder()
     rng = np.random.default_rng(np.random.SeedSequence(scenario.seed).spawn(2)[1])
     closed = stream.closed_loop
-    next_request = [0]
     engine_ref: list[PoolEngine] = []
-
-    def submit_next(_event=None) -> None:
-        rid = next_request[0]
-        if rid >= table.n:
-            return
-        next_request[0] = rid + 1
-        table.arrival_s[rid] = env.now
-        engine_ref[0].submit(rid)
-
+    clients = None
     on_finish = None
     if closed is not None:
-        think = closed.think_time_s
-
-        def on_finish(finished: np.ndarray, now: float) -> None:
-            for _ in range(len(finished)):
-                if think > 0:
-                    env.timeout(think).callbacks.append(submit_next)
-                else:
-                    submit_next()
+        clients = ClosedLoopClients(env, table, closed, lambda rid: engine_ref[0].submit(rid))
+        on_finish = clients.on_finish
 
     images = stream.image_tokens[keep] if stream.image_tokens is not None else None
     engine = PoolEngine(scenario, pools, table, env, recorder, rng, on_finish, images=images)
@@ -524,19 +510,12 @@ def simulate_pools(scenario: Scenario, *, stream: RequestStream | None = None):
     if closed is None:
         env.process(_arrivals(env, table, engine))
     else:
-        for _ in range(min(closed.concurrency, table.n)):
-            submit_next()
+        clients.start()
     if sim.max_time_s is not None:
         env.run(until=sim.max_time_s)
     else:
         env.run()
-
-    if closed is not None:
-        arrived = next_request[0]
-    elif sim.max_time_s is not None:
-        arrived = int(np.searchsorted(table.arrival_s, env.now, side="left"))
-    else:
-        arrived = table.n
+    arrived = arrived_requests(table, clients, env.now, sim.max_time_s)
     info = _run_info(scenario, pools, engine, time.perf_counter() - wall0, float(env.now), table.n - arrived)
     frame = table.to_frame()
     log = engine.log
