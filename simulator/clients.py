@@ -20,9 +20,12 @@ class ClosedLoopClients:
     """``closed.concurrency`` users sending the requests of ``table`` in order through ``submit``."""
 
     def __init__(self, env: simpy.Environment, table: RequestTable, closed: ClosedLoop,
-                 submit: Callable[[int], None]):
+                 submit: Callable[[int], None], seed: int = 0):
         self.env, self.table, self.closed, self._submit = env, table, closed, submit
         self.issued = 0  # requests sent so far (the next one is request ``issued``)
+        # Think times drawn from a stream of their own, so turning the draw on leaves every other draw as it was.
+        self._rng = (np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(3,)))
+                     if closed.think_time_dist == "exponential" else None)
 
     def submit_next(self, _event=None) -> None:
         rid = self.issued
@@ -33,15 +36,21 @@ class ClosedLoopClients:
         self._submit(rid)
 
     def start(self) -> None:
-        for _ in range(min(self.closed.concurrency, self.table.n)):
-            self.submit_next()
+        users = min(self.closed.concurrency, self.table.n)
+        ramp = self.closed.ramp_up_s
+        for i in range(users):
+            if ramp > 0 and i:  # user i starts at i/users of the ramp (user 0 at once)
+                self.env.timeout(ramp * i / users).callbacks.append(self.submit_next)
+            else:
+                self.submit_next()
 
     def on_finish(self, finished: np.ndarray, now: float) -> None:
         """Each finished request frees its user, who sends the next after the think time."""
-        think = self.closed.think_time_s
+        think, rng = self.closed.think_time_s, self._rng
         for _ in range(len(finished)):
-            if think > 0:
-                self.env.timeout(think).callbacks.append(self.submit_next)
+            pause = think if rng is None or think <= 0 else float(rng.exponential(think))
+            if pause > 0:
+                self.env.timeout(pause).callbacks.append(self.submit_next)
             else:
                 self.submit_next()
 

@@ -118,7 +118,8 @@ def simulate(
     clients = None
     on_finish = None
     if closed is not None:
-        clients = ClosedLoopClients(env, table, closed, lambda rid: replicas[router.pick(rid)].submit(rid))
+        clients = ClosedLoopClients(env, table, closed, lambda rid: replicas[router.pick(rid)].submit(rid),
+                                    seed=scenario.seed)
         on_finish = clients.on_finish
 
     make_scheduler = lambda state: system.scheduler_cls(system.scheduler_params, state)  # noqa: E731

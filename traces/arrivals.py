@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from traces.config import WorkloadConfig
 
 #: Workload fields that belong to arrival processes; each process declares the ones it uses.
-ARRIVAL_PARAMETERS = ("qps", "cv", "concurrency", "think_time_s", "servegen")
+ARRIVAL_PARAMETERS = ("qps", "cv", "concurrency", "think_time_s", "think_time_dist", "ramp_up_s", "servegen")
 
 #: Refuse to draw more arrivals than this in one stream (a guard against a typo such as qps: 1e9).
 MAX_REQUESTS = 50_000_000
@@ -229,7 +229,7 @@ class ClosedLoopArrivals(ArrivalProcess):
     count, not a duration.
     """
 
-    uses = frozenset({"concurrency", "think_time_s"})
+    uses = frozenset({"concurrency", "think_time_s", "think_time_dist", "ramp_up_s"})
     description = "closed loop: concurrency users, each waits think_time_s after a response"
 
     def check(self, cfg):
@@ -241,10 +241,13 @@ class ClosedLoopArrivals(ArrivalProcess):
                             "outcome of the run", "workload", "give num_requests (the run length in requests)")
 
     def closed_loop(self, cfg):
-        return ClosedLoop(concurrency=cfg.concurrency, think_time_s=cfg.think_time_s)
+        return ClosedLoop(concurrency=cfg.concurrency, think_time_s=cfg.think_time_s,
+                          think_time_dist=cfg.think_time_dist, ramp_up_s=cfg.ramp_up_s)
 
     def describe(self, cfg):
-        return f"closed-loop({cfg.concurrency} users, think {cfg.think_time_s:g} s)"
+        think = f"think {cfg.think_time_s:g} s" + (" exp" if cfg.think_time_dist == "exponential" else "")
+        ramp = f", ramp {cfg.ramp_up_s:g} s" if cfg.ramp_up_s else ""
+        return f"closed-loop({cfg.concurrency} users, {think}{ramp})"
 
 
 @register_arrival("offline", aliases=("batch", "all-at-once"))

@@ -224,6 +224,14 @@ class WorkloadConfig(_Strict):
     think_time_s: float = Field(
         0.0, ge=0, description="closed-loop: pause between a response and the user's next request, s"
     )
+    think_time_dist: Literal["fixed", "exponential"] = Field(
+        "fixed", description="closed-loop: each pause exactly think_time_s, or drawn (seeded) from an exponential "
+        "with that mean, so users with equal request lengths drift apart instead of moving in lockstep"
+    )
+    ramp_up_s: float = Field(
+        0.0, ge=0, allow_inf_nan=False, description="closed-loop: users start one by one, evenly over this many "
+        "seconds, instead of all at t = 0 (vLLM's and genai-perf's concurrency modes start all at once: 0)"
+    )
     prompt: LengthConfig | None = Field(
         None, description="prompt length distribution (default: from trace if set, else fixed 512)"
     )
@@ -271,7 +279,7 @@ class WorkloadConfig(_Strict):
     @model_validator(mode="after")
     def _check_arrival_parameters(self) -> WorkloadConfig:
         process = ARRIVALS.get(self.arrival)
-        defaults = {"cv": 1.0, "think_time_s": 0.0}
+        defaults = {"cv": 1.0, "think_time_s": 0.0, "think_time_dist": "fixed", "ramp_up_s": 0.0}
         for param in ARRIVAL_PARAMETERS:
             value = getattr(self, param)
             at_default = value is None or (param in defaults and value == defaults[param])

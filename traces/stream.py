@@ -36,6 +36,8 @@ class ClosedLoop:
 
     concurrency: int
     think_time_s: float = 0.0
+    think_time_dist: str = "fixed"  # or "exponential" (mean think_time_s)
+    ramp_up_s: float = 0.0  # users start evenly over this span instead of all at 0
 
     def __post_init__(self) -> None:
         if int(self.concurrency) != self.concurrency or self.concurrency < 1:

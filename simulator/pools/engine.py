@@ -501,7 +501,7 @@ def simulate_pools(scenario: Scenario, *, stream: RequestStream | None = None):
     clients = None
     on_finish = None
     if closed is not None:
-        clients = ClosedLoopClients(env, table, closed, lambda rid: engine_ref[0].submit(rid))
+        clients = ClosedLoopClients(env, table, closed, lambda rid: engine_ref[0].submit(rid), seed=scenario.seed)
         on_finish = clients.on_finish
 
     images = stream.image_tokens[keep] if stream.image_tokens is not None else None
