@@ -162,6 +162,11 @@ def comparison(setup: Setup, check: CheckResult, ok: bool, unplaced: list[Issue]
         return
     if [j.digest for j in last] != [j.digest for j in jobs]:
         st.info("The inputs changed since these results; click **Run comparison** to update them.")
+    else:
+        # Same simulations: judge them against the SLO now set (a new SLO re-scores the stored runs, no re-run).
+        last = jobs
+        st.session_state["last_jobs"] = jobs
+        st.session_state["last_scenarios"] = scenarios
     render_results(last, run_jobs(last))
 
 

@@ -1,0 +1,57 @@
+"""The dashboard views of issue 20 under Streamlit's AppTest: SLO re-scoring, state in the URL, the explained
+verdict, the roofline, frontiers, results folders and per-pool tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("streamlit")
+import streamlit as st  # noqa: E402
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+import app.runner  # noqa: E402
+from app.widgets import widget_key  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGE = ROOT / "app" / "dashboard.py"
+
+
+def page(query: dict[str, str] | None = None) -> AppTest:
+    at = AppTest.from_file(str(PAGE), default_timeout=60)
+    for key, value in (query or {}).items():
+        at.query_params[key] = value
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def small(at: AppTest, requests: int = 60) -> AppTest:
+    at.number_input(key=widget_key(0, "simulation.num_requests")).set_value(requests).run()
+    return at
+
+
+def summary_table(at: AppTest):
+    tables = [t.value for t in at.table if "TTFT p50" in t.value.index]
+    assert tables, "no summary table on the page"
+    return tables[0]
+
+
+def test_changing_an_slo_rescores_the_stored_runs_without_simulating(monkeypatch):
+    calls = []
+    real = app.runner.simulate
+    monkeypatch.setattr(app.runner, "simulate", lambda sc: calls.append(sc.name) or real(sc))
+    st.cache_data.clear()
+    at = small(page())
+    at.button(key="run").click().run()
+    assert len(calls) == 2
+    before = summary_table(at).loc["SLO attainment"].tolist()
+    # A TTFT target no request can meet: every configuration now misses, from the same stored runs.
+    at.number_input(key=widget_key(0, "slo.ttft_s")).set_value(1e-6).run()
+    assert not at.exception
+    assert len(calls) == 2, "a new SLO must not simulate again"
+    after = summary_table(at).loc["SLO attainment"].tolist()
+    assert after != before
+    assert all(cell.startswith("0") for cell in after), after
+    assert not [i for i in at.info if "inputs changed" in i.value]
