@@ -197,6 +197,32 @@ def attainment_frame(out: PlanOutput, names: list[str] | None = None) -> pd.Data
     return frame.sort_values(["candidate", "rate_rps"], kind="stable").reset_index(drop=True)
 
 
+#: Why the analytic pre-pass pruned a candidate without simulating it, in words (statuses of
+#: :data:`simulator.planner.plan.PRUNED`; see :mod:`simulator.planner.bounds`).
+PRUNED_REASONS = {
+    "does-not-fit": "does not fit: the weights and reserves leave no GPU memory for the KV cache",
+    "invalid": "invalid configuration (e.g. TP does not divide the heads, unknown format)",
+    "latency-floor": "latency floor: even served alone on an idle replica too few requests meet the SLO",
+    "too-slow": "too slow: the work the SLO-meeting requests need exceeds the replica-time before their deadlines",
+    "nothing-measured": "nothing measured: the probes produced no measured requests",
+}
+
+
+def pruned_frame(out: PlanOutput) -> pd.DataFrame:
+    """The candidates ruled out without simulation, each with why (in words) and the planner's detail."""
+    c = out.candidates
+    status = c["status"].astype(str)
+    mask = status.isin(PRUNED_REASONS)
+    detail = c["detail"].fillna("").astype(str) if "detail" in c.columns else pd.Series("", index=c.index)
+    frame = pd.DataFrame({
+        "configuration": c.loc[mask, "name"].astype(str),
+        "status": status[mask],
+        "why": status[mask].map(PRUNED_REASONS),
+        "detail": detail[mask],
+    })
+    return frame.reset_index(drop=True)
+
+
 # ---------------------------------------------------------------------------------------------- charts
 def goodput_chart(frame: pd.DataFrame, target: float) -> alt.LayerChart:
     """Horizontal bars of max sustainable rate per candidate, with the target rate as a dashed rule."""
@@ -214,6 +240,21 @@ def goodput_chart(frame: pd.DataFrame, target: float) -> alt.LayerChart:
     )
     return alt.layer(bars, rule).properties(title=f"Max sustainable rate per candidate (target {target:g} req/s)",
                                             width=560)
+
+
+def pareto_chart(frame: pd.DataFrame, metric: str) -> alt.LayerChart:
+    """The Pareto front as a chart: cost per hour against the latency metric, the front as a step line through
+    its points (each point a configuration no other beats on both), labelled by configuration."""
+    data = frame.dropna(subset=["cost_per_hour_usd", metric]).sort_values("cost_per_hour_usd")
+    x = alt.X("cost_per_hour_usd:Q", title="cost ($/h)", scale=alt.Scale(zero=False))
+    y = alt.Y(f"{metric}:Q", title=f"{metric} at the target rate", scale=alt.Scale(zero=False))
+    base = alt.Chart(data).encode(x=x, y=y)
+    line = base.mark_line(interpolate="step-after", color="#4e79a7")
+    points = base.mark_point(filled=True, size=70, color="#4e79a7").encode(
+        tooltip=[c for c in ("configuration", "gpus", "cost_per_hour_usd", "usd_per_million_output_tokens", metric,
+                             "max_rate_rps", "headroom") if c in data.columns])
+    labels = base.mark_text(align="left", dx=6, dy=-6, fontSize=10).encode(text="configuration:N")
+    return alt.layer(line, points, labels).properties(title=f"Pareto front: cost vs {metric}", width=560, height=280)
 
 
 def attainment_spec(frame: pd.DataFrame, goal: float | None) -> ChartSpec:
@@ -316,6 +357,7 @@ def _pareto(out: PlanOutput) -> None:
     })
     st.dataframe(shown, hide_index=True)
     _download(frame, "pareto_front")
+    st.altair_chart(pareto_chart(frame, metric))
 
 
 def _charts(out: PlanOutput) -> None:
@@ -345,6 +387,17 @@ def _charts(out: PlanOutput) -> None:
     _download(data, "attainment_vs_rate")
 
 
+def _pruned(out: PlanOutput) -> None:
+    frame = pruned_frame(out)
+    if frame.empty:
+        return
+    st.subheader(f"Pruned without simulation ({len(frame)})")
+    counts = frame["status"].value_counts()
+    st.caption("; ".join(f"{n} {status}" for status, n in counts.items()))
+    st.dataframe(frame, hide_index=True)
+    _download(frame, "pruned_candidates")
+
+
 def render_plan_view(results_dir: Path) -> None:
     """The whole section; every bad input ends in an inline ``st.error``, never a traceback."""
     st.caption("Show the answer of `capsim plan FILE --out DIR`: the cheapest configuration that serves the "
@@ -356,6 +409,7 @@ def render_plan_view(results_dir: Path) -> None:
         _headline(out)
         _pareto(out)
         _charts(out)
+        _pruned(out)
         with st.expander("All candidates"):
             st.dataframe(out.candidates, hide_index=True)
             _download(out.candidates, "candidates")

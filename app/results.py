@@ -8,6 +8,7 @@ so redrawing is instant.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,7 +16,15 @@ import pandas as pd
 import streamlit as st
 
 from app.analysis import RunData
-from app.charts import ChartSpec, altair_chart, breakdown_specs, latency_cdf_spec, sweep_spec, timeline_spec
+from app.charts import (
+    SLO_TARGET_KEYS,
+    ChartSpec,
+    altair_chart,
+    breakdown_specs,
+    latency_cdf_spec,
+    sweep_spec,
+    timeline_spec,
+)
 from app.export import csv_bytes, png_bytes
 from app.runner import (
     Job,
@@ -43,6 +52,11 @@ def _combined(datas: Sequence[RunData], attr: str) -> pd.DataFrame:
     frames = [getattr(d, attr).assign(configuration=d.name) for d in datas]
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     return frame[["configuration", *[c for c in frame.columns if c != "configuration"]]]
+
+
+def slo_targets(summary: dict[str, Any]) -> dict[str, float | None]:
+    """The SLO targets a summary was scored against (``slo_ttft_s`` ...; None where no target is set)."""
+    return {key: summary.get(key) for key in SLO_TARGET_KEYS.values()}
 
 
 def chart_with_downloads(spec: ChartSpec, digest: str) -> None:
@@ -78,7 +92,9 @@ def render_results(jobs: Sequence[Job], outcomes: Sequence[RunData | RunFailure]
     show_failures([o for o in outcomes if isinstance(o, RunFailure)])
     if not datas:
         return
-    digest = "-".join(j.digest[:8] for j in jobs)
+    # The SLO is not in a job's digest (a new SLO re-scores the same runs), but the CDF chart draws its targets.
+    slo_tag = hashlib.sha256("".join(j.slo_json for j in jobs).encode()).hexdigest()[:8]
+    digest = "-".join(j.digest[:8] for j in jobs) + "-" + slo_tag
     met, text = verdict([d.summary for d in datas], [d.slo_quantiles for d in datas])
     (st.success if met else st.warning)(text)
 
@@ -89,16 +105,19 @@ def render_results(jobs: Sequence[Job], outcomes: Sequence[RunData | RunFailure]
 
     tabs = st.tabs(["Latency CDFs", "Throughput & batch", "KV memory", "Time breakdown"])
     with tabs[0]:
-        chart_with_downloads(latency_cdf_spec(_combined(datas, "cdf")), digest)
+        chart_with_downloads(latency_cdf_spec(_combined(datas, "cdf"), slo_targets(datas[0].summary)), digest)
     timeline = _combined(datas, "timeline")
+    capacity = {d.name: d.summary.get("kv_capacity_gib_per_gpu") for d in datas}
+    timeline["kv_capacity_gib"] = timeline["configuration"].map(capacity).astype(float)
     with tabs[1]:
         chart_with_downloads(timeline_spec(timeline, "output_tokens_per_s", "Output tokens per second",
                                            "output tokens/s"), digest)
         chart_with_downloads(timeline_spec(timeline, "batch_size", "Batch size (mean sequences per iteration)",
                                            "sequences per iteration"), digest)
     with tabs[2]:
-        chart_with_downloads(timeline_spec(timeline, "kv_used_gib", "KV cache in use (per GPU, mean over replicas)",
-                                           "GiB per GPU"), digest)
+        chart_with_downloads(timeline_spec(timeline, "kv_used_gib", "KV cache in use (per GPU, mean over replicas; "
+                                           "dashed: KV capacity)", "GiB per GPU", rule_column="kv_capacity_gib",
+                                           rule_label="KV capacity (GiB per GPU)"), digest)
     with tabs[3]:
         render_breakdown(datas, digest)
     # A plain section, not a tab or expander: its button re-runs the page, which would switch tabs back to the

@@ -10,7 +10,13 @@ import pytest
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from app.plan_view import find_plan_folders, goodput_frame, load_plan_files, load_plan_folder  # noqa: E402
+from app.plan_view import (  # noqa: E402
+    find_plan_folders,
+    goodput_frame,
+    load_plan_files,
+    load_plan_folder,
+    pruned_frame,
+)
 from capsim.errors import CapsimError  # noqa: E402
 from simulator.planner import load_plan, run_plan  # noqa: E402
 from simulator.sweep import LocalExecutor  # noqa: E402
@@ -68,8 +74,9 @@ def test_plan_tab_shows_cheapest_pareto_and_charts(planned):
     assert list(pareto["configuration"]) == [c.name for c in result.pareto]
     # the goodput bars and the attainment lines are drawn (each with a CSV download)
     charts = [json.loads(el.proto.spec) for el in at.get("vega_lite_chart")]
-    assert len(charts) == 2
-    goodput, attainment = (json.dumps(c) for c in charts)
+    assert len(charts) == 3
+    front, goodput, attainment = (json.dumps(c) for c in charts)
+    assert '"point"' in front and "cost_per_hour_usd" in front  # the Pareto front as a chart (issue 20)
     assert '"bar"' in goodput and '"rule"' in goodput and "max_rate_rps" in goodput  # bars and the target rule
     assert '"line"' in attainment and "slo_attainment" in attainment and "rate_rps" in attainment
     keys = {b.proto.id for b in at.get("download_button")}
@@ -130,9 +137,23 @@ def test_switching_plan_folders_keeps_the_attainment_chart(planned, tmp_path):
     plan, candidates = load_plan(plan_file)
     run_plan(plan, candidates, out_dir=tmp_path / "out", executor=LocalExecutor(max_workers=1), plots=False)
     at = plan_tab(first)
-    assert len(at.get("vega_lite_chart")) == 2
+    assert len(at.get("vega_lite_chart")) == 3
     at.text_input(key="plan-folder").set_value(str(tmp_path / "out")).run()
     assert not at.exception, [e.value for e in at.exception]
     picked = [m.value for m in at.multiselect if m.label == "candidates"]
     assert picked and picked[0] and all("num_replicas" in name for name in picked[0])
-    assert len(at.get("vega_lite_chart")) == 2
+    assert len(at.get("vega_lite_chart")) == 3
+
+
+def test_pruned_candidates_are_shown_with_their_reason(planned):
+    """Issue 20: a candidate the analytic pre-pass rules out is listed with why, in words, not only as a raw row."""
+    out, result = planned
+    pruned = [c for c in result.candidates if c.pruned]
+    assert pruned, "the tiny plan prunes L4"
+    frame = pruned_frame(load_plan_folder(out))
+    assert set(frame["configuration"]) == {c.name for c in pruned}
+    assert frame["why"].str.len().gt(20).all() and frame["detail"].str.len().gt(0).all()
+    at = plan_tab(out)
+    assert any(h.value.startswith("Pruned without simulation") for h in at.subheader)
+    shown = [d.value for d in at.dataframe if "why" in d.value.columns]
+    assert shown and set(shown[0]["configuration"]) == {c.name for c in pruned}

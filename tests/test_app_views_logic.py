@@ -1,0 +1,61 @@
+"""The views of issue 20 without Streamlit: per-chart fixes, verdict causes, roofline, frontiers, results folders,
+per-pool tables and the set-up in the URL."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+
+from app.charts import altair_chart, latency_cdf_spec, timeline_spec
+from app.export import png_bytes
+
+
+def _timeline() -> pd.DataFrame:
+    """Two configurations, one ten times slower than the other."""
+    fast = pd.DataFrame({"configuration": "fast", "time_s": np.linspace(0, 100, 20), "kv_used_gib": 1.0,
+                         "kv_capacity_gib": 40.0})
+    slow = pd.DataFrame({"configuration": "slow", "time_s": np.linspace(0, 1000, 20), "kv_used_gib": 2.0,
+                         "kv_capacity_gib": 20.0})
+    return pd.concat([fast, slow], ignore_index=True)
+
+
+def _walk(node, found):
+    if isinstance(node, dict):
+        found.append(node)
+        for v in node.values():
+            _walk(v, found)
+    elif isinstance(node, list):
+        for v in node:
+            _walk(v, found)
+    return found
+
+
+def test_time_series_give_each_configuration_its_own_time_axis():
+    spec = timeline_spec(_timeline(), "kv_used_gib", "KV", "GiB", rule_column="kv_capacity_gib", rule_label="cap")
+    vl = altair_chart(spec).to_dict()
+    assert vl["facet"]["field"] == "configuration"
+    assert vl["resolve"]["scale"]["x"] == "independent"
+    # One configuration alone keeps a single panel.
+    one = timeline_spec(_timeline().query("configuration == 'fast'"), "kv_used_gib", "KV", "GiB")
+    assert "facet" not in altair_chart(one).to_dict()
+
+
+def test_kv_chart_draws_each_configurations_capacity():
+    spec = timeline_spec(_timeline(), "kv_used_gib", "KV", "GiB", rule_column="kv_capacity_gib", rule_label="cap")
+    marks = [n for n in _walk(altair_chart(spec).to_dict(), []) if n.get("mark") in ("rule", {"type": "rule"})
+             or (isinstance(n.get("mark"), dict) and n["mark"].get("type") == "rule")]
+    assert marks and "kv_capacity_gib" in json.dumps(marks[0]["encoding"])
+    assert png_bytes(spec, dpi=40).startswith(b"\x89PNG")
+
+
+def test_latency_cdfs_carry_the_slo_targets_as_lines():
+    cdf = pd.DataFrame({"configuration": "a", "metric": ["TTFT", "TTFT", "TPOT", "TPOT"],
+                        "latency_s": [0.1, 0.2, 0.01, 0.02], "fraction": [0.5, 1.0, 0.5, 1.0]})
+    spec = latency_cdf_spec(cdf, {"slo_ttft_s": 0.5, "slo_tpot_s": None})
+    assert spec.frame.loc[spec.frame["metric"] == "TTFT", "slo_target_s"].eq(0.5).all()
+    assert spec.frame.loc[spec.frame["metric"] == "TPOT", "slo_target_s"].isna().all()
+    text = json.dumps(altair_chart(spec).to_dict())
+    assert '"rule"' in text and "slo_target_s" in text
+    assert png_bytes(spec, dpi=40).startswith(b"\x89PNG")
