@@ -28,6 +28,7 @@ try:  # `streamlit run app/dashboard.py` puts app/ on sys.path, not the reposito
 except ImportError:  # pragma: no cover -- only without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from app import permalink  # noqa: E402
 from app.checks import CheckResult, Issue, check_setup  # noqa: E402
 from app.fields import describe_field  # noqa: E402
 from app.inputs import configuration_inputs, model_input, simulation_input, slo_input, workload_input  # noqa: E402
@@ -112,8 +113,29 @@ def inputs(loaded: Setup, form: Form) -> Setup:
     return Setup(shared, configurations)
 
 
+def restore_from_url() -> None:
+    """Load the set-up held in the page's URL (a reload or a shared link), once per distinct link."""
+    value = st.query_params.get(permalink.PARAM)
+    if not value or value == st.session_state.get("url-state"):
+        return
+    st.session_state["url-state"] = value
+    try:
+        _load(permalink.decode(value), "the page's link")
+    except CapsimError as exc:
+        st.session_state["load_notes"] = [f"could not restore the set-up from the link: {exc.render()}"]
+
+
+def save_to_url(setup: Setup) -> None:
+    """Keep the current set-up in the URL (reload restores it; the address bar is a shareable link)."""
+    value = permalink.encode(to_yaml(setup))
+    st.session_state["url-state"] = value
+    if st.query_params.get(permalink.PARAM) != value:
+        st.query_params[permalink.PARAM] = value
+
+
 def main() -> None:
     st.set_page_config(page_title="capsim what-if", layout="wide")
+    restore_from_url()
     loaded, generation = _state()
     form = Form(generation)
     download_slot = file_section()
@@ -122,6 +144,8 @@ def main() -> None:
     check = check_setup(setup)
     unplaced = render_issues(form, [*form.issues, *check.issues])
     ok = check.ok and not form.issues
+    if ok:
+        save_to_url(setup)
     download_slot.download_button(
         "Download scenario YAML", to_yaml(setup), file_name=f"{setup.shared['name']}.yaml", mime="application/x-yaml",
         key="download-yaml", disabled=not ok, on_click="ignore",

@@ -59,3 +59,30 @@ def test_changing_an_slo_rescores_the_stored_runs_without_simulating(monkeypatch
     assert after != before
     assert all(cell.startswith("0") for cell in after), after
     assert not [i for i in at.info if "inputs changed" in i.value]
+
+
+def test_the_whole_set_up_lives_in_the_url_and_a_reload_restores_it():
+    at = small(page())
+    at.number_input(key=widget_key(0, "configurations.count")).set_value(3).run()
+    at.number_input(key=widget_key(0, "slo.ttft_s")).set_value(0.75).run()
+    assert not at.exception
+    link = at.query_params["setup"]
+    link = link[0] if isinstance(link, list) else link
+    assert link
+    # A fresh session (a reload, or the link opened by someone else) comes back with the same set-up.
+    again = page({"setup": link})
+    keys = {w.key for w in again.number_input}
+    count_key = next(k for k in keys if k.endswith("configurations-count"))
+    assert again.number_input(key=count_key).value == 3
+    ttft_key = next(k for k in keys if k.endswith("slo-ttft_s"))
+    assert again.number_input(key=ttft_key).value == pytest.approx(0.75)
+    requests_key = next(k for k in keys if k.endswith("simulation-num_requests"))
+    assert again.number_input(key=requests_key).value == 60
+    assert not again.error
+
+
+def test_a_damaged_link_is_explained_not_a_traceback():
+    at = page({"setup": "not-a-capsim-link!!"})
+    assert not at.exception
+    notes = " ".join(c.value for c in at.sidebar.caption)
+    assert "could not restore the set-up from the link" in notes and "damaged" in notes
