@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from app.charts import altair_chart, latency_cdf_spec, timeline_spec
 from app.export import png_bytes
@@ -59,3 +60,33 @@ def test_latency_cdfs_carry_the_slo_targets_as_lines():
     text = json.dumps(altair_chart(spec).to_dict())
     assert '"rule"' in text and "slo_target_s" in text
     assert png_bytes(spec, dpi=40).startswith(b"\x89PNG")
+
+
+def _summary(**over):
+    base = {"name": "x", "slo_met": False, "overloaded": False, "slo_attainment": 0.5, "slo_target_attainment": 0.9,
+            "queue_mean_s": 8.0, "ttft_mean_s": 9.0, "e2e_mean_s": 10.0, "kv_util_peak": 0.5, "preemptions": 0,
+            "offered_rps": 4.0, "served_rps": 1.8, "cost_per_million_output_tokens_usd": 1.0}
+    return {**base, **over}
+
+
+def test_time_shares_split_the_mean_request_into_queue_prefill_and_decode():
+    from app.tables import time_shares
+
+    shares = time_shares(_summary())
+    assert shares == pytest.approx({"queueing": 0.8, "prefill": 0.1, "decode": 0.1})
+    assert time_shares(_summary(e2e_mean_s=float("nan"))) == {}
+
+
+def test_the_verdict_explains_why_a_configuration_misses():
+    from app.tables import display_table, verdict
+
+    queued = _summary(name="queued")
+    kv_bound = _summary(name="kv", queue_mean_s=0.1, ttft_mean_s=0.3, e2e_mean_s=10.0, kv_util_peak=0.995,
+                        preemptions=12)
+    overloaded = _summary(name="slow", overloaded=True, slo_met=True)
+    _, text = verdict([queued, kv_bound, overloaded], [{}, {}, {}])
+    assert "queued misses it" in text and "waiting in the queue, 80.0%" in text
+    assert "decode (first token to finish)" in text and "KV cache fills up" in text and "12 preemptions" in text
+    assert "slow is overloaded" in text and "served 1.80 of 4.00 req/s offered. Why: most" in text
+    table = display_table([queued])
+    assert table.loc["time share: queue / prefill / decode", "queued"] == "80.0% / 10.0% / 10.0%"
