@@ -57,6 +57,7 @@ class RunData:
     slo_quantiles: dict[str, float] = field(default_factory=dict)  # metric -> value at the attainment quantile
     result: SimulationResult | None = None  # the run's records, kept so that a new SLO re-scores without simulating
     extra: dict[str, Any] = field(default_factory=dict)  # summary keys that need the system (KV capacity, weights)
+    peaks: tuple[float, float] = (math.nan, math.nan)  # the device's peak FLOP/s and HBM bytes/s per GPU (roofline)
 
 
 def integrate_steps(starts: np.ndarray, ends: np.ndarray, values: np.ndarray, edges: np.ndarray) -> np.ndarray:
@@ -237,4 +238,5 @@ def analyse(output: RunOutput, slo: SLOConfig, name: str) -> RunData:
         slo_quantiles=slo_quantiles(output.result, slo),
         result=output.result,
         extra=extra,
+        peaks=(float(output.result.info.peak_flops_per_gpu), float(output.result.info.mem_bandwidth_per_gpu)),
     )

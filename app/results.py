@@ -26,6 +26,7 @@ from app.charts import (
     timeline_spec,
 )
 from app.export import csv_bytes, png_bytes
+from app.roofline import roofline_chart, roofline_frame
 from app.runner import (
     Job,
     RunFailure,
@@ -103,7 +104,7 @@ def render_results(jobs: Sequence[Job], outcomes: Sequence[RunData | RunFailure]
     st.download_button("Download summary (CSV)", csv_bytes(csv_table([d.summary for d in datas])),
                        file_name="summary.csv", mime="text/csv", key="download-summary-csv", on_click="ignore")
 
-    tabs = st.tabs(["Latency CDFs", "Throughput & batch", "KV memory", "Time breakdown"])
+    tabs = st.tabs(["Latency CDFs", "Throughput & batch", "KV memory", "Time breakdown", "Roofline"])
     with tabs[0]:
         chart_with_downloads(latency_cdf_spec(_combined(datas, "cdf"), slo_targets(datas[0].summary)), digest)
     timeline = _combined(datas, "timeline")
@@ -120,6 +121,8 @@ def render_results(jobs: Sequence[Job], outcomes: Sequence[RunData | RunFailure]
                                            rule_label="KV capacity (GiB per GPU)"), digest)
     with tabs[3]:
         render_breakdown(datas, digest)
+    with tabs[4]:
+        render_roofline(datas)
     # A plain section, not a tab or expander: its button re-runs the page, which would switch tabs back to the
     # first one (or fold an expander) and hide the sweep just run.
     st.subheader("Load sweep")
@@ -138,6 +141,22 @@ def render_breakdown(datas: Sequence[RunData], digest: str) -> None:
     by_class, by_bound = breakdown_specs(_combined(datas, "breakdown"))
     chart_with_downloads(by_class, digest)
     chart_with_downloads(by_bound, digest)
+
+
+def render_roofline(datas: Sequence[RunData]) -> None:
+    st.caption(
+        "Each operator of the representative prefill and decode iterations (the shapes above) on its device's "
+        "roofline: x is FLOPs per HBM byte, y the FLOP/s the cost model prices it at (FLOPs / time); the line is "
+        "min(peak FLOP/s, bandwidth × intensity) from the device's datasheet for the deployment's compute format. "
+        "Points left of the ridge are memory-bound. Communication and overheads have no place on a roofline."
+    )
+    frame = roofline_frame(_combined(datas, "breakdown"), [(d.name, *d.peaks) for d in datas])
+    if frame.empty or not (frame["kind"] == "operator").any():
+        st.info("Roofline: no operators to place (nothing was measured).")
+        return
+    st.altair_chart(roofline_chart(frame))
+    st.download_button("CSV", csv_bytes(frame), file_name="roofline.csv", mime="text/csv", key="csv-roofline",
+                       on_click="ignore")
 
 
 def sweep_supported(scenario: Scenario) -> bool:

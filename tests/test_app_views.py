@@ -51,6 +51,7 @@ def test_changing_an_slo_rescores_the_stored_runs_without_simulating(monkeypatch
     assert any("slo_target_s" in s and '"rule"' in s for s in specs), "the CDFs draw the SLO targets"
     assert any("kv_capacity_gib" in s and '"rule"' in s for s in specs), "the KV chart draws the capacity"
     assert any('"independent"' in s and "time_s" in s for s in specs), "time series get their own time axes"
+    assert any("attainable_flops_per_s" in s for s in specs), "the roofline view is drawn"
     # A TTFT target no request can meet: every configuration now misses, from the same stored runs.
     at.number_input(key=widget_key(0, "slo.ttft_s")).set_value(1e-6).run()
     assert not at.exception

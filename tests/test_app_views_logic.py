@@ -90,3 +90,34 @@ def test_the_verdict_explains_why_a_configuration_misses():
     assert "slow is overloaded" in text and "served 1.80 of 4.00 req/s offered. Why: most" in text
     table = display_table([queued])
     assert table.loc["time share: queue / prefill / decode", "queued"] == "80.0% / 10.0% / 10.0%"
+
+
+@pytest.fixture(scope="module")
+def small_run():
+    from app.analysis import analyse
+    from app.setup import default_setup, scenario_data
+    from simulator.config.schema import Scenario
+    from simulator.engine import simulate
+
+    setup = default_setup()
+    setup.shared["simulation"] = {"num_requests": 60}
+    scenario = Scenario.model_validate(scenario_data(setup)[0])
+    return analyse(simulate(scenario), scenario.slo, scenario.name)
+
+
+def test_roofline_places_every_priced_operator_under_its_devices_roof(small_run):
+    from app.roofline import roofline_chart, roofline_frame
+
+    peak, bandwidth = small_run.peaks
+    assert peak > 1e14 and bandwidth > 1e12  # the H100's datasheet figures, not placeholders
+    frame = roofline_frame(small_run.breakdown.assign(configuration="a"), [("a", peak, bandwidth)])
+    ops = frame[frame["kind"] == "operator"]
+    assert set(ops["phase"]) == {"prefill", "decode"}
+    roof_at = np.minimum(peak, bandwidth * ops["intensity_flop_per_byte"])
+    assert (ops["flops_per_s"] <= roof_at * (1 + 1e-9)).all()  # nothing beats the hardware
+    # A decode step's projections read every weight for a few tokens; a prefill's reuse them across the prompt.
+    mlp = ops[ops["operator"] == "mlp"].set_index("phase")["intensity_flop_per_byte"]
+    assert mlp["prefill"] > 20 * mlp["decode"]
+    assert "communication" not in set(ops["op_class"])
+    text = json.dumps(roofline_chart(frame).to_dict())
+    assert '"log"' in text and "attainable_flops_per_s" in text
