@@ -26,6 +26,8 @@ from app.charts import (
     timeline_spec,
 )
 from app.export import csv_bytes, png_bytes
+from app.frontiers import COLUMNS as FRONTIER_COLUMNS
+from app.frontiers import cost_latency_chart, frontier_frame, frontier_row, throughput_interactivity_chart
 from app.roofline import roofline_chart, roofline_frame
 from app.runner import (
     Job,
@@ -104,7 +106,7 @@ def render_results(jobs: Sequence[Job], outcomes: Sequence[RunData | RunFailure]
     st.download_button("Download summary (CSV)", csv_bytes(csv_table([d.summary for d in datas])),
                        file_name="summary.csv", mime="text/csv", key="download-summary-csv", on_click="ignore")
 
-    tabs = st.tabs(["Latency CDFs", "Throughput & batch", "KV memory", "Time breakdown", "Roofline"])
+    tabs = st.tabs(["Latency CDFs", "Throughput & batch", "KV memory", "Time breakdown", "Roofline", "Frontiers"])
     with tabs[0]:
         chart_with_downloads(latency_cdf_spec(_combined(datas, "cdf"), slo_targets(datas[0].summary)), digest)
     timeline = _combined(datas, "timeline")
@@ -123,6 +125,8 @@ def render_results(jobs: Sequence[Job], outcomes: Sequence[RunData | RunFailure]
         render_breakdown(datas, digest)
     with tabs[4]:
         render_roofline(datas)
+    with tabs[5]:
+        render_frontiers(frontier_frame([d.summary for d in datas]), "frontiers")
     # A plain section, not a tab or expander: its button re-runs the page, which would switch tabs back to the
     # first one (or fold an expander) and hide the sweep just run.
     st.subheader("Load sweep")
@@ -141,6 +145,18 @@ def render_breakdown(datas: Sequence[RunData], digest: str) -> None:
     by_class, by_bound = breakdown_specs(_combined(datas, "breakdown"))
     chart_with_downloads(by_class, digest)
     chart_with_downloads(by_bound, digest)
+
+
+def render_frontiers(frame: pd.DataFrame, key: str) -> None:
+    """Cost against latency and tokens/s per GPU against tokens/s per user (see :mod:`app.frontiers`)."""
+    st.caption("Each configuration at the compared load (shape: meets the SLO, misses it, or overloaded). Tokens/s "
+               "per GPU is the served output rate per GPU; tokens/s per user is 1 / mean TPOT. The load sweep below "
+               "adds one point per rate.")
+    left, right = st.columns(2)
+    left.altair_chart(cost_latency_chart(frame))
+    right.altair_chart(throughput_interactivity_chart(frame))
+    st.download_button("CSV", csv_bytes(frame), file_name=f"{key}.csv", mime="text/csv", key=f"csv-{key}",
+                       on_click="ignore")
 
 
 def render_roofline(datas: Sequence[RunData]) -> None:
@@ -196,3 +212,6 @@ def render_sweep_controls() -> None:
         target = scenarios[0].slo.attainment
         chart_with_downloads(sweep_spec(frame, target), "sweep-" + "-".join(j.digest[:6] for _, _, j in sweep))
         st.table(highest_sustained_rate(frame).to_frame().fillna("none"))
+        rows = [frontier_row(o.summary, r) for (_, r, _), o in zip(sweep, outcomes, strict=True)
+                if isinstance(o, RunData)]
+        render_frontiers(pd.DataFrame(rows, columns=FRONTIER_COLUMNS), "sweep-frontiers")

@@ -52,6 +52,8 @@ def test_changing_an_slo_rescores_the_stored_runs_without_simulating(monkeypatch
     assert any("kv_capacity_gib" in s and '"rule"' in s for s in specs), "the KV chart draws the capacity"
     assert any('"independent"' in s and "time_s" in s for s in specs), "time series get their own time axes"
     assert any("attainable_flops_per_s" in s for s in specs), "the roofline view is drawn"
+    assert any("tokens_per_s_per_user" in s for s in specs), "tokens/s per GPU vs per user is drawn"
+    assert any("usd_per_million_output_tokens" in s and "ttft_p90_s" in s for s in specs), "cost vs latency"
     # A TTFT target no request can meet: every configuration now misses, from the same stored runs.
     at.number_input(key=widget_key(0, "slo.ttft_s")).set_value(1e-6).run()
     assert not at.exception

@@ -121,3 +121,17 @@ def test_roofline_places_every_priced_operator_under_its_devices_roof(small_run)
     assert "communication" not in set(ops["op_class"])
     text = json.dumps(roofline_chart(frame).to_dict())
     assert '"log"' in text and "attainable_flops_per_s" in text
+
+
+def test_frontier_points_come_from_the_summary(small_run):
+    from app.frontiers import cost_latency_chart, frontier_frame, throughput_interactivity_chart
+
+    s = small_run.summary
+    frame = frontier_frame([s, {**s, "name": "b", "overloaded": True}])
+    row = frame.iloc[0]
+    assert row["tokens_per_s_per_gpu"] == pytest.approx(s["served_output_tps"] / s["num_gpus"])
+    assert row["tokens_per_s_per_user"] == pytest.approx(1 / s["tpot_mean_s"])
+    assert row["usd_per_million_output_tokens"] == s["cost_per_million_output_tokens_usd"]
+    for chart in (cost_latency_chart(frame), throughput_interactivity_chart(frame)):
+        text = json.dumps(chart.to_dict())
+        assert "overloaded" in text and '"point"' in text
