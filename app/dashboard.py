@@ -153,7 +153,7 @@ def main() -> None:
     )
 
     st.title("capsim: what-if comparison")
-    compare, plan = st.tabs(["Compare configurations", "Capacity plan"])
+    compare, plan = st.tabs(["Compare configurations", "Results folder (plan, run, sweep)"])
     with plan:  # drawn first: the comparison's run button then still marks the end of a page load
         render_plan_view(RESULTS_DIR)
     with compare:

@@ -26,6 +26,7 @@ import streamlit as st
 
 from app.charts import ChartSpec, altair_chart
 from app.export import csv_bytes
+from app.results_folder import find_results_folders, folder_kind
 from capsim.errors import CapsimError
 from simulator.metrics.table import fmt_number, fmt_seconds, fmt_usd
 
@@ -291,13 +292,20 @@ def _source(results_dir: Path) -> PlanOutput | None:
     how = st.radio("plan output", ["folder", "upload files"], horizontal=True, key="plan-source",
                    label_visibility="collapsed")
     if how == "folder":
-        folders = find_plan_folders(results_dir)
+        folders = find_results_folders(results_dir)
         default = str(folders[0]) if folders else ""
-        folder = st.text_input("plan output folder (`capsim plan FILE --out DIR`)", value=default, key="plan-folder",
-                               placeholder="results/plan")
+        folder = st.text_input("results folder (`capsim plan`, `capsim run` or `capsim sweep` with `--out DIR`)",
+                               value=default, key="plan-folder", placeholder="results/plan")
         if not folder.strip():
-            st.info("No plan output under results/ yet. Run `capsim plan scenarios/plan_example.yaml --out "
-                    "results/plan`, then give the folder here (or upload plan.json and candidates.csv).")
+            st.info("No results under results/ yet. Run `capsim plan scenarios/plan_example.yaml --out "
+                    "results/plan` (or `capsim run` / `capsim sweep` with `--out`), then give the folder here "
+                    "(or upload a plan's plan.json and candidates.csv).")
+            return None
+        kind = folder_kind(folder.strip())
+        if kind in ("run", "sweep"):
+            from app.results import render_run_folder, render_sweep_folder  # the comparison's views
+
+            (render_run_folder if kind == "run" else render_sweep_folder)(folder.strip())
             return None
         return _cached_folder(folder.strip(), _stamp(folder))
     left, mid, right = st.columns(3)

@@ -28,6 +28,8 @@ from app.charts import (
 from app.export import csv_bytes, png_bytes
 from app.frontiers import COLUMNS as FRONTIER_COLUMNS
 from app.frontiers import cost_latency_chart, frontier_frame, frontier_row, throughput_interactivity_chart
+from app.pools_table import pool_frame
+from app.results_folder import RATE, SweepView, load_run_folder, load_sweep_folder, sweep_summaries
 from app.roofline import roofline_chart, roofline_frame
 from app.runner import (
     Job,
@@ -105,6 +107,7 @@ def render_results(jobs: Sequence[Job], outcomes: Sequence[RunData | RunFailure]
     st.table(display_table([d.summary for d in datas]))
     st.download_button("Download summary (CSV)", csv_bytes(csv_table([d.summary for d in datas])),
                        file_name="summary.csv", mime="text/csv", key="download-summary-csv", on_click="ignore")
+    render_pools([d.summary for d in datas])
 
     tabs = st.tabs(["Latency CDFs", "Throughput & batch", "KV memory", "Time breakdown", "Roofline", "Frontiers"])
     with tabs[0]:
@@ -145,6 +148,19 @@ def render_breakdown(datas: Sequence[RunData], digest: str) -> None:
     by_class, by_bound = breakdown_specs(_combined(datas, "breakdown"))
     chart_with_downloads(by_class, digest)
     chart_with_downloads(by_bound, digest)
+
+
+def render_pools(summaries: Sequence[dict[str, Any]], key: str = "pools") -> None:
+    """The per-pool table of multi-pool runs (nothing for single-pool runs)."""
+    frame = pool_frame(summaries)
+    if frame.empty:
+        return
+    st.subheader("Per pool")
+    st.caption("Each pool of a multi-pool deployment: its GPUs, how busy it was, its MFU/MBU, batch, KV occupancy, "
+               "energy and cost over the measurement window.")
+    st.dataframe(frame, hide_index=True)
+    st.download_button("CSV", csv_bytes(frame), file_name=f"{key}.csv", mime="text/csv", key=f"csv-{key}",
+                       on_click="ignore")
 
 
 def render_frontiers(frame: pd.DataFrame, key: str) -> None:
@@ -215,3 +231,37 @@ def render_sweep_controls() -> None:
         rows = [frontier_row(o.summary, r) for (_, r, _), o in zip(sweep, outcomes, strict=True)
                 if isinstance(o, RunData)]
         render_frontiers(pd.DataFrame(rows, columns=FRONTIER_COLUMNS), "sweep-frontiers")
+
+
+def render_run_folder(folder: str) -> None:
+    """A ``capsim run --out`` folder: the verdict, the summary table, per-pool table and frontiers from its
+    summary.json files (the records are not re-analysed; run the comparison on the page for the charts)."""
+    summaries = load_run_folder(folder)
+    st.caption(f"{folder} — `capsim run` output: {len(summaries)} configuration(s), read from summary.json.")
+    met, text = verdict(summaries, [{} for _ in summaries])
+    (st.success if met else st.warning)(text)
+    st.table(display_table(summaries))
+    st.download_button("Download summary (CSV)", csv_bytes(csv_table(summaries)), file_name="summary.csv",
+                       mime="text/csv", key="folder-summary-csv", on_click="ignore")
+    render_pools(summaries, "folder-pools")
+    render_frontiers(frontier_frame(summaries), "folder-frontiers")
+
+
+def render_sweep_folder(folder: str) -> None:
+    """A ``capsim sweep --out`` folder: attainment against rate per configuration, the highest rate each sustains,
+    the frontiers with one point per run, and the whole table."""
+    frame = load_sweep_folder(folder)
+    st.caption(f"{folder} — `capsim sweep` output: {len(frame)} runs, "
+               f"{frame['configuration'].nunique() if len(frame) else 0} configurations.")
+    attainment = SweepView(frame).attainment()
+    if not attainment.empty:
+        target = frame["slo.attainment"].iloc[0] if "slo.attainment" in frame.columns else None
+        chart_with_downloads(sweep_spec(attainment, float(target) if target is not None else None),
+                             f"folder-sweep-{abs(hash(folder))}")
+        st.table(highest_sustained_rate(attainment).to_frame().fillna("none"))
+    summaries = sweep_summaries(frame)
+    rows = [frontier_row(s, s.get(RATE)) for s in summaries]
+    render_frontiers(pd.DataFrame(rows, columns=FRONTIER_COLUMNS), "folder-sweep-frontiers")
+    render_pools(summaries, "folder-sweep-pools")
+    with st.expander("All runs"):
+        st.dataframe(frame, hide_index=True)

@@ -157,3 +157,64 @@ def test_pruned_candidates_are_shown_with_their_reason(planned):
     assert any(h.value.startswith("Pruned without simulation") for h in at.subheader)
     shown = [d.value for d in at.dataframe if "why" in d.value.columns]
     assert shown and set(shown[0]["configuration"]) == {c.name for c in pruned}
+
+
+@pytest.fixture(scope="module")
+def cli_outputs(tmp_path_factory):
+    """A one-configuration and a two-configuration `capsim run --out`, and a `capsim sweep --out` (2 rates x 2
+    devices), each tiny."""
+    from typer.testing import CliRunner
+
+    from simulator.cli import app as cli_app
+
+    base = tmp_path_factory.mktemp("folders")
+    body = PLAN.split("search:")[0].replace("name: tiny-plan", "name: tiny")
+    (base / "one.yaml").write_text(body + "deployment: {device: h100-sxm}\n")
+    (base / "two.yaml").write_text(body + "runs:\n  - {name: fast, deployment: {device: h100-sxm}}\n"
+                                   "  - {name: slow, deployment: {device: l4}}\n")
+    (base / "pools.yaml").write_text(body + "serving: {name: disaggregated, link: {kind: nvlink}}\npools:\n"
+                                     "  - {name: prefill, role: prefill, device: h100-sxm, num_replicas: 1}\n"
+                                     "  - {name: decode, role: decode, device: h100-sxm, num_replicas: 1}\n")
+    (base / "sweep.yaml").write_text(body + "grid:\n  workload.qps: [2, 6]\n  deployment.device: [h100-sxm, l4]\n")
+    for args in (["run", str(base / "one.yaml"), "--out", str(base / "one"), "--set", "workload.qps=4"],
+                 ["run", str(base / "two.yaml"), "--out", str(base / "two"), "--set", "workload.qps=4"],
+                 ["run", str(base / "pools.yaml"), "--out", str(base / "pools"), "--set", "workload.qps=4"],
+                 ["sweep", str(base / "sweep.yaml"), "--out", str(base / "sweep")]):
+        result = CliRunner().invoke(cli_app, args)
+        assert result.exit_code == 0, (args, result.output)
+    return base
+
+
+def test_a_run_or_sweep_folder_opens_like_a_plan_folder(cli_outputs):
+    """Issue 20: `capsim run --out` and `capsim sweep --out` folders open in the same tab as plan folders."""
+    from app.results_folder import folder_kind
+
+    assert [folder_kind(cli_outputs / n) for n in ("one", "two", "sweep")] == ["run", "run", "sweep"]
+    at = plan_tab(cli_outputs / "two")
+    assert not at.error, [e.value for e in at.error]
+    tables = [t.value for t in at.table if "TTFT p50" in t.value.index]
+    assert tables and list(tables[0].columns) == ["fast", "slow"]
+    assert " ".join(w.value for w in [*at.success, *at.warning])  # the verdict
+    at.text_input(key="plan-folder").set_value(str(cli_outputs / "one")).run()
+    assert not at.exception and not at.error
+    assert [list(t.value.columns) for t in at.table if "TTFT p50" in t.value.index] == [["tiny"]]
+    at.text_input(key="plan-folder").set_value(str(cli_outputs / "sweep")).run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    best = [t.value for t in at.table if any("keeps up" in str(c) for c in t.value.columns)]
+    assert best and sorted(best[0].index) == ["device=h100-sxm", "device=l4"]
+    specs = [el.proto.spec for el in at.get("vega_lite_chart")]
+    assert any("slo_attainment" in s and '"line"' in s for s in specs)
+    assert any("tokens_per_s_per_user" in s for s in specs)
+
+
+def test_a_multi_pool_run_shows_a_table_per_pool(cli_outputs):
+    """Issue 20: the summary's pool.<name>.<key> entries of a multi-pool run are shown as one row per pool."""
+    at = plan_tab(cli_outputs / "pools")
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert any(h.value == "Per pool" for h in at.subheader)
+    pools = [d.value for d in at.dataframe if "pool" in d.value.columns]
+    assert pools and list(pools[0]["pool"]) == ["prefill", "decode"]
+    assert (pools[0]["num_gpus"] == 1).all() and pools[0]["busy"].between(0, 1).all()
+    # a single-pool run has no such table
+    at.text_input(key="plan-folder").set_value(str(cli_outputs / "one")).run()
+    assert not any(h.value == "Per pool" for h in at.subheader)

@@ -135,3 +135,15 @@ def test_frontier_points_come_from_the_summary(small_run):
     for chart in (cost_latency_chart(frame), throughput_interactivity_chart(frame)):
         text = json.dumps(chart.to_dict())
         assert "overloaded" in text and '"point"' in text
+
+
+def test_per_pool_keys_become_a_table_and_single_pool_runs_have_none(small_run):
+    from app.pools_table import pool_frame
+
+    assert pool_frame([small_run.summary]).empty
+    summary = {"name": "disagg", "num_gpus": 3, "pool.prefill.num_gpus": 1, "pool.prefill.busy": 0.9,
+               "pool.decode.num_gpus": 2, "pool.decode.busy": 0.4, "pool.decode.kv_util_peak": 0.7}
+    frame = pool_frame([summary, {**summary, "name": "other"}])
+    assert list(frame["pool"]) == ["prefill", "decode", "prefill", "decode"]
+    decode = frame[(frame["configuration"] == "disagg") & (frame["pool"] == "decode")].iloc[0]
+    assert decode["num_gpus"] == 2 and decode["busy"] == 0.4 and decode["kv_util_peak"] == 0.7
