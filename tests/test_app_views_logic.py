@@ -147,3 +147,16 @@ def test_per_pool_keys_become_a_table_and_single_pool_runs_have_none(small_run):
     assert list(frame["pool"]) == ["prefill", "decode", "prefill", "decode"]
     decode = frame[(frame["configuration"] == "disagg") & (frame["pool"] == "decode")].iloc[0]
     assert decode["num_gpus"] == 2 and decode["busy"] == 0.4 and decode["kv_util_peak"] == 0.7
+
+
+def test_labels_are_plain_words_and_no_deploy_button():
+    from pathlib import Path
+
+    from app.cli import streamlit_command
+    from app.widgets import _label
+
+    assert _label("ttft_s") == "TTFT (s)"
+    assert _label("max_num_batched_tokens") == "max num batched tokens"
+    assert _label("kv_dtype") == "KV dtype" and _label("tp") == "TP"
+    command = streamlit_command(Path("app/dashboard.py"), 8501, "127.0.0.1")
+    assert command[command.index("--client.toolbarMode") + 1] == "minimal"
