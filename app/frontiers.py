@@ -70,7 +70,7 @@ def cost_latency_chart(frame: pd.DataFrame, latency: str = "ttft_p90_s") -> alt.
         y=alt.Y("usd_per_million_output_tokens:Q", title="$ per million output tokens", scale=alt.Scale(zero=False)),
     )
     points = base.mark_point(filled=True, size=120).encode(
-        color=alt.Color("configuration:N", legend=alt.Legend(orient="bottom", title=None, labelLimit=400),
+        color=alt.Color("configuration:N", legend=alt.Legend(orient="right", title=None, labelLimit=300),
                         scale=alt.Scale(scheme="tableau10")),
         shape=alt.Shape("verdict:N", scale=_SHAPES, title=None),
         tooltip=COLUMNS,
@@ -87,7 +87,7 @@ def throughput_interactivity_chart(frame: pd.DataFrame) -> alt.LayerChart:
     base = alt.Chart(data).encode(
         x=alt.X("tokens_per_s_per_user:Q", title="output tokens/s per user (1 / mean TPOT)", scale=alt.Scale(zero=False)),
         y=alt.Y("tokens_per_s_per_gpu:Q", title="output tokens/s per GPU (served, steady state)"),
-        color=alt.Color("configuration:N", legend=alt.Legend(orient="bottom", title=None, labelLimit=400),
+        color=alt.Color("configuration:N", legend=alt.Legend(orient="right", title=None, labelLimit=300),
                         scale=alt.Scale(scheme="tableau10")),
     )
     line = base.mark_line(opacity=0.6).encode(order="qps:Q")

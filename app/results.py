@@ -168,9 +168,8 @@ def render_frontiers(frame: pd.DataFrame, key: str) -> None:
     st.caption("Each configuration at the compared load (shape: meets the SLO, misses it, or overloaded). Tokens/s "
                "per GPU is the served output rate per GPU; tokens/s per user is 1 / mean TPOT. The load sweep below "
                "adds one point per rate.")
-    left, right = st.columns(2)
-    left.altair_chart(cost_latency_chart(frame))
-    right.altair_chart(throughput_interactivity_chart(frame))
+    st.altair_chart(cost_latency_chart(frame))
+    st.altair_chart(throughput_interactivity_chart(frame))
     st.download_button("CSV", csv_bytes(frame), file_name=f"{key}.csv", mime="text/csv", key=f"csv-{key}",
                        on_click="ignore")
 
