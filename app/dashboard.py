@@ -12,7 +12,7 @@ clicked -- simulate each configuration (cached by scenario hash) with a
 progress bar. The last results stay on the page until the next run.
 
 The main area has two tabs: *Compare configurations* (the above) and
-*Capacity plan*, which reads the output folder of ``capsim plan`` (see
+*Results folder*, which reads the output folder of ``capsim plan``, ``capsim run`` or ``capsim sweep`` (see
 :mod:`app.plan_view`); the sidebar belongs to the comparison.
 """
 

@@ -1,4 +1,5 @@
-"""The "Capacity plan" half of the page: show what ``capsim plan --out DIR`` found.
+"""The "Results folder" half of the page: show what ``capsim plan --out DIR`` found (run and sweep folders: see
+:mod:`app.results_folder`).
 
 Why read the output folder instead of planning on the page: a plan runs many
 simulations (seconds to minutes) and is usually run from the command line or a
