@@ -36,6 +36,7 @@ from app.plan_view import render_plan_view  # noqa: E402
 from app.results import progress_callback, render_results  # noqa: E402
 from app.runner import job_for, run_jobs  # noqa: E402
 from app.setup import Setup, default_setup, is_scenario_file, setup_from_text, to_yaml  # noqa: E402
+from app.tables import configuration_overview  # noqa: E402
 from app.widgets import Form, clear_widget_state, render_issues  # noqa: E402
 from capsim.errors import CapsimError  # noqa: E402
 from simulator.config.schema import Scenario  # noqa: E402
@@ -172,6 +173,8 @@ def comparison(setup: Setup, check: CheckResult, ok: bool, unplaced: list[Issue]
         st.code(to_yaml(setup), language="yaml")
 
     scenarios = [s for s in check.scenarios if s is not None]
+    if scenarios:
+        st.dataframe(configuration_overview(scenarios), hide_index=True, key="overview")
     jobs = [job_for(s) for s in scenarios] if ok else []
     if st.button("Run comparison", type="primary", key="run", disabled=not ok):
         bar = st.progress(0.0, text="starting")

@@ -198,3 +198,26 @@ def _cost(summary: Summary) -> float:
     except (TypeError, ValueError):
         return math.inf
     return x if math.isfinite(x) else math.inf
+
+
+def configuration_overview(scenarios: Sequence[Any]) -> pd.DataFrame:
+    """The configurations being compared, one row each (device, GPUs, layout, scheduler, router, techniques), so the
+    main area shows what a run will compare without scrolling the sidebar's tabs."""
+    rows = []
+    for sc in scenarios:
+        dep = sc.deployment
+        device = dep.device if isinstance(dep.device, str) else str(dep.device.get("name", "custom"))
+        pools = getattr(sc, "pools", None)
+        if pools:
+            device = " + ".join(f"{p.name}: {p.num_replicas}× {p.device if isinstance(p.device, str) else 'custom'}"
+                                for p in pools)
+        rows.append({
+            "configuration": sc.name,
+            "device": device,
+            "replicas × TP × PP": f"{dep.num_replicas} × {dep.tp} × {dep.pp}" if not pools else "per pool",
+            "weights / KV": f"{dep.weight_dtype} / {dep.kv_dtype}",
+            "scheduler": sc.scheduler.name,
+            "router": sc.router.name,
+            "techniques": ", ".join(t.name for t in sc.techniques) or "none",
+        })
+    return pd.DataFrame(rows)

@@ -89,3 +89,11 @@ def test_a_damaged_link_is_explained_not_a_traceback():
     assert not at.exception
     notes = " ".join(c.value for c in at.sidebar.caption)
     assert "could not restore the set-up from the link" in notes and "damaged" in notes
+
+
+def test_the_configurations_are_listed_in_the_main_area_before_any_run():
+    at = page()
+    at.number_input(key=widget_key(0, "configurations.count")).set_value(3).run()
+    overview = [d.value for d in at.dataframe if "scheduler" in d.value.columns]
+    assert overview and len(overview[0]) == 3
+    assert list(overview[0]["device"][:2]) == ["h100-sxm", "a100-80gb-sxm"]
