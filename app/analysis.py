@@ -24,7 +24,7 @@ Tables:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -34,7 +34,7 @@ from simulator.costmodel.features import BatchShape
 from simulator.engine import RunOutput
 from simulator.memory_plan import GIB
 from simulator.metrics.quantiles import ecdf_points, token_gap_cdf
-from simulator.metrics.result import request_latencies
+from simulator.metrics.result import SimulationResult, request_latencies
 from simulator.metrics.slo import SLOConfig
 from simulator.metrics.summary import measured_requests, summarise
 
@@ -55,6 +55,9 @@ class RunData:
     breakdown: pd.DataFrame
     shapes: dict[str, str] = field(default_factory=dict)  # phase -> the batch shape it was priced at
     slo_quantiles: dict[str, float] = field(default_factory=dict)  # metric -> value at the attainment quantile
+    result: SimulationResult | None = None  # the run's records, kept so that a new SLO re-scores without simulating
+    extra: dict[str, Any] = field(default_factory=dict)  # summary keys that need the system (KV capacity, weights)
+    peaks: tuple[float, float] = (math.nan, math.nan)  # the device's peak FLOP/s and HBM bytes/s per GPU (roofline)
 
 
 def integrate_steps(starts: np.ndarray, ends: np.ndarray, values: np.ndarray, edges: np.ndarray) -> np.ndarray:
@@ -178,9 +181,9 @@ def breakdown(output: RunOutput, shapes: dict[str, BatchShape]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
-def slo_quantiles(output: RunOutput, slo: SLOConfig) -> dict[str, float]:
+def slo_quantiles(result: SimulationResult, slo: SLOConfig) -> dict[str, float]:
     """Each targeted latency at the attainment quantile: the value to compare with its target."""
-    req = measured_requests(output.result)
+    req = measured_requests(result)
     lat = request_latencies(req)
     columns = {"ttft_s": lat["ttft_s"], "tpot_s": lat["tpot_s"], "e2e_s": lat["e2e_s"], "tbt_s": req["max_tbt_s"]}
     finished = np.isfinite(req["finish_s"].to_numpy(float))
@@ -194,16 +197,32 @@ def slo_quantiles(output: RunOutput, slo: SLOConfig) -> dict[str, float]:
     return out
 
 
-def analyse(output: RunOutput, slo: SLOConfig, name: str) -> RunData:
-    """Reduce a finished run to :class:`RunData`."""
-    summary = summarise(output.result, slo)
-    mem = output.system.memory
-    kv_capacity_gib = mem.kv_capacity_tokens * mem.kv_bytes_per_token / GIB
-    summary = {
+def scored_summary(result: SimulationResult, slo: SLOConfig, name: str, extra: dict[str, Any]) -> dict[str, Any]:
+    """The page's summary of a run under ``slo``: :func:`summarise` plus the system-derived keys."""
+    summary = summarise(result, slo)
+    capacity = extra.get("kv_capacity_gib_per_gpu", math.nan)
+    return {
         "name": name,
         **summary,
-        "kv_capacity_gib_per_gpu": kv_capacity_gib,
-        "kv_peak_gib_per_gpu": summary["kv_util_peak"] * kv_capacity_gib,
+        **extra,
+        "kv_peak_gib_per_gpu": summary["kv_util_peak"] * capacity,
+    }
+
+
+def rescore(data: RunData, slo: SLOConfig) -> RunData:
+    """``data`` judged against another SLO, from its stored records (no simulation): the summary's SLO keys and the
+    latencies at the attainment quantile change; the charts' data does not."""
+    if data.result is None:
+        return data
+    return replace(data, summary=scored_summary(data.result, slo, data.name, data.extra),
+                   slo_quantiles=slo_quantiles(data.result, slo))
+
+
+def analyse(output: RunOutput, slo: SLOConfig, name: str) -> RunData:
+    """Reduce a finished run to :class:`RunData` (keeping its records for :func:`rescore`)."""
+    mem = output.system.memory
+    extra = {
+        "kv_capacity_gib_per_gpu": mem.kv_capacity_tokens * mem.kv_bytes_per_token / GIB,
         "weights_gib_per_gpu": mem.weights_bytes / GIB,
         "rejected": output.rejected,
         "workload": output.workload,
@@ -211,10 +230,13 @@ def analyse(output: RunOutput, slo: SLOConfig, name: str) -> RunData:
     shapes = representative_shapes(output)
     return RunData(
         name=name,
-        summary=summary,
+        summary=scored_summary(output.result, slo, name, extra),
         cdf=latency_cdfs(output),
         timeline=timeline(output),
         breakdown=breakdown(output, shapes),
         shapes={phase: describe_shape(shape) for phase, shape in shapes.items()},
-        slo_quantiles=slo_quantiles(output, slo),
+        slo_quantiles=slo_quantiles(output.result, slo),
+        result=output.result,
+        extra=extra,
+        peaks=(float(output.result.info.peak_flops_per_gpu), float(output.result.info.mem_bandwidth_per_gpu)),
     )

@@ -75,6 +75,9 @@ class ChartSpec:
     normalize: bool = False
     tooltip: tuple[str, ...] = ()
     fixed_colors: dict[str, str] | None = None  # colour per value of ``color`` (default: by order of appearance)
+    rule_x_column: str | None = None  # a dashed vertical line per panel at this column's value (an SLO target)
+    rule_y_column: str | None = None  # a dashed horizontal line per panel at this column's value (a capacity)
+    rule_label: str = ""  # what the dashed per-panel line is, for tooltips and the PNG legend
 
     def colors(self) -> dict[str, str] | None:
         """The fixed colour of each value of ``color`` in this chart, or None (hues by order)."""
@@ -83,21 +86,41 @@ class ChartSpec:
         return palette([str(v) for v in self.frame[self.color].unique()], self.fixed_colors)
 
 
-def latency_cdf_spec(frame: pd.DataFrame) -> ChartSpec:
-    """Overlaid latency CDFs, one panel per metric (log latency axis)."""
+#: The SLO target key of each latency panel (TBT's target applies to each request's largest gap).
+SLO_TARGET_KEYS = {"TTFT": "slo_ttft_s", "TPOT": "slo_tpot_s", "TBT": "slo_tbt_s", "E2E": "slo_e2e_s"}
+
+
+def latency_cdf_spec(frame: pd.DataFrame, targets: dict[str, float | None] | None = None) -> ChartSpec:
+    """Overlaid latency CDFs, one panel per metric (log latency axis), each SLO target a dashed vertical line.
+
+    ``targets`` maps a summary's SLO keys (``slo_ttft_s``, ...) to seconds or None (no target on that metric).
+    """
+    targets = targets or {}
+    data = frame.assign(slo_target_s=frame["metric"].map(
+        lambda m: targets.get(SLO_TARGET_KEYS.get(str(m), ""))).astype(float))
     return ChartSpec(
-        "latency_cdfs", "Latency CDFs", frame, "line", "latency_s", "fraction", "configuration",
+        "latency_cdfs", "Latency CDFs (dashed: SLO target)", data, "line", "latency_s", "fraction", "configuration",
         "latency (s, log scale)", "fraction of requests (TBT: of gaps) ≤ x", facet="metric", log_x=True,
-        tooltip=("configuration", "metric", "latency_s", "fraction"),
+        tooltip=("configuration", "metric", "latency_s", "fraction"), rule_x_column="slo_target_s",
+        rule_label="SLO target",
     )
 
 
-def timeline_spec(frame: pd.DataFrame, column: str, title: str, y_title: str) -> ChartSpec:
-    """One time series of the run (throughput, batch size, KV memory)."""
-    data = frame[["configuration", "time_s", column]].dropna()
+def timeline_spec(frame: pd.DataFrame, column: str, title: str, y_title: str,
+                  rule_column: str | None = None, rule_label: str = "") -> ChartSpec:
+    """One time series of the run (throughput, batch size, KV memory).
+
+    With several configurations each gets its own panel and its own time axis: runs of very different lengths
+    (one slow configuration taking 1,000 s, the others 100 s) would otherwise squeeze the short ones into a sliver
+    of a shared axis. ``rule_column`` draws a dashed line per panel (the KV capacity).
+    """
+    keep = ["configuration", "time_s", column, *([rule_column] if rule_column else [])]
+    data = frame[[c for c in keep if c in frame.columns]].dropna(subset=[column])
+    several = data["configuration"].nunique() > 1 if not data.empty else False
     return ChartSpec(
         column, title, data, "line", "time_s", column, "configuration", "simulated time (s)", y_title,
-        tooltip=("configuration", "time_s", column),
+        tooltip=("configuration", "time_s", column), facet="configuration" if several else None,
+        rule_y_column=rule_column if rule_column in data.columns else None, rule_label=rule_label,
     )
 
 
@@ -152,24 +175,34 @@ def _color(field: str, orient: str = "bottom", order: list[str] | None = None,
 
 def _line(spec: ChartSpec) -> alt.Chart:
     x_scale = alt.Scale(type="log") if spec.log_x else alt.Scale(zero=False)
-    base = alt.Chart(spec.frame).mark_line(interpolate="step-after" if spec.facet else "linear").encode(
+    cdf = spec.facet is not None and spec.facet != spec.color  # step lines for empirical CDFs
+    base = alt.Chart().mark_line(interpolate="step-after" if cdf else "linear").encode(
         x=alt.X(f"{spec.x}:Q", title=spec.x_title, scale=x_scale),
         y=alt.Y(f"{spec.y}:Q", title=spec.y_title),
         color=_color(spec.color, "bottom" if spec.facet else "right", _appearance(spec.frame, spec.color)),
         tooltip=list(spec.tooltip),
     )
+    layers: list[alt.Chart] = []
     if spec.rule_y is not None:
         rule = alt.Chart(pd.DataFrame({"target": [spec.rule_y]})).mark_rule(strokeDash=[5, 4], color="grey").encode(
             y="target:Q"
         )
-        base = alt.layer(base.mark_line(point=True), rule)
-    else:
-        base = base.interactive(bind_y=False)
+        return alt.layer(base.mark_line(point=True), rule, data=spec.frame).properties(height=260)
+    layers.append(base if spec.facet else base.interactive(bind_y=False))
+    for column, channel in ((spec.rule_x_column, "x"), (spec.rule_y_column, "y")):
+        if column and column in spec.frame.columns and spec.frame[column].notna().any():
+            rule = alt.Chart().transform_filter(f"isValid(datum['{column}'])").mark_rule(
+                strokeDash=[6, 4], color="black", strokeWidth=1.5
+            ).encode(**{channel: alt.X(f"max({column}):Q") if channel == "x" else alt.Y(f"max({column}):Q")},
+                     tooltip=[alt.Tooltip(f"max({column}):Q", title=spec.rule_label or column)])
+            layers.append(rule)
+    chart = alt.layer(*layers, data=spec.frame)
     if spec.facet:
-        return base.properties(width=330, height=210).facet(
-            facet=alt.Facet(f"{spec.facet}:N", title=None, sort=_order(spec)), columns=2
+        panel = spec.facet == spec.color  # one panel per configuration: as wide as the page allows, stacked
+        return chart.properties(width=560 if panel else 330, height=160 if panel else 210).facet(
+            facet=alt.Facet(f"{spec.facet}:N", title=None, sort=_order(spec)), columns=1 if panel else 2
         ).resolve_scale(x="independent")
-    return base.properties(height=260)
+    return chart.properties(height=260)
 
 
 def _appearance(frame: pd.DataFrame, column: str) -> list[str]:

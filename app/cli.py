@@ -39,6 +39,7 @@ def streamlit_command(port: int, host: str, page: Path = PAGE) -> list[str]:
         "--server.address", host,
         "--server.headless", "true",
         "--browser.gatherUsageStats", "false",
+        "--client.toolbarMode", "minimal",  # no "Deploy" button: this page is served locally, not published
         "--browser.serverAddress", host,
         "--browser.serverPort", str(port),
     ]

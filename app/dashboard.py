@@ -12,7 +12,7 @@ clicked -- simulate each configuration (cached by scenario hash) with a
 progress bar. The last results stay on the page until the next run.
 
 The main area has two tabs: *Compare configurations* (the above) and
-*Capacity plan*, which reads the output folder of ``capsim plan`` (see
+*Results folder*, which reads the output folder of ``capsim plan``, ``capsim run`` or ``capsim sweep`` (see
 :mod:`app.plan_view`); the sidebar belongs to the comparison.
 """
 
@@ -28,6 +28,7 @@ try:  # `streamlit run app/dashboard.py` puts app/ on sys.path, not the reposito
 except ImportError:  # pragma: no cover -- only without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from app import permalink  # noqa: E402
 from app.checks import CheckResult, Issue, check_setup  # noqa: E402
 from app.fields import describe_field  # noqa: E402
 from app.inputs import configuration_inputs, model_input, simulation_input, slo_input, workload_input  # noqa: E402
@@ -35,6 +36,7 @@ from app.plan_view import render_plan_view  # noqa: E402
 from app.results import progress_callback, render_results  # noqa: E402
 from app.runner import job_for, run_jobs  # noqa: E402
 from app.setup import Setup, default_setup, is_scenario_file, setup_from_text, to_yaml  # noqa: E402
+from app.tables import configuration_overview  # noqa: E402
 from app.widgets import Form, clear_widget_state, render_issues  # noqa: E402
 from capsim.errors import CapsimError  # noqa: E402
 from simulator.config.schema import Scenario  # noqa: E402
@@ -112,8 +114,29 @@ def inputs(loaded: Setup, form: Form) -> Setup:
     return Setup(shared, configurations)
 
 
+def restore_from_url() -> None:
+    """Load the set-up held in the page's URL (a reload or a shared link), once per distinct link."""
+    value = st.query_params.get(permalink.PARAM)
+    if not value or value == st.session_state.get("url-state"):
+        return
+    st.session_state["url-state"] = value
+    try:
+        _load(permalink.decode(value), "the page's link")
+    except CapsimError as exc:
+        st.session_state["load_notes"] = [f"could not restore the set-up from the link: {exc.render()}"]
+
+
+def save_to_url(setup: Setup) -> None:
+    """Keep the current set-up in the URL (reload restores it; the address bar is a shareable link)."""
+    value = permalink.encode(to_yaml(setup))
+    st.session_state["url-state"] = value
+    if st.query_params.get(permalink.PARAM) != value:
+        st.query_params[permalink.PARAM] = value
+
+
 def main() -> None:
     st.set_page_config(page_title="capsim what-if", layout="wide")
+    restore_from_url()
     loaded, generation = _state()
     form = Form(generation)
     download_slot = file_section()
@@ -122,6 +145,8 @@ def main() -> None:
     check = check_setup(setup)
     unplaced = render_issues(form, [*form.issues, *check.issues])
     ok = check.ok and not form.issues
+    if ok:
+        save_to_url(setup)
     download_slot.download_button(
         "Download scenario YAML", to_yaml(setup), file_name=f"{setup.shared['name']}.yaml", mime="application/x-yaml",
         key="download-yaml", disabled=not ok, on_click="ignore",
@@ -129,7 +154,7 @@ def main() -> None:
     )
 
     st.title("capsim: what-if comparison")
-    compare, plan = st.tabs(["Compare configurations", "Capacity plan"])
+    compare, plan = st.tabs(["Compare configurations", "Results folder (plan, run, sweep)"])
     with plan:  # drawn first: the comparison's run button then still marks the end of a page load
         render_plan_view(RESULTS_DIR)
     with compare:
@@ -148,6 +173,8 @@ def comparison(setup: Setup, check: CheckResult, ok: bool, unplaced: list[Issue]
         st.code(to_yaml(setup), language="yaml")
 
     scenarios = [s for s in check.scenarios if s is not None]
+    if scenarios:
+        st.dataframe(configuration_overview(scenarios), hide_index=True, key="overview")
     jobs = [job_for(s) for s in scenarios] if ok else []
     if st.button("Run comparison", type="primary", key="run", disabled=not ok):
         bar = st.progress(0.0, text="starting")
@@ -162,6 +189,11 @@ def comparison(setup: Setup, check: CheckResult, ok: bool, unplaced: list[Issue]
         return
     if [j.digest for j in last] != [j.digest for j in jobs]:
         st.info("The inputs changed since these results; click **Run comparison** to update them.")
+    else:
+        # Same simulations: judge them against the SLO now set (a new SLO re-scores the stored runs, no re-run).
+        last = jobs
+        st.session_state["last_jobs"] = jobs
+        st.session_state["last_scenarios"] = scenarios
     render_results(last, run_jobs(last))
 
 

@@ -47,7 +47,7 @@ def _draw_lines(ax: Axes, spec: ChartSpec, data: pd.DataFrame, colors: dict[str,
     for series, part in data.groupby(spec.color, sort=False):
         part = part.sort_values(spec.x)
         color = colors[str(series)]
-        if spec.facet:  # empirical CDFs are step functions
+        if spec.facet and spec.facet != spec.color:  # empirical CDFs are step functions
             ax.step(part[spec.x], part[spec.y], where="post", label=str(series), color=color)
         else:
             ax.plot(part[spec.x], part[spec.y], label=str(series), color=color,
@@ -56,6 +56,10 @@ def _draw_lines(ax: Axes, spec: ChartSpec, data: pd.DataFrame, colors: dict[str,
         ax.set_xscale("log")
     if spec.rule_y is not None:
         ax.axhline(spec.rule_y, color="grey", linestyle="--", label=f"target {spec.rule_y:g}")
+    for column, draw in ((spec.rule_x_column, ax.axvline), (spec.rule_y_column, ax.axhline)):
+        values = data[column].dropna() if column and column in data.columns else pd.Series(dtype=float)
+        if not values.empty:
+            draw(float(values.max()), color="black", linestyle="--", linewidth=1.2, label=spec.rule_label or column)
 
 
 def _draw_bars(ax: Axes, spec: ChartSpec, data: pd.DataFrame, colors: dict[str, str]) -> None:

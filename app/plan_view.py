@@ -1,4 +1,5 @@
-"""The "Capacity plan" half of the page: show what ``capsim plan --out DIR`` found.
+"""The "Results folder" half of the page: show what ``capsim plan --out DIR`` found (run and sweep folders: see
+:mod:`app.results_folder`).
 
 Why read the output folder instead of planning on the page: a plan runs many
 simulations (seconds to minutes) and is usually run from the command line or a
@@ -26,6 +27,7 @@ import streamlit as st
 
 from app.charts import ChartSpec, altair_chart
 from app.export import csv_bytes
+from app.results_folder import find_results_folders, folder_kind
 from capsim.errors import CapsimError
 from simulator.metrics.table import fmt_number, fmt_seconds, fmt_usd
 
@@ -197,6 +199,32 @@ def attainment_frame(out: PlanOutput, names: list[str] | None = None) -> pd.Data
     return frame.sort_values(["candidate", "rate_rps"], kind="stable").reset_index(drop=True)
 
 
+#: Why the analytic pre-pass pruned a candidate without simulating it, in words (statuses of
+#: :data:`simulator.planner.plan.PRUNED`; see :mod:`simulator.planner.bounds`).
+PRUNED_REASONS = {
+    "does-not-fit": "does not fit: the weights and reserves leave no GPU memory for the KV cache",
+    "invalid": "invalid configuration (e.g. TP does not divide the heads, unknown format)",
+    "latency-floor": "latency floor: even served alone on an idle replica too few requests meet the SLO",
+    "too-slow": "too slow: the work the SLO-meeting requests need exceeds the replica-time before their deadlines",
+    "nothing-measured": "nothing measured: the probes produced no measured requests",
+}
+
+
+def pruned_frame(out: PlanOutput) -> pd.DataFrame:
+    """The candidates ruled out without simulation, each with why (in words) and the planner's detail."""
+    c = out.candidates
+    status = c["status"].astype(str)
+    mask = status.isin(PRUNED_REASONS)
+    detail = c["detail"].fillna("").astype(str) if "detail" in c.columns else pd.Series("", index=c.index)
+    frame = pd.DataFrame({
+        "configuration": c.loc[mask, "name"].astype(str),
+        "status": status[mask],
+        "why": status[mask].map(PRUNED_REASONS),
+        "detail": detail[mask],
+    })
+    return frame.reset_index(drop=True)
+
+
 # ---------------------------------------------------------------------------------------------- charts
 def goodput_chart(frame: pd.DataFrame, target: float) -> alt.LayerChart:
     """Horizontal bars of max sustainable rate per candidate, with the target rate as a dashed rule."""
@@ -214,6 +242,21 @@ def goodput_chart(frame: pd.DataFrame, target: float) -> alt.LayerChart:
     )
     return alt.layer(bars, rule).properties(title=f"Max sustainable rate per candidate (target {target:g} req/s)",
                                             width=560)
+
+
+def pareto_chart(frame: pd.DataFrame, metric: str) -> alt.LayerChart:
+    """The Pareto front as a chart: cost per hour against the latency metric, the front as a step line through
+    its points (each point a configuration no other beats on both), labelled by configuration."""
+    data = frame.dropna(subset=["cost_per_hour_usd", metric]).sort_values("cost_per_hour_usd")
+    x = alt.X("cost_per_hour_usd:Q", title="cost ($/h)", scale=alt.Scale(zero=False))
+    y = alt.Y(f"{metric}:Q", title=f"{metric} at the target rate", scale=alt.Scale(zero=False))
+    base = alt.Chart(data).encode(x=x, y=y)
+    line = base.mark_line(interpolate="step-after", color="#4e79a7")
+    points = base.mark_point(filled=True, size=70, color="#4e79a7").encode(
+        tooltip=[c for c in ("configuration", "gpus", "cost_per_hour_usd", "usd_per_million_output_tokens", metric,
+                             "max_rate_rps", "headroom") if c in data.columns])
+    labels = base.mark_text(align="left", dx=6, dy=-6, fontSize=10).encode(text="configuration:N")
+    return alt.layer(line, points, labels).properties(title=f"Pareto front: cost vs {metric}", width=560, height=280)
 
 
 def attainment_spec(frame: pd.DataFrame, goal: float | None) -> ChartSpec:
@@ -250,13 +293,20 @@ def _source(results_dir: Path) -> PlanOutput | None:
     how = st.radio("plan output", ["folder", "upload files"], horizontal=True, key="plan-source",
                    label_visibility="collapsed")
     if how == "folder":
-        folders = find_plan_folders(results_dir)
+        folders = find_results_folders(results_dir)
         default = str(folders[0]) if folders else ""
-        folder = st.text_input("plan output folder (`capsim plan FILE --out DIR`)", value=default, key="plan-folder",
-                               placeholder="results/plan")
+        folder = st.text_input("results folder (`capsim plan`, `capsim run` or `capsim sweep` with `--out DIR`)",
+                               value=default, key="plan-folder", placeholder="results/plan")
         if not folder.strip():
-            st.info("No plan output under results/ yet. Run `capsim plan scenarios/plan_example.yaml --out "
-                    "results/plan`, then give the folder here (or upload plan.json and candidates.csv).")
+            st.info("No results under results/ yet. Run `capsim plan scenarios/plan_example.yaml --out "
+                    "results/plan` (or `capsim run` / `capsim sweep` with `--out`), then give the folder here "
+                    "(or upload a plan's plan.json and candidates.csv).")
+            return None
+        kind = folder_kind(folder.strip())
+        if kind in ("run", "sweep"):
+            from app.results import render_run_folder, render_sweep_folder  # the comparison's views
+
+            (render_run_folder if kind == "run" else render_sweep_folder)(folder.strip())
             return None
         return _cached_folder(folder.strip(), _stamp(folder))
     left, mid, right = st.columns(3)
@@ -316,6 +366,7 @@ def _pareto(out: PlanOutput) -> None:
     })
     st.dataframe(shown, hide_index=True)
     _download(frame, "pareto_front")
+    st.altair_chart(pareto_chart(frame, metric))
 
 
 def _charts(out: PlanOutput) -> None:
@@ -345,6 +396,17 @@ def _charts(out: PlanOutput) -> None:
     _download(data, "attainment_vs_rate")
 
 
+def _pruned(out: PlanOutput) -> None:
+    frame = pruned_frame(out)
+    if frame.empty:
+        return
+    st.subheader(f"Pruned without simulation ({len(frame)})")
+    counts = frame["status"].value_counts()
+    st.caption("; ".join(f"{n} {status}" for status, n in counts.items()))
+    st.dataframe(frame, hide_index=True)
+    _download(frame, "pruned_candidates")
+
+
 def render_plan_view(results_dir: Path) -> None:
     """The whole section; every bad input ends in an inline ``st.error``, never a traceback."""
     st.caption("Show the answer of `capsim plan FILE --out DIR`: the cheapest configuration that serves the "
@@ -356,6 +418,7 @@ def render_plan_view(results_dir: Path) -> None:
         _headline(out)
         _pareto(out)
         _charts(out)
+        _pruned(out)
         with st.expander("All candidates"):
             st.dataframe(out.candidates, hide_index=True)
             _download(out.candidates, "candidates")

@@ -21,12 +21,13 @@ import pandas as pd
 import streamlit as st
 from pydantic import ValidationError
 
-from app.analysis import RunData, analyse
+from app.analysis import RunData, analyse, rescore
 from app.checks import error_message
 from capsim.errors import CapsimError
 from simulator.config.loader import validation_error
 from simulator.config.schema import Scenario
 from simulator.engine import simulate
+from simulator.metrics.slo import SLOConfig
 
 
 @dataclass(frozen=True)
@@ -41,11 +42,16 @@ class RunFailure:
 
 @dataclass(frozen=True)
 class Job:
-    """One scenario to run: its hash (the cache key) and canonical JSON."""
+    """One scenario to run: its hash (the cache key), canonical JSON and the SLO its results are judged against.
+
+    The hash leaves the SLO out: the SLO does not change what is simulated, only how it is scored, so a new SLO
+    re-scores the cached run (:func:`app.analysis.rescore`) instead of simulating it again.
+    """
 
     digest: str
     scenario_json: str
     name: str
+    slo_json: str = ""
 
 
 def _trace_stamp(scenario: Scenario) -> list[object]:
@@ -62,9 +68,11 @@ def _trace_stamp(scenario: Scenario) -> list[object]:
 
 def job_for(scenario: Scenario) -> Job:
     """The cache key of ``scenario``: a hash of everything that determines its results."""
-    text = json.dumps(scenario.model_dump(mode="json"), sort_keys=True)
-    digest = hashlib.sha256(json.dumps([text, _trace_stamp(scenario)]).encode()).hexdigest()[:20]
-    return Job(digest, text, scenario.name)
+    data = scenario.model_dump(mode="json")
+    text = json.dumps(data, sort_keys=True)
+    simulated = json.dumps({k: v for k, v in data.items() if k != "slo"}, sort_keys=True)
+    digest = hashlib.sha256(json.dumps([simulated, _trace_stamp(scenario)]).encode()).hexdigest()[:20]
+    return Job(digest, text, scenario.name, json.dumps(data.get("slo") or {}, sort_keys=True))
 
 
 def run_uncached(scenario_json: str) -> RunData:
@@ -82,7 +90,8 @@ def _cached(digest: str, _scenario_json: str) -> RunData:
 def run_job(job: Job) -> RunData | RunFailure:
     """The (cached) result of ``job``, or why it failed."""
     try:
-        return _cached(job.digest, job.scenario_json)
+        data = _cached(job.digest, job.scenario_json)
+        return rescore(data, SLOConfig.model_validate_json(job.slo_json)) if job.slo_json else data
     except CapsimError as exc:
         return RunFailure(job.name, error_message(exc), exc.where)
     except Exception as exc:  # noqa: BLE001 -- a bug: say so on the page instead of showing a traceback

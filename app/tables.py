@@ -54,6 +54,7 @@ ROWS: list[tuple[str, Callable[[Summary], str]]] = [
     ("SLO", _verdict_cell),
     ("SLO attainment", lambda s: f"{fmt_percent(s.get('slo_attainment'))} (target {fmt_percent(s.get('slo_target_attainment'))})"),
     ("offered / served (req/s)", _load_cell),
+    ("time share: queue / prefill / decode", lambda s: _shares_cell(s)),
     ("goodput (req/s)", lambda s: fmt_number(s.get("goodput_rps"))),
     ("throughput (req/s)", lambda s: fmt_number(s.get("throughput_rps"))),
     ("output tokens/s", lambda s: fmt_number(s.get("output_tps"), 0)),
@@ -109,6 +110,57 @@ def overload_reason(summary: Summary) -> str:
     return text
 
 
+#: KV occupancy at or above which the cache counts as full (blocks are allocated whole, so a full cache peaks just
+#: under 100 %).
+KV_FULL = 0.98
+
+
+def _num(summary: Summary, key: str) -> float:
+    try:
+        x = float(summary.get(key))
+    except (TypeError, ValueError):
+        return math.nan
+    return x
+
+
+def time_shares(summary: Summary) -> dict[str, float]:
+    """Where a mean request's end-to-end time goes: ``queueing`` (arrival to first scheduled), ``prefill`` (first
+    scheduled to first token) and ``decode`` (first token to finish), as fractions of the mean E2E. Empty when the
+    run has no finished request."""
+    queue, ttft, e2e = (_num(summary, k) for k in ("queue_mean_s", "ttft_mean_s", "e2e_mean_s"))
+    if not all(math.isfinite(v) for v in (queue, ttft, e2e)) or e2e <= 0:
+        return {}
+    parts = {"queueing": max(queue, 0.0), "prefill": max(ttft - queue, 0.0), "decode": max(e2e - ttft, 0.0)}
+    total = sum(parts.values()) or 1.0
+    return {k: v / total for k, v in parts.items()}
+
+
+def _shares_cell(summary: Summary) -> str:
+    shares = time_shares(summary)
+    return " / ".join(fmt_percent(shares[k]) for k in ("queueing", "prefill", "decode")) if shares else "–"
+
+
+def miss_causes(summary: Summary) -> str:
+    """Why a configuration misses or falls behind, from its summary: where the time goes (the largest share of the
+    mean E2E), a full KV cache, preemptions, unfinished requests."""
+    parts = []
+    shares = time_shares(summary)
+    if shares:
+        top = max(shares, key=shares.get)
+        what = {"queueing": "waiting in the queue", "prefill": "prefill (first scheduled to first token)",
+                "decode": "decode (first token to finish)"}[top]
+        parts.append(f"most of a request's time is {what}, {fmt_percent(shares[top])} of the mean E2E "
+                     f"(queue {fmt_percent(shares['queueing'])}, prefill {fmt_percent(shares['prefill'])}, decode "
+                     f"{fmt_percent(shares['decode'])})")
+    peak = _num(summary, "kv_util_peak")
+    if math.isfinite(peak) and peak >= KV_FULL:
+        parts.append(f"the KV cache fills up (peak {fmt_percent(peak)}), capping the batch")
+    preemptions = _num(summary, "preemptions")
+    if math.isfinite(preemptions) and preemptions > 0:
+        parts.append(f"{int(preemptions):,} preemptions (requests evicted and recomputed)")
+    return "; ".join(parts)
+
+
 def verdict(summaries: Sequence[Summary], quantiles: Sequence[Mapping[str, float]]) -> tuple[bool, str]:
     """(any configuration is an answer, one paragraph: the cheapest that meets the SLO, and why the others don't).
 
@@ -129,11 +181,13 @@ def verdict(summaries: Sequence[Summary], quantiles: Sequence[Mapping[str, float
     for s, q in zip(summaries, quantiles, strict=True):
         if s.get("overloaded"):
             met = " although it meets the latency targets in this run" if s.get("slo_met") else ""
-            lines.append(f"{s['name']} is overloaded{met}: {overload_reason(s)}.")
+            causes = miss_causes(s)
+            lines.append(f"{s['name']} is overloaded{met}: {overload_reason(s)}." + (f" Why: {causes}." if causes else ""))
         elif not s.get("slo_met"):
             reason = miss_reason(s, q)
+            causes = miss_causes(s)
             lines.append(f"{s['name']} misses it ({fmt_percent(s.get('slo_attainment'))} attainment"
-                         + (f"; {reason}" if reason else "") + ").")
+                         + (f"; {reason}" if reason else "") + ")." + (f" Why: {causes}." if causes else ""))
     return bool(answers), " ".join(lines)
 
 
@@ -144,3 +198,26 @@ def _cost(summary: Summary) -> float:
     except (TypeError, ValueError):
         return math.inf
     return x if math.isfinite(x) else math.inf
+
+
+def configuration_overview(scenarios: Sequence[Any]) -> pd.DataFrame:
+    """The configurations being compared, one row each (device, GPUs, layout, scheduler, router, techniques), so the
+    main area shows what a run will compare without scrolling the sidebar's tabs."""
+    rows = []
+    for sc in scenarios:
+        dep = sc.deployment
+        device = dep.device if isinstance(dep.device, str) else str(dep.device.get("name", "custom"))
+        pools = getattr(sc, "pools", None)
+        if pools:
+            device = " + ".join(f"{p.name}: {p.num_replicas}× {p.device if isinstance(p.device, str) else 'custom'}"
+                                for p in pools)
+        rows.append({
+            "configuration": sc.name,
+            "device": device,
+            "replicas × TP × PP": f"{dep.num_replicas} × {dep.tp} × {dep.pp}" if not pools else "per pool",
+            "weights / KV": f"{dep.weight_dtype} / {dep.kv_dtype}",
+            "scheduler": sc.scheduler.name,
+            "router": sc.router.name,
+            "techniques": ", ".join(t.name for t in sc.techniques) or "none",
+        })
+    return pd.DataFrame(rows)

@@ -72,8 +72,22 @@ def _as_number(value: Any, integer: bool) -> int | float | None:
     return int(round(x)) if integer else x
 
 
+#: Abbreviations written in capitals in labels.
+_ACRONYMS = {"ttft", "tpot", "tbt", "e2e", "qps", "tp", "pp", "kv", "slo", "cv", "ep", "mfu", "mbu", "gpu", "lm"}
+#: Unit suffixes of field names, shown as the unit in brackets.
+_UNITS = {"s": "s", "ms": "ms", "us": "µs", "gib": "GiB", "gb": "GB", "w": "W", "usd": "USD", "rps": "req/s",
+          "tps": "tokens/s", "pct": "%"}
+
+
 def _label(name: str) -> str:
-    return name
+    """A field name in plain words: ``ttft_s`` -> ``TTFT (s)``, ``max_num_batched_tokens`` -> ``max num batched
+    tokens``; the help text (the field's description) says the rest."""
+    words = name.split("_")
+    unit = None
+    if len(words) > 1 and words[-1] in _UNITS:
+        unit = _UNITS[words.pop()]
+    text = " ".join(w.upper() if w in _ACRONYMS else w for w in words)
+    return f"{text} ({unit})" if unit else text
 
 
 class Form:

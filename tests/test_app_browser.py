@@ -249,6 +249,43 @@ def check_replay_keeps_the_trace_timing(page) -> None:
         assert offered == pytest.approx(rate, abs=0.006), (cell, rate)
 
 
+def shoot_new_views(page) -> None:
+    """With CAPSIM_SCREENSHOTS=DIR, save the views of issue 20 (verdict and summary, the frontier and roofline tabs,
+    the KV chart) as PNGs into DIR -- how app/README.md's screenshots are made. Otherwise only check they draw."""
+    out = os.environ.get("CAPSIM_SCREENSHOTS")
+    views = [("Frontiers", "frontiers"), ("Roofline", "roofline"), ("KV memory", "kv"), ("Latency CDFs", "cdfs")]
+    if out:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        page.locator('[data-testid="stAlert"]').first.screenshot(path=str(Path(out) / "verdict.png"))
+    for tab, stem in views:
+        page.get_by_role("tab", name=tab, exact=True).click()
+        wait_until_idle(page)
+        panel = page.locator('[data-testid="stTabPanel"]:visible, [role="tabpanel"]:visible').last
+        panel.locator('[data-testid="stVegaLiteChart"]').first.wait_for(timeout=RESULT_TIMEOUT_MS)
+        page.wait_for_timeout(1500)  # let Vega draw (and any stale element fade back in)
+        assert_no_exception(page)
+        if out:
+            panel.screenshot(path=str(Path(out) / f"{stem}.png"))
+
+
+def check_state_survives_a_reload(page) -> None:
+    """Issue 20: a reload dropped every configuration back to the defaults. The set-up lives in the URL now: after a
+    reload the L40S of configuration 2, the loose SLO and the replayed trace are all still there."""
+    page.wait_for_function("() => location.search.includes('setup=')", timeout=RESULT_TIMEOUT_MS)
+    page.reload()
+    page.get_by_role("button", name="Run comparison").wait_for(timeout=RESULT_TIMEOUT_MS)
+    wait_until_idle(page)
+    assert_no_exception(page)
+    page.get_by_role("tab", name="Config 2").click()
+    # A link's set-up is loaded like a scenario file: the widgets start a new generation (w1-...).
+    device = ".st-key-w1-cfg1-deployment-device"
+    page.locator(device).wait_for(timeout=RESULT_TIMEOUT_MS)
+    page.wait_for_function(SHOWS_VALUE, arg=[device, "l40s"], timeout=RESULT_TIMEOUT_MS)
+    ttft = page.locator(".st-key-w1-slo-ttft_s input")
+    assert ttft.input_value() == "200", ttft.input_value()
+    assert scenario_workload(page)["arrival"] == "trace"
+
+
 def drive(page, url: str, tmp_path: Path) -> None:
     """Load the page, put an H200 in configuration 2, run, and check the results; then the journeys of issue 20
     (an overloaded configuration under a loose SLO, a replayed trace); screenshot at the end."""
@@ -307,4 +344,6 @@ def drive(page, url: str, tmp_path: Path) -> None:
     assert shot.stat().st_size > 10_000
 
     check_overloaded_is_never_crowned(page)
+    shoot_new_views(page)
     check_replay_keeps_the_trace_timing(page)
+    check_state_survives_a_reload(page)

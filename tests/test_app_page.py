@@ -182,7 +182,8 @@ def test_load_sweep_plots_attainment_against_rate():
     at.text_input(key="sweep-rates").set_value("2, 8")
     at.button(key="run-sweep").click().run()
     assert not at.exception and not at.error
-    assert len(at.get("vega_lite_chart")) == charts + 1
+    # attainment vs rate, and the two frontier charts with one point per rate (issue 20)
+    assert len(at.get("vega_lite_chart")) == charts + 3
     best = [t.value for t in at.table if "highest rate tried that meets the SLO and keeps up (req/s)" in t.value.columns]
     assert best and list(best[0].index) == ["h100-sxm vllm", "a100-80gb-sxm vllm"]
 
