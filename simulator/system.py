@@ -243,7 +243,8 @@ def build_system(scenario: Scenario) -> System:
         )
     roofline = roofline_for(device, dep, fmt)
     overheads = resolve_engine(dep)
-    ctx = BuildContext(model, device, dep, roofline, overheads, scenario.seed)
+    ctx = BuildContext(model, device, dep, roofline, overheads, scenario.seed,
+                       max_batch_seqs=sched_params.max_batch_seqs())
     model = stack.apply_model(model, ctx)
     ctx = replace(ctx, model=model)
     table = stack.apply_operators(table_for(model, device, dep, tp=dep.tp, pp=dep.pp), ctx)

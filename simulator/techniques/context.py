@@ -30,6 +30,7 @@ class BuildContext:
     overheads: OverheadTerms | None
     seed: int
     table: OperatorTable | None = None
+    max_batch_seqs: int = 256  # the scheduler's most sequences per iteration (sizes per-sequence reserves)
 
     def main_cost_model(self, transform: Callable[[OperatorTable], OperatorTable] | None = None) -> IterationCostModel:
         """A cost model of the main model (optionally with its table transformed), priced exactly as the

@@ -21,8 +21,12 @@ How capsim models it (nothing fitted to a paper's speed-up):
   new tokens' KV), priced at the device's FLOP rate. Calibrated attention curves are priced at ``e`` bytes
   per element through the table's attention geometry.
 
-Not modelled: the recent tokens some methods keep in full precision until a group fills (KIVI's residual,
-a fixed number of tokens per sequence, small beside long contexts); low-rank error terms (GEAR) beyond
+* **Residual tokens** (KIVI): each sequence keeps its newest ``residual_tokens`` tokens at ``deployment.kv_dtype``
+  until they fill a group. Memory: that many tokens per sequence at the unquantised width, reserved for the
+  scheduler's most sequences (``max_num_seqs``) so the batch the cache admits stays safe; attention: each decode
+  sequence reads those tokens at ``b`` bytes per element (a per-sequence term of the decode-attention row).
+
+Not modelled: low-rank error terms (GEAR) beyond
 what ``metadata_bytes`` and ``outlier_fraction`` express; accuracy. The draft model of speculative decoding
 keeps its own cache at ``deployment.kv_dtype``.
 """
@@ -67,6 +71,9 @@ class KVQuantParams(TechniqueParams):
         "zero point).")
     quant_flops: float = Field(
         4.0, ge=0, description="Operations per KV element written to quantise it (shift, scale, round, clamp).")
+    residual_tokens: int = Field(
+        0, ge=0, description="Newest tokens of each sequence kept at deployment.kv_dtype until a group fills "
+        "(KIVI keeps 32-128); 0: every token quantised.")
 
     def bytes_per_element(self) -> float:
         """Stored bytes per KV element, metadata and outliers included (the module docstring's ``e``)."""
@@ -77,7 +84,7 @@ class KVQuantParams(TechniqueParams):
 
 
 def quantised_table(table: OperatorTable, kv_heads: float, head_dim: float, old_bytes: float, new_bytes: float,
-                    dequant_flops: float, quant_flops: float) -> OperatorTable:
+                    dequant_flops: float, quant_flops: float, residual_tokens: int = 0) -> OperatorTable:
     """``table`` with its attention rows reading and writing ``new_bytes`` per KV element instead of
     ``old_bytes``, and a ``kv_dequant`` row for the (de)quantisation arithmetic.
 
@@ -102,6 +109,8 @@ def quantised_table(table: OperatorTable, kv_heads: float, head_dim: float, old_
         by = o.bytes.copy()
         by[read] += delta
         by[write] += delta
+        if residual_tokens and o.op_class == "attention_decode":
+            by[F.DECODE_SEQS] -= residual_tokens * delta  # each sequence's residual is read at the full width
         return replace(o, bytes=by)
 
     fl = np.zeros(F.NUM_FEATURES)
@@ -149,7 +158,17 @@ class KVQuantization(Technique):
 
     def memory(self, terms: MemoryTerms, ctx: BuildContext) -> MemoryTerms:
         old, new = self._element_bytes(ctx)
-        return terms.scaled(new / old, note=f"KV quantised to {new:.3f} B per element ({old:g} B unquantised)")
+        terms = terms.scaled(new / old, note=f"KV quantised to {new:.3f} B per element ({old:g} B unquantised)")
+        r = self.params.residual_tokens
+        if r:
+            from simulator.memory_plan import kv_elements_per_layer_per_gpu
+
+            dep = ctx.deployment
+            layers = -(-ctx.model.num_layers // dep.pp)
+            per_token = layers * kv_elements_per_layer_per_gpu(ctx.model, dep.tp) * (old - new)
+            terms = terms.plus(reserved=ctx.max_batch_seqs * r * per_token,
+                               note=f"{r} residual tokens per sequence at {old:g} B per element")
+        return terms
 
     def operators(self, table: OperatorTable, ctx: BuildContext) -> OperatorTable:
         old, new = self._element_bytes(ctx)
@@ -158,7 +177,8 @@ class KVQuantization(Technique):
         else:
             kv_heads, head_dim = float(kv_heads_per_gpu(ctx.model.num_kv_heads, ctx.deployment.tp)), ctx.model.head_dim
         p = self.params
-        return quantised_table(table, kv_heads, head_dim, old, new, p.dequant_flops, p.quant_flops)
+        return quantised_table(table, kv_heads, head_dim, old, new, p.dequant_flops, p.quant_flops,
+                               p.residual_tokens)
 
 
 __all__ = ["KVQuantParams", "KVQuantization", "quantised_table"]
