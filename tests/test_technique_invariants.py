@@ -135,9 +135,13 @@ def test_every_shipped_technique_at_once_keeps_the_invariants():
                   {"name": "sparse-attention", "density": 0.25}, {"name": "sparse-prefill", "density": 0.3},
                   {"name": SPEC, "drafter": "eagle", "k": 4, "acceptance": 0.7, "policy": "goodput"},
                   {"name": "nanoflow", "nano_batches": 2}]
-    assert {t["name"] for t in techniques} == set(TECHNIQUES.names())  # a new technique joins this test
-    for scheduler in ("vllm", "sarathi"):
-        base = tiny_scenario(scheduler, seed=11, qps=8.0, n=40, replicas=1, router="round-robin", kv_tokens_budget=False)
-        out = simulate(Scenario.model_validate({**base.model_dump(), "techniques": techniques}))
-        check_invariants(out)
-        assert out.result.token_gaps.num_samples == int((out.table.output - 1).sum())
+    # weight-offload is refused beside nanoflow (both group every layer row): it replaces nanoflow in a second stack.
+    offload = [*techniques[:-1], {"name": "weight-offload", "fraction": 0.5}]
+    assert {t["name"] for t in techniques + offload} == set(TECHNIQUES.names())  # a new technique joins this test
+    for stack in (techniques, offload):
+        for scheduler in ("vllm", "sarathi"):
+            base = tiny_scenario(scheduler, seed=11, qps=8.0, n=40, replicas=1, router="round-robin",
+                                 kv_tokens_budget=False)
+            out = simulate(Scenario.model_validate({**base.model_dump(), "techniques": stack}))
+            check_invariants(out)
+            assert out.result.token_gaps.num_samples == int((out.table.output - 1).sum())

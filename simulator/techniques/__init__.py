@@ -5,7 +5,14 @@ import line below.
 """
 
 # Each shipped technique registers itself on import (one line per technique module).
-from simulator.techniques import kv_eviction, kv_quantization, nanoflow, sparse_attention, speculative  # noqa: F401
+from simulator.techniques import (  # noqa: F401
+    kv_eviction,
+    kv_quantization,
+    nanoflow,
+    sparse_attention,
+    speculative,
+    weight_offload,
+)
 from simulator.techniques.base import TECHNIQUES, MemoryTerms, Technique, TechniqueParams, TechniqueStack, build_stack
 from simulator.techniques.context import BuildContext
 from simulator.techniques.step import BoundStep, StepModel, StepPlan
