@@ -15,7 +15,8 @@ How capsim models it -- an edit of the operator table, priced by the same pricer
   freed bytes go to the KV cache. When the tier gives a capacity, the offloaded bytes must fit in it.
 * **Fetch.** A ``weight_fetch`` row of class ``transfer`` per layer, placed on the link between the device
   memory and the tier (``DeviceSpec.link_between``): ``fraction`` of the layer's weight bytes per GPU once per
-  pass (the ``one`` feature, whatever the batch), priced ``bytes / bandwidth + latency``.
+  pass (the ``one`` feature, whatever the batch), priced ``bytes / bandwidth + latency``. An MoE layer's fetch
+  moves the offloaded share of all its experts (which ones the router picks is not known before the layer runs).
 * **Overlap.** With ``overlap`` (ZeRO-Inference's prefetch), the layer's device rows and its fetch join one
   overlap group: a layer costs ``max(device work, fetch)``. Without it (fetch, then compute) they add up.
 
