@@ -15,7 +15,7 @@ scenario with the same fields (:func:`device_from_dict`).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -30,6 +30,7 @@ from capsim.catalog import load_catalog, read_catalog_yaml, registry_of, spec_va
 from capsim.errors import CapsimError
 from capsim.registry import Registry, normalise_name
 from capsim.types import OptionalCount
+from hwmodels.links import Link
 
 DTYPES: tuple[str, ...] = ("fp32", "tf32", "bf16", "fp16", "fp8", "int8", "int4")
 """Numeric formats a device may list a peak for (dense tensor-core rates, except fp32)."""
@@ -77,6 +78,60 @@ class Interconnect(BaseModel):
         description="GPUs one scale-up fabric joins (72 for a GB200 NVL72 rack). capsim prices every link of a "
         "replica with nvlink_gbs, so a replica of more GPUs (tp x pp) than this is refused; unset: not checked.",
     )
+
+
+TIER_KINDS: tuple[str, ...] = ("sram", "hbm", "gddr", "lpddr", "ddr", "host", "nvme", "flash")
+"""Kinds of memory a tier may be: on-chip SRAM, device DRAM (HBM, GDDR, LPDDR, DDR), host DRAM, an NVMe
+drive, flash behind a computational-storage controller."""
+
+LINK_KINDS: tuple[str, ...] = ("pcie", "nvlink", "c2c", "cxl", "p2p", "tsv", "network")
+"""Kinds of link between tiers: PCIe, NVLink, a chip-to-chip link (NVLink-C2C), CXL, a peer-to-peer path
+(GPU to SSD), through-silicon vias (a logic die under DRAM), a network. A transfer row placed on a link is
+priced by the ``transfer`` pricer registered for its kind."""
+
+TierKind = Literal["sram", "hbm", "gddr", "lpddr", "ddr", "host", "nvme", "flash"]
+LinkKind = Literal["pcie", "nvlink", "c2c", "cxl", "p2p", "tsv", "network"]
+
+
+class MemoryTier(BaseModel):
+    """One level of a device's memory hierarchy: where weights or KV may be placed.
+
+    Why named tiers: a model that does not fit the fast tier can stream weights or keep KV in a slower
+    one (host DRAM, NVMe, flash), and an operator can run where its data lives (PIM, a CSD). The tier's
+    own bandwidth is what an operator placed *in* it reads at; moving data to another tier is priced on
+    the :class:`TierLink` between them.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(description="Tier id, unique on the device, e.g. 'host', 'nvme'; placements name it.")
+    kind: TierKind = Field(description=f"What memory it is: {', '.join(TIER_KINDS)}.")
+    capacity_gib: float | None = Field(
+        default=None, gt=0, description="Capacity per device, GiB (2^30 B); None: not bounded by capsim (e.g. "
+        "the host DRAM of an unspecified server)."
+    )
+    bandwidth_gbs: float | None = Field(
+        default=None, gt=0, description="The tier's own peak bandwidth, GB/s (an operator placed in the tier "
+        "reads at it; a PIM or CSD tier's internal bandwidth); None where no source gives it."
+    )
+    latency_us: float = Field(default=0.0, ge=0, description="Access latency, microseconds.")
+    active_w: float | None = Field(default=None, ge=0, description="Power while transferring, W (None: not given).")
+    idle_w: float | None = Field(default=None, ge=0, description="Power while idle, W (None: not given).")
+    source: str = Field(default="", description="Where each figure comes from.")
+
+
+class TierLink(BaseModel):
+    """A link between two tiers (of this device, or the host's): bandwidth per direction and latency."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(description="Link id, unique on the device, e.g. 'pcie', 'c2c'; transfer rows are placed on it.")
+    kind: LinkKind = Field(description=f"What link it is: {', '.join(LINK_KINDS)}.")
+    between: tuple[str, str] = Field(description="The two tiers it joins, by name.")
+    bandwidth_gbs: float = Field(gt=0, description="Bandwidth per direction, GB/s.")
+    latency_us: float = Field(default=0.0, ge=0, description="Fixed cost of one transfer, microseconds.")
+    generation: str = Field(default="", description="E.g. 'PCIe Gen5 x16', 'NVLink-C2C'.")
+    source: str = Field(default="", description="Where the figures come from.")
 
 
 class Efficiency(BaseModel):
@@ -133,6 +188,19 @@ class DeviceSpec(BaseModel):
         description="Streaming multiprocessors (NVIDIA) or compute units (AMD).",
     )
     interconnect: Interconnect
+    memory_kind: Literal["hbm", "gddr", "lpddr", "ddr"] = Field(
+        default="hbm", description="What the device memory (memory_gib at memory_bandwidth_gbs) is; its tier "
+        "is named after it."
+    )
+    memory_tiers: tuple[MemoryTier, ...] = Field(
+        default=(), description="Memory tiers beyond the device memory and the on-chip SRAM (host DRAM, NVMe, "
+        "flash, DDR), each with capacity, bandwidth, latency and source. A 'host' tier over PCIe is implied "
+        "when none is given (see DeviceSpec.tiers)."
+    )
+    tier_links: tuple[TierLink, ...] = Field(
+        default=(), description="Links between tiers (PCIe, NVLink-C2C, CXL, P2P, TSV). The device memory's "
+        "link to 'host' defaults to the interconnect's PCIe rate and latency."
+    )
     tdp_w: float = Field(gt=0, description="Board power limit (TDP/TBP), W.")
     idle_w: float = Field(ge=0, description="Power when powered on but idle, W.")
     price_usd_per_hour: float = Field(ge=0, description="Rental price of one device, USD/h.")
@@ -169,6 +237,24 @@ class DeviceSpec(BaseModel):
     def _check_power(self) -> DeviceSpec:
         if self.idle_w > self.tdp_w:
             raise ValueError(f"idle_w ({self.idle_w}) cannot exceed tdp_w ({self.tdp_w})")
+        return self
+
+    @model_validator(mode="after")
+    def _check_tiers(self) -> DeviceSpec:
+        names = [t.name for t in self.tiers]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"memory tier names must be unique; repeated: {', '.join(dupes)} (the device memory "
+                             f"is tier {self.memory_kind!r}, sram_mib is tier 'sram')")
+        links = [ln.name for ln in self.tier_links]
+        dupes = sorted({n for n in links if links.count(n) > 1})
+        if dupes:
+            raise ValueError(f"tier link names must be unique; repeated: {', '.join(dupes)}")
+        for ln in self.tier_links:
+            unknown = [t for t in ln.between if t not in names]
+            if unknown:
+                raise ValueError(f"tier link {ln.name!r} joins unknown tier(s) {', '.join(unknown)} "
+                                 f"(tiers: {', '.join(names)})")
         return self
 
     def __hash__(self) -> int:
@@ -229,6 +315,72 @@ class DeviceSpec(BaseModel):
     def pcie_bandwidth(self) -> float:
         """Host PCIe bandwidth per direction in bytes/s."""
         return self.interconnect.pcie_gbs * 1e9
+
+    # -- memory hierarchy ---------------------------------------------------------------------
+
+    @property
+    def main_tier(self) -> str:
+        """Name of the device-memory tier (weights and KV live there unless placed elsewhere)."""
+        return self.memory_kind
+
+    @property
+    def tiers(self) -> tuple[MemoryTier, ...]:
+        """The device's memory hierarchy, fastest first.
+
+        Derived, so every existing entry is the one-tier special case without edits: the on-chip SRAM
+        (``sram_mib``, when given), the device memory (``memory_gib`` at ``memory_bandwidth_gbs``, named
+        after ``memory_kind``), the entry's ``memory_tiers``, and -- unless the entry gives one -- a
+        ``host`` tier of unbounded capacity reached over the PCIe link of ``interconnect``.
+        """
+        out: list[MemoryTier] = []
+        if self.sram_mib:
+            out.append(MemoryTier(name="sram", kind="sram", capacity_gib=self.sram_mib / 1024, source="sram_mib"))
+        out.append(MemoryTier(
+            name=self.memory_kind, kind=self.memory_kind, capacity_gib=self.memory_gib,
+            bandwidth_gbs=self.memory_bandwidth_gbs, source="memory_gib, memory_bandwidth_gbs"))
+        out.extend(self.memory_tiers)
+        if not any(t.name == "host" for t in self.memory_tiers):
+            out.append(MemoryTier(name="host", kind="host", source="implied: host DRAM, capacity not modelled"))
+        return tuple(out)
+
+    @property
+    def links(self) -> tuple[TierLink, ...]:
+        """Links between tiers: the entry's ``tier_links``, plus the device memory's PCIe link to ``host``
+        (``interconnect.pcie_gbs``, ``link_latency_us``) when the entry gives none between them."""
+        pair = {self.main_tier, "host"}
+        if any(set(ln.between) == pair for ln in self.tier_links):
+            return self.tier_links
+        return (*self.tier_links, TierLink(
+            name="pcie", kind="pcie", between=(self.main_tier, "host"), bandwidth_gbs=self.interconnect.pcie_gbs,
+            latency_us=self.interconnect.link_latency_us, source="interconnect.pcie_gbs"))
+
+    def tier(self, name: str, *, where: str = "placement.tier") -> MemoryTier:
+        """The tier called ``name``; a :class:`CapsimError` listing the device's tiers otherwise."""
+        for t in self.tiers:
+            if t.name == name:
+                return t
+        raise CapsimError(
+            f"device {self.name!r} has no memory tier {name!r} (tiers: {', '.join(t.name for t in self.tiers)})",
+            where=where, fix="name one of its tiers, or add the tier to the device's memory_tiers",
+        )
+
+    def link_between(self, a: str, b: str, *, where: str = "placement.tier") -> TierLink:
+        """The link joining tiers ``a`` and ``b``; an error naming the device's links otherwise."""
+        self.tier(a, where=where)
+        self.tier(b, where=where)
+        for ln in self.links:
+            if set(ln.between) == {a, b}:
+                return ln
+        raise CapsimError(
+            f"device {self.name!r} has no link between tiers {a!r} and {b!r} "
+            f"(links: {', '.join(f'{ln.name} {ln.between[0]}-{ln.between[1]}' for ln in self.links)})",
+            where=where, fix="add a tier_links entry joining them to the device",
+        )
+
+    def transfer_link(self, a: str, b: str, *, where: str = "placement.tier") -> Link:
+        """The link between tiers ``a`` and ``b`` as the cost model's :class:`~hwmodels.links.Link` (B/s, s)."""
+        ln = self.link_between(a, b, where=where)
+        return Link(ln.name, ln.bandwidth_gbs * 1e9, ln.latency_us * 1e-6, ln.kind)
 
     def ridge_point(self, dtype: str) -> float:
         """Arithmetic intensity (FLOP/byte) where peak compute meets peak bandwidth."""

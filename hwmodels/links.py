@@ -16,11 +16,16 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Link:
-    """A point-to-point link: per-direction bandwidth (B/s) and per-message latency (s)."""
+    """A point-to-point link: per-direction bandwidth (B/s) and per-message latency (s).
+
+    ``kind`` (``hwmodels.device.LINK_KINDS``: "pcie", "c2c", ...) picks the pricer of transfer rows placed on
+    the link when no pricer is registered for its name; empty for links priced by name alone.
+    """
 
     name: str
     bandwidth: float
     latency_s: float
+    kind: str = ""
 
 
 def ring_allreduce_coefficients(link: Link, ranks: int) -> tuple[float, float]:

@@ -238,8 +238,9 @@ def validate(
             dropped = int(prep.unservable.sum())
             out_console.print(
                 f"[green]ok[/] {sc.name}: {system.model.name} on {sc.deployment.num_replicas}x{system.device.name} "
-                f"tp={sc.deployment.tp} pp={sc.deployment.pp}; weights {m.weights_bytes / GIB:.1f} GiB/GPU, "
-                f"KV capacity {m.kv_capacity_tokens:,} tokens/replica; workload {len(prep.stream):,} requests "
+                f"tp={sc.deployment.tp} pp={sc.deployment.pp}; weights {m.weights_bytes / GIB:.1f} GiB/GPU"
+                + (f" (+{m.offloaded_weight_bytes / GIB:.1f} GiB offloaded)" if m.offloaded_weight_bytes else "")
+                + f", KV capacity {m.kv_capacity_tokens:,} tokens/replica; workload {len(prep.stream):,} requests "
                 f"({prep.stream.source})" + (f", {dropped:,} unservable will be dropped" if dropped else ""),
                 highlight=False,
             )

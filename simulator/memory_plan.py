@@ -39,6 +39,7 @@ class MemoryPlan:
     block_size: int
     host_kv_bytes_per_token: float = 0.0  # per GPU's share, when a technique keeps KV in host memory
     host_kv_bytes: float = 0.0  # host memory for KV, per GPU
+    offloaded_weight_bytes: float = 0.0  # per GPU, kept in a slower tier and streamed in (weight offload)
 
     @property
     def kv_bytes(self) -> float:
@@ -56,6 +57,21 @@ def weights_per_gpu(model: ModelSpec, tp: int, pp: int, bytes_per_weight: float)
     with several, the first stage holds the embedding and the last the LM head,
     so the worst stage holds one ``V x d`` matrix (both when they are tied).
     """
+    body, emb = _weight_params_per_gpu(model, tp, pp)
+    return (body + emb) * bytes_per_weight
+
+
+def layer_weights_per_gpu(model: ModelSpec, tp: int, pp: int, bytes_per_weight: float) -> float:
+    """Weight bytes of the transformer blocks (no embedding, no LM head) on the most loaded GPU.
+
+    What an offload of the layers' weights moves out of device memory (the embedding and LM head stay).
+    """
+    body, _ = _weight_params_per_gpu(model, tp, pp)
+    return body * bytes_per_weight
+
+
+def _weight_params_per_gpu(model: ModelSpec, tp: int, pp: int) -> tuple[float, float]:
+    """(block parameters, embedding and LM-head parameters) on the most loaded GPU."""
     layers_per_stage = -(-model.num_layers // pp)
     # With fewer KV heads than ranks each rank keeps a whole KV head (as the KV cache does),
     # so the K and V projections of the replicated heads are stored more than once.
@@ -72,7 +88,7 @@ def weights_per_gpu(model: ModelSpec, tp: int, pp: int, bytes_per_weight: float)
         emb = model.embedding_params / tp
     else:
         emb = vd / tp
-    return (body + emb) * bytes_per_weight
+    return body, emb
 
 
 def activation_reserve(
@@ -115,6 +131,7 @@ def plan_memory(
     host_kv_bytes_per_token: float = 0.0,
     host_kv_bytes: float = 0.0,
     technique_kv_scale: float = 1.0,
+    offloaded_weight_bytes: float = 0.0,
 ) -> MemoryPlan:
     """Budget one replica's memory; raise when nothing is left for the KV cache.
 
@@ -124,10 +141,13 @@ def plan_memory(
     memory (``host_kv_bytes_per_token`` per GPU's share, ``host_kv_bytes`` set aside per GPU); the
     capacity is then the fewest tokens either tier holds, so KV in use never exceeds either.
     ``technique_kv_scale`` multiplies the served model's own KV bytes per token (a quantised cache).
+    ``offloaded_weight_bytes`` per GPU live in a slower tier (weight offload) and take no device memory.
     """
     gpu = float(device.memory_bytes)
     usable = gpu * memory_utilization
     weights = weights_per_gpu(model, tp, pp, weight_bytes)
+    if offloaded_weight_bytes:
+        weights -= offloaded_weight_bytes
     layers_per_stage = -(-model.num_layers // pp)
     # KV heads are replicated when fewer than ranks; an MLA latent is whole on every rank.
     kv_per_token = layers_per_stage * kv_elements_per_layer_per_gpu(model, tp) * kv_bytes
@@ -166,7 +186,8 @@ def plan_memory(
         capacity = host_capacity if kv_per_token <= 0 else min(int(left // kv_per_token), host_capacity)
         capacity -= capacity % block_size
         return MemoryPlan(gpu, usable, weights, reserve_bytes, kv_per_token, capacity, block_size,
-                          host_kv_bytes_per_token, host_kv_bytes)
+                          host_kv_bytes_per_token, host_kv_bytes, offloaded_weight_bytes)
     capacity = int(left // kv_per_token)
     capacity -= capacity % block_size
-    return MemoryPlan(gpu, usable, weights, reserve_bytes, kv_per_token, capacity, block_size)
+    return MemoryPlan(gpu, usable, weights, reserve_bytes, kv_per_token, capacity, block_size,
+                      offloaded_weight_bytes=offloaded_weight_bytes)

@@ -262,7 +262,7 @@ def build_system(scenario: Scenario) -> System:
         technique_kv_bytes_per_token=extra.extra_kv_bytes_per_token, technique_reserved_bytes=extra.reserved_bytes,
         gpu_kv_fraction=extra.gpu_kv_fraction, host_kv_bytes_per_token=extra.host_kv_bytes_per_token,
         host_kv_bytes=extra.host_kv_bytes,
-        technique_kv_scale=extra.kv_bytes_scale,
+        technique_kv_scale=extra.kv_bytes_scale, offloaded_weight_bytes=extra.offloaded_weight_bytes,
     )
     return System(
         model, device, dep, fmt, roofline, table, memory, sched_cls, sched_params, router_cls, overheads,

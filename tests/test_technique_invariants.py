@@ -139,14 +139,17 @@ def test_every_shipped_technique_at_once_keeps_the_invariants():
                   {"name": SPEC, "drafter": "eagle", "k": 4, "acceptance": 0.7, "policy": "goodput"},
                   {"name": "nanoflow", "nano_batches": 2}]
     # Prefix caching cannot share blocks whose KV eviction rewrites: it takes eviction's place in a second stack.
+    # weight-offload is refused beside nanoflow (both group every layer row): it replaces nanoflow in a third.
     with_prefix = [{"name": "prefix-caching"}, *(t for t in techniques if t["name"] != "kv-eviction")]
-    named = {t["name"] for t in techniques} | {t["name"] for t in with_prefix}
+    offload = [*techniques[:-1], {"name": "weight-offload", "fraction": 0.5}]
+    named = {t["name"] for stack in (techniques, with_prefix, offload) for t in stack}
     assert named == set(TECHNIQUES.names())  # a new technique joins this test
-    for stack in (techniques, with_prefix):
+    for stack in (techniques, with_prefix, offload):
         for scheduler in ("vllm", "sarathi"):
             base = tiny_scenario(scheduler, seed=11, qps=8.0, n=40, replicas=1, router="round-robin",
                                  kv_tokens_budget=False).model_dump()
-            base["workload"]["sharing"] = {"pattern": "system-prompt", "shared_tokens": 100, "block_tokens": 32}
+            if stack is with_prefix:
+                base["workload"]["sharing"] = {"pattern": "system-prompt", "shared_tokens": 100, "block_tokens": 32}
             out = simulate(Scenario.model_validate({**base, "techniques": stack}))
             check_invariants(out)
             assert out.result.token_gaps.num_samples == int((out.table.output - 1).sum())

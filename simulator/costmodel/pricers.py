@@ -358,6 +358,10 @@ class PricerRegistry:
     def for_row(self, op: Operator, context: PricingContext) -> RowPricer:
         """The pricer of ``op``; a :class:`CapsimError` naming the row when its class has none at its placement."""
         factory = self._factories.get((op.op_class, op.placement))
+        if factory is None and op.placement != "device":  # a row on a named link: priced as its kind
+            kind = next((ln.kind for ln in context.links if ln.name == op.placement and ln.kind), "")
+            if kind:
+                factory = self._factories.get((op.op_class, kind))
         if factory is None:
             raise CapsimError(
                 f"no pricer for operator {op.name!r} of class {op.op_class!r} placed on {op.placement!r} "
@@ -437,6 +441,17 @@ def elementwise_pricer(op: Operator, ctx: PricingContext) -> RowPricer:
 def pcie_transfer_pricer(op: Operator, ctx: PricingContext) -> RowPricer:
     """Bytes moved between host memory and the GPU over the table's PCIe link (KV kept in host memory)."""
     return LinkPricer(op, ctx.link(op))
+
+
+def link_transfer_pricer(op: Operator, ctx: PricingContext) -> RowPricer:
+    """Bytes moved between two memory tiers over the link the row is placed on (alpha-beta)."""
+    return LinkPricer(op, ctx.link(op))
+
+
+# Every other kind of tier link (hwmodels.device.LINK_KINDS) prices its transfers the same way: a row placed on a
+# link named e.g. 'c2c' or 'nvme-pcie' finds the pricer of its kind (PricerRegistry.for_row).
+for _kind in ("nvlink", "c2c", "cxl", "p2p", "tsv", "network"):
+    PRICERS.add("transfer", link_transfer_pricer, _kind)
 
 
 @PRICERS.register("kv_select")

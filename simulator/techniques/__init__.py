@@ -12,6 +12,7 @@ from simulator.techniques import (  # noqa: F401
     prefix_caching,
     sparse_attention,
     speculative,
+    weight_offload,
 )
 from simulator.techniques.base import TECHNIQUES, MemoryTerms, Technique, TechniqueParams, TechniqueStack, build_stack
 from simulator.techniques.context import BuildContext

@@ -68,6 +68,9 @@ class MemoryTerms:
     ``kv_bytes_scale`` multiplies the target model's own KV bytes per token (a quantised or
     channel-pruned cache stores fewer bytes per token; a multiplier, because the saving is relative to
     whatever ``deployment.kv_dtype`` stores). Techniques compose by multiplying it.
+
+    ``offloaded_weight_bytes`` (per GPU) of the served model's weights live in a slower tier and are
+    streamed in each pass (weight offload): they take no device memory.
     """
 
     extra_kv_bytes_per_token: float = 0.0
@@ -77,6 +80,7 @@ class MemoryTerms:
     host_kv_bytes_per_token: float = 0.0
     host_kv_bytes: float = 0.0
     kv_bytes_scale: float = 1.0
+    offloaded_weight_bytes: float = 0.0
 
     def plus(self, kv: float = 0.0, reserved: float = 0.0, note: str | None = None) -> MemoryTerms:
         return replace(
@@ -87,6 +91,11 @@ class MemoryTerms:
     def scaled(self, factor: float, note: str | None = None) -> MemoryTerms:
         """The target model's KV bytes per token multiplied by ``factor`` (on top of earlier scales)."""
         return replace(self, kv_bytes_scale=self.kv_bytes_scale * factor, notes=self.notes + ((note,) if note else ()))
+
+    def offload_weights(self, nbytes: float, note: str | None = None) -> MemoryTerms:
+        """``nbytes`` per GPU of the served model's weights kept outside device memory."""
+        return replace(self, offloaded_weight_bytes=self.offloaded_weight_bytes + nbytes,
+                       notes=self.notes + ((note,) if note else ()))
 
     def on_host(self, gpu_kv_fraction: float, host_bytes_per_token: float, host_bytes: float,
                 note: str | None = None) -> MemoryTerms:

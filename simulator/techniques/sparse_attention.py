@@ -16,7 +16,8 @@ Everything is an edit of the operator table, priced by the same pricers as the r
   ``m`` label channels; one landmark per chunk: ``v = 1``. The summaries are stored: ``v * m * h_kv * b_kv /
   P`` extra KV bytes per token per sparse layer. The top-k over page scores is not charged (one pass over
   ``1/P`` of the context's scores, far below the summary read).
-* **KV in host memory** (``kv_location: host``; ShadowKV, InfLLM). The served model's KV (``kv``) or its
+* **KV in host memory** (``kv_location: host``; ShadowKV, InfLLM; or any other memory tier of the device by
+  name, e.g. an ``nvme`` tier for FlexGen's KV on disk, fetched over that tier's link). The served model's KV (``kv``) or its
   values (``values``, ShadowKV: the keys stay on the GPU as a rank-``r`` factor, ``r * b_kv`` bytes per token
   per layer) live in host memory, sized by ``host_kv_gib`` (devices do not model host DRAM yet). Each step
   moves the selected entries over PCIe: a ``transfer`` row on the device's PCIe link, ``rho_eff * n * h_kv *
@@ -50,7 +51,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from capsim.errors import CapsimError
+from capsim.errors import CapsimError, DoesNotFitError
 from capsim.types import Count, Flag, OptionalCount
 from hwmodels.links import Link
 from simulator.costmodel import features as F
@@ -96,9 +97,10 @@ class SparseAttentionParams(TechniqueParams):
     )
     dense_layers: Count = Field(0, ge=0, description="Layers that keep dense attention (Quest: the first "
                                 "layers; TidalDecode: its token-selection layers).")
-    kv_location: Literal["hbm", "host"] = Field(
-        "hbm", description="Where the full KV cache lives: 'hbm' (GPU memory), or 'host' (host memory; each step "
-        "fetches the selected entries over PCIe)."
+    kv_location: str = Field(
+        "hbm", description="Where the full KV cache lives: 'hbm' (the device memory), or another memory tier of the "
+        "device by name -- 'host' (host memory over PCIe, every GPU has it), 'nvme' or any tier the device defines "
+        "(docs/devices-and-tiers.md); each step fetches the selected entries over the link to that tier."
     )
     host_tensors: Literal["kv", "values"] = Field(
         "kv", description="With kv_location host: 'kv' keeps keys and values on the host (InfLLM); 'values' "
@@ -108,8 +110,8 @@ class SparseAttentionParams(TechniqueParams):
         None, ge=1, description="Rank of the GPU-resident key factor per token and layer (host_tensors: values)."
     )
     host_kv_gib: float | None = Field(
-        None, gt=0, description="Host memory set aside for KV per replica, GiB (kv_location: host); devices do "
-        "not model host DRAM yet."
+        None, gt=0, description="Memory of the kv_location tier set aside for KV per replica, GiB (any kv_location "
+        "but 'hbm'); the tier's own capacity, where the device gives one, also bounds it."
     )
     overlap: Flag = Field(
         True, description="With kv_location host: the PCIe fetch runs concurrently with the layer's GPU "
@@ -119,14 +121,16 @@ class SparseAttentionParams(TechniqueParams):
 
     @model_validator(mode="after")
     def _consistent(self):
-        host = self.kv_location == "host"
+        host = self.kv_location != "hbm"
         if host and self.host_kv_gib is None:
-            raise ValueError("kv_location 'host' needs host_kv_gib (host memory for KV per replica, GiB)")
+            raise ValueError(f"kv_location {self.kv_location!r} needs host_kv_gib (memory of that tier for KV per "
+                             "replica, GiB)")
         if not host:
             if self.host_kv_gib is not None:
-                raise ValueError("host_kv_gib applies to kv_location 'host'; remove it or set kv_location: host")
+                raise ValueError("host_kv_gib applies to a kv_location other than 'hbm'; remove it or set "
+                                 "kv_location: host")
             if self.host_tensors != "kv":
-                raise ValueError("host_tensors applies to kv_location 'host'")
+                raise ValueError("host_tensors applies to a kv_location other than 'hbm'")
         if self.host_tensors == "values" and self.key_rank is None:
             raise ValueError("host_tensors 'values' needs key_rank (rank of the GPU-resident key factor)")
         if self.host_tensors != "values" and self.key_rank is not None:
@@ -182,8 +186,9 @@ class SparseAttention(Technique):
         g = _geometry(table, self.where)
         rho = self.effective_density(table.num_layers)
         sparse_share = 1.0 - self._dense_share(table.num_layers)
-        host = p.kv_location == "host"
+        host = p.kv_location != "hbm"
         group = OVERLAP_GROUP if host and p.overlap else ""
+        link = self._link(ctx) if host else None
         ctx_i = F.DECODE_CONTEXT
         ops: list[Operator] = []
         for op in table.layer_ops:
@@ -193,24 +198,30 @@ class SparseAttention(Technique):
                 by[ctx_i] *= rho
                 op = replace(op, flops=fl, bytes=by, overlap=group, attended=op.attended * rho)
                 ops.append(op)
-                ops.extend(self._extra_rows(g, rho, sparse_share, group))
+                ops.extend(self._extra_rows(g, rho, sparse_share, group, link))
                 continue
             if group and op.op_class == "attention_prefill":
                 op = replace(op, overlap=group)  # the prompt's KV is written out while the layer computes
             ops.append(op)
         links = table.links
-        if host and not any(link.name == "pcie" for link in links):
-            links = (*links, Link("pcie", ctx.device.pcie_bandwidth, ctx.device.interconnect.link_latency_us * 1e-6))
+        if link is not None and not any(ln.name == link.name for ln in links):
+            links = (*links, link)
         return table.with_ops(layer_ops=tuple(ops), links=links)
 
-    def _extra_rows(self, g: AttentionGeometry, rho: float, sparse_share: float, group: str) -> list[Operator]:
+    def _link(self, ctx: BuildContext) -> Link:
+        """The link between the device memory and the KV's tier (host DRAM: the device's PCIe link)."""
+        dev = ctx.device
+        return dev.transfer_link(dev.main_tier, self.params.kv_location, where=f"{self.where}.kv_location")
+
+    def _extra_rows(self, g: AttentionGeometry, rho: float, sparse_share: float, group: str,
+                    link: Link | None) -> list[Operator]:
         p = self.params
         rows: list[Operator] = []
         sel_flops, sel_bytes = self._summary_per_token(g)
         if sel_flops or sel_bytes:
             rows.append(Operator("kv_select", "kv_select", flops=_vec(decode_context=sparse_share * sel_flops),
                                  bytes=_vec(decode_context=sparse_share * sel_bytes), overlap=group))
-        if p.kv_location != "host":
+        if link is None:
             return rows
         kv_token = g.kv_heads * g.head_dim * g.kv_bytes  # one tensor (keys or values) per token per layer
         if p.host_tensors == "values":
@@ -223,7 +234,7 @@ class SparseAttention(Technique):
         rows.append(Operator(
             "kv_fetch", "transfer", flops=_vec(),
             bytes=_vec(decode_context=rho * moved, decode_seqs=moved, prefill_tokens=moved),
-            placement="pcie", overlap=group))
+            placement=link.name, overlap=group))
         return rows
 
     def memory(self, terms: MemoryTerms, ctx: BuildContext) -> MemoryTerms:
@@ -237,16 +248,24 @@ class SparseAttention(Technique):
         summaries = layers * sparse_share * per_page * float(p.summary_channels or g.head_dim) * g.kv_heads * g.kv_bytes
         if summaries:
             terms = terms.plus(kv=summaries, note=f"page summaries: {summaries:.0f} B per token per GPU")
-        if p.kv_location != "host":
+        if p.kv_location == "hbm":
             return terms
         kv_token = g.kv_heads * g.head_dim * g.kv_bytes
         host_per_token = layers * self._host_tensors() * kv_token
         host_bytes = p.host_kv_gib * GIB / (dep.tp * dep.pp)
+        tier = ctx.device.tier(p.kv_location, where=f"{self.where}.kv_location")
+        if tier.capacity_gib is not None and host_bytes > tier.capacity_gib * GIB:
+            raise DoesNotFitError(
+                f"host_kv_gib sets aside {host_bytes / GIB:.1f} GiB per GPU in tier {tier.name!r}, which holds "
+                f"{tier.capacity_gib:g} GiB per device", where=f"{self.where}.host_kv_gib",
+                fix=f"set host_kv_gib to at most {tier.capacity_gib * dep.tp * dep.pp:g} (the tier's capacity over "
+                "the replica's GPUs)")
         if p.host_tensors == "values":
             factor = layers * float(p.key_rank) * g.kv_bytes
             terms = terms.plus(kv=factor, note=f"rank-{p.key_rank} key factor: {factor:.0f} B per token per GPU")
+        where = "host memory" if p.kv_location == "host" else f"tier {p.kv_location!r}"
         return terms.on_host(0.0, host_per_token, host_bytes,
-                             note=f"{p.host_tensors} in host memory: {host_per_token:.0f} B per token per GPU, "
+                             note=f"{p.host_tensors} in {where}: {host_per_token:.0f} B per token per GPU, "
                              f"{host_bytes / GIB:.1f} GiB per GPU")
 
 
