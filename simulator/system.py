@@ -267,7 +267,23 @@ def build_system(scenario: Scenario) -> System:
     return System(
         model, device, dep, fmt, roofline, table, memory, sched_cls, sched_params, router_cls, overheads,
         techniques=stack, step=stack.step_model(ctx) if stack else None,
-        kv_policy=stack.kv_policy(ctx) if stack else None,
+        kv_policy=_kv_policy(stack, ctx, model),
         admit=stack.admit(ctx) if stack else None,
         extra_devices=stack.extra_devices(ctx) if stack else (),
     )
+
+
+def _kv_policy(stack: TechniqueStack, ctx: BuildContext, model: ModelSpec) -> KVPolicy | None:
+    """A technique's KV retention, or the model's sliding window (they do not combine yet)."""
+    policy = stack.kv_policy(ctx) if stack else None
+    if model.sliding_window is None:
+        return policy
+    if policy is not None:
+        raise CapsimError(
+            f"{model.name} attends to a sliding window of {model.sliding_window} tokens, which capsim does not "
+            "combine with a KV eviction or retention technique yet",
+            where="techniques", fix="remove the KV eviction technique, or use a model without a window",
+        )
+    from simulator.window import SlidingWindowPolicy
+
+    return SlidingWindowPolicy(model)

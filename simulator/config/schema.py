@@ -34,7 +34,7 @@ class DeploymentConfig(BaseModel):
     num_replicas: Count = Field(1, gt=0, description="Independent model replicas behind the router.")
     tp: Count = Field(1, gt=0, description="Tensor-parallel degree: GPUs that split every layer.")
     pp: Count = Field(1, gt=0, description="Pipeline-parallel degree: stages that split the layers.")
-    weight_dtype: str = Field("bf16", description="Weight format: fp32, bf16, fp16, fp8, int8 or int4.")
+    weight_dtype: str = Field("bf16", description="Weight format: fp32, bf16, fp16, fp8, int8, int4 or mxfp4.")
     kv_dtype: str = Field("bf16", description="KV-cache format: bf16, fp16, fp8 or int8.")
     activation_dtype: str = Field("bf16", description="Activation format (bf16 or fp16).")
     memory_utilization: float = Field(

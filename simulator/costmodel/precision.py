@@ -17,6 +17,9 @@ BYTES_PER_ELEMENT: dict[str, float] = {
     "fp8": 1.0,
     "int8": 1.0,
     "int4": 0.5,
+    # OCP Microscaling MXFP4 (OCP MX Formats Specification v1.0, 2023): 4-bit E2M1 elements in blocks of 32
+    # sharing one 8-bit E8M0 scale, 4.25 bits per element.
+    "mxfp4": 4.25 / 8,
 }
 
 # Arithmetic format used by the GEMMs when weights are stored in a format.
@@ -29,6 +32,7 @@ COMPUTE_FORMAT_FOR_WEIGHTS: dict[str, str] = {
     "fp8": "fp8",
     "int8": "int8",
     "int4": "bf16",
+    "mxfp4": "bf16",  # Hopper has no FP4 tensor cores: the weights are dequantised to bf16 (Blackwell runs FP4)
 }
 
 

@@ -137,6 +137,19 @@ class ModelSpec(BaseModel):
         description="Intermediate size of the dense_layers' MLP (DeepSeek intermediate_size); required "
         "when dense_layers > 0.",
     )
+    # -- sliding-window attention (Mistral-7B-v0.1, gpt-oss) ----------------------------------------
+    sliding_window: OptionalCount = Field(
+        default=None,
+        gt=0,
+        description="Tokens a windowed layer attends to (and keeps KV for): the newest sliding_window tokens; "
+        "None = full attention everywhere.",
+    )
+    sliding_window_layers: OptionalCount = Field(
+        default=None,
+        ge=0,
+        description="How many layers use the window (gpt-oss alternates windowed and full layers: half); "
+        "None = every layer, when sliding_window is set.",
+    )
     published_params_b: float | None = Field(
         default=None,
         gt=0,
@@ -205,7 +218,23 @@ class ModelSpec(BaseModel):
             raise ValueError(f"dense_layers ({self.dense_layers}) must be fewer than num_layers ({self.num_layers})")
         if self.dense_layers and self.dense_ffn_size is None:
             raise ValueError("dense_layers > 0 needs dense_ffn_size, the intermediate size of those layers' MLP")
+        if self.sliding_window_layers is not None:
+            if self.sliding_window is None:
+                raise ValueError("sliding_window_layers needs sliding_window, the window in tokens")
+            if self.sliding_window_layers > self.num_layers:
+                raise ValueError(f"sliding_window_layers ({self.sliding_window_layers}) exceeds num_layers "
+                                 f"({self.num_layers})")
+        if self.sliding_window is not None and self.kv_lora_rank:
+            raise ValueError("sliding windows with multi-head latent attention are not modelled")
         return self
+
+    @property
+    def windowed_layer_fraction(self) -> float:
+        """Share of the layers that attend to a sliding window (0 without one)."""
+        if self.sliding_window is None:
+            return 0.0
+        n = self.num_layers if self.sliding_window_layers is None else self.sliding_window_layers
+        return n / self.num_layers
 
     # -- derived sizes ----------------------------------------------------------------
 

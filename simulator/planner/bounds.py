@@ -303,6 +303,10 @@ def check(scenario: Scenario, system: System, bounds: CostBounds | None = None) 
         names = ", ".join(t.name for t in system.techniques.techniques if not t.keeps_planner_bounds())
         return Verdict(True, TECHNIQUE, f"not bounded analytically: {names} changes the cost of a decode step",
                        0, 0, math.nan, math.nan, math.nan, math.nan)
+    if system.kv_policy is not None:
+        # A sliding-window model keeps and reads less KV than the bounds' full-context decode step assumes.
+        return Verdict(True, TECHNIQUE, "not bounded analytically: the model's KV is capped (sliding window)",
+                       0, 0, math.nan, math.nan, math.nan, math.nan)
     bounds = bounds or CostBounds(system)
     slo = scenario.slo
     stream = servable_stream(scenario, system)

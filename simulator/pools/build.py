@@ -140,6 +140,11 @@ def build_pools(scenario: Scenario) -> PoolSet:
             system = build_system(_pool_scenario(scenario, pool))
         except CapsimError as exc:
             raise type(exc)(exc.problem, where=_rewrite(exc.where, i, pool), fix=exc.fix) from None
+        if system.kv_policy is not None:
+            raise CapsimError(
+                f"{system.model.name} keeps a capped KV cache (sliding window), which pools do not model yet",
+                where="model", fix="simulate it as a single pool (`deployment:`), or use a model without a window",
+            )
         plans.append(PoolPlan(i, pool, system))
     roles = [p.role for p in plans]
     for role in cls.required:
