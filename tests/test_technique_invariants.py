@@ -6,7 +6,8 @@ stores and attends. None of that may break "every request finishes once with all
 the KV budget, or one recorded gap per token -- under every scheduler that accepts the technique,
 with preemption, both arrival paths and every drafter. Sparse attention moves the KV cache to host memory
 (a second capacity tier) and prices steps with overlapped PCIe fetches; the same invariants hold with it
-on, alone and combined with speculation.
+on, alone and combined with speculation. Attention offloading (Lamina) keeps the whole KV cache on a pool of
+attention devices whose memory alone bounds it, and prices steps as overlapped GPU, pool and link lanes.
 """
 
 from __future__ import annotations
@@ -44,6 +45,10 @@ TECHNIQUE_VARIANTS = {
                       "full_head_fraction": 0.25},
     "minicache-think": {"name": "kv-eviction", "policy": "none", "merged_layer_fraction": 0.5,
                         "key_channel_pruning": 0.5},
+    # KV on one small attention device (~1,200 tokens of llama-2-7b): the pool's memory forces preemption.
+    "lamina-small-pool": {"name": "attention-offload", "device": {"base": "h20", "memory_gib": 0.6}, "count": 1,
+                          "link": {"gbs": 50}},
+    "lamina-no-overlap": {"name": "attention-offload", "count": 2, "overlap": False},
     "nanoflow-3": {"name": "nanoflow", "nano_batches": 3},
     "nanoflow-split-always": {"name": "nanoflow", "nano_batches": 2, "adaptive": False},
     # Composition: a quantised cache, H2O eviction and speculation at once.
@@ -142,9 +147,13 @@ def test_every_shipped_technique_at_once_keeps_the_invariants():
     # weight-offload is refused beside nanoflow (both group every layer row): it replaces nanoflow in a third.
     with_prefix = [{"name": "prefix-caching"}, *(t for t in techniques if t["name"] != "kv-eviction")]
     offload = [*techniques[:-1], {"name": "weight-offload", "fraction": 0.5}]
-    named = {t["name"] for stack in (techniques, with_prefix, offload) for t in stack}
+    # attention-offload moves the KV cache to its own devices and groups every layer row: it is refused beside
+    # sparse-attention (which also places the KV), weight-offload and nanoflow, so it replaces those in a fourth.
+    lamina = [t for t in techniques if t["name"] not in ("sparse-attention", "nanoflow")]
+    lamina.append({"name": "attention-offload", "count": 1, "link": {"gbs": 25}})
+    named = {t["name"] for stack in (techniques, with_prefix, offload, lamina) for t in stack}
     assert named == set(TECHNIQUES.names())  # a new technique joins this test
-    for stack in (techniques, with_prefix, offload):
+    for stack in (techniques, with_prefix, offload, lamina):
         for scheduler in ("vllm", "sarathi"):
             base = tiny_scenario(scheduler, seed=11, qps=8.0, n=40, replicas=1, router="round-robin",
                                  kv_tokens_budget=False).model_dump()
