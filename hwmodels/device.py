@@ -111,8 +111,8 @@ class MemoryTier(BaseModel):
         "the host DRAM of an unspecified server)."
     )
     bandwidth_gbs: float | None = Field(
-        default=None, gt=0, description="The tier's own peak bandwidth, GB/s (an operator placed in the tier "
-        "reads at it; a PIM or CSD tier's internal bandwidth); None where no source gives it."
+        default=None, gt=0, description="The tier's own peak bandwidth as the rest of the system sees it, GB/s "
+        "(a tier that computes reads itself at internal_bandwidth_gbs); None where no source gives it."
     )
     latency_us: float = Field(default=0.0, ge=0, description="Access latency, microseconds.")
     compute_tflops: float | None = Field(
