@@ -111,13 +111,33 @@ class MemoryTier(BaseModel):
         "the host DRAM of an unspecified server)."
     )
     bandwidth_gbs: float | None = Field(
-        default=None, gt=0, description="The tier's own peak bandwidth, GB/s (an operator placed in the tier "
-        "reads at it; a PIM or CSD tier's internal bandwidth); None where no source gives it."
+        default=None, gt=0, description="The tier's own peak bandwidth as the rest of the system sees it, GB/s "
+        "(a tier that computes reads itself at internal_bandwidth_gbs); None where no source gives it."
     )
     latency_us: float = Field(default=0.0, ge=0, description="Access latency, microseconds.")
+    compute_tflops: float | None = Field(
+        default=None, gt=0, description="Peak throughput of the compute units inside the tier, TFLOP/s (HBM-PIM "
+        "banks, a CSD's in-storage accelerator); None: the tier stores data but computes nothing."
+    )
+    internal_bandwidth_gbs: float | None = Field(
+        default=None, gt=0, description="Bandwidth the tier's own compute units read it at, GB/s (a multiple of the "
+        "external bandwidth: HBM-PIM reads its banks in parallel, a CSD its flash channels); needs compute_tflops."
+    )
     active_w: float | None = Field(default=None, ge=0, description="Power while transferring, W (None: not given).")
     idle_w: float | None = Field(default=None, ge=0, description="Power while idle, W (None: not given).")
     source: str = Field(default="", description="Where each figure comes from.")
+
+    @model_validator(mode="after")
+    def _check_compute(self) -> MemoryTier:
+        if (self.compute_tflops is None) != (self.internal_bandwidth_gbs is None):
+            raise ValueError(f"tier {self.name!r}: a tier that computes gives both compute_tflops and "
+                             "internal_bandwidth_gbs (or neither)")
+        return self
+
+    @property
+    def computes(self) -> bool:
+        """True when operators may be placed in the tier (it declares compute units)."""
+        return self.compute_tflops is not None
 
 
 class TierLink(BaseModel):

@@ -151,14 +151,24 @@ def test_every_shipped_technique_at_once_keeps_the_invariants():
     # sparse-attention (which also places the KV), weight-offload and nanoflow, so it replaces those in a fourth.
     lamina = [t for t in techniques if t["name"] not in ("sparse-attention", "nanoflow")]
     lamina.append({"name": "attention-offload", "count": 1, "link": {"gbs": 25}})
-    named = {t["name"] for stack in (techniques, with_prefix, offload, lamina) for t in stack}
+    # attention-in-memory moves the KV as sparse-attention does and is refused beside it and nanoflow: a fifth
+    # stack, on a device with a tier that computes.
+    in_memory = [t for t in offload if t["name"] != "sparse-attention"] + [
+        {"name": "attention-in-memory", "tier": "csd", "kv_gib": 64}]
+    stacks = (techniques, with_prefix, offload, lamina, in_memory)
+    named = {t["name"] for stack in stacks for t in stack}
     assert named == set(TECHNIQUES.names())  # a new technique joins this test
-    for stack in (techniques, with_prefix, offload, lamina):
+    csd_device = {"base": "a100-80gb-sxm", "memory_tiers": [
+        {"name": "csd", "kind": "flash", "capacity_gib": 1024, "internal_bandwidth_gbs": 26, "compute_tflops": 1}],
+        "tier_links": [{"name": "csd-p2p", "kind": "p2p", "between": ["hbm", "csd"], "bandwidth_gbs": 6.5}]}
+    for stack in stacks:
         for scheduler in ("vllm", "sarathi"):
             base = tiny_scenario(scheduler, seed=11, qps=8.0, n=40, replicas=1, router="round-robin",
                                  kv_tokens_budget=False).model_dump()
             if stack is with_prefix:
                 base["workload"]["sharing"] = {"pattern": "system-prompt", "shared_tokens": 100, "block_tokens": 32}
+            if stack is in_memory:
+                base["deployment"]["device"] = csd_device
             out = simulate(Scenario.model_validate({**base, "techniques": stack}))
             check_invariants(out)
             assert out.result.token_gaps.num_samples == int((out.table.output - 1).sum())

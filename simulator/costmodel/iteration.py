@@ -274,7 +274,7 @@ class IterationCostModel:
         self._overheads_active = self.overheads.active  # read once per priced iteration
         layers = float(table.num_layers)
         self._layers = layers
-        context = PricingContext(device, table.attention, table.links)
+        context = PricingContext(device, table.attention, table.links, table.processors)
         layer_pricers = [pricers.for_row(op, context) for op in table.layer_ops]
         iteration_pricers = [pricers.for_row(op, context) for op in table.iteration_ops]
         # Datasheet pricing -- every row on the roofline, no fitted engine overheads -- sums the rows as matrix

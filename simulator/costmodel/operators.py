@@ -42,6 +42,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from hwmodels.links import Link, ring_allreduce_coefficients
+from hwmodels.roofline import RooflineDevice
 from simulator.costmodel import features as F
 from simulator.costmodel.sharding import heads_per_gpu, kv_heads_per_gpu
 from simulator.models.spec import ModelSpec
@@ -134,6 +135,9 @@ class OperatorTable:
     attention: AttentionGeometry | None = None
     #: Links rows may be placed on (a row with ``placement="pcie"`` is priced by the link named "pcie").
     links: tuple[Link, ...] = ()
+    #: Processors inside memory tiers rows may be placed on (a row with ``placement`` naming one is priced by its
+    #: roofline: PIM, a computational storage drive); empty for every table no technique places there.
+    processors: tuple[RooflineDevice, ...] = ()
     #: Nano-batches each layer's overlapped rows are split into (NanoFlow): each runs over 1/n of the batch's
     #: tokens and reads all of the weights; 1 (the default) leaves the batch whole.
     nano_batches: int = 1

@@ -34,6 +34,7 @@ from simulator.costmodel import features as F
 from simulator.costmodel.operators import AttentionGeometry, Operator
 
 __all__ = [
+    "IN_MEMORY",
     "PRICERS",
     "DecodeLine",
     "Priced",
@@ -276,6 +277,17 @@ class PricingContext:
     device: RooflineDevice
     attention: AttentionGeometry | None
     links: tuple[Link, ...] = ()
+    processors: tuple[RooflineDevice, ...] = ()  # compute inside memory tiers, by tier name (IN_MEMORY rows)
+
+    def processor(self, op: Operator) -> RooflineDevice:
+        """The in-memory processor a row is placed on; an error naming the row when the table has none."""
+        for proc in self.processors:
+            if proc.name == op.placement:
+                return proc
+        raise CapsimError(
+            f"operator {op.name!r} is placed in tier {op.placement!r}, which its operator table carries no "
+            "processor for", where=f"operator table row {op.name!r}",
+            fix="add the tier's processor to OperatorTable.processors where the row is placed")
 
     def link(self, op: Operator) -> Link:
         """The link a row is placed on (its ``placement`` names it); an error naming the row when the table has none."""
@@ -317,6 +329,10 @@ class PricingContext:
             )
         return self.attention
 
+
+IN_MEMORY = "in-memory"
+"""Placement key of pricers for rows placed inside a memory tier that computes (PIM, a computational storage
+drive): a row whose placement names one of the table's ``processors`` finds the pricer registered here."""
 
 PricerFactory = Callable[[Operator, PricingContext], RowPricer]
 
@@ -362,6 +378,8 @@ class PricerRegistry:
             kind = next((ln.kind for ln in context.links if ln.name == op.placement and ln.kind), "")
             if kind:
                 factory = self._factories.get((op.op_class, kind))
+            elif any(proc.name == op.placement for proc in context.processors):  # a tier that computes
+                factory = self._factories.get((op.op_class, IN_MEMORY))
         if factory is None:
             raise CapsimError(
                 f"no pricer for operator {op.name!r} of class {op.op_class!r} placed on {op.placement!r} "
@@ -459,3 +477,18 @@ def kv_select_pricer(op: Operator, ctx: PricingContext) -> RowPricer:
     """Sparse-attention bookkeeping on the GPU (scoring page summaries, estimating a sparse pattern): no
     profile measures these kernels, so the roofline prices them."""
     return RooflinePricer(op, ctx.device)
+
+
+class InMemoryPricer(RooflinePricer):
+    """The roofline of a processor inside a memory tier (its compute peak and internal bandwidth). A class of its
+    own so that a table with such a row is summed row by row, never as the device's roofline block."""
+
+    def __init__(self, op: Operator, processor: RooflineDevice):
+        super().__init__(op, processor)
+        self.source = f"roofline in tier {processor.name}"
+
+
+@PRICERS.register("attention_decode", placement=IN_MEMORY)
+def in_memory_attention_pricer(op: Operator, ctx: PricingContext) -> RowPricer:
+    """Decode attention run by the compute units of the tier that holds the KV (PIM, a CSD)."""
+    return InMemoryPricer(op, ctx.processor(op))

@@ -6,6 +6,7 @@ import line below.
 
 # Each shipped technique registers itself on import (one line per technique module).
 from simulator.techniques import (  # noqa: F401
+    attention_in_memory,
     attention_offload,
     kv_eviction,
     kv_quantization,
