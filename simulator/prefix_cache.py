@@ -257,6 +257,8 @@ class PrefixCachingBlockManager(BlockManager):
                     self.used_blocks -= ub
                     lru[h] = None
         self._next.pop(rid, None)
+        if self.index.remote is not None:
+            self.index.remote.cancel(rid)
         self._t.kv_reserved[rid] = 0
         self._t.kv_tokens[rid] = 0
 

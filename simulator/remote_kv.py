@@ -112,6 +112,10 @@ class ContextLoader:
             self.loaded_tokens[rid] = tokens
         return True
 
+    def cancel(self, rid: int) -> None:
+        """``rid`` left the batch (preempted) before the chunk that waits for its load ran: nothing to wait for."""
+        self._pending.pop(rid, None)
+
     def __call__(self, prefill) -> float:
         """The replica's ``load`` hook: seconds the iteration waits for the loads of its chunks (one link, in turn)."""
         pending = self._pending
