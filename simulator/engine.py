@@ -155,6 +155,9 @@ def simulate(
                     swap=swap_space_for(system, dep.pp))
         )
 
+    if prefix is not None and prefix.remote is not None:  # a remote KV store: loads delay their iteration
+        for replica in replicas:
+            replica.load = prefix.remote
     if stream.image_tokens is not None:  # multimodal: the vision encoder runs on the replica before a prefill
         from simulator import encoder
 
@@ -221,6 +224,10 @@ def simulate(
         frame["image_tokens"] = stream.image_tokens[keep]
     if prefix is not None:
         frame["cached_tokens"] = prefix.cached_tokens  # prompt tokens hit at each request's first admission
+        if prefix.remote is not None:  # beyond the local hit: found in the remote store, and loaded from it
+            frame["remote_found_tokens"] = prefix.remote.found_tokens
+            frame["remote_loaded_tokens"] = prefix.remote.loaded_tokens
+            frame["remote_loaded_bytes"] = prefix.remote.loaded_bytes
     if arrived < table.n:
         frame = frame.iloc[:arrived]
     result = SimulationResult(frame, recorder.iterations_frame(), recorder.token_gaps(), info)

@@ -39,6 +39,7 @@ import numpy as np
 
 from capsim.errors import CapsimError
 from simulator.kvcache import NO_CAP, BlockManager, blocks_for
+from simulator.remote_kv import ContextLoader
 from simulator.requests import RequestTable
 
 
@@ -65,6 +66,8 @@ class PrefixIndex:
         ]
         self.cached_tokens = np.full(table.n, -1, dtype=np.int64)
         self.clock = clock
+        # A remote KV store every replica writes to and may load from (simulator.remote_kv); None: HBM only.
+        self.remote: ContextLoader | None = None
 
     def block_manager(self, total_blocks: int, block_size: int, table: RequestTable) -> PrefixCachingBlockManager:
         return PrefixCachingBlockManager(total_blocks, block_size, table, self)
@@ -148,14 +151,44 @@ class PrefixCachingBlockManager(BlockManager):
                 del lru[h]
                 self.used_blocks += ub
             refs[h] = r + 1
+        loaded = self._load_remote(rid, hits) if self.index.remote is not None else 0
         self._held[rid] = hits
         self._next[rid] = len(hits)
         cached = len(hits) * self.unit
         t.kv_tokens[rid] = cached
-        self._add(self.held_by(rid) - before)
+        self._add(self.held_by(rid) - before + loaded * ub)
         if self.index.cached_tokens[rid] < 0:
             self.index.cached_tokens[rid] = cached
         return cached
+
+    def _load_remote(self, rid: int, hits: list[int]) -> int:
+        """Extend ``hits`` with the next prompt units the remote store holds, when loading them beats
+        recomputing them (and their blocks fit beside the running KV); returns how many were loaded. Loaded
+        units become resident and referenced here, as if this replica had computed them."""
+        t = self._t
+        target = int(t.prompt[rid] + t.generated[rid])
+        ids = self.index.ids[rid]
+        limit = min(len(ids), (target - 1) // self.unit)
+        room = (self.total_blocks - self.used_blocks) // self.unit_blocks  # free-able units may be evicted
+        now, store, refs = self.index.clock(), self.index.remote.store, self._refs
+        found: list[int] = []
+        for j in range(len(hits), limit):
+            h = ids[j]
+            if h in refs or len(found) >= room or not store.holds(h, now):
+                break  # resident here but not hittable yet, out of room, or not stored
+            found.append(h)
+        if not found:
+            return 0
+        hit = len(hits) * self.unit
+        first = self.index.cached_tokens[rid] < 0
+        if not self.index.remote.decide(rid, target, hit, len(found) * self.unit, first):
+            return 0
+        ready = self._ready
+        for h in found:
+            refs[h] = 1
+            ready[h] = now
+        hits.extend(found)
+        return len(found)
 
     def _register(self, rid: int, new_kv_tokens: int) -> int:
         """Units of ``rid``'s prompt that its stored KV now covers become cached (referenced by it); returns
@@ -167,9 +200,12 @@ class PrefixCachingBlockManager(BlockManager):
             return 0
         held = self._held.setdefault(rid, [])
         refs, ready, now = self._refs, self._ready, self.index.clock()
+        store = self.index.remote.store if self.index.remote is not None else None
         added = 0
         for j in range(start, upto):
             h = ids[j]
+            if store is not None:
+                store.put(h, now)  # every computed prompt block is written to the shared store
             if h not in refs:  # a unit another request registered first stays private to this one
                 refs[h] = 1
                 ready[h] = now
@@ -221,6 +257,8 @@ class PrefixCachingBlockManager(BlockManager):
                     self.used_blocks -= ub
                     lru[h] = None
         self._next.pop(rid, None)
+        if self.index.remote is not None:
+            self.index.remote.cancel(rid)
         self._t.kv_reserved[rid] = 0
         self._t.kv_tokens[rid] = 0
 

@@ -111,6 +111,9 @@ class Replica:
         # Multimodal requests (simulator/encoder.py): seconds the vision encoder adds to an iteration that
         # starts prefilling requests with images; None: text only, or images encoded elsewhere.
         self.encode: Callable[[tuple], float] | None = None
+        # Context loading from a remote KV store (simulator/remote_kv.py): seconds an iteration waits for the
+        # KV its chunks load before it runs; None: no remote store.
+        self.load: Callable[[tuple], float] | None = None
         self._ready: list[int] = []
         # Requests leaving for another replica (live migration): handled at the next iteration boundary.
         self._departing: list[tuple[int, Callable[[bool], None]]] = []
@@ -294,6 +297,8 @@ class Replica:
         took = cost.time_s
         if self.encode is not None and plan.prefill:
             took += self.encode(plan.prefill)  # the vision encoder runs first, on these GPUs
+        if self.load is not None and plan.prefill:
+            took += self.load(plan.prefill)  # a synchronous retrieve: the forward pass waits for the KV
         yield self.env.timeout(took)
         self._pending = 0
         end = self.env.now

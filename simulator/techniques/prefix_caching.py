@@ -23,8 +23,15 @@ the prefill tokens a hit skips):
   table gains ``cached_tokens``. The ``cache-aware`` router sends a request to the replica holding its longest
   cached prefix, within a load-imbalance guard.
 
+* **Remote store** (``remote_store``, CacheGen / LMCache): every computed prompt block is also written to a
+  store shared by all replicas; at admission the blocks after the local hit that the store holds are loaded
+  over a catalog network link (bytes / ``compression_ratio``, plus a GPU decode at ``decode_gbps``) when that
+  takes less time than the cost model's marginal prefill price of those tokens, else recomputed; the iteration
+  running a loaded chunk waits for the load (:mod:`simulator.remote_kv`). The summary gains
+  ``remote_hit_rate_tokens``, ``remote_loads``, ``remote_recomputes``, ``remote_bytes_loaded``.
+
 Not modelled: caching of generated tokens (a later turn reuses earlier prompts only); sharing below whole
-blocks; a cache tier below HBM (host memory, remote store); the hashing cost itself (microseconds per block).
+blocks; a host-memory or SSD tier below HBM; the hashing cost itself (microseconds per block).
 """
 
 from __future__ import annotations
@@ -32,30 +39,77 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from capsim.errors import CapsimError
+from hwmodels.network import LinkConfig, resolve_link
+from simulator.costmodel.precision import bytes_per_element
 from simulator.prefix_cache import PrefixIndex
+from simulator.remote_kv import ContextLoader, RemoteStore, lone_prefill_price
 from simulator.requests import RequestTable
 from simulator.techniques.base import TECHNIQUES, Technique, TechniqueParams
 from simulator.techniques.context import BuildContext
 
 
+class RemoteStoreParams(BaseModel):
+    """A KV store shared by every replica behind a network link (LMCache remote backend, Mooncake Store), with
+    CacheGen-style compression of what travels over the link."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    link: LinkConfig = Field(
+        ...,
+        description="The link from the store to each replica: a catalog link of hwmodels/network.yaml "
+        "(a name, or {kind, bandwidth_gbps, latency_us, per}); per-GPU links have one lane per GPU of the replica.",
+    )
+    compression_ratio: float = Field(
+        1.0,
+        ge=1.0,
+        allow_inf_nan=False,
+        description="KV bytes over bytes on the wire (1: raw KV; CacheGen reports 3.5-4.3x over 8-bit KV).",
+    )
+    decode_gbps: float = Field(
+        0.0,
+        ge=0.0,
+        allow_inf_nan=False,
+        description="GPU decompression throughput, gigabits per second of restored KV (0: no decode cost).",
+    )
+    capacity_gib: float | None = Field(
+        None,
+        gt=0,
+        allow_inf_nan=False,
+        description="Store capacity (GiB of stored, compressed KV; least recently used blocks dropped first); "
+        "null: unbounded.",
+    )
+
+    @field_validator("link", mode="before")
+    @classmethod
+    def _link_name(cls, v):
+        return {"kind": v} if isinstance(v, str) else v
+
+
 class PrefixCachingParams(TechniqueParams):
-    """The sharing unit comes from the request stream's block ids; the one parameter is the attention kernel."""
+    """The sharing unit comes from the request stream's block ids; the parameters are the attention kernel and
+    an optional remote store."""
 
     shared_prefix_attention: bool = Field(
         False,
         description="Hydragen: a decode step reads a cached prefix shared by several sequences of the batch once "
         "(its KV counted once in the step's attended context) instead of once per sequence.",
     )
+    remote_store: RemoteStoreParams | None = Field(
+        None,
+        description="CacheGen/LMCache: a store holding the KV of every prefix block any replica computed; at "
+        "admission the blocks after the local hit are loaded over the link when that beats recomputing them.",
+    )
 
 
 class PrefixCachePolicy:
     """Built by the technique's ``admit`` hook; bound once per simulation to its requests and their block ids."""
 
-    def __init__(self, shared_attention: bool = False):
+    def __init__(self, shared_attention: bool = False, remote: Callable[[int, int], ContextLoader] | None = None):
         self.shared_attention = shared_attention
+        self.remote = remote  # builds a run's context loader (requests, unit tokens); None: no remote store
 
     def bind(
         self,
@@ -71,7 +125,10 @@ class PrefixCachePolicy:
                 fix="replay a trace that carries them (trace: {name: mooncake-conversation}) or add a sharing "
                 "pattern (workload.sharing: {pattern: system-prompt, shared_tokens: 1024})",
             )
-        return PrefixIndex(table, hashes, unit_tokens, clock, self.shared_attention)
+        index = PrefixIndex(table, hashes, unit_tokens, clock, self.shared_attention)
+        if self.remote is not None:
+            index.remote = self.remote(table.n, unit_tokens)
+        return index
 
 
 @TECHNIQUES.register("prefix-caching", aliases=("automatic-prefix-caching", "apc", "radix-cache", "prefix-cache"))
@@ -87,6 +144,8 @@ class PrefixCaching(Technique):
         "Qin et al. Mooncake: Trading More Storage for Less Computation. USENIX FAST 2025 -- the trace's "
         "512-token block ids.",
         "Juravsky et al. Hydragen: High-Throughput LLM Inference with Shared Prefixes (arXiv 2402.05099).",
+        "Liu et al. CacheGen: KV Cache Compression and Streaming for Fast Large Language Model Serving. "
+        "ACM SIGCOMM 2024 (arXiv 2310.07240) -- remote KV loading with compression.",
     )
     # The KV of a shared block must be the same for every request using it; a retention policy rewrites a
     # sequence's KV after its prefill (and the block accounting of both would have to be merged).
@@ -94,10 +153,39 @@ class PrefixCaching(Technique):
     exclusive = ("admit",)
 
     def admit(self, ctx: BuildContext) -> PrefixCachePolicy:
-        return PrefixCachePolicy(self.params.shared_prefix_attention)
+        cfg = self.params.remote_store
+        return PrefixCachePolicy(self.params.shared_prefix_attention, None if cfg is None else _loader(cfg, ctx))
 
     def keeps_planner_bounds(self) -> bool:
         return False  # a hit makes a prefill cheaper than the analytic bound of the plain deployment
 
 
-__all__ = ["PrefixCachePolicy", "PrefixCaching", "PrefixCachingParams"]
+def _loader(cfg: RemoteStoreParams, ctx: BuildContext) -> Callable[[int, int], ContextLoader]:
+    """Resolve the store's link and prices once per system; each run binds a fresh store and loader."""
+    dep = ctx.deployment
+    gpus = dep.tp * dep.pp
+    link = resolve_link(
+        cfg.link, ctx.device, ctx.device, gpus, gpus, where="techniques.prefix-caching.remote_store.link"
+    )
+    per_token = ctx.model.kv_bytes_per_token(bytes_per_element(dep.kv_dtype, field="deployment.kv_dtype"))
+    price = lone_prefill_price(ctx.main_cost_model())
+
+    def build(n: int, unit_tokens: int) -> ContextLoader:
+        capacity = None
+        if cfg.capacity_gib is not None:
+            capacity = int(cfg.capacity_gib * 2**30 // (unit_tokens * per_token / cfg.compression_ratio))
+        return ContextLoader(
+            n,
+            RemoteStore(capacity),
+            per_token,
+            link.bandwidth,
+            link.latency_s,
+            cfg.compression_ratio,
+            cfg.decode_gbps * 1e9 / 8,
+            price,
+        )
+
+    return build
+
+
+__all__ = ["PrefixCachePolicy", "PrefixCaching", "PrefixCachingParams", "RemoteStoreParams"]
