@@ -78,6 +78,7 @@ class ChartSpec:
     rule_x_column: str | None = None  # a dashed vertical line per panel at this column's value (an SLO target)
     rule_y_column: str | None = None  # a dashed horizontal line per panel at this column's value (a capacity)
     rule_label: str = ""  # what the dashed per-panel line is, for tooltips and the PNG legend
+    band: tuple[str, str] | None = None  # columns of a shaded x-interval around each line (min–max across seeds)
 
     def colors(self) -> dict[str, str] | None:
         """The fixed colour of each value of ``color`` in this chart, or None (hues by order)."""
@@ -98,11 +99,14 @@ def latency_cdf_spec(frame: pd.DataFrame, targets: dict[str, float | None] | Non
     targets = targets or {}
     data = frame.assign(slo_target_s=frame["metric"].map(
         lambda m: targets.get(SLO_TARGET_KEYS.get(str(m), ""))).astype(float))
+    band = ("latency_lo_s", "latency_hi_s") if {"latency_lo_s", "latency_hi_s"} <= set(frame.columns) else None
+    title = ("Latency CDFs (mean across seeds, shaded: min–max across seeds; dashed: SLO target)" if band
+             else "Latency CDFs (dashed: SLO target)")
     return ChartSpec(
-        "latency_cdfs", "Latency CDFs (dashed: SLO target)", data, "line", "latency_s", "fraction", "configuration",
+        "latency_cdfs", title, data, "line", "latency_s", "fraction", "configuration",
         "latency (s, log scale)", "fraction of requests (TBT: of gaps) ≤ x", facet="metric", log_x=True,
         tooltip=("configuration", "metric", "latency_s", "fraction"), rule_x_column="slo_target_s",
-        rule_label="SLO target",
+        rule_label="SLO target", band=band,
     )
 
 
@@ -188,6 +192,13 @@ def _line(spec: ChartSpec) -> alt.Chart:
             y="target:Q"
         )
         return alt.layer(base.mark_line(point=True), rule, data=spec.frame).properties(height=260)
+    if spec.band is not None:  # drawn first, under the lines: at each y the x-interval the seeds span
+        lo, hi = spec.band
+        layers.append(alt.Chart().mark_area(opacity=0.2, orient="horizontal").encode(
+            y=alt.Y(f"{spec.y}:Q"), x=alt.X(f"{lo}:Q", scale=x_scale), x2=alt.X2(f"{hi}:Q"),
+            color=_color(spec.color, "bottom" if spec.facet else "right", _appearance(spec.frame, spec.color)),
+            tooltip=list(spec.tooltip) + [lo, hi],
+        ))
     layers.append(base if spec.facet else base.interactive(bind_y=False))
     for column, channel in ((spec.rule_x_column, "x"), (spec.rule_y_column, "y")):
         if column and column in spec.frame.columns and spec.frame[column].notna().any():

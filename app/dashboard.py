@@ -35,6 +35,7 @@ from app.inputs import configuration_inputs, model_input, simulation_input, slo_
 from app.plan_view import render_plan_view  # noqa: E402
 from app.results import progress_callback, render_results  # noqa: E402
 from app.runner import job_for, run_jobs  # noqa: E402
+from app.seeds import MAX_SEEDS, combine_outcomes, seed_scenarios  # noqa: E402
 from app.setup import Setup, default_setup, is_scenario_file, setup_from_text, to_yaml  # noqa: E402
 from app.tables import configuration_overview  # noqa: E402
 from app.widgets import Form, clear_widget_state, render_issues  # noqa: E402
@@ -107,11 +108,51 @@ def inputs(loaded: Setup, form: Form) -> Setup:
     simulation = simulation_input(form, ui, loaded.shared.get("simulation") or {})
     ui.header("Configurations")
     configurations = configuration_inputs(form, ui, loaded.configurations)
+    ui.header("Uncertainty")  # last, so the control does not move the sections above it
+    seeds_input(ui)
     shared = {"name": name.strip() or "what-if", "seed": seed, "model": model, "workload": workload, "slo": slo,
               "simulation": simulation}
     if loaded.shared.get("description"):
         shared["description"] = loaded.shared["description"]
     return Setup(shared, configurations)
+
+
+#: Widget key of the seeds-per-configuration control (a page setting, not a scenario field: kept across loads).
+SEEDS_KEY = "seeds-per-config"
+
+
+def seeds_input(ui: object) -> int:
+    """The sidebar's seeds-per-configuration control (its state comes from the URL or the last choice)."""
+    st.session_state.setdefault(SEEDS_KEY, 1)
+    return int(ui.number_input(  # type: ignore[attr-defined]
+        "seeds per configuration", min_value=1, max_value=MAX_SEEDS, step=1, key=SEEDS_KEY,
+        help="Simulate each configuration at seeds s, s+1, ..., s+k-1 (s = the seed under Simulation); the summary then shows "
+             "the mean and the min–max across seeds, the CDFs a min–max band, and the verdict counts the seeds "
+             "that meet the SLO. Each seed is a full simulation (cached).",
+    ))
+
+
+def restore_seeds_from_url() -> None:
+    """Set the seeds control from the link's ``seeds`` parameter, once per distinct value."""
+    value = st.query_params.get(permalink.SEEDS_PARAM)
+    if value == st.session_state.get("url-seeds"):
+        return
+    st.session_state["url-seeds"] = value
+    try:
+        st.session_state[SEEDS_KEY] = permalink.decode_seeds(value, MAX_SEEDS)
+    except CapsimError as exc:
+        st.session_state.setdefault("load_notes", []).append(f"could not restore the seeds from the link: "
+                                                             f"{exc.render()}")
+
+
+def save_seeds_to_url(seeds: int) -> None:
+    value = permalink.encode_seeds(seeds)
+    st.session_state["url-seeds"] = value
+    if value is None:
+        if permalink.SEEDS_PARAM in st.query_params:
+            del st.query_params[permalink.SEEDS_PARAM]
+    elif st.query_params.get(permalink.SEEDS_PARAM) != value:
+        st.query_params[permalink.SEEDS_PARAM] = value
 
 
 def restore_from_url() -> None:
@@ -137,6 +178,7 @@ def save_to_url(setup: Setup) -> None:
 def main() -> None:
     st.set_page_config(page_title="capsim what-if", layout="wide")
     restore_from_url()
+    restore_seeds_from_url()
     loaded, generation = _state()
     form = Form(generation)
     download_slot = file_section()
@@ -145,6 +187,8 @@ def main() -> None:
     check = check_setup(setup)
     unplaced = render_issues(form, [*form.issues, *check.issues])
     ok = check.ok and not form.issues
+    seeds = int(st.session_state.get(SEEDS_KEY, 1))
+    save_seeds_to_url(seeds)
     if ok:
         save_to_url(setup)
     download_slot.download_button(
@@ -158,10 +202,10 @@ def main() -> None:
     with plan:  # drawn first: the comparison's run button then still marks the end of a page load
         render_plan_view(RESULTS_DIR)
     with compare:
-        comparison(setup, check, ok, unplaced)
+        comparison(setup, check, ok, unplaced, seeds)
 
 
-def comparison(setup: Setup, check: CheckResult, ok: bool, unplaced: list[Issue]) -> None:
+def comparison(setup: Setup, check: CheckResult, ok: bool, unplaced: list[Issue], seeds: int = 1) -> None:
     """The comparison tab: problems, the scenario YAML, the run button and the last results."""
     st.caption("Pick a model, a workload, SLOs and up to four configurations in the sidebar, then run the "
                "comparison. Every run is cached by its scenario hash.")
@@ -175,13 +219,15 @@ def comparison(setup: Setup, check: CheckResult, ok: bool, unplaced: list[Issue]
     scenarios = [s for s in check.scenarios if s is not None]
     if scenarios:
         st.dataframe(configuration_overview(scenarios), hide_index=True, key="overview")
-    jobs = [job_for(s) for s in scenarios] if ok else []
+    # Each configuration's seeds are consecutive jobs (one seed: exactly today's jobs).
+    jobs = [job_for(x) for s in scenarios for x in seed_scenarios(s, seeds)] if ok else []
     if st.button("Run comparison", type="primary", key="run", disabled=not ok):
         bar = st.progress(0.0, text="starting")
         run_jobs(jobs, progress_callback(bar))  # fills the cache; drawn below from it
         bar.empty()
         st.session_state["last_jobs"] = jobs
         st.session_state["last_scenarios"] = scenarios
+        st.session_state["last_seeds"] = seeds
         st.session_state.pop("sweep", None)
     last = st.session_state.get("last_jobs")
     if not last:
@@ -194,7 +240,12 @@ def comparison(setup: Setup, check: CheckResult, ok: bool, unplaced: list[Issue]
         last = jobs
         st.session_state["last_jobs"] = jobs
         st.session_state["last_scenarios"] = scenarios
-    render_results(last, run_jobs(last))
+    last_seeds = int(st.session_state.get("last_seeds", 1))
+    if last_seeds > 1:
+        st.caption(f"Each configuration simulated at {last_seeds} seeds; the summary shows the mean and (min – max) "
+                   "across them, the CDFs a min–max band; the time series, breakdown and roofline are the first "
+                   "seed's.")
+    render_results(last, combine_outcomes(run_jobs(last), last_seeds))
 
 
 main()

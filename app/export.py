@@ -47,6 +47,8 @@ def _draw_lines(ax: Axes, spec: ChartSpec, data: pd.DataFrame, colors: dict[str,
     for series, part in data.groupby(spec.color, sort=False):
         part = part.sort_values(spec.x)
         color = colors[str(series)]
+        if spec.band is not None:  # min–max across seeds, as on the page
+            ax.fill_betweenx(part[spec.y], part[spec.band[0]], part[spec.band[1]], color=color, alpha=0.2, lw=0)
         if spec.facet and spec.facet != spec.color:  # empirical CDFs are step functions
             ax.step(part[spec.x], part[spec.y], where="post", label=str(series), color=color)
         else:

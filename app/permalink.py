@@ -38,3 +38,26 @@ def decode(value: str) -> str:
     except (binascii.Error, zlib.error, UnicodeDecodeError, ValueError):
         raise CapsimError("the set-up in the link is damaged (not a capsim link)", where=f"URL parameter {PARAM}",
                           fix=fix) from None
+
+
+#: The query parameter that holds the seeds per configuration (absent for the default, one seed).
+SEEDS_PARAM = "seeds"
+
+
+def encode_seeds(seeds: int) -> str | None:
+    """The link's ``seeds`` value, or None for one seed (the default leaves the link as it was)."""
+    return None if seeds <= 1 else str(int(seeds))
+
+
+def decode_seeds(value: str | None, most: int) -> int:
+    """Seeds per configuration from a link's ``seeds`` value (1 when absent); CapsimError when it is not 1..most."""
+    if not value:
+        return 1
+    try:
+        seeds = int(value)
+    except ValueError:
+        seeds = 0
+    if not 1 <= seeds <= most:
+        raise CapsimError(f"seeds per configuration {value!r} in the link is not a whole number from 1 to {most}",
+                          where=f"URL parameter {SEEDS_PARAM}", fix="set the seeds in the sidebar's Simulation section")
+    return seeds

@@ -28,7 +28,19 @@ def _gib(value: Any) -> str:
     return "–" if not math.isfinite(x) else f"{x:.1f} GiB"
 
 
+def _seeds(s: Summary) -> int:
+    """How many seeds a (combined) summary stands for; 1 for a single run."""
+    try:
+        return int(s.get("seeds", 1))
+    except (TypeError, ValueError):
+        return 1
+
+
 def _verdict_cell(s: Summary) -> str:
+    n = _seeds(s)
+    if n > 1:
+        text = f"met in {s.get('seeds_met', 0)} of {n} seeds"
+        return f"{text}, overloaded in {s.get('seeds_overloaded', 0)}" if s.get("overloaded") else text
     if s.get("overloaded"):
         return "met, but overloaded" if s.get("slo_met") else "missed, overloaded"
     return "met" if s.get("slo_met") else "missed"
@@ -40,9 +52,17 @@ def _load_cell(s: Summary) -> str:
     return f"{text} (overloaded)" if s.get("overloaded") else text
 
 
+def with_interval(s: Summary, key: str, fmt: Callable[[Any], str]) -> str:
+    """``fmt`` of the value, followed by its min–max across seeds when the summary has one (several seeds)."""
+    text = fmt(s.get(key))
+    if f"{key}_lo" in s and _seeds(s) > 1:
+        text += f" ({fmt(s.get(f'{key}_lo'))} – {fmt(s.get(f'{key}_hi'))})"
+    return text
+
+
 def _latency(metric: str, percentile: int) -> Callable[[Summary], str]:
     key = f"{metric}_p{percentile}_s"
-    return lambda s: fmt_seconds(s.get(key))
+    return lambda s: with_interval(s, key, fmt_seconds)
 
 
 #: Latency rows: label, summary key prefix, percentiles shown.
@@ -52,12 +72,12 @@ LATENCY_ROWS = (("TTFT", "ttft", (50, 90, 99)), ("TPOT", "tpot", (50, 90, 99)), 
 #: Rows of the summary table: label and how to render one summary into the cell.
 ROWS: list[tuple[str, Callable[[Summary], str]]] = [
     ("SLO", _verdict_cell),
-    ("SLO attainment", lambda s: f"{fmt_percent(s.get('slo_attainment'))} (target {fmt_percent(s.get('slo_target_attainment'))})"),
+    ("SLO attainment", lambda s: f"{with_interval(s, 'slo_attainment', fmt_percent)} (target {fmt_percent(s.get('slo_target_attainment'))})"),
     ("offered / served (req/s)", _load_cell),
     ("time share: queue / prefill / decode", lambda s: _shares_cell(s)),
-    ("goodput (req/s)", lambda s: fmt_number(s.get("goodput_rps"))),
-    ("throughput (req/s)", lambda s: fmt_number(s.get("throughput_rps"))),
-    ("output tokens/s", lambda s: fmt_number(s.get("output_tps"), 0)),
+    ("goodput (req/s)", lambda s: with_interval(s, "goodput_rps", fmt_number)),
+    ("throughput (req/s)", lambda s: with_interval(s, "throughput_rps", fmt_number)),
+    ("output tokens/s", lambda s: with_interval(s, "output_tps", lambda v: fmt_number(v, 0))),
     *[(f"{label} p{p}", _latency(metric, p)) for label, metric, ps in LATENCY_ROWS for p in ps],
     ("cost ($ / M output tokens)", lambda s: fmt_usd(s.get("cost_per_million_output_tokens_usd"))),
     ("energy (J / output token)", lambda s: fmt_number(s.get("energy_per_output_token_j"), 3)),
@@ -171,23 +191,37 @@ def verdict(summaries: Sequence[Summary], quantiles: Sequence[Mapping[str, float
     lines = []
     if answers:
         best = min(answers, key=lambda s: _cost(s))
+        n = _seeds(best)
         lines.append(
-            f"**{best['name']}** meets the SLO at the lowest cost "
+            f"**{best['name']}** meets the SLO{f' in all {n} seeds' if n > 1 else ''} at the lowest cost "
             f"({fmt_usd(best.get('cost_per_million_output_tokens_usd'))} per million output tokens, "
-            f"{fmt_percent(best.get('slo_attainment'))} attainment)."
+            f"{'mean ' if n > 1 else ''}{with_interval(best, 'slo_attainment', fmt_percent)} attainment)."
         )
     else:
         lines.append("No configuration meets the SLO while keeping up with the load.")
     for s, q in zip(summaries, quantiles, strict=True):
+        n = _seeds(s)
         if s.get("overloaded"):
-            met = " although it meets the latency targets in this run" if s.get("slo_met") else ""
+            if n > 1:
+                met = f" (it meets the latency targets in {s.get('seeds_met', 0)} of {n} seeds)"
+                where = f" in {s.get('seeds_overloaded', 0)} of {n} seeds"
+            else:
+                met = " although it meets the latency targets in this run" if s.get("slo_met") else ""
+                where = ""
             causes = miss_causes(s)
-            lines.append(f"{s['name']} is overloaded{met}: {overload_reason(s)}." + (f" Why: {causes}." if causes else ""))
+            lines.append(f"{s['name']} is overloaded{where}{met}: {overload_reason(s)}."
+                         + (f" Why: {causes}." if causes else ""))
         elif not s.get("slo_met"):
             reason = miss_reason(s, q)
             causes = miss_causes(s)
-            lines.append(f"{s['name']} misses it ({fmt_percent(s.get('slo_attainment'))} attainment"
-                         + (f"; {reason}" if reason else "") + ")." + (f" Why: {causes}." if causes else ""))
+            if n > 1:
+                lines.append(f"{s['name']} misses it: it meets it in only {s.get('seeds_met', 0)} of {n} seeds (mean "
+                             f"{with_interval(s, 'slo_attainment', fmt_percent)} attainment"
+                             + (f"; worst seed: {reason}" if reason else "") + ")."
+                             + (f" Why: {causes}." if causes else ""))
+            else:
+                lines.append(f"{s['name']} misses it ({fmt_percent(s.get('slo_attainment'))} attainment"
+                             + (f"; {reason}" if reason else "") + ")." + (f" Why: {causes}." if causes else ""))
     return bool(answers), " ".join(lines)
 
 

@@ -286,6 +286,19 @@ def check_state_survives_a_reload(page) -> None:
     assert scenario_workload(page)["arrival"] == "trace"
 
 
+def check_seeds_survive_a_reload(page) -> None:
+    """Issue 20 (uncertainty): the seeds-per-configuration setting is part of the link, like the set-up."""
+    set_number(page, "seeds-per-config", 3)
+    page.wait_for_function("() => location.search.includes('seeds=3')", timeout=RESULT_TIMEOUT_MS)
+    page.reload()
+    page.get_by_role("button", name="Run comparison").wait_for(timeout=RESULT_TIMEOUT_MS)
+    wait_until_idle(page)
+    assert_no_exception(page)
+    box = page.locator(".st-key-seeds-per-config input")
+    assert box.input_value() == "3", box.input_value()
+    assert "setup=" in page.evaluate("location.search")
+
+
 def drive(page, url: str, tmp_path: Path) -> None:
     """Load the page, put an H200 in configuration 2, run, and check the results; then the journeys of issue 20
     (an overloaded configuration under a loose SLO, a replayed trace); screenshot at the end."""
@@ -347,3 +360,4 @@ def drive(page, url: str, tmp_path: Path) -> None:
     shoot_new_views(page)
     check_replay_keeps_the_trace_timing(page)
     check_state_survives_a_reload(page)
+    check_seeds_survive_a_reload(page)
