@@ -177,7 +177,8 @@ class PoolEngine:
                 continue
             rt = PoolRuntime(plan, blocks_per_engine=shared if shared else system.memory.kv_blocks // dep.pp)
             cost = system.cost_model()
-            if system.scheduler_cls.lone_prefills and plan.role != "decode":
+            # Workers sharing GPUs get their cost models from the split (_price_by_contention), primed there.
+            if system.scheduler_cls.lone_prefills and plan.role != "decode" and not shared:
                 cost.prime_lone_prefills(table.prompt)
             make_scheduler = (lambda s: lambda state: s.scheduler_cls(s.scheduler_params, state))(system)
             first_nic = len(self.nic)
