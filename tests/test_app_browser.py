@@ -251,7 +251,7 @@ def check_replay_keeps_the_trace_timing(page) -> None:
 
 def shoot_new_views(page) -> None:
     """With CAPSIM_SCREENSHOTS=DIR, save the views of issue 20 (verdict and summary, the frontier and roofline tabs,
-    the KV chart) as PNGs into DIR -- how app/README.md's screenshots are made. Otherwise only check they draw."""
+    the KV chart) as PNGs into DIR -- how docs/dashboard.md's screenshots are made. Otherwise only check they draw."""
     out = os.environ.get("CAPSIM_SCREENSHOTS")
     views = [("Frontiers", "frontiers"), ("Roofline", "roofline"), ("KV memory", "kv"), ("Latency CDFs", "cdfs")]
     if out:
