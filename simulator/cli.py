@@ -117,7 +117,7 @@ def run(
         if out is not None:
             _clear_earlier_run(out, folders)
         summaries: list[dict[str, Any]] = []
-        with Progress("simulating", len(scenarios), console=err_console, show=len(scenarios) > 1) as progress:
+        with Progress("simulating", len(scenarios), console=err_console) as progress:
             for i, sc in enumerate(scenarios):
                 progress.update(description=f"simulating {sc.name}")
                 summary, output = _run_one(sc)

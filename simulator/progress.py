@@ -2,7 +2,9 @@
 
 Why: a sweep, a plan or a many-configuration run can take minutes. On a terminal a rich bar shows it; when
 stderr is a file or a CI log a bar draws nothing, and silence for minutes looks like a hang. There a line is
-printed at most every ``every_s`` seconds (and when the work ends): ``plan: goodput search 3/20 (45 s)``.
+printed at most every ``every_s`` seconds (and when the work ends): ``plan: goodput search 3/20 (45 s)``. One
+long step (a single simulation of a big trace) advances no counter, so in logs a heartbeat thread repeats the
+line every ``every_s`` seconds while the work runs, and the log never goes quiet for longer than that.
 
 >>> with Progress("sweep", total=2, console=None) as p:   # doctest: +SKIP
 ...     p.advance()
@@ -10,6 +12,7 @@ printed at most every ``every_s`` seconds (and when the work ends): ``plan: good
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -29,6 +32,9 @@ class Progress:
         self._task: Any = None
         self._show = show
         self._t0 = self._last = time.monotonic()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
 
     def __enter__(self) -> Progress:
         if self._show and self._console.is_terminal:
@@ -36,9 +42,23 @@ class Progress:
                                      TimeElapsedColumn(), console=self._console, transient=True)
             self._bar.__enter__()
             self._task = self._bar.add_task(self.description, total=self.total)
+        elif self._show and self._every > 0:
+            self._ticker = threading.Thread(target=self._heartbeat, name="capsim-progress", daemon=True)
+            self._ticker.start()
         return self
 
+    def _heartbeat(self) -> None:
+        """Repeat the current line while no update has printed one for ``every_s`` seconds (logs only)."""
+        while not self._stop.wait(self._every / 4):
+            with self._lock:
+                if time.monotonic() - self._last >= self._every:
+                    self._last = time.monotonic()
+                    self._line()
+
     def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join()
         if self._bar is not None:
             self._bar.__exit__(*exc)
         elif self._show and exc[0] is None and time.monotonic() - self._t0 >= self._every:
@@ -55,10 +75,11 @@ class Progress:
         if self._bar is not None:
             self._bar.update(self._task, description=self.description, completed=self.completed, total=self.total)
             return
-        now = time.monotonic()
-        if self._show and now - self._last >= self._every:
-            self._last = now
-            self._line()
+        with self._lock:
+            now = time.monotonic()
+            if self._show and now - self._last >= self._every:
+                self._last = now
+                self._line()
 
     def advance(self, n: int = 1) -> None:
         self.update(completed=self.completed + n)
