@@ -382,18 +382,24 @@ def _device(form: Form, ui: Any, prefix: str, initial: Any) -> Any:
     return value
 
 
+def plugin_summary(registry: Any, name: str) -> str:
+    """The first line of a registered plug-in's docstring (empty for an unknown name or no docstring)."""
+    doc = (getattr(registry.get(name), "__doc__", "") or "").strip().splitlines() if name in registry else []
+    return doc[0].strip() if doc else ""
+
+
 def _plugin(form: Form, ui: Any, registry: Any, path: str, initial: dict[str, Any], label: str,
             description: str | None) -> dict[str, Any]:
     """A registry name and, when the plug-in registers a ``Params`` model, its parameters."""
     name0 = _canonical(registry, initial.get("name", registry.names()[0]))
     options = registry.names() if name0 in registry.names() else [name0, *registry.names()]
 
-    def label_of(n: str) -> str:
-        doc = (getattr(registry.get(n), "__doc__", "") or "").strip().splitlines() if n in registry else []
-        return f"{n}: {doc[0].rstrip('.')}" if doc else n
-
-    name = ui.selectbox(label, options, index=options.index(name0), format_func=label_of,
-                        key=form.key(f"{path}.name"), help=description)
+    # The menu shows bare ids: "id: first docstring line" was cut off by the sidebar's width (issue 20), so the
+    # chosen plug-in's one-line description goes under the menu, where it wraps.
+    name = ui.selectbox(label, options, index=options.index(name0), key=form.key(f"{path}.name"), help=description)
+    about = plugin_summary(registry, name)
+    if about:
+        ui.caption(about)
     form.slots.reserve(ui, f"{path}.name")
     params_model = getattr(registry.get(name), "Params", None) if name in registry else None
     if params_model is None:

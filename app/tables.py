@@ -10,6 +10,7 @@ every summary key in SI units -- so it merges with ``capsim run`` output.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -95,7 +96,14 @@ ROWS: list[tuple[str, Callable[[Summary], str]]] = [
 def display_table(summaries: Sequence[Summary]) -> pd.DataFrame:
     """Metrics as rows, one column per configuration (formatted text with units)."""
     columns = {str(s.get("name", f"#{i + 1}")): [render(s) for _, render in ROWS] for i, s in enumerate(summaries)}
-    return pd.DataFrame(columns, index=pd.Index([label for label, _ in ROWS], name="metric"))
+    frame = pd.DataFrame(columns, index=pd.Index([label for label, _ in ROWS], name="metric"))
+    # A row no summary has data for (e.g. the KV GiB the live page adds, absent from a results folder's
+    # summary.json) would only show dashes: leave it out.
+    return frame[~frame.apply(lambda row: all(_is_empty_cell(c) for c in row), axis=1)]
+
+
+def _is_empty_cell(cell: str) -> bool:
+    return re.sub(r"[–\s/()]|\bof\b", "", str(cell)) == ""
 
 
 def csv_table(summaries: Sequence[Summary]) -> pd.DataFrame:

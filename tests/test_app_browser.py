@@ -299,6 +299,85 @@ def check_seeds_survive_a_reload(page) -> None:
     assert "setup=" in page.evaluate("location.search")
 
 
+def check_plugin_menus_are_not_cut_off(page) -> None:
+    """Issue 20: the scheduler and router menus showed "id: description" and the sidebar cut them off. A menu's
+    value must fit its box (no element inside it overflows), and the chosen plug-in is described under it."""
+    overflow = """(sel) => {
+      const el = document.querySelector(sel);
+      if (!el) return null;
+      return [el, ...el.querySelectorAll("*")].filter(n => n.clientWidth > 0 && n.scrollWidth > n.clientWidth + 1)
+        .map(n => n.tagName + ":" + (n.value || n.innerText || "").slice(0, 60));
+    }"""
+    page.get_by_role("tab", name="Config 1").click()
+    for menu in (".st-key-w0-cfg0-scheduler-name", ".st-key-w0-cfg0-router-name"):
+        page.locator(menu).wait_for(timeout=RESULT_TIMEOUT_MS)
+        cut = page.evaluate(overflow, menu)
+        assert cut == [], f"{menu} is cut off: {cut}"
+    sidebar = page.locator('[data-testid="stSidebar"]').inner_text()
+    assert "Prefill-first" in sidebar or "prefill-first" in sidebar, "the chosen scheduler is not described"
+
+
+PLAN_FOR_SCREENSHOT = """\
+name: tiny-plan
+seed: 3
+model: llama-3.1-8b
+workload:
+  arrival: poisson
+  prompt: {dist: uniform, low: 100, high: 600}
+  output: {dist: uniform, low: 10, high: 80}
+slo: {ttft_s: 1.0, tpot_s: 0.05, attainment: 0.9}
+simulation: {num_requests: 60, warmup_s: 0}
+search:
+  grid:
+    deployment.device: [h100-sxm, a100-80gb-sxm, l4]
+target_rps: 4
+rate_search: {rel_tol: 0.25, max_sims: 3}
+"""
+
+
+def results_folders(base: Path) -> tuple[Path, Path]:
+    """A small `capsim plan --out` folder and a two-configuration `capsim run --out` folder."""
+    from typer.testing import CliRunner
+
+    from simulator.cli import app as cli_app
+    from simulator.planner import load_plan, run_plan
+    from simulator.sweep import LocalExecutor
+
+    base.mkdir(parents=True, exist_ok=True)
+    (base / "plan.yaml").write_text(PLAN_FOR_SCREENSHOT)
+    plan, candidates = load_plan(base / "plan.yaml")
+    run_plan(plan, candidates, out_dir=base / "plan", executor=LocalExecutor(max_workers=1), plots=False)
+    body = PLAN_FOR_SCREENSHOT.split("search:")[0].replace("name: tiny-plan", "name: tiny")
+    (base / "two.yaml").write_text(body + "runs:\n  - {name: h100, deployment: {device: h100-sxm}}\n"
+                                   "  - {name: l4, deployment: {device: l4}}\n")
+    result = CliRunner().invoke(cli_app, ["run", str(base / "two.yaml"), "--out", str(base / "run"), "--set",
+                                          "workload.qps=4", "--no-plots"])
+    assert result.exit_code == 0, result.output
+    return base / "plan", base / "run"
+
+
+def check_results_folder_views(page, tmp_path: Path) -> None:
+    """The results-folder tab opens a plan folder (headline, Pareto chart) and a run folder (verdict, summary);
+    with CAPSIM_SCREENSHOTS=DIR both are saved as plan.png and results-folder.png."""
+    plan_dir, run_dir = results_folders(tmp_path / "folders")
+    out = os.environ.get("CAPSIM_SCREENSHOTS")
+    page.get_by_role("tab", name=re.compile(r"^Results folder")).click()
+    box = page.locator(".st-key-plan-folder input")
+    for folder, stem, marker in ((plan_dir, "plan", "Pareto"), (run_dir, "results-folder", "TTFT p50")):
+        box.fill(str(folder))
+        box.press("Enter")
+        wait_until_idle(page)
+        panel = page.locator('[role="tabpanel"]:visible').last
+        panel.get_by_text(marker).first.wait_for(timeout=RESULT_TIMEOUT_MS)
+        if stem == "plan":
+            panel.locator('[data-testid="stVegaLiteChart"]').first.wait_for(timeout=RESULT_TIMEOUT_MS)
+        page.wait_for_timeout(1500)
+        assert_no_exception(page)
+        assert page.locator('[data-testid="stAlertContentError"]:visible').count() == 0
+        if out:
+            panel.screenshot(path=str(Path(out) / f"{stem}.png"))
+
+
 def drive(page, url: str, tmp_path: Path) -> None:
     """Load the page, put an H200 in configuration 2, run, and check the results; then the journeys of issue 20
     (an overloaded configuration under a loose SLO, a replayed trace); screenshot at the end."""
@@ -356,8 +435,11 @@ def drive(page, url: str, tmp_path: Path) -> None:
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
 
+    check_plugin_menus_are_not_cut_off(page)
+
     check_overloaded_is_never_crowned(page)
     shoot_new_views(page)
     check_replay_keeps_the_trace_timing(page)
     check_state_survives_a_reload(page)
     check_seeds_survive_a_reload(page)
+    check_results_folder_views(page, tmp_path)
