@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -148,6 +149,15 @@ def load_plan_files(plan_json: bytes, candidates_csv: bytes, evaluations_csv: by
 
 
 # ---------------------------------------------------------------------------------------------- tables
+def metric_label(key: str) -> str:
+    """A summary key as a reader would name it: ``ttft_p90_s`` -> ``TTFT p90``, ``e2e_p99_s`` -> ``E2E p99``."""
+    match = re.fullmatch(r"(ttft|tpot|tbt|e2e|queueing)_(p\d+|mean)_s", key)
+    if match:
+        metric, stat = match.groups()
+        return f"{metric.upper() if metric != 'queueing' else 'queueing'} {stat}"
+    return key.replace("_", " ")
+
+
 def pareto_frame(out: PlanOutput) -> pd.DataFrame:
     """The Pareto front of cost against the plan's latency metric, cheapest first (raw numbers, SI units)."""
     metric = str(out.document.get("pareto_metric", "ttft_p90_s"))
@@ -249,14 +259,14 @@ def pareto_chart(frame: pd.DataFrame, metric: str) -> alt.LayerChart:
     its points (each point a configuration no other beats on both), labelled by configuration."""
     data = frame.dropna(subset=["cost_per_hour_usd", metric]).sort_values("cost_per_hour_usd")
     x = alt.X("cost_per_hour_usd:Q", title="cost ($/h)", scale=alt.Scale(zero=False))
-    y = alt.Y(f"{metric}:Q", title=f"{metric} at the target rate", scale=alt.Scale(zero=False))
+    y = alt.Y(f"{metric}:Q", title=f"{metric_label(metric)} at the target rate", scale=alt.Scale(zero=False))
     base = alt.Chart(data).encode(x=x, y=y)
     line = base.mark_line(interpolate="step-after", color="#4e79a7")
     points = base.mark_point(filled=True, size=70, color="#4e79a7").encode(
         tooltip=[c for c in ("configuration", "gpus", "cost_per_hour_usd", "usd_per_million_output_tokens", metric,
                              "max_rate_rps", "headroom") if c in data.columns])
     labels = base.mark_text(align="left", dx=6, dy=-6, fontSize=10).encode(text="configuration:N")
-    return alt.layer(line, points, labels).properties(title=f"Pareto front: cost vs {metric}", width=560, height=280)
+    return alt.layer(line, points, labels).properties(title=f"Pareto front: cost vs {metric_label(metric)}", width=560, height=280)
 
 
 def attainment_spec(frame: pd.DataFrame, goal: float | None) -> ChartSpec:
@@ -350,7 +360,7 @@ def _headline(out: PlanOutput) -> None:
 
 def _pareto(out: PlanOutput) -> None:
     metric = str(out.document.get("pareto_metric", "ttft_p90_s"))
-    st.subheader(f"Pareto front: cost per hour vs {metric} at the target rate")
+    st.subheader(f"Pareto front: cost per hour vs {metric_label(metric)} at the target rate")
     frame = pareto_frame(out)
     if frame.empty:
         st.info("The Pareto front is empty: no candidate meets the target rate.")
@@ -360,7 +370,7 @@ def _pareto(out: PlanOutput) -> None:
         "GPUs": frame["gpus"],
         "$/h": frame["cost_per_hour_usd"].map(fmt_usd),
         "$/Mtok": frame["usd_per_million_output_tokens"].map(fmt_usd),
-        metric: frame[metric].map(fmt_seconds if metric.endswith("_s") else fmt_number),
+        metric_label(metric): frame[metric].map(fmt_seconds if metric.endswith("_s") else fmt_number),
         "max rate (req/s)": frame["max_rate_rps"].map(fmt_number),
         "headroom": frame["headroom"].map(_times),
     })

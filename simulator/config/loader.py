@@ -290,8 +290,17 @@ def _label_value(value: Any) -> str:
 
 
 def point_label(values: dict[str, Any]) -> str:
-    """``{a.x: 1, b.y: 3}`` -> ``x=1,y=3``; a ``None`` (a field switched off for this point) is left out."""
-    return ",".join(f"{k.split('.')[-1]}={_label_value(v)}" for k, v in values.items() if v is not None)
+    """``{a.x: 1, b.y: 3}`` -> ``x=1,y=3``; a ``None`` (a field switched off for this point) is left out.
+
+    A plug-in's ``name`` is labelled by its section (``scheduler.name: sarathi`` -> ``scheduler=sarathi``): a bare
+    ``name=sarathi`` does not say what was named (issue 20).
+    """
+    return ",".join(f"{_label_key(k)}={_label_value(v)}" for k, v in values.items() if v is not None)
+
+
+def _label_key(path: str) -> str:
+    parts = path.split(".")
+    return parts[-2] if parts[-1] == "name" and len(parts) > 1 else parts[-1]
 
 
 def _grid_points(grid: dict[str, list[Any]]) -> list[tuple[str, dict[str, Any]]]:
