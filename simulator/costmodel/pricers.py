@@ -468,7 +468,7 @@ def link_transfer_pricer(op: Operator, ctx: PricingContext) -> RowPricer:
 
 # Every other kind of tier link (hwmodels.device.LINK_KINDS) prices its transfers the same way: a row placed on a
 # link named e.g. 'c2c' or 'nvme-pcie' finds the pricer of its kind (PricerRegistry.for_row).
-for _kind in ("nvlink", "c2c", "cxl", "p2p", "tsv", "network"):
+for _kind in ("nvlink", "c2c", "cxl", "p2p", "tsv", "network", "ufs"):
     PRICERS.add("transfer", link_transfer_pricer, _kind)
 
 
