@@ -263,3 +263,48 @@ def test_a_speculative_step_model_is_refused_on_a_device_with_static_shapes():
             scenario(model="llama-2-7b", techniques=[{"name": "speculative", "draft_model": "llama-68m", "k": 4}])
         )
     assert err.value.where == "techniques"
+
+
+# ------------------------------------------------------------------------------------------ outliers
+
+
+def outliers(fraction: float, **kw) -> list[dict]:
+    # 1 TFLOP/s is an illustrative CPU figure for the test, not a catalog value.
+    return [{"name": "npu-outliers", "fraction": fraction, "processor_tflops": 1.0, **kw}]
+
+
+def test_outliers_run_beside_each_gemm_and_cost_the_longer_lane_by_hand():
+    """Each GEMM and its outlier row cost max(NPU GEMM, fraction x FLOPs at 1 TFLOP/s x 0.7 + sync per kernel
+    launch); without overlap the two add up."""
+    from simulator.costmodel.features import BatchShape
+
+    shape = BatchShape(prefill_chunks=((256, 0, True),))
+    plain = build_system(scenario()).cost_model()
+    gemms = [r for r in plain.breakdown(shape) if r.op_class == "gemm" and r.scope == "layer"]
+    assert {r.name for r in gemms} == {"qkv_proj", "o_proj", "mlp"}
+    layers = get_model("phi-3-mini").num_layers
+    launches = {op.name: op.launches for op in build_system(scenario()).table.layer_ops}
+    assert launches == {**launches, "qkv_proj": 1.0, "o_proj": 1.0, "mlp": 3.0}  # gate, up, down
+    for fraction, sync_us in ((0.01, 0.0), (0.05, 0.0), (0.05, 50.0)):
+        side = [fraction * r.flops / 0.7e12 + layers * launches[r.name] * sync_us * 1e-6 for r in gemms]
+        par = build_system(scenario(techniques=outliers(fraction, sync_us=sync_us))).cost_model()
+        ser = build_system(scenario(techniques=outliers(fraction, sync_us=sync_us, overlap=False))).cost_model()
+        base = prefill_s(plain, 256)
+        expected = sum(max(r.time_s, s) - r.time_s for r, s in zip(gemms, side, strict=True))
+        assert prefill_s(par, 256) - base == pytest.approx(expected, rel=1e-6, abs=1e-12)
+        assert prefill_s(ser, 256) - base == pytest.approx(sum(side), rel=1e-6)
+    # 1 % of the work hides entirely behind the NPU (its GEMMs are bound by reading the weights).
+    hidden = build_system(scenario(techniques=outliers(0.01))).cost_model()
+    assert prefill_s(hidden, 256) == pytest.approx(prefill_s(plain, 256), rel=1e-12)
+
+
+def test_outlier_parameters_are_checked_by_field():
+    with pytest.raises(CapsimError) as err:
+        build_system(scenario(techniques=outliers(0.9)))
+    assert err.value.where.endswith("fraction")
+    with pytest.raises(CapsimError) as err:
+        build_system(scenario(techniques=[{"name": "npu-outliers", "fraction": 0.01}]))
+    assert err.value.where.endswith("processor_tflops")
+    with pytest.raises(CapsimError) as err:
+        build_system(scenario(techniques=outliers(0.01, processor="flash")))
+    assert err.value.where.endswith("processor")

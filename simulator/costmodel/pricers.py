@@ -492,3 +492,10 @@ class InMemoryPricer(RooflinePricer):
 def in_memory_attention_pricer(op: Operator, ctx: PricingContext) -> RowPricer:
     """Decode attention run by the compute units of the tier that holds the KV (PIM, a CSD)."""
     return InMemoryPricer(op, ctx.processor(op))
+
+
+@PRICERS.register("gemm", placement=IN_MEMORY)
+def side_processor_gemm_pricer(op: Operator, ctx: PricingContext) -> RowPricer:
+    """A GEMM row on a named processor of the table other than the device (an NPU's outlier channels computed in
+    float on the SoC's CPU/GPU, simulator/techniques/npu_outliers.py): that processor's roofline."""
+    return InMemoryPricer(op, ctx.processor(op))
