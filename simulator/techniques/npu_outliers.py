@@ -102,8 +102,15 @@ class NPUOutliers(Technique):
         proc = self.processor_roofline(ctx)
         f = self.params.fraction
         ops: list[Operator] = []
+        grouped = sorted({op.overlap for op in table.layer_ops if op.op_class == "gemm" and op.overlap})
+        if grouped:
+            raise CapsimError(
+                f"npu-outliers pairs each GEMM with its outlier row, but an earlier technique already put the GEMMs "
+                f"in overlap groups ({', '.join(grouped)})",
+                where=self.where, fix="leave one of them out (or list npu-outliers first, if the other keeps existing groups)",
+            )
         for op in table.layer_ops:
-            if op.op_class != "gemm" or op.placement != "device" or op.overlap:
+            if op.op_class != "gemm" or op.placement != "device":
                 ops.append(op)
                 continue
             group = GROUP_PREFIX + op.name if self.params.overlap else ""
