@@ -107,7 +107,8 @@ class NPUOutliers(Technique):
             raise CapsimError(
                 f"npu-outliers pairs each GEMM with its outlier row, but an earlier technique already put the GEMMs "
                 f"in overlap groups ({', '.join(grouped)})",
-                where=self.where, fix="leave one of them out (or list npu-outliers first, if the other keeps existing groups)",
+                where=self.where,
+                fix="leave one of them out (or list npu-outliers first, if the other keeps existing groups)",
             )
         for op in table.layer_ops:
             if op.op_class != "gemm" or op.placement != "device":
