@@ -314,15 +314,25 @@ def test_throttling_is_refused_in_a_multi_pool_deployment():
     from simulator.pools.build import build_pools
 
     hot = {"base": "h100-sxm", "thermal": {"sustained_fraction": 0.8, "time_constant_s": 30}}
-    sc = Scenario.model_validate({
-        "seed": 1, "model": "llama-3.1-8b", "scheduler": {"name": "vllm"},
-        "serving": {"name": "disaggregated", "link": {"kind": "nvlink"}},
-        "pools": [{"name": "prefill", "role": "prefill", "device": "h100-sxm", "num_replicas": 1},
-                  {"name": "decode", "role": "decode", "device": hot, "num_replicas": 1}],
-        "workload": {"arrival": "poisson", "qps": 1, "prompt": {"dist": "fixed", "value": 128},
-                     "output": {"dist": "fixed", "value": 8}},
-        "simulation": {"num_requests": 4},
-    })
+    sc = Scenario.model_validate(
+        {
+            "seed": 1,
+            "model": "llama-3.1-8b",
+            "scheduler": {"name": "vllm"},
+            "serving": {"name": "disaggregated", "link": {"kind": "nvlink"}},
+            "pools": [
+                {"name": "prefill", "role": "prefill", "device": "h100-sxm", "num_replicas": 1},
+                {"name": "decode", "role": "decode", "device": hot, "num_replicas": 1},
+            ],
+            "workload": {
+                "arrival": "poisson",
+                "qps": 1,
+                "prompt": {"dist": "fixed", "value": 128},
+                "output": {"dist": "fixed", "value": 8},
+            },
+            "simulation": {"num_requests": 4},
+        }
+    )
     with pytest.raises(CapsimError) as err:
         build_pools(sc)
     assert err.value.where == "pools.1.device"
