@@ -29,7 +29,7 @@ from pydantic import (
 from capsim.catalog import load_catalog, read_catalog_yaml, registry_of, spec_validation_error
 from capsim.errors import CapsimError
 from capsim.registry import Registry, normalise_name
-from capsim.types import OptionalCount
+from capsim.types import Count, OptionalCount
 from hwmodels.links import Link
 
 DTYPES: tuple[str, ...] = ("fp32", "tf32", "bf16", "fp16", "fp8", "int8", "int4")
@@ -84,13 +84,13 @@ TIER_KINDS: tuple[str, ...] = ("sram", "hbm", "gddr", "lpddr", "ddr", "host", "n
 """Kinds of memory a tier may be: on-chip SRAM, device DRAM (HBM, GDDR, LPDDR, DDR), host DRAM, an NVMe
 drive, flash behind a computational-storage controller."""
 
-LINK_KINDS: tuple[str, ...] = ("pcie", "nvlink", "c2c", "cxl", "p2p", "tsv", "network")
+LINK_KINDS: tuple[str, ...] = ("pcie", "nvlink", "c2c", "cxl", "p2p", "tsv", "network", "ufs")
 """Kinds of link between tiers: PCIe, NVLink, a chip-to-chip link (NVLink-C2C), CXL, a peer-to-peer path
-(GPU to SSD), through-silicon vias (a logic die under DRAM), a network. A transfer row placed on a link is
+(GPU to SSD), through-silicon vias (a logic die under DRAM), a network, a phone's UFS storage interface. A transfer row placed on a link is
 priced by the ``transfer`` pricer registered for its kind."""
 
 TierKind = Literal["sram", "hbm", "gddr", "lpddr", "ddr", "host", "nvme", "flash"]
-LinkKind = Literal["pcie", "nvlink", "c2c", "cxl", "p2p", "tsv", "network"]
+LinkKind = Literal["pcie", "nvlink", "c2c", "cxl", "p2p", "tsv", "network", "ufs"]
 
 
 class MemoryTier(BaseModel):
@@ -152,6 +152,78 @@ class TierLink(BaseModel):
     latency_us: float = Field(default=0.0, ge=0, description="Fixed cost of one transfer, microseconds.")
     generation: str = Field(default="", description="E.g. 'PCIe Gen5 x16', 'NVLink-C2C'.")
     source: str = Field(default="", description="Where the figures come from.")
+
+
+class StaticShapes(BaseModel):
+    """The fixed graph shapes an NPU's matrix engine runs (mllm-NPU, Xu et al., ASPLOS 2025, arXiv 2407.05858).
+
+    Why: an NPU runs graphs compiled ahead of time for fixed tensor shapes (Qualcomm QNN builds one graph per
+    shape; rebuilding one for a new prompt length took seconds in mllm-NPU's measurements), so a runtime pads
+    work up to the shapes it compiled. A prefill runs in chunks of ``prefill_chunk`` tokens, the last one padded;
+    a decode batch runs at the smallest compiled batch that holds it. The padded rows cost what real rows cost
+    (:mod:`simulator.costmodel.static_shapes`), so a prompt of ``prefill_chunk + 1`` tokens costs two chunks.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prefill_chunk: Count = Field(
+        gt=0, description="Tokens per compiled prefill graph: an iteration's prefill tokens are padded up to a "
+        "multiple of it (mllm-NPU uses 256)."
+    )
+    decode_batches: tuple[Count, ...] = Field(
+        default=(1,), min_length=1, description="Batch sizes with a compiled decode graph, ascending. A decode "
+        "batch runs at the smallest that holds it; above the largest, as several graphs of the largest "
+        "(padded to a multiple of it)."
+    )
+    source: str = Field(default="", description="Where the shapes come from (the runtime, a paper).")
+
+    @field_validator("decode_batches")
+    @classmethod
+    def _check_batches(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if any(b <= 0 for b in value):
+            raise ValueError(f"decode batch sizes must be positive, got {list(value)}")
+        if list(value) != sorted(set(value)):
+            raise ValueError(f"decode_batches must be strictly ascending, got {list(value)}")
+        return value
+
+    def padded_prefill(self, tokens: int) -> int:
+        """Prefill tokens the NPU computes for ``tokens`` real ones: whole chunks."""
+        c = self.prefill_chunk
+        return -(-tokens // c) * c
+
+    def padded_decode(self, batch: int) -> int:
+        """Decode rows the NPU computes for a batch of ``batch`` sequences."""
+        if batch <= 0:
+            return batch
+        for b in self.decode_batches:
+            if b >= batch:
+                return b
+        top = self.decode_batches[-1]
+        return -(-batch // top) * top
+
+
+class Thermal(BaseModel):
+    """A first-order (RC) thermal model: sustained work heats the device and lowers its clocks.
+
+    Why: a phone or a fanless module cannot dissipate its peak power for long. MELT (Laskaridis et al.,
+    MobiCom 2024, arXiv 2403.12844) reports that continuous LLM execution on phones is limited by thermals. A
+    heat level ``h`` in [0, 1] follows ``dh/dt = (busy - h) / time_constant_s`` (1 while the device computes,
+    0 while idle) and the device runs at ``speed = 1 - (1 - sustained_fraction) * h`` of its peak compute and
+    memory rates; from cold, continuous work slows as ``1 - (1 - f)(1 - exp(-t / tau))``, monotone towards
+    ``sustained_fraction``. See :mod:`simulator.costmodel.thermal`.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sustained_fraction: float = Field(
+        gt=0, le=1, description="Speed (of the compute and memory clocks, as a fraction of peak) the device "
+        "settles at after running long enough to reach thermal equilibrium; 1: never throttles."
+    )
+    time_constant_s: float = Field(
+        gt=0, description="RC time constant of heating and cooling, seconds: after this long busy from cold "
+        "63 % of the way to the sustained speed."
+    )
+    source: str = Field(default="", description="The measurement the figures come from.")
 
 
 class Efficiency(BaseModel):
@@ -226,6 +298,14 @@ class DeviceSpec(BaseModel):
     price_usd_per_hour: float = Field(ge=0, description="Rental price of one device, USD/h.")
     price_source: str = Field(default="", description="Where the price comes from, with a date.")
     efficiency: Efficiency = Field(default_factory=Efficiency)
+    static_shapes: StaticShapes | None = Field(
+        default=None, description="Fixed graph shapes of an NPU (prefill chunk, decode batches): work is padded "
+        "up to them. None (GPUs): any shape runs as it is."
+    )
+    thermal: Thermal | None = Field(
+        default=None, description="Thermal throttling (sustained_fraction, time_constant_s): sustained work "
+        "lowers the clocks. None: the device keeps its peak rates however long it runs (every GPU entry)."
+    )
     calibration_profile: str | None = Field(
         default=None,
         description="Calibrated profile that prices this device's kernels (a shipped profile's device id, or "
@@ -290,6 +370,8 @@ class DeviceSpec(BaseModel):
                 self.price_usd_per_hour,
                 self.tdp_w,
                 self.idle_w,
+                self.static_shapes,
+                self.thermal,
             )
         )
 

@@ -19,6 +19,7 @@ import simpy
 from simulator.admission import enforce, unservable_mask
 from simulator.clients import ClosedLoopClients, arrived_requests
 from simulator.config.schema import Scenario
+from simulator.costmodel.thermal import bind_thermal
 from simulator.kvcache import BlockManager, RetainingBlockManager
 from simulator.metrics.result import RunInfo, SimulationResult
 from simulator.recorder import Recorder
@@ -140,6 +141,7 @@ def simulate(
         hashes = stream.prefix_block_hashes
         kept = None if hashes is None else [h for h, k in zip(hashes, keep.tolist(), strict=True) if k]
         prefix = system.admit.bind(table, kept, stream.prefix_block_tokens, lambda: env.now)
+    clock = lambda: env.now  # noqa: E731  (a throttled device's heat is kept per replica, on the sim clock)
     for i in range(engines):
         if prefix is not None:
             blocks = prefix.block_manager(blocks_per_engine, dep.block_size, table)
@@ -150,7 +152,8 @@ def simulate(
         if step is not None:
             blocks.step_tokens = 1 + step.max_lookahead
         replicas.append(
-            Replica(env, i, table, blocks, cost, make_scheduler, recorder, on_finish, system.model.max_context,
+            Replica(env, i, table, blocks, bind_thermal(cost, system.device.thermal, clock), make_scheduler, recorder,
+                    on_finish, system.model.max_context,
                     warmup_s=sim.warmup_s, step=step, kv=retention if prefix is None else prefix.attention(blocks),
                     swap=swap_space_for(system, dep.pp))
         )

@@ -21,6 +21,7 @@ from simulator.config.schema import DeploymentConfig, Scenario
 from simulator.costmodel.iteration import IterationCostModel, OverheadTerms
 from simulator.costmodel.operators import OperatorTable, build_operator_table
 from simulator.costmodel.precision import COMPUTE_FORMAT_FOR_WEIGHTS, bytes_per_element
+from simulator.costmodel.static_shapes import StaticShapeCostModel
 from simulator.memory_plan import GIB, MemoryPlan, activation_reserve, plan_memory
 from simulator.models import get_model, model_from_dict
 from simulator.models.spec import ModelSpec
@@ -63,7 +64,14 @@ class System:
         return gpus + self.deployment.num_replicas * extra if extra else gpus
 
     def cost_model(self) -> IterationCostModel:
-        """A fresh (empty-cache) cost model; one per simulation keeps runs independent."""
+        """A fresh (empty-cache) cost model; one per simulation keeps runs independent.
+
+        A device with static graph shapes (an NPU) gets the model that pads each batch to them first
+        (:mod:`simulator.costmodel.static_shapes`); thermal throttling is bound per replica by the engine
+        (:func:`simulator.costmodel.thermal.bind_thermal`)."""
+        shapes = self.device.static_shapes
+        if shapes is not None:
+            return StaticShapeCostModel(self.table, self.roofline, self.overheads, shapes=shapes)
         return IterationCostModel(self.table, self.roofline, self.overheads)
 
     @property
@@ -264,9 +272,18 @@ def build_system(scenario: Scenario) -> System:
         host_kv_bytes=extra.host_kv_bytes,
         technique_kv_scale=extra.kv_bytes_scale, offloaded_weight_bytes=extra.offloaded_weight_bytes,
     )
+    step = stack.step_model(ctx) if stack else None
+    if step is not None and (device.static_shapes is not None or device.thermal is not None):
+        what = "static graph shapes" if device.static_shapes is not None else "thermal throttling"
+        raise CapsimError(
+            f"device {device.name!r} has {what}, which a technique's decode-step model (speculative decoding) "
+            "does not price yet: its steps would run unpadded and at full speed",
+            where="techniques", fix="remove the speculative technique, or use a device without "
+            "static_shapes and thermal (an inline device: base: ... with static_shapes: null, thermal: null)",
+        )
     return System(
         model, device, dep, fmt, roofline, table, memory, sched_cls, sched_params, router_cls, overheads,
-        techniques=stack, step=stack.step_model(ctx) if stack else None,
+        techniques=stack, step=step,
         kv_policy=_kv_policy(stack, ctx, model),
         admit=stack.admit(ctx) if stack else None,
         extra_devices=stack.extra_devices(ctx) if stack else (),

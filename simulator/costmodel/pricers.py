@@ -468,7 +468,7 @@ def link_transfer_pricer(op: Operator, ctx: PricingContext) -> RowPricer:
 
 # Every other kind of tier link (hwmodels.device.LINK_KINDS) prices its transfers the same way: a row placed on a
 # link named e.g. 'c2c' or 'nvme-pcie' finds the pricer of its kind (PricerRegistry.for_row).
-for _kind in ("nvlink", "c2c", "cxl", "p2p", "tsv", "network"):
+for _kind in ("nvlink", "c2c", "cxl", "p2p", "tsv", "network", "ufs"):
     PRICERS.add("transfer", link_transfer_pricer, _kind)
 
 
@@ -491,4 +491,11 @@ class InMemoryPricer(RooflinePricer):
 @PRICERS.register("attention_decode", placement=IN_MEMORY)
 def in_memory_attention_pricer(op: Operator, ctx: PricingContext) -> RowPricer:
     """Decode attention run by the compute units of the tier that holds the KV (PIM, a CSD)."""
+    return InMemoryPricer(op, ctx.processor(op))
+
+
+@PRICERS.register("gemm", placement=IN_MEMORY)
+def side_processor_gemm_pricer(op: Operator, ctx: PricingContext) -> RowPricer:
+    """A GEMM row on a named processor of the table other than the device (an NPU's outlier channels computed in
+    float on the SoC's CPU/GPU, simulator/techniques/npu_outliers.py): that processor's roofline."""
     return InMemoryPricer(op, ctx.processor(op))

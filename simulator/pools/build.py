@@ -140,6 +140,12 @@ def build_pools(scenario: Scenario) -> PoolSet:
             system = build_system(_pool_scenario(scenario, pool))
         except CapsimError as exc:
             raise type(exc)(exc.problem, where=_rewrite(exc.where, i, pool), fix=exc.fix) from None
+        if system.device.thermal is not None:
+            raise CapsimError(
+                f"device {system.device.name!r} throttles (thermal), which pools do not model yet",
+                where=_rewrite("deployment.device", i, pool),
+                fix="simulate it as a single pool (`deployment:`), or give the device thermal: null",
+            )
         if system.kv_policy is not None:
             raise CapsimError(
                 f"{system.model.name} keeps a capped KV cache (sliding window), which pools do not model yet",

@@ -11,6 +11,7 @@ from simulator.techniques import (  # noqa: F401
     kv_eviction,
     kv_quantization,
     nanoflow,
+    npu_outliers,
     prefix_caching,
     sparse_attention,
     speculative,
