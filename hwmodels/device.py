@@ -225,6 +225,11 @@ class DeviceSpec(BaseModel):
     idle_w: float = Field(ge=0, description="Power when powered on but idle, W.")
     price_usd_per_hour: float = Field(ge=0, description="Rental price of one device, USD/h.")
     price_source: str = Field(default="", description="Where the price comes from, with a date.")
+    capex_usd: float | None = Field(
+        default=None, ge=0, description="Purchase price of one device, USD, for the TCO view (docs/energy-and-cost.md); "
+        "None where no source gives one (a scenario's cost.capex_usd supplies it)."
+    )
+    capex_source: str = Field(default="", description="Where capex_usd comes from, with a date.")
     efficiency: Efficiency = Field(default_factory=Efficiency)
     calibration_profile: str | None = Field(
         default=None,

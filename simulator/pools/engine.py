@@ -34,6 +34,7 @@ from simulator.kvcache import BlockManager
 from simulator.metrics.result import PoolInfo, RunInfo, SimulationResult
 from simulator.pools.build import PoolPlan, PoolSet, build_pools
 from simulator.pools.migration import Migrator
+from simulator.power_units import cost_settings, gpu_capex, power_units
 from simulator.recorder import Recorder
 from simulator.replica import Replica
 from simulator.requests import RequestTable
@@ -587,6 +588,8 @@ def _run_info(
                 weights_bytes_per_gpu=system.memory.weights_bytes,
                 gpu_memory_bytes=system.memory.gpu_memory_bytes,
                 gpu_share=pools.gpu_share(rt.plan.index),
+                units=tuple(u for u in power_units(system, dep.pp, scenario.cost) if u.name.startswith("tier.")),
+                capex_usd_per_gpu=gpu_capex(system.device, scenario.cost),
             )
         )
     swap_outs = swap_ins = fallbacks = 0
@@ -627,4 +630,5 @@ def _run_info(
         swap_bytes=swap_bytes,
         swap_recompute_fallbacks=fallbacks,
         swap_transfer_s=swap_s,
+        cost=cost_settings(scenario.cost),
     )
