@@ -99,6 +99,7 @@ def unit_energy_joules(unit: PowerUnit, *, window_s: float, replicas: int, busy_
     if active < idle:
         raise CapsimError(
             f"{unit.name}: active power {active} W is below its idle power {idle} W",
-            where=unit.name, fix="give active_w >= idle_w",
+            where=unit.name,
+            fix="give active_w >= idle_w",
         )
     return unit.count * (replicas * idle * window_s + (active - idle) * busy_replica_s)
