@@ -7,6 +7,7 @@ import dataclasses
 import math
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from simulator.config.loader import validate_as
@@ -201,7 +202,7 @@ def test_objective_tco_needs_a_tco_cost_section(cli, tmp_path):
         if not line.startswith(("cost:", "  mode", "  capex", "  amort", "  electricity"))
     )
     path.write_text(without_cost)
-    assert_user_error(cli("plan", path, "--set", "objective=tco"), "objective", "cost")
+    assert_user_error(cli("plan", path, "--set", "objective=tco"), "objective tco needs", "cost")
 
 
 PLAN = """\
@@ -243,3 +244,58 @@ def test_plan_ranks_by_rental_or_tco(tmp_path):
         picks[objective] = result.cheapest.scenario.deployment.device
         assert all(math.isfinite(c.tco_per_hour_usd) for c in result.candidates if c.meets_target)
     assert picks == {"rental": "a100-80gb-sxm", "tco": "h100-sxm"}
+
+
+# ------------------------------------------------------------------------------------------- dashboard
+def _summary(name: str, rental_mtok: float, tco_mtok: float, mode: str) -> dict:
+    return {
+        "name": name,
+        "slo_met": True,
+        "overloaded": False,
+        "slo_attainment": 1.0,
+        "cost_mode": mode,
+        "cost_per_million_output_tokens_usd": rental_mtok,
+        "tco_per_million_output_tokens_usd": tco_mtok,
+        "energy_per_request_j": 250.0,
+        "energy_total_per_output_token_j": 3.0,
+        "avg_power_w": 700.0,
+        "rental_usd_per_gpu_hour": 2.0,
+        "tco_usd_per_gpu_hour": 1.0,
+    }
+
+
+def test_dashboard_verdict_ranks_by_the_scenarios_cost_mode():
+    from app.tables import display_table, energy_cost_rows, verdict
+
+    rent = _summary("cheap-to-rent", 1.0, 3.0, "rental")
+    own = _summary("cheap-to-own", 2.0, 0.5, "rental")
+    _, text = verdict([rent, own], [{}, {}])
+    assert text.startswith("**cheap-to-rent**") and "250 J per request" in text
+    rent_t, own_t = ({**s, "cost_mode": "tco"} for s in (rent, own))
+    _, text = verdict([rent_t, own_t], [{}, {}])
+    assert text.startswith("**cheap-to-own**") and "(TCO)" in text
+    rows = energy_cost_rows([rent_t, own])
+    assert list(rows["ranked_by"]) == ["tco", "rental"]
+    assert rows["tco_usd_per_mtok"].tolist() == [3.0, 0.5] and rows["energy_per_request_j"].tolist() == [250.0] * 2
+    table = display_table([own_t])
+    assert table.loc["TCO ($ / M output tokens)"].iloc[0] == "$0.500"
+    assert table.loc["average power (W): total / per GPU"].iloc[0].startswith("700")
+
+
+def test_dashboard_plan_view_shows_tco_when_the_plan_ranked_by_it():
+    from app.plan_view import PlanOutput, pareto_frame, ranks_by_tco
+
+    best = {
+        "name": "a",
+        "gpus": 1,
+        "cost_per_hour_usd": 2.0,
+        "tco_usd_per_hour": 1.0,
+        "tco_usd_per_million_output_tokens": 0.4,
+        "energy_per_request_j": 300.0,
+    }
+    doc = {"target_rps": 1, "cheapest": best, "pareto_front": [best], "objective": "tco"}
+    out = PlanOutput("test", doc, pd.DataFrame(), None)
+    assert ranks_by_tco(out)
+    frame = pareto_frame(out)
+    assert frame.loc[0, "tco_usd_per_hour"] == 1.0 and frame.loc[0, "energy_per_request_j"] == 300.0
+    assert not ranks_by_tco(PlanOutput("test", {**doc, "objective": "rental"}, pd.DataFrame(), None))
