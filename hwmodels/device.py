@@ -123,7 +123,10 @@ class MemoryTier(BaseModel):
         default=None, gt=0, description="Bandwidth the tier's own compute units read it at, GB/s (a multiple of the "
         "external bandwidth: HBM-PIM reads its banks in parallel, a CSD its flash channels); needs compute_tflops."
     )
-    active_w: float | None = Field(default=None, ge=0, description="Power while transferring, W (None: not given).")
+    active_w: float | None = Field(
+        default=None, ge=0, description="Power while in use, W, per device; counted while its replica runs iterations "
+        "when a technique uses the tier (docs/energy-and-cost.md). None: not given (the energy is reported unknown)."
+    )
     idle_w: float | None = Field(default=None, ge=0, description="Power while idle, W (None: not given).")
     source: str = Field(default="", description="Where each figure comes from.")
 
