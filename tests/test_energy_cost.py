@@ -142,6 +142,30 @@ def test_the_cost_section_changes_no_existing_number():
     assert math.isnan(a["tco_usd_per_hour"]) and b["tco_usd_per_hour"] > 0
 
 
+def test_pools_are_priced_and_powered_pool_by_pool():
+    pools = {
+        "deployment": None,
+        "serving": {"name": "disaggregated", "link": {"kind": "nvlink"}},
+        "pools": [
+            {"name": "prefill", "role": "prefill", "device": "h100-sxm", "num_replicas": 1},
+            {"name": "decode", "role": "decode", "device": "a100-80gb-sxm", "num_replicas": 2},
+        ],
+        "cost": {
+            "mode": "tco",
+            "amortisation_years": 5,
+            "electricity_usd_per_kwh": 0.2,
+            "hours_per_year": 5000,
+            "capex_usd": {"h100-sxm": 25_000, "a100-80gb-sxm": 10_000},
+        },
+    }
+    scenario = validate_as(Scenario, {**SCENARIO, **pools}, "pools")
+    s = summarise(simulate(scenario).result, scenario.slo)
+    assert s["tco_capex_usd_per_hour"] == pytest.approx((25_000 + 2 * 10_000) / (5 * 5000))
+    assert s["tco_energy_usd_per_hour"] == pytest.approx(s["avg_power_w"] / 1000 * 0.2)
+    assert s["energy_total_j"] == s["energy_j"] == pytest.approx(s["pool.prefill.energy_j"] + s["pool.decode.energy_j"])
+    assert s["rental_usd_per_hour"] == pytest.approx(2.99 + 2 * 2.16)
+
+
 # ------------------------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize(
     ("cost", "fragments"),

@@ -492,6 +492,8 @@ def simulate_pools(scenario: Scenario, *, stream: RequestStream | None = None):
     wall0 = time.perf_counter()
     prep = prepare_pools(scenario, stream=stream)
     pools, stream, mask = prep.pools, prep.stream, prep.unservable
+    for plan in pools.pools:  # a TCO scenario missing a purchase price fails before simulating
+        gpu_capex(plan.system.device, scenario.cost)
     sim = scenario.simulation
     keep = ~mask
     table = RequestTable(stream.arrival_s[keep], stream.prompt_tokens[keep], stream.output_tokens[keep])
