@@ -170,9 +170,20 @@ def pareto_frame(out: PlanOutput) -> pd.DataFrame:
         "max_rate_rps": c.get("max_rate_rps"),
         "headroom": c.get("headroom"),
         "slo_attainment_at_target": c.get("slo_attainment_at_target"),
+        "tco_usd_per_hour": c.get("tco_usd_per_hour"),
+        "tco_usd_per_million_output_tokens": c.get("tco_usd_per_million_output_tokens"),
+        "energy_per_request_j": c.get("energy_per_request_j"),
     } for c in out.document.get("pareto_front") or [] if isinstance(c, dict)]
     return pd.DataFrame(rows, columns=["configuration", "gpus", "cost_per_hour_usd", "usd_per_million_output_tokens",
-                                       metric, "max_rate_rps", "headroom", "slo_attainment_at_target"])
+                                       metric, "max_rate_rps", "headroom", "slo_attainment_at_target",
+                                       "tco_usd_per_hour", "tco_usd_per_million_output_tokens",
+                                       "energy_per_request_j"])
+
+
+def ranks_by_tco(out: PlanOutput) -> bool:
+    """Whether the plan ranked its candidates by total cost of ownership (``objective: tco``) rather than rental
+    (plans written before the objective existed ranked by rental)."""
+    return out.document.get("objective") == "tco"
 
 
 def goodput_frame(out: PlanOutput) -> pd.DataFrame:
@@ -351,8 +362,13 @@ def _headline(out: PlanOutput) -> None:
     st.success(f"Cheapest configuration meeting {out.target:g} req/s within the SLO: **{best.get('name')}**")
     cols = st.columns(4)
     headroom = best.get("headroom")
-    cols[0].metric("cost per hour", fmt_usd(best.get("cost_per_hour_usd")))
-    cols[1].metric("cost per million output tokens", fmt_usd(best.get("usd_per_million_output_tokens")))
+    if ranks_by_tco(out):
+        cols[0].metric("TCO per hour", fmt_usd(best.get("tco_usd_per_hour")),
+                       help=f"rental: {fmt_usd(best.get('cost_per_hour_usd'))}/h")
+        cols[1].metric("TCO per million output tokens", fmt_usd(best.get("tco_usd_per_million_output_tokens")))
+    else:
+        cols[0].metric("cost per hour", fmt_usd(best.get("cost_per_hour_usd")))
+        cols[1].metric("cost per million output tokens", fmt_usd(best.get("usd_per_million_output_tokens")))
     capped = " (search cap)" if best.get("max_rate_capped") else ""
     cols[2].metric("max sustainable rate", f"{fmt_number(best.get('max_rate_rps'))} req/s{capped}")
     cols[3].metric("headroom (max rate / target)", _times(headroom))
@@ -373,7 +389,11 @@ def _pareto(out: PlanOutput) -> None:
         metric_label(metric): frame[metric].map(fmt_seconds if metric.endswith("_s") else fmt_number),
         "max rate (req/s)": frame["max_rate_rps"].map(fmt_number),
         "headroom": frame["headroom"].map(_times),
+        "J/request": frame["energy_per_request_j"].map(fmt_number),
     })
+    if ranks_by_tco(out):  # the front was drawn on TCO: show it beside rental
+        shown.insert(4, "TCO $/h", frame["tco_usd_per_hour"].map(fmt_usd))
+        shown.insert(5, "TCO $/Mtok", frame["tco_usd_per_million_output_tokens"].map(fmt_usd))
     st.dataframe(shown, hide_index=True)
     _download(frame, "pareto_front")
     st.altair_chart(pareto_chart(frame, metric))

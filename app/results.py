@@ -41,7 +41,7 @@ from app.runner import (
     sweep_frame,
     with_rate,
 )
-from app.tables import csv_table, display_table, verdict
+from app.tables import csv_table, display_table, energy_cost_rows, verdict
 from capsim.errors import CapsimError
 from simulator.config.schema import Scenario
 from traces.arrivals import ARRIVALS
@@ -108,6 +108,7 @@ def render_results(jobs: Sequence[Job], outcomes: Sequence[RunData | RunFailure]
     st.download_button("Download summary (CSV)", csv_bytes(csv_table([d.summary for d in datas])),
                        file_name="summary.csv", mime="text/csv", key="download-summary-csv", on_click="ignore")
     render_pools([d.summary for d in datas])
+    render_energy_cost([d.summary for d in datas])
 
     tabs = st.tabs(["Latency CDFs", "Throughput & batch", "KV memory", "Time breakdown", "Roofline", "Frontiers"])
     with tabs[0]:
@@ -232,6 +233,13 @@ def render_sweep_controls() -> None:
         render_frontiers(pd.DataFrame(rows, columns=FRONTIER_COLUMNS), "sweep-frontiers")
 
 
+def render_energy_cost(summaries: list[dict], key: str = "energy-cost") -> None:
+    """Energy per request and average power beside rental and TCO prices, one row per configuration
+    (docs/energy-and-cost.md); TCO columns are empty unless a scenario sets cost: {mode: tco}."""
+    with st.expander("Energy and cost (rental and TCO)"):
+        st.dataframe(energy_cost_rows(summaries), hide_index=True, key=key)
+
+
 def render_run_folder(folder: str) -> None:
     """A ``capsim run --out`` folder: the verdict, the summary table, per-pool table and frontiers from its
     summary.json files (the records are not re-analysed; run the comparison on the page for the charts)."""
@@ -243,6 +251,7 @@ def render_run_folder(folder: str) -> None:
     st.download_button("Download summary (CSV)", csv_bytes(csv_table(summaries)), file_name="summary.csv",
                        mime="text/csv", key="folder-summary-csv", on_click="ignore")
     render_pools(summaries, "folder-pools")
+    render_energy_cost(summaries, "folder-energy")
     render_frontiers(frontier_frame(summaries), "folder-frontiers")
 
 

@@ -41,7 +41,10 @@ INTERVAL_KEYS: tuple[str, ...] = (
 #: Summary keys averaged across seeds without an interval shown (they feed the cost ranking and the time shares).
 MEAN_KEYS: tuple[str, ...] = (
     "cost_per_million_output_tokens_usd",
+    "tco_per_million_output_tokens_usd",
     "energy_per_output_token_j",
+    "energy_per_request_j",
+    "avg_power_w",
     "offered_rps",
     "served_rps",
     "queue_mean_s",

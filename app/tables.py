@@ -81,7 +81,11 @@ ROWS: list[tuple[str, Callable[[Summary], str]]] = [
     ("output tokens/s", lambda s: with_interval(s, "output_tps", lambda v: fmt_number(v, 0))),
     *[(f"{label} p{p}", _latency(metric, p)) for label, metric, ps in LATENCY_ROWS for p in ps],
     ("cost ($ / M output tokens)", lambda s: fmt_usd(s.get("cost_per_million_output_tokens_usd"))),
+    ("TCO ($ / M output tokens)", lambda s: fmt_usd(s.get("tco_per_million_output_tokens_usd"))),
+    ("$ / h per GPU: rental / TCO", lambda s: _per_gpu_hour_cell(s)),
     ("energy (J / output token)", lambda s: fmt_number(s.get("energy_per_output_token_j"), 3)),
+    ("energy (J / request, all units)", lambda s: fmt_number(s.get("energy_per_request_j"), 1)),
+    ("average power (W): total / per GPU", lambda s: _power_cell(s)),
     ("peak KV memory (per GPU)", lambda s: f"{_gib(s.get('kv_peak_gib_per_gpu'))} of {_gib(s.get('kv_capacity_gib_per_gpu'))}"),
     ("KV utilisation mean / peak", lambda s: f"{fmt_percent(s.get('kv_util_mean'))} / {fmt_percent(s.get('kv_util_peak'))}"),
     ("MFU / MBU", lambda s: f"{fmt_percent(s.get('mfu'))} / {fmt_percent(s.get('mbu'))}"),
@@ -91,6 +95,43 @@ ROWS: list[tuple[str, Callable[[Summary], str]]] = [
     ("requests measured (unfinished)", lambda s: f"{s.get('num_requests', '–')} ({s.get('unfinished', '–')})"),
     ("simulated / wall time", lambda s: f"{fmt_seconds(s.get('sim_time_s'))} / {fmt_seconds(s.get('wall_time_s'))}"),
 ]
+
+
+def _per_gpu_hour_cell(s: Summary) -> str:
+    return f"{fmt_usd(s.get('rental_usd_per_gpu_hour'))} / {fmt_usd(s.get('tco_usd_per_gpu_hour'))}"
+
+
+def _power_cell(s: Summary) -> str:
+    text = f"{fmt_number(s.get('avg_power_w'), 0)} / {fmt_number(s.get('avg_power_per_gpu_w'), 0)}"
+    unpowered = s.get("energy_unpowered_units")
+    return f"{text} (no power given: {unpowered})" if unpowered else text
+
+
+def cost_key(summary: Summary) -> str:
+    """The $/Mtok key a configuration is ranked by: TCO when its scenario's cost section says mode tco."""
+    if summary.get("cost_mode") == "tco":
+        return "tco_per_million_output_tokens_usd"
+    return "cost_per_million_output_tokens_usd"
+
+
+def energy_cost_rows(summaries: Sequence[Summary]) -> pd.DataFrame:
+    """One row per configuration: energy per request and per output token, average power, and rental and TCO
+    prices (per hour per GPU and per million output tokens), raw numbers in SI units, for the energy and cost view.
+    The ``ranked by`` column says which cost the verdict compares (docs/energy-and-cost.md)."""
+    rows = []
+    for i, s in enumerate(summaries):
+        rows.append({
+            "configuration": str(s.get("name", f"#{i + 1}")),
+            "energy_per_request_j": _num(s, "energy_per_request_j"),
+            "energy_per_output_token_j": _num(s, "energy_total_per_output_token_j"),
+            "avg_power_w": _num(s, "avg_power_w"),
+            "rental_usd_per_gpu_hour": _num(s, "rental_usd_per_gpu_hour"),
+            "tco_usd_per_gpu_hour": _num(s, "tco_usd_per_gpu_hour"),
+            "rental_usd_per_mtok": _num(s, "cost_per_million_output_tokens_usd"),
+            "tco_usd_per_mtok": _num(s, "tco_per_million_output_tokens_usd"),
+            "ranked_by": "tco" if cost_key(s).startswith("tco") else "rental",
+        })
+    return pd.DataFrame(rows)
 
 
 def display_table(summaries: Sequence[Summary]) -> pd.DataFrame:
@@ -200,10 +241,13 @@ def verdict(summaries: Sequence[Summary], quantiles: Sequence[Mapping[str, float
     if answers:
         best = min(answers, key=lambda s: _cost(s))
         n = _seeds(best)
+        tco = cost_key(best).startswith("tco")
+        energy = _num(best, "energy_per_request_j")
         lines.append(
             f"**{best['name']}** meets the SLO{f' in all {n} seeds' if n > 1 else ''} at the lowest cost "
-            f"({fmt_usd(best.get('cost_per_million_output_tokens_usd'))} per million output tokens, "
-            f"{'mean ' if n > 1 else ''}{with_interval(best, 'slo_attainment', fmt_percent)} attainment)."
+            f"({fmt_usd(best.get(cost_key(best)))} per million output tokens{' (TCO)' if tco else ''}, "
+            f"{'mean ' if n > 1 else ''}{with_interval(best, 'slo_attainment', fmt_percent)} attainment"
+            + (f", {fmt_number(energy, 0)} J per request" if math.isfinite(energy) else "") + ")."
         )
     else:
         lines.append("No configuration meets the SLO while keeping up with the load.")
@@ -234,7 +278,7 @@ def verdict(summaries: Sequence[Summary], quantiles: Sequence[Mapping[str, float
 
 
 def _cost(summary: Summary) -> float:
-    value = summary.get("cost_per_million_output_tokens_usd")
+    value = summary.get(cost_key(summary))
     try:
         x = float(value)
     except (TypeError, ValueError):

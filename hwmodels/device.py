@@ -123,7 +123,10 @@ class MemoryTier(BaseModel):
         default=None, gt=0, description="Bandwidth the tier's own compute units read it at, GB/s (a multiple of the "
         "external bandwidth: HBM-PIM reads its banks in parallel, a CSD its flash channels); needs compute_tflops."
     )
-    active_w: float | None = Field(default=None, ge=0, description="Power while transferring, W (None: not given).")
+    active_w: float | None = Field(
+        default=None, ge=0, description="Power while in use, W, per device; counted while its replica runs iterations "
+        "when a technique uses the tier (docs/energy-and-cost.md). None: not given (the energy is reported unknown)."
+    )
     idle_w: float | None = Field(default=None, ge=0, description="Power while idle, W (None: not given).")
     source: str = Field(default="", description="Where each figure comes from.")
 
@@ -297,6 +300,11 @@ class DeviceSpec(BaseModel):
     idle_w: float = Field(ge=0, description="Power when powered on but idle, W.")
     price_usd_per_hour: float = Field(ge=0, description="Rental price of one device, USD/h.")
     price_source: str = Field(default="", description="Where the price comes from, with a date.")
+    capex_usd: float | None = Field(
+        default=None, ge=0, description="Purchase price of one device, USD, for the TCO view (docs/energy-and-cost.md); "
+        "None where no source gives one (a scenario's cost.capex_usd supplies it)."
+    )
+    capex_source: str = Field(default="", description="Where capex_usd comes from, with a date.")
     efficiency: Efficiency = Field(default_factory=Efficiency)
     static_shapes: StaticShapes | None = Field(
         default=None, description="Fixed graph shapes of an NPU (prefill chunk, decode batches): work is padded "

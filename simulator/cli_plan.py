@@ -155,35 +155,39 @@ def _print_plan(result, doc: dict[str, Any]) -> None:
         highlight=False,
     )
     best = result.cheapest
+    obj = result.objective
+    per_hour = "TCO $/h" if obj == "tco" else "$/h"  # the cost the plan ranks by (plan objective)
+    per_mtok = "TCO $/Mtok" if obj == "tco" else "$/Mtok"
     if best is None:
         out_console.print(f"[red]No candidate sustains {plan.target_rps:g} req/s within the SLO.[/] "
                           "Widen the search space (more replicas, faster devices) or relax the SLO.")
     else:
         capped = _capped(best)
         out_console.print(
-            f"[green]Cheapest:[/] {best.name} -- {best.gpus} GPU(s), ${best.cost_per_hour_usd:.2f}/h, "
-            f"${_fmt(best.at_target.get('cost_per_million_output_tokens_usd'))}/M output tokens at the target; "
+            f"[green]Cheapest:[/] {best.name} -- {best.gpus} GPU(s), ${result.cost(best):.2f}/h"
+            f"{' TCO' if obj == 'tco' else ''}, "
+            f"${_fmt(best.cost_per_mtok(obj))}/M output tokens at the target; "
             f"max rate {_fmt(best.max_rate)}{capped} req/s (headroom {_fmt(result.headroom(best))}{capped}x)",
             highlight=False,
         )
     front = Table(title=f"Pareto front: cost vs {metric} at {plan.target_rps:g} req/s", header_style="bold")
-    for col in ("configuration", "GPUs", "$/h", "$/Mtok", metric, "max req/s", "headroom"):
+    for col in ("configuration", "GPUs", per_hour, per_mtok, metric, "max req/s", "headroom"):
         front.add_column(col, justify="left" if col == "configuration" else "right")
     for c in result.pareto:
         plus = _capped(c)
-        front.add_row(c.name, str(c.gpus), f"{c.cost_per_hour_usd:.2f}",
-                      _fmt(c.at_target.get("cost_per_million_output_tokens_usd")), _fmt(c.at_target.get(metric)),
+        front.add_row(c.name, str(c.gpus), f"{result.cost(c):.2f}",
+                      _fmt(c.cost_per_mtok(obj)), _fmt(c.at_target.get(metric)),
                       _fmt(c.max_rate) + plus, _fmt(result.headroom(c)) + plus)
     out_console.print(front)
     table = Table(title="all candidates (cheapest first)", header_style="bold")
-    for col in ("configuration", "status", "$/h", "max req/s", "headroom", "sims", "why"):
+    for col in ("configuration", "status", per_hour, "max req/s", "headroom", "sims", "why"):
         table.add_column(col, justify="left" if col in ("configuration", "status", "why") else "right")
-    ordered = sorted(result.candidates, key=lambda c: (c.pruned, c.cost_per_hour_usd
-                                                       if math.isfinite(c.cost_per_hour_usd) else math.inf, c.name))
+    ordered = sorted(result.candidates, key=lambda c: (c.pruned, result.cost(c)
+                                                       if math.isfinite(result.cost(c)) else math.inf, c.name))
     for c in ordered:
         status = ("[green]meets target[/]" if c.meets_target else "[red]below target[/]") if c.search else c.status
         why = c.detail if c.pruned else _overload_note(c.at_target)
         plus = _capped(c)
-        table.add_row(c.name, status, _fmt(c.cost_per_hour_usd), _fmt(c.max_rate) + plus,
+        table.add_row(c.name, status, _fmt(result.cost(c)), _fmt(c.max_rate) + plus,
                       _fmt(result.headroom(c)) + plus, str(c.sims), why)
     out_console.print(table)

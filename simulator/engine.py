@@ -22,6 +22,7 @@ from simulator.config.schema import Scenario
 from simulator.costmodel.thermal import bind_thermal
 from simulator.kvcache import BlockManager, RetainingBlockManager
 from simulator.metrics.result import RunInfo, SimulationResult
+from simulator.power_units import cost_settings, gpu_capex, power_units
 from simulator.recorder import Recorder
 from simulator.replica import Replica
 from simulator.requests import RequestTable
@@ -106,6 +107,8 @@ def simulate(
     engines, blocks_per_engine = prep.engines, prep.blocks_per_engine
     dep = system.deployment
     sim = scenario.simulation
+    # Energy units and purchase prices first: a TCO scenario missing a price fails before simulating.
+    units, capex = power_units(system, dep.pp, scenario.cost), gpu_capex(system.device, scenario.cost)
     keep = ~mask
     table = RequestTable(stream.arrival_s[keep], stream.prompt_tokens[keep], stream.output_tokens[keep])
 
@@ -221,6 +224,9 @@ def simulate(
         bound_compute_tps=bound.compute_tps,
         bound_memory_tps=bound.memory_tps,
         bound_network_tps=bound.network_tps,
+        units=units,
+        capex_usd_per_gpu=capex,
+        cost=cost_settings(scenario.cost),
     )
     frame = table.to_frame()
     if stream.image_tokens is not None:

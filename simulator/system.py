@@ -51,6 +51,7 @@ class System:
     kv_policy: KVPolicy | None = None  # a technique's KV retention (eviction); None: every token kept
     admit: Any | None = None  # a technique's admission hook (prefix caching); None: nothing cached at admission
     extra_devices: tuple[ExtraDevice, ...] = ()  # per replica, added by techniques (a separate draft device)
+    tiers_used: tuple[str, ...] = ()  # device tiers beyond the device memory that techniques use (for energy)
 
     @property
     def extra_usd_per_replica_hour(self) -> float:
@@ -287,6 +288,7 @@ def build_system(scenario: Scenario) -> System:
         kv_policy=_kv_policy(stack, ctx, model),
         admit=stack.admit(ctx) if stack else None,
         extra_devices=stack.extra_devices(ctx) if stack else (),
+        tiers_used=stack.tiers(ctx) if stack else (),
     )
 
 

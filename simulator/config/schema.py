@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from capsim.types import Count, OptionalCount
+from simulator.config.cost import CostConfig
 from simulator.metrics.slo import SLOConfig
 from traces.config import WorkloadConfig
 
@@ -201,6 +202,11 @@ class Scenario(BaseModel):
     )
     serving: ServingConfig | None = Field(
         None, description="How the pools cooperate (required with `pools:`): `{name: disaggregated, ...}`."
+    )
+    cost: CostConfig | None = Field(
+        None, description="How the deployment is paid for: `{mode: rental}` (the catalog's hourly prices, also what "
+        "None means) or `{mode: tco, capex_usd: {...}, amortisation_years: ..., electricity_usd_per_kwh: ...}` "
+        "(docs/energy-and-cost.md). Changes no simulated number, only the cost figures of the results.",
     )
 
     @model_validator(mode="before")

@@ -21,6 +21,9 @@ Cost is rental: every allocated GPU is paid for the whole window whether busy or
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 from capsim.errors import CapsimError
 
 
@@ -53,3 +56,50 @@ def cost_usd(*, window_s: float, num_gpus: int, price_usd_per_gpu_hour: float) -
             fix="check price_usd_per_gpu_hour in the device catalog entry",
         )
     return num_gpus * (window_s / 3600.0) * price_usd_per_gpu_hour
+
+
+@dataclass(frozen=True)
+class PowerUnit:
+    """Hardware beside a replica's GPUs that draws power while the run holds it: a device a technique adds
+    (a draft device), or a memory tier a technique keeps data or runs operators in (host DRAM, NVMe, PIM, a CSD).
+
+    ``count`` is how many of it each replica (engine) holds: a tier exists once per GPU, so a TP-2 replica
+    holds two. ``idle_w``/``active_w`` are per unit; ``None`` when the source gives no power figure, and the
+    unit's energy is then unknown (reported, left out of the totals). ``capex_usd`` is the purchase price of
+    one unit for the TCO view (NaN: not given; a tier's hardware is part of the server and has none).
+    """
+
+    name: str
+    count: float
+    idle_w: float | None
+    active_w: float | None
+    capex_usd: float = math.nan
+
+    @property
+    def powered(self) -> bool:
+        """Whether both power figures are known."""
+        return self.idle_w is not None and self.active_w is not None
+
+
+def unit_energy_joules(unit: PowerUnit, *, window_s: float, replicas: int, busy_replica_s: float) -> float:
+    """Energy of ``unit`` over the window, in J; NaN when its power is not given.
+
+    Two-level like the GPUs': idle power for the whole window on every replica, plus the step to active
+    power while its replica runs iterations (``busy_replica_s``, summed over replicas). The engine records
+    when a replica is busy, not when each tier is, so a tier counts as active for the whole of every iteration
+    of its replica: an upper bound (a tier streaming weights works for part of a step; doc:
+    docs/energy-and-cost.md).
+
+    >>> unit_energy_joules(PowerUnit("tier.host", 2, 5.0, 20.0), window_s=10.0, replicas=1, busy_replica_s=4.0)
+    220.0
+    """
+    if not unit.powered:
+        return math.nan
+    idle, active = float(unit.idle_w), float(unit.active_w)
+    if active < idle:
+        raise CapsimError(
+            f"{unit.name}: active power {active} W is below its idle power {idle} W",
+            where=unit.name,
+            fix="give active_w >= idle_w",
+        )
+    return unit.count * (replicas * idle * window_s + (active - idle) * busy_replica_s)

@@ -13,6 +13,7 @@ hundreds of millions of them.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -20,6 +21,8 @@ import numpy as np
 
 from capsim.errors import CapsimError
 from capsim.lazy import lazy_module
+from simulator.metrics.energy import PowerUnit
+from simulator.metrics.tco import DEFAULT_COST, CostSettings
 
 pd = lazy_module("pandas")  # imported on first use: `capsim validate` of a synthetic workload never needs it
 
@@ -221,6 +224,10 @@ class PoolInfo:
     # Share of its GPUs this pool uses, when pools share GPUs (SM partitioning): its cost, power and peaks are
     # that share of the GPUs'; 1 for a pool with GPUs of its own.
     gpu_share: float = 1.0
+    # Power-drawing units beside the GPUs (added devices, memory tiers in use), per replica; purchase price of
+    # one GPU for the TCO view (NaN: not given). simulator/metrics/energy.py, simulator/metrics/tco.py.
+    units: tuple[PowerUnit, ...] = ()
+    capex_usd_per_gpu: float = math.nan
 
     @property
     def num_gpus(self) -> int:
@@ -277,6 +284,11 @@ class RunInfo:
     bound_compute_tps: float = float("nan")
     bound_memory_tps: float = float("nan")
     bound_network_tps: float = float("nan")
+    # Energy and cost beyond the GPUs (docs/energy-and-cost.md): power-drawing units per replica (added devices,
+    # memory tiers in use), one GPU's purchase price, and the scenario's cost settings.
+    units: tuple[PowerUnit, ...] = ()
+    capex_usd_per_gpu: float = float("nan")
+    cost: CostSettings = DEFAULT_COST
 
     @property
     def num_gpus(self) -> int:
@@ -293,6 +305,7 @@ class RunInfo:
             self.peak_flops_per_gpu, self.mem_bandwidth_per_gpu, self.price_usd_per_gpu_hour, self.tdp_w,
             self.idle_w, self.kv_capacity_tokens_per_replica, self.weights_bytes_per_gpu, self.gpu_memory_bytes,
             self.extra_usd_per_replica_hour, self.extra_idle_w_per_replica, self.extra_tdp_w_per_replica,
+            units=self.units, capex_usd_per_gpu=self.capex_usd_per_gpu,
         ),)
 
     @property

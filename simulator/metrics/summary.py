@@ -68,6 +68,9 @@ counts pro rata by time):
   (idle stretches are left out), the peak is the largest value seen in the window.
 * **Energy and cost** over the window follow :mod:`simulator.metrics.energy`; energy per token divides by the
   output tokens of finished measured requests.
+* **Energy per unit and tier, average power, rental and TCO prices per GPU and node** follow
+  :mod:`simulator.metrics.energy_cost` (keys ``energy_total_j`` to ``tco_per_million_output_tokens_usd`` and the
+  per-unit ``energy.<unit>_j``, ``avg_power.<unit>_w``, after the fixed keys).
 * **Cost per million output tokens** = the deployment's price per second / served_output_tps × 10⁶: what a token
   costs at the rate the run offered, in steady state (the drain after the last arrival, which slower hardware needs
   longer for, does not enter it). Every configuration that keeps up with the same load serves the same tokens per
@@ -85,6 +88,7 @@ import numpy as np
 import pandas as pd
 
 from simulator.metrics.energy import cost_usd, energy_joules
+from simulator.metrics.energy_cost import ENERGY_COST_KEYS, energy_cost_stats
 from simulator.metrics.quantiles import token_gap_mean, token_gap_quantiles
 from simulator.metrics.result import RunInfo, SimulationResult, request_latencies
 from simulator.metrics.slo import SLOConfig
@@ -163,6 +167,7 @@ SUMMARY_KEYS: dict[str, str] = {
     "energy_per_output_token_j": "GPU energy per output token (J)",
     "cost_usd": "GPU rental cost over the window (USD)",
     "cost_per_million_output_tokens_usd": "GPU cost per million output tokens (USD)",
+    **ENERGY_COST_KEYS,
     "sim_time_s": "simulated time at the end of the run (s)",
     "wall_time_s": "wall-clock time the simulation took (s)",
     "sim_speed_rps": "requests simulated (warm-up included) per wall-clock second",
@@ -564,6 +569,7 @@ def summarise(result: SimulationResult, slo: SLOConfig | None = None) -> dict[st
     out["cost_per_million_output_tokens_usd"] = (
         steady if math.isfinite(steady) else _ratio(out["cost_usd"] * 1e6, out_tokens)
     )
+    out.update(energy_cost_stats(result, out, t0, t1, window, out_tokens, n_done, price_per_s))
     out["sim_time_s"] = float(info.sim_end_s)
     out["wall_time_s"] = float(info.wall_time_s)
     out["sim_speed_rps"] = _ratio(len(result.requests), info.wall_time_s)
@@ -572,6 +578,7 @@ def summarise(result: SimulationResult, slo: SLOConfig | None = None) -> dict[st
     ordered.update({k: v for k, v in out.items() if k.startswith("slo_") and k not in ordered})
     ordered.update({k: v for k, v in out.items()
                     if k.startswith(("pool.", "sm_")) or k in HANDOFF_KEYS or k in MIGRATION_KEYS})
+    ordered.update({k: v for k, v in out.items() if k.startswith(("energy.", "avg_power."))})
     if "cached_tokens" in req.columns:  # the prefix-caching technique is on
         ordered.update(prefix_cache_stats(req))
     return ordered

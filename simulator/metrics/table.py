@@ -100,11 +100,20 @@ OPTIONAL_COLUMNS: list[tuple[str, str, Callable[[Mapping[str, Any]], str]]] = [
 ]
 
 
+#: Columns added when a row is priced in mode tco (docs/energy-and-cost.md).
+TCO_COLUMNS: list[tuple[str, Callable[[Mapping[str, Any]], str]]] = [
+    ("TCO $/Mtok", lambda s: fmt_usd(s.get("tco_per_million_output_tokens_usd"))),
+    ("J/req", lambda s: fmt_number(s.get("energy_per_request_j"))),
+]
+
+
 def comparison_table(rows: Sequence[Mapping[str, Any]], *, title: str | None = None) -> Table:
     """One row per summary; the first column is the row's ``name`` (or ``scenario_name``, or its position)."""
     table = Table(title=title, header_style="bold")
     table.add_column("name", no_wrap=True)
     columns = COMPARISON_COLUMNS + [(h, r) for key, h, r in OPTIONAL_COLUMNS if any(key in row for row in rows)]
+    if any(row.get("cost_mode") == "tco" for row in rows):  # a cost: {mode: tco} section: the cost it ranks by
+        columns += TCO_COLUMNS
     for header, _ in columns:
         table.add_column(header, justify="right")
     for i, row in enumerate(rows):
@@ -161,12 +170,37 @@ def _totals_table(summary: Mapping[str, Any]) -> Table:
         ("simulated / wall time", f"{fmt_seconds(g('sim_time_s'))} / {fmt_seconds(g('wall_time_s'))}"),
         ("simulation speed (req/wall s)", fmt_number(g("sim_speed_rps"), 0)),
     ]
+    if summary.get("cost_mode") == "tco" or any(k.startswith("energy.") for k in summary):
+        rows += _energy_cost_rows(summary)
     if "prefix_hit_rate_tokens" in summary:
         rows.append(("prefix-cache hits (tokens / requests)",
                      f"{fmt_percent(g('prefix_hit_rate_tokens'))} / {fmt_percent(g('prefix_hit_rate_requests'))}"))
     for label, value in rows:
         table.add_row(label, value)
     return table
+
+
+def _energy_cost_rows(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Energy of every unit and the TCO, shown when the run uses more than its GPUs or is priced in mode tco."""
+    g = summary.get
+    rows = [
+        ("energy, all units (J/request; avg W)", f"{fmt_number(g('energy_per_request_j'), 1)}; "
+         f"{fmt_number(g('avg_power_w'), 0)}"),
+    ]
+    rows += [(f"  {k[len('energy.'):-2]} (J)", fmt_number(v, 0)) for k, v in summary.items()
+             if k.startswith("energy.")]
+    if g("energy_unpowered_units"):
+        rows.append(("no power given (not counted)", str(g("energy_unpowered_units"))))
+    if g("cost_mode") == "tco":
+        rows += [
+            ("TCO ($/h: capex + energy + hosting)", f"{fmt_usd(g('tco_usd_per_hour'))}: "
+             f"{fmt_usd(g('tco_capex_usd_per_hour'))} + {fmt_usd(g('tco_energy_usd_per_hour'))} + "
+             f"{fmt_usd(g('tco_hosting_usd_per_hour'))}"),
+            ("TCO ($ / M output tokens)", fmt_usd(g("tco_per_million_output_tokens_usd"))),
+            ("rental / TCO per node ($/h)", f"{fmt_usd(g('rental_usd_per_node_hour'))} / "
+             f"{fmt_usd(g('tco_usd_per_node_hour'))}"),
+        ]
+    return rows
 
 
 def summary_table(summary: Mapping[str, Any], *, title: str | None = None) -> Table:

@@ -14,8 +14,9 @@ The flow of ``capsim plan``:
    so an interrupted plan resumes where it stopped. Probes that the analytic
    rules rule out cost no simulation.
 4. **Report**: the cheapest candidate meeting the target (cost per hour =
-   replicas x GPUs x hourly price; and cost per million output tokens at the
-   target rate), the Pareto front of cost against a latency metric at the
+   replicas x GPUs x hourly price, or with ``objective: tco`` the total cost of
+   ownership per hour at the target rate, docs/energy-and-cost.md; and cost per
+   million output tokens at the target rate), the Pareto front of cost against a latency metric at the
    target rate, and each candidate's headroom (its maximum rate / the target).
 """
 
@@ -57,7 +58,8 @@ PRUNED = (DOES_NOT_FIT, INVALID, "latency-floor", "too-slow", "nothing-measured"
 #: Metrics at the target rate copied into the candidate table (besides the Pareto metric).
 TARGET_METRICS = ("slo_attainment", "goodput_rps", "throughput_rps", "ttft_p90_s", "ttft_p99_s", "tpot_p90_s",
                   "tbt_p99_s", "e2e_p90_s", "e2e_p99_s", "output_tps", "cost_per_million_output_tokens_usd",
-                  "energy_per_output_token_j", "mfu", "kv_util_peak")
+                  "energy_per_output_token_j", "mfu", "kv_util_peak", "energy_per_request_j", "avg_power_w",
+                  "tco_usd_per_hour", "tco_per_million_output_tokens_usd")
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -147,6 +149,22 @@ class Candidate:
     def meets_target(self) -> bool:
         return bool(self.search is not None and self.search.probes and self.search.probes[0][1])
 
+    @property
+    def tco_per_hour_usd(self) -> float:
+        """TCO per hour at the target rate (from its simulation: electricity follows the simulated power); NaN
+        when the candidate was not simulated there or the scenario has no cost section in mode tco."""
+        value = self.at_target.get("tco_usd_per_hour")
+        return float(value) if _finite(value) else math.nan
+
+    def cost(self, objective: str) -> float:
+        """Cost per hour under ``objective``: ``rental`` (the catalog's prices) or ``tco``."""
+        return self.tco_per_hour_usd if objective == "tco" else self.cost_per_hour_usd
+
+    def cost_per_mtok(self, objective: str) -> float | None:
+        """$/Mtok at the target rate under ``objective``."""
+        key = "tco_per_million_output_tokens_usd" if objective == "tco" else "cost_per_million_output_tokens_usd"
+        return self.at_target.get(key)
+
 
 @dataclass
 class PlanResult:
@@ -191,6 +209,15 @@ class PlanResult:
                 f"(first: {unconverged[0]}); their max_rate is the best rate verified, not the bracket's end"
             )
         return out
+
+    @property
+    def objective(self) -> str:
+        """The cost ranking the candidates (the plan's ``objective``; :attr:`PlanFile.ranking`)."""
+        return self.plan.ranking
+
+    def cost(self, c: Candidate) -> float:
+        """``c``'s cost per hour under the plan's objective."""
+        return c.cost(self.objective)
 
     def headroom(self, c: Candidate) -> float:
         return c.max_rate / self.plan.target_rps if c.search is not None else math.nan
@@ -319,8 +346,8 @@ def run_plan(
         if progress:
             progress(f"goodput search ({computed + reused} probes in {rounds} rounds); candidates done", finished,
                      len(live))
-    cheapest = choose_cheapest(cands)
-    front = pareto_front(cands, plan.pareto_metric)
+    cheapest = choose_cheapest(cands, plan.ranking)
+    front = pareto_front(cands, plan.pareto_metric, plan.ranking)
     result = PlanResult(plan, cands, cheapest, front, computed, reused, time.perf_counter() - wall0)
     if out_dir is not None:
         result.files = write_plan(result, Path(out_dir), plots=plots)
@@ -350,23 +377,25 @@ def _evaluation_row(cand: Candidate, rate: float, key: str, result: dict[str, An
 
 
 # ---------------------------------------------------------------------------------------------- report
-def choose_cheapest(cands: Sequence[Candidate]) -> Candidate | None:
-    """Lowest cost per hour among candidates meeting the target; ties: lower $/Mtok, then more headroom."""
+def choose_cheapest(cands: Sequence[Candidate], objective: str = "rental") -> Candidate | None:
+    """Lowest cost per hour under ``objective`` (rental or tco) among candidates meeting the target; ties: lower
+    $/Mtok, then more headroom. A candidate whose cost is unknown (NaN) ranks after every known one."""
     ok = [c for c in cands if c.meets_target]
     if not ok:
         return None
 
     def key(c: Candidate):
-        mtok = c.at_target.get("cost_per_million_output_tokens_usd")
-        return (c.cost_per_hour_usd, mtok if mtok is not None else math.inf, -c.max_rate, c.name)
+        cost, mtok = c.cost(objective), c.cost_per_mtok(objective)
+        return (cost if _finite(cost) else math.inf, mtok if _finite(mtok) else math.inf, -c.max_rate, c.name)
 
     return min(ok, key=key)
 
 
-def pareto_front(cands: Sequence[Candidate], metric: str) -> list[Candidate]:
-    """Candidates meeting the target that no other beats on both cost per hour and ``metric`` (at the target)."""
-    points = [c for c in cands if c.meets_target and _finite(c.at_target.get(metric))]
-    points.sort(key=lambda c: (c.cost_per_hour_usd, c.at_target[metric], c.name))
+def pareto_front(cands: Sequence[Candidate], metric: str, objective: str = "rental") -> list[Candidate]:
+    """Candidates meeting the target that no other beats on both cost per hour (under ``objective``) and
+    ``metric`` (at the target)."""
+    points = [c for c in cands if c.meets_target and _finite(c.at_target.get(metric)) and _finite(c.cost(objective))]
+    points.sort(key=lambda c: (c.cost(objective), c.at_target[metric], c.name))
     front: list[Candidate] = []
     best = math.inf
     for c in points:
@@ -401,6 +430,9 @@ def candidate_rows(result: PlanResult) -> list[dict[str, Any]]:
             "pareto": c.index in front,
             "gpus": c.gpus,
             "cost_per_hour_usd": c.cost_per_hour_usd,
+            "tco_per_hour_usd": c.tco_per_hour_usd,
+            "objective": result.objective,
+            "objective_cost_per_hour_usd": result.cost(c),
             "max_rate_rps": s.max_rate if s is not None else math.nan,
             "failing_rate_rps": s.upper if s is not None and s.upper is not None else math.nan,
             "max_rate_capped": bool(s is not None and s.capped),
@@ -434,6 +466,11 @@ def plan_document(result: PlanResult) -> dict[str, Any]:
             "gpus": c.gpus,
             "cost_per_hour_usd": c.cost_per_hour_usd,
             "usd_per_million_output_tokens": c.at_target.get("cost_per_million_output_tokens_usd"),
+            "tco_usd_per_hour": c.tco_per_hour_usd,
+            "tco_usd_per_million_output_tokens": c.at_target.get("tco_per_million_output_tokens_usd"),
+            "objective_cost_per_hour_usd": result.cost(c),
+            "energy_per_request_j": c.at_target.get("energy_per_request_j"),
+            "avg_power_w": c.at_target.get("avg_power_w"),
             "max_rate_rps": c.max_rate,
             "max_rate_capped": bool(c.search is not None and c.search.capped),
             "headroom": result.headroom(c),
@@ -451,6 +488,7 @@ def plan_document(result: PlanResult) -> dict[str, Any]:
         "target_rps": plan.target_rps,
         "slo": plan.slo.model_dump(),
         "pareto_metric": plan.pareto_metric,
+        "objective": result.objective,
         "candidates": len(result.candidates),
         "pruned_analytically": result.pruned,
         "pruned_fraction": result.pruned / max(len(result.candidates), 1),

@@ -48,23 +48,24 @@ def plot_pareto(result: PlanResult, path: Path) -> Path:
     metric = result.plan.pareto_metric
     fig = Figure(figsize=(7.5, 5))
     ax = fig.add_subplot()
-    ok = [c for c in result.candidates if c.meets_target and c.at_target.get(metric) is not None]
+    ok = [c for c in result.candidates
+          if c.meets_target and c.at_target.get(metric) is not None and math.isfinite(result.cost(c))]
     if not ok:
         _empty(ax, f"no candidate meets {result.plan.target_rps:g} req/s")
     else:
-        ax.scatter([c.cost_per_hour_usd for c in ok], [c.at_target[metric] for c in ok], color="tab:blue",
+        ax.scatter([result.cost(c) for c in ok], [c.at_target[metric] for c in ok], color="tab:blue",
                    alpha=0.5, label="meets target")
         front = result.pareto
-        ax.plot([c.cost_per_hour_usd for c in front], [c.at_target[metric] for c in front], "o-", color="tab:red",
+        ax.plot([result.cost(c) for c in front], [c.at_target[metric] for c in front], "o-", color="tab:red",
                 label="Pareto front")
         for c in front:
-            ax.annotate(c.name, (c.cost_per_hour_usd, c.at_target[metric]), fontsize=7, xytext=(4, 4),
+            ax.annotate(c.name, (result.cost(c), c.at_target[metric]), fontsize=7, xytext=(4, 4),
                         textcoords="offset points")
         if result.cheapest is not None:
             ch = result.cheapest
-            ax.scatter([ch.cost_per_hour_usd], [ch.at_target[metric]], s=160, facecolors="none",
+            ax.scatter([result.cost(ch)], [ch.at_target[metric]], s=160, facecolors="none",
                        edgecolors="black", label="cheapest")
-        ax.set_xlabel("cost (USD per hour)")
+        ax.set_xlabel("TCO (USD per hour)" if result.objective == "tco" else "cost (USD per hour)")
         ax.set_ylabel(f"{metric} at {result.plan.target_rps:g} req/s (s)")
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)

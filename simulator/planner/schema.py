@@ -24,7 +24,7 @@ varies; the workload must be open-loop (a rate must mean something).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -129,6 +129,14 @@ class PlanFile(Scenario):
         "(any *_s key of the run summary, e.g. e2e_p99_s, tpot_p90_s).",
     )
 
+    objective: Literal["rental", "tco"] | None = Field(
+        None,
+        description="Which cost per hour ranks the candidates (cheapest, Pareto front, tables): 'rental' (the "
+        "catalog's hourly prices) or 'tco' (capex amortised + electricity at the simulated power + hosting, from "
+        "the scenario's cost: section in mode tco; docs/energy-and-cost.md). Default: the cost section's mode, "
+        "else rental.",
+    )
+
     @field_validator("pareto_metric")
     @classmethod
     def _metric_known(cls, name: str) -> str:
@@ -146,6 +154,22 @@ class PlanFile(Scenario):
             )
         return self
 
+    @model_validator(mode="after")
+    def _objective_has_inputs(self):
+        if self.objective == "tco" and (self.cost is None or not self.cost.tco):
+            raise ValueError(
+                "objective tco needs the scenario's cost: section in mode tco (capex_usd, amortisation_years, "
+                "electricity_usd_per_kwh), e.g. cost: {mode: tco, amortisation_years: 4, electricity_usd_per_kwh: 0.1}"
+            )
+        return self
+
+    @property
+    def ranking(self) -> str:
+        """The cost that ranks candidates: ``objective``, else the cost section's mode, else rental."""
+        if self.objective is not None:
+            return self.objective
+        return self.cost.mode if self.cost is not None else "rental"
+
     def bracket(self) -> tuple[float, float]:
         """(low, high) of the rate search, with defaults around the target."""
         low = self.rate_search.low if self.rate_search.low is not None else self.target_rps / 16
@@ -157,4 +181,4 @@ class PlanFile(Scenario):
 
 
 #: Plan-only keys of a plan file; the rest is the base scenario.
-PLAN_KEYS: tuple[str, ...] = ("search", "target_rps", "rate_search", "pareto_metric")
+PLAN_KEYS: tuple[str, ...] = ("search", "target_rps", "rate_search", "pareto_metric", "objective")

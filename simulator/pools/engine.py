@@ -34,6 +34,7 @@ from simulator.kvcache import BlockManager
 from simulator.metrics.result import PoolInfo, RunInfo, SimulationResult
 from simulator.pools.build import PoolPlan, PoolSet, build_pools
 from simulator.pools.migration import Migrator
+from simulator.power_units import cost_settings, gpu_capex, power_units
 from simulator.recorder import Recorder
 from simulator.replica import Replica
 from simulator.requests import RequestTable
@@ -491,6 +492,8 @@ def simulate_pools(scenario: Scenario, *, stream: RequestStream | None = None):
     wall0 = time.perf_counter()
     prep = prepare_pools(scenario, stream=stream)
     pools, stream, mask = prep.pools, prep.stream, prep.unservable
+    for plan in pools.pools:  # a TCO scenario missing a purchase price fails before simulating
+        gpu_capex(plan.system.device, scenario.cost)
     sim = scenario.simulation
     keep = ~mask
     table = RequestTable(stream.arrival_s[keep], stream.prompt_tokens[keep], stream.output_tokens[keep])
@@ -587,6 +590,8 @@ def _run_info(
                 weights_bytes_per_gpu=system.memory.weights_bytes,
                 gpu_memory_bytes=system.memory.gpu_memory_bytes,
                 gpu_share=pools.gpu_share(rt.plan.index),
+                units=tuple(u for u in power_units(system, dep.pp, scenario.cost) if u.name.startswith("tier.")),
+                capex_usd_per_gpu=gpu_capex(system.device, scenario.cost),
             )
         )
     swap_outs = swap_ins = fallbacks = 0
@@ -627,4 +632,5 @@ def _run_info(
         swap_bytes=swap_bytes,
         swap_recompute_fallbacks=fallbacks,
         swap_transfer_s=swap_s,
+        cost=cost_settings(scenario.cost),
     )

@@ -150,6 +150,9 @@ class AttentionInMemory(Technique):
         links = table.links if any(ln.name == link.name for ln in table.links) else (*table.links, link)
         return table.with_ops(layer_ops=tuple(ops), links=links, processors=(*table.processors, proc))
 
+    def tiers(self, ctx: BuildContext) -> tuple[str, ...]:
+        return (self.params.tier,)
+
     def memory(self, terms: MemoryTerms, ctx: BuildContext) -> MemoryTerms:
         if ctx.table is None:
             return terms

@@ -154,6 +154,11 @@ class Technique:
         """Hardware the technique adds to every replica (a separate draft device), for cost and energy."""
         return ()
 
+    def tiers(self, ctx: BuildContext) -> tuple[str, ...]:
+        """Memory tiers of the device (other than its device memory) this technique keeps data or runs
+        operators in. Why: their power is counted in the run's energy only when something uses them."""
+        return ()
+
     # -- runtime hooks (None: the technique does not take part) -----------------------------
     def step(self, ctx: BuildContext) -> StepModel | None:
         """The decode-step model this technique imposes (tokens per step, step cost), if any."""
@@ -238,6 +243,10 @@ class TechniqueStack:
 
     def extra_devices(self, ctx: BuildContext) -> tuple[ExtraDevice, ...]:
         return tuple(d for t in self.techniques for d in t.devices(ctx))
+
+    def tiers(self, ctx: BuildContext) -> tuple[str, ...]:
+        """The device tiers the techniques use, each once, in first-use order."""
+        return tuple(dict.fromkeys(name for t in self.techniques for name in t.tiers(ctx)))
 
     def kv_policy(self, ctx: BuildContext) -> KVPolicy | None:
         policies = [k for k in (t.kv_policy(ctx) for t in self.techniques) if k is not None]

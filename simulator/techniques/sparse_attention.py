@@ -237,6 +237,10 @@ class SparseAttention(Technique):
             placement=link.name, overlap=group))
         return rows
 
+    def tiers(self, ctx: BuildContext) -> tuple[str, ...]:
+        location = self.params.kv_location
+        return () if location in ("hbm", ctx.device.main_tier) else (location,)
+
     def memory(self, terms: MemoryTerms, ctx: BuildContext) -> MemoryTerms:
         p, dep, m = self.params, ctx.deployment, ctx.model
         g = _geometry(ctx.table, self.where) if ctx.table is not None else None

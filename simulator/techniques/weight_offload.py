@@ -111,6 +111,9 @@ class WeightOffload(Technique):
         links = table.links if any(ln.name == link.name for ln in table.links) else (*table.links, link)
         return table.with_ops(layer_ops=tuple(ops), links=links)
 
+    def tiers(self, ctx: BuildContext) -> tuple[str, ...]:
+        return (self.params.tier,)
+
     def memory(self, terms: MemoryTerms, ctx: BuildContext) -> MemoryTerms:
         dep = ctx.deployment
         layers = -(-ctx.model.num_layers // dep.pp)  # the most loaded stage keeps this many layers
