@@ -92,7 +92,19 @@ def _run_one(scenario) -> tuple[dict[str, Any], Any]:
     output = simulate(scenario)
     summary = summarise(output.result, scenario.slo)
     summary = {"name": scenario.name, **summary, "rejected": output.rejected, "workload": output.workload}
+    if scenario.simulation.intervals is not None:
+        from simulator.intervals.rerun import simulate_intervals
+
+        summary["intervals"] = simulate_intervals(scenario, summary)
     return summary, output
+
+
+IntervalsOpt = Annotated[
+    bool,
+    typer.Option("--intervals", help="Prediction intervals from the stored held-out residuals (sets "
+                 "simulation.intervals to level 0.9, 20 re-runs where the scenario does not set it; "
+                 "docs/engine-profiles.md)."),
+]
 
 
 @app.command()
@@ -102,6 +114,7 @@ def run(
     set_: SetOpt = None,
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write PNG plots.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summaries as JSON instead of tables.")] = False,
+    intervals: IntervalsOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Simulate a scenario (or every configuration it lists) and print the results."""
@@ -113,6 +126,10 @@ def run(
 
         _refuse_other_kinds(scenario_file)
         scenarios = load_scenarios(scenario_file, set_ or [])
+        if intervals:
+            from simulator.intervals.rerun import with_intervals
+
+            scenarios = [with_intervals(sc) for sc in scenarios]
         folders = _run_folders([sc.name for sc in scenarios], out) if out is not None and len(scenarios) > 1 else None
         if out is not None:
             _clear_earlier_run(out, folders)
@@ -130,11 +147,14 @@ def run(
             import pandas as pd
 
             out.mkdir(parents=True, exist_ok=True)
-            frame = pd.DataFrame(summaries)
+            from simulator.intervals.rerun import flat_intervals
+
+            frame = pd.DataFrame([flat_intervals(s) for s in summaries])
             write_atomically(out / "comparison.csv", lambda tmp: frame.to_csv(tmp, index=False))
         for summary in summaries:
             _warn_if_nothing_measured(summary)
             _warn_if_cut(summary)
+            _note_interval_coverage(summary)
         if as_json:
             from simulator.metrics.writers import to_json_value
 
@@ -200,6 +220,13 @@ def _warn_if_cut(summary: dict[str, Any]) -> None:
             highlight=False,
             soft_wrap=True,
         )
+
+
+def _note_interval_coverage(summary: dict[str, Any]) -> None:
+    """Say on stderr what a prediction interval leaves out (an engine profile without held-out rows)."""
+    note = (summary.get("intervals") or {}).get("not_covered")
+    if note:
+        err_console.print(f"[yellow]note:[/] {escape(str(summary.get('name', 'run')))}: {escape(note)}")
 
 
 def _headline(sc) -> str:

@@ -21,6 +21,7 @@ from simulator.config.schema import DeploymentConfig, Scenario
 from simulator.costmodel.iteration import IterationCostModel, OverheadTerms
 from simulator.costmodel.operators import OperatorTable, build_operator_table
 from simulator.costmodel.precision import COMPUTE_FORMAT_FOR_WEIGHTS, bytes_per_element
+from simulator.costmodel.scaled import PhaseScale, ScaledCostModel
 from simulator.memory_plan import GIB, MemoryPlan, activation_reserve, plan_memory
 from simulator.models import get_model, model_from_dict
 from simulator.models.spec import ModelSpec
@@ -50,6 +51,8 @@ class System:
     kv_policy: KVPolicy | None = None  # a technique's KV retention (eviction); None: every token kept
     admit: Any | None = None  # a technique's admission hook (prefix caching); None: nothing cached at admission
     extra_devices: tuple[ExtraDevice, ...] = ()  # per replica, added by techniques (a separate draft device)
+    # Prediction-interval re-runs only: iteration times scaled per phase (simulator/intervals); None otherwise.
+    time_scale: PhaseScale | None = None
 
     @property
     def extra_usd_per_replica_hour(self) -> float:
@@ -64,7 +67,8 @@ class System:
 
     def cost_model(self) -> IterationCostModel:
         """A fresh (empty-cache) cost model; one per simulation keeps runs independent."""
-        return IterationCostModel(self.table, self.roofline, self.overheads)
+        model = IterationCostModel(self.table, self.roofline, self.overheads)
+        return model if self.time_scale is None else ScaledCostModel(model, self.time_scale)
 
     @property
     def calibration(self) -> str:

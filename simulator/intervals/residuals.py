@@ -117,7 +117,9 @@ def _curve_stats(profile_doc: dict, op_class: str, dtype: str, column: str) -> d
     return None
 
 
-def kernel_residuals(profile_doc: dict, phase: str, weight_dtype: str, column: str = "calibrated") -> PhaseResiduals | None:
+def kernel_residuals(
+    profile_doc: dict, phase: str, weight_dtype: str, column: str = "calibrated"
+) -> PhaseResiduals | None:
     """A phase's kernel-error distribution from a profile's stored held-out table, or None without one.
 
     The envelope (the larger of each statistic) of the phase's curves in :data:`PHASE_CURVES`; the GEMM curve in
@@ -163,7 +165,8 @@ def residuals_for(system, *, where: str = "simulation.intervals") -> ResidualMod
         ratios = tuple(r["ratio"] for r in rows)
         phase = PhaseResiduals(ratios=ratios, n=len(ratios))
         return ResidualModel(
-            phase, phase,
+            phase,
+            phase,
             source=f"end-to-end held-out rows of engine profile {engine} ({len(ratios)} rows, pooled over devices "
             "and phases; they include the kernels' error)",
         )
@@ -179,13 +182,18 @@ def residuals_for(system, *, where: str = "simulation.intervals") -> ResidualMod
     pricing = "datasheet pricing" if column == "datasheet" else "calibrated profile"
     not_covered = None
     if engine != "none":
-        not_covered = (f"engine profile {engine} has no held-out end-to-end rows on {device}: the interval covers "
-                       "the kernel calibration error only, not the error of the engine's own terms")
+        not_covered = (
+            f"engine profile {engine} has no held-out end-to-end rows on {device}: the interval covers "
+            "the kernel calibration error only, not the error of the engine's own terms"
+        )
     else:
-        not_covered = ("engine 'none' prices the kernels alone: the interval covers their calibration error, "
-                       "not what a serving engine adds around them (docs/engine-profiles.md)")
+        not_covered = (
+            "engine 'none' prices the kernels alone: the interval covers their calibration error, "
+            "not what a serving engine adds around them (docs/engine-profiles.md)"
+        )
     return ResidualModel(
-        prefill, decode,
+        prefill,
+        decode,
         source=f"kernel held-out errors of the {device} {pricing} (prefill: {prefill.describe()}; "
         f"decode: {decode.describe()})",
         not_covered=not_covered,
