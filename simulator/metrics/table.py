@@ -135,7 +135,7 @@ def _latency_table(summary: Mapping[str, Any]) -> Table:
         table.add_row(label, *cells)
     if summary.get("intervals"):
         iv = summary["intervals"]
-        table.caption = (f"[lo, hi]: {iv['level']:.0%} prediction interval from {iv['samples']} re-runs with "
+        table.caption = (f"\\[lo, hi]: {iv['level']:.0%} prediction interval from {iv['samples']} re-runs with "
                          f"iteration times drawn from {iv['source']}")
         table.caption_justify = "left"
     return table
