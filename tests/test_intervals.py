@@ -164,3 +164,40 @@ def test_stored_e2e_residuals_match_the_shipped_profile():
     assert (E2E_DIR / RESIDUALS_FILE).is_file() and len(stored) == len(fresh) == 16
     for a, b in zip(fresh, stored, strict=True):
         assert float(a["ratio"]) == pytest.approx(b["ratio"], rel=1e-3)
+
+
+PLAN = """name: plan-iv
+seed: 11
+model: llama-3.1-8b
+workload:
+  arrival: poisson
+  prompt: {dist: fixed, value: 512}
+  output: {dist: fixed, value: 64}
+slo: {ttft_s: 0.5, tpot_s: 0.05, attainment: 0.9}
+simulation: {num_requests: 100}
+search:
+  grid:
+    deployment.device: [h100-sxm, l40s]
+target_rps: 20
+rate_search: {rel_tol: 0.1, max_sims: 6, min_probe_s: 5}
+"""
+
+
+def test_plan_headroom_interval_contains_the_point_and_flags_crossing(tmp_path):
+    from simulator.planner import load_plan, plan_document, run_plan
+
+    path = tmp_path / "plan.yaml"
+    path.write_text(PLAN, encoding="utf-8")
+    plain_cfg, candidates = load_plan(path)
+    plain = run_plan(plain_cfg, candidates, plots=False)
+    assert all("interval" not in row for row in plan_document(plain)["all"])
+    cfg = rerun.with_intervals(plain_cfg)
+    result = run_plan(cfg, candidates, plots=False)
+    by_device = {c.scenario.deployment.device: c for c in result.candidates}
+    h100, l40s = by_device["h100-sxm"], by_device["l40s"]
+    lo, hi = h100.interval["headroom"]
+    assert lo <= result.headroom(h100) <= hi and lo < hi
+    assert h100.interval["crosses_target"] == (lo * cfg.target_rps < cfg.target_rps <= hi * cfg.target_rps)
+    assert "no calibrated profile" in l40s.interval.get("error", "") or l40s.pruned
+    doc = plan_document(result)
+    assert any("interval" in row for row in doc["all"])
