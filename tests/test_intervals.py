@@ -201,3 +201,27 @@ def test_plan_headroom_interval_contains_the_point_and_flags_crossing(tmp_path):
     assert "no calibrated profile" in l40s.interval.get("error", "") or l40s.pruned
     doc = plan_document(result)
     assert any("interval" in row for row in doc["all"])
+
+
+def test_dashboard_shows_the_prediction_interval_apart_from_the_seed_spread():
+    from app.tables import with_interval
+    from simulator.metrics.table import fmt_seconds
+
+    s = {"ttft_p50_s": 0.1, "ttft_p50_s_lo": 0.09, "ttft_p50_s_hi": 0.12, "seeds": 3,
+         "intervals": {"metrics": {"ttft_p50_s": [0.08, 0.15]}}}
+    text = with_interval(s, "ttft_p50_s", fmt_seconds)
+    assert text == "100 ms (90.0 ms – 120 ms) [PI 80.0 ms – 150 ms]"
+    assert with_interval({"ttft_p50_s": 0.1}, "ttft_p50_s", fmt_seconds) == "100 ms"
+
+
+def test_dashboard_runner_adds_the_block_and_keys_the_slo_only_with_intervals():
+    from app.runner import job_for, run_uncached
+
+    on = scenario()
+    off = on.model_copy(update={"simulation": on.simulation.model_copy(update={"intervals": None})})
+    stricter = {"slo": on.slo.model_copy(update={"ttft_s": 0.2})}
+    assert job_for(off).digest == job_for(off.model_copy(update=stricter)).digest  # re-scored, not re-run
+    assert job_for(on).digest != job_for(on.model_copy(update=stricter)).digest
+    data = run_uncached(on.model_dump_json())
+    assert data.summary["intervals"]["metrics"]["ttft_p50_s"][0] <= data.summary["ttft_p50_s"]
+    assert "intervals" not in run_uncached(off.model_dump_json()).summary
