@@ -252,6 +252,10 @@ def validate(
         kind, scenarios = _load_any(scenario_file, set_ or [])
         for sc in scenarios:
             if sc.pools is not None:
+                if sc.simulation.intervals is not None:
+                    from simulator.intervals.rerun import check_supported
+
+                    check_supported(sc, None)
                 _validate_pools(sc)
                 continue
             try:
@@ -262,6 +266,12 @@ def validate(
                 out_console.print(f"[yellow]pruned[/] {sc.name}: {exc.problem} (the plan rules it out)", highlight=False)
                 continue
             system, m = prep.system, prep.system.memory
+            if sc.simulation.intervals is not None:  # the residuals exist and the re-runs can scale this system
+                from simulator.intervals.rerun import check_supported
+                from simulator.intervals.residuals import residuals_for
+
+                check_supported(sc, system)
+                residuals_for(system)
             dropped = int(prep.unservable.sum())
             out_console.print(
                 f"[green]ok[/] {sc.name}: {system.model.name} on {sc.deployment.num_replicas}x{system.device.name} "

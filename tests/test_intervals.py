@@ -30,8 +30,12 @@ def scenario(**deployment) -> Scenario:
             "seed": 4,
             "model": "llama-3.1-8b",
             "deployment": {"device": "h100-sxm", **deployment},
-            "workload": {"arrival": "poisson", "qps": 8, "prompt": {"dist": "fixed", "value": 512},
-                         "output": {"dist": "fixed", "value": 64}},
+            "workload": {
+                "arrival": "poisson",
+                "qps": 8,
+                "prompt": {"dist": "fixed", "value": 512},
+                "output": {"dist": "fixed", "value": 64},
+            },
             "simulation": {"num_requests": 120, "intervals": {"level": 0.9, "samples": 6}},
         }
     )
@@ -101,7 +105,8 @@ def test_device_without_stored_residuals_says_so():
 def test_cli_run_intervals_on_an_uncalibrated_device_exits_2(tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text(
-        "model: llama-3.1-8b\ndeployment: {device: l40s}\nworkload: {qps: 2}\nsimulation: {num_requests: 20}\n", encoding="utf-8"
+        "model: llama-3.1-8b\ndeployment: {device: l40s}\nworkload: {qps: 2}\nsimulation: {num_requests: 20}\n",
+        encoding="utf-8",
     )
     result = CliRunner().invoke(app, ["run", str(path), "--intervals"])
     assert_user_error(result, "simulation.intervals", "no calibrated profile")
@@ -109,8 +114,10 @@ def test_cli_run_intervals_on_an_uncalibrated_device_exits_2(tmp_path):
 
 def test_cli_run_intervals_json_block(tmp_path):
     path = tmp_path / "s.yaml"
-    path.write_text("model: llama-3.1-8b\ndeployment: {device: h100-sxm}\nworkload: {qps: 4}\nsimulation: {num_requests: 40}\n",
-                    encoding="utf-8")
+    path.write_text(
+        "model: llama-3.1-8b\ndeployment: {device: h100-sxm}\nworkload: {qps: 4}\nsimulation: {num_requests: 40}\n",
+        encoding="utf-8",
+    )
     plain = CliRunner().invoke(app, ["run", str(path), "--json"])
     assert plain.exit_code == 0 and "intervals" not in json.loads(plain.stdout)
     result = CliRunner().invoke(app, ["run", str(path), "--json", "--intervals"])
@@ -207,8 +214,13 @@ def test_dashboard_shows_the_prediction_interval_apart_from_the_seed_spread():
     from app.tables import with_interval
     from simulator.metrics.table import fmt_seconds
 
-    s = {"ttft_p50_s": 0.1, "ttft_p50_s_lo": 0.09, "ttft_p50_s_hi": 0.12, "seeds": 3,
-         "intervals": {"metrics": {"ttft_p50_s": [0.08, 0.15]}}}
+    s = {
+        "ttft_p50_s": 0.1,
+        "ttft_p50_s_lo": 0.09,
+        "ttft_p50_s_hi": 0.12,
+        "seeds": 3,
+        "intervals": {"metrics": {"ttft_p50_s": [0.08, 0.15]}},
+    }
     text = with_interval(s, "ttft_p50_s", fmt_seconds)
     assert text == "100 ms (90.0 ms – 120 ms) [PI 80.0 ms – 150 ms]"
     assert with_interval({"ttft_p50_s": 0.1}, "ttft_p50_s", fmt_seconds) == "100 ms"
@@ -225,3 +237,29 @@ def test_dashboard_runner_adds_the_block_and_keys_the_slo_only_with_intervals():
     data = run_uncached(on.model_dump_json())
     assert data.summary["intervals"]["metrics"]["ttft_p50_s"][0] <= data.summary["ttft_p50_s"]
     assert "intervals" not in run_uncached(off.model_dump_json()).summary
+
+
+def test_sweep_rows_carry_intervals_only_when_on():
+    from simulator.sweep.table import result_row
+    from simulator.sweep.worker import simulate_point
+
+    on = scenario()
+    off = on.model_copy(update={"simulation": on.simulation.model_copy(update={"intervals": None})})
+    rows = {}
+    for label, sc in (("on", on), ("off", off)):
+        dump = sc.model_dump(mode="json")
+        rows[label] = result_row(dump, "k", "v", simulate_point(dump))
+    assert rows["on"]["ttft_p50_s_lo"] <= rows["on"]["ttft_p50_s"] <= rows["on"]["ttft_p50_s_hi"]
+    assert not any(k.endswith(("_lo", "_hi")) for k in rows["off"])
+
+
+def test_validate_checks_that_intervals_can_be_sized(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        "model: llama-3.1-8b\ndeployment: {device: l40s}\nworkload: {qps: 2}\n"
+        "simulation: {num_requests: 20, intervals: {samples: 5}}\n",
+        encoding="utf-8",
+    )
+    assert_user_error(CliRunner().invoke(app, ["validate", str(path)]), "simulation.intervals", "no calibrated")
+    path.write_text(path.read_text(encoding="utf-8").replace("l40s", "h100-sxm"), encoding="utf-8")
+    assert CliRunner().invoke(app, ["validate", str(path)]).exit_code == 0
