@@ -245,6 +245,13 @@ def comparison(setup: Setup, check: CheckResult, ok: bool, unplaced: list[Issue]
         st.caption(f"Each configuration simulated at {last_seeds} seeds; the summary shows the mean and (min – max) "
                    "across them, the CDFs a min–max band; the time series, breakdown and roofline are the first "
                    "seed's.")
+    if any(sc.simulation.intervals is not None for sc in st.session_state.get("last_scenarios") or []):
+        # Set under Simulation ("set intervals"): a scenario field, so the downloaded YAML keeps it.
+        st.caption("[PI lo – hi]: prediction interval at simulation.intervals.level, from the stored held-out "
+                   "errors of the engine profile or the device calibration (re-runs with drawn iteration times"
+                   + ("; the first seed's" if last_seeds > 1 else "") + "). It is the model's error, not the "
+                   "workload's randomness" + (" that the (min – max) across seeds shows" if last_seeds > 1 else "")
+                   + ".")
     render_results(last, combine_outcomes(run_jobs(last), last_seeds))
 
 

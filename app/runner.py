@@ -70,7 +70,10 @@ def job_for(scenario: Scenario) -> Job:
     """The cache key of ``scenario``: a hash of everything that determines its results."""
     data = scenario.model_dump(mode="json")
     text = json.dumps(data, sort_keys=True)
-    simulated = json.dumps({k: v for k, v in data.items() if k != "slo"}, sort_keys=True)
+    # Prediction intervals re-run the scenario and score each re-run against the SLO, so with them the SLO is
+    # part of what is simulated (a new SLO cannot re-score the stored re-runs).
+    scored_later = "slo" if scenario.simulation.intervals is None else None
+    simulated = json.dumps({k: v for k, v in data.items() if k != scored_later}, sort_keys=True)
     digest = hashlib.sha256(json.dumps([simulated, _trace_stamp(scenario)]).encode()).hexdigest()[:20]
     return Job(digest, text, scenario.name, json.dumps(data.get("slo") or {}, sort_keys=True))
 
@@ -78,7 +81,14 @@ def job_for(scenario: Scenario) -> Job:
 def run_uncached(scenario_json: str) -> RunData:
     """Simulate one scenario and reduce it (what the cache stores)."""
     scenario = Scenario.model_validate_json(scenario_json)
-    return analyse(simulate(scenario), scenario.slo, scenario.name)
+    data = analyse(simulate(scenario), scenario.slo, scenario.name)
+    if scenario.simulation.intervals is not None:
+        from simulator.intervals.rerun import simulate_intervals
+
+        # Kept in ``extra`` so a re-score (same SLO: see job_for) carries it into the summary again.
+        data.extra["intervals"] = simulate_intervals(scenario, data.summary)
+        data.summary["intervals"] = data.extra["intervals"]
+    return data
 
 
 @st.cache_data(show_spinner=False, max_entries=256)

@@ -54,10 +54,15 @@ def _load_cell(s: Summary) -> str:
 
 
 def with_interval(s: Summary, key: str, fmt: Callable[[Any], str]) -> str:
-    """``fmt`` of the value, followed by its min–max across seeds when the summary has one (several seeds)."""
+    """``fmt`` of the value, followed by its min–max across seeds when the summary has one (several seeds), then
+    its prediction interval ``[PI lo – hi]`` when prediction intervals are on (two different things: the spread
+    of the workload's randomness, and the calibration's error; labelled apart)."""
     text = fmt(s.get(key))
     if f"{key}_lo" in s and _seeds(s) > 1:
         text += f" ({fmt(s.get(f'{key}_lo'))} – {fmt(s.get(f'{key}_hi'))})"
+    pair = ((s.get("intervals") or {}).get("metrics") or {}).get(key)
+    if pair is not None:
+        text += f" [PI {fmt(pair[0])} – {fmt(pair[1])}]"
     return text
 
 

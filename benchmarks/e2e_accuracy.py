@@ -11,6 +11,8 @@ LLaMA 70B row is held out; the other rows are the ones the profile was fitted on
     PYTHONPATH=. python benchmarks/e2e_accuracy.py          # the table (about 10 s)
     PYTHONPATH=. python benchmarks/e2e_accuracy.py --refit  # also refit the terms on the training rows
     PYTHONPATH=. python benchmarks/e2e_accuracy.py --json   # machine-readable
+    PYTHONPATH=. python benchmarks/e2e_accuracy.py --write-residuals  # store the held-out ratios (intervals)
+    PYTHONPATH=. python benchmarks/e2e_accuracy.py --coverage  # coverage of the 90 % prediction intervals
 """
 
 from __future__ import annotations
@@ -21,7 +23,17 @@ from collections import defaultdict
 
 import numpy as np
 
-from hwmodels.calibration.engine_fit import FIT_TERMS, ape, fit_terms, load_rows, price_rows
+from hwmodels.calibration.engine_fit import (
+    FIT_TERMS,
+    RESIDUALS_FILE,
+    ape,
+    fit_terms,
+    format_coverage,
+    interval_coverage,
+    load_rows,
+    price_rows,
+    write_residuals,
+)
 from hwmodels.calibration.engines import TERMS, engine_terms
 
 TARGET = "issue 18 target: iteration times median 10 % / p90 20 %; throughput within 15 %"
@@ -32,6 +44,11 @@ def main() -> None:
     ap.add_argument("--engine", default="tensorrt-llm-2023", help="engine profile to check (the fitted one by default)")
     ap.add_argument("--refit", action="store_true", help="refit the profile's fitted terms on the training rows")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
+    ap.add_argument("--write-residuals", action="store_true",
+                    help=f"write the held-out measured/predicted ratios of --engine to {RESIDUALS_FILE} (the "
+                    "end-to-end source of prediction intervals)")
+    ap.add_argument("--coverage", action="store_true",
+                    help="print the empirical coverage of the 90 %% prediction intervals on the held-out rows")
     args = ap.parse_args()
 
     priced = price_rows(load_rows())
@@ -52,6 +69,13 @@ def main() -> None:
     else:
         terms_of = shipped_by_tp
     report["terms"] = {str(tp): v for tp, v in terms_of.items()}
+    if args.write_residuals:
+        path = write_residuals(args.engine, priced, terms_of)
+        print(f"wrote {path}")
+        return
+    if args.coverage:
+        print(format_coverage(interval_coverage(priced, terms_of, level=0.9)))
+        return
     for p in priced:
         r = p.row
         split = "held-out" if r.held_out else "train"

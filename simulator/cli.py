@@ -92,7 +92,19 @@ def _run_one(scenario) -> tuple[dict[str, Any], Any]:
     output = simulate(scenario)
     summary = summarise(output.result, scenario.slo)
     summary = {"name": scenario.name, **summary, "rejected": output.rejected, "workload": output.workload}
+    if scenario.simulation.intervals is not None:
+        from simulator.intervals.rerun import simulate_intervals
+
+        summary["intervals"] = simulate_intervals(scenario, summary)
     return summary, output
+
+
+IntervalsOpt = Annotated[
+    bool,
+    typer.Option("--intervals", help="Prediction intervals from the stored held-out residuals (sets "
+                 "simulation.intervals to level 0.9, 20 re-runs where the scenario does not set it; "
+                 "docs/engine-profiles.md)."),
+]
 
 
 @app.command()
@@ -102,6 +114,7 @@ def run(
     set_: SetOpt = None,
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write PNG plots.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summaries as JSON instead of tables.")] = False,
+    intervals: IntervalsOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Simulate a scenario (or every configuration it lists) and print the results."""
@@ -113,6 +126,10 @@ def run(
 
         _refuse_other_kinds(scenario_file)
         scenarios = load_scenarios(scenario_file, set_ or [])
+        if intervals:
+            from simulator.intervals.rerun import with_intervals
+
+            scenarios = [with_intervals(sc) for sc in scenarios]
         folders = _run_folders([sc.name for sc in scenarios], out) if out is not None and len(scenarios) > 1 else None
         if out is not None:
             _clear_earlier_run(out, folders)
@@ -130,11 +147,14 @@ def run(
             import pandas as pd
 
             out.mkdir(parents=True, exist_ok=True)
-            frame = pd.DataFrame(summaries)
+            from simulator.intervals.rerun import flat_intervals
+
+            frame = pd.DataFrame([flat_intervals(s) for s in summaries])
             write_atomically(out / "comparison.csv", lambda tmp: frame.to_csv(tmp, index=False))
         for summary in summaries:
             _warn_if_nothing_measured(summary)
             _warn_if_cut(summary)
+            _note_interval_coverage(summary)
         if as_json:
             from simulator.metrics.writers import to_json_value
 
@@ -202,6 +222,13 @@ def _warn_if_cut(summary: dict[str, Any]) -> None:
         )
 
 
+def _note_interval_coverage(summary: dict[str, Any]) -> None:
+    """Say on stderr what a prediction interval leaves out (an engine profile without held-out rows)."""
+    note = (summary.get("intervals") or {}).get("not_covered")
+    if note:
+        err_console.print(f"[yellow]note:[/] {escape(str(summary.get('name', 'run')))}: {escape(note)}")
+
+
 def _headline(sc) -> str:
     model = sc.model if isinstance(sc.model, str) else sc.model.get("name", "inline model")
     dev = sc.deployment.device if isinstance(sc.deployment.device, str) else sc.deployment.device.get("name", "inline")
@@ -225,6 +252,10 @@ def validate(
         kind, scenarios = _load_any(scenario_file, set_ or [])
         for sc in scenarios:
             if sc.pools is not None:
+                if sc.simulation.intervals is not None:
+                    from simulator.intervals.rerun import check_supported
+
+                    check_supported(sc, None)
                 _validate_pools(sc)
                 continue
             try:
@@ -235,6 +266,12 @@ def validate(
                 out_console.print(f"[yellow]pruned[/] {sc.name}: {exc.problem} (the plan rules it out)", highlight=False)
                 continue
             system, m = prep.system, prep.system.memory
+            if sc.simulation.intervals is not None:  # the residuals exist and the re-runs can scale this system
+                from simulator.intervals.rerun import check_supported
+                from simulator.intervals.residuals import residuals_for
+
+                check_supported(sc, system)
+                residuals_for(system)
             dropped = int(prep.unservable.sum())
             out_console.print(
                 f"[green]ok[/] {sc.name}: {system.model.name} on {sc.deployment.num_replicas}x{system.device.name} "
@@ -424,35 +461,60 @@ def _registry_table(title: str, module: str, attr: str) -> Table:
     return t
 
 
-_ESTIMATE_FLAGS = {
-    "model": "--model",
-    "deployment.device": "--device",
-    "deployment.tp": "--tp",
-    "deployment.pp": "--pp",
-    "deployment.weight_dtype": "--weight-dtype",
-    "deployment.kv_dtype": "--kv-dtype",
-    "deployment.engine": "--engine",
-}
-"""Scenario fields that ``capsim estimate`` fills from a flag, for error messages."""
-
-
 @app.command()
 def estimate(
-    model: Annotated[str, typer.Option(help="Catalog model id.")] = "llama-3.1-8b",
-    device: Annotated[str, typer.Option(help="Catalog device id.")] = "h100-sxm",
-    tp: Annotated[int, typer.Option(help="Tensor-parallel degree.")] = 1,
-    pp: Annotated[int, typer.Option(help="Pipeline-parallel degree.")] = 1,
+    model: Annotated[
+        str | None,
+        typer.Option(help="Catalog model id, or a YAML file with an inline model (default: the --scenario's, "
+                     "else llama-3.1-8b)."),
+    ] = None,
+    device: Annotated[
+        str | None,
+        typer.Option(help="Catalog device id, or a YAML file with an inline device (default: the --scenario's, "
+                     "else h100-sxm)."),
+    ] = None,
+    scenario: Annotated[
+        Path | None,
+        typer.Option("--scenario", help="Take the model and deployment from this scenario file (its first "
+                     "configuration); the other flags override its fields."),
+    ] = None,
+    tp: Annotated[int | None, typer.Option(help="Tensor-parallel degree (default 1).")] = None,
+    pp: Annotated[int | None, typer.Option(help="Pipeline-parallel degree (default 1).")] = None,
     batch: Annotated[int, typer.Option(help="Requests decoded together.")] = 1,
     prompt: Annotated[int, typer.Option(help="Prompt tokens per request.")] = 1024,
     output: Annotated[int, typer.Option(help="Output tokens per request.")] = 256,
-    weight_dtype: Annotated[str, typer.Option(help="Weight format (bf16, fp8, int8, int4).")] = "bf16",
-    kv_dtype: Annotated[str, typer.Option(help="KV-cache format.")] = "bf16",
+    context: Annotated[
+        int | None,
+        typer.Option(help="Also price one decode step of the batch with every sequence at this context (tokens)."),
+    ] = None,
+    weight_dtype: Annotated[str | None, typer.Option(help="Weight format (bf16, fp8, int8, int4; default bf16).")] = None,
+    kv_dtype: Annotated[str | None, typer.Option(help="KV-cache format (default bf16).")] = None,
+    activation_dtype: Annotated[str | None, typer.Option(help="Activation format (bf16 or fp16).")] = None,
     engine: Annotated[
         str | None,
         typer.Option(help="Serving-engine profile added to every iteration (`capsim calibrate engines`); "
                      "default: the scenario default."),
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    overheads: Annotated[
+        str | None,
+        typer.Option(help="Older name of --engine: a Vidur overhead set (vidur-a100, ...)."),
+    ] = None,
+    calibration: Annotated[
+        str | None,
+        typer.Option(help="Kernel pricing: 'profile' (the device's calibrated profile, default) or 'datasheet'."),
+    ] = None,
+    memory_utilization: Annotated[
+        float | None, typer.Option(help="Fraction of GPU memory the engine may use (vLLM --gpu-memory-utilization).")
+    ] = None,
+    activation_reserve_gib: Annotated[
+        float | None, typer.Option(help="Activation memory reserved per GPU, GiB (default: from the batch).")
+    ] = None,
+    intervals: Annotated[
+        bool,
+        typer.Option("--intervals", help="90 % prediction intervals from the stored held-out residuals (exact: "
+                     "one iteration per phase)."),
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (every breakdown term too).")] = False,
     debug: DebugOpt = False,
 ) -> None:
     """Steady-state roofline answer for one batch shape, without a trace."""
@@ -462,46 +524,72 @@ def estimate(
 
         from simulator.config.schema import DeploymentConfig, Scenario
         from simulator.estimate import estimate_fitting, roofline_rows
+        from simulator.estimate_inputs import flag_for, resolve
         from simulator.system import build_system
 
+        inputs = resolve(
+            scenario_file=scenario, model=model, device=device, tp=tp, pp=pp, weight_dtype=weight_dtype,
+            kv_dtype=kv_dtype, activation_dtype=activation_dtype, engine=engine, overheads=overheads,
+            calibration=calibration, memory_utilization=memory_utilization,
+            activation_reserve_gib=activation_reserve_gib,
+        )
         try:
-            deployment = DeploymentConfig(
-                device=device, tp=tp, pp=pp, weight_dtype=weight_dtype, kv_dtype=kv_dtype, engine=engine
-            )
+            deployment = DeploymentConfig(**inputs.deployment)
         except ValidationError as exc:
             err = exc.errors()[0]
             field = "deployment." + ".".join(str(p) for p in err.get("loc", ()))
             raise CapsimError(
                 f"{err.get('msg', 'invalid value')} (got {err.get('input')!r})",
-                where=_ESTIMATE_FLAGS.get(field, field),
+                where=flag_for(field) or field,
                 fix="see `capsim estimate --help` for the valid values",
             ) from None
+
         def system_for(b: int):
             scheduler = {"name": "vllm", "max_num_seqs": max(b, 1), "max_num_batched_tokens": max(b * prompt, 1)}
-            return build_system(Scenario(model=model, deployment=deployment, scheduler=scheduler))
+            return build_system(Scenario(model=inputs.model, deployment=deployment, scheduler=scheduler))
 
         try:
-            result = estimate_fitting(system_for, batch=batch, prompt=prompt, output=output)
+            result = estimate_fitting(system_for, batch=batch, prompt=prompt, output=output, context=context)
+            block = None
+            if intervals:
+                from simulator.intervals.analytic import estimate_intervals
+
+                block = estimate_intervals(system_for(batch), result)
         except CapsimError as exc:
             # Name the command-line flag the user typed rather than the scenario field behind it.
-            flag = _ESTIMATE_FLAGS.get(exc.where or "")
+            flag = flag_for(exc.where)
             if flag is None:
                 raise
             raise type(exc)(exc.problem, where=flag, fix=exc.fix) from None
         if as_json:
-            print(json.dumps(result.as_dict(), indent=2))
+            doc = result.as_dict()
+            if block is not None:
+                doc["intervals"] = block
+            print(json.dumps(doc, indent=2))
             return
-        t = Table(title=f"{result.model} on {result.device} tp={tp} pp={pp}: batch {batch}, prompt {prompt}, output {output}")
+        iv = (block or {}).get("metrics", {})
+
+        def ms(key: str) -> str:
+            text = _ms(getattr(result, key))
+            return text if key not in iv else f"{text} [{iv[key][0] * 1e3:.2f}, {iv[key][1] * 1e3:.2f} ms]"
+
+        e2e = f"{result.e2e_s:.3f} s" + (f" [{iv['e2e_s'][0]:.3f}, {iv['e2e_s'][1]:.3f} s]" if iv else "")
+        tps = f"{result.output_tokens_per_s:,.0f}" + (
+            f" [{iv['output_tokens_per_s'][0]:,.0f}, {iv['output_tokens_per_s'][1]:,.0f}]" if iv else "")
+        t = Table(title=f"{result.model} on {result.device} tp={result.tp} pp={result.pp}: batch {batch}, "
+                  f"prompt {prompt}, output {output}")
         t.add_column("quantity")
         t.add_column("value", justify="right")
         rows = [
-            ("prefill of the batch", f"{result.prefill_s * 1e3:.2f} ms ({result.prefill_bound}-bound)"),
-            ("first decode step", _ms(result.first_decode_step_s)),
-            ("mean decode step (TPOT)", _ms(result.tpot_s) + (f" ({result.decode_bound}-bound)" if result.decode_bound else "")),
+            ("prefill of the batch", f"{ms('prefill_s')} ({result.prefill_bound}-bound)"),
+            ("first decode step", ms("first_decode_step_s")),
+            ("mean decode step (TPOT)", ms("tpot_s") + (f" ({result.decode_bound}-bound)" if result.decode_bound else "")),
+            *([(f"decode step at context {result.context}", ms("decode_step_at_context_s"))]
+              if result.context is not None else []),
             *([(f"engine {result.engine}: prefill / first step", f"{result.engine_prefill_s * 1e3:.2f} / "
                 f"{_ms(result.engine_first_decode_step_s)}")] if result.engine != "none" else []),
-            ("end-to-end", f"{result.e2e_s:.3f} s"),
-            ("output tokens/s", f"{result.output_tokens_per_s:,.0f}"),
+            ("end-to-end", e2e),
+            ("output tokens/s", tps),
             ("weights per GPU", f"{result.weights_gib:.2f} GiB"),
             ("KV of the batch per GPU", f"{result.kv_gib:.2f} GiB"),
             ("activation reserve per GPU", f"{result.activation_reserve_gib:.2f} GiB"),
@@ -512,7 +600,11 @@ def estimate(
         ]
         for k, v in rows:
             t.add_row(k, v)
+        if block is not None:
+            t.caption = escape(f"[lo, hi]: {block['level']:.0%} prediction interval, {block['source']}")
         out_console.print(t)
+        if block is not None and block.get("not_covered"):
+            err_console.print(f"[yellow]note:[/] {escape(block['not_covered'])}")
 
     _guard(debug, action)
 

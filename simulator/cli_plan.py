@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from simulator.cli_common import DebugOpt, SetOpt, _guard, _json_default, err_console, out_console
@@ -101,6 +102,9 @@ def register(app: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option("--json", help="Print the report as one JSON object.")] = False,
         plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write pareto.png, goodput.png, "
                                             "attainment_vs_rate.png.")] = True,
+        intervals: Annotated[bool, typer.Option(
+            "--intervals", help="Headroom with a prediction interval: each simulated candidate's max rate searched "
+            "again at both ends of the interval (sets simulation.intervals where the plan does not).")] = False,
         debug: DebugOpt = False,
     ) -> None:
         """Find the cheapest configuration that sustains the target rate within the SLO."""
@@ -110,6 +114,10 @@ def register(app: typer.Typer) -> None:
             from simulator.sweep import make_executor
 
             plan_cfg, candidates = load_plan(plan_file, set_ or [])
+            if intervals:
+                from simulator.intervals.rerun import with_intervals
+
+                plan_cfg = with_intervals(plan_cfg)
             target = _out_dir(out, plan_file)
             with make_executor(workers, ray) as executor, \
                     Progress("analytic pre-pass", len(candidates), console=err_console) as bar:
@@ -145,6 +153,8 @@ def _overload_note(summary: dict[str, Any]) -> str:
 
 
 def _print_plan(result, doc: dict[str, Any]) -> None:
+    from simulator.planner.intervals import headroom_text
+
     plan = result.plan
     metric = plan.pareto_metric
     n = len(result.candidates)
@@ -167,9 +177,17 @@ def _print_plan(result, doc: dict[str, Any]) -> None:
             f"[green]Cheapest:[/] {best.name} -- {best.gpus} GPU(s), ${result.cost(best):.2f}/h"
             f"{' TCO' if obj == 'tco' else ''}, "
             f"${_fmt(best.cost_per_mtok(obj))}/M output tokens at the target; "
-            f"max rate {_fmt(best.max_rate)}{capped} req/s (headroom {_fmt(result.headroom(best))}{capped}x)",
+            f"max rate {_fmt(best.max_rate)}{capped} req/s (headroom {_fmt(result.headroom(best))}{capped}x"
+            f"{headroom_text(best)})",
             highlight=False,
         )
+        if best.interval.get("crosses_target"):
+            out_console.print(
+                f"[yellow]Caution:[/] the {best.interval['level']:.0%} prediction interval of its max rate "
+                f"({_fmt(best.interval['max_rate_rps'][0])}-{_fmt(best.interval['max_rate_rps'][1])} req/s) contains "
+                "the target: within the calibration's error it may miss the SLO there.",
+                highlight=False,
+            )
     front = Table(title=f"Pareto front: cost vs {metric} at {plan.target_rps:g} req/s", header_style="bold")
     for col in ("configuration", "GPUs", per_hour, per_mtok, metric, "max req/s", "headroom"):
         front.add_column(col, justify="left" if col == "configuration" else "right")
@@ -177,7 +195,7 @@ def _print_plan(result, doc: dict[str, Any]) -> None:
         plus = _capped(c)
         front.add_row(c.name, str(c.gpus), f"{result.cost(c):.2f}",
                       _fmt(c.cost_per_mtok(obj)), _fmt(c.at_target.get(metric)),
-                      _fmt(c.max_rate) + plus, _fmt(result.headroom(c)) + plus)
+                      _fmt(c.max_rate) + plus, _fmt(result.headroom(c)) + plus + headroom_text(c))
     out_console.print(front)
     table = Table(title="all candidates (cheapest first)", header_style="bold")
     for col in ("configuration", "status", per_hour, "max req/s", "headroom", "sims", "why"):
@@ -187,7 +205,15 @@ def _print_plan(result, doc: dict[str, Any]) -> None:
     for c in ordered:
         status = ("[green]meets target[/]" if c.meets_target else "[red]below target[/]") if c.search else c.status
         why = c.detail if c.pruned else _overload_note(c.at_target)
+        if c.interval.get("crosses_target"):
+            why = "; ".join(x for x in (why, "interval of max rate crosses the target") if x)
+        elif c.interval.get("error"):
+            why = "; ".join(x for x in (why, "no prediction interval: " + c.interval["error"]) if x)
         plus = _capped(c)
         table.add_row(c.name, status, _fmt(result.cost(c)), _fmt(c.max_rate) + plus,
-                      _fmt(result.headroom(c)) + plus, str(c.sims), why)
+                      _fmt(result.headroom(c)) + plus + headroom_text(c), str(c.sims), why)
     out_console.print(table)
+    if any(c.interval.get("headroom") for c in result.candidates):
+        out_console.print(escape(
+            f"[lo, hi] after a headroom: its {plan.simulation.intervals.level:.0%} prediction interval (max rate "
+            "searched again with every iteration at the slow and the fast end of the interval)"), highlight=False)

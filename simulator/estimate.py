@@ -54,6 +54,12 @@ class Estimate:
     engine: str = "none"
     engine_prefill_s: float = 0.0
     engine_first_decode_step_s: float | None = None  # None when output is 1 (no decode)
+    # --context: one decode step of the batch with every sequence at this context (None: not asked).
+    context: int | None = None
+    decode_step_at_context_s: float | None = None
+    # Every operator row of each priced iteration ("prefill", "first_decode_step", "decode_step_at_context"):
+    # name, op_class, scope, time_s (all layers), flops and bytes per GPU, bound, source.
+    breakdown: dict[str, list[dict]] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -82,10 +88,22 @@ def _phase_bound(rows) -> str:
     return max((compute, "compute"), (memory, "memory"), (comm, "communication"))[1]
 
 
-def estimate(system: System, *, batch: int, prompt: int, output: int) -> Estimate:
-    for name, value in (("batch", batch), ("prompt", prompt), ("output", output)):
-        if value < 1:
+def breakdown_terms(rows) -> list[dict]:
+    """An iteration's operator rows as JSON-ready dicts (every term ``--json`` reports)."""
+    return [asdict(r) for r in rows]
+
+
+def estimate(system: System, *, batch: int, prompt: int, output: int, context: int | None = None) -> Estimate:
+    for name, value in (("batch", batch), ("prompt", prompt), ("output", output), ("context", context)):
+        if value is not None and value < 1:
             raise CapsimError(f"{name} must be at least 1, got {value}", where=f"--{name}", fix="pass a positive integer")
+    if context is not None and context > system.model.max_context:
+        raise CapsimError(
+            f"a decode context of {context} tokens exceeds the context of {system.model.name} "
+            f"({system.model.max_context})",
+            where="--context",
+            fix=f"use --context {system.model.max_context} or less",
+        )
     if prompt + output > system.model.max_context:
         raise CapsimError(
             f"prompt + output = {prompt + output} tokens exceeds the context of {system.model.name} "
@@ -120,6 +138,15 @@ def estimate(system: System, *, batch: int, prompt: int, output: int) -> Estimat
     decode_bound = _phase_bound(decode_rows) if steps else None
     gpus = system.deployment.gpus_per_replica
     dev = system.roofline
+    first_rows = cost.breakdown(BatchShape(decode_seqs=batch, decode_context=batch * (prompt + 1))) if steps else []
+    breakdown = {"prefill": breakdown_terms(prefill_rows)}
+    if steps:
+        breakdown["first_decode_step"] = breakdown_terms(first_rows)
+    at_context = None
+    if context is not None:
+        shape = BatchShape(decode_seqs=batch, decode_context=batch * context)
+        at_context = cost.iteration(shape).time_s
+        breakdown["decode_step_at_context"] = breakdown_terms(cost.breakdown(shape))
     return Estimate(
         model=system.model.name,
         device=system.device.name,
@@ -150,8 +177,10 @@ def estimate(system: System, *, batch: int, prompt: int, output: int) -> Estimat
         pricing=_pricing(prefill_rows + decode_rows),
         engine=cost.overheads.name,
         engine_prefill_s=_engine_share(prefill_rows),
-        engine_first_decode_step_s=_engine_share(
-            cost.breakdown(BatchShape(decode_seqs=batch, decode_context=batch * (prompt + 1)))) if steps else None,
+        engine_first_decode_step_s=_engine_share(first_rows) if steps else None,
+        context=context,
+        decode_step_at_context_s=at_context,
+        breakdown=breakdown,
     )
 
 
@@ -177,7 +206,7 @@ def largest_fitting_batch(fits: Callable[[int], bool], upper: int) -> int:
 
 
 def estimate_fitting(
-    make_system: Callable[[int], System], *, batch: int, prompt: int, output: int
+    make_system: Callable[[int], System], *, batch: int, prompt: int, output: int, context: int | None = None
 ) -> Estimate:
     """:func:`estimate` for a batch that fits in memory; otherwise a :class:`DoesNotFitError` naming ``--batch``.
 
@@ -202,7 +231,7 @@ def estimate_fitting(
             raise  # even one request does not fit: the model needs more memory, whatever the batch
         problem = f"a batch of {batch} prompts of {prompt} tokens prefilled together does not fit: {exc.problem}"
     else:
-        result = estimate(system, batch=batch, prompt=prompt, output=output)
+        result = estimate(system, batch=batch, prompt=prompt, output=output, context=context)
         if result.fits:
             return result
         problem = (

@@ -21,6 +21,7 @@ from simulator.config.schema import DeploymentConfig, Scenario
 from simulator.costmodel.iteration import IterationCostModel, OverheadTerms
 from simulator.costmodel.operators import OperatorTable, build_operator_table
 from simulator.costmodel.precision import COMPUTE_FORMAT_FOR_WEIGHTS, bytes_per_element
+from simulator.costmodel.scaled import PhaseScale, ScaledCostModel
 from simulator.costmodel.static_shapes import StaticShapeCostModel
 from simulator.memory_plan import GIB, MemoryPlan, activation_reserve, plan_memory
 from simulator.models import get_model, model_from_dict
@@ -52,6 +53,8 @@ class System:
     admit: Any | None = None  # a technique's admission hook (prefix caching); None: nothing cached at admission
     extra_devices: tuple[ExtraDevice, ...] = ()  # per replica, added by techniques (a separate draft device)
     tiers_used: tuple[str, ...] = ()  # device tiers beyond the device memory that techniques use (for energy)
+    # Prediction-interval re-runs only: iteration times scaled per phase (simulator/intervals); None otherwise.
+    time_scale: PhaseScale | None = None
 
     @property
     def extra_usd_per_replica_hour(self) -> float:
@@ -69,11 +72,14 @@ class System:
 
         A device with static graph shapes (an NPU) gets the model that pads each batch to them first
         (:mod:`simulator.costmodel.static_shapes`); thermal throttling is bound per replica by the engine
-        (:func:`simulator.costmodel.thermal.bind_thermal`)."""
+        (:func:`simulator.costmodel.thermal.bind_thermal`); prediction-interval re-runs scale the result per phase
+        (:mod:`simulator.costmodel.scaled`)."""
         shapes = self.device.static_shapes
         if shapes is not None:
-            return StaticShapeCostModel(self.table, self.roofline, self.overheads, shapes=shapes)
-        return IterationCostModel(self.table, self.roofline, self.overheads)
+            model: IterationCostModel = StaticShapeCostModel(self.table, self.roofline, self.overheads, shapes=shapes)
+        else:
+            model = IterationCostModel(self.table, self.roofline, self.overheads)
+        return model if self.time_scale is None else ScaledCostModel(model, self.time_scale)
 
     @property
     def calibration(self) -> str:

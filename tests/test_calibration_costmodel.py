@@ -369,3 +369,13 @@ def test_profile_with_a_malformed_residual_surface_is_refused(tmp_path, key, dty
     assert "residual surface" in info.value.problem
     assert info.value.where.endswith(f"operators.{key}.{dtype}.params.correction")
     assert "calibrate fit" in info.value.fix
+
+
+def test_shipped_profile_names_are_devices_only():
+    """The engines and overheads files beside the device profiles are not device profiles (a stored-table lookup over
+    every shipped profile raised on 'engines')."""
+    from hwmodels.calibration.profile import shipped_profile_names
+    from hwmodels.device import get_device
+
+    names = shipped_profile_names()
+    assert names and all(get_device(n) is not None for n in names), names

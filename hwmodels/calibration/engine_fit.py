@@ -173,3 +173,89 @@ def ape(predicted: np.ndarray, measured: np.ndarray) -> dict[str, Any]:
         "p90_ape": round(float(np.percentile(e, 90)), 1),
         "n": int(e.size),
     }
+
+
+#: The held-out measured / predicted ratios of the fitted engine profile, the end-to-end source of prediction
+#: intervals (``simulator/intervals/residuals.py``).
+RESIDUALS_FILE = "heldout_residuals.csv"
+_RESIDUAL_COLUMNS = ("engine", "release", "device", "model", "tp", "batch", "isl", "osl", "kind",
+                     "predicted_s", "measured_s", "ratio")
+
+
+def residual_rows(engine: str, priced: list[Priced], terms_of: dict[int, dict[str, float]]) -> list[dict[str, Any]]:
+    """One row per held-out measurement: what ``engine``'s terms predict and the ratio measured / predicted."""
+    out = []
+    for p in priced:
+        r = p.row
+        if not r.held_out:
+            continue
+        predicted = p.with_terms(terms_of[r.tp])
+        out.append({"engine": engine, "release": r.release, "device": r.device, "model": r.model, "tp": r.tp,
+                    "batch": r.batch, "isl": r.isl, "osl": r.osl, "kind": r.kind,
+                    "predicted_s": f"{predicted:.6g}", "measured_s": f"{r.measured_s:.6g}",
+                    "ratio": f"{r.measured_s / predicted:.5f}"})
+    return out
+
+
+def write_residuals(engine: str, priced: list[Priced], terms_of: dict[int, dict[str, float]],
+                    path: Path | None = None) -> Path:
+    """Write :func:`residual_rows` to ``data/e2e/heldout_residuals.csv`` (replacing that engine's rows)."""
+    import csv
+
+    path = path or E2E_DIR / RESIDUALS_FILE
+    kept = []
+    if path.is_file():
+        with path.open(encoding="utf-8") as f:
+            kept = [row for row in csv.DictReader(f) if row["engine"] != engine]
+    with path.open("w", encoding="utf-8", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=_RESIDUAL_COLUMNS, lineterminator="\n")
+        w.writeheader()
+        w.writerows(kept + residual_rows(engine, priced, terms_of))
+    return path
+
+
+def interval_coverage(priced: list[Priced], terms_of: dict[int, dict[str, float]], level: float = 0.9
+                      ) -> dict[str, dict[str, Any]]:
+    """Empirical coverage of ``level`` prediction intervals on the held-out rows (the registered check).
+
+    ``e2e leave-one-out``: each row's interval from the other held-out rows' ratios, around its with-profile
+    prediction. ``kernel, kernels-only`` / ``kernel, with profile``: the kernel-error interval of the row's device
+    (prefill rows: the prefill curves; throughput rows, mostly decode steps: the decode curves) around each
+    prediction.
+    """
+    from hwmodels.calibration.profile import shipped_profile
+    from simulator.intervals.residuals import PhaseResiduals, kernel_residuals
+
+    qs = ((1 - level) / 2, (1 + level) / 2)
+    held = [p for p in priced if p.row.held_out]
+    with_profile = np.array([p.with_terms(terms_of[p.row.tp]) for p in held])
+    measured = np.array([p.row.measured_s for p in held])
+    ratios = measured / with_profile
+    out: dict[str, dict[str, Any]] = {}
+
+    def tally(name: str, inside: list[bool], widths: list[float]) -> None:
+        out[name] = {"inside": int(sum(inside)), "n": len(inside), "coverage": sum(inside) / len(inside),
+                     "median_width_pct": float(np.median(widths)) * 100}
+
+    inside, widths = [], []
+    for i in range(len(held)):
+        lo, hi = PhaseResiduals(ratios=tuple(np.delete(ratios, i))).quantiles(qs)
+        inside.append(bool(lo * with_profile[i] <= measured[i] <= hi * with_profile[i]))
+        widths.append(hi - lo)
+    tally("e2e leave-one-out, with profile", inside, widths)
+    for label, predicted in (("kernel, kernels-only", [p.kernels_s for p in held]), ("kernel, with profile", with_profile)):
+        inside, widths = [], []
+        for p, pred in zip(held, predicted, strict=True):
+            phase = "prefill" if p.row.kind == "prefill" else "decode"
+            lo, hi = kernel_residuals(shipped_profile(p.row.device).doc, phase, p.row.weight_dtype).quantiles(qs)
+            inside.append(bool(lo * pred <= p.row.measured_s <= hi * pred))
+            widths.append(hi - lo)
+        tally(label, inside, widths)
+    return out
+
+
+def format_coverage(cov: dict[str, dict[str, Any]]) -> str:
+    lines = [f"{'interval (90 %)':34s} {'inside':>6s} {'n':>3s} {'coverage':>8s} {'median width':>12s}"]
+    for name, c in cov.items():
+        lines.append(f"{name:34s} {c['inside']:6d} {c['n']:3d} {c['coverage']:8.0%} {c['median_width_pct']:11.0f}%")
+    return "\n".join(lines)

@@ -199,7 +199,7 @@ def _shipped_dir():
 def shipped_profile_names() -> list[str]:
     """Device ids with a shipped profile."""
     return sorted(p.name[:-5] for p in _shipped_dir().iterdir() if p.name.endswith(".yaml")
-                  and not p.name.startswith("overheads"))
+                  and not p.name.startswith(("overheads", "engines")))
 
 
 @cache

@@ -138,6 +138,23 @@ class ServingConfig(PluginConfig):
     )
 
 
+class IntervalsConfig(BaseModel):
+    """Prediction intervals: re-run the simulation with iteration times drawn from stored held-out errors."""
+
+    model_config = STRICT
+
+    level: float = Field(
+        0.9, gt=0, lt=1, allow_inf_nan=False,
+        description="Probability the interval is meant to cover: each metric's [lo, hi] are the (1 - level)/2 and "
+        "(1 + level)/2 quantiles of its re-run values (docs/engine-profiles.md, Prediction intervals).",
+    )
+    samples: Count = Field(
+        20, gt=1, le=1000,
+        description="Re-runs with sampled iteration-time multipliers (one per phase per re-run, shared by the "
+        "replicas); each costs one more simulation.",
+    )
+
+
 class SimulationConfig(BaseModel):
     """How much to simulate and what to measure."""
 
@@ -170,6 +187,12 @@ class SimulationConfig(BaseModel):
         "error",
         description="Requests that can never be served (longer than the model context, the KV capacity or the "
         "scheduler's prefill budget): 'error' stops with a message, 'drop' removes them and reports how many.",
+    )
+    intervals: IntervalsConfig | None = Field(
+        None,
+        description="Prediction intervals for every latency and throughput metric, sized from the stored held-out "
+        "residuals of the engine profile or the device's kernel calibration (summary.json gains an 'intervals' "
+        "block). None (default): off, outputs unchanged. Example: {level: 0.9, samples: 20}.",
     )
 
 

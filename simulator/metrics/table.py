@@ -139,10 +139,22 @@ def _latency_table(summary: Mapping[str, Any]) -> Table:
     for p in PERCENTILES:
         table.add_column(f"p{p}", justify="right")
     for key, label in LATENCY_LABELS.items():
-        cells = [fmt_seconds(summary.get(f"{key}_mean_s"))]
-        cells += [fmt_seconds(summary.get(f"{key}_p{p}_s")) for p in PERCENTILES]
+        cells = [with_interval(summary, f"{key}_mean_s", fmt_seconds)]
+        cells += [with_interval(summary, f"{key}_p{p}_s", fmt_seconds) for p in PERCENTILES]
         table.add_row(label, *cells)
+    if summary.get("intervals"):
+        iv = summary["intervals"]
+        table.caption = (f"\\[lo, hi]: {iv['level']:.0%} prediction interval from {iv['samples']} re-runs with "
+                         f"iteration times drawn from {iv['source']}")
+        table.caption_justify = "left"
     return table
+
+
+def with_interval(summary: Mapping[str, Any], key: str, fmt: Callable[[Any], str]) -> str:
+    """``fmt`` of the value, then its prediction interval ``[lo, hi]`` when the summary has one."""
+    text = fmt(summary.get(key))
+    pair = ((summary.get("intervals") or {}).get("metrics") or {}).get(key)
+    return text if pair is None else f"{text} [{fmt(pair[0])}, {fmt(pair[1])}]"
 
 
 def _totals_table(summary: Mapping[str, Any]) -> Table:
@@ -154,12 +166,13 @@ def _totals_table(summary: Mapping[str, Any]) -> Table:
         ("requests (finished / unfinished)", f"{g('completed', DASH)} / {g('unfinished', DASH)}"
          + (f" ({g('not_arrived')} not arrived by max_time_s, left out)" if g("not_arrived") else "")),
         ("offered / served (req/s)", f"{fmt_number(g('offered_rps'))} / {fmt_served(summary)}"),
-        ("throughput (req/s)", fmt_number(g("throughput_rps"))),
-        ("input / output tokens/s", f"{fmt_number(g('input_tps'))} / {fmt_number(g('output_tps'))}"),
+        ("throughput (req/s)", with_interval(summary, "throughput_rps", fmt_number)),
+        ("input / output tokens/s", f"{with_interval(summary, 'input_tps', fmt_number)} / "
+         f"{with_interval(summary, 'output_tps', fmt_number)}"),
         ("output tokens/s bound (binding; reached)",
          f"{fmt_number(g('bound_output_tps'))} ({g('bound_resource') or DASH}; {fmt_percent(g('bound_attainment'))})"),
         ("SLO attainment (target)", f"{fmt_attainment(summary)} ({fmt_percent(g('slo_target_attainment'))})"),
-        ("goodput (req/s)", fmt_number(g("goodput_rps"))),
+        ("goodput (req/s)", with_interval(summary, "goodput_rps", fmt_number)),
         ("MFU / MBU", f"{fmt_percent(g('mfu'))} / {fmt_percent(g('mbu'))}"),
         ("mean batch (decode)", f"{fmt_number(g('mean_batch_size'), 1)} ({fmt_number(g('mean_decode_batch'), 1)})"),
         ("KV utilisation mean / peak", f"{fmt_percent(g('kv_util_mean'))} / {fmt_percent(g('kv_util_peak'))}"),

@@ -132,6 +132,9 @@ class Candidate:
     evaluations: list[dict[str, Any]] = field(default_factory=list)  # one per probed rate
     at_target: dict[str, Any] = field(default_factory=dict)  # summary of the simulation at the target rate
     sims: int = 0  # probes that were simulations (now or earlier, from the store)
+    # simulation.intervals only: max rate and headroom at both ends of the prediction interval
+    # (simulator/planner/intervals.py); empty otherwise, and then no report gains a key.
+    interval: dict[str, Any] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -349,6 +352,13 @@ def run_plan(
     cheapest = choose_cheapest(cands, plan.ranking)
     front = pareto_front(cands, plan.pareto_metric, plan.ranking)
     result = PlanResult(plan, cands, cheapest, front, computed, reused, time.perf_counter() - wall0)
+    if plan.simulation.intervals is not None:
+        from simulator.planner.intervals import add_intervals
+
+        if progress:
+            progress("prediction intervals (max rate at both ends)", 0, len(live))
+        add_intervals(result, plan.simulation.intervals.level)
+        result.wall_s = time.perf_counter() - wall0
     if out_dir is not None:
         result.files = write_plan(result, Path(out_dir), plots=plots)
     return result
@@ -443,6 +453,9 @@ def candidate_rows(result: PlanResult) -> list[dict[str, Any]]:
             "attainment_bound": c.verdict.get("attainment_bound", math.nan),
             "throughput_bound_rps": c.verdict.get("throughput_bound_rps", math.nan),
         }
+        if c.interval.get("headroom"):
+            row["headroom_lo"], row["headroom_hi"] = c.interval["headroom"]
+            row["interval_crosses_target"] = c.interval["crosses_target"]
         for m in dict.fromkeys((result.plan.pareto_metric, *TARGET_METRICS)):
             value = c.at_target.get(m)
             row[f"target.{m}"] = math.nan if value is None else value
@@ -477,6 +490,7 @@ def plan_document(result: PlanResult) -> dict[str, Any]:
             plan.pareto_metric: c.at_target.get(plan.pareto_metric),
             "slo_attainment_at_target": c.at_target.get("slo_attainment"),
             "sims": c.sims,
+            **({"interval": c.interval} if c.interval else {}),
         }
 
     statuses: dict[str, int] = {}

@@ -68,6 +68,9 @@ def result_row(scenario_dump: Mapping[str, Any], key: str, version: str, result:
     for metric in SUMMARY_KEYS:
         value = summary.get(metric)
         row[metric] = np.nan if value is None else value
+    # simulation.intervals: each metric's prediction interval as <metric>_lo / <metric>_hi (absent when off).
+    for metric, (lo, hi) in ((summary.get("intervals") or {}).get("metrics") or {}).items():
+        row[f"{metric}_lo"], row[f"{metric}_hi"] = lo, hi
     return row
 
 

@@ -42,6 +42,10 @@ def simulate_point(scenario_dump: dict[str, Any]) -> dict[str, Any]:
         scenario = validate_as(Scenario, scenario_dump, scenario_dump.get("name", "scenario"))
         output = simulate(scenario)
         summary = summarise(output.result, scenario.slo)
+        if scenario.simulation.intervals is not None:
+            from simulator.intervals.rerun import simulate_intervals
+
+            summary["intervals"] = simulate_intervals(scenario, summary)
     except Exception as exc:  # noqa: BLE001 - reported per configuration, see error_result
         return error_result(exc)
     return {
