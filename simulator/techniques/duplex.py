@@ -151,8 +151,9 @@ class Duplex(Technique):
     Params = DuplexParams
     summary = "Op/B placement: decode attention and small-batch MoE experts on a logic-die PIM, the rest on the xPU."
     mechanism = __doc__
-    # Each of these also moves decode attention elsewhere or regroups every layer row.
-    incompatible = ("attention-in-memory", "attention-offload", "sparse-attention", "nanoflow")
+    # Each of these also moves decode attention elsewhere or puts every layer row in an overlap group (where a row
+    # on the PIM would become a lane of its own, concurrent with the xPU's rows, which the policy does not model).
+    incompatible = ("attention-in-memory", "attention-offload", "sparse-attention", "nanoflow", "weight-offload")
     sources = (
         "Yun et al. Duplex: A Device for Large Language Models with Mixture of Experts, Grouped Query Attention, "
         "and Continuous Batching. MICRO 2024 (arXiv 2409.01141): xPU plus Logic-PIM in one device, the processor "
