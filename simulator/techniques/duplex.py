@@ -3,8 +3,8 @@
 Why: in a decode step the MoE experts and the attention are the low-Op/B rows. Decode attention does about
 ``2 h / (h_kv b_kv)`` FLOPs per KV byte (4 for a GQA model with four query heads per KV head at 16 bits), whatever
 the batch; an expert's GEMMs do two FLOPs per weight per token routed to it, ``m`` FLOPs per byte at bf16 for
-``m`` tokens, so the experts' Op/B moves with the batch continuous batching forms each step. A GPU's ridge is a few hundred FLOP/B,
-so both are bound by its memory bandwidth, while PIM in DRAM dies suits only Op/B under one. Duplex (Yun et
+``m`` tokens, so the experts' Op/B moves with the batch continuous batching forms each step. A GPU's ridge is a
+few hundred FLOP/B, so both are bound by its memory bandwidth, while PIM in DRAM dies suits only Op/B under one. Duplex (Yun et
 al., MICRO 2024, arXiv 2409.01141) puts processing units on the logic die of the HBM stacks, fed by extra TSVs
 at a multiple of the external bandwidth ("Logic-PIM", suited to Op/B from a few to a few dozen) and picks the
 processor for each layer by its Op/B.
