@@ -160,7 +160,11 @@ def test_every_shipped_technique_at_once_keeps_the_invariants():
     # the techniques that group every layer row (nanoflow, weight-offload, attention-in-memory), so a sixth stack.
     outliers = [{"name": "npu-outliers", "fraction": 0.05, "processor_tflops": 1.0, "sync_us": 20},
                 *(t for t in techniques if t["name"] != "nanoflow")]
-    stacks = (techniques, with_prefix, offload, lamina, in_memory, outliers)
+    # duplex places decode attention (and MoE experts) by Op/B on a logic-die PIM: refused beside the techniques
+    # that move attention or regroup every row (sparse-attention, nanoflow, weight-offload), so a seventh stack.
+    duplex = [t for t in techniques if t["name"] not in ("sparse-attention", "nanoflow")] + [
+        {"name": "duplex", "tier": "logic-pim"}]
+    stacks = (techniques, with_prefix, offload, lamina, in_memory, outliers, duplex)
     named = {t["name"] for stack in stacks for t in stack}
     assert named == set(TECHNIQUES.names())  # a new technique joins this test
     csd_device = {"base": "a100-80gb-sxm", "memory_tiers": [
@@ -176,6 +180,9 @@ def test_every_shipped_technique_at_once_keeps_the_invariants():
                 base["workload"]["sharing"] = {"pattern": "system-prompt", "shared_tokens": 100, "block_tokens": 32}
             if stack is in_memory:
                 base["deployment"]["device"] = csd_device
+            if stack is duplex:
+                base["deployment"]["device"] = {"base": "a100-80gb-sxm", "memory_tiers": [
+                    {"name": "logic-pim", "kind": "hbm", "internal_bandwidth_gbs": 8000, "compute_tflops": 50}]}
             out = simulate(Scenario.model_validate({**base, "techniques": stack}))
             check_invariants(out)
             assert out.result.token_gaps.num_samples == int((out.table.output - 1).sum())
