@@ -147,7 +147,10 @@ def test_every_shipped_technique_at_once_keeps_the_invariants():
     # Prefix caching cannot share blocks whose KV eviction rewrites: it takes eviction's place in a second stack.
     # weight-offload is refused beside nanoflow (both group every layer row): it replaces nanoflow in a third.
     with_prefix = [{"name": "prefix-caching"}, *(t for t in techniques if t["name"] != "kv-eviction")]
-    offload = [*techniques[:-1], {"name": "weight-offload", "fraction": 0.5}]
+    # decode-kernel prices the decode-attention row on its own placement, which nanoflow's lanes would split off:
+    # it rides in the third stack too.
+    offload = [*techniques[:-1], {"name": "weight-offload", "fraction": 0.5},
+               {"name": "decode-kernel", "kernel": "flash-decoding"}]
     # attention-offload moves the KV cache to its own devices and groups every layer row: it is refused beside
     # sparse-attention (which also places the KV), weight-offload and nanoflow, so it replaces those in a fourth.
     lamina = [t for t in techniques if t["name"] not in ("sparse-attention", "nanoflow")]
