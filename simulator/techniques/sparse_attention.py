@@ -39,8 +39,8 @@ dense floor per sequence (``min(c, B)`` is not linear in the summed context; den
 context, and short contexts gain little because attention is a small share of their step); a speculation
 round's several queries selecting more than one query's pages (the selection is scored once per step); GPU
 caches of recently fetched entries (ShadowKV's temporal-locality cache); PCIe reads and writes sharing one
-direction's bandwidth (charged as one lane, which overstates write-heavy prefills); split-KV kernels for very
-long contexts (Lean Attention).
+direction's bandwidth (charged as one lane, which overstates write-heavy prefills). Split-KV kernels for very
+long contexts (Lean Attention) are the ``decode-kernel`` technique, which composes with this one.
 """
 
 from __future__ import annotations
