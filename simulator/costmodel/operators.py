@@ -143,6 +143,9 @@ class OperatorTable:
     nano_batches: int = 1
     #: With nano-batches: each pass runs split or whole, whichever is cheaper (NanoFlow tunes the split per batch).
     nano_adaptive: bool = False
+    #: The model's sliding window as prefill attention sees it (its prefill features count the pairs and KV a
+    #: windowed layer attends, :class:`~simulator.costmodel.features.PrefillWindow`); None: full attention.
+    prefill_window: F.PrefillWindow | None = None
 
     def with_ops(self, **changes) -> OperatorTable:
         """A copy with some fields replaced (techniques transform tables this way)."""
@@ -368,6 +371,8 @@ def build_operator_table(
         layer_comms=layer_comms,
         iteration_comms=iteration_comms,
         attention=geometry,
+        prefill_window=None if model.sliding_window is None else F.PrefillWindow(
+            int(model.sliding_window), 1.0 - model.windowed_layer_fraction),
     )
 
 
