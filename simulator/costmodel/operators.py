@@ -77,6 +77,12 @@ class Operator:
     # Fraction of each sequence's context a decode-attention row attends (sparse attention reads a selected
     # share): its coefficients already count only that share; a kernel curve is priced at the attended context.
     attended: float = 1.0
+    # A per-sequence token budget (sparse attention with ``budget_tokens``): in ``budget_share`` of the layers the
+    # row reads at most ``budget_tokens`` of each sequence's context, so its context coefficients (which count the
+    # whole context) apply to ``C - budget_share * max(0, C - b * budget_tokens)`` for ``b`` sequences of summed
+    # context ``C`` (``pricers.BudgetedPricer``); 0: no budget.
+    budget_tokens: float = 0.0
+    budget_share: float = 0.0
 
 
 @dataclass(frozen=True)
