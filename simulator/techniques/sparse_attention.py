@@ -34,9 +34,13 @@ scaled by ``density``; estimating the pattern adds a ``kv_select`` row in which 
 ``estimate_queries`` queries of each chunk score every key it attends (``2 * h * d_h * estimate_queries``
 FLOPs and ``h_kv * d_h * b_kv`` bytes per KV token read).
 
-Not modelled: accuracy (density is an input, chosen from the paper's accuracy results); a token budget or a
-dense floor per sequence (``min(c, B)`` is not linear in the summed context; density applies at every
-context, and short contexts gain little because attention is a small share of their step); a speculation
+Token budget (``budget_tokens: B`` instead of ``density``): a sparse layer reads ``min(c, B)`` of each sequence's
+context, so a context within the budget is read whole. The rows of selected tokens keep coefficients over the
+whole context and carry the budget; the pricer registry wraps their pricers (``pricers.BudgetedPricer``) to
+price them at ``C - s max(0, C - b B)`` -- each of the batch's ``b`` sequences at the mean context, exact for one
+sequence or a batch wholly above or below ``B``, an over-read otherwise. Runs with a budget are priced per step.
+
+Not modelled: accuracy (density is an input, chosen from the paper's accuracy results); a speculation
 round's several queries selecting more than one query's pages (the selection is scored once per step); GPU
 caches of recently fetched entries (ShadowKV's temporal-locality cache); PCIe reads and writes sharing one
 direction's bandwidth (charged as one lane, which overstates write-heavy prefills). Split-KV kernels for very
