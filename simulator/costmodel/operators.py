@@ -182,8 +182,12 @@ def build_operator_table(
     tp_link: Link,
     pp_link: Link,
     act_dtype: str = "bf16",
+    expert_bytes_per_weight: float | None = None,
 ) -> OperatorTable:
     """Operators of ``model`` sharded ``tp``-way per layer and ``pp``-way across layers.
+
+    ``expert_bytes_per_weight`` prices the MoE experts' weights when the model releases them in a
+    format of their own (gpt-oss: MXFP4); None: ``weight_bytes`` like every other weight.
 
     GEMM rows carry their GEMMs as vLLM launches them: fused QKV, output projection,
     fused gate+up (when gated) and down projection, MoE router and per-expert MLP,
@@ -256,11 +260,14 @@ def build_operator_table(
             bytes=_vec(one=d * E * bw, **_per_token(d * ba)),
             gemms=((float(E), float(d), 1.0),),
         )
+        # Routed experts in a format of their own (gpt-oss: MXFP4); shared experts and dense layers keep ``bw``.
+        per_expert = expert_weight_bytes if expert_bytes_per_weight is None else (
+            mlp_mats * d * (f / t) * expert_bytes_per_weight)
         experts = Operator(
             "moe_experts",
             "gemm",
             flops=_vec(**_per_token(k * 2.0 * mlp_mats * d * f / t)),
-            bytes=_vec(experts_hit=expert_weight_bytes, **_per_token(k * mlp_act_bytes)),
+            bytes=_vec(experts_hit=per_expert, **_per_token(k * mlp_act_bytes)),
             launches=2.0 * mlp_mats,
             gemms=mlp_gemms,
         )
