@@ -164,3 +164,21 @@ def test_runs_under_every_scheduler(scheduler):
         }
     )
     check_invariants(simulate(sc))
+
+
+def test_example_scenario_non_split_kernel_slows_decode_and_lean_matches_the_default():
+    """scenarios/examples/decode_kernels.yaml with fewer requests: one or two long sequences decode at a time,
+    so the kernel without split-KV stretches every decode gap, and Lean's stream-K stays within 10 % of the
+    calibrated split-KV curve."""
+    from simulator.config.loader import load_scenarios
+
+    med = {}
+    for sc in load_scenarios("scenarios/examples/decode_kernels.yaml", ["simulation.num_requests=20"]):
+        out = simulate(sc)
+        check_invariants(out)
+        r = out.result.requests
+        med[sc.name] = ((r["finish_s"] - r["first_token_s"]) / (r["output_tokens"] - 1)).median()
+    assert set(med) == {"default", "flash-attention-2", "flash-decoding", "lean"}
+    assert med["flash-attention-2"] > 2.5 * med["lean"]
+    assert med["lean"] == pytest.approx(med["default"], rel=0.1)
+    assert med["lean"] <= med["flash-decoding"] < 1.2 * med["lean"]

@@ -157,7 +157,7 @@ def test_every_shipped_technique_at_once_keeps_the_invariants():
     lamina.append({"name": "attention-offload", "count": 1, "link": {"gbs": 25}})
     # attention-in-memory moves the KV as sparse-attention does and is refused beside it and nanoflow: a fifth
     # stack, on a device with a tier that computes.
-    in_memory = [t for t in offload if t["name"] != "sparse-attention"] + [
+    in_memory = [t for t in offload if t["name"] not in ("sparse-attention", "decode-kernel")] + [
         {"name": "attention-in-memory", "tier": "csd", "kv_gib": 64}]
     stacks = (techniques, with_prefix, offload, lamina, in_memory)
     named = {t["name"] for stack in stacks for t in stack}
