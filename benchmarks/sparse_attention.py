@@ -1,7 +1,7 @@
 """Sparse attention, derived from the cost model (not a timed test): the tables of docs/techniques/sparse-attention.md.
 
     PYTHONPATH=. python benchmarks/sparse_attention.py            # all four
-    PYTHONPATH=. python benchmarks/sparse_attention.py --only context quest shadowkv minference
+    PYTHONPATH=. python benchmarks/sparse_attention.py --only context quest shadowkv minference budget
 
 1. *context*: decode-step speed-up of Quest-style selection (density 1/16, pages of 16) against the context,
    Llama-3.1-8B on an H100, batch 1 and 16; and host-resident KV (the same selection, K and V on the host)
@@ -13,6 +13,8 @@
    budget 1.56 %, at the batch host memory allows.
 4. *minference*: prefill of a 1M-token prompt on an A100-80GB, Llama-3.1-8B, dense and sparse at several
    densities.
+5. *budget*: decode-step speed-up of Quest-style selection with a 2,048-token budget per sequence against the
+   context, Llama-3.1-8B on an H100, batch 1 and 16.
 
 Every figure is the cost model's (datasheet roofline, or the device's calibrated profile where it has one);
 none is fitted to a paper.
@@ -110,7 +112,19 @@ def minference_table() -> None:
         print(f"{rho:>8.2f} {t / 60:>8.2f} {dense / t:>9.2f}")
 
 
-TABLES = {"context": context_table, "quest": quest_table, "shadowkv": shadowkv_table, "minference": minference_table}
+def budget_table() -> None:
+    dense = _system("llama-3.1-8b", "h100-sxm")
+    quest = _system("llama-3.1-8b", "h100-sxm", [{**QUEST, "budget_tokens": 2048}])
+    print("decode step speed-up, Quest with a 2,048-token budget per sequence (pages of 16): llama-3.1-8b on h100-sxm")
+    print(f"{'context':>8} {'batch 1':>8} {'batch 16':>9}")
+    for ctx in (1024, 2048, 8192, 32768, 131072):
+        s1 = _decode(dense, 1, ctx) / _decode(quest, 1, ctx)
+        s16 = _decode(dense, 16, ctx) / _decode(quest, 16, ctx)
+        print(f"{ctx:>8} {s1:>8.2f} {s16:>9.2f}")
+
+
+TABLES = {"context": context_table, "quest": quest_table, "shadowkv": shadowkv_table, "minference": minference_table,
+          "budget": budget_table}
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -58,6 +58,9 @@ def weights_per_gpu(model: ModelSpec, tp: int, pp: int, bytes_per_weight: float)
     so the worst stage holds one ``V x d`` matrix (both when they are tied).
     """
     body, emb = _weight_params_per_gpu(model, tp, pp)
+    if model.expert_weight_dtype is not None:  # experts in their own format (gpt-oss: MXFP4)
+        return (body + emb) * bytes_per_weight + _expert_params_per_gpu(model, tp, pp) * (
+            _expert_bytes(model) - bytes_per_weight)
     return (body + emb) * bytes_per_weight
 
 
@@ -67,7 +70,22 @@ def layer_weights_per_gpu(model: ModelSpec, tp: int, pp: int, bytes_per_weight: 
     What an offload of the layers' weights moves out of device memory (the embedding and LM head stay).
     """
     body, _ = _weight_params_per_gpu(model, tp, pp)
+    if model.expert_weight_dtype is not None:
+        return body * bytes_per_weight + _expert_params_per_gpu(model, tp, pp) * (_expert_bytes(model) - bytes_per_weight)
     return body * bytes_per_weight
+
+
+def _expert_bytes(model: ModelSpec) -> float:
+    from simulator.costmodel.precision import bytes_per_element
+
+    return bytes_per_element(model.expert_weight_dtype, field="model.expert_weight_dtype")
+
+
+def _expert_params_per_gpu(model: ModelSpec, tp: int, pp: int) -> float:
+    """Routed-expert parameters on the most loaded GPU (the blocks of :func:`_weight_params_per_gpu`, whose last
+    stage holds MoE layers only when the model has that many)."""
+    layers = model.moe_layers if pp == 1 else min(-(-model.num_layers // pp), model.moe_layers)
+    return layers * model.num_experts * model.mlp_params_per_expert / tp
 
 
 def _weight_params_per_gpu(model: ModelSpec, tp: int, pp: int) -> tuple[float, float]:

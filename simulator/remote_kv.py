@@ -130,9 +130,14 @@ class ContextLoader:
 def lone_prefill_price(cost) -> Callable[[int, int], float]:
     """Seconds of an iteration that prefills ``tokens`` new tokens after ``cached`` ones, alone."""
 
+    window = getattr(cost, "prefill_window", None)
+
     def price(tokens: int, cached: int) -> float:
         if tokens <= 0:
             return 0.0
+        if window is not None:  # a sliding-window model
+            return cost.iteration_from_totals(
+                tokens, 1, window.work(tokens, cached), window.kv_read(tokens, cached), 0, 0).time_s
         return cost.iteration_from_totals(
             tokens, 1, prefill_attention_work(tokens, cached), prefill_kv_read(tokens, cached), 0, 0
         ).time_s

@@ -18,7 +18,7 @@ from collections.abc import Callable
 import numpy as np
 import simpy
 
-from simulator.costmodel.features import prefill_attention_work, prefill_kv_read
+from simulator.costmodel.features import PrefillWindow, prefill_attention_work, prefill_kv_read
 from simulator.costmodel.iteration import DecodeRun, IterationCostModel
 from simulator.kvcache import BlockManager, Retention
 from simulator.recorder import Recorder
@@ -286,7 +286,7 @@ class Replica:
             ctx = int(np.add.reduce(kv)) + n_dec
         else:
             ctx = round(float(self.kv.retained(ids, t.kv_tokens[ids] + 1).sum()))
-        ptok, logits, work, kv_read = _prefill_totals(plan.prefill)
+        ptok, logits, work, kv_read = _prefill_totals(plan.prefill, self.cost.prefill_window)
         if step is None:
             cost = self.cost.iteration_from_totals(ptok, logits + n_dec, work, kv_read, n_dec, ctx)
         else:
@@ -612,8 +612,11 @@ class Replica:
             self.on_finish(finished, now)
 
 
-def _prefill_totals(prefill) -> tuple[int, int, float, int]:
-    """(tokens, sequences producing logits, causal attention work, KV tokens read) of an iteration's chunks."""
+def _prefill_totals(prefill, window: PrefillWindow | None = None) -> tuple[int, int, float, int]:
+    """(tokens, sequences producing logits, causal attention work, KV tokens read) of an iteration's chunks
+    (with a sliding-window model's ``window``: the layer-averaged pairs and KV its layers attend)."""
+    if window is not None:
+        return _windowed_prefill_totals(prefill, window)
     ptok = logits = kv_read = 0
     work = 0.0
     for c in prefill:
@@ -621,6 +624,19 @@ def _prefill_totals(prefill) -> tuple[int, int, float, int]:
         ptok += q
         kv_read += prefill_kv_read(q, c.cached)
         work += prefill_attention_work(q, c.cached)
+        logits += c.completes
+    return ptok, logits, work, kv_read
+
+
+def _windowed_prefill_totals(prefill, window: PrefillWindow) -> tuple[int, int, float, float]:
+    """:func:`_prefill_totals` of a sliding-window model (kept apart so the full-attention loop stays as it was)."""
+    ptok = logits = 0
+    work = kv_read = 0.0
+    for c in prefill:
+        q = c.cost_tokens
+        ptok += q
+        kv_read += window.kv_read(q, c.cached)
+        work += window.work(q, c.cached)
         logits += c.completes
     return ptok, logits, work, kv_read
 

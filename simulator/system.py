@@ -196,6 +196,8 @@ def table_for(model: ModelSpec, device: DeviceSpec, dep: DeploymentConfig, *, tp
         kv_bytes=bytes_per_element(dep.kv_dtype, field="deployment.kv_dtype"),
         act_bytes=bytes_per_element(dep.activation_dtype, field="deployment.activation_dtype"),
         tp_link=tp_link, pp_link=pp_link, act_dtype=dep.activation_dtype,
+        expert_bytes_per_weight=None if model.expert_weight_dtype is None else bytes_per_element(
+            model.expert_weight_dtype, field="model.expert_weight_dtype"),
     )
 
 

@@ -64,6 +64,7 @@ def workload_features(
     kv_tokens: int,
     num_experts: int = 1,
     experts_per_token: int = 1,
+    window: F.PrefillWindow | None = None,
 ) -> np.ndarray:
     """Summed batch features of serving every request once (see the module docstring)."""
     P = np.asarray(prompt, dtype=np.float64)
@@ -72,8 +73,13 @@ def workload_features(
     if not len(P):
         return x
     x[F.PREFILL_TOKENS] = P.sum()
-    x[F.PREFILL_ATTN_WORK] = (P * P / 2.0).sum()
-    x[F.PREFILL_KV_READ] = P.sum()
+    if window is None:
+        x[F.PREFILL_ATTN_WORK] = (P * P / 2.0).sum()
+        x[F.PREFILL_KV_READ] = P.sum()
+    else:  # a sliding-window model's layers attend fewer pairs
+        work, kv_read = window.whole_prompts(P)
+        x[F.PREFILL_ATTN_WORK] = work.sum()
+        x[F.PREFILL_KV_READ] = kv_read.sum()
     x[F.DECODE_SEQS] = (Q - 1.0).sum()
     x[F.LOGIT_SEQS] = Q.sum()
     x[F.DECODE_CONTEXT] = ((Q - 1.0) * P + (Q - 1.0) * Q / 2.0).sum()
@@ -98,6 +104,7 @@ def throughput_bound(
         kv_tokens_per_engine,
         table.num_experts,
         table.experts_per_token,
+        table.prefill_window,
     )
     L = float(table.num_layers)
     flops = L * sum(float(op.flops @ x) for op in table.layer_ops) + sum(

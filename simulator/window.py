@@ -7,9 +7,9 @@ those (Mistral-7B-v0.1: every layer, 4,096 tokens; gpt-oss: every other layer, 1
 :class:`simulator.kvcache.Retention` (cap ``W``, exempt fraction ``f``), so the block manager, the decode runs
 and the attended context need nothing new. Unlike an eviction technique the cap applies from the first token.
 
-Not modelled: prefill attention is priced over the whole causal context on windowed layers too (an
-overestimate for prompts longer than the window); a model's learned attention sinks (gpt-oss) add no KV and
-a negligible amount of work.
+Prefill attention on windowed layers covers ``min(p, W)`` keys per query and reads the window's KV: the cost
+model's prefill features do that (:class:`simulator.costmodel.features.PrefillWindow`, on the operator table).
+Not modelled: a model's learned attention sinks (gpt-oss) add no KV and a negligible amount of work.
 """
 
 from __future__ import annotations

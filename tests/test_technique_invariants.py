@@ -147,14 +147,17 @@ def test_every_shipped_technique_at_once_keeps_the_invariants():
     # Prefix caching cannot share blocks whose KV eviction rewrites: it takes eviction's place in a second stack.
     # weight-offload is refused beside nanoflow (both group every layer row): it replaces nanoflow in a third.
     with_prefix = [{"name": "prefix-caching"}, *(t for t in techniques if t["name"] != "kv-eviction")]
-    offload = [*techniques[:-1], {"name": "weight-offload", "fraction": 0.5}]
+    # decode-kernel prices the decode-attention row on its own placement, which nanoflow's lanes would split off:
+    # it rides in the third stack too.
+    offload = [*techniques[:-1], {"name": "weight-offload", "fraction": 0.5},
+               {"name": "decode-kernel", "kernel": "flash-decoding"}]
     # attention-offload moves the KV cache to its own devices and groups every layer row: it is refused beside
     # sparse-attention (which also places the KV), weight-offload and nanoflow, so it replaces those in a fourth.
     lamina = [t for t in techniques if t["name"] not in ("sparse-attention", "nanoflow")]
     lamina.append({"name": "attention-offload", "count": 1, "link": {"gbs": 25}})
     # attention-in-memory moves the KV as sparse-attention does and is refused beside it and nanoflow: a fifth
     # stack, on a device with a tier that computes.
-    in_memory = [t for t in offload if t["name"] != "sparse-attention"] + [
+    in_memory = [t for t in offload if t["name"] not in ("sparse-attention", "decode-kernel")] + [
         {"name": "attention-in-memory", "tier": "csd", "kv_gib": 64}]
     # npu-outliers pairs each GEMM with a row on a side processor in an overlap group of its own: refused beside
     # the techniques that group every layer row (nanoflow, weight-offload, attention-in-memory), so a sixth stack.

@@ -52,6 +52,49 @@ def prefill_kv_read(new_tokens: int, cached_tokens: int) -> int:
     return cached_tokens + new_tokens
 
 
+@dataclass(frozen=True)
+class PrefillWindow:
+    """Prefill attention of a model whose ``1 - full`` share of layers attends a sliding window of ``window`` tokens.
+
+    Why here: the prefill features are per-layer averages of the causal pairs and KV tokens a chunk's attention
+    covers, so a windowed model only changes how a chunk's ``(q, c)`` becomes those two numbers. A query at
+    position ``p`` of a windowed layer attends ``min(p, W)`` keys (the continuous form the full-layer count
+    ``q (c + q/2)`` already uses), so a chunk covers ``int_c^{c+q} min(x, W) dx`` pairs: the full count while
+    ``c + q <= W``, ``q W`` once ``c >= W``. It reads the ``min(c, W)`` cached keys the rolling buffer keeps
+    plus its own ``q``. Full layers keep the plain counts; the features are the layer-weighted mean, so one
+    coefficient per row still prices every layer.
+    """
+
+    window: int
+    full: float  # share of layers with full attention
+
+    def pairs(self, q: float, c: float) -> float:
+        """Causal query-key pairs of one chunk in a windowed layer."""
+        w = self.window
+        if c + q <= w:
+            return prefill_attention_work(q, c)
+        if c >= w:
+            return q * w
+        return (w * w - c * c) / 2.0 + (c + q - w) * w
+
+    def work(self, q: float, c: float) -> float:
+        """Pairs of one chunk averaged over the layers (the ``prefill_attn_work`` feature)."""
+        f = self.full
+        return f * prefill_attention_work(q, c) + (1.0 - f) * self.pairs(q, c)
+
+    def kv_read(self, q: float, c: float) -> float:
+        """KV tokens one chunk reads averaged over the layers (the ``prefill_kv_read`` feature)."""
+        f = self.full
+        return f * (c + q) + (1.0 - f) * (min(c, self.window) + q)
+
+    def whole_prompts(self, prompt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(work, KV read) of prefilling each prompt of ``prompt`` in one chunk with nothing cached."""
+        P = np.asarray(prompt, dtype=np.float64)
+        w = float(self.window)
+        windowed = np.where(P <= w, P * P / 2.0, w * w / 2.0 + (P - w) * w)
+        return self.full * P * P / 2.0 + (1.0 - self.full) * windowed, P
+
+
 def expected_experts_hit(tokens, num_experts: int, top_k: int):
     """Expected distinct experts hit by ``tokens`` tokens with uniform top-k routing.
 
@@ -85,14 +128,18 @@ class BatchShape:
     def tokens(self) -> int:
         return self.prefill_tokens + self.decode_seqs
 
-    def features(self, num_experts: int = 1, top_k: int = 1) -> np.ndarray:
+    def features(self, num_experts: int = 1, top_k: int = 1, window: PrefillWindow | None = None) -> np.ndarray:
         x = np.zeros(NUM_FEATURES)
         x[ONE] = 1.0
         x[PREFILL_TOKENS] = self.prefill_tokens
         x[DECODE_SEQS] = self.decode_seqs
         x[LOGIT_SEQS] = self.decode_seqs + sum(1 for _, _, done in self.prefill_chunks if done)
-        x[PREFILL_ATTN_WORK] = sum(prefill_attention_work(q, c) for q, c, _ in self.prefill_chunks)
-        x[PREFILL_KV_READ] = sum(prefill_kv_read(q, c) for q, c, _ in self.prefill_chunks)
+        if window is None:
+            x[PREFILL_ATTN_WORK] = sum(prefill_attention_work(q, c) for q, c, _ in self.prefill_chunks)
+            x[PREFILL_KV_READ] = sum(prefill_kv_read(q, c) for q, c, _ in self.prefill_chunks)
+        else:
+            x[PREFILL_ATTN_WORK] = sum(window.work(q, c) for q, c, _ in self.prefill_chunks)
+            x[PREFILL_KV_READ] = sum(window.kv_read(q, c) for q, c, _ in self.prefill_chunks)
         x[DECODE_CONTEXT] = self.decode_context
         x[EXPERTS_HIT] = expected_experts_hit(self.tokens, num_experts, top_k)
         return x

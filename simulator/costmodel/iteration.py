@@ -319,6 +319,8 @@ class IterationCostModel:
         self._decode_cache: dict[int | tuple[int, int], DecodeCoefficients] = {}
         self._E = table.num_experts
         self._k = table.experts_per_token
+        # A sliding-window model: the prefill features a chunk contributes (simulator/window.py); None: full causal.
+        self.prefill_window = table.prefill_window
         # Tokens each decode sequence feeds the model per step: 1, or K + 1 when a speculation technique
         # verifies K drafted tokens (its table is scaled to match); only the MoE expert count reads it.
         self.decode_tokens_per_seq = 1
@@ -329,7 +331,7 @@ class IterationCostModel:
 
     # ----------------------------------------------------------------- single
     def features(self, shape: BatchShape) -> np.ndarray:
-        return shape.features(self._E, self._k)
+        return shape.features(self._E, self._k, self.prefill_window)
 
     def _overhead(self, x: np.ndarray):
         """Serving-engine overhead of the iteration(s) with features ``x`` (one row, or shapes x features)."""
@@ -437,7 +439,11 @@ class IterationCostModel:
         scalar path must do it: datasheet pricing is cheap already).
         """
         lengths = [int(v) for v in np.unique(np.asarray(prompt_lengths)) if v > 0]
-        keys = [(q, 1, F.prefill_attention_work(q, 0), F.prefill_kv_read(q, 0), 0, 0) for q in lengths]
+        win = self.prefill_window
+        if win is None:
+            keys = [(q, 1, F.prefill_attention_work(q, 0), F.prefill_kv_read(q, 0), 0, 0) for q in lengths]
+        else:
+            keys = [(q, 1, win.work(q, 0), win.kv_read(q, 0), 0, 0) for q in lengths]
         keys = [k for k in keys if k not in self._cache]
         if not keys:
             return 0

@@ -77,6 +77,12 @@ class Operator:
     # Fraction of each sequence's context a decode-attention row attends (sparse attention reads a selected
     # share): its coefficients already count only that share; a kernel curve is priced at the attended context.
     attended: float = 1.0
+    # A per-sequence token budget (sparse attention with ``budget_tokens``): in ``budget_share`` of the layers the
+    # row reads at most ``budget_tokens`` of each sequence's context, so its context coefficients (which count the
+    # whole context) apply to ``C - budget_share * max(0, C - b * budget_tokens)`` for ``b`` sequences of summed
+    # context ``C`` (``pricers.BudgetedPricer``); 0: no budget.
+    budget_tokens: float = 0.0
+    budget_share: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -143,6 +149,9 @@ class OperatorTable:
     nano_batches: int = 1
     #: With nano-batches: each pass runs split or whole, whichever is cheaper (NanoFlow tunes the split per batch).
     nano_adaptive: bool = False
+    #: The model's sliding window as prefill attention sees it (its prefill features count the pairs and KV a
+    #: windowed layer attends, :class:`~simulator.costmodel.features.PrefillWindow`); None: full attention.
+    prefill_window: F.PrefillWindow | None = None
 
     def with_ops(self, **changes) -> OperatorTable:
         """A copy with some fields replaced (techniques transform tables this way)."""
@@ -173,8 +182,12 @@ def build_operator_table(
     tp_link: Link,
     pp_link: Link,
     act_dtype: str = "bf16",
+    expert_bytes_per_weight: float | None = None,
 ) -> OperatorTable:
     """Operators of ``model`` sharded ``tp``-way per layer and ``pp``-way across layers.
+
+    ``expert_bytes_per_weight`` prices the MoE experts' weights when the model releases them in a
+    format of their own (gpt-oss: MXFP4); None: ``weight_bytes`` like every other weight.
 
     GEMM rows carry their GEMMs as vLLM launches them: fused QKV, output projection,
     fused gate+up (when gated) and down projection, MoE router and per-expert MLP,
@@ -247,11 +260,14 @@ def build_operator_table(
             bytes=_vec(one=d * E * bw, **_per_token(d * ba)),
             gemms=((float(E), float(d), 1.0),),
         )
+        # Routed experts in a format of their own (gpt-oss: MXFP4); shared experts and dense layers keep ``bw``.
+        per_expert = expert_weight_bytes if expert_bytes_per_weight is None else (
+            mlp_mats * d * (f / t) * expert_bytes_per_weight)
         experts = Operator(
             "moe_experts",
             "gemm",
             flops=_vec(**_per_token(k * 2.0 * mlp_mats * d * f / t)),
-            bytes=_vec(experts_hit=expert_weight_bytes, **_per_token(k * mlp_act_bytes)),
+            bytes=_vec(experts_hit=per_expert, **_per_token(k * mlp_act_bytes)),
             launches=2.0 * mlp_mats,
             gemms=mlp_gemms,
         )
@@ -368,6 +384,8 @@ def build_operator_table(
         layer_comms=layer_comms,
         iteration_comms=iteration_comms,
         attention=geometry,
+        prefill_window=None if model.sliding_window is None else F.PrefillWindow(
+            int(model.sliding_window), 1.0 - model.windowed_layer_fraction),
     )
 
 

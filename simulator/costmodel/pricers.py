@@ -35,6 +35,7 @@ from simulator.costmodel.operators import AttentionGeometry, Operator
 
 __all__ = [
     "IN_MEMORY",
+    "BudgetedPricer",
     "PRICERS",
     "DecodeLine",
     "Priced",
@@ -95,6 +96,11 @@ class RowPricer(ABC):
     def split_regime(self, seqs: float, context: float) -> int:
         """The kernel's split count where it depends on the context (decode runs are cut there), else 0."""
         return 0
+
+    def work(self, x: Sequence[float], flops: float, nbytes: float) -> tuple[float, float]:
+        """The (FLOPs, bytes) the row really does at ``x``, for breakdowns: its coefficients' unless the pricer
+        prices less work than they count (a per-sequence token budget)."""
+        return flops, nbytes
 
 
 class RooflinePricer(RowPricer):
@@ -266,6 +272,48 @@ class LinkPricer(RowPricer):
                           layers * nbytes * self.inv_bw)
 
 
+class BudgetedPricer(RowPricer):
+    """A row that reads at most ``budget_tokens`` of each sequence's context in ``budget_share`` of the layers,
+    priced by its own pricer at the context it attends.
+
+    Why a wrapper: ``min(c_i, B)`` summed over a batch is not a function of the summed context ``C`` the
+    features carry, so the row's coefficients (which count every context token) are applied to the mean-field
+    attended context ``C - s max(0, C - b B)``: each of the ``b`` sequences taken at the batch's mean context.
+    That is exact for one sequence and for batches whose contexts are all above or all below ``B``, and
+    otherwise reads more than the sequences would (``min`` is concave), never less. The wrapped pricer (roofline,
+    calibrated curve, link) prices the row at that context. A run of decode steps is priced step by step (no
+    lines): the budget's kink and the wrapped row's own regimes need not line up.
+    """
+
+    reads_context = True
+
+    def __init__(self, inner: RowPricer, op: Operator):
+        self.inner = inner
+        self.source = f"{inner.source}, {op.budget_tokens:g}-token budget"
+        self.budget = float(op.budget_tokens)
+        self.share = float(op.budget_share)
+        self.flops_per_context = float(op.flops[F.DECODE_CONTEXT])
+        self.bytes_per_context = float(op.bytes[F.DECODE_CONTEXT])
+
+    def attended(self, seqs: float, context: float) -> float:
+        """The summed context the row reads (see the class doc)."""
+        over = context - seqs * self.budget
+        return context - self.share * over if over > 0.0 else context
+
+    def price(self, x: Sequence[float], flops: float, nbytes: float) -> Priced:
+        c = x[F.DECODE_CONTEXT]
+        cut = c - self.attended(x[F.DECODE_SEQS], c)
+        if cut <= 0.0:
+            return self.inner.price(x, flops, nbytes)
+        x2 = list(x)
+        x2[F.DECODE_CONTEXT] = c - cut
+        return self.inner.price(x2, flops - self.flops_per_context * cut, nbytes - self.bytes_per_context * cut)
+
+    def work(self, x: Sequence[float], flops: float, nbytes: float) -> tuple[float, float]:
+        cut = x[F.DECODE_CONTEXT] - self.attended(x[F.DECODE_SEQS], x[F.DECODE_CONTEXT])
+        return flops - self.flops_per_context * cut, nbytes - self.bytes_per_context * cut
+
+
 # ------------------------------------------------------------------------ context and registry
 
 
@@ -380,6 +428,8 @@ class PricerRegistry:
                 factory = self._factories.get((op.op_class, kind))
             elif any(proc.name == op.placement for proc in context.processors):  # a tier that computes
                 factory = self._factories.get((op.op_class, IN_MEMORY))
+        if factory is not None and op.budget_tokens:
+            return BudgetedPricer(factory(op, context), op)
         if factory is None:
             raise CapsimError(
                 f"no pricer for operator {op.name!r} of class {op.op_class!r} placed on {op.placement!r} "

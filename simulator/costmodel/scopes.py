@@ -103,6 +103,7 @@ class Scope(ABC):
             if f == 0.0 and b == 0.0:
                 continue
             p = pricer.price(xl, f, b)
+            f, b = pricer.work(xl, f, b)
             out.append(OperatorBreakdown(
                 op.name, op.op_class, scope, mult * f, mult * b, mult * p.time_s,
                 "compute" if p.compute_s >= p.memory_s else "memory", pricer.source,

@@ -150,6 +150,13 @@ class ModelSpec(BaseModel):
         description="How many layers use the window (gpt-oss alternates windowed and full layers: half); "
         "None = every layer, when sliding_window is set.",
     )
+    # -- per-component weight formats (gpt-oss: MXFP4 experts, bf16 elsewhere) ------------------------
+    expert_weight_dtype: str | None = Field(
+        default=None,
+        description="Weight format the MoE experts are released in when it differs from the rest (gpt-oss: "
+        "mxfp4, with attention, router, embeddings and LM head in deployment.weight_dtype); None = the "
+        "deployment's weight_dtype for every weight.",
+    )
     published_params_b: float | None = Field(
         default=None,
         gt=0,
@@ -226,6 +233,15 @@ class ModelSpec(BaseModel):
                                  f"({self.num_layers})")
         if self.sliding_window is not None and self.kv_lora_rank:
             raise ValueError("sliding windows with multi-head latent attention are not modelled")
+        if self.expert_weight_dtype is not None:
+            from simulator.costmodel.precision import BYTES_PER_ELEMENT
+
+            if not self.is_moe:
+                raise ValueError("expert_weight_dtype describes a mixture-of-experts model: set num_experts > 1, "
+                                 "or leave it out")
+            if self.expert_weight_dtype not in BYTES_PER_ELEMENT:
+                raise ValueError(f"expert_weight_dtype {self.expert_weight_dtype!r} is not a known format (one of "
+                                 f"{', '.join(BYTES_PER_ELEMENT)})")
         return self
 
     @property

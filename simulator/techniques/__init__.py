@@ -8,6 +8,7 @@ import line below.
 from simulator.techniques import (  # noqa: F401
     attention_in_memory,
     attention_offload,
+    decode_kernel,
     duplex,
     kv_eviction,
     kv_quantization,

@@ -34,13 +34,17 @@ scaled by ``density``; estimating the pattern adds a ``kv_select`` row in which 
 ``estimate_queries`` queries of each chunk score every key it attends (``2 * h * d_h * estimate_queries``
 FLOPs and ``h_kv * d_h * b_kv`` bytes per KV token read).
 
-Not modelled: accuracy (density is an input, chosen from the paper's accuracy results); a token budget or a
-dense floor per sequence (``min(c, B)`` is not linear in the summed context; density applies at every
-context, and short contexts gain little because attention is a small share of their step); a speculation
+Token budget (``budget_tokens: B`` instead of ``density``): a sparse layer reads ``min(c, B)`` of each sequence's
+context, so a context within the budget is read whole. The rows of selected tokens keep coefficients over the
+whole context and carry the budget; the pricer registry wraps their pricers (``pricers.BudgetedPricer``) to
+price them at ``C - s max(0, C - b B)`` -- each of the batch's ``b`` sequences at the mean context, exact for one
+sequence or a batch wholly above or below ``B``, an over-read otherwise. Runs with a budget are priced per step.
+
+Not modelled: accuracy (density is an input, chosen from the paper's accuracy results); a speculation
 round's several queries selecting more than one query's pages (the selection is scored once per step); GPU
 caches of recently fetched entries (ShadowKV's temporal-locality cache); PCIe reads and writes sharing one
-direction's bandwidth (charged as one lane, which overstates write-heavy prefills); split-KV kernels for very
-long contexts (Lean Attention).
+direction's bandwidth (charged as one lane, which overstates write-heavy prefills). Split-KV kernels for very
+long contexts (Lean Attention) are the ``decode-kernel`` technique, which composes with this one.
 """
 
 from __future__ import annotations
@@ -81,9 +85,14 @@ def _geometry(table: OperatorTable, where: str) -> AttentionGeometry:
 class SparseAttentionParams(TechniqueParams):
     """Parameters of decode-time sparse attention (units in each description)."""
 
-    density: float = Field(
-        gt=0, le=1, description="Fraction of each sequence's context KV a decode step reads in a sparse layer "
-        "(a token budget B at context c is density B / c)."
+    density: float | None = Field(
+        None, gt=0, le=1, description="Fraction of each sequence's context KV a decode step reads in a sparse layer "
+        "(set this or budget_tokens)."
+    )
+    budget_tokens: OptionalCount = Field(
+        None, ge=1, description="Tokens of each sequence's context a decode step reads in a sparse layer: min(c, B) "
+        "at context c, so a context shorter than the budget is read densely (Quest's token budget; set this or "
+        "density)."
     )
     page_size: Count = Field(16, ge=1, description="Tokens per page the selector summarises and selects "
                              "(Quest: a KV-cache page; 1 selects single tokens).")
@@ -121,6 +130,9 @@ class SparseAttentionParams(TechniqueParams):
 
     @model_validator(mode="after")
     def _consistent(self):
+        if (self.density is None) == (self.budget_tokens is None):
+            raise ValueError("set exactly one of density (a share of every context) and budget_tokens (at most B "
+                             "tokens of each sequence's context)")
         host = self.kv_location != "hbm"
         if host and self.host_kv_gib is None:
             raise ValueError(f"kv_location {self.kv_location!r} needs host_kv_gib (memory of that tier for KV per "
@@ -166,7 +178,10 @@ class SparseAttention(Technique):
         return self.params.dense_layers / layers
 
     def effective_density(self, layers: int) -> float:
-        """Mean fraction of the context KV a step reads per layer: dense layers read all of it."""
+        """Mean fraction of the context KV a step reads per layer: dense layers read all of it. With a token
+        budget the rows count the whole context (1) and the budget applies per sequence at pricing time."""
+        if self.params.density is None:
+            return 1.0
         dense = self._dense_share(layers)
         return dense + (1.0 - dense) * self.params.density
 
@@ -193,6 +208,13 @@ class SparseAttention(Technique):
         ops: list[Operator] = []
         for op in table.layer_ops:
             if op.op_class == "attention_decode":
+                if p.budget_tokens is not None:  # rows of selected tokens count the whole context, capped per sequence
+                    op = replace(op, overlap=group)
+                    ops.append(self._budgeted(op, sparse_share))
+                    ops.extend(r if r.op_class == "kv_select" and r.name == "kv_select" else
+                               self._budgeted(r, sparse_share)
+                               for r in self._extra_rows(g, 1.0, sparse_share, group, link))
+                    continue
                 fl, by = op.flops.copy(), op.bytes.copy()
                 fl[ctx_i] *= rho
                 by[ctx_i] *= rho
@@ -207,6 +229,10 @@ class SparseAttention(Technique):
         if link is not None and not any(ln.name == link.name for ln in links):
             links = (*links, link)
         return table.with_ops(layer_ops=tuple(ops), links=links)
+
+    def _budgeted(self, op: Operator, sparse_share: float) -> Operator:
+        """``op`` reading at most ``budget_tokens`` of each sequence's context in the sparse layers."""
+        return replace(op, budget_tokens=float(self.params.budget_tokens), budget_share=sparse_share)
 
     def _link(self, ctx: BuildContext) -> Link:
         """The link between the device memory and the KV's tier (host DRAM: the device's PCIe link)."""
