@@ -139,6 +139,7 @@ def pick_device(page, config: int, device: str) -> None:
     option = page.get_by_role("option", name=re.compile(rf"^{re.escape(device)}\b"))
     for attempt in range(4):
         page.locator(selector).click()
+        page.keyboard.type(device)  # filter the menu: a long device list renders only its first options
         try:
             option.wait_for(timeout=10_000)
             break
@@ -395,6 +396,7 @@ def drive(page, url: str, tmp_path: Path) -> None:
     option = page.get_by_role("option", name=re.compile(r"^h200\b"))
     for attempt in range(4):
         page.locator(".st-key-w0-cfg1-deployment-device").click()
+        page.keyboard.type("h200")  # filter the menu: a long device list renders only its first options
         try:
             option.wait_for(timeout=10_000)
             break
