@@ -139,8 +139,19 @@ class PrefixCachingBlockManager(BlockManager):
         """Prompt tokens of ``rid`` this replica's cache holds now (a cache-aware router's signal)."""
         return len(self._match(rid, int(self._t.prompt[rid]))) * self.unit
 
-    def attach(self, rid: int) -> int:
-        """Reference the longest cached prefix of waiting ``rid`` and count it as stored KV; returns its tokens."""
+    def hit(self, rid: int) -> tuple[int, int]:
+        """(Tokens of the local hit :meth:`attach` would reference now, blocks of free-able units it revives)."""
+        t = self._t
+        hits = self._match(rid, int(t.prompt[rid] + t.generated[rid]))
+        refs = self._refs
+        return len(hits) * self.unit, sum(1 for h in hits if refs[h] == 0) * self.unit_blocks
+
+    def attach(self, rid: int, room: int | None = None) -> int:
+        """Reference the longest cached prefix of waiting ``rid`` and count it as stored KV; returns its tokens.
+
+        Reviving a free-able unit moves its blocks from free to used: the caller must have counted them (vLLM's
+        :meth:`blocks_to_admit`, a chunked scheduler's :meth:`hit`). Units loaded from a remote store are new
+        blocks, taken only within ``room`` (None: the free blocks)."""
         t = self._t
         hits = self._match(rid, int(t.prompt[rid] + t.generated[rid]))
         before = self.held_by(rid)  # 0, or an up-front reservation
@@ -151,7 +162,7 @@ class PrefixCachingBlockManager(BlockManager):
                 del lru[h]
                 self.used_blocks += ub
             refs[h] = r + 1
-        loaded = self._load_remote(rid, hits) if self.index.remote is not None else 0
+        loaded = self._load_remote(rid, hits, room) if self.index.remote is not None else 0
         self._held[rid] = hits
         self._next[rid] = len(hits)
         cached = len(hits) * self.unit
@@ -161,15 +172,16 @@ class PrefixCachingBlockManager(BlockManager):
             self.index.cached_tokens[rid] = cached
         return cached
 
-    def _load_remote(self, rid: int, hits: list[int]) -> int:
+    def _load_remote(self, rid: int, hits: list[int], room: int | None) -> int:
         """Extend ``hits`` with the next prompt units the remote store holds, when loading them beats
-        recomputing them (and their blocks fit beside the running KV); returns how many were loaded. Loaded
-        units become resident and referenced here, as if this replica had computed them."""
+        recomputing them (and their blocks fit in ``room`` beside the running KV); returns how many were loaded.
+        Loaded units become resident and referenced here, as if this replica had computed them."""
         t = self._t
         target = int(t.prompt[rid] + t.generated[rid])
         ids = self.index.ids[rid]
         limit = min(len(ids), (target - 1) // self.unit)
-        room = (self.total_blocks - self.used_blocks) // self.unit_blocks  # free-able units may be evicted
+        free = self.total_blocks - self.used_blocks  # free-able units may be evicted
+        room = (free if room is None else min(free, room)) // self.unit_blocks
         now, store, refs = self.index.clock(), self.index.remote.store, self._refs
         found: list[int] = []
         for j in range(len(hits), limit):
@@ -229,7 +241,9 @@ class PrefixCachingBlockManager(BlockManager):
         private = int(blocks_for(max(int(t.kv_tokens[rid]), int(t.kv_reserved[rid])), self.block_size))
         return private - len(held) * self.unit_blocks if held else private
 
-    def blocks_to_admit(self, rid: int, tokens: int) -> int:
+    def blocks_to_admit(self, rid: int, tokens: int, hit: bool = True) -> int:
+        if not hit:  # swapped back in: the sequence's blocks return as its own, whatever is cached here
+            return -(-tokens // self.block_size)
         hits = self._match(rid, tokens)
         revive = sum(1 for h in hits if self._refs[h] == 0)  # free-able units a hit takes back into use
         return -(-tokens // self.block_size) + (revive - len(hits)) * self.unit_blocks

@@ -223,7 +223,7 @@ def test_manager_invariants_under_random_operations(ops, total):
 
 # ---------------------------------------------------------------- every scheduler, tight memory
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(scheduler=st.sampled_from(["vllm", "orca", "static"]),
+@given(scheduler=st.sampled_from(["vllm", "sarathi", "orca", "static", "vllm-swap", "sarathi-swap"]),
        pattern=st.sampled_from(["system-prompt", "few-shot", "multi-turn"]),
        seed=st.integers(0, 10_000), qps=st.floats(0.5, 40.0), n=st.integers(1, 50), replicas=st.integers(1, 3),
        router=st.sampled_from(["round-robin", "least-outstanding", "cache-aware"]), tight=st.booleans(),
@@ -248,7 +248,7 @@ def test_engine_invariants_hold_with_prefix_caching(scheduler, pattern, seed, qp
 
 
 def test_tight_memory_with_prefix_caching_preempts_and_finishes():
-    for scheduler in ("vllm",):
+    for scheduler in ("vllm", "sarathi"):
         base = tiny_scenario(scheduler, seed=3, qps=50.0, n=80, replicas=1, router="round-robin",
                              kv_tokens_budget=True)
         data = base.model_dump()
@@ -257,6 +257,35 @@ def test_tight_memory_with_prefix_caching_preempts_and_finishes():
         check_invariants(out)
         assert out.result.requests["preemptions"].sum() > 0
         assert (out.result.requests["cached_tokens"] > 0).sum() > 10
+
+
+def tight_sharing(scheduler: str, sharing: dict, *, seed: int, qps: float, n: int, replicas: int = 1,
+                  router: str = "round-robin", block_size: int = 16):
+    data = tiny_scenario(scheduler, seed=seed, qps=qps, n=n, replicas=replicas, router=router,
+                         kv_tokens_budget=True, block_size=block_size).model_dump()
+    data["workload"]["sharing"] = sharing
+    data["simulation"]["oversized"] = "drop"
+    return simulate(Scenario.model_validate({**data, "techniques": PC}))
+
+
+def test_chunked_admission_counts_the_cached_units_a_hit_takes_back():
+    """Regression (found by the property test, seed 3510): sarathi admitted a request when its first chunk fitted
+    beside the decodes' next blocks, then attached its hit, which moved free-able cached units back into use --
+    blocks the decodes needed -- so the iteration ended one KV block over capacity. The admission now asks the
+    block manager for the hit (tokens, revived blocks) first and counts both."""
+    out = tight_sharing("sarathi", {"pattern": "multi-turn", "block_tokens": 48}, seed=3510, qps=12, n=5)
+    check_invariants(out)
+    assert (out.result.requests["cached_tokens"] > 0).any()  # the hit that used to overflow still happens
+
+
+def test_swapped_in_sequences_are_not_counted_as_prefix_hits():
+    """Regression: vllm's admission check counted a swapped-out sequence's cached prefix as a hit, but KV swapped
+    back in holds all its blocks itself (no attach), so the check came short by the hit's blocks."""
+    for seed, qps, n, block_size in ((23, 25.84, 35, 16), (30, 17.45, 12, 12)):
+        out = tight_sharing("vllm-swap", {"pattern": "system-prompt", "shared_tokens": 200, "block_tokens": 48},
+                            seed=seed, qps=qps, n=n, replicas=2 if seed == 30 else 1, block_size=block_size)
+        check_invariants(out)
+        assert out.result.requests["preemptions"].sum() > 0
 
 
 # ---------------------------------------------------------------- routing
@@ -304,7 +333,7 @@ def test_router_and_technique_errors():
 
 def test_mooncake_trace_ids_give_hits():
     sc = scenario(deployment={"device": "h100-sxm"}, model="llama-3.1-8b",
-                  scheduler={"name": "vllm", "max_num_batched_tokens": 131072},
+                  scheduler={"name": "sarathi", "chunk_size": 2048},
                   workload={"arrival": "trace", "trace": {"name": "mooncake-conversation"}},
                   simulation={"num_requests": 200})
     s = summarise(simulate(sc).result)

@@ -134,12 +134,6 @@ class PrefixCachePolicy:
 @TECHNIQUES.register("prefix-caching", aliases=("automatic-prefix-caching", "apc", "radix-cache", "prefix-cache"))
 class PrefixCaching(Technique):
     Params = PrefixCachingParams
-    # A property test found chunked prefill (sarathi) with a prefix cache under tight memory holding one block more
-    # than the cache's capacity (seed 3510 of tests/test_remote_kv.py); refused until that accounting is fixed.
-    schedulers_refused = {
-        "sarathi": "with chunked prefill the prefix cache's block accounting can exceed capacity by a block under "
-        "memory pressure (a known bug being fixed); use vllm or orca",
-    }
     summary = "Reuse the KV of cached prompt prefixes (vLLM automatic prefix caching, SGLang RadixAttention)."
     mechanism = __doc__
     sources = (
