@@ -26,8 +26,14 @@ block granularity):
   ``used_blocks`` (private blocks + referenced units) plus the free-able resident units never exceed
   ``total_blocks``.
 
-Generated tokens are not cached (a multi-turn conversation reuses its earlier prompts, not the answers), and
-sharing starts only at whole units; both make the hit rate a lower bound of vLLM's on the same stream.
+* Generated tokens (``cache_generated``, vLLM's behaviour): when a sequence is released, the whole units of its
+  KV past its prompt (its answer, and for a re-prefilled sequence its earlier answer) stay resident as free-able
+  cached units, deepest first in the eviction order, so the next turn of a conversation -- whose prompt extends
+  this turn's prompt *and* answer -- can hit them. A unit id the stream gives no identity for (past the ids it
+  carries) gets a fresh one that nothing else shares. Off: only prompt units are cached (a later turn reuses the
+  earlier prompts, not the answers), a lower bound of vLLM's hit rate on the same stream.
+
+Sharing starts only at whole units, which also makes the hit rate a lower bound of vLLM's.
 """
 
 from __future__ import annotations
@@ -46,8 +52,9 @@ from simulator.requests import RequestTable
 class PrefixIndex:
     """One simulation's prefix identities and hit record, shared by every replica's cache.
 
-    ``ids[rid]`` lists the ids of ``rid``'s prompt blocks that lie wholly inside its prompt (the cacheable
-    ones); ``cached_tokens[rid]`` is the hit of its first admission (-1: never admitted).
+    ``ids[rid]`` lists the ids of ``rid``'s blocks that can be cached: those wholly inside its prompt, or with
+    ``cache_generated`` inside its prompt and answer; ``cached_tokens[rid]`` is the hit of its first admission
+    (-1: never admitted).
     """
 
     def __init__(
@@ -57,13 +64,29 @@ class PrefixIndex:
         unit_tokens: int,
         clock: Callable[[], float],
         shared_attention: bool = False,
+        cache_generated: bool = False,
     ):
         self.unit = int(unit_tokens)
         self.shared_attention = shared_attention
+        self.cache_generated = cache_generated
         prompts = table.prompt.tolist()
-        self.ids: list[list[int]] = [
-            np.asarray(h)[: p // self.unit].tolist() for h, p in zip(hashes, prompts, strict=True)
-        ]
+        if cache_generated:
+            # Every whole unit a sequence's KV can hold at release (prompt + answer - 1 tokens: the last token is
+            # never written), ids the stream lacks made fresh (negative: stream ids are >= 0, so never shared).
+            self.ids = []
+            fresh = -1
+            for h, p, o in zip(hashes, prompts, table.output.tolist(), strict=True):
+                want = (p + o - 1) // self.unit
+                got = np.asarray(h)[:want].tolist()
+                if len(got) < want:
+                    extra = want - len(got)
+                    got.extend(range(fresh, fresh - extra, -1))
+                    fresh -= extra
+                self.ids.append(got)
+        else:
+            self.ids: list[list[int]] = [
+                np.asarray(h)[: p // self.unit].tolist() for h, p in zip(hashes, prompts, strict=True)
+            ]
         self.cached_tokens = np.full(table.n, -1, dtype=np.int64)
         self.clock = clock
         # A remote KV store every replica writes to and may load from (simulator.remote_kv); None: HBM only.
@@ -103,6 +126,7 @@ class PrefixCachingBlockManager(BlockManager):
         self._held: dict[int, list[int]] = {}  # rid -> unit ids it references
         self._next: dict[int, int] = {}  # rid -> index of its next prompt unit to register
         self.evicted_units = 0
+        self._detaching = False
         self.peak_resident_blocks = 0  # most blocks ever holding KV, free-able cached units included
 
     # ------------------------------------------------------------------ cache
@@ -226,6 +250,35 @@ class PrefixCachingBlockManager(BlockManager):
         self._next[rid] = upto
         return added
 
+    def _keep_generated(self, rid: int) -> None:
+        """Whole units of ``rid``'s KV past the ones it registered (its answer) become free-able cached units, deepest
+        first in line for eviction (vLLM frees a finished request's blocks into its cache in reverse). Their blocks
+        were ``rid``'s private ones, just subtracted from ``used_blocks``: resident blocks do not change. A unit
+        already resident (cached by another sequence) is a duplicate and is freed."""
+        ids = self.index.ids[rid]
+        upto = min(len(ids), int(self._t.kv_tokens[rid]) // self.unit)
+        start = self._next.get(rid, 0)
+        if upto <= start:
+            return
+        refs, ready, lru, now = self._refs, self._ready, self._lru, self.index.clock()
+        store = self.index.remote.store if self.index.remote is not None else None
+        for j in range(upto - 1, start - 1, -1):
+            h = ids[j]
+            if store is not None:
+                store.put(h, now)
+            if h not in refs:
+                refs[h] = 0
+                ready[h] = now
+                lru[h] = None
+
+    def detach(self, rid: int) -> int:
+        # The KV leaves for another pool, its blocks kept until sent: nothing of it becomes cached here.
+        self._detaching = True
+        try:
+            return super().detach(rid)
+        finally:
+            self._detaching = False
+
     def _evict(self, units: int) -> None:
         lru, refs, ready = self._lru, self._refs, self._ready
         units = min(units, len(lru))
@@ -261,6 +314,8 @@ class PrefixCachingBlockManager(BlockManager):
 
     def release(self, rid: int) -> None:
         self.used_blocks -= self.held_by(rid)
+        if self.index.cache_generated and not self._detaching:
+            self._keep_generated(rid)
         held = self._held.pop(rid, None)
         if held:
             refs, lru, ub = self._refs, self._lru, self.unit_blocks

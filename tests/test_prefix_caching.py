@@ -77,9 +77,11 @@ def test_multi_turn_extends_the_previous_turn():
     for i in range(conversations, 9):
         prev = i - conversations
         assert p[i] == p[prev] + out[prev] + own[i]
-        keep = int(p[prev]) // 128
+        keep = int(p[prev] + out[prev]) // 128  # the previous turn's whole blocks of prompt and answer
         np.testing.assert_array_equal(h[i][:keep], h[prev][:keep])
         assert not set(h[i][keep:].tolist()) & set(np.concatenate(h[:i]).tolist())
+    for i in range(9):  # ids cover each request's prompt and answer
+        assert len(h[i]) == -(-int(p[i] + out[i]) // 128)
 
 
 def test_sharing_refuses_a_trace_with_its_own_ids():
@@ -227,9 +229,9 @@ def test_manager_invariants_under_random_operations(ops, total):
        pattern=st.sampled_from(["system-prompt", "few-shot", "multi-turn"]),
        seed=st.integers(0, 10_000), qps=st.floats(0.5, 40.0), n=st.integers(1, 50), replicas=st.integers(1, 3),
        router=st.sampled_from(["round-robin", "least-outstanding", "cache-aware"]), tight=st.booleans(),
-       block_size=st.sampled_from([16, 12, 1]), hydragen=st.booleans())
+       block_size=st.sampled_from([16, 12, 1]), hydragen=st.booleans(), generated=st.booleans())
 def test_engine_invariants_hold_with_prefix_caching(scheduler, pattern, seed, qps, n, replicas, router, tight,
-                                                    block_size, hydragen):
+                                                    block_size, hydragen, generated):
     base = tiny_scenario(scheduler, seed=seed, qps=qps, n=n, replicas=replicas, router=router,
                          kv_tokens_budget=tight, block_size=block_size)
     data = base.model_dump()
@@ -238,7 +240,7 @@ def test_engine_invariants_hold_with_prefix_caching(scheduler, pattern, seed, qp
         sharing["shared_tokens"] = 200
     data["workload"]["sharing"] = sharing
     data["simulation"]["oversized"] = "drop"
-    techniques = [{"name": "prefix-caching", "shared_prefix_attention": hydragen}]
+    techniques = [{"name": "prefix-caching", "shared_prefix_attention": hydragen, "cache_generated": generated}]
     out = simulate(Scenario.model_validate({**data, "techniques": techniques}))
     check_invariants(out)
     assert out.result.token_gaps.num_samples == int((out.table.output - 1).sum())
@@ -286,6 +288,53 @@ def test_swapped_in_sequences_are_not_counted_as_prefix_hits():
                             seed=seed, qps=qps, n=n, replicas=2 if seed == 30 else 1, block_size=block_size)
         check_invariants(out)
         assert out.result.requests["preemptions"].sum() > 0
+
+
+def two_turns(cache_generated: bool):
+    """One conversation of two turns: a 700-token message, a 300-token answer, then 700 more tokens."""
+    return simulate(scenario(
+        workload={"arrival": "poisson", "qps": 0.05, "prompt": {"dist": "fixed", "value": 700},
+                  "output": {"dist": "fixed", "value": 300},
+                  "sharing": {"pattern": "multi-turn", "turns": 2, "block_tokens": 256}},
+        simulation={"num_requests": 2},
+        techniques=[{"name": "prefix-caching", "cache_generated": cache_generated}]))
+
+
+def test_cached_answer_blocks_extend_the_next_turns_hit():
+    """Turn 1's prompt is 700 + 300 + 700 = 1700 tokens. Prompt blocks only: it reuses floor(700 / 256) = 2 units
+    (512 tokens). With the answer cached: turn 0's KV at release holds 999 tokens (the last token is never
+    written), floor(999 / 256) = 3 whole units (768 tokens), so the prefill computes 1700 - 768 = 932 tokens."""
+    for flag, hit in ((False, 512), (True, 768)):
+        out = two_turns(flag)
+        req = out.result.requests
+        assert req["arrival_s"][1] > req["finish_s"][0]  # the second turn comes after the first is done
+        assert out.table.prompt.tolist() == [700, 1700]
+        assert req["cached_tokens"].tolist() == [0, hit]
+        it = out.result.iterations.query("prefill_tokens > 0")
+        assert it["prefill_tokens"].tolist() == [700, 1700 - hit]
+        check_invariants(out)
+    off, on = (summarise(two_turns(f).result) for f in (False, True))
+    assert on["prefix_hit_rate_tokens"] == pytest.approx(768 / 2400)
+    assert off["prefix_hit_rate_tokens"] == pytest.approx(512 / 2400)
+
+
+def test_generated_units_are_kept_free_able_and_evicted_deepest_first():
+    table = RequestTable(np.array([0.0, 1.0]), np.array([130, 130]), np.array([100, 100]))
+    now = [0.0]
+    index = PrefixIndex(table, [np.array([1, 2]), np.array([1, 2, 3])], 64, lambda: now[0], cache_generated=True)
+    assert index.ids[0] == [1, 2, -1] and index.ids[1] == [1, 2, 3]  # 229 // 64 = 3 units; a fresh id for rid 0's
+    m = index.block_manager(40, 16, table)
+    m.attach(0)
+    m.grow(0, 130)  # prefill: units 1, 2 registered
+    m.grow_all(np.array([0]), 70)  # 200 tokens of KV: the third unit (tokens 128..191) is full
+    used = m.used_blocks
+    assert used == 13  # ceil(200 / 16)
+    now[0] = 1.0
+    m.release(0)
+    assert m.used_blocks == 0 and m.cached_free_blocks == 12  # 3 units of 4 blocks stay resident, 1 block freed
+    assert list(m._lru) == [-1, 2, 1]  # the answer's unit first in line for eviction
+    now[0] = 2.0
+    assert m.match_tokens(1) == 128  # request 1: the two whole units of its 130-token prompt hit
 
 
 # ---------------------------------------------------------------- routing

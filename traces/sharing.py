@@ -18,9 +18,12 @@ whole blocks, and only blocks that lie wholly inside the prompt can hit):
 * ``multi-turn``: conversations of ``turns`` turns. Requests are dealt to conversations in arrival order
   (request ``i`` is turn ``i // C`` of conversation ``i mod C``, ``C = ceil(n / turns)``), so a conversation's
   turns are ``C`` requests apart in the stream. Turn ``k``'s prompt is turn ``k-1``'s prompt, its answer and the
-  turn's own sampled message (prompt lengths grow with the turns), and its first ``floor(p_{k-1} / B)`` blocks are
-  turn ``k-1``'s: turn ``k`` can reuse those blocks of the previous prompt (capsim caches prompt blocks, not
-  generated ones), when they are still cached.
+  turn's own sampled message (prompt lengths grow with the turns), so its first ``floor((p_{k-1} + o_{k-1}) / B)``
+  blocks are turn ``k-1``'s prompt-and-answer blocks (a multi-turn request's ids cover its answer's blocks too,
+  the last turn's fresh). With prompt blocks cached, turn ``k`` can reuse ``floor(p_{k-1} / B)`` blocks; with
+  generated blocks also cached (``prefix-caching``'s ``cache_generated``, vLLM), the whole blocks of turn
+  ``k-1``'s KV at its release, ``floor((p_{k-1} + o_{k-1} - 1) / B)`` (its last token's KV is never written) --
+  when they are still cached.
 
 A workload without ``sharing`` builds exactly the stream it built before this module existed.
 """
@@ -74,7 +77,8 @@ class SharingConfig(BaseModel):
 def apply_sharing(
     cfg: SharingConfig, prompt: np.ndarray, output: np.ndarray, rng: np.random.Generator
 ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
-    """The prompts with their shared parts added, and each prompt's block identities (one per started block).
+    """The prompts with their shared parts added, and each prompt's block identities (one per started block; for
+    ``multi-turn`` one per started block of prompt and answer).
 
     Ids are ints unique within the stream: shared blocks get the ids of their template or earlier turn, every
     other block a fresh id. ``rng`` is drawn from only by ``few-shot``.
@@ -102,19 +106,20 @@ def apply_sharing(
             hashes.append(np.asarray(templates[k] + new_ids(rest), dtype=np.int64))
         return new_prompt, tuple(hashes)
 
-    # multi-turn
+    # multi-turn: each request's ids cover its prompt and its answer (the next turn's prompt extends both)
     conversations = -(-n // int(cfg.turns))
     out = np.asarray(output, dtype=np.int64)
     new_prompt = prompt.copy()
     hashes: list[np.ndarray] = [np.zeros(0, dtype=np.int64)] * n
     for i in range(n):
         prev = i - conversations
+        own_out = int(out[i])
         if prev >= 0:
             p_prev = int(new_prompt[prev])
             new_prompt[i] = p_prev + int(out[prev]) + int(prompt[i])
-            keep = p_prev // b  # the previous prompt's whole blocks
-            blocks = -(-int(new_prompt[i]) // b)
+            keep = (p_prev + int(out[prev])) // b  # the previous turn's whole blocks of prompt and answer
+            blocks = -(-(int(new_prompt[i]) + own_out) // b)
             hashes[i] = np.concatenate([hashes[prev][:keep], np.asarray(new_ids(blocks - keep), dtype=np.int64)])
         else:
-            hashes[i] = np.asarray(new_ids(-(-int(prompt[i]) // b)), dtype=np.int64)
+            hashes[i] = np.asarray(new_ids(-(-(int(prompt[i]) + own_out) // b)), dtype=np.int64)
     return new_prompt, tuple(hashes)

@@ -30,8 +30,10 @@ the prefill tokens a hit skips):
   running a loaded chunk waits for the load (:mod:`simulator.remote_kv`). The summary gains
   ``remote_hit_rate_tokens``, ``remote_loads``, ``remote_recomputes``, ``remote_bytes_loaded``.
 
-Not modelled: caching of generated tokens (a later turn reuses earlier prompts only); sharing below whole
-blocks; a host-memory or SSD tier below HBM; the hashing cost itself (microseconds per block).
+* **Generated tokens** (``cache_generated``): at release, the full blocks of a request's answer stay cached too
+  (vLLM), so turn k+1 of a conversation reuses turn k's prompt and answer.
+
+Not modelled: sharing below whole blocks; a host-memory or SSD tier below HBM; the hashing cost itself (microseconds per block).
 """
 
 from __future__ import annotations
@@ -97,6 +99,12 @@ class PrefixCachingParams(TechniqueParams):
         description="Hydragen: a decode step reads a cached prefix shared by several sequences of the batch once "
         "(its KV counted once in the step's attended context) instead of once per sequence.",
     )
+    cache_generated: bool = Field(
+        False,
+        description="vLLM's automatic prefix caching: also keep the full blocks of each answer when its request "
+        "finishes, so the next turn of a conversation reuses the previous prompt and answer (recommended; off "
+        "keeps earlier releases' results: prompt blocks only).",
+    )
     remote_store: RemoteStoreParams | None = Field(
         None,
         description="CacheGen/LMCache: a store holding the KV of every prefix block any replica computed; at "
@@ -107,8 +115,14 @@ class PrefixCachingParams(TechniqueParams):
 class PrefixCachePolicy:
     """Built by the technique's ``admit`` hook; bound once per simulation to its requests and their block ids."""
 
-    def __init__(self, shared_attention: bool = False, remote: Callable[[int, int], ContextLoader] | None = None):
+    def __init__(
+        self,
+        shared_attention: bool = False,
+        remote: Callable[[int, int], ContextLoader] | None = None,
+        cache_generated: bool = False,
+    ):
         self.shared_attention = shared_attention
+        self.cache_generated = cache_generated
         self.remote = remote  # builds a run's context loader (requests, unit tokens); None: no remote store
 
     def bind(
@@ -125,7 +139,7 @@ class PrefixCachePolicy:
                 fix="replay a trace that carries them (trace: {name: mooncake-conversation}) or add a sharing "
                 "pattern (workload.sharing: {pattern: system-prompt, shared_tokens: 1024})",
             )
-        index = PrefixIndex(table, hashes, unit_tokens, clock, self.shared_attention)
+        index = PrefixIndex(table, hashes, unit_tokens, clock, self.shared_attention, self.cache_generated)
         if self.remote is not None:
             index.remote = self.remote(table.n, unit_tokens)
         return index
@@ -154,7 +168,11 @@ class PrefixCaching(Technique):
 
     def admit(self, ctx: BuildContext) -> PrefixCachePolicy:
         cfg = self.params.remote_store
-        return PrefixCachePolicy(self.params.shared_prefix_attention, None if cfg is None else _loader(cfg, ctx))
+        return PrefixCachePolicy(
+            self.params.shared_prefix_attention,
+            None if cfg is None else _loader(cfg, ctx),
+            self.params.cache_generated,
+        )
 
     def keeps_planner_bounds(self) -> bool:
         return False  # a hit makes a prefill cheaper than the analytic bound of the plain deployment
