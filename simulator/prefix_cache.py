@@ -34,10 +34,21 @@ block granularity):
   earlier prompts, not the answers), a lower bound of vLLM's hit rate on the same stream.
 
 Sharing starts only at whole units, which also makes the hit rate a lower bound of vLLM's.
+
+Non-prefix chunk reuse (``reuse``; CacheBlend, Cache-Craft, KVShare): a unit id may carry a position-independent
+chunk-block identity (``traces.sharing.chunk_block``: a RAG corpus chunk's block). At admission, after the prefix
+hit, every later prompt unit whose chunk block some resident unit of this replica holds (computed, hittable) is
+*reused*: its KV is copied from the cached one and ``recompute_fraction`` of its tokens (rounded up, per request)
+are recomputed to restore the cross-attention to the text before it. The prefill then computes the tokens that
+are neither hit nor reused-and-kept; the reused-and-kept ones are counted with the cached ones (attention reads
+them; no other operator touches them), and the copy -- reading and writing their KV in HBM -- delays the
+iteration that runs the request's first chunk. A reused unit is the request's own copy (private blocks, not
+shared): its KV differs from the source's.
 """
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
@@ -47,6 +58,7 @@ from capsim.errors import CapsimError
 from simulator.kvcache import NO_CAP, BlockManager, blocks_for
 from simulator.remote_kv import ContextLoader
 from simulator.requests import RequestTable
+from traces.sharing import chunk_block
 
 
 class PrefixIndex:
@@ -65,10 +77,12 @@ class PrefixIndex:
         clock: Callable[[], float],
         shared_attention: bool = False,
         cache_generated: bool = False,
+        reuse: ChunkReuse | None = None,
     ):
         self.unit = int(unit_tokens)
         self.shared_attention = shared_attention
         self.cache_generated = cache_generated
+        self.reuse = reuse
         prompts = table.prompt.tolist()
         if cache_generated:
             # Every whole unit a sequence's KV can hold at release (prompt + answer - 1 tokens: the last token is
@@ -91,6 +105,18 @@ class PrefixIndex:
         self.clock = clock
         # A remote KV store every replica writes to and may load from (simulator.remote_kv); None: HBM only.
         self.remote: ContextLoader | None = None
+        # Non-prefix chunk reuse: reused tokens at each request's first admission (-1: never admitted).
+        self.reused_tokens = np.full(table.n, -1, dtype=np.int64) if reuse is not None else None
+
+    @property
+    def load(self) -> Callable[[tuple], float] | None:
+        """The replica's load hook: seconds an iteration waits for its chunks' remote loads and chunk copies."""
+        remote, reuse = self.remote, self.reuse
+        if reuse is None:
+            return remote
+        if remote is None:
+            return reuse
+        return lambda prefill: remote(prefill) + reuse(prefill)
 
     def block_manager(self, total_blocks: int, block_size: int, table: RequestTable) -> PrefixCachingBlockManager:
         return PrefixCachingBlockManager(total_blocks, block_size, table, self)
@@ -98,6 +124,31 @@ class PrefixIndex:
     def attention(self, blocks: PrefixCachingBlockManager) -> SharedPrefixAttention | None:
         """The decode-attention view of one engine (Hydragen), or None when shared-prefix attention is off."""
         return SharedPrefixAttention(blocks) if self.shared_attention else None
+
+
+class ChunkReuse:
+    """Non-prefix chunk reuse's parameters and the copies each admission leaves for its iteration to wait for."""
+
+    def __init__(self, recompute_fraction: float, copy_s_per_token: float):
+        self.fraction = float(recompute_fraction)
+        self.copy_s_per_token = float(copy_s_per_token)
+        self._pending: dict[int, float] = {}
+
+    def recomputed(self, reused_tokens: int) -> int:
+        """Tokens of ``reused_tokens`` reused ones a request recomputes (rounded up)."""
+        return math.ceil(self.fraction * reused_tokens - 1e-9)
+
+    def copy(self, rid: int, tokens: int) -> None:
+        self._pending[rid] = self._pending.get(rid, 0.0) + tokens * self.copy_s_per_token
+
+    def cancel(self, rid: int) -> None:
+        self._pending.pop(rid, None)
+
+    def __call__(self, prefill) -> float:
+        pending = self._pending
+        if not pending:
+            return 0.0
+        return sum(pending.pop(c.rid, 0.0) for c in prefill)
 
 
 class PrefixCachingBlockManager(BlockManager):
@@ -127,6 +178,8 @@ class PrefixCachingBlockManager(BlockManager):
         self._next: dict[int, int] = {}  # rid -> index of its next prompt unit to register
         self.evicted_units = 0
         self._detaching = False
+        # Chunk-block identity -> resident unit ids carrying it (kept only with chunk reuse on).
+        self._chunks: dict[int, set[int]] | None = {} if index.reuse is not None else None
         self.peak_resident_blocks = 0  # most blocks ever holding KV, free-able cached units included
 
     # ------------------------------------------------------------------ cache
@@ -166,9 +219,15 @@ class PrefixCachingBlockManager(BlockManager):
     def hit(self, rid: int) -> tuple[int, int]:
         """(Tokens of the local hit :meth:`attach` would reference now, blocks of free-able units it revives)."""
         t = self._t
-        hits = self._match(rid, int(t.prompt[rid] + t.generated[rid]))
+        target = int(t.prompt[rid] + t.generated[rid])
+        hits = self._match(rid, target)
         refs = self._refs
-        return len(hits) * self.unit, sum(1 for h in hits if refs[h] == 0) * self.unit_blocks
+        revived = sum(1 for h in hits if refs[h] == 0) * self.unit_blocks
+        cached = len(hits) * self.unit
+        if self._chunks is None:
+            return cached, revived
+        kept = self._reusable(rid, len(hits), target)[1]
+        return cached + kept, revived + -(-kept // self.block_size)
 
     def attach(self, rid: int, room: int | None = None) -> int:
         """Reference the longest cached prefix of waiting ``rid`` and count it as stored KV; returns its tokens.
@@ -190,10 +249,12 @@ class PrefixCachingBlockManager(BlockManager):
         self._held[rid] = hits
         self._next[rid] = len(hits)
         cached = len(hits) * self.unit
-        t.kv_tokens[rid] = cached
-        self._add(self.held_by(rid) - before + loaded * ub)
         if self.index.cached_tokens[rid] < 0:
             self.index.cached_tokens[rid] = cached
+        if self._chunks is not None:
+            cached += self._reuse(rid, len(hits))
+        t.kv_tokens[rid] = cached
+        self._add(self.held_by(rid) - before + loaded * ub)
         return cached
 
     def _load_remote(self, rid: int, hits: list[int], room: int | None) -> int:
@@ -223,8 +284,40 @@ class PrefixCachingBlockManager(BlockManager):
         for h in found:
             refs[h] = 1
             ready[h] = now
+            if self._chunks is not None:
+                self._resident(h)
         hits.extend(found)
         return len(found)
+
+    def _reusable(self, rid: int, start: int, target: int) -> tuple[int, int]:
+        """(Tokens of ``rid``'s prompt units from ``start`` on whose chunk block is cached here, of those the ones
+        kept -- not recomputed)."""
+        ids = self.index.ids[rid]
+        limit = min(len(ids), (target - 1) // self.unit)
+        chunks, ready, now = self._chunks, self._ready, self.index.clock()
+        units = 0
+        for j in range(start, limit):
+            holders = chunks.get(chunk_block(ids[j]))
+            if holders and any(ready[u] < now for u in holders):
+                units += 1
+        reused = units * self.unit
+        return reused, reused - self.index.reuse.recomputed(reused)
+
+    def _reuse(self, rid: int, start: int) -> int:
+        """Reuse ``rid``'s cached chunk blocks after its prefix hit; returns the tokens kept (not recomputed)."""
+        t, reuse = self._t, self.index.reuse
+        reused, kept = self._reusable(rid, start, int(t.prompt[rid] + t.generated[rid]))
+        if self.index.reused_tokens[rid] < 0:
+            self.index.reused_tokens[rid] = reused
+        if kept:
+            reuse.copy(rid, kept)
+        return kept
+
+    def _resident(self, unit_id: int) -> None:
+        """``unit_id`` now holds KV here: its chunk block (if any) can be reused."""
+        c = chunk_block(unit_id)
+        if c:
+            self._chunks.setdefault(c, set()).add(unit_id)
 
     def _register(self, rid: int, new_kv_tokens: int) -> int:
         """Units of ``rid``'s prompt that its stored KV now covers become cached (referenced by it); returns
@@ -247,6 +340,8 @@ class PrefixCachingBlockManager(BlockManager):
                 ready[h] = now
                 held.append(h)
                 added += 1
+                if self._chunks is not None:
+                    self._resident(h)
         self._next[rid] = upto
         return added
 
@@ -270,6 +365,8 @@ class PrefixCachingBlockManager(BlockManager):
                 refs[h] = 0
                 ready[h] = now
                 lru[h] = None
+                if self._chunks is not None:
+                    self._resident(h)
 
     def detach(self, rid: int) -> int:
         # The KV leaves for another pool, its blocks kept until sent: nothing of it becomes cached here.
@@ -282,9 +379,15 @@ class PrefixCachingBlockManager(BlockManager):
     def _evict(self, units: int) -> None:
         lru, refs, ready = self._lru, self._refs, self._ready
         units = min(units, len(lru))
+        chunks = self._chunks
         for _ in range(units):
             h, _none = lru.popitem(last=False)
             del refs[h], ready[h]
+            if chunks is not None and chunk_block(h):
+                holders = chunks[chunk_block(h)]
+                holders.discard(h)
+                if not holders:
+                    del chunks[chunk_block(h)]
         self.evicted_units += units
 
     # --------------------------------------------------------- block manager
@@ -328,6 +431,8 @@ class PrefixCachingBlockManager(BlockManager):
         self._next.pop(rid, None)
         if self.index.remote is not None:
             self.index.remote.cancel(rid)
+        if self.index.reuse is not None:
+            self.index.reuse.cancel(rid)
         self._t.kv_reserved[rid] = 0
         self._t.kv_tokens[rid] = 0
 
@@ -386,4 +491,4 @@ class SharedPrefixAttention:
         return float(np.add.reduce(kv + 1)) - self.saved(ids), np.ones(len(ids)), NO_CAP
 
 
-__all__ = ["PrefixCachingBlockManager", "PrefixIndex", "SharedPrefixAttention"]
+__all__ = ["ChunkReuse", "PrefixCachingBlockManager", "PrefixIndex", "SharedPrefixAttention"]

@@ -11,7 +11,8 @@ from capsim.errors import CapsimError
 from simulator.config.schema import Scenario
 from simulator.engine import simulate
 from simulator.metrics.summary import summarise
-from simulator.prefix_cache import PrefixIndex
+from simulator.prefix_cache import ChunkReuse, PrefixIndex
+from simulator.schedulers.base import PrefillChunk
 from simulator.requests import RequestTable
 from tests.test_engine_invariants import check_invariants, tiny_scenario
 from traces.build import build_requests
@@ -226,21 +227,24 @@ def test_manager_invariants_under_random_operations(ops, total):
 # ---------------------------------------------------------------- every scheduler, tight memory
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scheduler=st.sampled_from(["vllm", "sarathi", "orca", "static", "vllm-swap", "sarathi-swap"]),
-       pattern=st.sampled_from(["system-prompt", "few-shot", "multi-turn"]),
+       pattern=st.sampled_from(["system-prompt", "few-shot", "multi-turn", "rag"]),
        seed=st.integers(0, 10_000), qps=st.floats(0.5, 40.0), n=st.integers(1, 50), replicas=st.integers(1, 3),
        router=st.sampled_from(["round-robin", "least-outstanding", "cache-aware"]), tight=st.booleans(),
-       block_size=st.sampled_from([16, 12, 1]), hydragen=st.booleans(), generated=st.booleans())
+       block_size=st.sampled_from([16, 12, 1]), hydragen=st.booleans(), generated=st.booleans(), reuse=st.booleans())
 def test_engine_invariants_hold_with_prefix_caching(scheduler, pattern, seed, qps, n, replicas, router, tight,
-                                                    block_size, hydragen, generated):
+                                                    block_size, hydragen, generated, reuse):
     base = tiny_scenario(scheduler, seed=seed, qps=qps, n=n, replicas=replicas, router=router,
                          kv_tokens_budget=tight, block_size=block_size)
     data = base.model_dump()
     sharing = {"pattern": pattern, "block_tokens": 48}  # a multiple of every block size drawn
-    if pattern != "multi-turn":
+    if pattern in ("system-prompt", "few-shot"):
         sharing["shared_tokens"] = 200
+    if pattern == "rag":  # a small corpus, so chunks recur at other positions
+        sharing.update(shared_tokens=96, chunks_per_prompt=3, corpus_chunks=12)
     data["workload"]["sharing"] = sharing
     data["simulation"]["oversized"] = "drop"
-    techniques = [{"name": "prefix-caching", "shared_prefix_attention": hydragen, "cache_generated": generated}]
+    techniques = [{"name": "prefix-caching", "shared_prefix_attention": hydragen, "cache_generated": generated,
+                   "reuse": reuse}]
     out = simulate(Scenario.model_validate({**data, "techniques": techniques}))
     check_invariants(out)
     assert out.result.token_gaps.num_samples == int((out.table.output - 1).sum())
@@ -262,12 +266,12 @@ def test_tight_memory_with_prefix_caching_preempts_and_finishes():
 
 
 def tight_sharing(scheduler: str, sharing: dict, *, seed: int, qps: float, n: int, replicas: int = 1,
-                  router: str = "round-robin", block_size: int = 16):
+                  router: str = "round-robin", block_size: int = 16, techniques=PC):
     data = tiny_scenario(scheduler, seed=seed, qps=qps, n=n, replicas=replicas, router=router,
                          kv_tokens_budget=True, block_size=block_size).model_dump()
     data["workload"]["sharing"] = sharing
     data["simulation"]["oversized"] = "drop"
-    return simulate(Scenario.model_validate({**data, "techniques": PC}))
+    return simulate(Scenario.model_validate({**data, "techniques": techniques}))
 
 
 def test_chunked_admission_counts_the_cached_units_a_hit_takes_back():
@@ -335,6 +339,85 @@ def test_generated_units_are_kept_free_able_and_evicted_deepest_first():
     assert list(m._lru) == [-1, 2, 1]  # the answer's unit first in line for eviction
     now[0] = 2.0
     assert m.match_tokens(1) == 128  # request 1: the two whole units of its 130-token prompt hit
+
+
+# ---------------------------------------------------------------- non-prefix chunk reuse
+def rag_id(chunk_block: int, serial: int) -> int:
+    return (chunk_block << 32) | serial
+
+
+def test_a_known_chunk_reuse_skips_its_kept_tokens_by_hand():
+    """Request 0: system unit, chunk A, chunk B, question; request 1: system unit, chunk B, chunk A, question
+    (64-token units, 266-token prompts). Request 1 hits the system unit as a prefix (64 tokens) and reuses both
+    chunk units at their new positions: 128 tokens, of which ceil(0.15 x 128) = 20 are recomputed, so 108 are
+    kept and its prefill computes 266 - 64 - 108 = 94 tokens. The kept tokens' KV is copied (pending for the
+    iteration that runs the chunk)."""
+    table = RequestTable(np.array([0.0, 1.0]), np.array([266, 266]), np.array([10, 10]))
+    ids = [np.array([1, rag_id(7, 2), rag_id(9, 3), 4]), np.array([1, rag_id(9, 5), rag_id(7, 6), 8])]
+    now = [0.0]
+    reuse = ChunkReuse(0.15, 1e-6)
+    index = PrefixIndex(table, ids, 64, lambda: now[0], reuse=reuse)
+    m = index.block_manager(100, 16, table)
+    m.attach(0)
+    m.grow(0, 266)
+    assert index.reused_tokens[0] == 0
+    now[0] = 1.0
+    assert m.hit(1) == (64 + 108, 7)  # 7 private blocks for the 108 kept tokens (no unit revived: 0 is running)
+    used = m.used_blocks
+    assert m.attach(1) == 172
+    assert index.cached_tokens[1] == 64 and index.reused_tokens[1] == 128
+    assert m.used_blocks - used == 7
+    assert reuse([PrefillChunk(1, 94, 172, True, 94)]) == pytest.approx(108e-6)
+    m.grow(1, 266)
+    assert m.used_blocks == used + 17 - 4  # 17 blocks of 266 tokens less its referenced system unit
+    m.release(0)
+    m.release(1)
+    assert m.used_blocks == 0
+
+
+def rag_scenario(reuse: bool, scheduler: dict | None = None) -> Scenario:
+    return scenario(
+        model="llama-3.1-8b", deployment={"device": "h100-sxm"},
+        scheduler=scheduler or {"name": "vllm", "max_num_batched_tokens": 16384},
+        workload={"arrival": "poisson", "qps": 2, "prompt": {"dist": "uniform", "low": 20, "high": 200},
+                  "output": {"dist": "uniform", "low": 10, "high": 60},
+                  "sharing": {"pattern": "rag", "shared_tokens": 512, "block_tokens": 256, "chunk_tokens": 512,
+                              "chunks_per_prompt": 4, "corpus_chunks": 40, "zipf": 1.0}},
+        simulation={"num_requests": 120},
+        techniques=[{"name": "prefix-caching", "reuse": reuse, "recompute_fraction": 0.15}])
+
+
+def test_chunk_reuse_computes_only_what_is_neither_hit_nor_kept_and_lowers_ttft():
+    plain, reused = simulate(rag_scenario(False)), simulate(rag_scenario(True))
+    for out in (plain, reused):
+        check_invariants(out)
+        assert out.result.requests["preemptions"].sum() == 0
+    req = reused.result.requests
+    prompt, hit, got = out.table.prompt, req["cached_tokens"].to_numpy(), req["reused_tokens"].to_numpy()
+    assert np.all(got % 256 == 0) and got.sum() > 0.3 * prompt.sum()  # chunks recur in a 40-chunk corpus
+    kept = got - np.ceil(0.15 * got).astype(np.int64)
+    assert reused.result.iterations["prefill_tokens"].sum() == int((prompt - hit - kept).sum())
+    assert plain.result.iterations["prefill_tokens"].sum() == int((prompt - plain.result.requests["cached_tokens"]).sum())
+    np.testing.assert_array_equal(hit, plain.result.requests["cached_tokens"])  # prefix hits unchanged here
+    s_plain, s_reuse = summarise(plain.result), summarise(reused.result)
+    assert s_reuse["chunk_reuse_rate_tokens"] == pytest.approx(got.sum() / prompt.sum())
+    assert "chunk_reuse_rate_tokens" not in s_plain
+    assert s_reuse["ttft_mean_s"] < s_plain["ttft_mean_s"]
+
+
+def test_chunk_reuse_under_chunked_prefill_keeps_the_invariants_in_tight_memory():
+    for scheduler in ("sarathi", "sarathi-swap", "vllm-swap"):
+        out = tight_sharing(scheduler, {"pattern": "rag", "shared_tokens": 96, "block_tokens": 48,
+                                        "chunks_per_prompt": 3, "corpus_chunks": 8}, seed=5, qps=30, n=40,
+                           techniques=[{"name": "prefix-caching", "reuse": True, "cache_generated": True}])
+        check_invariants(out)
+
+
+def test_rag_pattern_refuses_chunks_off_the_block_grid():
+    with pytest.raises(ValueError, match="multiples of block_tokens"):
+        WorkloadConfig.model_validate({"sharing": {"pattern": "rag", "shared_tokens": 100, "block_tokens": 64}})
+    with pytest.raises(ValueError, match="corpus_chunks"):
+        WorkloadConfig.model_validate({"sharing": {"pattern": "rag", "chunks_per_prompt": 5, "corpus_chunks": 4}})
 
 
 # ---------------------------------------------------------------- routing
