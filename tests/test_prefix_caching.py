@@ -12,8 +12,8 @@ from simulator.config.schema import Scenario
 from simulator.engine import simulate
 from simulator.metrics.summary import summarise
 from simulator.prefix_cache import ChunkReuse, PrefixIndex
-from simulator.schedulers.base import PrefillChunk
 from simulator.requests import RequestTable
+from simulator.schedulers.base import PrefillChunk
 from tests.test_engine_invariants import check_invariants, tiny_scenario
 from traces.build import build_requests
 from traces.config import WorkloadConfig
