@@ -57,7 +57,7 @@ class BlockManager:
 
     def hit(self, rid: int) -> tuple[int, int]:
         """What :meth:`attach` would give waiting ``rid`` now, without doing it: (tokens of its (re)prefill already
-        in KV, blocks that taking them into use costs). A chunked-prefill scheduler sizes the first chunk and its
+        in KV, blocks the attach adds to the used ones). A chunked-prefill scheduler sizes the first chunk and its
         admission check with it. Plain paged KV caches nothing: (0, 0)."""
         return 0, 0
 

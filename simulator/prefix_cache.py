@@ -217,7 +217,8 @@ class PrefixCachingBlockManager(BlockManager):
         return len(self._match(rid, int(self._t.prompt[rid]))) * self.unit
 
     def hit(self, rid: int) -> tuple[int, int]:
-        """(Tokens of the local hit :meth:`attach` would reference now, blocks of free-able units it revives)."""
+        """(Tokens the local hit :meth:`attach` would give now -- cached units, and reused chunks' kept tokens --,
+        blocks it adds to the used ones: free-able units it revives and the kept tokens' private blocks)."""
         t = self._t
         target = int(t.prompt[rid] + t.generated[rid])
         hits = self._match(rid, target)

@@ -77,13 +77,13 @@ class SarathiScheduler(Scheduler):
         while budget > 0 and st.waiting and len(st.running) < p.max_num_seqs:
             rid = st.waiting[0]
             held = self.swapped_tokens(rid) if st.swap is not None else 0  # KV waiting in host swap space
-            # A prefix-cache hit: the chunks start after the cached tokens, and the cached units it takes back
-            # from the free-able ones count against the free blocks like the first chunk's (0, 0 without a cache).
-            cached, revived = blocks.hit(rid) if not held else (0, 0)
+            # A prefix-cache hit: the chunks start after the cached tokens, and the blocks the hit takes (cached
+            # units revived from the free-able ones, reused chunks' copies) count against the free blocks like the
+            # first chunk's (0, 0 without a cache).
+            cached, taken = blocks.hit(rid) if not held else (0, 0)
             q = min(t.prefill_target(rid) - held - cached, budget)
-            spare = blocks.free_blocks - decode_growth - revived - int(blocks_for(held + cached + q, bs))
-            if cached:
-                spare += cached // bs  # whole blocks: the hit's own blocks are the revived ones (or shared)
+            first = int(blocks_for(held + cached + q, bs)) - (int(blocks_for(cached, bs)) if cached else 0)
+            spare = blocks.free_blocks - decode_growth - taken - first
             if spare < watermark:
                 break
             st.waiting.popleft()
