@@ -161,9 +161,9 @@ def simulate(
                     swap=swap_space_for(system, dep.pp))
         )
 
-    if prefix is not None and prefix.remote is not None:  # a remote KV store: loads delay their iteration
+    if prefix is not None and prefix.load is not None:  # remote loads, chunk copies: they delay their iteration
         for replica in replicas:
-            replica.load = prefix.remote
+            replica.load = prefix.load
     if stream.image_tokens is not None:  # multimodal: the vision encoder runs on the replica before a prefill
         from simulator import encoder
 
@@ -237,6 +237,8 @@ def simulate(
             frame["remote_found_tokens"] = prefix.remote.found_tokens
             frame["remote_loaded_tokens"] = prefix.remote.loaded_tokens
             frame["remote_loaded_bytes"] = prefix.remote.loaded_bytes
+        if prefix.reused_tokens is not None:  # non-prefix chunks reused (first admission)
+            frame["reused_tokens"] = prefix.reused_tokens
     if arrived < table.n:
         frame = frame.iloc[:arrived]
     result = SimulationResult(frame, recorder.iterations_frame(), recorder.token_gaps(), info)

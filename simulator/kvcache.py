@@ -49,13 +49,22 @@ class BlockManager:
         t = self._t
         return int(blocks_for(max(int(t.kv_tokens[rid]), int(t.kv_reserved[rid])), self.block_size))
 
-    def blocks_to_admit(self, rid: int, tokens: int) -> int:
-        """Blocks a waiting sequence ``rid`` (holding none) needs for its ``tokens``-token (re)prefill."""
+    def blocks_to_admit(self, rid: int, tokens: int, hit: bool = True) -> int:
+        """Blocks a waiting sequence ``rid`` (holding none) needs for its ``tokens``-token (re)prefill; ``hit``:
+        whether its admission will :meth:`attach` a cached prefix (False: KV swapped back in holds every block
+        itself)."""
         return -(-tokens // self.block_size)
 
-    def attach(self, rid: int) -> int:
+    def hit(self, rid: int) -> tuple[int, int]:
+        """What :meth:`attach` would give waiting ``rid`` now, without doing it: (tokens of its (re)prefill already
+        in KV, blocks the attach adds to the used ones). A chunked-prefill scheduler sizes the first chunk and its
+        admission check with it. Plain paged KV caches nothing: (0, 0)."""
+        return 0, 0
+
+    def attach(self, rid: int, room: int | None = None) -> int:
         """Called when waiting ``rid`` is admitted: tokens of its prompt already in KV, now counted as stored
-        (a prefix cache's hit, see :mod:`simulator.prefix_cache`). Plain paged KV caches nothing: 0."""
+        (a prefix cache's hit, see :mod:`simulator.prefix_cache`). ``room``: blocks the attach may take beyond
+        :meth:`hit`'s (a remote load's; None: whatever is free). Plain paged KV caches nothing: 0."""
         return 0
 
     def blocks_to_grow(self, rid: int, new_kv_tokens: int) -> int:
@@ -291,7 +300,7 @@ class RetainingBlockManager(BlockManager):
         t = self._t
         return self._blocks_one(rid, max(int(t.kv_tokens[rid]), int(t.kv_reserved[rid])))
 
-    def blocks_to_admit(self, rid: int, tokens: int) -> int:
+    def blocks_to_admit(self, rid: int, tokens: int, hit: bool = True) -> int:
         return self._blocks_one(rid, tokens)
 
     def blocks_to_grow(self, rid: int, new_kv_tokens: int) -> int:

@@ -26,12 +26,29 @@ block granularity):
   ``used_blocks`` (private blocks + referenced units) plus the free-able resident units never exceed
   ``total_blocks``.
 
-Generated tokens are not cached (a multi-turn conversation reuses its earlier prompts, not the answers), and
-sharing starts only at whole units; both make the hit rate a lower bound of vLLM's on the same stream.
+* Generated tokens (``cache_generated``, vLLM's behaviour): when a sequence is released, the whole units of its
+  KV past its prompt (its answer, and for a re-prefilled sequence its earlier answer) stay resident as free-able
+  cached units, deepest first in the eviction order, so the next turn of a conversation -- whose prompt extends
+  this turn's prompt *and* answer -- can hit them. A unit id the stream gives no identity for (past the ids it
+  carries) gets a fresh one that nothing else shares. Off: only prompt units are cached (a later turn reuses the
+  earlier prompts, not the answers), a lower bound of vLLM's hit rate on the same stream.
+
+Sharing starts only at whole units, which also makes the hit rate a lower bound of vLLM's.
+
+Non-prefix chunk reuse (``reuse``; CacheBlend, Cache-Craft, KVShare): a unit id may carry a position-independent
+chunk-block identity (``traces.sharing.chunk_block``: a RAG corpus chunk's block). At admission, after the prefix
+hit, every later prompt unit whose chunk block some resident unit of this replica holds (computed, hittable) is
+*reused*: its KV is copied from the cached one and ``recompute_fraction`` of its tokens (rounded up, per request)
+are recomputed to restore the cross-attention to the text before it. The prefill then computes the tokens that
+are neither hit nor reused-and-kept; the reused-and-kept ones are counted with the cached ones (attention reads
+them; no other operator touches them), and the copy -- reading and writing their KV in HBM -- delays the
+iteration that runs the request's first chunk. A reused unit is the request's own copy (private blocks, not
+shared): its KV differs from the source's.
 """
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
@@ -41,13 +58,15 @@ from capsim.errors import CapsimError
 from simulator.kvcache import NO_CAP, BlockManager, blocks_for
 from simulator.remote_kv import ContextLoader
 from simulator.requests import RequestTable
+from traces.sharing import chunk_block
 
 
 class PrefixIndex:
     """One simulation's prefix identities and hit record, shared by every replica's cache.
 
-    ``ids[rid]`` lists the ids of ``rid``'s prompt blocks that lie wholly inside its prompt (the cacheable
-    ones); ``cached_tokens[rid]`` is the hit of its first admission (-1: never admitted).
+    ``ids[rid]`` lists the ids of ``rid``'s blocks that can be cached: those wholly inside its prompt, or with
+    ``cache_generated`` inside its prompt and answer; ``cached_tokens[rid]`` is the hit of its first admission
+    (-1: never admitted).
     """
 
     def __init__(
@@ -57,17 +76,47 @@ class PrefixIndex:
         unit_tokens: int,
         clock: Callable[[], float],
         shared_attention: bool = False,
+        cache_generated: bool = False,
+        reuse: ChunkReuse | None = None,
     ):
         self.unit = int(unit_tokens)
         self.shared_attention = shared_attention
+        self.cache_generated = cache_generated
+        self.reuse = reuse
         prompts = table.prompt.tolist()
-        self.ids: list[list[int]] = [
-            np.asarray(h)[: p // self.unit].tolist() for h, p in zip(hashes, prompts, strict=True)
-        ]
+        if cache_generated:
+            # Every whole unit a sequence's KV can hold at release (prompt + answer - 1 tokens: the last token is
+            # never written), ids the stream lacks made fresh (negative: stream ids are >= 0, so never shared).
+            self.ids = []
+            fresh = -1
+            for h, p, o in zip(hashes, prompts, table.output.tolist(), strict=True):
+                want = (p + o - 1) // self.unit
+                got = np.asarray(h)[:want].tolist()
+                if len(got) < want:
+                    extra = want - len(got)
+                    got.extend(range(fresh, fresh - extra, -1))
+                    fresh -= extra
+                self.ids.append(got)
+        else:
+            self.ids: list[list[int]] = [
+                np.asarray(h)[: p // self.unit].tolist() for h, p in zip(hashes, prompts, strict=True)
+            ]
         self.cached_tokens = np.full(table.n, -1, dtype=np.int64)
         self.clock = clock
         # A remote KV store every replica writes to and may load from (simulator.remote_kv); None: HBM only.
         self.remote: ContextLoader | None = None
+        # Non-prefix chunk reuse: reused tokens at each request's first admission (-1: never admitted).
+        self.reused_tokens = np.full(table.n, -1, dtype=np.int64) if reuse is not None else None
+
+    @property
+    def load(self) -> Callable[[tuple], float] | None:
+        """The replica's load hook: seconds an iteration waits for its chunks' remote loads and chunk copies."""
+        remote, reuse = self.remote, self.reuse
+        if reuse is None:
+            return remote
+        if remote is None:
+            return reuse
+        return lambda prefill: remote(prefill) + reuse(prefill)
 
     def block_manager(self, total_blocks: int, block_size: int, table: RequestTable) -> PrefixCachingBlockManager:
         return PrefixCachingBlockManager(total_blocks, block_size, table, self)
@@ -75,6 +124,31 @@ class PrefixIndex:
     def attention(self, blocks: PrefixCachingBlockManager) -> SharedPrefixAttention | None:
         """The decode-attention view of one engine (Hydragen), or None when shared-prefix attention is off."""
         return SharedPrefixAttention(blocks) if self.shared_attention else None
+
+
+class ChunkReuse:
+    """Non-prefix chunk reuse's parameters and the copies each admission leaves for its iteration to wait for."""
+
+    def __init__(self, recompute_fraction: float, copy_s_per_token: float):
+        self.fraction = float(recompute_fraction)
+        self.copy_s_per_token = float(copy_s_per_token)
+        self._pending: dict[int, float] = {}
+
+    def recomputed(self, reused_tokens: int) -> int:
+        """Tokens of ``reused_tokens`` reused ones a request recomputes (rounded up)."""
+        return math.ceil(self.fraction * reused_tokens - 1e-9)
+
+    def copy(self, rid: int, tokens: int) -> None:
+        self._pending[rid] = self._pending.get(rid, 0.0) + tokens * self.copy_s_per_token
+
+    def cancel(self, rid: int) -> None:
+        self._pending.pop(rid, None)
+
+    def __call__(self, prefill) -> float:
+        pending = self._pending
+        if not pending:
+            return 0.0
+        return sum(pending.pop(c.rid, 0.0) for c in prefill)
 
 
 class PrefixCachingBlockManager(BlockManager):
@@ -103,6 +177,9 @@ class PrefixCachingBlockManager(BlockManager):
         self._held: dict[int, list[int]] = {}  # rid -> unit ids it references
         self._next: dict[int, int] = {}  # rid -> index of its next prompt unit to register
         self.evicted_units = 0
+        self._detaching = False
+        # Chunk-block identity -> resident unit ids carrying it (kept only with chunk reuse on).
+        self._chunks: dict[int, set[int]] | None = {} if index.reuse is not None else None
         self.peak_resident_blocks = 0  # most blocks ever holding KV, free-able cached units included
 
     # ------------------------------------------------------------------ cache
@@ -139,8 +216,26 @@ class PrefixCachingBlockManager(BlockManager):
         """Prompt tokens of ``rid`` this replica's cache holds now (a cache-aware router's signal)."""
         return len(self._match(rid, int(self._t.prompt[rid]))) * self.unit
 
-    def attach(self, rid: int) -> int:
-        """Reference the longest cached prefix of waiting ``rid`` and count it as stored KV; returns its tokens."""
+    def hit(self, rid: int) -> tuple[int, int]:
+        """(Tokens the local hit :meth:`attach` would give now -- cached units, and reused chunks' kept tokens --,
+        blocks it adds to the used ones: free-able units it revives and the kept tokens' private blocks)."""
+        t = self._t
+        target = int(t.prompt[rid] + t.generated[rid])
+        hits = self._match(rid, target)
+        refs = self._refs
+        revived = sum(1 for h in hits if refs[h] == 0) * self.unit_blocks
+        cached = len(hits) * self.unit
+        if self._chunks is None:
+            return cached, revived
+        kept = self._reusable(rid, len(hits), target)[1]
+        return cached + kept, revived + -(-kept // self.block_size)
+
+    def attach(self, rid: int, room: int | None = None) -> int:
+        """Reference the longest cached prefix of waiting ``rid`` and count it as stored KV; returns its tokens.
+
+        Reviving a free-able unit moves its blocks from free to used: the caller must have counted them (vLLM's
+        :meth:`blocks_to_admit`, a chunked scheduler's :meth:`hit`). Units loaded from a remote store are new
+        blocks, taken only within ``room`` (None: the free blocks)."""
         t = self._t
         hits = self._match(rid, int(t.prompt[rid] + t.generated[rid]))
         before = self.held_by(rid)  # 0, or an up-front reservation
@@ -151,25 +246,28 @@ class PrefixCachingBlockManager(BlockManager):
                 del lru[h]
                 self.used_blocks += ub
             refs[h] = r + 1
-        loaded = self._load_remote(rid, hits) if self.index.remote is not None else 0
+        loaded = self._load_remote(rid, hits, room) if self.index.remote is not None else 0
         self._held[rid] = hits
         self._next[rid] = len(hits)
         cached = len(hits) * self.unit
-        t.kv_tokens[rid] = cached
-        self._add(self.held_by(rid) - before + loaded * ub)
         if self.index.cached_tokens[rid] < 0:
             self.index.cached_tokens[rid] = cached
+        if self._chunks is not None:
+            cached += self._reuse(rid, len(hits))
+        t.kv_tokens[rid] = cached
+        self._add(self.held_by(rid) - before + loaded * ub)
         return cached
 
-    def _load_remote(self, rid: int, hits: list[int]) -> int:
+    def _load_remote(self, rid: int, hits: list[int], room: int | None) -> int:
         """Extend ``hits`` with the next prompt units the remote store holds, when loading them beats
-        recomputing them (and their blocks fit beside the running KV); returns how many were loaded. Loaded
-        units become resident and referenced here, as if this replica had computed them."""
+        recomputing them (and their blocks fit in ``room`` beside the running KV); returns how many were loaded.
+        Loaded units become resident and referenced here, as if this replica had computed them."""
         t = self._t
         target = int(t.prompt[rid] + t.generated[rid])
         ids = self.index.ids[rid]
         limit = min(len(ids), (target - 1) // self.unit)
-        room = (self.total_blocks - self.used_blocks) // self.unit_blocks  # free-able units may be evicted
+        free = self.total_blocks - self.used_blocks  # free-able units may be evicted
+        room = (free if room is None else min(free, room)) // self.unit_blocks
         now, store, refs = self.index.clock(), self.index.remote.store, self._refs
         found: list[int] = []
         for j in range(len(hits), limit):
@@ -187,8 +285,40 @@ class PrefixCachingBlockManager(BlockManager):
         for h in found:
             refs[h] = 1
             ready[h] = now
+            if self._chunks is not None:
+                self._resident(h)
         hits.extend(found)
         return len(found)
+
+    def _reusable(self, rid: int, start: int, target: int) -> tuple[int, int]:
+        """(Tokens of ``rid``'s prompt units from ``start`` on whose chunk block is cached here, of those the ones
+        kept -- not recomputed)."""
+        ids = self.index.ids[rid]
+        limit = min(len(ids), (target - 1) // self.unit)
+        chunks, ready, now = self._chunks, self._ready, self.index.clock()
+        units = 0
+        for j in range(start, limit):
+            holders = chunks.get(chunk_block(ids[j]))
+            if holders and any(ready[u] < now for u in holders):
+                units += 1
+        reused = units * self.unit
+        return reused, reused - self.index.reuse.recomputed(reused)
+
+    def _reuse(self, rid: int, start: int) -> int:
+        """Reuse ``rid``'s cached chunk blocks after its prefix hit; returns the tokens kept (not recomputed)."""
+        t, reuse = self._t, self.index.reuse
+        reused, kept = self._reusable(rid, start, int(t.prompt[rid] + t.generated[rid]))
+        if self.index.reused_tokens[rid] < 0:
+            self.index.reused_tokens[rid] = reused
+        if kept:
+            reuse.copy(rid, kept)
+        return kept
+
+    def _resident(self, unit_id: int) -> None:
+        """``unit_id`` now holds KV here: its chunk block (if any) can be reused."""
+        c = chunk_block(unit_id)
+        if c:
+            self._chunks.setdefault(c, set()).add(unit_id)
 
     def _register(self, rid: int, new_kv_tokens: int) -> int:
         """Units of ``rid``'s prompt that its stored KV now covers become cached (referenced by it); returns
@@ -211,15 +341,54 @@ class PrefixCachingBlockManager(BlockManager):
                 ready[h] = now
                 held.append(h)
                 added += 1
+                if self._chunks is not None:
+                    self._resident(h)
         self._next[rid] = upto
         return added
+
+    def _keep_generated(self, rid: int) -> None:
+        """Whole units of ``rid``'s KV past the ones it registered (its answer) become free-able cached units, deepest
+        first in line for eviction (vLLM frees a finished request's blocks into its cache in reverse). Their blocks
+        were ``rid``'s private ones, just subtracted from ``used_blocks``: resident blocks do not change. A unit
+        already resident (cached by another sequence) is a duplicate and is freed."""
+        ids = self.index.ids[rid]
+        upto = min(len(ids), int(self._t.kv_tokens[rid]) // self.unit)
+        start = self._next.get(rid, 0)
+        if upto <= start:
+            return
+        refs, ready, lru, now = self._refs, self._ready, self._lru, self.index.clock()
+        store = self.index.remote.store if self.index.remote is not None else None
+        for j in range(upto - 1, start - 1, -1):
+            h = ids[j]
+            if store is not None:
+                store.put(h, now)
+            if h not in refs:
+                refs[h] = 0
+                ready[h] = now
+                lru[h] = None
+                if self._chunks is not None:
+                    self._resident(h)
+
+    def detach(self, rid: int) -> int:
+        # The KV leaves for another pool, its blocks kept until sent: nothing of it becomes cached here.
+        self._detaching = True
+        try:
+            return super().detach(rid)
+        finally:
+            self._detaching = False
 
     def _evict(self, units: int) -> None:
         lru, refs, ready = self._lru, self._refs, self._ready
         units = min(units, len(lru))
+        chunks = self._chunks
         for _ in range(units):
             h, _none = lru.popitem(last=False)
             del refs[h], ready[h]
+            if chunks is not None and chunk_block(h):
+                holders = chunks[chunk_block(h)]
+                holders.discard(h)
+                if not holders:
+                    del chunks[chunk_block(h)]
         self.evicted_units += units
 
     # --------------------------------------------------------- block manager
@@ -229,7 +398,9 @@ class PrefixCachingBlockManager(BlockManager):
         private = int(blocks_for(max(int(t.kv_tokens[rid]), int(t.kv_reserved[rid])), self.block_size))
         return private - len(held) * self.unit_blocks if held else private
 
-    def blocks_to_admit(self, rid: int, tokens: int) -> int:
+    def blocks_to_admit(self, rid: int, tokens: int, hit: bool = True) -> int:
+        if not hit:  # swapped back in: the sequence's blocks return as its own, whatever is cached here
+            return -(-tokens // self.block_size)
         hits = self._match(rid, tokens)
         revive = sum(1 for h in hits if self._refs[h] == 0)  # free-able units a hit takes back into use
         return -(-tokens // self.block_size) + (revive - len(hits)) * self.unit_blocks
@@ -247,6 +418,8 @@ class PrefixCachingBlockManager(BlockManager):
 
     def release(self, rid: int) -> None:
         self.used_blocks -= self.held_by(rid)
+        if self.index.cache_generated and not self._detaching:
+            self._keep_generated(rid)
         held = self._held.pop(rid, None)
         if held:
             refs, lru, ub = self._refs, self._lru, self.unit_blocks
@@ -259,6 +432,8 @@ class PrefixCachingBlockManager(BlockManager):
         self._next.pop(rid, None)
         if self.index.remote is not None:
             self.index.remote.cancel(rid)
+        if self.index.reuse is not None:
+            self.index.reuse.cancel(rid)
         self._t.kv_reserved[rid] = 0
         self._t.kv_tokens[rid] = 0
 
@@ -317,4 +492,4 @@ class SharedPrefixAttention:
         return float(np.add.reduce(kv + 1)) - self.saved(ids), np.ones(len(ids)), NO_CAP
 
 
-__all__ = ["PrefixCachingBlockManager", "PrefixIndex", "SharedPrefixAttention"]
+__all__ = ["ChunkReuse", "PrefixCachingBlockManager", "PrefixIndex", "SharedPrefixAttention"]

@@ -11,8 +11,9 @@ from capsim.errors import CapsimError
 from simulator.config.schema import Scenario
 from simulator.engine import simulate
 from simulator.metrics.summary import summarise
-from simulator.prefix_cache import PrefixIndex
+from simulator.prefix_cache import ChunkReuse, PrefixIndex
 from simulator.requests import RequestTable
+from simulator.schedulers.base import PrefillChunk
 from tests.test_engine_invariants import check_invariants, tiny_scenario
 from traces.build import build_requests
 from traces.config import WorkloadConfig
@@ -77,9 +78,11 @@ def test_multi_turn_extends_the_previous_turn():
     for i in range(conversations, 9):
         prev = i - conversations
         assert p[i] == p[prev] + out[prev] + own[i]
-        keep = int(p[prev]) // 128
+        keep = int(p[prev] + out[prev]) // 128  # the previous turn's whole blocks of prompt and answer
         np.testing.assert_array_equal(h[i][:keep], h[prev][:keep])
         assert not set(h[i][keep:].tolist()) & set(np.concatenate(h[:i]).tolist())
+    for i in range(9):  # ids cover each request's prompt and answer
+        assert len(h[i]) == -(-int(p[i] + out[i]) // 128)
 
 
 def test_sharing_refuses_a_trace_with_its_own_ids():
@@ -223,22 +226,25 @@ def test_manager_invariants_under_random_operations(ops, total):
 
 # ---------------------------------------------------------------- every scheduler, tight memory
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(scheduler=st.sampled_from(["vllm", "orca", "static"]),
-       pattern=st.sampled_from(["system-prompt", "few-shot", "multi-turn"]),
+@given(scheduler=st.sampled_from(["vllm", "sarathi", "orca", "static", "vllm-swap", "sarathi-swap"]),
+       pattern=st.sampled_from(["system-prompt", "few-shot", "multi-turn", "rag"]),
        seed=st.integers(0, 10_000), qps=st.floats(0.5, 40.0), n=st.integers(1, 50), replicas=st.integers(1, 3),
        router=st.sampled_from(["round-robin", "least-outstanding", "cache-aware"]), tight=st.booleans(),
-       block_size=st.sampled_from([16, 12, 1]), hydragen=st.booleans())
+       block_size=st.sampled_from([16, 12, 1]), hydragen=st.booleans(), generated=st.booleans(), reuse=st.booleans())
 def test_engine_invariants_hold_with_prefix_caching(scheduler, pattern, seed, qps, n, replicas, router, tight,
-                                                    block_size, hydragen):
+                                                    block_size, hydragen, generated, reuse):
     base = tiny_scenario(scheduler, seed=seed, qps=qps, n=n, replicas=replicas, router=router,
                          kv_tokens_budget=tight, block_size=block_size)
     data = base.model_dump()
     sharing = {"pattern": pattern, "block_tokens": 48}  # a multiple of every block size drawn
-    if pattern != "multi-turn":
+    if pattern in ("system-prompt", "few-shot"):
         sharing["shared_tokens"] = 200
+    if pattern == "rag":  # a small corpus, so chunks recur at other positions
+        sharing.update(shared_tokens=96, chunks_per_prompt=3, corpus_chunks=12)
     data["workload"]["sharing"] = sharing
     data["simulation"]["oversized"] = "drop"
-    techniques = [{"name": "prefix-caching", "shared_prefix_attention": hydragen}]
+    techniques = [{"name": "prefix-caching", "shared_prefix_attention": hydragen, "cache_generated": generated,
+                   "reuse": reuse}]
     out = simulate(Scenario.model_validate({**data, "techniques": techniques}))
     check_invariants(out)
     assert out.result.token_gaps.num_samples == int((out.table.output - 1).sum())
@@ -248,7 +254,7 @@ def test_engine_invariants_hold_with_prefix_caching(scheduler, pattern, seed, qp
 
 
 def test_tight_memory_with_prefix_caching_preempts_and_finishes():
-    for scheduler in ("vllm",):
+    for scheduler in ("vllm", "sarathi"):
         base = tiny_scenario(scheduler, seed=3, qps=50.0, n=80, replicas=1, router="round-robin",
                              kv_tokens_budget=True)
         data = base.model_dump()
@@ -257,6 +263,161 @@ def test_tight_memory_with_prefix_caching_preempts_and_finishes():
         check_invariants(out)
         assert out.result.requests["preemptions"].sum() > 0
         assert (out.result.requests["cached_tokens"] > 0).sum() > 10
+
+
+def tight_sharing(scheduler: str, sharing: dict, *, seed: int, qps: float, n: int, replicas: int = 1,
+                  router: str = "round-robin", block_size: int = 16, techniques=PC):
+    data = tiny_scenario(scheduler, seed=seed, qps=qps, n=n, replicas=replicas, router=router,
+                         kv_tokens_budget=True, block_size=block_size).model_dump()
+    data["workload"]["sharing"] = sharing
+    data["simulation"]["oversized"] = "drop"
+    return simulate(Scenario.model_validate({**data, "techniques": techniques}))
+
+
+def test_chunked_admission_counts_the_cached_units_a_hit_takes_back():
+    """Regression (found by the property test, seed 3510): sarathi admitted a request when its first chunk fitted
+    beside the decodes' next blocks, then attached its hit, which moved free-able cached units back into use --
+    blocks the decodes needed -- so the iteration ended one KV block over capacity. The admission now asks the
+    block manager for the hit (tokens, revived blocks) first and counts both."""
+    out = tight_sharing("sarathi", {"pattern": "multi-turn", "block_tokens": 48}, seed=3510, qps=12, n=5)
+    check_invariants(out)
+    assert (out.result.requests["cached_tokens"] > 0).any()  # the hit that used to overflow still happens
+
+
+def test_swapped_in_sequences_are_not_counted_as_prefix_hits():
+    """Regression: vllm's admission check counted a swapped-out sequence's cached prefix as a hit, but KV swapped
+    back in holds all its blocks itself (no attach), so the check came short by the hit's blocks."""
+    for seed, qps, n, block_size in ((23, 25.84, 35, 16), (30, 17.45, 12, 12)):
+        out = tight_sharing("vllm-swap", {"pattern": "system-prompt", "shared_tokens": 200, "block_tokens": 48},
+                            seed=seed, qps=qps, n=n, replicas=2 if seed == 30 else 1, block_size=block_size)
+        check_invariants(out)
+        assert out.result.requests["preemptions"].sum() > 0
+
+
+def two_turns(cache_generated: bool):
+    """One conversation of two turns: a 700-token message, a 300-token answer, then 700 more tokens."""
+    return simulate(scenario(
+        workload={"arrival": "poisson", "qps": 0.05, "prompt": {"dist": "fixed", "value": 700},
+                  "output": {"dist": "fixed", "value": 300},
+                  "sharing": {"pattern": "multi-turn", "turns": 2, "block_tokens": 256}},
+        simulation={"num_requests": 2},
+        techniques=[{"name": "prefix-caching", "cache_generated": cache_generated}]))
+
+
+def test_cached_answer_blocks_extend_the_next_turns_hit():
+    """Turn 1's prompt is 700 + 300 + 700 = 1700 tokens. Prompt blocks only: it reuses floor(700 / 256) = 2 units
+    (512 tokens). With the answer cached: turn 0's KV at release holds 999 tokens (the last token is never
+    written), floor(999 / 256) = 3 whole units (768 tokens), so the prefill computes 1700 - 768 = 932 tokens."""
+    for flag, hit in ((False, 512), (True, 768)):
+        out = two_turns(flag)
+        req = out.result.requests
+        assert req["arrival_s"][1] > req["finish_s"][0]  # the second turn comes after the first is done
+        assert out.table.prompt.tolist() == [700, 1700]
+        assert req["cached_tokens"].tolist() == [0, hit]
+        it = out.result.iterations.query("prefill_tokens > 0")
+        assert it["prefill_tokens"].tolist() == [700, 1700 - hit]
+        check_invariants(out)
+    off, on = (summarise(two_turns(f).result) for f in (False, True))
+    assert on["prefix_hit_rate_tokens"] == pytest.approx(768 / 2400)
+    assert off["prefix_hit_rate_tokens"] == pytest.approx(512 / 2400)
+
+
+def test_generated_units_are_kept_free_able_and_evicted_deepest_first():
+    table = RequestTable(np.array([0.0, 1.0]), np.array([130, 130]), np.array([100, 100]))
+    now = [0.0]
+    index = PrefixIndex(table, [np.array([1, 2]), np.array([1, 2, 3])], 64, lambda: now[0], cache_generated=True)
+    assert index.ids[0] == [1, 2, -1] and index.ids[1] == [1, 2, 3]  # 229 // 64 = 3 units; a fresh id for rid 0's
+    m = index.block_manager(40, 16, table)
+    m.attach(0)
+    m.grow(0, 130)  # prefill: units 1, 2 registered
+    m.grow_all(np.array([0]), 70)  # 200 tokens of KV: the third unit (tokens 128..191) is full
+    used = m.used_blocks
+    assert used == 13  # ceil(200 / 16)
+    now[0] = 1.0
+    m.release(0)
+    assert m.used_blocks == 0 and m.cached_free_blocks == 12  # 3 units of 4 blocks stay resident, 1 block freed
+    assert list(m._lru) == [-1, 2, 1]  # the answer's unit first in line for eviction
+    now[0] = 2.0
+    assert m.match_tokens(1) == 128  # request 1: the two whole units of its 130-token prompt hit
+
+
+# ---------------------------------------------------------------- non-prefix chunk reuse
+def rag_id(chunk_block: int, serial: int) -> int:
+    return (chunk_block << 32) | serial
+
+
+def test_a_known_chunk_reuse_skips_its_kept_tokens_by_hand():
+    """Request 0: system unit, chunk A, chunk B, question; request 1: system unit, chunk B, chunk A, question
+    (64-token units, 266-token prompts). Request 1 hits the system unit as a prefix (64 tokens) and reuses both
+    chunk units at their new positions: 128 tokens, of which ceil(0.15 x 128) = 20 are recomputed, so 108 are
+    kept and its prefill computes 266 - 64 - 108 = 94 tokens. The kept tokens' KV is copied (pending for the
+    iteration that runs the chunk)."""
+    table = RequestTable(np.array([0.0, 1.0]), np.array([266, 266]), np.array([10, 10]))
+    ids = [np.array([1, rag_id(7, 2), rag_id(9, 3), 4]), np.array([1, rag_id(9, 5), rag_id(7, 6), 8])]
+    now = [0.0]
+    reuse = ChunkReuse(0.15, 1e-6)
+    index = PrefixIndex(table, ids, 64, lambda: now[0], reuse=reuse)
+    m = index.block_manager(100, 16, table)
+    m.attach(0)
+    m.grow(0, 266)
+    assert index.reused_tokens[0] == 0
+    now[0] = 1.0
+    assert m.hit(1) == (64 + 108, 7)  # 7 private blocks for the 108 kept tokens (no unit revived: 0 is running)
+    used = m.used_blocks
+    assert m.attach(1) == 172
+    assert index.cached_tokens[1] == 64 and index.reused_tokens[1] == 128
+    assert m.used_blocks - used == 7
+    assert reuse([PrefillChunk(1, 94, 172, True, 94)]) == pytest.approx(108e-6)
+    m.grow(1, 266)
+    assert m.used_blocks == used + 17 - 4  # 17 blocks of 266 tokens less its referenced system unit
+    m.release(0)
+    m.release(1)
+    assert m.used_blocks == 0
+
+
+def rag_scenario(reuse: bool, scheduler: dict | None = None) -> Scenario:
+    return scenario(
+        model="llama-3.1-8b", deployment={"device": "h100-sxm"},
+        scheduler=scheduler or {"name": "vllm", "max_num_batched_tokens": 16384},
+        workload={"arrival": "poisson", "qps": 2, "prompt": {"dist": "uniform", "low": 20, "high": 200},
+                  "output": {"dist": "uniform", "low": 10, "high": 60},
+                  "sharing": {"pattern": "rag", "shared_tokens": 512, "block_tokens": 256, "chunk_tokens": 512,
+                              "chunks_per_prompt": 4, "corpus_chunks": 40, "zipf": 1.0}},
+        simulation={"num_requests": 120},
+        techniques=[{"name": "prefix-caching", "reuse": reuse, "recompute_fraction": 0.15}])
+
+
+def test_chunk_reuse_computes_only_what_is_neither_hit_nor_kept_and_lowers_ttft():
+    plain, reused = simulate(rag_scenario(False)), simulate(rag_scenario(True))
+    for out in (plain, reused):
+        check_invariants(out)
+        assert out.result.requests["preemptions"].sum() == 0
+    req = reused.result.requests
+    prompt, hit, got = out.table.prompt, req["cached_tokens"].to_numpy(), req["reused_tokens"].to_numpy()
+    assert np.all(got % 256 == 0) and got.sum() > 0.3 * prompt.sum()  # chunks recur in a 40-chunk corpus
+    kept = got - np.ceil(0.15 * got).astype(np.int64)
+    assert reused.result.iterations["prefill_tokens"].sum() == int((prompt - hit - kept).sum())
+    assert plain.result.iterations["prefill_tokens"].sum() == int((prompt - plain.result.requests["cached_tokens"]).sum())
+    np.testing.assert_array_equal(hit, plain.result.requests["cached_tokens"])  # prefix hits unchanged here
+    s_plain, s_reuse = summarise(plain.result), summarise(reused.result)
+    assert s_reuse["chunk_reuse_rate_tokens"] == pytest.approx(got.sum() / prompt.sum())
+    assert "chunk_reuse_rate_tokens" not in s_plain
+    assert s_reuse["ttft_mean_s"] < s_plain["ttft_mean_s"]
+
+
+def test_chunk_reuse_under_chunked_prefill_keeps_the_invariants_in_tight_memory():
+    for scheduler in ("sarathi", "sarathi-swap", "vllm-swap"):
+        out = tight_sharing(scheduler, {"pattern": "rag", "shared_tokens": 96, "block_tokens": 48,
+                                        "chunks_per_prompt": 3, "corpus_chunks": 8}, seed=5, qps=30, n=40,
+                           techniques=[{"name": "prefix-caching", "reuse": True, "cache_generated": True}])
+        check_invariants(out)
+
+
+def test_rag_pattern_refuses_chunks_off_the_block_grid():
+    with pytest.raises(ValueError, match="multiples of block_tokens"):
+        WorkloadConfig.model_validate({"sharing": {"pattern": "rag", "shared_tokens": 100, "block_tokens": 64}})
+    with pytest.raises(ValueError, match="corpus_chunks"):
+        WorkloadConfig.model_validate({"sharing": {"pattern": "rag", "chunks_per_prompt": 5, "corpus_chunks": 4}})
 
 
 # ---------------------------------------------------------------- routing
@@ -304,7 +465,7 @@ def test_router_and_technique_errors():
 
 def test_mooncake_trace_ids_give_hits():
     sc = scenario(deployment={"device": "h100-sxm"}, model="llama-3.1-8b",
-                  scheduler={"name": "vllm", "max_num_batched_tokens": 131072},
+                  scheduler={"name": "sarathi", "chunk_size": 2048},
                   workload={"arrival": "trace", "trace": {"name": "mooncake-conversation"}},
                   simulation={"num_requests": 200})
     s = summarise(simulate(sc).result)

@@ -105,7 +105,7 @@ def test_the_slow_link_recomputes_and_compression_turns_it_back_into_a_load():
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    scheduler=st.sampled_from(["vllm", "orca", "static"]),
+    scheduler=st.sampled_from(["vllm", "sarathi", "orca", "static"]),
     seed=st.integers(0, 10_000),
     qps=st.floats(0.5, 40.0),
     n=st.integers(1, 40),

@@ -13,7 +13,7 @@ attention devices whose memory alone bounds it, and prices steps as overlapped G
 from __future__ import annotations
 
 import pandas as pd
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from simulator.config.schema import Scenario
@@ -85,7 +85,6 @@ def with_technique(scenario: Scenario, variant: str) -> Scenario:
 )
 def test_invariants_hold_with_techniques_on(scheduler, variant, seed, qps, n, replicas, router, tight, preload,
                                             block_size):
-    assume(not (variant == "prefix-caching" and scheduler == "sarathi"))  # refused (see prefix_caching.py)
     base = tiny_scenario(scheduler, seed=seed, qps=qps, n=n, replicas=replicas, router=router,
                          kv_tokens_budget=tight, block_size=block_size)
     out = simulate(with_technique(base, variant), preload_arrivals=preload)
@@ -175,8 +174,6 @@ def test_every_shipped_technique_at_once_keeps_the_invariants():
         "tier_links": [{"name": "csd-p2p", "kind": "p2p", "between": ["hbm", "csd"], "bandwidth_gbs": 6.5}]}
     for stack in stacks:
         for scheduler in ("vllm", "sarathi"):
-            if stack is with_prefix and scheduler == "sarathi":
-                continue  # prefix caching is refused under chunked prefill for now (see prefix_caching.py)
             base = tiny_scenario(scheduler, seed=11, qps=8.0, n=40, replicas=1, router="round-robin",
                                  kv_tokens_budget=False).model_dump()
             if stack is with_prefix:

@@ -595,7 +595,16 @@ def prefix_cache_stats(req) -> dict[str, float]:
         "prefix_hit_rate_tokens": _ratio(float(hit.sum()), float(prompt.sum())),
         "prefix_hit_rate_requests": _ratio(float(np.count_nonzero(hit)), float(len(hit))),
         "prefix_cached_tokens": int(hit.sum()),
-    } | (remote_store_stats(req, admitted, float(prompt.sum())) if "remote_found_tokens" in req.columns else {})
+    } | (remote_store_stats(req, admitted, float(prompt.sum())) if "remote_found_tokens" in req.columns else {}) | (
+        chunk_reuse_stats(req, admitted, float(prompt.sum())) if "reused_tokens" in req.columns else {}
+    )
+
+
+def chunk_reuse_stats(req, admitted: np.ndarray, prompt_tokens: float) -> dict[str, float]:
+    """Non-prefix chunk reuse (prefix caching's ``reuse``): prompt tokens whose KV came from a cached chunk (the
+    recomputed share included), as a share of prompt tokens, and their count."""
+    reused = req["reused_tokens"].to_numpy(dtype=np.int64)[admitted]
+    return {"chunk_reuse_rate_tokens": _ratio(float(reused.sum()), prompt_tokens), "chunk_reused_tokens": int(reused.sum())}
 
 
 def remote_store_stats(req, admitted: np.ndarray, prompt_tokens: float) -> dict[str, float]:

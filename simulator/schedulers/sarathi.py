@@ -77,21 +77,28 @@ class SarathiScheduler(Scheduler):
         while budget > 0 and st.waiting and len(st.running) < p.max_num_seqs:
             rid = st.waiting[0]
             held = self.swapped_tokens(rid) if st.swap is not None else 0  # KV waiting in host swap space
-            q = min(t.prefill_target(rid) - held, budget)
-            if blocks.free_blocks - decode_growth - int(blocks_for(held + q, bs)) < watermark:
+            # A prefix-cache hit: the chunks start after the cached tokens, and the blocks the hit takes (cached
+            # units revived from the free-able ones, reused chunks' copies) count against the free blocks like the
+            # first chunk's (0, 0 without a cache).
+            cached, taken = blocks.hit(rid) if not held else (0, 0)
+            q = min(t.prefill_target(rid) - held - cached, budget)
+            first = int(blocks_for(held + cached + q, bs)) - (int(blocks_for(cached, bs)) if cached else 0)
+            spare = blocks.free_blocks - decode_growth - taken - first
+            if spare < watermark:
                 break
             st.waiting.popleft()
             if held:  # its blocks come back from the host; the prefill continues where it stopped
                 st.swap.swap_in(rid, st.now)
                 blocks.grow(rid, held)
+            else:  # a remote store's load may add units, only in blocks this iteration leaves spare
+                blocks.attach(rid, spare - watermark)
             if np.isnan(t.schedule_s[rid]):  # first admission (not a re-admission after preemption)
                 t.schedule_s[rid] = st.now
             st.running.append(rid)
             st.changed()
             self.prefilling[rid] = t.prefill_target(rid)
-            blocks.attach(rid)  # a prefix-cache hit: the chunks start after the cached tokens
             chunk = self._chunk(rid, self.prefilling[rid], budget, decode_growth)
-            if chunk is None:  # only when a prefix hit took free-able blocks back; its chunks come next time
+            if chunk is None:  # cannot happen (the check above counted the hit and the first chunk); be safe
                 break
             chunks.append(chunk)
             budget -= chunk.tokens

@@ -59,12 +59,14 @@ class VllmScheduler(Scheduler):
                 rid = waiting[0]
                 need = st.table.prefill_target(rid)
                 # A sequence swapped out to host memory needs no re-prefill of what it kept.
-                work = need - self.swapped_tokens(rid) if st.swap is not None else need
+                swapped = self.swapped_tokens(rid) if st.swap is not None else 0
+                work = need - swapped
                 # A preempted sequence may exceed the budget; let it run alone.
                 if tokens + work > p.max_num_batched_tokens and chunks:
                     break
-                # Asked of the block manager: a KV retention policy may keep fewer tokens than `need`.
-                if not self.fits_with_watermark(st.blocks.blocks_to_admit(rid, need), watermark):
+                # Asked of the block manager: a KV retention policy may keep fewer tokens than `need`, a prefix
+                # cache's hit takes cached blocks (not for KV swapped back in, which is not attached).
+                if not self.fits_with_watermark(st.blocks.blocks_to_admit(rid, need, not swapped), watermark):
                     break
                 waiting.popleft()
                 chunks.append(self.admit(rid, st.now))

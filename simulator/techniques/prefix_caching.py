@@ -30,8 +30,16 @@ the prefill tokens a hit skips):
   running a loaded chunk waits for the load (:mod:`simulator.remote_kv`). The summary gains
   ``remote_hit_rate_tokens``, ``remote_loads``, ``remote_recomputes``, ``remote_bytes_loaded``.
 
-Not modelled: caching of generated tokens (a later turn reuses earlier prompts only); sharing below whole
-blocks; a host-memory or SSD tier below HBM; the hashing cost itself (microseconds per block).
+* **Generated tokens** (``cache_generated``): at release, the full blocks of a request's answer stay cached too
+  (vLLM), so turn k+1 of a conversation reuses turn k's prompt and answer.
+
+* **Chunk reuse** (``reuse``, CacheBlend / Cache-Craft / KVShare): a prompt unit after the prefix hit whose
+  position-independent chunk block (a ``rag`` pattern's corpus chunk) is cached on the replica has its KV copied
+  from there, and ``recompute_fraction`` of those tokens recomputed; the prefill computes only the rest, the
+  copy (read + write of the reused KV in HBM) delays its iteration. The request table gains ``reused_tokens``,
+  the summary ``chunk_reuse_rate_tokens`` and ``chunk_reused_tokens``.
+
+Not modelled: sharing below whole blocks; a host-memory or SSD tier below HBM; the hashing cost itself (microseconds per block).
 """
 
 from __future__ import annotations
@@ -44,7 +52,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from capsim.errors import CapsimError
 from hwmodels.network import LinkConfig, resolve_link
 from simulator.costmodel.precision import bytes_per_element
-from simulator.prefix_cache import PrefixIndex
+from simulator.prefix_cache import ChunkReuse, PrefixIndex
 from simulator.remote_kv import ContextLoader, RemoteStore, lone_prefill_price
 from simulator.requests import RequestTable
 from simulator.techniques.base import TECHNIQUES, Technique, TechniqueParams
@@ -97,6 +105,25 @@ class PrefixCachingParams(TechniqueParams):
         description="Hydragen: a decode step reads a cached prefix shared by several sequences of the batch once "
         "(its KV counted once in the step's attended context) instead of once per sequence.",
     )
+    cache_generated: bool = Field(
+        False,
+        description="vLLM's automatic prefix caching: also keep the full blocks of each answer when its request "
+        "finishes, so the next turn of a conversation reuses the previous prompt and answer (recommended; off "
+        "keeps earlier releases' results: prompt blocks only).",
+    )
+    reuse: bool = Field(
+        False,
+        description="CacheBlend / Cache-Craft: reuse the cached KV of chunks that are not a prefix (a rag sharing "
+        "pattern's corpus chunks), recomputing recompute_fraction of their tokens.",
+    )
+    recompute_fraction: float = Field(
+        0.15,
+        ge=0.0,
+        le=1.0,
+        allow_inf_nan=False,
+        description="reuse: share of a reused chunk's tokens recomputed to restore its cross-attention "
+        "(CacheBlend recomputes about 15 %).",
+    )
     remote_store: RemoteStoreParams | None = Field(
         None,
         description="CacheGen/LMCache: a store holding the KV of every prefix block any replica computed; at "
@@ -107,8 +134,16 @@ class PrefixCachingParams(TechniqueParams):
 class PrefixCachePolicy:
     """Built by the technique's ``admit`` hook; bound once per simulation to its requests and their block ids."""
 
-    def __init__(self, shared_attention: bool = False, remote: Callable[[int, int], ContextLoader] | None = None):
+    def __init__(
+        self,
+        shared_attention: bool = False,
+        remote: Callable[[int, int], ContextLoader] | None = None,
+        cache_generated: bool = False,
+        reuse: Callable[[], ChunkReuse] | None = None,
+    ):
         self.shared_attention = shared_attention
+        self.cache_generated = cache_generated
+        self.reuse = reuse  # builds a run's chunk-reuse record; None: prefix hits only
         self.remote = remote  # builds a run's context loader (requests, unit tokens); None: no remote store
 
     def bind(
@@ -125,7 +160,8 @@ class PrefixCachePolicy:
                 fix="replay a trace that carries them (trace: {name: mooncake-conversation}) or add a sharing "
                 "pattern (workload.sharing: {pattern: system-prompt, shared_tokens: 1024})",
             )
-        index = PrefixIndex(table, hashes, unit_tokens, clock, self.shared_attention)
+        reuse = self.reuse() if self.reuse is not None else None
+        index = PrefixIndex(table, hashes, unit_tokens, clock, self.shared_attention, self.cache_generated, reuse)
         if self.remote is not None:
             index.remote = self.remote(table.n, unit_tokens)
         return index
@@ -134,12 +170,6 @@ class PrefixCachePolicy:
 @TECHNIQUES.register("prefix-caching", aliases=("automatic-prefix-caching", "apc", "radix-cache", "prefix-cache"))
 class PrefixCaching(Technique):
     Params = PrefixCachingParams
-    # A property test found chunked prefill (sarathi) with a prefix cache under tight memory holding one block more
-    # than the cache's capacity (seed 3510 of tests/test_remote_kv.py); refused until that accounting is fixed.
-    schedulers_refused = {
-        "sarathi": "with chunked prefill the prefix cache's block accounting can exceed capacity by a block under "
-        "memory pressure (a known bug being fixed); use vllm or orca",
-    }
     summary = "Reuse the KV of cached prompt prefixes (vLLM automatic prefix caching, SGLang RadixAttention)."
     mechanism = __doc__
     sources = (
@@ -160,10 +190,24 @@ class PrefixCaching(Technique):
 
     def admit(self, ctx: BuildContext) -> PrefixCachePolicy:
         cfg = self.params.remote_store
-        return PrefixCachePolicy(self.params.shared_prefix_attention, None if cfg is None else _loader(cfg, ctx))
+        p = self.params
+        return PrefixCachePolicy(
+            p.shared_prefix_attention,
+            None if cfg is None else _loader(cfg, ctx),
+            p.cache_generated,
+            _chunk_reuse(p.recompute_fraction, ctx) if p.reuse else None,
+        )
 
     def keeps_planner_bounds(self) -> bool:
         return False  # a hit makes a prefill cheaper than the analytic bound of the plain deployment
+
+
+def _chunk_reuse(fraction: float, ctx: BuildContext) -> Callable[[], ChunkReuse]:
+    """A reused token's copy: its KV read and written once in HBM, every GPU its own shard in parallel."""
+    dep = ctx.deployment
+    per_token = ctx.model.kv_bytes_per_token(bytes_per_element(dep.kv_dtype, field="deployment.kv_dtype"))
+    seconds = 2.0 * per_token / (dep.tp * dep.pp) / ctx.device.memory_bandwidth
+    return lambda: ChunkReuse(fraction, seconds)
 
 
 def _loader(cfg: RemoteStoreParams, ctx: BuildContext) -> Callable[[int, int], ContextLoader]:
