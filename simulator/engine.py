@@ -155,6 +155,10 @@ def simulate(
                     swap=swap_space_for(system, dep.pp))
         )
 
+    if system.gate is not None:  # a technique gates which waiting requests each replica batches (CoE)
+        gate = system.gate.bind(table, scenario.seed)
+        for replica in replicas:
+            gate.attach(replica)
     if prefix is not None and prefix.remote is not None:  # a remote KV store: loads delay their iteration
         for replica in replicas:
             replica.load = prefix.remote
@@ -228,6 +232,8 @@ def simulate(
             frame["remote_found_tokens"] = prefix.remote.found_tokens
             frame["remote_loaded_tokens"] = prefix.remote.loaded_tokens
             frame["remote_loaded_bytes"] = prefix.remote.loaded_bytes
+    if system.gate is not None:
+        gate.annotate(frame)  # each request's expert and the model switch it triggered
     if arrived < table.n:
         frame = frame.iloc[:arrived]
     result = SimulationResult(frame, recorder.iterations_frame(), recorder.token_gaps(), info)

@@ -50,6 +50,7 @@ class System:
     kv_policy: KVPolicy | None = None  # a technique's KV retention (eviction); None: every token kept
     admit: Any | None = None  # a technique's admission hook (prefix caching); None: nothing cached at admission
     extra_devices: tuple[ExtraDevice, ...] = ()  # per replica, added by techniques (a separate draft device)
+    gate: Any | None = None  # a technique's gate on which waiting requests a replica batches (composition of experts)
 
     @property
     def extra_usd_per_replica_hour(self) -> float:
@@ -270,6 +271,7 @@ def build_system(scenario: Scenario) -> System:
         kv_policy=_kv_policy(stack, ctx, model),
         admit=stack.admit(ctx) if stack else None,
         extra_devices=stack.extra_devices(ctx) if stack else (),
+        gate=stack.gate(ctx) if stack else None,
     )
 
 
