@@ -145,11 +145,6 @@ def build_pools(scenario: Scenario) -> PoolSet:
                 f"{system.model.name} keeps a capped KV cache (sliding window), which pools do not model yet",
                 where="model", fix="simulate it as a single pool (`deployment:`), or use a model without a window",
             )
-        if system.gate is not None:
-            raise CapsimError(
-                "composition-of-experts switches models on a replica, which pools do not model yet",
-                where="techniques", fix="simulate it as a single pool (`deployment:`)",
-            )
         plans.append(PoolPlan(i, pool, system))
     roles = [p.role for p in plans]
     for role in cls.required:

@@ -24,10 +24,11 @@ How capsim models it:
   sees waiting requests of resident experts, so every batch mixes resident experts only. A request for a
   non-resident expert waits. When a slot is free, its expert is loaded at once; when every slot is taken, the
   replica first finishes the resident experts' work (no new admissions are withheld from them), then evicts
-  the least recently admitted expert and loads the expert of the oldest waiting request. While it loads, the
+  the least recently admitted expert and loads the expert of the longest-waiting request. While it loads, the
   replica runs nothing (the copy is priced as a stall; the decodes of other resident experts wait too).
-  ``max_wait_s`` bounds the starvation of a rare expert: once the oldest waiting request of a non-resident
-  expert has waited that long, resident experts admit nobody new until the switch.
+  ``max_wait_s`` bounds the starvation of a rare expert: once the longest-waiting request of a non-resident
+  expert has waited that long, resident experts admit only requests older than it until the switch (so the
+  switch cannot starve the experts it evicts in turn).
 * **Results.** Each request's ``expert``, the switches it triggered (``switches``) and their time (``switch_s``) are columns of the
   request table; the summary adds the switches and their total time, overall and per expert.
 
@@ -119,6 +120,7 @@ class BoundPool:
         self.pool = pool
         self.expert_of = expert_of
         self.expert_list = expert_of.tolist()  # per-request lookups in the gate's loop are Python-fast
+        self.arrival = table.arrival_s.tolist()
         self.table = table
         self.switch_s = np.zeros(len(expert_of))  # the switch time each request triggered (0: none)
         self.switch_count = np.zeros(len(expert_of), dtype=np.int64)  # switches each request triggered
@@ -162,23 +164,29 @@ class ResidencyGate:
         hidden = [r for r in waiting if expert[r] not in resident]
         if not hidden:
             return self._planned(self.inner.plan())
-        if len(resident) < self.bound.pool.slots:  # a free slot: load the oldest waiting request's expert now
-            return self._switch(hidden[0])
+        arrival = self.bound.arrival
+        oldest = min(hidden, key=arrival.__getitem__)  # the longest-waiting request of a non-resident expert
+        if len(resident) < self.bound.pool.slots:  # a free slot: load its expert now
+            return self._switch(oldest)
         visible = deque(r for r in waiting if expert[r] in resident)
+        held: list[int] = []
         wait = self.bound.pool.max_wait_s
-        starving = wait is not None and st.now - self.bound.table.arrival_s[hidden[0]] >= wait
-        st.waiting = deque() if starving else visible
+        if wait is not None and st.now - arrival[oldest] >= wait:
+            # It has waited too long: resident experts admit only requests older than it, then the switch comes.
+            cut = arrival[oldest]
+            held = [r for r in visible if arrival[r] > cut]
+            visible = deque(r for r in visible if arrival[r] <= cut)
+        st.waiting = visible
         try:
             plan = self.inner.plan()
         finally:
             left = st.waiting  # what the scheduler left, with any sequence it preempted in front
-            if starving:
-                left.extend(visible)
+            left.extend(held)
             left.extend(hidden)
             st.waiting = left
         if plan is not None or st.running:
             return self._planned(plan)
-        return self._switch(hidden[0])
+        return self._switch(oldest)
 
     def _planned(self, plan):
         """Mark the experts of newly admitted requests most recently used (the LRU order of eviction)."""
