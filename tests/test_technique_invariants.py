@@ -51,6 +51,11 @@ TECHNIQUE_VARIANTS = {
     "lamina-no-overlap": {"name": "attention-offload", "count": 2, "overlap": False},
     "nanoflow-3": {"name": "nanoflow", "nano_batches": 3},
     "nanoflow-split-always": {"name": "nanoflow", "nano_batches": 2, "adaptive": False},
+    # Composition of Experts: requests addressed to three experts, one resident at a time (switches over PCIe), and
+    # a skewed mix with the starvation bound.
+    "coe-one-slot": {"name": "composition-of-experts", "experts": ["a", "b", "c"]},
+    "coe-skewed-bounded": {"name": "composition-of-experts", "experts": ["hot", "rare"],
+                           "popularity": {"hot": 9, "rare": 1}, "max_wait_s": 0.5},
     # Composition: a quantised cache, H2O eviction and speculation at once.
     "int8-h2o-spec": [{"name": "kv-quantization", "bits": 8}, {"name": "kv-eviction", "budget_tokens": 128},
                       {"name": SPEC, "drafter": "ngram", "k": 3, "acceptance": 0.7}],
@@ -156,7 +161,11 @@ def test_every_shipped_technique_at_once_keeps_the_invariants():
     # stack, on a device with a tier that computes.
     in_memory = [t for t in offload if t["name"] != "sparse-attention"] + [
         {"name": "attention-in-memory", "tier": "csd", "kv_gib": 64}]
-    stacks = (techniques, with_prefix, offload, lamina, in_memory)
+    # dataflow-fusion needs a device with on-chip SRAM priced by its roofline (the sn40l), and composition-of-experts
+    # switches experts from its DDR: a sixth stack on the RDU, with the KV and step techniques.
+    rdu = [{"name": "dataflow-fusion"}, {"name": "composition-of-experts", "experts": ["a", "b", "c"], "hbm_slots": 2,
+                                         "tier": "ddr"}, *techniques[:-1]]
+    stacks = (techniques, with_prefix, offload, lamina, in_memory, rdu)
     named = {t["name"] for stack in stacks for t in stack}
     assert named == set(TECHNIQUES.names())  # a new technique joins this test
     csd_device = {"base": "a100-80gb-sxm", "memory_tiers": [
@@ -172,6 +181,8 @@ def test_every_shipped_technique_at_once_keeps_the_invariants():
                 base["workload"]["sharing"] = {"pattern": "system-prompt", "shared_tokens": 100, "block_tokens": 32}
             if stack is in_memory:
                 base["deployment"]["device"] = csd_device
+            if stack is rdu:
+                base["deployment"]["device"] = "sn40l"
             out = simulate(Scenario.model_validate({**base, "techniques": stack}))
             check_invariants(out)
             assert out.result.token_gaps.num_samples == int((out.table.output - 1).sum())
