@@ -21,16 +21,35 @@ from tests.test_engine_invariants import check_invariants
 FUSION = {"name": "dataflow-fusion"}
 
 
-def scenario(techniques=(), *, device="sn40l", model="llama-3.1-8b", tp=1, n=20, qps=1.0, prompt=512, output=32,
-             seed=3, **deployment) -> Scenario:
-    return Scenario.model_validate({
-        "name": "rdu-test", "seed": seed, "model": model,
-        "deployment": {"device": device, "tp": tp, **deployment},
-        "workload": {"arrival": "poisson", "qps": qps, "prompt": {"dist": "fixed", "value": prompt},
-                     "output": {"dist": "fixed", "value": output}},
-        "simulation": {"num_requests": n},
-        "techniques": list(techniques),
-    })
+def scenario(
+    techniques=(),
+    *,
+    device="sn40l",
+    model="llama-3.1-8b",
+    tp=1,
+    n=20,
+    qps=1.0,
+    prompt=512,
+    output=32,
+    seed=3,
+    **deployment,
+) -> Scenario:
+    return Scenario.model_validate(
+        {
+            "name": "rdu-test",
+            "seed": seed,
+            "model": model,
+            "deployment": {"device": device, "tp": tp, **deployment},
+            "workload": {
+                "arrival": "poisson",
+                "qps": qps,
+                "prompt": {"dist": "fixed", "value": prompt},
+                "output": {"dist": "fixed", "value": output},
+            },
+            "simulation": {"num_requests": n},
+            "techniques": list(techniques),
+        }
+    )
 
 
 def step(sys_, batch: int, context: int = 1000):
@@ -78,11 +97,14 @@ def test_fusion_removes_exactly_the_layer_activations_by_hand():
     d, h, kv, dh, f, ba = 4096, 32, 8, 128, 14336, 2  # Llama-3.1-8B, bf16 activations, tp = 1
     per_token_layer = ba * (
         2 * 2 * d  # two norms: read the stream, write the normalised copy
-        + d + (h + 2 * kv) * dh  # QKV projection: read the input, write q, k, v
+        + d
+        + (h + 2 * kv) * dh  # QKV projection: read the input, write q, k, v
         + 2 * (h + kv) * dh  # RoPE on q and k: read and write
         + 2 * h * dh  # attention: read the queries, write the outputs (the KV stays)
-        + h * dh + d  # output projection
-        + 2 * d + 3 * f  # MLP: read the input, write gate/up, read the product, write the output
+        + h * dh
+        + d  # output projection
+        + 2 * d
+        + 3 * f  # MLP: read the input, write gate/up, read the product, write the output
         + 3 * f  # SiLU(gate) * up: read two, write one
         + 2 * 3 * d  # two residual adds: read two, write one
     )
@@ -95,8 +117,9 @@ def test_fusion_removes_exactly_the_layer_activations_by_hand():
         # bandwidth; the elementwise rows, left with no bytes, now cost their FLOPs (norms 5d each, RoPE 3 per
         # element, SiLU-and-multiply 5f, adds d each).
         elementwise_flops = 2 * 5 * d + 3 * (h + kv) * dh + 5 * f + 2 * d
-        saved = ((a.bytes - b.bytes) / plain.roofline.effective_bandwidth
-                 - batch * 32 * elementwise_flops / plain.roofline.effective_flops)
+        saved = (
+            a.bytes - b.bytes
+        ) / plain.roofline.effective_bandwidth - batch * 32 * elementwise_flops / plain.roofline.effective_flops
         assert a.time_s - b.time_s == pytest.approx(saved, rel=1e-9)
 
 
@@ -119,8 +142,13 @@ def test_fusion_leaves_weight_and_kv_bytes_and_other_devices_alone():
     for a, b in zip(fused.table.iteration_ops, plain.table.iteration_ops, strict=True):  # embedding, LM head: not fused
         assert np.array_equal(a.bytes, b.bytes) and a.launches == b.launches
     # A long prefill's GEMMs are compute-bound: fusion only removes the memory-bound rows' traffic.
-    cost = lambda s: IterationCostModel(s.table, s.roofline, s.overheads).iteration(  # noqa: E731
-        BatchShape(prefill_chunks=((4096, 0, True),))).time_s
+    cost = lambda s: (
+        IterationCostModel(s.table, s.roofline, s.overheads)
+        .iteration(  # noqa: E731
+            BatchShape(prefill_chunks=((4096, 0, True),))
+        )
+        .time_s
+    )
     assert 0.8 * cost(plain) < cost(fused) < cost(plain)
 
 
@@ -153,8 +181,11 @@ def test_first_request_waits_for_its_expert_then_prefills():
     req = out.result.requests
     pool = out.system.gate
     first = req.iloc[0]
-    prefill = IterationCostModel(out.system.table, out.system.roofline, out.system.overheads).iteration(
-        BatchShape(prefill_chunks=((512, 0, True),))).time_s
+    prefill = (
+        IterationCostModel(out.system.table, out.system.roofline, out.system.overheads)
+        .iteration(BatchShape(prefill_chunks=((512, 0, True),)))
+        .time_s
+    )
     assert first["switch_s"] == pytest.approx(pool.switch_s)
     assert first["first_token_s"] - first["arrival_s"] == pytest.approx(pool.switch_s + prefill, rel=1e-9)
     assert req["switches"].tolist() == [1, 0, 0]  # the expert stays resident
@@ -164,8 +195,9 @@ def test_lru_residency_matches_an_independent_replay():
     # Arrivals far apart (each request done before the next): the replica is idle at every arrival, so the loads
     # are those of an LRU cache of `slots` experts over the arrival sequence of experts.
     for slots in (1, 2, 3):
-        out = simulate(scenario([coe(experts=("a", "b", "c", "d", "e"), slots=slots)], n=60, qps=0.02, output=4,
-                                seed=5))
+        out = simulate(
+            scenario([coe(experts=("a", "b", "c", "d", "e"), slots=slots)], n=60, qps=0.02, output=4, seed=5)
+        )
         req = out.result.requests.sort_values("arrival_s")
         cache: list[str] = []
         expected = []
@@ -193,9 +225,11 @@ def test_batches_never_mix_more_experts_than_slots_and_every_request_is_served_o
     check_invariants(out)
     req = out.result.requests
     for _, mine in req.groupby("replica"):
-        events = sorted([(s, 1, e) for s, e in zip(mine["schedule_s"], mine["expert"], strict=True)]
-                        + [(f, -1, e) for f, e in zip(mine["finish_s"], mine["expert"], strict=True)],
-                        key=lambda ev: (ev[0], ev[1]))
+        events = sorted(
+            [(s, 1, e) for s, e in zip(mine["schedule_s"], mine["expert"], strict=True)]
+            + [(f, -1, e) for f, e in zip(mine["finish_s"], mine["expert"], strict=True)],
+            key=lambda ev: (ev[0], ev[1]),
+        )
         live: dict[str, int] = {}
         for _, delta, e in events:
             live[e] = live.get(e, 0) + delta
@@ -226,15 +260,21 @@ def test_rare_expert_waits_are_bounded_by_max_wait():
 
 
 # ------------------------------------------------------------------ bad input
-@pytest.mark.parametrize(("entry", "where"), [
-    (coe(popularity={"a": 1.0, "zz": 2.0}), "techniques[0] (composition-of-experts).popularity.zz"),
-    (coe(slots=0), "techniques[0].hbm_slots"),
-    (coe(slots=5), "techniques[0] (composition-of-experts).hbm_slots"),  # 5 x 16 GB > 64 GiB of HBM
-    (coe(tier="nvme"), "techniques[0] (composition-of-experts).tier"),
-    (coe(tier="hbm"), "techniques[0] (composition-of-experts).tier"),
-    (coe(experts=("a", "a")), "techniques[0].experts"),
-    (coe(experts=[f"e{i}" for i in range(110)]), "techniques[0] (composition-of-experts).experts"),  # 110 x 15 GiB > 1.5 TiB
-])
+@pytest.mark.parametrize(
+    ("entry", "where"),
+    [
+        (coe(popularity={"a": 1.0, "zz": 2.0}), "techniques[0] (composition-of-experts).popularity.zz"),
+        (coe(slots=0), "techniques[0].hbm_slots"),
+        (coe(slots=5), "techniques[0] (composition-of-experts).hbm_slots"),  # 5 x 16 GB > 64 GiB of HBM
+        (coe(tier="nvme"), "techniques[0] (composition-of-experts).tier"),
+        (coe(tier="hbm"), "techniques[0] (composition-of-experts).tier"),
+        (coe(experts=("a", "a")), "techniques[0].experts"),
+        (
+            coe(experts=[f"e{i}" for i in range(110)]),
+            "techniques[0] (composition-of-experts).experts",
+        ),  # 110 x 15 GiB > 1.5 TiB
+    ],
+)
 def test_bad_input_names_the_field(entry, where):
     with pytest.raises(CapsimError) as err:
         build_system(scenario([entry]))
@@ -252,6 +292,9 @@ def test_pools_refuse_coe():
     data = scenario([coe()]).model_dump()
     data.pop("deployment")
     data["serving"] = {"name": "disaggregated"}
-    data["pools"] = [{"name": "p", "role": "prefill", "device": "sn40l"}, {"name": "d", "role": "decode", "device": "sn40l"}]
+    data["pools"] = [
+        {"name": "p", "role": "prefill", "device": "sn40l"},
+        {"name": "d", "role": "decode", "device": "sn40l"},
+    ]
     with pytest.raises(CapsimError, match="several pools"):
         simulate(Scenario.model_validate(data))

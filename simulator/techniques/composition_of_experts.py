@@ -72,7 +72,9 @@ class CompositionOfExpertsParams(TechniqueParams):
         "Default: uniform over experts.",
     )
     hbm_slots: Count = Field(
-        1, gt=0, description="Experts resident in device memory at once; each slot holds one expert's weights "
+        1,
+        gt=0,
+        description="Experts resident in device memory at once; each slot holds one expert's weights "
         "per device (slots beyond the first take their bytes from the KV cache).",
     )
     tier: str = Field(
@@ -81,7 +83,9 @@ class CompositionOfExpertsParams(TechniqueParams):
         "PCIe -- on a GPU); switches copy over the device's link between its memory and this tier.",
     )
     max_wait_s: float | None = Field(
-        None, gt=0, description="Once the oldest request of a non-resident expert has waited this long (s), "
+        None,
+        gt=0,
+        description="Once the oldest request of a non-resident expert has waited this long (s), "
         "resident experts admit no new requests until it is switched in. Default: no bound.",
     )
 
@@ -241,15 +245,22 @@ class CompositionOfExperts(Technique):
             if name not in p.experts:
                 raise CapsimError(
                     f"popularity names expert {name!r}, which is not in experts ({', '.join(p.experts)})",
-                    where=f"{self.where}.popularity.{name}", fix="list it in experts, or remove it from popularity",
+                    where=f"{self.where}.popularity.{name}",
+                    fix="list it in experts, or remove it from popularity",
                 )
             if not share >= 0:
-                raise CapsimError(f"popularity of {name!r} must be >= 0, got {share}",
-                                  where=f"{self.where}.popularity.{name}", fix="give a non-negative share")
+                raise CapsimError(
+                    f"popularity of {name!r} must be >= 0, got {share}",
+                    where=f"{self.where}.popularity.{name}",
+                    fix="give a non-negative share",
+                )
         total = sum(p.popularity.values())
         if not total > 0:
-            raise CapsimError("popularity gives every expert a zero share", where=f"{self.where}.popularity",
-                              fix="give at least one expert a positive share")
+            raise CapsimError(
+                "popularity gives every expert a zero share",
+                where=f"{self.where}.popularity",
+                fix="give at least one expert a positive share",
+            )
         return tuple(p.popularity.get(name, 0.0) / total for name in p.experts)
 
     def memory(self, terms: MemoryTerms, ctx: BuildContext) -> MemoryTerms:
@@ -260,18 +271,23 @@ class CompositionOfExperts(Technique):
             raise DoesNotFitError(
                 f"{p.hbm_slots} expert slot(s) of {w / GIB:.1f} GiB per device need {p.hbm_slots * w / GIB:.1f} GiB, "
                 f"more than the {usable / GIB:.1f} GiB of {dev.name}'s memory in use",
-                where=f"{self.where}.hbm_slots", fix="lower hbm_slots, or raise tp to shard each expert further",
+                where=f"{self.where}.hbm_slots",
+                fix="lower hbm_slots, or raise tp to shard each expert further",
             )
         tier = dev.tier(p.tier, where=f"{self.where}.tier")
         if tier.name == dev.main_tier:
-            raise CapsimError(f"tier {tier.name!r} is the device memory the experts are switched into",
-                              where=f"{self.where}.tier", fix="name a capacity tier: ddr (sn40l) or host")
+            raise CapsimError(
+                f"tier {tier.name!r} is the device memory the experts are switched into",
+                where=f"{self.where}.tier",
+                fix="name a capacity tier: ddr (sn40l) or host",
+            )
         held = len(p.experts) * w
         if tier.capacity_gib is not None and held > tier.capacity_gib * GIB:
             raise DoesNotFitError(
                 f"{len(p.experts)} experts of {w / GIB:.1f} GiB per device need {held / GIB:.1f} GiB of tier "
                 f"{tier.name!r}, which holds {tier.capacity_gib:g} GiB per device",
-                where=f"{self.where}.experts", fix="list fewer experts, raise tp, or use a larger tier",
+                where=f"{self.where}.experts",
+                fix="list fewer experts, raise tp, or use a larger tier",
             )
         self._shares()  # refuse a bad popularity mix when the system is built
         return terms.plus(
@@ -285,8 +301,12 @@ class CompositionOfExperts(Technique):
         link = dev.transfer_link(dev.main_tier, p.tier, where=f"{self.where}.tier")
         w = self._weights_per_device(ctx)
         return ExpertPool(
-            experts=tuple(p.experts), shares=self._shares(), slots=p.hbm_slots,
-            switch_s=w / link.bandwidth + link.latency_s, bytes_per_device=w, link=link.name,
+            experts=tuple(p.experts),
+            shares=self._shares(),
+            slots=p.hbm_slots,
+            switch_s=w / link.bandwidth + link.latency_s,
+            bytes_per_device=w,
+            link=link.name,
             max_wait_s=p.max_wait_s,
         )
 

@@ -87,7 +87,9 @@ def activation_bytes(op: Operator, query_and_output: float) -> np.ndarray:
 @TECHNIQUES.register("dataflow-fusion", aliases=("operator-fusion", "rdu-fusion"))
 class DataflowFusion(Technique):
     Params = DataflowFusionParams
-    summary = "A decoder layer runs as one fused dataflow kernel: activations stay in SRAM, only weights and KV use HBM."
+    summary = (
+        "A decoder layer runs as one fused dataflow kernel: activations stay in SRAM, only weights and KV use HBM."
+    )
     mechanism = __doc__
     sources = (
         "Prabhakar et al. SambaNova SN40L: Scaling the AI Memory Wall with Dataflow and Composition of Experts. "
@@ -102,7 +104,8 @@ class DataflowFusion(Technique):
         if not dev.sram_mib:
             raise CapsimError(
                 f"device {dev.name!r} has no on-chip SRAM tier for the fused layer's intermediates",
-                where=self.where, fix="use a device with sram_mib (sn40l), or drop dataflow-fusion",
+                where=self.where,
+                fix="use a device with sram_mib (sn40l), or drop dataflow-fusion",
             )
         if ctx.roofline.profile is not None:
             raise CapsimError(
