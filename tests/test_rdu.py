@@ -141,14 +141,12 @@ def test_fusion_leaves_weight_and_kv_bytes_and_other_devices_alone():
         assert op.bytes[6] == ref.bytes[6] and op.bytes[5] == ref.bytes[5]  # decode context and prefill KV reads
     for a, b in zip(fused.table.iteration_ops, plain.table.iteration_ops, strict=True):  # embedding, LM head: not fused
         assert np.array_equal(a.bytes, b.bytes) and a.launches == b.launches
+
     # A long prefill's GEMMs are compute-bound: fusion only removes the memory-bound rows' traffic.
-    cost = lambda s: (
-        IterationCostModel(s.table, s.roofline, s.overheads)
-        .iteration(  # noqa: E731
-            BatchShape(prefill_chunks=((4096, 0, True),))
-        )
-        .time_s
-    )
+    def cost(s):
+        model = IterationCostModel(s.table, s.roofline, s.overheads)
+        return model.iteration(BatchShape(prefill_chunks=((4096, 0, True),))).time_s
+
     assert 0.8 * cost(plain) < cost(fused) < cost(plain)
 
 
