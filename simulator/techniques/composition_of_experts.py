@@ -9,7 +9,7 @@ composition is usable (Prabhakar et al., MICRO 2024).
 How capsim models it:
 
 * **Experts.** ``experts`` names the models of the composition. They share the scenario's model architecture
-  (fine-tunes of one base, as Samba-CoE's Llama-2-7B experts are), so a batch of any one expert costs what the
+  (fine-tunes of one base model), so a batch of any one expert costs what the
   scenario's model costs; only which one is resident differs. Each request is addressed to one expert, drawn
   once per simulation from ``popularity`` (default uniform) with the scenario's seed (its own random stream,
   so the workload's draws are unchanged).
