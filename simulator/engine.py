@@ -161,6 +161,10 @@ def simulate(
                     swap=swap_space_for(system, dep.pp))
         )
 
+    if system.gate is not None:  # a technique gates which waiting requests each replica batches (CoE)
+        gate = system.gate.bind(table, scenario.seed)
+        for replica in replicas:
+            gate.attach(replica)
     if prefix is not None and prefix.load is not None:  # remote loads, chunk copies: they delay their iteration
         for replica in replicas:
             replica.load = prefix.load
@@ -239,6 +243,8 @@ def simulate(
             frame["remote_loaded_bytes"] = prefix.remote.loaded_bytes
         if prefix.reused_tokens is not None:  # non-prefix chunks reused (first admission)
             frame["reused_tokens"] = prefix.reused_tokens
+    if system.gate is not None:
+        gate.annotate(frame)  # each request's expert and the model switch it triggered
     if arrived < table.n:
         frame = frame.iloc[:arrived]
     result = SimulationResult(frame, recorder.iterations_frame(), recorder.token_gaps(), info)

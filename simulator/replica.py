@@ -249,6 +249,8 @@ class Replica:
                 continue
             plan = scheduler.plan()
             if plan is None:
+                if self.stall_until > env.now:  # the scheduler paused the replica (a model switch): wait it out
+                    continue
                 if self.on_busy is not None and self._busy:
                     self._busy = False
                     self.on_busy(self, False)

@@ -55,6 +55,7 @@ class System:
     tiers_used: tuple[str, ...] = ()  # device tiers beyond the device memory that techniques use (for energy)
     # Prediction-interval re-runs only: iteration times scaled per phase (simulator/intervals); None otherwise.
     time_scale: PhaseScale | None = None
+    gate: Any | None = None  # a technique's gate on which waiting requests a replica batches (composition of experts)
 
     @property
     def extra_usd_per_replica_hour(self) -> float:
@@ -297,6 +298,7 @@ def build_system(scenario: Scenario) -> System:
         admit=stack.admit(ctx) if stack else None,
         extra_devices=stack.extra_devices(ctx) if stack else (),
         tiers_used=stack.tiers(ctx) if stack else (),
+        gate=stack.gate(ctx) if stack else None,
     )
 
 

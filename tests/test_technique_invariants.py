@@ -51,6 +51,11 @@ TECHNIQUE_VARIANTS = {
     "lamina-no-overlap": {"name": "attention-offload", "count": 2, "overlap": False},
     "nanoflow-3": {"name": "nanoflow", "nano_batches": 3},
     "nanoflow-split-always": {"name": "nanoflow", "nano_batches": 2, "adaptive": False},
+    # Composition of Experts: requests addressed to three experts, one resident at a time (switches over PCIe), and
+    # a skewed mix with the starvation bound.
+    "coe-one-slot": {"name": "composition-of-experts", "experts": ["a", "b", "c"]},
+    "coe-skewed-bounded": {"name": "composition-of-experts", "experts": ["hot", "rare"],
+                           "popularity": {"hot": 9, "rare": 1}, "max_wait_s": 0.5},
     # Composition: a quantised cache, H2O eviction and speculation at once.
     "int8-h2o-spec": [{"name": "kv-quantization", "bits": 8}, {"name": "kv-eviction", "budget_tokens": 128},
                       {"name": SPEC, "drafter": "ngram", "k": 3, "acceptance": 0.7}],
@@ -166,7 +171,11 @@ def test_every_shipped_technique_at_once_keeps_the_invariants():
     # that move attention or regroup every row (sparse-attention, nanoflow, weight-offload), so a seventh stack.
     duplex = [t for t in techniques if t["name"] not in ("sparse-attention", "nanoflow")] + [
         {"name": "duplex", "tier": "logic-pim"}]
-    stacks = (techniques, with_prefix, offload, lamina, in_memory, outliers, duplex)
+    # dataflow-fusion needs a device with on-chip SRAM priced by its roofline (the sn40l), and composition-of-experts
+    # switches experts from its DDR: an eighth stack on the RDU, with the KV and step techniques.
+    rdu = [{"name": "dataflow-fusion"}, {"name": "composition-of-experts", "experts": ["a", "b", "c"], "hbm_slots": 2,
+                                         "tier": "ddr"}, *techniques[:-1]]
+    stacks = (techniques, with_prefix, offload, lamina, in_memory, outliers, duplex, rdu)
     named = {t["name"] for stack in stacks for t in stack}
     assert named == set(TECHNIQUES.names())  # a new technique joins this test
     csd_device = {"base": "a100-80gb-sxm", "memory_tiers": [
@@ -183,6 +192,8 @@ def test_every_shipped_technique_at_once_keeps_the_invariants():
             if stack is duplex:
                 base["deployment"]["device"] = {"base": "a100-80gb-sxm", "memory_tiers": [
                     {"name": "logic-pim", "kind": "hbm", "internal_bandwidth_gbs": 8000, "compute_tflops": 50}]}
+            if stack is rdu:
+                base["deployment"]["device"] = "sn40l"
             out = simulate(Scenario.model_validate({**base, "techniques": stack}))
             check_invariants(out)
             assert out.result.token_gaps.num_samples == int((out.table.output - 1).sum())

@@ -581,7 +581,26 @@ def summarise(result: SimulationResult, slo: SLOConfig | None = None) -> dict[st
     ordered.update({k: v for k, v in out.items() if k.startswith(("energy.", "avg_power."))})
     if "cached_tokens" in req.columns:  # the prefix-caching technique is on
         ordered.update(prefix_cache_stats(req))
+    if "expert" in req.columns:  # composition-of-experts is on
+        ordered.update(model_switch_stats(req))
     return ordered
+
+
+def model_switch_stats(req) -> dict[str, Any]:
+    """Model switches of a composition of experts, charged to the measured requests that triggered them: how many,
+    their total time (s, summed over replicas), and per expert ``model_switches.<expert>``."""
+    switch = req["switch_s"].to_numpy(dtype=np.float64)
+    count = req["switches"].to_numpy(dtype=np.int64)
+    expert = req["expert"].to_numpy()
+    out: dict[str, Any] = {
+        "model_switches": int(count.sum()),
+        "model_switch_time_s": float(switch.sum()),
+    }
+    for name in sorted(set(expert.tolist())):
+        mine = expert == name
+        out[f"model_switches.{name}"] = int(count[mine].sum())
+        out[f"model_switch_time_s.{name}"] = float(switch[mine].sum())
+    return out
 
 
 def prefix_cache_stats(req) -> dict[str, float]:

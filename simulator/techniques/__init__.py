@@ -8,6 +8,8 @@ import line below.
 from simulator.techniques import (  # noqa: F401
     attention_in_memory,
     attention_offload,
+    composition_of_experts,
+    dataflow_fusion,
     decode_kernel,
     duplex,
     kv_eviction,

@@ -17,6 +17,7 @@ hook           when       what it may change
 ``step``       runtime    tokens a decode step yields and what the step costs (speculation)
 ``kv_policy``  runtime    tokens each sequence keeps: stored KV and attended context (eviction)
 ``admit``      scheduler  tokens already cached at admission (prefix caching; KV hand-off later)
+``gate``       scheduler  which waiting requests a replica may batch (resident models of a composition)
 ``bounds``     planner    whether the planner's analytic lower bounds still hold
 =============  =========  ==========================================================================
 
@@ -175,6 +176,12 @@ class Technique:
         (``block_manager(total_blocks, block_size, table)``) whose ``attach`` reports each admission's hit."""
         return None
 
+    def gate(self, ctx: BuildContext) -> Any | None:
+        """A gate on which waiting requests each replica may batch (Composition of Experts: only requests of the
+        experts resident in device memory): an object whose ``bind(table, seed)`` returns, per simulation, one
+        with ``attach(replica)`` (wraps the replica's scheduler) and ``annotate(frame)`` (adds request columns)."""
+        return None
+
     # -- planner ------------------------------------------------------------------------------
     def keeps_planner_bounds(self) -> bool:
         """Whether the planner's analytic bounds (no-queueing latency, roofline throughput of the plain
@@ -255,6 +262,10 @@ class TechniqueStack:
     def admit(self, ctx: BuildContext) -> Any | None:
         hooks = [a for a in (t.admit(ctx) for t in self.techniques) if a is not None]
         return hooks[0] if hooks else None  # exclusivity of "admit" was checked when the stack was built
+
+    def gate(self, ctx: BuildContext) -> Any | None:
+        gates = [g for g in (t.gate(ctx) for t in self.techniques) if g is not None]
+        return gates[0] if gates else None  # exclusivity of "gate" was checked when the stack was built
 
     def step_model(self, ctx: BuildContext) -> StepModel | None:
         steps = [s for s in (t.step(ctx) for t in self.techniques) if s is not None]
