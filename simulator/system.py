@@ -50,6 +50,9 @@ class System:
     kv_policy: KVPolicy | None = None  # a technique's KV retention (eviction); None: every token kept
     admit: Any | None = None  # a technique's admission hook (prefix caching); None: nothing cached at admission
     extra_devices: tuple[ExtraDevice, ...] = ()  # per replica, added by techniques (a separate draft device)
+    # Multiplier of the served model's KV bytes per token set by techniques (a quantised cache): what a KV
+    # hand-off or migration moves per token, beside deployment.kv_dtype.
+    kv_bytes_scale: float = 1.0
 
     @property
     def extra_usd_per_replica_hour(self) -> float:
@@ -270,6 +273,7 @@ def build_system(scenario: Scenario) -> System:
         kv_policy=_kv_policy(stack, ctx, model),
         admit=stack.admit(ctx) if stack else None,
         extra_devices=stack.extra_devices(ctx) if stack else (),
+        kv_bytes_scale=extra.kv_bytes_scale,
     )
 
 

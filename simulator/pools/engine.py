@@ -30,7 +30,7 @@ import simpy
 from simulator.admission import enforce, unservable_mask
 from simulator.clients import ClosedLoopClients, arrived_requests
 from simulator.config.schema import Scenario
-from simulator.kvcache import BlockManager
+from simulator.kvcache import BlockManager, RetainingBlockManager
 from simulator.metrics.result import PoolInfo, RunInfo, SimulationResult
 from simulator.pools.build import PoolPlan, PoolSet, build_pools
 from simulator.pools.migration import Migrator
@@ -181,6 +181,7 @@ class PoolEngine:
             if system.scheduler_cls.lone_prefills and plan.role != "decode" and not shared:
                 cost.prime_lone_prefills(table.prompt)
             make_scheduler = (lambda s: lambda state: s.scheduler_cls(s.scheduler_params, state))(system)
+            step, retention = _bind_techniques(system, table, scenario.seed, cost)
             first_nic = len(self.nic)
             self.nic.extend(simpy.Resource(env, capacity=1) for _ in range(dep.num_replicas))
             for k in range(dep.num_replicas * dep.pp):
@@ -188,8 +189,14 @@ class PoolEngine:
                 if shared and k < len(shared_blocks):  # the other worker on these GPUs: same KV cache
                     blocks = shared_blocks[k]
                 else:
-                    blocks = SharedBlockManager(rt.blocks_per_engine, dep.block_size, table) if shared else \
-                        BlockManager(rt.blocks_per_engine, dep.block_size, table)
+                    if shared:
+                        blocks = SharedBlockManager(rt.blocks_per_engine, dep.block_size, table)
+                    elif retention is not None:
+                        blocks = RetainingBlockManager(rt.blocks_per_engine, dep.block_size, table, retention)
+                    else:
+                        blocks = BlockManager(rt.blocks_per_engine, dep.block_size, table)
+                    if step is not None:
+                        blocks.step_tokens = 1 + step.max_lookahead
                     shared_blocks.append(blocks)
                 replica = Replica(
                     env,
@@ -202,6 +209,8 @@ class PoolEngine:
                     None,
                     system.model.max_context,
                     warmup_s=sim.warmup_s,
+                    step=step,
+                    kv=retention,
                     swap=swap_space_for(system, dep.pp),
                 )
                 rt.replicas.append(replica)
@@ -390,9 +399,17 @@ class PoolEngine:
         return self.nic[self._nic_of[replica.index]]
 
     def kv_bytes_per_token(self, rt: PoolRuntime) -> float:
-        """KV bytes of one token, all layers, in ``rt``'s KV format (what a transfer moves)."""
+        """KV bytes of one token, all layers, in ``rt``'s KV format (what a transfer moves): the deployment's
+        ``kv_dtype`` scaled by its techniques (a cache quantised to 4 bits moves a quarter of bf16's bytes)."""
         system = rt.plan.system
-        return system.model.kv_bytes_per_token(_kv_bytes(system))
+        return system.model.kv_bytes_per_token(_kv_bytes(system)) * system.kv_bytes_scale
+
+    @staticmethod
+    def kept_tokens(replica: Replica, rid: int, logical: int) -> float:
+        """Tokens of ``rid``'s KV that ``replica`` stores when it holds ``logical`` tokens: all of them, or the
+        ones a KV eviction technique (or the model's sliding window) retained -- what a transfer moves."""
+        retention = replica.kv
+        return retention.retained_one(rid, logical) if retention is not None else logical
 
     # ---------------------------------------------------------------- transfer
     def transfer(
@@ -403,7 +420,7 @@ class PoolEngine:
         src_pool = self.pools[self.pool_of_replica[source.index]]
         dst = inbox.replica
         link = self.pools_plan.links[(src_pool.plan.index, inbox.pool.plan.index)]
-        nbytes = kv_tokens * src_pool.plan.system.model.kv_bytes_per_token(_kv_bytes(src_pool.plan.system))
+        nbytes = self.kept_tokens(source, rid, kv_tokens) * self.kv_bytes_per_token(src_pool)
         with self.nic[self._nic_of[source.index]].request() as out:
             yield out
             with self.nic[self._nic_of[dst.index]].request() as inn:
@@ -424,6 +441,18 @@ class PoolEngine:
         inbox.in_flight -= 1
         dst.receive(rid)
         inbox.try_grant()
+
+
+def _bind_techniques(system, table: RequestTable, seed: int, cost):
+    """A pool's runtime technique hooks bound to this simulation, as the single-pool engine binds them: its
+    decode-step model (random draws from the stream the single-pool engine uses, so a one-pool run matches it)
+    and its KV retention (a technique's eviction or the model's sliding window)."""
+    step = None
+    if system.step is not None:
+        rng_step = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(2,)))
+        step = system.step.bind(table, rng_step, cost)
+    retention = system.kv_policy.bind(table) if system.kv_policy is not None else None
+    return step, retention
 
 
 def _act_bytes(system) -> float:

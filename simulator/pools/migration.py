@@ -122,7 +122,7 @@ class Migrator:
             yield out
             with engine.nic_of(target).request() as inn:
                 yield inn
-                yield env.timeout(link.transfer_s(kv0 * engine.kv_bytes_per_token(self.pool)))
+                yield env.timeout(link.transfer_s(engine.kept_tokens(source, rid, kv0) * engine.kv_bytes_per_token(self.pool)))
         source.depart(rid, lambda running: self._switch(rid, source, target, kv0, reserve, running, link))
 
     def _switch(self, rid, source, target, kv0, reserve, running: bool, link) -> None:
@@ -144,19 +144,22 @@ class Migrator:
     def _stop_and_copy(self, rid, source, target, kv0: int, kv: int, reserve: int, held: int, link):
         engine, env, table = self.engine, self.engine.env, self.engine.table
         per_token = engine.kv_bytes_per_token(self.pool)
+        # The live copy moved the tokens kept at kv0; the tokens added since (at most what is kept now) follow.
+        live = engine.kept_tokens(source, rid, kv0)
+        tail = min(max(kv - kv0, 0), engine.kept_tokens(source, rid, kv))
         start = env.now
         with engine.nic_of(source).request() as out:
             yield out
             with engine.nic_of(target).request() as inn:
                 yield inn
-                yield env.timeout(link.transfer_s(max(kv - kv0, 0) * per_token))
+                yield env.timeout(link.transfer_s(tail * per_token))
         source.blocks.unpin(held)
         target.blocks.unpin(reserve)
         target.scheduler.hold_received(rid, kv)
         target.outstanding += 1
         table.replica[rid] = target.index
         self.count[rid] += 1
-        self.nbytes[rid] += max(kv, kv0) * per_token
+        self.nbytes[rid] += (live + tail) * per_token
         self.downtime[rid] += env.now - start
         self.busy.difference_update((source.index, target.index))
         target.receive(rid)
