@@ -266,6 +266,8 @@ class RunInfo:
     pools: tuple[PoolInfo, ...] = ()
     # SM re-partitions of GPUs shared by two workers (semi-PD's dynamic split): (time, new prefill share) each.
     resplits: tuple[tuple[float, float], ...] = ()
+    # Replicas drained (scale-down, serving.migration.drain): (replica, start, emptied or NaN) each.
+    drains: tuple[tuple[int, float, float], ...] = ()
     # Preemption by swap (simulator/schedulers/preemption.py), summed over replicas; zero when it is off.
     swap_outs: int = 0
     swap_ins: int = 0

@@ -34,6 +34,7 @@ from simulator.kvcache import BlockManager, RetainingBlockManager
 from simulator.metrics.result import PoolInfo, RunInfo, SimulationResult
 from simulator.pools.build import PoolPlan, PoolSet, build_pools
 from simulator.pools.migration import Migrator
+from simulator.pools.priority import draw_priorities, queue_ahead
 from simulator.recorder import Recorder
 from simulator.replica import Replica
 from simulator.requests import RequestTable
@@ -241,6 +242,11 @@ class PoolEngine:
                         replica.blocks.decode_worker = replica
                         replica.receiving = True
         self._inbox_of = {id(b.replica): b for rt in self.pools for b in rt.inboxes}
+        # Priority classes (Llumnix): drawn once per run from their own stream; None: every request alike.
+        prio = pools.params.priorities
+        self.priority = draw_priorities(prio, scenario.seed, table.n) if prio is not None else None
+        self._queue_first = prio is not None and prio.queue_first
+        self.draining: set[int] = set()  # replicas (engine indices) marked for scale-down
         self.migrators: list[Migrator] = []
         if pools.params.migration is not None:
             for rt in self.pools:
@@ -248,6 +254,7 @@ class PoolEngine:
                     migrator = Migrator(self, rt, pools.params.migration)
                     self.migrators.append(migrator)
                     env.process(migrator.run())
+            self._schedule_drains(pools.params.migration.drain)
         for rt in self.pools:
             if rt.role == "encode":
                 continue
@@ -341,7 +348,48 @@ class PoolEngine:
 
         return finished
 
+    def _schedule_drains(self, drains) -> None:
+        """Start a drain process per ``serving.migration.drain`` entry, after checking it names a replica of a
+        pool that migrates and leaves that pool a replica to serve."""
+        from capsim.errors import CapsimError
+
+        by_name = {m.pool.name: m for m in self.migrators}
+        per_pool: dict[str, set[int]] = {}
+        for i, d in enumerate(drains):
+            where = f"serving.migration.drain.{i}"
+            if d.pool is None and not self.migrators:
+                raise CapsimError("draining moves requests between a pool's replicas; no pool has several",
+                                  where=where, fix="add replicas to the pool, or remove the drain")
+            migrator = by_name.get(d.pool) if d.pool is not None else self.migrators[0]
+            if migrator is None:
+                raise CapsimError(f"no pool {d.pool!r} with several replicas migrates requests", where=f"{where}.pool",
+                                  fix=f"name one of: {', '.join(by_name) or '(none)'}")
+            replicas = migrator.pool.replicas
+            if d.replica >= len(replicas):
+                raise CapsimError(f"pool {migrator.pool.name!r} has {len(replicas)} replicas (0 to "
+                                  f"{len(replicas) - 1})", where=f"{where}.replica", fix="name one of them")
+            marked = per_pool.setdefault(migrator.pool.name, set())
+            marked.add(d.replica)
+            if len(marked) >= len(replicas):
+                raise CapsimError(f"draining every replica of pool {migrator.pool.name!r} leaves none to serve",
+                                  where=f"{where}.replica", fix="drain fewer replicas")
+            self.env.process(migrator.drain_at(replicas[d.replica], d.at_s))
+
     # ----------------------------------------------------------------- routing
+    def route(self, rt: PoolRuntime, rid: int) -> Replica:
+        """The replica of ``rt`` the pool's router picks for ``rid``; a draining replica takes none, so its
+        pick goes to the least loaded replica that is not draining."""
+        replica = rt.replicas[rt.router.pick(rid)]
+        if self.draining and replica.index in self.draining:
+            replica = min((r for r in rt.replicas if r.index not in self.draining), key=lambda r: r.outstanding)
+        return replica
+
+    def enqueue(self, replica: Replica, rid: int) -> None:
+        """Submit ``rid`` to ``replica``, queued ahead of normal requests when it is high-priority."""
+        replica.submit(rid)
+        if self._queue_first:
+            queue_ahead(replica.state.waiting, self.priority)
+
     def submit(self, rid: int) -> None:
         """A new request enters the pool the serving system names (an encoder pool first, if it has images)."""
         enc = self.encode_pool
@@ -349,7 +397,10 @@ class PoolEngine:
             enc.replicas[enc.router.pick(rid)].submit(rid)
             return
         rt = self.system.entry(rid)
-        rt.replicas[rt.router.pick(rid)].submit(rid)
+        if self.priority is None and not self.draining:
+            rt.replicas[rt.router.pick(rid)].submit(rid)
+            return
+        self.enqueue(self.route(rt, rid), rid)
 
     def _finished_here(self, replica: Replica, on_finish):
         inbox = self._inbox_of.get(id(replica))
@@ -369,7 +420,7 @@ class PoolEngine:
         def handoff(rids: list[int], end: float, start: float) -> None:
             for rid in rids:
                 dest = self.system.after_prefill(rid, rt)
-                target = dest.replicas[dest.router.pick(rid)]
+                target = self.route(dest, rid)
                 target.outstanding += 1
                 self.table.replica[rid] = target.index
                 self.log.source[rid] = replica.index
@@ -566,6 +617,11 @@ def simulate_pools(scenario: Scenario, *, stream: RequestStream | None = None):
         frame["migrations"] = sum(m.count for m in engine.migrators)
         frame["migration_bytes"] = sum(m.nbytes for m in engine.migrators)
         frame["migration_downtime_s"] = sum(m.downtime for m in engine.migrators)
+        if pools.params.migration.drain:
+            frame["drain_migrations"] = sum(m.drain_moves for m in engine.migrators)
+            frame["drain_reroutes"] = sum(m.drain_reroutes for m in engine.migrators)
+    if engine.priority is not None:
+        frame["priority"] = engine.priority.astype(np.int64)  # 1: the high-priority class
     if arrived < table.n:
         frame = frame.iloc[:arrived]
     result = SimulationResult(frame, recorder.iterations_frame(), recorder.token_gaps(), info)
@@ -651,6 +707,7 @@ def _run_info(
         not_arrived=not_arrived,
         pools=tuple(infos),
         resplits=tuple(engine.resplitter.history) if getattr(engine, "resplitter", None) is not None else (),
+        drains=tuple(d for m in engine.migrators for d in m.drains),
         swap_outs=swap_outs,
         swap_ins=swap_ins,
         swap_bytes=swap_bytes,
