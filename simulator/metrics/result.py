@@ -218,6 +218,8 @@ class PoolInfo:
     extra_usd_per_replica_hour: float = 0.0
     extra_idle_w_per_replica: float = 0.0
     extra_tdp_w_per_replica: float = 0.0
+    # The optimal-throughput bound of this pool's phase (simulator/pools/bound.py), output tokens/s; NaN: none.
+    bound_output_tps: float = float("nan")
     # Share of its GPUs this pool uses, when pools share GPUs (SM partitioning): its cost, power and peaks are
     # that share of the GPUs'; 1 for a pool with GPUs of its own.
     gpu_share: float = 1.0
@@ -279,6 +281,8 @@ class RunInfo:
     bound_compute_tps: float = float("nan")
     bound_memory_tps: float = float("nan")
     bound_network_tps: float = float("nan")
+    # A multi-pool run: the KV hand-off link's share of that bound (inf: no hand-offs; in bound_network_tps too).
+    bound_link_tps: float = float("inf")
 
     @property
     def num_gpus(self) -> int:

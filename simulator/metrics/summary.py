@@ -297,6 +297,8 @@ HANDOFF_KEYS: dict[str, str] = {
     "kv_transfer_p99_s": "P99 time a KV transfer held the link",
     "kv_handoff_wait_mean_s": "mean time from prefill done to transfer start (receiver memory, link queue)",
     "kv_handoff_share_of_e2e": "mean share of a request's E2E latency spent between prefill done and KV arrival",
+    "kv_link_bound_output_tps": "output tokens/s the KV hand-offs' link occupancy allows (inf: no hand-offs); "
+    "part of bound_output_tps",
 }
 
 
@@ -392,6 +394,7 @@ def _pools_iteration_stats(result: SimulationResult, t0: float, t1: float, windo
         per_pool[prefix + "busy"] = busy
         for key in ("mfu", "mbu", "mean_batch_size", "kv_util_mean", "kv_util_peak", "energy_j", "cost_usd"):
             per_pool[prefix + key] = stats[key]
+        per_pool[prefix + "bound_output_tps"] = float(pool.bound_output_tps)  # its phase's bound (pools/bound.py)
         totals["energy_j"] += stats["energy_j"]
         totals["cost_usd"] += stats["cost_usd"]
         fc = pool.peak_flops_per_gpu * pool.gpus_used
@@ -588,6 +591,7 @@ def summarise(result: SimulationResult, slo: SLOConfig | None = None) -> dict[st
     out.update(_pools_iteration_stats(result, t0, t1, window) if pooled else _iteration_stats(result, t0, t1, window))
     if pooled:
         out.update(handoff_stats(req, lat))
+        out["kv_link_bound_output_tps"] = float(info.bound_link_tps)
         if "migrations" in req.columns:
             out.update(migration_stats(req))
         if "priority" in req.columns:

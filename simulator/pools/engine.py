@@ -32,6 +32,7 @@ from simulator.clients import ClosedLoopClients, arrived_requests
 from simulator.config.schema import Scenario
 from simulator.kvcache import BlockManager, RetainingBlockManager
 from simulator.metrics.result import PoolInfo, RunInfo, SimulationResult
+from simulator.pools.bound import pools_bound
 from simulator.pools.build import PoolPlan, PoolSet, build_pools
 from simulator.pools.migration import Migrator
 from simulator.pools.priority import draw_priorities, queue_ahead
@@ -651,6 +652,7 @@ def _arrivals(env: simpy.Environment, table: RequestTable, engine: PoolEngine):
 def _run_info(
     scenario: Scenario, pools: PoolSet, engine: PoolEngine, wall: float, end: float, not_arrived: int
 ) -> RunInfo:
+    bound = pools_bound(engine, engine.table.n - not_arrived)
     infos = []
     for rt in engine.pools:
         system, dep = rt.plan.system, rt.plan.system.deployment
@@ -672,6 +674,7 @@ def _run_info(
                 weights_bytes_per_gpu=system.memory.weights_bytes,
                 gpu_memory_bytes=system.memory.gpu_memory_bytes,
                 gpu_share=pools.gpu_share(rt.plan.index),
+                bound_output_tps=bound.stages.get(rt.name, float("nan")),
             )
         )
     swap_outs = swap_ins = fallbacks = 0
@@ -713,4 +716,8 @@ def _run_info(
         swap_bytes=swap_bytes,
         swap_recompute_fallbacks=fallbacks,
         swap_transfer_s=swap_s,
+        bound_compute_tps=bound.total.compute_tps,
+        bound_memory_tps=bound.total.memory_tps,
+        bound_network_tps=bound.total.network_tps,
+        bound_link_tps=bound.stages.get("link", float("inf")),
     )
