@@ -59,10 +59,13 @@ def test_draining_and_priorities_conserve_every_request(seed, qps, scheduler, at
     out = simulate(sc)
     check(out)  # every request finished once, with its tokens; KV conserved and freed; invariants
     req = out.result.requests
+    if not out.result.info.drains:  # every request finished before the drain was due
+        assert req["finish_s"].max() < at_s + 0.1 + 1e-9
+        return
     (drained, start, emptied), = out.result.info.drains
-    assert start == pytest.approx(at_s)
+    assert at_s <= start < at_s + 0.1 + 1e-9  # at the migrator's first step after at_s (interval 0.1 s)
     # no request that arrived after the drain started was served there
-    assert not ((req["arrival_s"] > at_s) & (req["replica"] == drained)).any()
+    assert not ((req["arrival_s"] > start) & (req["replica"] == drained)).any()
     if np.isfinite(emptied):  # and nothing ran there once it was empty
         it = out.result.iterations
         assert (it.loc[it["replica"] == drained, "start_s"] < emptied + 1e-9).all()

@@ -374,7 +374,7 @@ class PoolEngine:
             if len(marked) >= len(replicas):
                 raise CapsimError(f"draining every replica of pool {migrator.pool.name!r} leaves none to serve",
                                   where=f"{where}.replica", fix="drain fewer replicas")
-            self.env.process(migrator.drain_at(replicas[d.replica], d.at_s))
+            migrator.drain_at(replicas[d.replica], d.at_s)
 
     # ----------------------------------------------------------------- routing
     def route(self, rt: PoolRuntime, rid: int) -> Replica:

@@ -109,6 +109,7 @@ class Migrator:
         self.drains: list[tuple[int, float, float]] = []  # (replica, at_s, emptied_s or NaN)
         self.drain_moves = np.zeros(n, dtype=np.int64)  # migrations off a draining replica, per request
         self.drain_reroutes = np.zeros(n, dtype=np.int64)  # queued requests sent to another replica
+        self.pending_drains: list[tuple[float, Replica]] = []
 
     def freeness(self, replica: Replica) -> float:
         state = replica.state
@@ -120,13 +121,19 @@ class Migrator:
             free -= self.headroom_blocks * sum(1 for r in state.running if self.high[r])
         return free / max(len(state.running), 1)
 
-    def drain_at(self, replica: Replica, at_s: float):
-        """A SimPy process: mark ``replica`` for scale-down at ``at_s``."""
-        yield self.engine.env.timeout(max(at_s - self.engine.env.now, 0.0))
-        self.draining.append(replica)
-        self.engine.draining.add(replica.index)
-        self.drains.append((replica.index, float(self.engine.env.now), float("nan")))
-        self._drain_step()
+    def drain_at(self, replica: Replica, at_s: float) -> None:
+        """Mark ``replica`` for scale-down at the first migrator step at or after ``at_s`` (the migrator's own
+        clock, so a drain after the last request leaves the run's end where it was)."""
+        self.pending_drains.append((at_s, replica))
+        self.pending_drains.sort(key=lambda d: d[0])
+
+    def _start_drains(self) -> None:
+        now = self.engine.env.now
+        while self.pending_drains and self.pending_drains[0][0] <= now:
+            _, replica = self.pending_drains.pop(0)
+            self.draining.append(replica)
+            self.engine.draining.add(replica.index)
+            self.drains.append((replica.index, float(now), float("nan")))
 
     def run(self):
         env, table = self.engine.env, self.engine.table
@@ -135,6 +142,8 @@ class Migrator:
             self.step()
 
     def step(self) -> None:
+        if self.pending_drains:
+            self._start_drains()
         if self.draining:
             self._drain_step()
         draining = self.engine.draining
