@@ -435,6 +435,10 @@ class Replica:
             upto = run.iterations_ending_by(nxt - start)
             if upto < run.iterations:
                 run = run.prefix(upto)
+        if plan.until_s is not None and run.iterations > 1:  # the scheduler's time slice ends the run
+            upto = run.iterations_ending_by(plan.until_s - start)
+            if upto < run.iterations:
+                run = run.prefix(max(upto, 1))
         if run.iterations > 1 and plan.interruptible:
             wake = env.timeout(run.total)
             self._run = (run, start, wake)

@@ -56,6 +56,9 @@ class System:
     # Prediction-interval re-runs only: iteration times scaled per phase (simulator/intervals); None otherwise.
     time_scale: PhaseScale | None = None
     gate: Any | None = None  # a technique's gate on which waiting requests a replica batches (composition of experts)
+    # Multiplier of the served model's KV bytes per token set by techniques (a quantised cache): what a KV
+    # hand-off or migration moves per token, beside deployment.kv_dtype.
+    kv_bytes_scale: float = 1.0
 
     @property
     def extra_usd_per_replica_hour(self) -> float:
@@ -299,6 +302,7 @@ def build_system(scenario: Scenario) -> System:
         extra_devices=stack.extra_devices(ctx) if stack else (),
         tiers_used=stack.tiers(ctx) if stack else (),
         gate=stack.gate(ctx) if stack else None,
+        kv_bytes_scale=extra.kv_bytes_scale,
     )
 
 

@@ -57,6 +57,9 @@ class ThroughputBound:
         return RESOURCES[int(np.argmin(values))]
 
 
+PHASES = ("both", "prefill", "decode")
+
+
 def workload_features(
     prompt: np.ndarray,
     output: np.ndarray,
@@ -65,36 +68,57 @@ def workload_features(
     num_experts: int = 1,
     experts_per_token: int = 1,
     window: F.PrefillWindow | None = None,
+    phase: str = "both",
+    max_batch_tokens: int | None = None,
 ) -> np.ndarray:
-    """Summed batch features of serving every request once (see the module docstring)."""
+    """Summed batch features of serving every request once (see the module docstring).
+
+    ``phase`` keeps one phase's work, for a pool that runs only that phase: ``prefill`` (the prompts and each
+    request's first token; an iteration takes at most ``max_batch_tokens`` prompt tokens, or the longest prompt
+    alone, so weights are read at least ``sum P / that`` times) or ``decode`` (the ``O - 1`` later tokens over
+    KV that arrived from elsewhere)."""
     P = np.asarray(prompt, dtype=np.float64)
     Q = np.asarray(output, dtype=np.float64)
     x = np.zeros(F.NUM_FEATURES)
     if not len(P):
         return x
-    x[F.PREFILL_TOKENS] = P.sum()
     if window is None:
-        x[F.PREFILL_ATTN_WORK] = (P * P / 2.0).sum()
-        x[F.PREFILL_KV_READ] = P.sum()
+        attn_work, kv_read = (P * P / 2.0).sum(), P.sum()
     else:  # a sliding-window model's layers attend fewer pairs
-        work, kv_read = window.whole_prompts(P)
-        x[F.PREFILL_ATTN_WORK] = work.sum()
-        x[F.PREFILL_KV_READ] = kv_read.sum()
+        work, read = window.whole_prompts(P)
+        attn_work, kv_read = work.sum(), read.sum()
+    if phase == "prefill":
+        x[F.PREFILL_TOKENS] = P.sum()
+        x[F.PREFILL_ATTN_WORK] = attn_work
+        x[F.PREFILL_KV_READ] = kv_read
+        x[F.LOGIT_SEQS] = float(len(P))
+        per_iteration = max(float(max_batch_tokens or 0), float(P.max()), 1.0)
+        iterations = P.sum() / per_iteration
+        x[F.ONE] = iterations
+        x[F.EXPERTS_HIT] = iterations * float(F.expected_experts_hit(per_iteration, num_experts, experts_per_token))
+        return x
+    if phase == "both":
+        x[F.PREFILL_TOKENS] = P.sum()
+        x[F.PREFILL_ATTN_WORK] = attn_work
+        x[F.PREFILL_KV_READ] = kv_read
     x[F.DECODE_SEQS] = (Q - 1.0).sum()
-    x[F.LOGIT_SEQS] = Q.sum()
+    x[F.LOGIT_SEQS] = Q.sum() if phase == "both" else (Q - 1.0).sum()
     x[F.DECODE_CONTEXT] = ((Q - 1.0) * P + (Q - 1.0) * Q / 2.0).sum()
     mean_context = float(P.mean() + Q.mean() / 2.0)
     batch = max(1.0, min(float(max_seqs), kv_tokens / max(mean_context, 1.0)))
-    iterations = Q.sum() / batch
+    iterations = (Q.sum() if phase == "both" else (Q - 1.0).sum()) / batch
     x[F.ONE] = iterations
     x[F.EXPERTS_HIT] = iterations * float(F.expected_experts_hit(batch, num_experts, experts_per_token))
     return x
 
 
 def throughput_bound(
-    system: System, prompt: np.ndarray, output: np.ndarray, engines: int, kv_tokens_per_engine: int
+    system: System, prompt: np.ndarray, output: np.ndarray, engines: int, kv_tokens_per_engine: int,
+    phase: str = "both",
 ) -> ThroughputBound:
-    """The bound for serving ``prompt``/``output`` on ``system`` with ``engines`` batches in flight."""
+    """The bound for serving ``prompt``/``output`` on ``system`` with ``engines`` batches in flight; with a
+    ``phase``, the bound of a pool that runs only that phase, in output tokens of the whole requests per second
+    (the rate at which it lets the system finish them)."""
     table, dev = system.table, system.roofline
     total_out = float(np.sum(output))
     x = workload_features(
@@ -105,6 +129,8 @@ def throughput_bound(
         table.num_experts,
         table.experts_per_token,
         table.prefill_window,
+        phase=phase,
+        max_batch_tokens=system.scheduler_params.max_batch_tokens(),
     )
     L = float(table.num_layers)
     flops = L * sum(float(op.flops @ x) for op in table.layer_ops) + sum(
@@ -123,4 +149,4 @@ def throughput_bound(
     return ThroughputBound(tps(flops / dev.peak_flops), tps(nbytes / dev.memory_bandwidth), tps(network))
 
 
-__all__ = ["RESOURCES", "ThroughputBound", "throughput_bound", "workload_features"]
+__all__ = ["PHASES", "RESOURCES", "ThroughputBound", "throughput_bound", "workload_features"]

@@ -246,7 +246,7 @@ def test_splitwise_mixed_pool_absorbs_a_queue():
         (lambda d: d["serving"].update(link={"kind": "carrier-pigeon"}), "serving.link.kind"),
         (lambda d: d["serving"].update(hops=3), "serving.hops"),
         (lambda d: d["pools"][0].update(tp=3), "pools.0.tp"),
-        (lambda d: d.update(techniques=[{"name": "kv-quantization"}]), "techniques"),
+        (lambda d: d["pools"][0].update(techniques=[{"name": "speculative-decoding"}]), "pools.0.techniques[0]"),
     ],
 )
 def test_bad_pool_configurations_name_the_field(change, where):

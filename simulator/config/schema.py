@@ -123,6 +123,12 @@ class PoolConfig(DeploymentConfig):
     router: RouterConfig | None = Field(
         None, description="How the pool spreads the requests it receives over its replicas; None uses `router:`."
     )
+    techniques: list[TechniqueConfig] | None = Field(
+        None,
+        description="The pool's own serving techniques, in order (`capsim list techniques`); they replace the "
+        "scenario's `techniques:` for this pool ([]: none here). None: the scenario's techniques, each on the "
+        "pools whose role it serves (speculative decoding skips a prefill pool; an encode pool takes none).",
+    )
 
     def deployment(self) -> DeploymentConfig:
         """The pool's hardware and layout as a single-pool deployment."""

@@ -221,6 +221,8 @@ class PoolInfo:
     extra_usd_per_replica_hour: float = 0.0
     extra_idle_w_per_replica: float = 0.0
     extra_tdp_w_per_replica: float = 0.0
+    # The optimal-throughput bound of this pool's phase (simulator/pools/bound.py), output tokens/s; NaN: none.
+    bound_output_tps: float = float("nan")
     # Share of its GPUs this pool uses, when pools share GPUs (SM partitioning): its cost, power and peaks are
     # that share of the GPUs'; 1 for a pool with GPUs of its own.
     gpu_share: float = 1.0
@@ -273,6 +275,8 @@ class RunInfo:
     pools: tuple[PoolInfo, ...] = ()
     # SM re-partitions of GPUs shared by two workers (semi-PD's dynamic split): (time, new prefill share) each.
     resplits: tuple[tuple[float, float], ...] = ()
+    # Replicas drained (scale-down, serving.migration.drain): (replica, start, emptied or NaN) each.
+    drains: tuple[tuple[int, float, float], ...] = ()
     # Preemption by swap (simulator/schedulers/preemption.py), summed over replicas; zero when it is off.
     swap_outs: int = 0
     swap_ins: int = 0
@@ -289,6 +293,8 @@ class RunInfo:
     units: tuple[PowerUnit, ...] = ()
     capex_usd_per_gpu: float = float("nan")
     cost: CostSettings = DEFAULT_COST
+    # A multi-pool run: the KV hand-off link's share of that bound (inf: no hand-offs; in bound_network_tps too).
+    bound_link_tps: float = float("inf")
 
     @property
     def num_gpus(self) -> int:

@@ -302,6 +302,8 @@ HANDOFF_KEYS: dict[str, str] = {
     "kv_transfer_p99_s": "P99 time a KV transfer held the link",
     "kv_handoff_wait_mean_s": "mean time from prefill done to transfer start (receiver memory, link queue)",
     "kv_handoff_share_of_e2e": "mean share of a request's E2E latency spent between prefill done and KV arrival",
+    "kv_link_bound_output_tps": "output tokens/s the KV hand-offs' link occupancy allows (inf: no hand-offs); "
+    "part of bound_output_tps",
 }
 
 
@@ -320,6 +322,48 @@ def migration_stats(req: pd.DataFrame) -> dict[str, Any]:
         "migrations": count,
         "migration_gib": float(req["migration_bytes"].sum()) / 2**30,
         "migration_downtime_mean_s": float(req["migration_downtime_s"].sum()) / count if count else NAN,
+    }
+
+
+#: Priority-class and draining keys (a multi-pool run with ``serving.priorities`` / ``migration.drain``).
+PRIORITY_KEYS: dict[str, str] = {
+    f"priority.{cls}.{key}": f"{what} of the {cls}-priority requests"
+    for cls in ("high", "normal")
+    for key, what in (("requests", "count"), ("ttft_p50_s", "TTFT p50"), ("ttft_p99_s", "TTFT p99"),
+                      ("tpot_p50_s", "TPOT p50"), ("tpot_p99_s", "TPOT p99"))
+}
+DRAIN_KEYS: dict[str, str] = {
+    "drained_replicas": "replicas marked for scale-down (serving.migration.drain)",
+    "drain_emptied": "of those, replicas emptied before the run ended",
+    "drain_time_mean_s": "mean time from a drain's start until its replica held no request",
+    "drain_migrations": "running requests migrated off draining replicas (measured requests)",
+    "drain_reroutes": "queued requests sent from draining replicas to others (measured requests)",
+}
+
+
+def priority_stats(req: pd.DataFrame, lat: pd.DataFrame) -> dict[str, Any]:
+    """:data:`PRIORITY_KEYS`: TTFT and TPOT percentiles of each priority class."""
+    out: dict[str, Any] = {}
+    high = req["priority"].to_numpy() == 1
+    for cls, mask in (("high", high), ("normal", ~high)):
+        out[f"priority.{cls}.requests"] = int(mask.sum())
+        for m in ("ttft", "tpot"):
+            values = lat[f"{m}_s"].to_numpy()[mask]
+            values = values[np.isfinite(values)]
+            for q in (50, 99):
+                out[f"priority.{cls}.{m}_p{q}_s"] = float(np.percentile(values, q)) if len(values) else NAN
+    return out
+
+
+def drain_stats(req: pd.DataFrame, info: RunInfo) -> dict[str, Any]:
+    """:data:`DRAIN_KEYS` from the run's drains and the drain columns of the requests."""
+    emptied = [done - at for _, at, done in info.drains if math.isfinite(done)]
+    return {
+        "drained_replicas": len(info.drains),
+        "drain_emptied": len(emptied),
+        "drain_time_mean_s": float(np.mean(emptied)) if emptied else NAN,
+        "drain_migrations": int(req["drain_migrations"].sum()),
+        "drain_reroutes": int(req["drain_reroutes"].sum()),
     }
 
 
@@ -355,6 +399,7 @@ def _pools_iteration_stats(result: SimulationResult, t0: float, t1: float, windo
         per_pool[prefix + "busy"] = busy
         for key in ("mfu", "mbu", "mean_batch_size", "kv_util_mean", "kv_util_peak", "energy_j", "cost_usd"):
             per_pool[prefix + key] = stats[key]
+        per_pool[prefix + "bound_output_tps"] = float(pool.bound_output_tps)  # its phase's bound (pools/bound.py)
         totals["energy_j"] += stats["energy_j"]
         totals["cost_usd"] += stats["cost_usd"]
         fc = pool.peak_flops_per_gpu * pool.gpus_used
@@ -551,8 +596,13 @@ def summarise(result: SimulationResult, slo: SLOConfig | None = None) -> dict[st
     out.update(_pools_iteration_stats(result, t0, t1, window) if pooled else _iteration_stats(result, t0, t1, window))
     if pooled:
         out.update(handoff_stats(req, lat))
+        out["kv_link_bound_output_tps"] = float(info.bound_link_tps)
         if "migrations" in req.columns:
             out.update(migration_stats(req))
+        if "priority" in req.columns:
+            out.update(priority_stats(req, lat))
+        if "drain_migrations" in req.columns:
+            out.update(drain_stats(req, info))
         if info.resplits:
             out["sm_resplits"] = len(info.resplits)
             out["sm_prefill_share_final"] = info.resplits[-1][1]
@@ -577,7 +627,8 @@ def summarise(result: SimulationResult, slo: SLOConfig | None = None) -> dict[st
     # The percentile targets the scenario set (their keys depend on it), after the fixed keys.
     ordered.update({k: v for k, v in out.items() if k.startswith("slo_") and k not in ordered})
     ordered.update({k: v for k, v in out.items()
-                    if k.startswith(("pool.", "sm_")) or k in HANDOFF_KEYS or k in MIGRATION_KEYS})
+                    if k.startswith(("pool.", "sm_")) or k in HANDOFF_KEYS or k in MIGRATION_KEYS
+                    or k in PRIORITY_KEYS or k in DRAIN_KEYS})
     ordered.update({k: v for k, v in out.items() if k.startswith(("energy.", "avg_power."))})
     if "cached_tokens" in req.columns:  # the prefix-caching technique is on
         ordered.update(prefix_cache_stats(req))

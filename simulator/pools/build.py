@@ -7,6 +7,7 @@ the scenario; only the field paths of its errors are rewritten to point at ``poo
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 
 from pydantic import ValidationError
@@ -18,6 +19,7 @@ from simulator.pools import partition as _partition  # noqa: F401 - registers se
 from simulator.pools.systems import SERVING_SYSTEMS, ServingParams, ServingSystem
 from simulator.schedulers import SCHEDULERS
 from simulator.system import System, build_system
+from simulator.techniques import TECHNIQUES
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,63 @@ class PoolSet:
         return round(sum(p.system.num_gpus * self.gpu_share(p.index) for p in self.pools))
 
 
-def _pool_scenario(scenario: Scenario, pool: PoolConfig) -> Scenario:
+def _technique_class(name: str):
+    """The registered class of a technique name, or None when unknown (the pool's stack then names the error)."""
+    try:
+        return TECHNIQUES.get(TECHNIQUES.canonical(name))
+    except UnknownNameError:
+        return None
+
+
+def _pool_techniques(scenario: Scenario, i: int, pool: PoolConfig) -> tuple[list, list[int] | None]:
+    """The technique entries pool ``i`` runs, and for each the index of the scenario-level entry it came from
+    (None when the pool lists its own).
+
+    A pool's own ``techniques:`` replace the scenario's; a technique it lists for a role it cannot serve is an
+    error naming both. The scenario's techniques apply to every pool whose role the technique serves (a
+    speculative decoder to the decode pool, not the prefill pool). An encoder pool runs the vision encoder,
+    not the language model the techniques act on, so it takes none."""
+    if pool.role == "encode":
+        if pool.techniques:
+            raise CapsimError(
+                f"pool {pool.name!r} encodes images; serving techniques act on the language model, which it does "
+                "not hold",
+                where=f"pools.{i}.techniques", fix="remove the encode pool's techniques",
+            )
+        return [], []
+    if pool.techniques is not None:
+        for j, entry in enumerate(pool.techniques):
+            cls = _technique_class(entry.name)
+            if cls is not None and pool.role not in cls.pool_roles:
+                raise CapsimError(
+                    f"technique {entry.name!r} cannot serve pool {pool.name!r} (role {pool.role!r}): "
+                    f"{cls.pool_roles_reason or 'it does not act on that phase'}",
+                    where=f"pools.{i}.techniques[{j}]",
+                    fix=f"list it on a pool with role {' or '.join(cls.pool_roles)}, or remove it",
+                )
+        return list(pool.techniques), None
+    kept, origin = [], []
+    for j, entry in enumerate(scenario.techniques):
+        cls = _technique_class(entry.name)
+        if cls is None or pool.role in cls.pool_roles:
+            kept.append(entry)
+            origin.append(j)
+    return kept, origin
+
+
+def _rewrite_technique(where: str | None, i: int, origin: list[int] | None) -> str | None:
+    """``techniques[j]...`` of a pool's stack -> ``pools.i.techniques[j]...`` (its own list) or the scenario
+    entry it came from (``techniques[origin[j]]...``)."""
+    match = re.match(r"techniques\[(\d+)\](.*)", where or "", re.S)
+    if match is None:
+        return where
+    j, rest = int(match.group(1)), match.group(2)
+    if origin is None:
+        return f"pools.{i}.techniques[{j}]{rest}"
+    return f"techniques[{origin[j]}]{rest}" if j < len(origin) else where
+
+
+def _pool_scenario(scenario: Scenario, pool: PoolConfig, techniques: list | None = None) -> Scenario:
     update = {}
     if pool.role == "encode":  # an encoder pool holds the vision encoder, not the language model
         images = scenario.workload.images
@@ -81,6 +139,7 @@ def _pool_scenario(scenario: Scenario, pool: PoolConfig) -> Scenario:
             "router": pool.router or scenario.router,
             "pools": None,
             "serving": None,
+            "techniques": techniques or [],
         }
     )
 
@@ -122,13 +181,9 @@ def build_pools(scenario: Scenario) -> PoolSet:
     """Resolve every pool and check that the serving system can use them."""
     cls, params = serving_params(scenario)
     name = SERVING_SYSTEMS.canonical(scenario.serving.name)
-    if scenario.techniques:
-        raise CapsimError(
-            "serving techniques are not yet modelled together with several pools",
-            where="techniques",
-            fix="remove `techniques:` or simulate a single pool (`deployment:`)",
-        )
+    colocated = getattr(cls, "colocated", False)
     plans = []
+    used: set[int] = set()  # scenario-level techniques some pool runs
     for i, pool in enumerate(scenario.pools):
         if pool.role not in cls.roles:
             raise CapsimError(
@@ -136,22 +191,30 @@ def build_pools(scenario: Scenario) -> PoolSet:
                 where=f"pools.{i}.role",
                 fix=f"use one of: {', '.join(cls.roles)}",
             )
+        techniques, origin = _pool_techniques(scenario, i, pool)
+        used.update(origin or ())
         try:
-            system = build_system(_pool_scenario(scenario, pool))
+            system = build_system(_pool_scenario(scenario, pool, techniques))
         except CapsimError as exc:
-            raise type(exc)(exc.problem, where=_rewrite(exc.where, i, pool), fix=exc.fix) from None
+            where = _rewrite_technique(exc.where, i, origin) if techniques else exc.where
+            raise type(exc)(exc.problem, where=_rewrite(where, i, pool), fix=exc.fix) from None
+        _check_pool_techniques(system, i, pool, origin, colocated, name)
         if system.device.thermal is not None:
             raise CapsimError(
                 f"device {system.device.name!r} throttles (thermal), which pools do not model yet",
                 where=_rewrite("deployment.device", i, pool),
                 fix="simulate it as a single pool (`deployment:`), or give the device thermal: null",
             )
-        if system.kv_policy is not None:
-            raise CapsimError(
-                f"{system.model.name} keeps a capped KV cache (sliding window), which pools do not model yet",
-                where="model", fix="simulate it as a single pool (`deployment:`), or use a model without a window",
-            )
         plans.append(PoolPlan(i, pool, system))
+    for j, entry in enumerate(scenario.techniques):
+        if j not in used:
+            tech = _technique_class(entry.name)
+            raise CapsimError(
+                f"technique {entry.name!r} serves no pool of this scenario (it acts on pools with role "
+                f"{' or '.join(tech.pool_roles) if tech else '?'} that do not list their own `techniques:`)",
+                where=f"techniques[{j}]", fix="remove it, add it to a pool's own list, or add a pool it can serve",
+            )
+    _check_kv_formats(plans)
     roles = [p.role for p in plans]
     for role in cls.required:
         if role not in roles:
@@ -186,9 +249,78 @@ def build_pools(scenario: Scenario) -> PoolSet:
                 dst.system.deployment.gpus_per_replica,
                 where="serving.link",
             )
-    if getattr(cls, "colocated", False):
+    if colocated:
         return _partitioned(PoolSet(tuple(plans), cls, params, links))
     return PoolSet(tuple(plans), cls, params, links)
+
+
+def _check_pool_techniques(system: System, i: int, pool: PoolConfig, origin: list[int] | None, colocated: bool,
+                           serving: str) -> None:
+    """Refuse, naming the pool and the technique, what the pool engine does not model with techniques yet."""
+    stack = system.techniques
+    if not stack and system.kv_policy is None:
+        return
+
+    def where_of(name: str) -> str:
+        k = stack.names.index(name)
+        return f"pools.{i}.techniques[{k}]" if origin is None else f"techniques[{origin[k]}]"
+
+    if colocated:
+        if stack:
+            raise CapsimError(
+                f"pool {pool.name!r}: serving system {serving!r} shares one KV cache and the GPUs' SMs between two "
+                f"workers, which capsim does not model with techniques ({', '.join(stack.names)}) yet",
+                where=where_of(stack.names[0]), fix="remove the techniques, or use `disaggregated` pools",
+            )
+        raise CapsimError(
+            f"{system.model.name} keeps a capped KV cache (sliding window), which {serving!r}'s shared KV cache "
+            "does not model yet",
+            where="model", fix="use `disaggregated` pools, or a model without a window",
+        )
+    if system.admit is not None:
+        owner = stack.owners.get("admit", stack.names[0])
+        raise CapsimError(
+            f"pool {pool.name!r}: technique {owner!r} reports KV cached at admission, which pools do not model "
+            "yet (a received hand-off is the only cached KV there)",
+            where=where_of(owner), fix="remove it from the pools scenario, or simulate one pool (`deployment:`)",
+        )
+    if system.gate is not None:
+        owner = stack.owners.get("gate", stack.names[0])
+        raise CapsimError(
+            f"pool {pool.name!r}: technique {owner!r} decides which waiting requests a replica may batch, which "
+            "the pool engine does not bind yet",
+            where=where_of(owner), fix="remove it from the pools scenario, or simulate one pool (`deployment:`)",
+        )
+    if system.memory.host_kv_bytes_per_token or system.extra_devices:
+        what = "keep KV in host memory, which a hand-off does not move" if system.memory.host_kv_bytes_per_token \
+            else "add devices per replica, which per-pool cost and energy do not price"
+        raise CapsimError(
+            f"pool {pool.name!r}: its techniques ({', '.join(stack.names)}) {what} yet",
+            where=where_of(stack.names[0]), fix="remove the technique from this pool, or simulate one pool",
+        )
+
+
+def _retention_of(system: System) -> tuple:
+    """What decides the tokens a pool's KV keeps: the retention technique and its parameters, or the window."""
+    owner = system.techniques.owners.get("kv_policy")
+    if owner is not None:
+        tech = system.techniques.techniques[system.techniques.names.index(owner)]
+        return owner, tech.params.model_dump_json()
+    return "window", system.model.sliding_window
+
+
+def _check_kv_formats(plans: list[PoolPlan]) -> None:
+    """A hand-off moves the tokens the sender's KV kept; a receiver that keeps others cannot take them."""
+    holding = [p for p in plans if p.role != "encode"]
+    for p in holding[1:]:
+        first = holding[0]
+        if _retention_of(p.system) != _retention_of(first.system):
+            raise CapsimError(
+                f"pools {first.name!r} and {p.name!r} keep different KV tokens (KV eviction or retention "
+                "technique); a hand-off moves the tokens the sender kept, so every pool must keep the same",
+                where=f"pools.{p.index}.techniques",
+                fix="give every pool the same KV eviction technique (list it in the scenario's `techniques:`)",
+            )
 
 
 def _partitioned(pools: PoolSet) -> PoolSet:

@@ -30,10 +30,12 @@ import simpy
 from simulator.admission import enforce, unservable_mask
 from simulator.clients import ClosedLoopClients, arrived_requests
 from simulator.config.schema import Scenario
-from simulator.kvcache import BlockManager
+from simulator.kvcache import BlockManager, RetainingBlockManager
 from simulator.metrics.result import PoolInfo, RunInfo, SimulationResult
+from simulator.pools.bound import pools_bound
 from simulator.pools.build import PoolPlan, PoolSet, build_pools
 from simulator.pools.migration import Migrator
+from simulator.pools.priority import draw_priorities, queue_ahead
 from simulator.power_units import cost_settings, gpu_capex, power_units
 from simulator.recorder import Recorder
 from simulator.replica import Replica
@@ -182,6 +184,7 @@ class PoolEngine:
             if system.scheduler_cls.lone_prefills and plan.role != "decode" and not shared:
                 cost.prime_lone_prefills(table.prompt)
             make_scheduler = (lambda s: lambda state: s.scheduler_cls(s.scheduler_params, state))(system)
+            step, retention = _bind_techniques(system, table, scenario.seed, cost)
             first_nic = len(self.nic)
             self.nic.extend(simpy.Resource(env, capacity=1) for _ in range(dep.num_replicas))
             for k in range(dep.num_replicas * dep.pp):
@@ -189,8 +192,14 @@ class PoolEngine:
                 if shared and k < len(shared_blocks):  # the other worker on these GPUs: same KV cache
                     blocks = shared_blocks[k]
                 else:
-                    blocks = SharedBlockManager(rt.blocks_per_engine, dep.block_size, table) if shared else \
-                        BlockManager(rt.blocks_per_engine, dep.block_size, table)
+                    if shared:
+                        blocks = SharedBlockManager(rt.blocks_per_engine, dep.block_size, table)
+                    elif retention is not None:
+                        blocks = RetainingBlockManager(rt.blocks_per_engine, dep.block_size, table, retention)
+                    else:
+                        blocks = BlockManager(rt.blocks_per_engine, dep.block_size, table)
+                    if step is not None:
+                        blocks.step_tokens = 1 + step.max_lookahead
                     shared_blocks.append(blocks)
                 replica = Replica(
                     env,
@@ -203,6 +212,8 @@ class PoolEngine:
                     None,
                     system.model.max_context,
                     warmup_s=sim.warmup_s,
+                    step=step,
+                    kv=retention,
                     swap=swap_space_for(system, dep.pp),
                 )
                 rt.replicas.append(replica)
@@ -233,6 +244,11 @@ class PoolEngine:
                         replica.blocks.decode_worker = replica
                         replica.receiving = True
         self._inbox_of = {id(b.replica): b for rt in self.pools for b in rt.inboxes}
+        # Priority classes (Llumnix): drawn once per run from their own stream; None: every request alike.
+        prio = pools.params.priorities
+        self.priority = draw_priorities(prio, scenario.seed, table.n) if prio is not None else None
+        self._queue_first = prio is not None and prio.queue_first
+        self.draining: set[int] = set()  # replicas (engine indices) marked for scale-down
         self.migrators: list[Migrator] = []
         if pools.params.migration is not None:
             for rt in self.pools:
@@ -240,6 +256,7 @@ class PoolEngine:
                     migrator = Migrator(self, rt, pools.params.migration)
                     self.migrators.append(migrator)
                     env.process(migrator.run())
+            self._schedule_drains(pools.params.migration.drain)
         for rt in self.pools:
             if rt.role == "encode":
                 continue
@@ -333,7 +350,48 @@ class PoolEngine:
 
         return finished
 
+    def _schedule_drains(self, drains) -> None:
+        """Start a drain process per ``serving.migration.drain`` entry, after checking it names a replica of a
+        pool that migrates and leaves that pool a replica to serve."""
+        from capsim.errors import CapsimError
+
+        by_name = {m.pool.name: m for m in self.migrators}
+        per_pool: dict[str, set[int]] = {}
+        for i, d in enumerate(drains):
+            where = f"serving.migration.drain.{i}"
+            if d.pool is None and not self.migrators:
+                raise CapsimError("draining moves requests between a pool's replicas; no pool has several",
+                                  where=where, fix="add replicas to the pool, or remove the drain")
+            migrator = by_name.get(d.pool) if d.pool is not None else self.migrators[0]
+            if migrator is None:
+                raise CapsimError(f"no pool {d.pool!r} with several replicas migrates requests", where=f"{where}.pool",
+                                  fix=f"name one of: {', '.join(by_name) or '(none)'}")
+            replicas = migrator.pool.replicas
+            if d.replica >= len(replicas):
+                raise CapsimError(f"pool {migrator.pool.name!r} has {len(replicas)} replicas (0 to "
+                                  f"{len(replicas) - 1})", where=f"{where}.replica", fix="name one of them")
+            marked = per_pool.setdefault(migrator.pool.name, set())
+            marked.add(d.replica)
+            if len(marked) >= len(replicas):
+                raise CapsimError(f"draining every replica of pool {migrator.pool.name!r} leaves none to serve",
+                                  where=f"{where}.replica", fix="drain fewer replicas")
+            migrator.drain_at(replicas[d.replica], d.at_s)
+
     # ----------------------------------------------------------------- routing
+    def route(self, rt: PoolRuntime, rid: int) -> Replica:
+        """The replica of ``rt`` the pool's router picks for ``rid``; a draining replica takes none, so its
+        pick goes to the least loaded replica that is not draining."""
+        replica = rt.replicas[rt.router.pick(rid)]
+        if self.draining and replica.index in self.draining:
+            replica = min((r for r in rt.replicas if r.index not in self.draining), key=lambda r: r.outstanding)
+        return replica
+
+    def enqueue(self, replica: Replica, rid: int) -> None:
+        """Submit ``rid`` to ``replica``, queued ahead of normal requests when it is high-priority."""
+        replica.submit(rid)
+        if self._queue_first:
+            queue_ahead(replica.state.waiting, self.priority)
+
     def submit(self, rid: int) -> None:
         """A new request enters the pool the serving system names (an encoder pool first, if it has images)."""
         enc = self.encode_pool
@@ -341,7 +399,10 @@ class PoolEngine:
             enc.replicas[enc.router.pick(rid)].submit(rid)
             return
         rt = self.system.entry(rid)
-        rt.replicas[rt.router.pick(rid)].submit(rid)
+        if self.priority is None and not self.draining:
+            rt.replicas[rt.router.pick(rid)].submit(rid)
+            return
+        self.enqueue(self.route(rt, rid), rid)
 
     def _finished_here(self, replica: Replica, on_finish):
         inbox = self._inbox_of.get(id(replica))
@@ -361,7 +422,7 @@ class PoolEngine:
         def handoff(rids: list[int], end: float, start: float) -> None:
             for rid in rids:
                 dest = self.system.after_prefill(rid, rt)
-                target = dest.replicas[dest.router.pick(rid)]
+                target = self.route(dest, rid)
                 target.outstanding += 1
                 self.table.replica[rid] = target.index
                 self.log.source[rid] = replica.index
@@ -391,9 +452,17 @@ class PoolEngine:
         return self.nic[self._nic_of[replica.index]]
 
     def kv_bytes_per_token(self, rt: PoolRuntime) -> float:
-        """KV bytes of one token, all layers, in ``rt``'s KV format (what a transfer moves)."""
+        """KV bytes of one token, all layers, in ``rt``'s KV format (what a transfer moves): the deployment's
+        ``kv_dtype`` scaled by its techniques (a cache quantised to 4 bits moves a quarter of bf16's bytes)."""
         system = rt.plan.system
-        return system.model.kv_bytes_per_token(_kv_bytes(system))
+        return system.model.kv_bytes_per_token(_kv_bytes(system)) * system.kv_bytes_scale
+
+    @staticmethod
+    def kept_tokens(replica: Replica, rid: int, logical: int) -> float:
+        """Tokens of ``rid``'s KV that ``replica`` stores when it holds ``logical`` tokens: all of them, or the
+        ones a KV eviction technique (or the model's sliding window) retained -- what a transfer moves."""
+        retention = replica.kv
+        return retention.retained_one(rid, logical) if retention is not None else logical
 
     # ---------------------------------------------------------------- transfer
     def transfer(
@@ -404,7 +473,7 @@ class PoolEngine:
         src_pool = self.pools[self.pool_of_replica[source.index]]
         dst = inbox.replica
         link = self.pools_plan.links[(src_pool.plan.index, inbox.pool.plan.index)]
-        nbytes = kv_tokens * src_pool.plan.system.model.kv_bytes_per_token(_kv_bytes(src_pool.plan.system))
+        nbytes = self.kept_tokens(source, rid, kv_tokens) * self.kv_bytes_per_token(src_pool)
         with self.nic[self._nic_of[source.index]].request() as out:
             yield out
             with self.nic[self._nic_of[dst.index]].request() as inn:
@@ -425,6 +494,18 @@ class PoolEngine:
         inbox.in_flight -= 1
         dst.receive(rid)
         inbox.try_grant()
+
+
+def _bind_techniques(system, table: RequestTable, seed: int, cost):
+    """A pool's runtime technique hooks bound to this simulation, as the single-pool engine binds them: its
+    decode-step model (random draws from the stream the single-pool engine uses, so a one-pool run matches it)
+    and its KV retention (a technique's eviction or the model's sliding window)."""
+    step = None
+    if system.step is not None:
+        rng_step = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(2,)))
+        step = system.step.bind(table, rng_step, cost)
+    retention = system.kv_policy.bind(table) if system.kv_policy is not None else None
+    return step, retention
 
 
 def _act_bytes(system) -> float:
@@ -540,6 +621,11 @@ def simulate_pools(scenario: Scenario, *, stream: RequestStream | None = None):
         frame["migrations"] = sum(m.count for m in engine.migrators)
         frame["migration_bytes"] = sum(m.nbytes for m in engine.migrators)
         frame["migration_downtime_s"] = sum(m.downtime for m in engine.migrators)
+        if pools.params.migration.drain:
+            frame["drain_migrations"] = sum(m.drain_moves for m in engine.migrators)
+            frame["drain_reroutes"] = sum(m.drain_reroutes for m in engine.migrators)
+    if engine.priority is not None:
+        frame["priority"] = engine.priority.astype(np.int64)  # 1: the high-priority class
     if arrived < table.n:
         frame = frame.iloc[:arrived]
     result = SimulationResult(frame, recorder.iterations_frame(), recorder.token_gaps(), info)
@@ -569,6 +655,7 @@ def _arrivals(env: simpy.Environment, table: RequestTable, engine: PoolEngine):
 def _run_info(
     scenario: Scenario, pools: PoolSet, engine: PoolEngine, wall: float, end: float, not_arrived: int
 ) -> RunInfo:
+    bound = pools_bound(engine, engine.table.n - not_arrived)
     infos = []
     for rt in engine.pools:
         system, dep = rt.plan.system, rt.plan.system.deployment
@@ -592,6 +679,7 @@ def _run_info(
                 gpu_share=pools.gpu_share(rt.plan.index),
                 units=tuple(u for u in power_units(system, dep.pp, scenario.cost) if u.name.startswith("tier.")),
                 capex_usd_per_gpu=gpu_capex(system.device, scenario.cost),
+                bound_output_tps=bound.stages.get(rt.name, float("nan")),
             )
         )
     swap_outs = swap_ins = fallbacks = 0
@@ -627,10 +715,15 @@ def _run_info(
         not_arrived=not_arrived,
         pools=tuple(infos),
         resplits=tuple(engine.resplitter.history) if getattr(engine, "resplitter", None) is not None else (),
+        drains=tuple(d for m in engine.migrators for d in m.drains),
         swap_outs=swap_outs,
         swap_ins=swap_ins,
         swap_bytes=swap_bytes,
         swap_recompute_fallbacks=fallbacks,
         swap_transfer_s=swap_s,
         cost=cost_settings(scenario.cost),
+        bound_compute_tps=bound.total.compute_tps,
+        bound_memory_tps=bound.total.memory_tps,
+        bound_network_tps=bound.total.network_tps,
+        bound_link_tps=bound.stages.get("link", float("inf")),
     )

@@ -18,6 +18,7 @@ from capsim.registry import Registry
 from capsim.types import Flag
 from hwmodels.network import LinkConfig
 from simulator.pools.migration import MigrationConfig
+from simulator.pools.priority import PriorityConfig
 
 
 class PoolView(Protocol):
@@ -39,6 +40,11 @@ class ServingParams(BaseModel):
         None,
         description="Live migration of running requests between the replicas of each pool (Llumnix); "
         "None: requests stay where they were routed.",
+    )
+    priorities: PriorityConfig | None = Field(
+        None,
+        description="Two priority classes of requests (Llumnix): `{high_fraction, headroom_tokens, queue_first}`; "
+        "None: every request alike.",
     )
     layerwise: Flag = Field(
         False,

@@ -68,6 +68,7 @@ class Plan:
     decode_ids: np.ndarray
     repeat: bool = False  # a decode run: repeat until a sequence finishes or memory runs out
     interruptible: bool = True  # an arrival ends the run at the next iteration boundary
+    until_s: float | None = None  # a decode run ends at the first boundary at or after this time (a time slice)
 
 
 class Scheduler:

@@ -131,6 +131,11 @@ class Technique:
     #: True when the technique's formulas assume a cache of separate keys and values per KV head, which a
     #: multi-head latent attention model (DeepSeek-V2/V3: one shared latent per token) does not have.
     needs_key_value_heads: ClassVar[bool] = False
+    #: Pool roles (``pools:``) whose replicas the technique can serve; a prefill pool only emits first tokens,
+    #: so a technique that changes the decode step has nothing to do there. ``pool_roles_reason`` says why a
+    #: role is missing (printed when a pool asks for it).
+    pool_roles: ClassVar[tuple[str, ...]] = ("prefill", "decode", "mixed")
+    pool_roles_reason: ClassVar[str] = ""
 
     def __init__(self, params: TechniqueParams, *, name: str, index: int):
         self.params = params

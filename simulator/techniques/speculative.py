@@ -651,6 +651,8 @@ class SpeculativeDecoding(Technique):
     )
     presets = PRESETS
     exclusive = ("step",)
+    pool_roles = ("decode", "mixed")
+    pool_roles_reason = "a prefill pool runs no decode steps (it emits each request's first token and hands it off)"
     schedulers_refused = {
         "static": "request-level batching pads finished sequences to the longest one, so its decode steps "
                   "cannot yield a different number of tokens per sequence",
