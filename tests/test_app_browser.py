@@ -318,22 +318,6 @@ def check_plugin_menus_are_not_cut_off(page) -> None:
     assert "Prefill-first" in sidebar or "prefill-first" in sidebar, "the chosen scheduler is not described"
 
 
-PLAN_FOR_SCREENSHOT = """\
-name: tiny-plan
-seed: 3
-model: llama-3.1-8b
-workload:
-  arrival: poisson
-  prompt: {dist: uniform, low: 100, high: 600}
-  output: {dist: uniform, low: 10, high: 80}
-slo: {ttft_s: 1.0, tpot_s: 0.05, attainment: 0.9}
-simulation: {num_requests: 60, warmup_s: 0}
-search:
-  grid:
-    deployment.device: [h100-sxm, a100-80gb-sxm, l4]
-target_rps: 4
-rate_search: {rel_tol: 0.25, max_sims: 3}
-"""
 
 
 def results_folders(base: Path) -> tuple[Path, Path]:
@@ -343,12 +327,13 @@ def results_folders(base: Path) -> tuple[Path, Path]:
     from simulator.cli import app as cli_app
     from simulator.planner import load_plan, run_plan
     from simulator.sweep import LocalExecutor
+    from tests.test_app_plan import PLAN  # the tiny plan the plan tab's own tests use
 
     base.mkdir(parents=True, exist_ok=True)
-    (base / "plan.yaml").write_text(PLAN_FOR_SCREENSHOT)
+    (base / "plan.yaml").write_text(PLAN)
     plan, candidates = load_plan(base / "plan.yaml")
     run_plan(plan, candidates, out_dir=base / "plan", executor=LocalExecutor(max_workers=1), plots=False)
-    body = PLAN_FOR_SCREENSHOT.split("search:")[0].replace("name: tiny-plan", "name: tiny")
+    body = PLAN.split("search:")[0].replace("name: tiny-plan", "name: tiny")
     (base / "two.yaml").write_text(body + "runs:\n  - {name: h100, deployment: {device: h100-sxm}}\n"
                                    "  - {name: l4, deployment: {device: l4}}\n")
     result = CliRunner().invoke(cli_app, ["run", str(base / "two.yaml"), "--out", str(base / "run"), "--set",

@@ -111,3 +111,26 @@ def test_bad_migration_settings_name_the_field(bad):
     with pytest.raises(CapsimError) as err:
         build_pools(Scenario.model_validate(data))
     assert "serving.migration" in str(err.value)
+
+
+def test_queued_demand_lowers_freeness_so_migration_defragments():
+    """Llumnix's de-fragmentation: a replica whose head-of-line request does not fit counts that request's blocks
+    against its free blocks, so it reads as the least free and running sequences migrate off it."""
+    from types import SimpleNamespace
+
+    from simulator.pools.migration import Migrator
+
+    class Table:
+        def prefill_target(self, rid):
+            return {0: 4000, 1: 100, 2: 100}[rid]
+
+    def replica(waiting):
+        return SimpleNamespace(
+            state=SimpleNamespace(waiting=waiting, running=[1, 2]),
+            blocks=SimpleNamespace(block_size=16, free_blocks=200),
+            pending_blocks=0, table=Table())
+
+    stub = SimpleNamespace(headroom_blocks=0, high=None)
+    idle, blocked = replica([]), replica([0])
+    assert Migrator.freeness(stub, idle) == 100.0  # 200 free blocks over 2 running sequences
+    assert Migrator.freeness(stub, blocked) == (200 - 250) / 2  # the queued 4000-token prompt needs 250 blocks
