@@ -18,8 +18,9 @@ from simulator.prefix_cache import PrefixIndex
 from simulator.remote_kv import ContextLoader, lone_prefill_price
 from simulator.requests import RequestTable
 from simulator.system import build_system
-from tests.test_engine_invariants import check_invariants, tiny_scenario
+from tests.test_engine_invariants import check_invariants
 from tests.test_prefix_caching import scenario
+from tests.test_remote_kv import TINY_RUNS, check_loads, simulate_tiny_multi_turn
 
 LLAMA2_KV = 32 * 2 * 32 * 128 * 2  # llama-2-7b: layers x (K, V) x heads x head_dim x fp16 bytes per token
 EXAMPLE = "scenarios/examples/multi_turn_host_kv.yaml"
@@ -195,37 +196,14 @@ def test_two_tier_invariants_under_random_operations(ops, total, host_units):
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    scheduler=st.sampled_from(["vllm", "sarathi", "orca", "static"]),
-    seed=st.integers(0, 10_000),
-    qps=st.floats(0.5, 40.0),
-    n=st.integers(1, 40),
-    replicas=st.integers(1, 3),
+    **TINY_RUNS,
     router=st.sampled_from(["round-robin", "cache-aware"]),
     capacity=st.sampled_from([0.05, 1.0]),  # 2 or 42 units of 48 x 512 KiB
 )
 def test_engine_invariants_hold_with_a_host_tier(scheduler, seed, qps, n, replicas, router, capacity):
-    base = tiny_scenario(
-        scheduler,
-        seed=seed,
-        qps=qps,
-        n=n,
-        replicas=replicas,
-        router="round-robin",
-        kv_tokens_budget=True,
-        block_size=16,
-    )
-    data = base.model_dump()
-    data["router"] = {"name": router}
-    data["workload"]["sharing"] = {"pattern": "multi-turn", "block_tokens": 48}
-    data["simulation"]["oversized"] = "drop"
     technique = {"name": "prefix-caching", "cache_generated": True, "host_tier": {"capacity_gib": capacity}}
-    out = simulate(Scenario.model_validate({**data, "techniques": [technique]}))
-    check_invariants(out)
-    req = out.result.requests
-    loaded, found, cached = (req[k].to_numpy() for k in ("host_loaded_tokens", "host_found_tokens", "cached_tokens"))
-    assert np.all((loaded == 0) | (loaded == found)) and np.all(loaded % 48 == 0)
-    assert np.all(cached < out.table.prompt)
-    assert np.all(cached[cached >= 0] >= loaded[cached >= 0])
+    out = simulate_tiny_multi_turn(scheduler, seed, qps, n, replicas, True, [technique], router)
+    check_loads(out, "host")
 
 
 def test_multi_turn_under_memory_pressure_the_host_tier_restores_hits_and_lowers_ttft():
