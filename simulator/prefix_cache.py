@@ -35,6 +35,11 @@ block granularity):
 
 Sharing starts only at whole units, which also makes the hit rate a lower bound of vLLM's.
 
+Host-memory tier (``host_tier``; AttentionStore, LMCache CPU offload): with it on, each block manager keeps a
+:class:`simulator.remote_kv.RemoteStore` of its own, and every unit its eviction throws out of HBM is written there.
+At admission the units after the HBM hit that this store holds are loaded back like a remote store's (the index's
+host :class:`~simulator.remote_kv.ContextLoader` decides and prices), before the shared remote store is tried.
+
 Non-prefix chunk reuse (``reuse``; CacheBlend, Cache-Craft, KVShare): a unit id may carry a position-independent
 chunk-block identity (``traces.sharing.chunk_block``: a RAG corpus chunk's block). At admission, after the prefix
 hit, every later prompt unit whose chunk block some resident unit of this replica holds (computed, hittable) is
