@@ -241,6 +241,10 @@ def simulate(
             frame["remote_found_tokens"] = prefix.remote.found_tokens
             frame["remote_loaded_tokens"] = prefix.remote.loaded_tokens
             frame["remote_loaded_bytes"] = prefix.remote.loaded_bytes
+        if prefix.host is not None:  # beyond the HBM hit: found in the replica's host memory, and loaded from it
+            frame["host_found_tokens"] = prefix.host.found_tokens
+            frame["host_loaded_tokens"] = prefix.host.loaded_tokens
+            frame["host_loaded_bytes"] = prefix.host.loaded_bytes
         if prefix.reused_tokens is not None:  # non-prefix chunks reused (first admission)
             frame["reused_tokens"] = prefix.reused_tokens
     if system.gate is not None:

@@ -35,6 +35,11 @@ block granularity):
 
 Sharing starts only at whole units, which also makes the hit rate a lower bound of vLLM's.
 
+Host-memory tier (``host_tier``; AttentionStore, LMCache CPU offload): with it on, each block manager keeps a
+:class:`simulator.remote_kv.RemoteStore` of its own, and every unit its eviction throws out of HBM is written there.
+At admission the units after the HBM hit that this store holds are loaded back like a remote store's (the index's
+host :class:`~simulator.remote_kv.ContextLoader` decides and prices), before the shared remote store is tried.
+
 Non-prefix chunk reuse (``reuse``; CacheBlend, Cache-Craft, KVShare): a unit id may carry a position-independent
 chunk-block identity (``traces.sharing.chunk_block``: a RAG corpus chunk's block). At admission, after the prefix
 hit, every later prompt unit whose chunk block some resident unit of this replica holds (computed, hittable) is
@@ -56,7 +61,7 @@ import numpy as np
 
 from capsim.errors import CapsimError
 from simulator.kvcache import NO_CAP, BlockManager, blocks_for
-from simulator.remote_kv import ContextLoader
+from simulator.remote_kv import ContextLoader, RemoteStore
 from simulator.requests import RequestTable
 from traces.sharing import chunk_block
 
@@ -105,13 +110,21 @@ class PrefixIndex:
         self.clock = clock
         # A remote KV store every replica writes to and may load from (simulator.remote_kv); None: HBM only.
         self.remote: ContextLoader | None = None
+        # A host-memory tier per replica (AttentionStore): the loader that prices and records loads over the
+        # replica's host link, and each replica's store capacity in units (None: unbounded). None: no host tier.
+        self.host: ContextLoader | None = None
+        self.host_units: int | None = None
         # Non-prefix chunk reuse: reused tokens at each request's first admission (-1: never admitted).
         self.reused_tokens = np.full(table.n, -1, dtype=np.int64) if reuse is not None else None
 
     @property
     def load(self) -> Callable[[tuple], float] | None:
-        """The replica's load hook: seconds an iteration waits for its chunks' remote loads and chunk copies."""
+        """The replica's load hook: seconds an iteration waits for its chunks' host and remote loads and chunk
+        copies."""
         remote, reuse = self.remote, self.reuse
+        if self.host is not None:
+            hooks = [h for h in (self.host, remote, reuse) if h is not None]
+            return lambda prefill: sum(h(prefill) for h in hooks)
         if reuse is None:
             return remote
         if remote is None:
@@ -181,6 +194,8 @@ class PrefixCachingBlockManager(BlockManager):
         # Chunk-block identity -> resident unit ids carrying it (kept only with chunk reuse on).
         self._chunks: dict[int, set[int]] | None = {} if index.reuse is not None else None
         self.peak_resident_blocks = 0  # most blocks ever holding KV, free-able cached units included
+        # This replica's host-memory tier: units evicted from HBM, loadable back over the host link (None: off).
+        self.host: RemoteStore | None = RemoteStore(index.host_units) if index.host is not None else None
 
     # ------------------------------------------------------------------ cache
     @property
@@ -213,8 +228,19 @@ class PrefixCachingBlockManager(BlockManager):
         return hits
 
     def match_tokens(self, rid: int) -> int:
-        """Prompt tokens of ``rid`` this replica's cache holds now (a cache-aware router's signal)."""
-        return len(self._match(rid, int(self._t.prompt[rid]))) * self.unit
+        """Prompt tokens of ``rid`` this replica's cache holds now (a cache-aware router's signal); with a host
+        tier, the units after the HBM hit that this replica's host memory holds count too (AttentionStore keeps a
+        conversation's KV on the server that ran its last turn, so the next turn belongs there)."""
+        prompt = int(self._t.prompt[rid])
+        hits = len(self._match(rid, prompt))
+        host = self.host
+        if host is not None:
+            ids, now = self.index.ids[rid], self.index.clock()
+            for j in range(hits, min(len(ids), (prompt - 1) // self.unit)):
+                if ids[j] in self._refs or not host.has(ids[j], now):
+                    break
+                hits += 1
+        return hits * self.unit
 
     def hit(self, rid: int) -> tuple[int, int]:
         """(Tokens the local hit :meth:`attach` would give now -- cached units, and reused chunks' kept tokens --,
@@ -246,7 +272,11 @@ class PrefixCachingBlockManager(BlockManager):
                 del lru[h]
                 self.used_blocks += ub
             refs[h] = r + 1
-        loaded = self._load_remote(rid, hits, room) if self.index.remote is not None else 0
+        loaded = 0
+        if self.host is not None:  # this replica's host memory first: its link is the replica's own
+            loaded = self._load_remote(rid, hits, room, self.index.host, self.host)
+        if self.index.remote is not None:
+            loaded += self._load_remote(rid, hits, room, self.index.remote, self.index.remote.store, loaded)
         self._held[rid] = hits
         self._next[rid] = len(hits)
         cached = len(hits) * self.unit
@@ -258,17 +288,20 @@ class PrefixCachingBlockManager(BlockManager):
         self._add(self.held_by(rid) - before + loaded * ub)
         return cached
 
-    def _load_remote(self, rid: int, hits: list[int], room: int | None) -> int:
-        """Extend ``hits`` with the next prompt units the remote store holds, when loading them beats
-        recomputing them (and their blocks fit in ``room`` beside the running KV); returns how many were loaded.
-        Loaded units become resident and referenced here, as if this replica had computed them."""
+    def _load_remote(
+        self, rid: int, hits: list[int], room: int | None, loader: ContextLoader, store: RemoteStore, taken: int = 0
+    ) -> int:
+        """Extend ``hits`` with the next prompt units ``store`` holds, when loading them through ``loader`` beats
+        recomputing them (and their blocks fit in ``room`` beside the running KV and the ``taken`` units an
+        earlier tier just loaded); returns how many were loaded. Loaded units become resident and referenced
+        here, as if this replica had computed them."""
         t = self._t
         target = int(t.prompt[rid] + t.generated[rid])
         ids = self.index.ids[rid]
         limit = min(len(ids), (target - 1) // self.unit)
         free = self.total_blocks - self.used_blocks  # free-able units may be evicted
-        room = (free if room is None else min(free, room)) // self.unit_blocks
-        now, store, refs = self.index.clock(), self.index.remote.store, self._refs
+        room = (free if room is None else min(free, room)) // self.unit_blocks - taken
+        now, refs = self.index.clock(), self._refs
         found: list[int] = []
         for j in range(len(hits), limit):
             h = ids[j]
@@ -279,7 +312,7 @@ class PrefixCachingBlockManager(BlockManager):
             return 0
         hit = len(hits) * self.unit
         first = self.index.cached_tokens[rid] < 0
-        if not self.index.remote.decide(rid, target, hit, len(found) * self.unit, first):
+        if not loader.decide(rid, target, hit, len(found) * self.unit, first):
             return 0
         ready = self._ready
         for h in found:
@@ -380,9 +413,12 @@ class PrefixCachingBlockManager(BlockManager):
     def _evict(self, units: int) -> None:
         lru, refs, ready = self._lru, self._refs, self._ready
         units = min(units, len(lru))
-        chunks = self._chunks
+        chunks, host = self._chunks, self.host
+        now = self.index.clock() if host is not None else 0.0
         for _ in range(units):
             h, _none = lru.popitem(last=False)
+            if host is not None:  # written back to host memory (asynchronously: off the critical path)
+                host.put(h, now)
             del refs[h], ready[h]
             if chunks is not None and chunk_block(h):
                 holders = chunks[chunk_block(h)]
@@ -432,6 +468,8 @@ class PrefixCachingBlockManager(BlockManager):
         self._next.pop(rid, None)
         if self.index.remote is not None:
             self.index.remote.cancel(rid)
+        if self.index.host is not None:
+            self.index.host.cancel(rid)
         if self.index.reuse is not None:
             self.index.reuse.cancel(rid)
         self._t.kv_reserved[rid] = 0

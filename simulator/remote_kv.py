@@ -17,6 +17,10 @@ that prices the prefill:
 
 Not modelled: the store's own bandwidth limits and contention between replicas on it (each replica's link is
 its own); writes to the store (assumed asynchronous, off the critical path); lossy compression's accuracy.
+
+The same store and loader also model a replica's own host-memory tier (prefix caching's ``host_tier``,
+AttentionStore): one :class:`RemoteStore` per replica holding the units its HBM cache evicted, and a loader whose
+link is the replica's PCIe link to host DRAM (no compression, no decode).
 """
 
 from __future__ import annotations
@@ -52,17 +56,26 @@ class RemoteStore:
         self._ready.move_to_end(unit_id)
         return True
 
+    def has(self, unit_id: int, now: float) -> bool:
+        """Whether :meth:`holds` would say yes, without counting as a use (a router's look does not refresh it)."""
+        at = self._ready.get(unit_id)
+        return at is not None and at < now
+
+    def __len__(self) -> int:
+        return len(self._ready)
+
 
 class ContextLoader:
     """Prices and decides each request's remote load; records per-request outcomes for the summary.
 
-    ``price(tokens, cached)`` is the time of a lone prefill chunk (the replica's cost model).
+    ``price(tokens, cached)`` is the time of a lone prefill chunk (the replica's cost model). ``store`` is the
+    shared store; None when each replica has its own (the host tier: the block manager holds it).
     """
 
     def __init__(
         self,
         n_requests: int,
-        store: RemoteStore,
+        store: RemoteStore | None,
         kv_bytes_per_token: float,
         link_bandwidth: float,
         link_latency_s: float,

@@ -103,18 +103,33 @@ def test_the_slow_link_recomputes_and_compression_turns_it_back_into_a_load():
     assert packed.result.requests["remote_loaded_tokens"].tolist() == [0, 2048, 0, 0]
 
 
+# Small runs for the invariant property tests (with simulate_tiny_multi_turn).
+TINY_RUNS = {
+    "scheduler": st.sampled_from(["vllm", "sarathi", "orca", "static"]),
+    "seed": st.integers(0, 10_000),
+    "qps": st.floats(0.5, 40.0),
+    "n": st.integers(1, 40),
+    "replicas": st.integers(1, 3),
+}
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    scheduler=st.sampled_from(["vllm", "sarathi", "orca", "static"]),
-    seed=st.integers(0, 10_000),
-    qps=st.floats(0.5, 40.0),
-    n=st.integers(1, 40),
-    replicas=st.integers(1, 3),
+    **TINY_RUNS,
     tight=st.booleans(),
     link=st.sampled_from(["infiniband-ndr", "ethernet-25g"]),
     capacity=st.sampled_from([None, 0.01]),
 )
 def test_engine_invariants_hold_with_a_remote_store(scheduler, seed, qps, n, replicas, tight, link, capacity):
+    techniques = remote(link, compression_ratio=4, capacity_gib=capacity)
+    out = simulate_tiny_multi_turn(scheduler, seed, qps, n, replicas, tight, techniques)
+    loaded = check_loads(out, "remote")
+    req = out.result.requests
+    assert np.all(req["remote_loaded_bytes"].to_numpy() >= loaded * out.system.model.kv_bytes_per_token(2) / 4)
+
+
+def simulate_tiny_multi_turn(scheduler, seed, qps, n, replicas, tight, techniques, router="round-robin"):
+    """A small multi-turn run (48-token units, oversized requests dropped) for the invariant property tests."""
     base = tiny_scenario(
         scheduler,
         seed=seed,
@@ -126,20 +141,24 @@ def test_engine_invariants_hold_with_a_remote_store(scheduler, seed, qps, n, rep
         block_size=16,
     )
     data = base.model_dump()
+    data["router"] = {"name": router}
     data["workload"]["sharing"] = {"pattern": "multi-turn", "block_tokens": 48}
     data["simulation"]["oversized"] = "drop"
-    out = simulate(
-        Scenario.model_validate({**data, "techniques": remote(link, compression_ratio=4, capacity_gib=capacity)})
-    )
+    out = simulate(Scenario.model_validate({**data, "techniques": techniques}))
     check_invariants(out)
+    return out
+
+
+def check_loads(out, tier: str) -> np.ndarray:
+    """A tier's loads are all or nothing of what it found, whole units, within the request's hit; the tokens."""
     req = out.result.requests
     loaded, found, cached = (
-        req[k].to_numpy() for k in ("remote_loaded_tokens", "remote_found_tokens", "cached_tokens")
+        req[k].to_numpy() for k in (f"{tier}_loaded_tokens", f"{tier}_found_tokens", "cached_tokens")
     )
     assert np.all((loaded == 0) | (loaded == found)) and np.all(loaded % 48 == 0)
     assert np.all(cached < out.table.prompt)
     assert np.all(cached[cached >= 0] >= loaded[cached >= 0])
-    assert np.all(req["remote_loaded_bytes"].to_numpy() >= loaded * out.system.model.kv_bytes_per_token(2) / 4)
+    return loaded
 
 
 def test_remote_store_input_errors():

@@ -666,6 +666,8 @@ def prefix_cache_stats(req) -> dict[str, float]:
         "prefix_hit_rate_requests": _ratio(float(np.count_nonzero(hit)), float(len(hit))),
         "prefix_cached_tokens": int(hit.sum()),
     } | (remote_store_stats(req, admitted, float(prompt.sum())) if "remote_found_tokens" in req.columns else {}) | (
+        remote_store_stats(req, admitted, float(prompt.sum()), "host") if "host_found_tokens" in req.columns else {}
+    ) | (
         chunk_reuse_stats(req, admitted, float(prompt.sum())) if "reused_tokens" in req.columns else {}
     )
 
@@ -677,15 +679,16 @@ def chunk_reuse_stats(req, admitted: np.ndarray, prompt_tokens: float) -> dict[s
     return {"chunk_reuse_rate_tokens": _ratio(float(reused.sum()), prompt_tokens), "chunk_reused_tokens": int(reused.sum())}
 
 
-def remote_store_stats(req, admitted: np.ndarray, prompt_tokens: float) -> dict[str, float]:
-    """The remote KV store's part (prefix caching's ``remote_store``): prompt tokens found there beyond the local
-    hit, as a share of prompt tokens; requests that loaded them vs recomputed them; bytes sent over the link."""
-    found = req["remote_found_tokens"].to_numpy(dtype=np.int64)[admitted]
-    loaded = req["remote_loaded_tokens"].to_numpy(dtype=np.int64)[admitted]
+def remote_store_stats(req, admitted: np.ndarray, prompt_tokens: float, tier: str = "remote") -> dict[str, float]:
+    """A KV tier below HBM (prefix caching's ``remote_store``, or ``host_tier`` with ``tier="host"``): prompt
+    tokens found there beyond the local hit, as a share of prompt tokens; requests that loaded them vs recomputed
+    them; bytes sent over the link."""
+    found = req[f"{tier}_found_tokens"].to_numpy(dtype=np.int64)[admitted]
+    loaded = req[f"{tier}_loaded_tokens"].to_numpy(dtype=np.int64)[admitted]
     return {
-        "remote_hit_rate_tokens": _ratio(float(found.sum()), prompt_tokens),
-        "remote_loads": int(np.count_nonzero(loaded)),
-        "remote_recomputes": int(np.count_nonzero((found > 0) & (loaded == 0))),
-        "remote_loaded_tokens": int(loaded.sum()),
-        "remote_bytes_loaded": float(req["remote_loaded_bytes"].to_numpy(dtype=np.float64)[admitted].sum()),
+        f"{tier}_hit_rate_tokens": _ratio(float(found.sum()), prompt_tokens),
+        f"{tier}_loads": int(np.count_nonzero(loaded)),
+        f"{tier}_recomputes": int(np.count_nonzero((found > 0) & (loaded == 0))),
+        f"{tier}_loaded_tokens": int(loaded.sum()),
+        f"{tier}_bytes_loaded": float(req[f"{tier}_loaded_bytes"].to_numpy(dtype=np.float64)[admitted].sum()),
     }

@@ -39,7 +39,14 @@ the prefill tokens a hit skips):
   copy (read + write of the reused KV in HBM) delays its iteration. The request table gains ``reused_tokens``,
   the summary ``chunk_reuse_rate_tokens`` and ``chunk_reused_tokens``.
 
-Not modelled: sharing below whole blocks; a host-memory or SSD tier below HBM; the hashing cost itself (microseconds per block).
+* **Host tier** (``host_tier``, AttentionStore / LMCache CPU offload): each replica keeps the units its HBM cache
+  evicts in its own host DRAM (LRU, ``capacity_gib``); at admission the units after the HBM hit that its host
+  holds are loaded over the device's host link (PCIe) with the remote store's load-vs-recompute decision, before
+  the remote store is tried. The cache-aware router counts host-held units as the replica's. The summary gains
+  ``host_hit_rate_tokens``, ``host_loads``, ``host_recomputes``, ``host_loaded_tokens``, ``host_bytes_loaded``.
+
+Not modelled: sharing below whole blocks; an SSD tier below host memory; PCIe contention between host loads
+and other host traffic (swaps); the hashing cost itself (microseconds per block).
 """
 
 from __future__ import annotations
@@ -96,6 +103,20 @@ class RemoteStoreParams(BaseModel):
         return {"kind": v} if isinstance(v, str) else v
 
 
+class HostTierParams(BaseModel):
+    """A host-memory KV tier per replica (AttentionStore / CachedAttention, LMCache's CPU offload): the prefix
+    blocks its HBM cache evicts are kept in the server's DRAM and loaded back over the device's host link."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    capacity_gib: float = Field(
+        ...,
+        gt=0,
+        allow_inf_nan=False,
+        description="Host DRAM per replica for evicted KV, GiB (least recently used blocks dropped first).",
+    )
+
+
 class PrefixCachingParams(TechniqueParams):
     """The sharing unit comes from the request stream's block ids; the parameters are the attention kernel and
     an optional remote store."""
@@ -129,6 +150,13 @@ class PrefixCachingParams(TechniqueParams):
         description="CacheGen/LMCache: a store holding the KV of every prefix block any replica computed; at "
         "admission the blocks after the local hit are loaded over the link when that beats recomputing them.",
     )
+    host_tier: HostTierParams | None = Field(
+        None,
+        description="AttentionStore / LMCache CPU offload: each replica keeps the prefix blocks its HBM cache "
+        "evicts in host DRAM (capacity_gib) and loads them back over the device's link to its host tier (PCIe: "
+        "interconnect.pcie_gbs and link_latency_us, one lane per GPU) when that beats recomputing them; tried "
+        "before the remote store. Null: HBM only.",
+    )
 
 
 class PrefixCachePolicy:
@@ -140,11 +168,13 @@ class PrefixCachePolicy:
         remote: Callable[[int, int], ContextLoader] | None = None,
         cache_generated: bool = False,
         reuse: Callable[[], ChunkReuse] | None = None,
+        host: Callable[[int, int], tuple[ContextLoader, int]] | None = None,
     ):
         self.shared_attention = shared_attention
         self.cache_generated = cache_generated
         self.reuse = reuse  # builds a run's chunk-reuse record; None: prefix hits only
         self.remote = remote  # builds a run's context loader (requests, unit tokens); None: no remote store
+        self.host = host  # builds a run's host-tier loader and per-replica capacity in units; None: no host tier
 
     def bind(
         self,
@@ -164,6 +194,8 @@ class PrefixCachePolicy:
         index = PrefixIndex(table, hashes, unit_tokens, clock, self.shared_attention, self.cache_generated, reuse)
         if self.remote is not None:
             index.remote = self.remote(table.n, unit_tokens)
+        if self.host is not None:
+            index.host, index.host_units = self.host(table.n, unit_tokens)
         return index
 
 
@@ -182,6 +214,9 @@ class PrefixCaching(Technique):
         "Juravsky et al. Hydragen: High-Throughput LLM Inference with Shared Prefixes (arXiv 2402.05099).",
         "Liu et al. CacheGen: KV Cache Compression and Streaming for Fast Large Language Model Serving. "
         "ACM SIGCOMM 2024 (arXiv 2310.07240) -- remote KV loading with compression.",
+        "Gao et al. Cost-Efficient Large Language Model Serving for Multi-turn Conversations with "
+        "CachedAttention (AttentionStore). USENIX ATC 2024 (arXiv 2403.19708) -- KV of past turns kept in host "
+        "memory and loaded back over PCIe.",
     )
     # The KV of a shared block must be the same for every request using it; a retention policy rewrites a
     # sequence's KV after its prefill (and the block accounting of both would have to be merged).
@@ -196,6 +231,7 @@ class PrefixCaching(Technique):
             None if cfg is None else _loader(cfg, ctx),
             p.cache_generated,
             _chunk_reuse(p.recompute_fraction, ctx) if p.reuse else None,
+            None if p.host_tier is None else _host_loader(p.host_tier, ctx),
         )
 
     def keeps_planner_bounds(self) -> bool:
@@ -238,4 +274,27 @@ def _loader(cfg: RemoteStoreParams, ctx: BuildContext) -> Callable[[int, int], C
     return build
 
 
-__all__ = ["PrefixCachePolicy", "PrefixCaching", "PrefixCachingParams", "RemoteStoreParams"]
+def _host_loader(cfg: HostTierParams, ctx: BuildContext) -> Callable[[int, int], tuple[ContextLoader, int]]:
+    """The replica's link to host DRAM (the device's main-tier-to-host link, each GPU its own lane loading its
+    shard of the KV) and the tier's capacity in units, resolved once per system."""
+    dep = ctx.deployment
+    link = ctx.device.transfer_link(ctx.device.main_tier, "host", where="techniques.prefix-caching.host_tier")
+    per_token = ctx.model.kv_bytes_per_token(bytes_per_element(dep.kv_dtype, field="deployment.kv_dtype"))
+    price = lone_prefill_price(ctx.main_cost_model())
+    bandwidth = link.bandwidth * dep.tp * dep.pp
+
+    def build(n: int, unit_tokens: int) -> tuple[ContextLoader, int]:
+        units = int(cfg.capacity_gib * 2**30 // (unit_tokens * per_token))
+        if units < 1:
+            raise CapsimError(
+                f"a host tier of {cfg.capacity_gib} GiB holds no {unit_tokens}-token block "
+                f"({unit_tokens * per_token / 2**30:.3g} GiB each)",
+                where="techniques.prefix-caching.host_tier.capacity_gib",
+                fix="give the host tier at least one block's worth of memory",
+            )
+        return ContextLoader(n, None, per_token, bandwidth, link.latency_s, 1.0, 0.0, price), units
+
+    return build
+
+
+__all__ = ["HostTierParams", "PrefixCachePolicy", "PrefixCaching", "PrefixCachingParams", "RemoteStoreParams"]
