@@ -61,7 +61,7 @@ import numpy as np
 
 from capsim.errors import CapsimError
 from simulator.kvcache import NO_CAP, BlockManager, blocks_for
-from simulator.remote_kv import ContextLoader, RemoteStore
+from simulator.remote_kv import ContextLoader, PendingWaits, RemoteStore
 from simulator.requests import RequestTable
 from traces.sharing import chunk_block
 
@@ -121,15 +121,10 @@ class PrefixIndex:
     def load(self) -> Callable[[tuple], float] | None:
         """The replica's load hook: seconds an iteration waits for its chunks' host and remote loads and chunk
         copies."""
-        remote, reuse = self.remote, self.reuse
-        if self.host is not None:
-            hooks = [h for h in (self.host, remote, reuse) if h is not None]
-            return lambda prefill: sum(h(prefill) for h in hooks)
-        if reuse is None:
-            return remote
-        if remote is None:
-            return reuse
-        return lambda prefill: remote(prefill) + reuse(prefill)
+        hooks = [h for h in (self.host, self.remote, self.reuse) if h is not None]
+        if len(hooks) <= 1:
+            return hooks[0] if hooks else None
+        return lambda prefill: sum(h(prefill) for h in hooks)
 
     def block_manager(self, total_blocks: int, block_size: int, table: RequestTable) -> PrefixCachingBlockManager:
         return PrefixCachingBlockManager(total_blocks, block_size, table, self)
@@ -139,29 +134,20 @@ class PrefixIndex:
         return SharedPrefixAttention(blocks) if self.shared_attention else None
 
 
-class ChunkReuse:
+class ChunkReuse(PendingWaits):
     """Non-prefix chunk reuse's parameters and the copies each admission leaves for its iteration to wait for."""
 
     def __init__(self, recompute_fraction: float, copy_s_per_token: float):
+        super().__init__()
         self.fraction = float(recompute_fraction)
         self.copy_s_per_token = float(copy_s_per_token)
-        self._pending: dict[int, float] = {}
 
     def recomputed(self, reused_tokens: int) -> int:
         """Tokens of ``reused_tokens`` reused ones a request recomputes (rounded up)."""
         return math.ceil(self.fraction * reused_tokens - 1e-9)
 
     def copy(self, rid: int, tokens: int) -> None:
-        self._pending[rid] = self._pending.get(rid, 0.0) + tokens * self.copy_s_per_token
-
-    def cancel(self, rid: int) -> None:
-        self._pending.pop(rid, None)
-
-    def __call__(self, prefill) -> float:
-        pending = self._pending
-        if not pending:
-            return 0.0
-        return sum(pending.pop(c.rid, 0.0) for c in prefill)
+        self.wait(rid, tokens * self.copy_s_per_token)
 
 
 class PrefixCachingBlockManager(BlockManager):

@@ -65,7 +65,37 @@ class RemoteStore:
         return len(self._ready)
 
 
-class ContextLoader:
+class PendingWaits:
+    """Seconds each admitted request's next iteration must wait for (a load, a copy), kept until that iteration.
+
+    Why a class of its own: remote and host loads (:class:`ContextLoader`) and reused-chunk copies
+    (:class:`simulator.prefix_cache.ChunkReuse`) all leave a wait at admission that the replica's ``load`` hook
+    collects when the request's chunk runs, and drop it if the request is preempted first.
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[int, float] = {}
+
+    def wait(self, rid: int, seconds: float) -> None:
+        """Add ``seconds`` to what ``rid``'s next iteration waits for."""
+        self._pending[rid] = self._pending.get(rid, 0.0) + seconds
+
+    def cancel(self, rid: int) -> None:
+        """``rid`` left the batch (preempted) before the chunk that waits ran: nothing to wait for."""
+        self._pending.pop(rid, None)
+
+    def __call__(self, prefill) -> float:
+        """The replica's ``load`` hook: seconds the iteration waits for its chunks' pending waits (in turn)."""
+        pending = self._pending
+        if not pending:
+            return 0.0
+        took = 0.0
+        for c in prefill:
+            took += pending.pop(c.rid, 0.0)
+        return took
+
+
+class ContextLoader(PendingWaits):
     """Prices and decides each request's remote load; records per-request outcomes for the summary.
 
     ``price(tokens, cached)`` is the time of a lone prefill chunk (the replica's cost model). ``store`` is the
@@ -94,7 +124,7 @@ class ContextLoader:
         self.loaded_tokens = np.zeros(n_requests, dtype=np.int64)  # of those, loaded (first admission)
         self.loaded_bytes = np.zeros(n_requests, dtype=np.float64)  # on the wire, every admission
         self.load_s = np.zeros(n_requests, dtype=np.float64)  # waited for, every admission
-        self._pending: dict[int, float] = {}
+        super().__init__()
 
     def load_time(self, tokens: int) -> tuple[float, float]:
         """(seconds, bytes on the wire) to fetch ``tokens`` of KV and restore it on the GPU."""
@@ -118,26 +148,13 @@ class ContextLoader:
             self.found_tokens[rid] = tokens
         if load >= self.recompute_time(target, hit, tokens):
             return False
-        self._pending[rid] = self._pending.get(rid, 0.0) + load
+        self.wait(rid, load)
         self.loaded_bytes[rid] += wire
         self.load_s[rid] += load
         if first:
             self.loaded_tokens[rid] = tokens
         return True
 
-    def cancel(self, rid: int) -> None:
-        """``rid`` left the batch (preempted) before the chunk that waits for its load ran: nothing to wait for."""
-        self._pending.pop(rid, None)
-
-    def __call__(self, prefill) -> float:
-        """The replica's ``load`` hook: seconds the iteration waits for the loads of its chunks (one link, in turn)."""
-        pending = self._pending
-        if not pending:
-            return 0.0
-        took = 0.0
-        for c in prefill:
-            took += pending.pop(c.rid, 0.0)
-        return took
 
 
 def lone_prefill_price(cost) -> Callable[[int, int], float]:
