@@ -48,10 +48,10 @@ from capsim.types import Flag
 from hwmodels.device import MemoryTier
 from hwmodels.roofline import RooflineDevice
 from simulator.costmodel import features as F
-from simulator.costmodel.operators import AttentionGeometry, Operator, OperatorTable
+from simulator.costmodel.operators import Operator, OperatorTable
 from simulator.costmodel.precision import bytes_per_element
 from simulator.memory_plan import GIB
-from simulator.techniques.base import TECHNIQUES, MemoryTerms, Technique, TechniqueParams
+from simulator.techniques.base import TECHNIQUES, MemoryTerms, Technique, TechniqueParams, attention_geometry
 from simulator.techniques.context import BuildContext
 
 OVERLAP_GROUP = "in_memory"
@@ -118,7 +118,7 @@ class AttentionInMemory(Technique):
         )
 
     def operators(self, table: OperatorTable, ctx: BuildContext) -> OperatorTable:
-        g = _geometry(table, self.where)
+        g = attention_geometry(table, self.where)
         proc = self.processor(ctx)
         dev = ctx.device
         link = dev.transfer_link(dev.main_tier, self.params.tier, where=f"{self.where}.tier")
@@ -156,7 +156,7 @@ class AttentionInMemory(Technique):
     def memory(self, terms: MemoryTerms, ctx: BuildContext) -> MemoryTerms:
         if ctx.table is None:
             return terms
-        g = _geometry(ctx.table, self.where)
+        g = attention_geometry(ctx.table, self.where)
         dep = ctx.deployment
         tier = self._tier(ctx)
         gpus = dep.tp * dep.pp
@@ -185,16 +185,6 @@ class AttentionInMemory(Technique):
             per_gpu,
             note=f"KV in tier {tier.name!r}: {per_token:.0f} B per token per GPU, {per_gpu / GIB:.1f} GiB per GPU",
         )
-
-
-def _geometry(table: OperatorTable, where: str) -> AttentionGeometry:
-    if table.attention is None:
-        raise CapsimError(
-            "the operator table carries no attention geometry (heads, KV heads, head size per GPU)",
-            where=where,
-            fix="build the table with build_operator_table",
-        )
-    return table.attention
 
 
 __all__ = ["AttentionInMemory", "AttentionInMemoryParams"]

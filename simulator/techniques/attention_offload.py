@@ -54,7 +54,14 @@ from simulator.costmodel.precision import bytes_per_element
 from simulator.costmodel.pricers import PRICERS, PricingContext, RooflinePricer, RowPricer
 from simulator.costmodel.sharding import kv_elements_per_layer_per_gpu
 from simulator.memory_plan import GIB
-from simulator.techniques.base import TECHNIQUES, ExtraDevice, MemoryTerms, Technique, TechniqueParams
+from simulator.techniques.base import (
+    TECHNIQUES,
+    ExtraDevice,
+    MemoryTerms,
+    Technique,
+    TechniqueParams,
+    attention_geometry,
+)
 from simulator.techniques.context import BuildContext
 
 OVERLAP_GROUP = "attention_offload"
@@ -192,13 +199,7 @@ class AttentionOffload(Technique):
 
     # -- hooks ----------------------------------------------------------------------------------------
     def operators(self, table: OperatorTable, ctx: BuildContext) -> OperatorTable:
-        g = table.attention
-        if g is None:
-            raise CapsimError(
-                "the operator table carries no attention geometry",
-                where=self.where,
-                fix="build the table with build_operator_table",
-            )
+        g = attention_geometry(table, self.where)
         ab = bytes_per_element(ctx.deployment.activation_dtype, field="deployment.activation_dtype")
         roof = self.pool_roofline(ctx, g.act_dtype)
         pool = AttentionPool(POOL_PLACEMENT, roof.effective_bandwidth, 0.0, kind=POOL_PLACEMENT, roofline=roof)

@@ -38,7 +38,7 @@ from capsim.errors import CapsimError
 from capsim.registry import Registry
 
 if TYPE_CHECKING:
-    from simulator.costmodel.operators import OperatorTable
+    from simulator.costmodel.operators import AttentionGeometry, OperatorTable
     from simulator.kvcache import Retention
     from simulator.models.spec import ModelSpec
     from simulator.requests import RequestTable
@@ -278,6 +278,18 @@ class TechniqueStack:
 
     def keeps_planner_bounds(self) -> bool:
         return all(t.keeps_planner_bounds() for t in self.techniques)
+
+
+def attention_geometry(table: OperatorTable, where: str) -> AttentionGeometry:
+    """The table's attention geometry, which every technique that reprices attention needs; an error naming the
+    technique when the table has none (a table not built by ``build_operator_table``)."""
+    if table.attention is None:
+        raise CapsimError(
+            "the operator table carries no attention geometry (heads, KV heads, head size per GPU)",
+            where=where,
+            fix="build the table with build_operator_table",
+        )
+    return table.attention
 
 
 def _param_error(cls: type[Technique], name: str, index: int, exc: ValidationError) -> CapsimError:

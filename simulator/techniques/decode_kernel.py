@@ -57,7 +57,7 @@ from hwmodels.links import Link
 from simulator.costmodel import features as F
 from simulator.costmodel.operators import AttentionGeometry, Operator, OperatorTable
 from simulator.costmodel.pricers import PRICERS, DecodeLine, PricingContext, RowPricer
-from simulator.techniques.base import TECHNIQUES, Technique, TechniqueParams
+from simulator.techniques.base import TECHNIQUES, Technique, TechniqueParams, attention_geometry
 from simulator.techniques.context import BuildContext
 
 KERNEL_PLACEMENT = "decode-kernel"
@@ -145,13 +145,7 @@ class DecodeKernel(Technique):
                 where=f"techniques[{self.index}].splits",
                 fix="remove splits or set kernel: flash-decoding",
             )
-        g = table.attention
-        if g is None:
-            raise CapsimError(
-                "the operator table carries no attention geometry",
-                where=self.where,
-                fix="build the table with build_operator_table",
-            )
+        g = attention_geometry(table, self.where)
         spec = DecodeKernelSpec(
             KERNEL_PLACEMENT,
             float("inf"),

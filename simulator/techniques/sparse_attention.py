@@ -61,7 +61,7 @@ from hwmodels.links import Link
 from simulator.costmodel import features as F
 from simulator.costmodel.operators import AttentionGeometry, Operator, OperatorTable
 from simulator.memory_plan import GIB
-from simulator.techniques.base import TECHNIQUES, MemoryTerms, Technique, TechniqueParams
+from simulator.techniques.base import TECHNIQUES, MemoryTerms, Technique, TechniqueParams, attention_geometry
 from simulator.techniques.context import BuildContext
 
 OVERLAP_GROUP = "kv_fetch"
@@ -73,13 +73,6 @@ def _vec(**coefficients: float) -> np.ndarray:
     for name, value in coefficients.items():
         v[F.FEATURE_NAMES.index(name)] = value
     return v
-
-
-def _geometry(table: OperatorTable, where: str) -> AttentionGeometry:
-    if table.attention is None:
-        raise CapsimError("the operator table carries no attention geometry (heads, KV heads, head size per GPU)",
-                          where=where, fix="build the table with build_operator_table")
-    return table.attention
 
 
 class SparseAttentionParams(TechniqueParams):
@@ -198,7 +191,7 @@ class SparseAttention(Technique):
     # -- hooks ----------------------------------------------------------------------------------------
     def operators(self, table: OperatorTable, ctx: BuildContext) -> OperatorTable:
         p = self.params
-        g = _geometry(table, self.where)
+        g = attention_geometry(table, self.where)
         rho = self.effective_density(table.num_layers)
         sparse_share = 1.0 - self._dense_share(table.num_layers)
         host = p.kv_location != "hbm"
@@ -269,7 +262,7 @@ class SparseAttention(Technique):
 
     def memory(self, terms: MemoryTerms, ctx: BuildContext) -> MemoryTerms:
         p, dep, m = self.params, ctx.deployment, ctx.model
-        g = _geometry(ctx.table, self.where) if ctx.table is not None else None
+        g = attention_geometry(ctx.table, self.where) if ctx.table is not None else None
         if g is None:
             return terms
         layers = -(-m.num_layers // dep.pp)  # the most loaded stage
@@ -323,7 +316,7 @@ class SparsePrefill(Technique):
 
     def operators(self, table: OperatorTable, ctx: BuildContext) -> OperatorTable:
         p = self.params
-        g = _geometry(table, self.where)
+        g = attention_geometry(table, self.where)
         ops: list[Operator] = []
         for op in table.layer_ops:
             if op.op_class == "attention_prefill":
