@@ -277,20 +277,18 @@ def _check_pool_techniques(system: System, i: int, pool: PoolConfig, origin: lis
             "does not model yet",
             where="model", fix="use `disaggregated` pools, or a model without a window",
         )
-    if system.admit is not None:
-        owner = stack.owners.get("admit", stack.names[0])
-        raise CapsimError(
-            f"pool {pool.name!r}: technique {owner!r} reports KV cached at admission, which pools do not model "
-            "yet (a received hand-off is the only cached KV there)",
-            where=where_of(owner), fix="remove it from the pools scenario, or simulate one pool (`deployment:`)",
-        )
-    if system.gate is not None:
-        owner = stack.owners.get("gate", stack.names[0])
-        raise CapsimError(
-            f"pool {pool.name!r}: technique {owner!r} decides which waiting requests a replica may batch, which "
-            "the pool engine does not bind yet",
-            where=where_of(owner), fix="remove it from the pools scenario, or simulate one pool (`deployment:`)",
-        )
+    # Runtime hooks the pool engine does not bind yet: the technique that claims one is named.
+    for hook, what in (
+        ("admit", "reports KV cached at admission, which pools do not model yet (a received hand-off is the only "
+                  "cached KV there)"),
+        ("gate", "decides which waiting requests a replica may batch, which the pool engine does not bind yet"),
+    ):
+        if getattr(system, hook) is not None:
+            owner = stack.owners.get(hook, stack.names[0])
+            raise CapsimError(
+                f"pool {pool.name!r}: technique {owner!r} {what}",
+                where=where_of(owner), fix="remove it from the pools scenario, or simulate one pool (`deployment:`)",
+            )
     if system.memory.host_kv_bytes_per_token or system.extra_devices:
         what = "keep KV in host memory, which a hand-off does not move" if system.memory.host_kv_bytes_per_token \
             else "add devices per replica, which per-pool cost and energy do not price"
