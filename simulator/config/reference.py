@@ -82,7 +82,7 @@ def _default(info: FieldInfo) -> str:
             return "(computed)"
         if isinstance(value, BaseModel):
             return "(its defaults)"
-        return f"`{value!r}`" if value not in ([], {}) else f"`{value!r}`"
+        return f"`{value!r}`"
     if info.default is PydanticUndefined:
         return "**required**"
     value = info.default
@@ -165,8 +165,9 @@ class _Writer:
         if about:
             self.parts.append(about + "\n")
         self.parts.append(model_table(model, skip=skip))
+        skipped = set(skip)
         for name, info in model.model_fields.items():
-            if name in set(skip):
+            if name in skipped:
                 continue
             for nested in _nested_models(info.annotation):
                 self.model(nested, level + 1 if level < 4 else level)
