@@ -57,6 +57,8 @@ class Prepared:
     unservable: np.ndarray  # requests that can never be served (dropped when simulation.oversized=drop)
     engines: int  # replicas x pipeline stages: batches in flight
     blocks_per_engine: int
+    units: tuple  # power-drawing units beyond the GPUs, per engine (simulator.power_units)
+    capex_usd_per_gpu: float  # one GPU's purchase price (NaN when none is given and none is needed)
 
 
 def prepare(scenario: Scenario, *, system: System | None = None, stream: RequestStream | None = None) -> Prepared:
@@ -82,7 +84,9 @@ def prepare(scenario: Scenario, *, system: System | None = None, stream: Request
         max_prefill_tokens=system.scheduler_cls(system.scheduler_params, None).max_prefill_tokens(),
     )
     enforce(mask, reasons, prompt, output, sim.oversized)
-    return Prepared(system, stream, mask, dep.num_replicas * dep.pp, blocks_per_engine)
+    # Energy units and purchase prices here, so a TCO scenario missing a price fails in `capsim validate` too.
+    units, capex = power_units(system, dep.pp, scenario.cost), gpu_capex(system.device, scenario.cost)
+    return Prepared(system, stream, mask, dep.num_replicas * dep.pp, blocks_per_engine, units, capex)
 
 
 def simulate(
@@ -107,8 +111,6 @@ def simulate(
     engines, blocks_per_engine = prep.engines, prep.blocks_per_engine
     dep = system.deployment
     sim = scenario.simulation
-    # Energy units and purchase prices first: a TCO scenario missing a price fails before simulating.
-    units, capex = power_units(system, dep.pp, scenario.cost), gpu_capex(system.device, scenario.cost)
     keep = ~mask
     table = RequestTable(stream.arrival_s[keep], stream.prompt_tokens[keep], stream.output_tokens[keep])
 
@@ -228,8 +230,8 @@ def simulate(
         bound_compute_tps=bound.compute_tps,
         bound_memory_tps=bound.memory_tps,
         bound_network_tps=bound.network_tps,
-        units=units,
-        capex_usd_per_gpu=capex,
+        units=prep.units,
+        capex_usd_per_gpu=prep.capex_usd_per_gpu,
         cost=cost_settings(scenario.cost),
     )
     frame = table.to_frame()

@@ -194,6 +194,7 @@ def test_tco_without_a_purchase_price_names_the_device(cli, tmp_path):
     cost = {"mode": "tco", "amortisation_years": 4, "electricity_usd_per_kwh": 0.1}
     path.write_text(yaml.safe_dump({**SCENARIO, "deployment": {"device": "h100-sxm"}, "cost": cost}))
     assert_user_error(cli("run", path, "--json"), "cost.capex_usd.h100-sxm")
+    assert_user_error(cli("validate", path), "cost.capex_usd.h100-sxm")  # caught without simulating too
 
 
 # ------------------------------------------------------------------------------------------- planner

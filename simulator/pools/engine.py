@@ -562,6 +562,8 @@ def prepare_pools(scenario: Scenario, *, stream: RequestStream | None = None) ->
         )
     mask, reasons = _unservable(pools, stream)
     enforce(mask, reasons, stream.prompt_tokens, stream.output_tokens, sim.oversized)
+    for plan in pools.pools:  # a TCO scenario missing a purchase price fails here, in `capsim validate` too
+        gpu_capex(plan.system.device, scenario.cost)
     return PoolsPrepared(pools, stream, mask)
 
 
@@ -573,8 +575,6 @@ def simulate_pools(scenario: Scenario, *, stream: RequestStream | None = None):
     wall0 = time.perf_counter()
     prep = prepare_pools(scenario, stream=stream)
     pools, stream, mask = prep.pools, prep.stream, prep.unservable
-    for plan in pools.pools:  # a TCO scenario missing a purchase price fails before simulating
-        gpu_capex(plan.system.device, scenario.cost)
     sim = scenario.simulation
     keep = ~mask
     table = RequestTable(stream.arrival_s[keep], stream.prompt_tokens[keep], stream.output_tokens[keep])
