@@ -20,8 +20,12 @@ Prints two things, from the published GPU measurements (the tidy table shipped i
    residual adds) can only be fitted on vidur's tables, so their part is
    in-source (the per-kernel held-out error is in part 1).
 
-    python benchmarks/accuracy.py                 # both parts (about 1.5 minutes)
-    python benchmarks/accuracy.py --skip-heldout  # only the end-to-end check
+    python benchmarks/accuracy.py                 # both parts (part 1 refits every profile per fold:
+                                                  # ~10-15 minutes on a 2-core machine)
+    python benchmarks/accuracy.py --skip-heldout  # only the end-to-end check (~15 s)
+
+Both parts run from what a clone ships: the tidy table, and for part 2 the compact extract of Vidur's layer
+tables beside it (``hwmodels/calibration/layer_tables.py``); ``--data-dir`` reads the raw tables instead.
 """
 
 from __future__ import annotations
@@ -101,9 +105,10 @@ def _layer_prices(model, device: str, tp: int, shape, ops: tuple[str, ...]) -> t
 
 def end_to_end(data_dir) -> dict:
     from hwmodels.calibration.importers.vidur import GPUS as VIDUR_GPUS
+    from hwmodels.calibration.layer_tables import layer_tables
     from simulator.costmodel import BatchShape
 
-    base = data_dir / "vidur" / "profiling"
+    layers, attn = layer_tables(data_dir)
     results = {}
     print("\nEnd-to-end: one transformer layer, capsim (sum of operators) vs the sum of vidur's measured operators")
     print("(GEMM and attention curves are fitted on aiconfigurator's kernels, so out-of-source here; the elementwise\n"
@@ -111,9 +116,8 @@ def end_to_end(data_dir) -> dict:
     for gpu in ("a100", "h100"):
         device = VIDUR_GPUS[gpu]
         rows = []
-        for path in sorted((base / "compute" / gpu).glob("*/*/mlp.csv")):
-            df = pd.read_csv(path)
-            df = df.drop_duplicates(["num_tokens", "num_tensor_parallel_workers"])
+        for model_id, df in layers[layers["gpu"] == gpu].groupby("model", sort=True):
+            df = df.dropna(axis=1, how="all").drop_duplicates(["num_tokens", "num_tensor_parallel_workers"])
             norms = [c for c in ("input_layernorm", "post_attention_layernorm") if f"time_stats.{c}.median" in df]
             sequential = "post_attention_layernorm" in norms
             model = _model_of(df.iloc[0], parallel=not sequential)
@@ -128,7 +132,7 @@ def end_to_end(data_dir) -> dict:
                     shape = BatchShape(prefill_chunks=((m, 0, True),))
                     cal, ds = _layer_prices(model, device, int(tp), shape, CAPSIM_LINEAR)
                     cal_e, ds_e = _layer_prices(model, device, int(tp), shape, CAPSIM_ELEMENTWISE)
-                    rows.append((path.parent.name, int(tp), m, linear, elementwise, cal, ds, cal_e, ds_e))
+                    rows.append((model_id, int(tp), m, linear, elementwise, cal, ds, cal_e, ds_e))
         t = pd.DataFrame(rows, columns=["model", "tp", "tokens", "linear", "elementwise", "cal_linear",
                                         "ds_linear", "cal_elementwise", "ds_elementwise"])
         layer = (t["linear"] + t["elementwise"]).to_numpy()
@@ -160,9 +164,8 @@ def end_to_end(data_dir) -> dict:
         }
 
     # Whole layers with attention: Llama-2-70B at TP2 on the A100.
-    mlp = pd.read_csv(base / "compute" / "a100" / "meta-llama" / "Llama-2-70b-hf" / "mlp.csv")
+    mlp = layers[(layers["gpu"] == "a100") & (layers["model"] == "meta-llama/Llama-2-70b-hf")]
     mlp = mlp[mlp["num_tensor_parallel_workers"] == 2].drop_duplicates("num_tokens").set_index("num_tokens")
-    attn = pd.read_csv(base / "compute_legacy" / "a100" / "attention_llama2-70b_tp2.csv")
     model = _model_of(mlp.iloc[0])
     linear_cols = [f"time_stats.{op}.median" for op in (*LINEAR_OPS, "input_layernorm", "post_attention_layernorm")]
 
@@ -214,10 +217,8 @@ def main() -> None:
     if not args.skip_heldout:
         df, _ = load_measurements(args.data_dir)
         out["heldout"] = heldout(df[df["device"].isin(GPUS)])
-    if data_dir_available(args.data_dir):
-        out["end_to_end"] = end_to_end(resolve_data_dir(args.data_dir))
-    else:
-        print("\nwhole-layer check skipped: it reads Vidur's raw layer tables (pass --data-dir)")
+    # Vidur's raw layer tables when a raw-data folder is given, else the extract shipped beside the tidy table.
+    out["end_to_end"] = end_to_end(resolve_data_dir(args.data_dir) if data_dir_available(args.data_dir) else None)
     print(f"\n({time.perf_counter() - t0:.0f} s)")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:

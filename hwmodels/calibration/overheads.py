@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import yaml
 
 from capsim.errors import CapsimError, UnknownNameError
 from capsim.registry import normalise_name
@@ -52,14 +51,12 @@ NONE_SET = {
 
 
 def _layers_of(model: str, data_dir: Path | None) -> float | None:
-    """Layer count of a vidur model id (``org/name``) from vidur's model_configs, if present."""
-    if data_dir is None:
-        return None
-    path = data_dir / "vidur" / "model_configs" / f"{model}.yml"
-    if not path.is_file():
-        return None
-    doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    return float(doc["num_layers"]) if "num_layers" in doc else None
+    """Layer count of a vidur model id (``org/name``): from vidur's model_configs under ``data_dir`` when given,
+    else from the counts shipped beside the tidy table (so a clone's refit finds them too)."""
+    from hwmodels.calibration.layer_tables import model_layers
+
+    n = model_layers(data_dir).get(model)
+    return float(n) if n is not None else None
 
 
 def _line(batch: np.ndarray, t: np.ndarray) -> tuple[float, float]:
