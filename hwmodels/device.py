@@ -213,7 +213,8 @@ class Thermal(BaseModel):
     heat level ``h`` in [0, 1] follows ``dh/dt = (busy - h) / time_constant_s`` (1 while the device computes,
     0 while idle) and the device runs at ``speed = 1 - (1 - sustained_fraction) * h`` of its peak compute and
     memory rates; from cold, continuous work slows as ``1 - (1 - f)(1 - exp(-t / tau))``, monotone towards
-    ``sustained_fraction``. See :mod:`simulator.costmodel.thermal`.
+    ``sustained_fraction``. A throttled device also draws less: its busy power above idle is scaled by
+    ``speed ** power_exponent`` (:mod:`simulator.metrics.thermal_power`). See :mod:`simulator.costmodel.thermal`.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -225,6 +226,12 @@ class Thermal(BaseModel):
     time_constant_s: float = Field(
         gt=0, description="RC time constant of heating and cooling, seconds: after this long busy from cold "
         "63 % of the way to the sustained speed."
+    )
+    power_exponent: Count = Field(
+        default=1, ge=1, le=3, description="How the busy power above idle follows the throttled speed s: it is "
+        "(tdp_w - idle_w) x s**power_exponent. 1: the clock alone (dynamic power C V^2 f at a fixed voltage; the "
+        "largest power a throttled device can draw, so energy stays an upper bound); 3: the voltage tracks the "
+        "clock (V proportional to f, the dynamic-power relation under DVFS)."
     )
     source: str = Field(default="", description="The measurement the figures come from.")
 

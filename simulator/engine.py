@@ -22,6 +22,7 @@ from simulator.config.schema import Scenario
 from simulator.costmodel.thermal import bind_thermal
 from simulator.kvcache import BlockManager, RetainingBlockManager
 from simulator.metrics.result import RunInfo, SimulationResult
+from simulator.metrics.thermal_power import thermal_power
 from simulator.power_units import cost_settings, gpu_capex, power_units
 from simulator.recorder import Recorder
 from simulator.replica import Replica
@@ -233,6 +234,7 @@ def simulate(
         units=prep.units,
         capex_usd_per_gpu=prep.capex_usd_per_gpu,
         cost=cost_settings(scenario.cost),
+        thermal=thermal_power(system.device.thermal),
     )
     frame = table.to_frame()
     if stream.image_tokens is not None:

@@ -217,3 +217,98 @@ def test_compute_without_internal_bandwidth_is_refused():
 def test_a_simulation_with_csd_attention_keeps_the_invariants():
     sc = scenario([IN_CSD], prompt=8000, output=16, qps=2.0, requests=20)
     check_invariants(simulate(sc))
+
+
+# ------------------------------------------------------------------ catalog entries: AttAcc and SmartSSD
+def test_attacc_catalog_entry_follows_its_artifact_config():
+    """a100-hbm3-attacc: the AttAcc artifact's A100a (3,352 GB/s) with 5 HBM3 stacks x 16 GiB x 670.4 GB/s per GPU,
+    9x internal bandwidth (bank-level PIM under the power constraint), 1 FLOP/B of compute, NVLink3 halved."""
+    from hwmodels.device import get_device
+
+    dev = get_device("attacc")
+    tier = dev.tier("attacc", where="test")
+    assert dev.memory_bandwidth_gbs == pytest.approx(5 * 670.4)
+    assert tier.capacity_gib == 5 * 16 and tier.bandwidth_gbs == pytest.approx(5 * 670.4)
+    assert tier.internal_bandwidth_gbs == pytest.approx(9 * 5 * 670.4)
+    assert tier.compute_tflops * 1e12 == pytest.approx(tier.internal_bandwidth_gbs * 1e9 * 1.0)  # opb = 1
+    link = dev.transfer_link(dev.main_tier, "attacc", where="test")
+    assert link.kind == "nvlink" and link.bandwidth == 600e9 / 2
+
+
+def test_attacc_decode_attention_reads_at_the_internal_bandwidth_by_hand():
+    """Llama-2-7B (multi-head, 1 FLOP per KV byte) on the AttAcc tier. The artifact balances the PIM units at
+    1 FLOP/B; at capsim's uncalibrated efficiencies (0.7 compute, 0.8 memory) the ridge is 0.875 FLOP/B, so the
+    compute side binds by 1 / 0.875 - 1 = 14 %. Either way the row is priced by the tier's own roofline, nine
+    times faster than reading the same KV at the stacks' external 3,352 GB/s would allow."""
+    sys_ = system([{"name": "attention-in-memory", "tier": "attacc"}], model="llama-2-7b", device="attacc")
+    op = row(sys_, "attention_decode")
+    assert op.placement == "attacc"
+    x = features(SHAPE)
+    nbytes, flops = float(op.bytes @ x), float(op.flops @ x)
+    eff_m, eff_c = sys_.roofline.memory_efficiency, sys_.roofline.compute_efficiency
+    compute, memory = flops / (30.168e12 * eff_c), nbytes / (30168e9 * eff_m)
+    t = row_s(sys_, op, SHAPE)
+    assert t == pytest.approx(max(compute, memory), rel=1e-9)  # no latency given
+    assert compute / memory == pytest.approx(1 / 0.875, rel=0.01)
+    external = nbytes / (3352e9 * eff_m)
+    assert t < external / 7.5
+    # Decode at a long context: faster than the same GPU reading the KV from its own HBM.
+    gpu = system(model="llama-2-7b", device="attacc")
+    assert decode_s(sys_, 32, 8_000) < decode_s(gpu, 32, 8_000)
+
+
+def test_smartssd_attention_is_bound_by_its_flash_path_and_gains_little_over_offload_by_hand():
+    """a6000-smartssd: the FPGA reads the flash through the drive's own PCIe Gen3 x4 (3.94 GB/s), no faster than the
+    GPU reads it over the same link. The decode-attention row is bound by that path (GQA: 4 FLOP/B needs 18 GFLOP/s
+    of the assumed 200), and streaming the same KV to the GPU over a link of the same bandwidth is no slower: the
+    in-storage gain needs internal bandwidth above the link's (the csd_attention example's drive)."""
+    smart = {"name": "attention-in-memory", "tier": "csd", "kv_gib": 1000}
+    sys_ = system([smart], device="smartssd")
+    op = row(sys_, "attention_decode")
+    x = features(SHAPE)
+    nbytes, flops = float(op.bytes @ x), float(op.flops @ x)
+    eff_m, eff_c = sys_.roofline.memory_efficiency, sys_.roofline.compute_efficiency
+    by_hand = nbytes / (3.94e9 * eff_m) + 80e-6
+    assert row_s(sys_, op, SHAPE) == pytest.approx(by_hand, rel=1e-9)
+    assert flops / (0.2e12 * eff_c) < 0.15 * (nbytes / (3.94e9 * eff_m))
+    # The same drive as a plain SSD (KV streamed over the 3.94 GB/s link, FlexGen-style) is no slower: capsim prices
+    # a link transfer at its full bandwidth and a tier's internal reads at the 0.8 memory efficiency, so at long
+    # context the offload takes 0.8 of the in-storage time. No in-storage gain without internal bandwidth to spare.
+    plain_ssd = {
+        "base": "a6000",
+        "memory_tiers": [
+            {"name": "nvme", "kind": "nvme", "capacity_gib": 3576, "bandwidth_gbs": 3.94, "latency_us": 80}
+        ],
+        "tier_links": [
+            {"name": "nvme-pcie", "kind": "pcie", "between": ["gddr", "nvme"], "bandwidth_gbs": 3.94, "latency_us": 80}
+        ],
+    }
+    ssd = system([SSD_OFFLOAD], device=plain_ssd)
+    for context in (8_000, 32_000):
+        ratio = decode_s(ssd, 8, context) / decode_s(sys_, 8, context)
+        assert ratio == pytest.approx(0.8, rel=0.02)
+
+
+def test_attacc_holds_more_kv_and_decodes_faster_than_two_dgxs():
+    """OPT-175B (GPT-175B's shape, multi-head), TP 8, 2,048 tokens of context: with its AttAccs a DGX keeps the KV in
+    8 x 80 GiB of PIM stacks instead of what its HBM leaves beside the weights, and at the largest batch each fits
+    it decodes more tokens per second than two DGXs (the same memory capacity, AttAcc's comparison)."""
+    opt = {"model": "opt-175b", "device": "attacc"}
+
+    def build(techniques):
+        doc = scenario(techniques, **opt).model_dump(exclude_unset=True)
+        doc["deployment"] = {**doc["deployment"], "tp": 8}
+        return build_system(Scenario.model_validate(doc))
+
+    dgx, acc = build([]), build([{"name": "attention-in-memory", "tier": "attacc"}])
+    g = acc.table.attention
+    assert g.kv_heads == 96 // 8  # each GPU's shard of the heads
+    kv_token = 96 * 2 * g.kv_heads * g.head_dim * 2  # one GPU's KV per token: all layers, keys and values, fp16
+    assert acc.memory.kv_capacity_tokens == pytest.approx(80 * 2**30 / kv_token, rel=0.001)  # its own AttAcc
+    assert acc.memory.kv_capacity_tokens > 2 * dgx.memory.kv_capacity_tokens
+
+    def tokens_per_s(sys_):
+        batch = min(512, sys_.memory.kv_capacity_tokens // 2048)
+        return batch / decode_s(sys_, batch, 2048)
+
+    assert tokens_per_s(acc) > 2 * tokens_per_s(dgx)

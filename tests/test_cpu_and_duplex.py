@@ -287,3 +287,79 @@ def test_bad_input_is_named_by_field(params, device, model, field):
     with pytest.raises(CapsimError) as exc:
         system([{"name": "duplex", **params}], model=model, device=device)
     assert exc.value.where.startswith("techniques[0]") and f".{field}" in exc.value.where
+
+
+# ------------------------------------------------------------------ Duplex co-processing
+COPROCESS = {**DUPLEX, "coprocess": True}
+FREE_BANKS = {**COPROCESS, "bank_contention": False}
+
+
+def lanes_by_hand(shape: BatchShape) -> tuple[float, float, float]:
+    """Per layer: the xPU lane (rows left on the xPU, priced by the plain system's own pricers), the PIM lane
+    (rows on the logic die, by its roofline: max(F / (100 TFLOP/s x 0.7), B / (19.2 TB/s x 0.8)) + 1 us per
+    launch) and
+    the layer's bytes over the banks' 19.2 TB/s x 0.8."""
+    plain, dup = system(), system([DUPLEX])
+    proc = next(p for p in dup.table.processors if isinstance(p, OpBProcessor))
+    x = shape.features(8, 2)
+    xpu = pim = nbytes = 0.0
+    for op in plain.table.layer_ops:
+        f, b = float(op.flops @ x), float(op.bytes @ x)
+        nbytes += b
+        low_op_b = f <= proc.op_b_max * b
+        if (is_attention(op) or is_experts(op)) and low_op_b and (f or b):
+            pim += max(f / (100e12 * 0.7), b / (19200e9 * 0.8)) + 1e-6 * op.launches
+        else:
+            xpu += pricer(plain, op).price(list(x), f, b).time_s
+    return xpu, pim, nbytes / (19200e9 * 0.8)
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [decode(8), decode(64, 4000), decode(4 * 73), decode(128, 32000)],
+    ids=["8x2k-pim-lane", "64x4k-pim-lane", "292x2k-xpu-lane", "128x32k-banks"],
+)
+def test_coprocessing_takes_the_longer_lane_of_each_layer_by_hand(shape):
+    """Sequential: iteration rows + 32 x (xPU lane + PIM lane). Co-processing: 32 x max(xPU lane, PIM lane), and with
+    bank contention at least the layer's bytes over the DRAM dies' internal bandwidth."""
+    seq, free, banked = system([DUPLEX]), system([FREE_BANKS]), system([COPROCESS])
+    xpu, pim, banks = lanes_by_hand(shape)
+    s = step_s(seq, shape)
+    rest = s - 32 * (xpu + pim)  # embedding and LM head, once per iteration
+    assert 0 < rest < 0.1 * s
+    assert step_s(free, shape) == pytest.approx(rest + 32 * max(xpu, pim), rel=1e-9)
+    assert step_s(banked, shape) == pytest.approx(rest + 32 * max(xpu, pim, banks), rel=1e-9)
+    assert step_s(free, shape) <= step_s(banked, shape) < s
+    if shape.decode_context == 128 * 32000:  # both lanes busy: the banks' total bandwidth is what binds
+        assert banks > max(xpu, pim) and step_s(banked, shape) > 1.1 * step_s(free, shape)
+
+
+def test_coprocessing_overlaps_a_prefill_with_the_decodes_attention():
+    """A mixed batch: the prefill's attention and GEMMs on the xPU, the decodes' attention on the PIM at once."""
+    seq, co = system([DUPLEX]), system([COPROCESS])
+    mixed = BatchShape(prefill_chunks=((1024, 0, True),), decode_seqs=64, decode_context=64 * 4000)
+    xpu, pim, banks = lanes_by_hand(mixed)
+    assert pim > 0 and xpu > max(pim, banks)  # the prefill's work on the xPU is the longer lane
+    # The whole PIM lane (the decodes' attention; 1,088 tokens put the experts on the xPU) hides under it.
+    assert step_s(seq, mixed) - step_s(co, mixed) == pytest.approx(32 * pim, rel=1e-9)
+    # A prefill alone has nothing on the PIM (its experts' Op/B is past the threshold): co-processing changes nothing.
+    prefill = BatchShape(prefill_chunks=((2048, 0, True),))
+    assert step_s(co, prefill) == pytest.approx(step_s(seq, prefill), rel=1e-12)
+
+
+def test_coprocessing_is_off_by_default_and_runs_end_to_end():
+    seq = system([DUPLEX])
+    assert not any(op.overlap for op in seq.table.layer_ops)
+    co = system([COPROCESS])
+    assert all(op.overlap == "duplex" for op in co.table.layer_ops)
+    out = simulate(scenario([COPROCESS], n=30, qps=4.0, output=32))
+    check_invariants(out)
+    base = simulate(scenario([DUPLEX], n=30, qps=4.0, output=32))
+    assert out.result.requests["finish_s"].max() < base.result.requests["finish_s"].max()
+
+
+def test_a_threshold_under_attention_keeps_it_in_the_xpu_lane():
+    """op_b_max 3 (< attention's 4 FLOP/B), attention only: nothing runs on the PIM, so co-processing is the
+    plain price (every row in the xPU lane)."""
+    low = system([{**COPROCESS, "op_b_max": 3.0, "rows": ["attention"]}])
+    assert step_s(low, decode(32, 4000)) == pytest.approx(step_s(system(), decode(32, 4000)), rel=1e-12)

@@ -249,6 +249,14 @@ def test_energy_per_token_is_busy_power_times_busy_time_by_hand():
         ),
         ({"thermal": {"sustained_fraction": 0.5, "time_constant_s": 0}}, "deployment.device.thermal.time_constant_s"),
         ({"thermal": {"sustained_fraction": 0.5}}, "deployment.device.thermal.time_constant_s"),
+        (
+            {"thermal": {"sustained_fraction": 0.5, "time_constant_s": 5, "power_exponent": 4}},
+            "deployment.device.thermal.power_exponent",
+        ),
+        (
+            {"thermal": {"sustained_fraction": 0.5, "time_constant_s": 5, "power_exponent": True}},
+            "deployment.device.thermal.power_exponent",
+        ),
     ],
 )
 def test_bad_device_properties_are_named_by_field(fields, where):

@@ -31,7 +31,15 @@ from simulator.costmodel import features as F
 from simulator.costmodel.features import BatchShape
 from simulator.costmodel.operators import OperatorTable
 from simulator.costmodel.pricers import PRICERS, PricerRegistry, PricingContext, RooflinePricer
-from simulator.costmodel.scopes import Collectives, OperatorBreakdown, Overlapped, RooflineBlock, RowByRow, Scope
+from simulator.costmodel.scopes import (
+    Collectives,
+    OperatorBreakdown,
+    Overlapped,
+    RooflineBlock,
+    RowByRow,
+    Scope,
+    shared_banks,
+)
 
 __all__ = ["DecodeRun", "IterationCost", "IterationCostModel", "OperatorBreakdown", "OverheadTerms"]
 
@@ -284,7 +292,7 @@ class IterationCostModel:
         overlapped = any(op.overlap for op in (*table.layer_ops, *table.iteration_ops))
         if overlapped:  # rows that run concurrently: each scope takes the longest lane of each group
             self._layer: Scope = Overlapped(table.layer_ops, layer_pricers, table.nano_batches,
-                                                 table.nano_adaptive)
+                                                 table.nano_adaptive, banks=shared_banks(table))
             self._iter: Scope = Overlapped(table.iteration_ops, iteration_pricers)
         elif datasheet and not self.overheads.active:
             self._layer = RooflineBlock(table.layer_ops, layer_pricers, device)

@@ -17,7 +17,7 @@ both give the same prices to rounding (``tests/test_pricers.py``).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -200,6 +200,20 @@ class RowByRow(Scope):
         return ScopeDecode(static, (af, bf, am, bm))
 
 
+def shared_banks(table: OperatorTable) -> dict[str, float]:
+    """Overlap groups whose lanes read one memory, with its effective bandwidth (B/s), from the table's processors.
+
+    A processor that shares the device's DRAM (Duplex's logic-die PIM, co-processing) names its group in
+    ``bank_group`` and the bandwidth the DRAM dies deliver in total in ``bank_bandwidth``; any other has neither.
+    """
+    banks: dict[str, float] = {}
+    for proc in table.processors:
+        group, rate = getattr(proc, "bank_group", ""), getattr(proc, "bank_bandwidth", 0.0)
+        if group and rate > 0:
+            banks[group] = rate
+    return banks
+
+
 class Overlapped(RowByRow):
     """Rows priced one by one, where rows sharing an ``overlap`` name run concurrently on different resources.
 
@@ -212,9 +226,15 @@ class Overlapped(RowByRow):
     """
 
     def __init__(self, ops: Sequence[Operator], pricers: Sequence[RowPricer], nano_batches: int = 1,
-                 adaptive: bool = False):
+                 adaptive: bool = False, banks: Mapping[str, float] | None = None):
         super().__init__(ops, pricers)
         self.lane = [(op.overlap, op.lane or op.placement) if op.overlap else None for op in self.ops]
+        # A pricer that picks its processor per iteration (Duplex's Op/B policy) names the row's lane from its work:
+        # ``lane_of(flops, bytes)``; others keep the lane of their placement.
+        self.lane_of = [getattr(p, "lane_of", None) for p in self.pricers]
+        # Groups whose lanes all read one memory (the xPU and a logic-die PIM share the DRAM dies): the group also
+        # takes at least its rows' bytes over that memory's effective bandwidth, B/s, by group name.
+        self.banks = dict(banks or {})
         # Named lanes share one GPU's FLOP/s and memory bandwidth: a group then also takes at least the summed
         # compute and the summed memory time of its rows on the device (NanoFlow's resource bound). Rows in
         # placement lanes (a GPU beside a link) never exceed that, so the floor applies to named lanes only.
@@ -238,6 +258,7 @@ class Overlapped(RowByRow):
             xn[F.EXPERTS_HIT] = x[F.EXPERTS_HIT]
             xnl, fln, byn = xn.tolist(), (self.flops @ xn).tolist(), (self.bytes @ xn).tolist()
         floors: dict[str, list[float]] = {}
+        banked: dict[str, float] = {}
         whole = 0.0  # the grouped rows one after another, unsplit (for the adaptive choice)
         for i, (lane, pricer) in enumerate(zip(self.lane, self.pricers, strict=True)):
             if lane is None:
@@ -247,7 +268,10 @@ class Overlapped(RowByRow):
                 whole += pricer.price(xl, fl[i], by[i]).time_s
             p = pricer.price(xl, fl[i], by[i]) if n == 1 else pricer.price(xnl, fln[i], byn[i])
             lanes = groups.setdefault(lane[0], {})
-            lanes[lane[1]] = lanes.get(lane[1], 0.0) + n * p.time_s
+            where = lane[1] if self.lane_of[i] is None else self.lane_of[i](fl[i], by[i])
+            lanes[where] = lanes.get(where, 0.0) + n * p.time_s
+            if lane[0] in self.banks:
+                banked[lane[0]] = banked.get(lane[0], 0.0) + (by[i] if n == 1 else n * byn[i])
             if self.shared and self.floor[i]:
                 acc = floors.setdefault(lane[0], [0.0, 0.0])
                 acc[0] += n * p.compute_s
@@ -257,6 +281,8 @@ class Overlapped(RowByRow):
             longest = max(lanes.values())
             if name in floors:
                 longest = max(longest, *floors[name])
+            if name in banked:
+                longest = max(longest, banked[name] / self.banks[name])
             overlapped += longest
         return total + (min(overlapped, whole) if self.adaptive else overlapped)
 

@@ -22,8 +22,9 @@ work since the last call heated the device up to the earlier of now and the end 
 an arrival cut short ended at now), and any time after that cooled it. Nothing else in the engine knows:
 :func:`bind_thermal` returns the cost model unchanged for a device without ``thermal`` (every GPU entry), so
 those runs stay byte-identical and closed-form. With throttling on, a decode run is priced step by step
-(its durations no longer grow affinely). The device's power while busy stays ``tdp_w``: a throttled device
-draws less, so the energy of a throttled run is an upper bound.
+(its durations no longer grow affinely). A throttled device draws less: the run's energy replays the heat from
+the iteration records and scales busy power by ``speed ** power_exponent``
+(:mod:`simulator.metrics.thermal_power`).
 """
 
 from __future__ import annotations

@@ -59,6 +59,17 @@ def cost_usd(*, window_s: float, num_gpus: int, price_usd_per_gpu_hour: float) -
 
 
 @dataclass(frozen=True)
+class ThermalPower:
+    """The thermal figures a run's energy needs (the device's :class:`hwmodels.device.Thermal`, as plain data
+    for ``summary.json``): a throttled device's busy power above idle is scaled by ``speed ** power_exponent``
+    (:mod:`simulator.metrics.thermal_power`)."""
+
+    sustained_fraction: float
+    time_constant_s: float
+    power_exponent: int = 1
+
+
+@dataclass(frozen=True)
 class PowerUnit:
     """Hardware beside a replica's GPUs that draws power while the run holds it: a device a technique adds
     (a draft device), or a memory tier a technique keeps data or runs operators in (host DRAM, NVMe, PIM, a CSD).

@@ -27,6 +27,7 @@ import numpy as np
 from simulator.metrics.energy import energy_joules, unit_energy_joules
 from simulator.metrics.result import PoolInfo, SimulationResult
 from simulator.metrics.tco import tco_per_hour
+from simulator.metrics.thermal_power import powered_busy_s
 
 NAN = float("nan")
 
@@ -83,7 +84,7 @@ def unit_energies(result: SimulationResult, t0: float, t1: float, window: float)
         share = pool.gpu_share
         energies["gpu"] += energy_joules(
             window_s=window,
-            busy_gpu_s=busy * pool.gpus_per_replica,
+            busy_gpu_s=powered_busy_s(result.info, result.iterations, t0, t1, busy) * pool.gpus_per_replica,
             num_gpus=pool.num_gpus,
             idle_w=pool.idle_w * share,
             active_w=pool.tdp_w * share,

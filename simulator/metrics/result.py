@@ -21,7 +21,7 @@ import numpy as np
 
 from capsim.errors import CapsimError
 from capsim.lazy import lazy_module
-from simulator.metrics.energy import PowerUnit
+from simulator.metrics.energy import PowerUnit, ThermalPower
 from simulator.metrics.tco import DEFAULT_COST, CostSettings
 
 pd = lazy_module("pandas")  # imported on first use: `capsim validate` of a synthetic workload never needs it
@@ -295,6 +295,9 @@ class RunInfo:
     cost: CostSettings = DEFAULT_COST
     # A multi-pool run: the KV hand-off link's share of that bound (inf: no hand-offs; in bound_network_tps too).
     bound_link_tps: float = float("inf")
+    # The device's thermal throttling curve (None: it keeps its peak rates, every GPU): a throttled replica's busy
+    # power follows its lowered clocks (simulator/metrics/thermal_power.py).
+    thermal: ThermalPower | None = None
 
     @property
     def num_gpus(self) -> int:

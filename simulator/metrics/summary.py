@@ -92,6 +92,7 @@ from simulator.metrics.energy_cost import ENERGY_COST_KEYS, energy_cost_stats
 from simulator.metrics.quantiles import token_gap_mean, token_gap_quantiles
 from simulator.metrics.result import RunInfo, SimulationResult, request_latencies
 from simulator.metrics.slo import SLOConfig
+from simulator.metrics.thermal_power import powered_busy_s
 
 #: Latency metrics reported, with their human names.
 LATENCY_METRICS: dict[str, str] = {
@@ -263,7 +264,7 @@ def _iteration_stats(result: SimulationResult, t0: float, t1: float, window: flo
     iters = col("num_iterations") * frac
     seen = frac > 0
     num_gpus = info.num_gpus
-    busy_gpu_s = float(overlap.sum()) * info.gpus_per_replica
+    busy_gpu_s = powered_busy_s(info, it, t0, t1, float(overlap.sum())) * info.gpus_per_replica
     kv_peak = float(np.nanmax(util[seen])) if seen.any() and np.isfinite(util[seen]).any() else NAN
     kv_weight = overlap * np.isfinite(util)
     return {

@@ -28,12 +28,21 @@ How capsim models it -- a placement policy over the operator table, priced by th
   them and its decode runs keep their closed form.
 * **Prefill stays on the xPU by the same rule**: a prompt's tokens make the experts' Op/B high, and prefill
   attention is not eligible (``O(chunk)`` FLOPs per KV byte).
-* **Sequential.** The rows placed on the PIM run between the xPU's rows of the layer, as the data dependences
-  of one batch require; Duplex's expert and attention co-processing (both processors at once on different
-  experts or requests) is not modelled, so the gains here are the placement's alone.
+* **Sequential by default.** The rows placed on the PIM run between the xPU's rows of the layer, as the data
+  dependences of one batch require, so the gains are the placement's alone.
+* **Co-processing** (``coprocess: true``). Duplex runs the PIM's rows *concurrently* with the xPU's (expert and
+  attention co-processing: different experts, different requests -- a prefill's attention on the xPU beside the
+  decodes' attention on the PIM). Each layer's rows then form one overlap group whose lanes are the xPU and the
+  PIM; an expert row joins the lane of the processor its Op/B picks at that iteration (``OpBPricer.lane_of``).
+  The layer takes the longer lane -- the ideal of perfect sub-batch pipelining, an upper bound on the gain --
+  and, with ``bank_contention`` (default on), at least the layer's bytes over the DRAM dies' internal bandwidth:
+  both processors read the same banks, the xPU through the standard TSVs and the PIM through the added ones,
+  and capsim takes the banks to deliver no more than ``internal_bandwidth_gbs`` in total (times the memory
+  efficiency). That floor is capsim's derivation, not a figure from the paper. Decode runs are then priced
+  step by step (the maximum of lanes has no closed form).
 
-Not modelled: co-processing; contention between the xPU and the PIM for the DRAM dies; the PIM's power and
-price (the device's figures stand for the whole package); bank-level PIM for Op/B under one.
+Not modelled: the data dependences inside one sub-batch under co-processing (the ideal overlap); the PIM's power
+and price (the device's figures stand for the whole package); bank-level PIM for Op/B under one.
 """
 
 from __future__ import annotations
@@ -46,6 +55,7 @@ import numpy as np
 from pydantic import Field
 
 from capsim.errors import CapsimError
+from capsim.types import Flag
 from hwmodels.calibration.pricing import Priced
 from hwmodels.device import DeviceSpec, MemoryTier
 from hwmodels.roofline import RooflineDevice
@@ -58,6 +68,9 @@ from simulator.techniques.context import BuildContext
 OP_B_PLACEMENT = "op-b"
 """Placement of rows whose processor (xPU or logic-die PIM) is chosen by their Op/B at each iteration."""
 
+COPROCESS_GROUP = "duplex"
+"""Overlap group of each layer's rows under co-processing (lanes: the xPU, ``device``; the PIM, ``op-b``)."""
+
 RowKind = Literal["attention", "experts"]
 
 
@@ -66,6 +79,10 @@ class OpBProcessor(RooflineDevice):
     """The logic-die PIM's roofline, carrying the Op/B at or below which a row placed on ``op-b`` runs on it."""
 
     op_b_max: float = 0.0
+    # Co-processing: the overlap group of each layer's rows, and the DRAM dies' effective bandwidth shared by the
+    # xPU and the PIM (the group's floor, simulator.costmodel.scopes.shared_banks); "" and 0 without.
+    bank_group: str = ""
+    bank_bandwidth: float = 0.0
 
 
 class OpBPricer(RowPricer):
@@ -79,6 +96,10 @@ class OpBPricer(RowPricer):
     def on_pim(self, flops: float, nbytes: float) -> bool:
         """Whether a row with this work runs on the PIM (the closed-form comparison the policy makes)."""
         return flops <= self.op_b_max * nbytes
+
+    def lane_of(self, flops: float, nbytes: float) -> str:
+        """The processor a co-processed row runs on at this work: its lane in the layer's overlap group."""
+        return OP_B_PLACEMENT if flops <= self.op_b_max * nbytes else "device"
 
     def price(self, x: Sequence[float], flops: float, nbytes: float) -> Priced:
         if flops <= self.op_b_max * nbytes:
@@ -104,11 +125,16 @@ def _processor(ctx: PricingContext, op: Operator) -> OpBProcessor:
     return proc
 
 
+def _attention_on_pim(op: Operator, proc: OpBProcessor) -> bool:
+    """Decode attention's placement: its Op/B is its context coefficients' ratio, fixed by the model."""
+    return bool(op.flops[F.DECODE_CONTEXT] <= proc.op_b_max * op.bytes[F.DECODE_CONTEXT])
+
+
 @PRICERS.register("attention_decode", placement=OP_B_PLACEMENT)
 def op_b_attention_pricer(op: Operator, ctx: PricingContext) -> RowPricer:
     """Decode attention: its Op/B is its context coefficients' ratio, fixed by the model, so placed once."""
     proc = _processor(ctx, op)
-    if op.flops[F.DECODE_CONTEXT] <= proc.op_b_max * op.bytes[F.DECODE_CONTEXT]:
+    if _attention_on_pim(op, proc):
         return InMemoryPricer(op, proc)
     return PRICERS.for_row(replace(op, placement="device"), ctx)
 
@@ -139,6 +165,18 @@ class DuplexParams(TechniqueParams):
         description="Which rows the policy may place on the PIM: 'attention' (decode attention) and/or "
         "'experts' (MoE expert FFNs).",
     )
+    coprocess: Flag = Field(
+        False,
+        description="Run the rows placed on the PIM concurrently with the xPU's rows of the same layer (Duplex's "
+        "expert and attention co-processing): each layer takes its longer lane, not the sum (the ideal overlap). "
+        "False: one after the other.",
+    )
+    bank_contention: Flag = Field(
+        True,
+        description="With coprocess: the xPU and the PIM read the same DRAM banks, so a layer also takes at least "
+        "its bytes over the tier's internal bandwidth (x the memory efficiency). False: each reads at its own "
+        "full bandwidth while the other runs.",
+    )
 
 
 def _is_experts(op: Operator) -> bool:
@@ -151,8 +189,8 @@ class Duplex(Technique):
     Params = DuplexParams
     summary = "Op/B placement: decode attention and small-batch MoE experts on a logic-die PIM, the rest on the xPU."
     mechanism = __doc__
-    # Each of these also moves decode attention elsewhere or puts every layer row in an overlap group (where a row
-    # on the PIM would become a lane of its own, concurrent with the xPU's rows, which the policy does not model).
+    # Each of these also moves decode attention elsewhere or puts every layer row in an overlap group of its own
+    # (which would make a row on the PIM concurrent with the xPU's in a way co-processing does not choose).
     incompatible = ("attention-in-memory", "attention-offload", "sparse-attention", "nanoflow", "weight-offload")
     sources = (
         "Yun et al. Duplex: A Device for Large Language Models with Mixture of Experts, Grouped Query Attention, "
@@ -183,6 +221,7 @@ class Duplex(Technique):
         eff = dev.efficiency
         peak, internal = tier.compute_tflops * 1e12, tier.internal_bandwidth_gbs * 1e9
         crossover = peak * eff.compute / (dev.memory_bandwidth * eff.memory)
+        banked = self.params.coprocess and self.params.bank_contention
         return OpBProcessor(
             name=tier.name,
             peak_flops=peak,
@@ -191,19 +230,29 @@ class Duplex(Technique):
             memory_efficiency=eff.memory,
             launch_overhead_s=tier.latency_us * 1e-6,
             op_b_max=crossover if self.params.op_b_max is None else self.params.op_b_max,
+            bank_group=COPROCESS_GROUP if banked else "",
+            bank_bandwidth=internal * eff.memory if banked else 0.0,
         )
 
     def operators(self, table: OperatorTable, ctx: BuildContext) -> OperatorTable:
         proc = self.processor(ctx.device)
         kinds = set(self.params.rows)
+        group = COPROCESS_GROUP if self.params.coprocess else ""
         ops: list[Operator] = []
         moved = 0
         for op in table.layer_ops:
             eligible = op.placement == "device" and (
                 ("attention" in kinds and op.op_class == "attention_decode") or ("experts" in kinds and _is_experts(op))
             )
-            ops.append(replace(op, placement=OP_B_PLACEMENT) if eligible else op)
             moved += eligible
+            if not group:
+                ops.append(replace(op, placement=OP_B_PLACEMENT) if eligible else op)
+            elif eligible and not (op.op_class == "attention_decode" and not _attention_on_pim(op, proc)):
+                ops.append(replace(op, placement=OP_B_PLACEMENT, overlap=group))
+            elif op.placement == "device" and not op.overlap:
+                ops.append(replace(op, overlap=group))  # the xPU's lane (decode attention it keeps, too)
+            else:
+                ops.append(op)
         if not moved:
             raise CapsimError(
                 f"no row of {ctx.model.name} is one the policy may place ({', '.join(self.params.rows)})",
@@ -240,4 +289,12 @@ def experts_threshold_tokens(table: OperatorTable, op_b_max: float, limit: int =
     return lo
 
 
-__all__ = ["OP_B_PLACEMENT", "Duplex", "DuplexParams", "OpBPricer", "OpBProcessor", "experts_threshold_tokens"]
+__all__ = [
+    "COPROCESS_GROUP",
+    "OP_B_PLACEMENT",
+    "Duplex",
+    "DuplexParams",
+    "OpBPricer",
+    "OpBProcessor",
+    "experts_threshold_tokens",
+]
