@@ -149,6 +149,34 @@ def price_rows(rows: list[E2ERow]) -> list[Priced]:
     return out
 
 
+#: TensorRT-LLM's XQA decode kernels (read a KV head once per group): first in the 0.7 releases, precompiled only
+#: for 8 query heads per KV head in that generation (``docs/calibration-decisions.md``, E3 -- a post-hoc check).
+XQA_FROM_RELEASE = (0, 7)
+XQA_GROUP_SIZES = (8,)
+
+
+def xqa_covered(row: E2ERow) -> bool:
+    """Whether TensorRT-LLM's XQA kernel ran the row's grouped-query decode (so it did not re-read the KV heads).
+
+    Why it matters: the fitted ``gqa_reread`` stands for the masked multi-head kernel, which reads a KV head once
+    per query head; a row run through XQA read it once per group. Used only by the post-hoc check
+    ``benchmarks/e2e_accuracy.py --xqa-rule``; the shipped profile does not depend on it.
+    """
+    from simulator.models.catalog import get_model
+
+    release = tuple(int(x) for x in row.release.split(".")[:2])
+    spec = get_model(row.model)
+    group = spec.num_heads // spec.num_kv_heads if spec.num_kv_heads else 0
+    return release >= XQA_FROM_RELEASE and spec.num_kv_heads < spec.num_heads and group in XQA_GROUP_SIZES
+
+
+def row_terms(row: E2ERow, terms: dict[str, float], xqa_rule: bool = False) -> dict[str, float]:
+    """The engine terms that price ``row``: ``terms``, with no KV re-read where ``xqa_rule`` and XQA ran the row."""
+    if xqa_rule and xqa_covered(row):
+        return {**terms, "gqa_reread": 0.0}
+    return terms
+
+
 def fit_terms(priced: list[Priced], fixed_by_tp: dict[int, dict[str, float]]) -> dict[str, float]:
     """Non-negative ``FIT_TERMS`` minimising the relative error over ``priced``.
 
@@ -178,8 +206,20 @@ def ape(predicted: np.ndarray, measured: np.ndarray) -> dict[str, Any]:
 #: The held-out measured / predicted ratios of the fitted engine profile, the end-to-end source of prediction
 #: intervals (``simulator/intervals/residuals.py``).
 RESIDUALS_FILE = "heldout_residuals.csv"
-_RESIDUAL_COLUMNS = ("engine", "release", "device", "model", "tp", "batch", "isl", "osl", "kind",
-                     "predicted_s", "measured_s", "ratio")
+_RESIDUAL_COLUMNS = (
+    "engine",
+    "release",
+    "device",
+    "model",
+    "tp",
+    "batch",
+    "isl",
+    "osl",
+    "kind",
+    "predicted_s",
+    "measured_s",
+    "ratio",
+)
 
 
 def residual_rows(engine: str, priced: list[Priced], terms_of: dict[int, dict[str, float]]) -> list[dict[str, Any]]:
@@ -190,15 +230,28 @@ def residual_rows(engine: str, priced: list[Priced], terms_of: dict[int, dict[st
         if not r.held_out:
             continue
         predicted = p.with_terms(terms_of[r.tp])
-        out.append({"engine": engine, "release": r.release, "device": r.device, "model": r.model, "tp": r.tp,
-                    "batch": r.batch, "isl": r.isl, "osl": r.osl, "kind": r.kind,
-                    "predicted_s": f"{predicted:.6g}", "measured_s": f"{r.measured_s:.6g}",
-                    "ratio": f"{r.measured_s / predicted:.5f}"})
+        out.append(
+            {
+                "engine": engine,
+                "release": r.release,
+                "device": r.device,
+                "model": r.model,
+                "tp": r.tp,
+                "batch": r.batch,
+                "isl": r.isl,
+                "osl": r.osl,
+                "kind": r.kind,
+                "predicted_s": f"{predicted:.6g}",
+                "measured_s": f"{r.measured_s:.6g}",
+                "ratio": f"{r.measured_s / predicted:.5f}",
+            }
+        )
     return out
 
 
-def write_residuals(engine: str, priced: list[Priced], terms_of: dict[int, dict[str, float]],
-                    path: Path | None = None) -> Path:
+def write_residuals(
+    engine: str, priced: list[Priced], terms_of: dict[int, dict[str, float]], path: Path | None = None
+) -> Path:
     """Write :func:`residual_rows` to ``data/e2e/heldout_residuals.csv`` (replacing that engine's rows)."""
     import csv
 
@@ -214,8 +267,9 @@ def write_residuals(engine: str, priced: list[Priced], terms_of: dict[int, dict[
     return path
 
 
-def interval_coverage(priced: list[Priced], terms_of: dict[int, dict[str, float]], level: float = 0.9
-                      ) -> dict[str, dict[str, Any]]:
+def interval_coverage(
+    priced: list[Priced], terms_of: dict[int, dict[str, float]], level: float = 0.9
+) -> dict[str, dict[str, Any]]:
     """Empirical coverage of ``level`` prediction intervals on the held-out rows (the registered check).
 
     ``e2e leave-one-out``: each row's interval from the other held-out rows' ratios, around its with-profile
@@ -234,8 +288,12 @@ def interval_coverage(priced: list[Priced], terms_of: dict[int, dict[str, float]
     out: dict[str, dict[str, Any]] = {}
 
     def tally(name: str, inside: list[bool], widths: list[float]) -> None:
-        out[name] = {"inside": int(sum(inside)), "n": len(inside), "coverage": sum(inside) / len(inside),
-                     "median_width_pct": float(np.median(widths)) * 100}
+        out[name] = {
+            "inside": int(sum(inside)),
+            "n": len(inside),
+            "coverage": sum(inside) / len(inside),
+            "median_width_pct": float(np.median(widths)) * 100,
+        }
 
     inside, widths = [], []
     for i in range(len(held)):
@@ -243,7 +301,10 @@ def interval_coverage(priced: list[Priced], terms_of: dict[int, dict[str, float]
         inside.append(bool(lo * with_profile[i] <= measured[i] <= hi * with_profile[i]))
         widths.append(hi - lo)
     tally("e2e leave-one-out, with profile", inside, widths)
-    for label, predicted in (("kernel, kernels-only", [p.kernels_s for p in held]), ("kernel, with profile", with_profile)):
+    for label, predicted in (
+        ("kernel, kernels-only", [p.kernels_s for p in held]),
+        ("kernel, with profile", with_profile),
+    ):
         inside, widths = [], []
         for p, pred in zip(held, predicted, strict=True):
             phase = "prefill" if p.row.kind == "prefill" else "decode"

@@ -1,0 +1,97 @@
+"""Simulated vs measured on published vLLM 0.6.0 and SGLang 0.3.0 serving runs (not a timed test).
+
+Every run in ``hwmodels/calibration/data/e2e/serving_runs.csv`` (SGLang's published comparison: Llama-3.1-8B on
+one A100, Llama-3.1-70B on four H100, ShareGPT at 4 and 8 req/s and offline) is simulated with the engine profile
+standing for its server (``vllm`` or ``sglang``) and with ``none`` (kernels alone); the table prints measured and
+predicted medians of TTFT, TPOT and E2E latency and the offline throughputs, then the absolute percentage error
+per server and metric. All rows are held out (nothing is fitted on them); the set-up was registered before the
+first run (``docs/calibration-decisions.md``, *Serving runs of vLLM 0.6.0 and SGLang 0.3.0*).
+
+    PYTHONPATH=. python benchmarks/serving_accuracy.py                # the tables (about a minute)
+    PYTHONPATH=. python benchmarks/serving_accuracy.py --json
+    PYTHONPATH=. python benchmarks/serving_accuracy.py --sensitivity  # vllm profile under the registered
+                                                                      # length variants (a few minutes)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+
+from hwmodels.calibration.serving_runs import (
+    NOT_COMPARED,
+    compare,
+    error_table,
+    load_runs,
+    registered_lengths,
+    sensitivity_variants,
+)
+
+TARGET = "issue 18 target: iteration times (TPOT here) median 10 % / p90 20 %; throughput within 15 %"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    ap.add_argument(
+        "--sensitivity", action="store_true", help="also rerun the vLLM rows under the registered length variants"
+    )
+    args = ap.parse_args()
+
+    runs = load_runs()
+    lengths = registered_lengths(runs)
+    comparisons = compare(runs, lengths)
+    table = error_table(comparisons)
+    report = {
+        "target": TARGET,
+        "lengths": {"prompt_mean": lengths.prompt_mean, "output_mean": lengths.output_mean, "cv": lengths.cv},
+        "not_compared": NOT_COMPARED,
+        "rows": [
+            {"run": c.run.label, "metric": c.metric, "measured": c.measured, "predicted": c.predicted}
+            for c in comparisons
+        ],
+        "errors": table,
+    }
+    if args.sensitivity:
+        vllm_runs = [r for r in runs if r.engine == "vllm"]
+        report["sensitivity"] = {}
+        for name, variant in sensitivity_variants(lengths).items():
+            rows = error_table(compare(vllm_runs, variant))
+            report["sensitivity"][name] = rows
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return
+
+    print(f"published serving runs vs capsim ({TARGET})")
+    print(
+        f"lengths: lognormal, prompt mean {lengths.prompt_mean:.0f}, output mean {lengths.output_mean:.1f} "
+        f"(from the offline rows), std = {lengths.cv:g} x mean; seeds 1-3, mean of each metric"
+    )
+    print(f"{'run':52s} {'metric':24s} {'measured':>9s} {'profile':>9s} {'none':>9s}")
+    for c in comparisons:
+        own = c.run.engine
+        print(f"{c.run.label:52s} {c.metric:24s} {c.measured:9.2f} {c.predicted[own]:9.2f} {c.predicted['none']:9.2f}")
+    print()
+    print(f"{'server':7s} {'metric':24s} {'n':>2s}   {'profile APE %':>13s}   {'none APE %':>13s}")
+    print(f"{'':36s}{'median':>6s} {'p90':>6s}   {'median':>6s} {'p90':>6s}")
+    for row in table:
+        p, k = row["profile"], row["kernels_only"]
+        print(
+            f"{row['server']:7s} {row['metric']:24s} {row['n']:>2d}   {p['median_ape']:6.1f} {p['p90_ape']:6.1f}   "
+            f"{k['median_ape']:6.1f} {k['p90_ape']:6.1f}"
+        )
+    for name, why in NOT_COMPARED.items():
+        print(f"not compared: {name} ({why})")
+    if args.sensitivity:
+        print("\nsensitivity (vllm rows, vllm profile; median APE %, not the result):")
+        metrics = sorted({r["metric"] for rows in report["sensitivity"].values() for r in rows})
+        print(f"{'variant':18s} " + " ".join(f"{m:>22s}" for m in metrics))
+        for name, rows in report["sensitivity"].items():
+            by_metric = {r["metric"]: r["profile"]["median_ape"] for r in rows}
+            print(f"{name:18s} " + " ".join(f"{by_metric.get(m, np.nan):22.1f}" for m in metrics))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""The shipped vLLM / SGLang serving-run extract parses, and the comparison code runs on a small subset.
+
+The full comparison (``benchmarks/serving_accuracy.py``) simulates every run three times per profile; here a
+few dozen requests per run keep each test to seconds.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from hwmodels.calibration.serving_runs import (
+    COMPARED,
+    NOT_COMPARED,
+    SERVER_SETTINGS,
+    Lengths,
+    compare,
+    error_table,
+    load_runs,
+    mean_output_tokens,
+    registered_lengths,
+    scenario_for,
+)
+from simulator.config.schema import Scenario
+
+
+@pytest.fixture(scope="module")
+def runs():
+    return load_runs()
+
+
+def test_extract_has_every_published_run_with_its_metrics(runs):
+    assert len(runs) == 12
+    online = [r for r in runs if r.mode == "online"]
+    offline = [r for r in runs if r.mode == "offline"]
+    assert len(online) == 8 and len(offline) == 4
+    for r in online:
+        assert r.request_rate in (4.0, 8.0)
+        assert r.num_prompts == 300 * r.request_rate  # 1,200 prompts at 4/s, 2,400 at 8/s
+        assert set(r.measured) == {"e2e_p50_ms", "ttft_p50_ms", "tpot_p50_ms", "itl_p50_ms"}
+    for r in offline:
+        assert r.request_rate is None and r.num_prompts == 5000
+        assert set(r.measured) == {"request_throughput_rps", "output_throughput_tps"}
+    for r in runs:
+        assert r.engine in SERVER_SETTINGS
+        assert all(v > 0 and math.isfinite(v) for v in r.measured.values())
+        assert set(r.measured) <= set(COMPARED) | set(NOT_COMPARED)
+        # a latency median is at least the first token's
+        if r.mode == "online":
+            assert r.measured["e2e_p50_ms"] > r.measured["ttft_p50_ms"]
+
+
+def test_the_offline_rows_agree_on_the_mean_output_length(runs):
+    """Output throughput / request throughput is the workload's mean output length: the same for every run."""
+    ratios = [
+        r.measured["output_throughput_tps"] / r.measured["request_throughput_rps"] for r in runs if r.mode == "offline"
+    ]
+    assert max(ratios) / min(ratios) < 1.005
+    assert mean_output_tokens(runs) == pytest.approx(sum(ratios) / len(ratios))
+
+
+def test_every_run_becomes_a_valid_scenario(runs):
+    lengths = registered_lengths(runs)
+    for r in runs:
+        for engine in (r.engine, "none"):
+            s = Scenario.model_validate(scenario_for(r, engine, seed=1, lengths=lengths))
+            assert s.deployment.engine == engine and s.deployment.tp == r.tp
+            assert s.simulation.num_requests == r.num_prompts
+            assert s.workload.arrival == ("poisson" if r.mode == "online" else "closed-loop")
+
+
+def test_comparison_runs_on_a_small_subset_and_the_engine_profile_slows_the_decode_step(runs):
+    subset = [
+        next(r for r in runs if r.engine == "vllm" and r.mode == "online"),
+        next(r for r in runs if r.engine == "vllm" and r.mode == "offline"),
+    ]
+    comps = compare(subset, Lengths(prompt_mean=231, output_mean=194), seeds=(1,), num_prompts=40)
+    metrics = {(c.run.mode, c.metric) for c in comps}
+    assert metrics == {
+        ("online", "ttft_p50_ms"),
+        ("online", "tpot_p50_ms"),
+        ("online", "e2e_p50_ms"),
+        ("offline", "request_throughput_rps"),
+        ("offline", "output_throughput_tps"),
+    }
+    for c in comps:
+        assert set(c.predicted) == {"vllm", "none"}
+        assert all(v > 0 and math.isfinite(v) for v in c.predicted.values())
+        assert c.ape("vllm") >= 0
+    tpot = next(c for c in comps if c.metric == "tpot_p50_ms")
+    # the vllm profile adds per-layer launch time to every step: its decode step is slower than the kernels'
+    assert tpot.predicted["vllm"] > tpot.predicted["none"]
+    table = error_table(comps)
+    assert {row["metric"] for row in table} == {m for _, m in metrics}
+    for row in table:
+        assert row["server"] == "vllm" and row["n"] == 1
+        assert row["profile"]["median_ape"] == pytest.approx(row["profile"]["p90_ape"])
