@@ -43,8 +43,9 @@ Traces:
 - ``sample_lengths(cfg: LengthConfig, rng, n, *, role, base_dir=None) -> numpy.ndarray``.
 """
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from capsim.lazy import lazy_exports
 
 #: Each public name and the module that defines it. The modules are imported at the first use of one of their
 #: names (PEP 562), so ``import traces.config`` -- which every scenario needs -- does not also import the trace
@@ -76,15 +77,4 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time the names resolv
     from traces.replay import load_trace  # noqa: F401
     from traces.stream import ClosedLoop, RequestStream  # noqa: F401
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS})
+__getattr__ = lazy_exports(__name__, _EXPORTS)
