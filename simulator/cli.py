@@ -5,7 +5,6 @@ paragraph message naming the field and the fix, and exit status 2; ``--debug``
 shows the traceback as well.
 """
 
-from __future__ import annotations
 
 import difflib
 import json
