@@ -27,6 +27,7 @@ import yaml
 
 from capsim.errors import CapsimError
 from capsim.registry import normalise_name
+from capsim.yaml_cache import load_yaml
 from hwmodels.calibration import correction, curves
 
 PROFILE_FORMAT = "capsim-calibration-profile/1"
@@ -106,7 +107,7 @@ def load_yaml_text(text: str) -> Any:
     enabled = gc.isenabled()
     gc.disable()
     try:
-        return yaml.load(text, Loader=_FAST_LOADER)  # noqa: S506 -- a safe loader
+        return load_yaml(text, _FAST_LOADER)  # a safe loader; parsed once per text (capsim.yaml_cache)
     finally:
         if enabled:
             gc.enable()
