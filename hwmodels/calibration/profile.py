@@ -97,7 +97,8 @@ _FAST_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def load_yaml_text(text: str) -> Any:
-    """Parse YAML with libyaml when available, with the cyclic garbage collector paused.
+    """Parse YAML with libyaml when available (read back from :mod:`capsim.yaml_cache` when this text was parsed
+    before), with the cyclic garbage collector paused.
 
     Profiles are read at every simulation's start, inside a process that already
     holds a large heap (pandas, the trace): the thousands of small containers a
