@@ -10,7 +10,6 @@ interactive first-run prompt -- should not be each user's job to remember.
     capsim app --host 0.0.0.0       # reachable from other machines (no authentication!)
 """
 
-from __future__ import annotations
 
 import importlib.util
 import os

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ValidationError
 
 from capsim.errors import CapsimError
 from capsim.registry import Registry, normalise_name
+from capsim.yaml_cache import load_yaml
 
 T = TypeVar("T")
 
@@ -33,7 +34,7 @@ def read_catalog_yaml(package: str, filename: str, section: str, *, what: str) -
     where = f"{package.replace('.', '/')}/{filename}"
     text = resources.files(package).joinpath(filename).read_text(encoding="utf-8")
     try:
-        doc = yaml.load(text, Loader=_FAST_LOADER)  # noqa: S506 -- a safe loader
+        doc = load_yaml(text, _FAST_LOADER)  # a safe loader; parsed once per text (capsim.yaml_cache)
     except yaml.YAMLError as err:
         raise CapsimError(f"cannot parse the {what} catalog: {err}", where=where) from None
     if not isinstance(doc, dict) or not isinstance(doc.get(section), dict):

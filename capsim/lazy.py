@@ -14,6 +14,8 @@ trace never pay for it.
 from __future__ import annotations
 
 import importlib
+import sys
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
@@ -29,3 +31,23 @@ class _LazyModule(ModuleType):
 def lazy_module(name: str) -> Any:
     """A stand-in for module ``name`` that imports it on first attribute access (``pd = lazy_module("pandas")``)."""
     return _LazyModule(name)
+
+
+def lazy_exports(package: str, exports: dict[str, str]) -> Callable[[str], Any]:
+    """A module ``__getattr__`` (PEP 562) that imports ``exports[name]`` at the first use of ``name``.
+
+    Why: a package's ``__init__`` that re-exports its submodules' names imports all of them, so importing one small
+    submodule (``traces.config``, which every scenario needs) pulled in the whole package. With
+    ``__getattr__ = lazy_exports(__name__, {"build_requests": "traces.build", ...})`` the names resolve on first
+    use and are then cached in the package's namespace.
+    """
+
+    def __getattr__(name: str) -> Any:
+        module = exports.get(name)
+        if module is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(module), name)
+        setattr(sys.modules[package], name, value)  # later lookups find it without this function
+        return value
+
+    return __getattr__

@@ -10,11 +10,19 @@ never by adding a branch to the engine. A lookup miss raises
 ... class Fifo: ...
 >>> schedulers.get("first-come") is Fifo
 True
+
+A shipped plug-in may instead be *declared* by name with the module that registers it
+(``schedulers.declare("orca", "simulator.schedulers.orca")``): the module is imported at the first lookup of
+that name. Why: a one-shot command such as ``capsim estimate`` uses one scheduler and no technique, and importing
+every plug-in module was a noticeable share of its start-up. Aliases live in the modules only, so a name the
+registry does not know yet (an alias, or a typo) imports every declared module before it is resolved or refused:
+lookups answer exactly as if every module had been imported up front.
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
@@ -35,6 +43,7 @@ class Registry(Generic[T]):
         self.kind = kind
         self._items: dict[str, T] = {}
         self._aliases: dict[str, str] = {}
+        self._declared: dict[str, str] = {}  # canonical name -> the module that registers it when imported
 
     def register(self, name: str, *, aliases: tuple[str, ...] = ()) -> Callable[[T], T]:
         """Decorator that registers ``obj`` under ``name`` and its aliases."""
@@ -45,10 +54,19 @@ class Registry(Generic[T]):
 
         return decorate
 
+    def declare(self, name: str, module: str) -> None:
+        """Name a plug-in that ``module`` registers when imported; it is imported at the first lookup of ``name``."""
+        key = normalise_name(name)
+        if key in self._items:  # the module was imported already
+            return
+        if self._declared.setdefault(key, module) != module:
+            raise ValueError(f"{self.kind} {key!r} is declared twice ({self._declared[key]} and {module})")
+
     def add(self, name: str, obj: T, *, aliases: tuple[str, ...] = ()) -> None:
         key = normalise_name(name)
         if key in self._items:
             raise ValueError(f"{self.kind} {key!r} is registered twice")
+        self._declared.pop(key, None)  # a declared module registering itself
         self._items[key] = obj
         for alias in aliases:
             self._aliases[normalise_name(alias)] = key
@@ -56,7 +74,9 @@ class Registry(Generic[T]):
     def canonical(self, name: str) -> str:
         """The canonical id for ``name`` or one of its aliases."""
         key = normalise_name(name)
-        if key in self._items:
+        if key not in self._items and key not in self._declared and key not in self._aliases:
+            self._import_declared()  # an alias or a miss: answer as if every plug-in were registered
+        if key in self._items or key in self._declared:
             return key
         if key in self._aliases:
             return self._aliases[key]
@@ -71,21 +91,40 @@ class Registry(Generic[T]):
         )
 
     def get(self, name: str) -> T:
-        return self._items[self.canonical(name)]
+        key = self.canonical(name)
+        if key not in self._items:
+            self._import(key)
+        return self._items[key]
 
     def names(self) -> list[str]:
-        return sorted(self._items)
+        return sorted([*self._items, *self._declared])
 
     def aliases_of(self, name: str) -> list[str]:
+        self._import_declared()
         key = self.canonical(name)
         return sorted(a for a, k in self._aliases.items() if k == key)
 
+    def _import(self, key: str) -> None:
+        """Import the module declared for ``key``, which registers it."""
+        module = self._declared[key]
+        importlib.import_module(module)
+        if key not in self._items:
+            raise ValueError(f"{module} was declared to register {self.kind} {key!r} but did not")
+
+    def _import_declared(self) -> None:
+        """Import every declared module (their aliases are known only once they have registered)."""
+        for key in list(self._declared):
+            if key in self._declared:  # one module may register several names
+                self._import(key)
+
     def __contains__(self, name: object) -> bool:
         key = normalise_name(str(name))
-        return key in self._items or key in self._aliases
+        if key not in self._items and key not in self._declared and key not in self._aliases:
+            self._import_declared()
+        return key in self._items or key in self._declared or key in self._aliases
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._items) + len(self._declared)

@@ -5,7 +5,6 @@ paragraph message naming the field and the fix, and exit status 2; ``--debug``
 shows the traceback as well.
 """
 
-from __future__ import annotations
 
 import difflib
 import json
@@ -246,8 +245,8 @@ def validate(
 
     def action() -> None:
         from capsim.errors import DoesNotFitError
-        from simulator.engine import prepare
         from simulator.memory_plan import GIB
+        from simulator.prepare import prepare  # not simulator.engine: validating runs nothing (no SimPy import)
 
         kind, scenarios = _load_any(scenario_file, set_ or [])
         for sc in scenarios:

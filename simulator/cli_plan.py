@@ -5,7 +5,6 @@ CLI: results on stdout, progress and diagnostics on stderr, bad input ends
 in a one-paragraph message and exit status 2 (the ``_guard`` helper).
 """
 
-from __future__ import annotations
 
 import json
 import math

@@ -5,7 +5,6 @@ bounds, descriptions), ``summary``, ``mechanism``, ``sources`` and ``presets`` -
 documented here without touching this module.
 """
 
-from __future__ import annotations
 
 import inspect
 import typing

@@ -55,11 +55,10 @@ class EstimateInputs:
 def _id_or_file(value: str, flag: str, what: str) -> str | dict[str, Any]:
     """A catalog id, or the mapping in a YAML file when ``value`` names one (``.yaml``/``.yml`` or an existing
     file)."""
-    from simulator.config.loader import read_yaml
-
     path = Path(value)
     if not (value.endswith((".yaml", ".yml")) or path.is_file()):
         return value
+    from simulator.config.loader import read_yaml  # only for a file: a catalog id needs no YAML reader
     if not path.is_file():
         raise CapsimError(
             f"no such {what} file {value!r}",

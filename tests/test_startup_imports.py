@@ -1,5 +1,7 @@
-"""One-shot commands start without the heavy modules they do not use (issue 19: `estimate` and `validate`
-spent most of their start-up importing pandas, which only reading a trace or writing results needs)."""
+"""One-shot commands start without the modules they do not use (issue 19: `estimate` and `validate` spent most of
+their start-up importing). Each test runs the command in a fresh interpreter and looks at ``sys.modules``
+afterwards, so it fails when someone adds a module-level import of a heavy package on these paths; it measures
+no time (docs/performance.md, "Start-up", has the timings)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,11 @@ import textwrap
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+
+#: Third-party packages that no one-shot command below needs: reading a trace needs pandas (and pandas pyarrow),
+#: running a simulation SimPy; fitting scipy; plots matplotlib; the dashboard streamlit; the optional backends
+#: torch and ray.
+HEAVY = ("pandas", "pyarrow", "scipy", "matplotlib", "simpy", "streamlit", "torch", "ray")
 
 
 def _modules_after(args: list[str]) -> set[str]:
@@ -28,13 +35,22 @@ def _modules_after(args: list[str]) -> set[str]:
     return set(out.stdout.strip().splitlines()[-1].split())  # the last line: the command's own output is above
 
 
-def test_estimate_does_not_import_pandas(tmp_path):
+def _heavy(modules: set[str]) -> list[str]:
+    return sorted({m.split(".")[0] for m in modules} & set(HEAVY))
+
+
+def test_estimate_imports_no_heavy_package_no_technique_and_one_scheduler():
     modules = _modules_after(["estimate", "--model", "llama-3.1-8b", "--device", "h100-sxm"])
-    assert "simulator.estimate" in modules  # the command ran
-    assert "pandas" not in modules and "pyarrow" not in modules
+    assert "simulator.estimate" in modules and "hwmodels.calibration.profile" in modules  # the command ran
+    assert _heavy(modules) == []
+    techniques = {m for m in modules if m.startswith("simulator.techniques.")}
+    assert techniques <= {"simulator.techniques.base", "simulator.techniques.context", "simulator.techniques.step"}
+    schedulers = {m for m in modules if m.startswith("simulator.schedulers.")}
+    assert schedulers == {"simulator.schedulers.base", "simulator.schedulers.preemption", "simulator.schedulers.vllm"}
+    assert "traces.loaders" not in modules and "simulator.config.loader" not in modules  # no trace, no YAML file
 
 
-def test_validate_of_a_synthetic_workload_does_not_import_pandas(tmp_path):
+def test_validate_of_a_synthetic_workload_imports_no_heavy_package(tmp_path):
     scenario = tmp_path / "synthetic.yaml"
     scenario.write_text(
         "name: synthetic\nmodel: llama-3.1-8b\ndeployment: {device: h100-sxm}\n"
@@ -42,8 +58,21 @@ def test_validate_of_a_synthetic_workload_does_not_import_pandas(tmp_path):
         "simulation: {num_requests: 50}\n"
     )
     modules = _modules_after(["validate", str(scenario)])
-    assert "simulator.engine" in modules  # validate prepared the system and its workload
-    assert "pandas" not in modules
+    assert "simulator.prepare" in modules and "traces.build" in modules  # validate built the system and workload
+    assert _heavy(modules) == []
+    assert "simulator.engine" not in modules and "simulator.replica" not in modules  # nothing is simulated
+
+
+def test_validate_of_a_trace_imports_pandas_to_read_it_and_nothing_else_heavy():
+    modules = _modules_after(["validate", str(REPO / "scenarios" / "quickstart.yaml")])  # ShareGPT lengths
+    assert "traces.loaders.vidur" in modules
+    assert _heavy(modules) == ["pandas", "pyarrow"]
+
+
+def test_help_imports_neither_numpy_nor_pydantic():
+    modules = _modules_after(["--help"])
+    assert "hwmodels.calibration.cli" in modules and "simulator.cli_plan" in modules  # sub-commands registered
+    assert {"numpy", "pydantic", "yaml"}.isdisjoint(modules) and _heavy(modules) == []
 
 
 def test_the_lazy_stand_in_loads_pandas_on_first_use():
@@ -53,3 +82,28 @@ def test_the_lazy_stand_in_loads_pandas_on_first_use():
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "1"
+
+
+def test_lazy_package_exports_resolve_and_unknown_names_raise_attribute_error():
+    """The packages whose ``__init__`` resolves names on first use (PEP 562) still export every name."""
+    code = textwrap.dedent(
+        """
+        import importlib
+        for pkg in ("traces", "hwmodels", "simulator.config", "simulator.metrics"):
+            module = importlib.import_module(pkg)
+            for name in module.__all__:
+                assert getattr(module, name) is not None, (pkg, name)
+            try:
+                module.no_such_name
+            except AttributeError as exc:
+                assert "no_such_name" in str(exc)
+            else:
+                raise AssertionError(pkg)
+        from traces import build_requests, WorkloadConfig
+        from traces.build import build_requests as direct
+        assert build_requests is direct
+        print("ok")
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "ok"

@@ -43,38 +43,38 @@ Traces:
 - ``sample_lengths(cfg: LengthConfig, rng, n, *, role, base_dir=None) -> numpy.ndarray``.
 """
 
-from traces.arrivals import ARRIVALS, ArrivalDraw, ArrivalProcess
-from traces.build import build_requests
-from traces.catalog import SHIPPED_TRACES, ShippedTrace, list_traces, shipped_trace
-from traces.config import ColumnMap, LengthConfig, ServeGenConfig, TraceConfig, WorkloadConfig
-from traces.lengths import LENGTHS, LengthDist, describe_lengths, sample_lengths
-from traces.loaders import TRACE_FORMATS, TraceFormat, detect_format, load_file
-from traces.replay import load_trace
-from traces.stream import ClosedLoop, RequestStream
+from typing import TYPE_CHECKING
 
-__all__ = [
-    "ARRIVALS",
-    "LENGTHS",
-    "SHIPPED_TRACES",
-    "TRACE_FORMATS",
-    "ArrivalDraw",
-    "ArrivalProcess",
-    "ClosedLoop",
-    "ColumnMap",
-    "LengthConfig",
-    "LengthDist",
-    "RequestStream",
-    "ServeGenConfig",
-    "ShippedTrace",
-    "TraceConfig",
-    "TraceFormat",
-    "WorkloadConfig",
-    "build_requests",
-    "describe_lengths",
-    "detect_format",
-    "list_traces",
-    "load_file",
-    "load_trace",
-    "sample_lengths",
-    "shipped_trace",
-]
+from capsim.lazy import lazy_exports
+
+#: Each public name and the module that defines it. The modules are imported at the first use of one of their
+#: names (PEP 562), so ``import traces.config`` -- which every scenario needs -- does not also import the trace
+#: loaders and the stream builder (why: start-up of one-shot commands such as ``capsim estimate``).
+_EXPORTS = {
+    "ARRIVALS": "traces.arrivals", "ArrivalDraw": "traces.arrivals", "ArrivalProcess": "traces.arrivals",
+    "build_requests": "traces.build",
+    "SHIPPED_TRACES": "traces.catalog", "ShippedTrace": "traces.catalog", "list_traces": "traces.catalog",
+    "shipped_trace": "traces.catalog",
+    "ColumnMap": "traces.config", "LengthConfig": "traces.config", "ServeGenConfig": "traces.config",
+    "TraceConfig": "traces.config", "WorkloadConfig": "traces.config",
+    "LENGTHS": "traces.lengths", "LengthDist": "traces.lengths", "describe_lengths": "traces.lengths",
+    "sample_lengths": "traces.lengths",
+    "TRACE_FORMATS": "traces.loaders", "TraceFormat": "traces.loaders", "detect_format": "traces.loaders",
+    "load_file": "traces.loaders",
+    "load_trace": "traces.replay",
+    "ClosedLoop": "traces.stream", "RequestStream": "traces.stream",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:  # for type checkers and editors; at run time the names resolve through __getattr__
+    from traces.arrivals import ARRIVALS, ArrivalDraw, ArrivalProcess  # noqa: F401
+    from traces.build import build_requests  # noqa: F401
+    from traces.catalog import SHIPPED_TRACES, ShippedTrace, list_traces, shipped_trace  # noqa: F401
+    from traces.config import ColumnMap, LengthConfig, ServeGenConfig, TraceConfig, WorkloadConfig  # noqa: F401
+    from traces.lengths import LENGTHS, LengthDist, describe_lengths, sample_lengths  # noqa: F401
+    from traces.loaders import TRACE_FORMATS, TraceFormat, detect_format, load_file  # noqa: F401
+    from traces.replay import load_trace  # noqa: F401
+    from traces.stream import ClosedLoop, RequestStream  # noqa: F401
+
+__getattr__ = lazy_exports(__name__, _EXPORTS)

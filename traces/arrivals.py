@@ -100,6 +100,10 @@ def register_arrival(name: str, *, aliases: tuple[str, ...] = ()):
     return decorate
 
 
+# ServeGen's process lives in its own module (it reads a data folder); imported when a workload names it.
+ARRIVALS.declare("servegen", "traces.servegen")
+
+
 def require_qps(cfg: WorkloadConfig) -> float:
     """The request rate of an open-loop process; checked at build time so a planner may fill it in later."""
     if cfg.qps is None:

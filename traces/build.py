@@ -24,7 +24,6 @@ from traces.arrivals import ARRIVALS
 from traces.config import WorkloadConfig
 from traces.images import image_tokens
 from traces.lengths import describe_lengths, sample_lengths
-from traces.replay import load_trace_source, prepare_trace
 from traces.sharing import apply_sharing
 from traces.stream import RequestStream
 
@@ -75,6 +74,8 @@ def build_requests(
 
     trace = label = None
     if cfg.trace is not None:
+        from traces.replay import load_trace_source, prepare_trace  # the trace loaders: only when a trace is read
+
         loaded, label = load_trace_source(cfg.trace, base_dir=base)
         trace = prepare_trace(loaded, cfg.trace, rngs["trace_sample"])
 

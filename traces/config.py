@@ -24,12 +24,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from capsim.registry import Registry
 from capsim.types import Count, OptionalCount
-from traces import servegen  # noqa: F401  (registers arrival 'servegen')
 from traces.arrivals import ARRIVAL_PARAMETERS, ARRIVALS
 from traces.catalog import SHIPPED_TRACES
 from traces.images import ImagesConfig
 from traces.lengths import LENGTHS, PARAMETERS
-from traces.loaders import TRACE_FORMATS
 from traces.sharing import SharingConfig
 
 DEFAULT_PROMPT_TOKENS = 512
@@ -152,6 +150,8 @@ class TraceConfig(_Strict):
     @field_validator("format")
     @classmethod
     def _format_known(cls, name: str) -> str:
+        from traces.loaders import TRACE_FORMATS  # the loaders are imported only by a scenario that reads a trace
+
         return _known(TRACE_FORMATS, name, "trace format", extra=("auto",))
 
     @field_validator("name")

@@ -11,7 +11,6 @@ paragraph and exit status 2, like every capsim command.
     capsim calibrate validate --device h100-sxm --json
 """
 
-from __future__ import annotations
 
 import json
 from pathlib import Path

@@ -27,6 +27,7 @@ import yaml
 
 from capsim.errors import CapsimError
 from capsim.registry import normalise_name
+from capsim.yaml_cache import load_yaml
 from hwmodels.calibration import correction, curves
 
 PROFILE_FORMAT = "capsim-calibration-profile/1"
@@ -96,7 +97,8 @@ _FAST_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def load_yaml_text(text: str) -> Any:
-    """Parse YAML with libyaml when available, with the cyclic garbage collector paused.
+    """Parse YAML with libyaml when available (read back from :mod:`capsim.yaml_cache` when this text was parsed
+    before), with the cyclic garbage collector paused.
 
     Profiles are read at every simulation's start, inside a process that already
     holds a large heap (pandas, the trace): the thousands of small containers a
@@ -106,7 +108,7 @@ def load_yaml_text(text: str) -> Any:
     enabled = gc.isenabled()
     gc.disable()
     try:
-        return yaml.load(text, Loader=_FAST_LOADER)  # noqa: S506 -- a safe loader
+        return load_yaml(text, _FAST_LOADER)  # a safe loader; parsed once per text (capsim.yaml_cache)
     finally:
         if enabled:
             gc.enable()

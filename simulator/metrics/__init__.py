@@ -5,6 +5,8 @@ Data flows one way: the engine builds a :class:`SimulationResult`; :func:`summar
 Plots (matplotlib) are imported only when written.
 """
 
+from capsim.lazy import lazy_exports
+
 # Submodules are imported on first use (PEP 562): ``simulator.metrics.slo`` is read by the scenario schema, and a
 # one-shot command such as ``capsim estimate`` should not pay for pandas, rich tables and the writers it never uses.
 _EXPORTS = {
@@ -30,16 +32,7 @@ _EXPORTS = {
     "write_outputs": "simulator.metrics.writers",
 }
 
-
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'simulator.metrics' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS)
 
 
 __all__ = [
