@@ -23,7 +23,7 @@ from simulator.costmodel.iteration import DecodeRun, IterationCostModel
 from simulator.kvcache import BlockManager, Retention
 from simulator.recorder import Recorder
 from simulator.requests import RequestTable
-from simulator.schedulers.base import Plan, Scheduler
+from simulator.schedulers.base import Plan, PrefillChunk, Scheduler
 from simulator.schedulers.preemption import SwapSpace
 from simulator.techniques.step import BoundStep
 
@@ -126,6 +126,9 @@ class Replica:
         self.on_busy: Callable[[Replica, bool], None] | None = None
         self._busy = False
         self.stall_until = 0.0  # set by whoever pauses the replica (an SM re-partition)
+        # Chunk runs (``_chunk_run``): set by an engine where nothing outside a replica's loop acts on it between
+        # iterations (no pools, no gate wrapping the scheduler).
+        self.chunk_runs = False
         self.process = env.process(self._loop())
 
     # ------------------------------------------------------------------ input
@@ -264,7 +267,9 @@ class Replica:
             if self.on_busy is not None and not self._busy:
                 self._busy = True
                 self.on_busy(self, True)
-            if not (plan.repeat and not plan.prefill):
+            if plan.chunk_repeats and self._chunk_run_ok():
+                yield from self._chunk_run(plan)
+            elif not (plan.repeat and not plan.prefill):
                 yield from self._iteration(plan)
             elif self.step is None:
                 yield from self._decode_run(plan)
@@ -325,6 +330,70 @@ class Replica:
                 finished.extend(done.tolist())
         if finished:
             self._finish(np.asarray(finished, dtype=np.int64), end)
+
+    def _chunk_run_ok(self) -> bool:
+        """Whether this replica may run a scheduler's repeated chunk iterations in one go: only the plain path
+        (no step model, retention, swap, encoder, remote loads, hand-offs, receivers; the default block
+        manager; a cost model that prices by shape alone), so nothing but the shape decides an iteration."""
+        return (
+            self.chunk_runs and self.step is None and self.kv is None and self._swap is None
+            and self.encode is None and self.load is None and self.handoff is None and not self.receiving
+            and self.on_busy is None and type(self.blocks) is BlockManager and type(self.cost) is IterationCostModel
+        )
+
+    def _chunk_run(self, plan: Plan):
+        """``plan`` and the ``plan.chunk_repeats`` iterations the scheduler would plan after it, without asking it.
+
+        Each iteration still waits on its own SimPy timeout, created at the same moment as on the plain path,
+        so every event, boundary time and recorded row comes in the same order; what goes is the scheduler's
+        plan, the loop's checks and the per-iteration setup of :meth:`_iteration`, whose steps each iteration
+        repeats on the same numbers (the chunk's blocks, the decodes' KV and tokens, the price, the row).
+        The run ends early where a decode finishes (that changes the budget) and is not taken where the KV
+        blocks of the whole run might not fit (the scheduler would preempt or stall the chunk). Arrivals
+        meanwhile wait in the queue, as they would: every one of these chunks takes the whole token budget,
+        so none could be admitted.
+        """
+        t, blocks, cost = self.table, self.blocks, self.cost
+        ids = plan.decode_ids
+        n_dec = len(ids)
+        (chunk,) = plan.prefill
+        k = 1 + plan.chunk_repeats
+        if n_dec:
+            k = min(k, int(np.minimum.reduce(t.output[ids] - t.generated[ids])))
+        rid, q, done = chunk.rid, chunk.tokens, chunk.cached + chunk.tokens  # the first chunk is already held
+        if k > 1 and blocks.blocks_to_grow(rid, done + (k - 1) * q) + (
+                blocks.growth_after(ids, k) if n_dec else 0) > blocks.free_blocks:
+            k = 1
+        if k == 1:
+            yield from self._iteration(plan)
+            return
+        win = cost.prefill_window
+        env, rec, index = self.env, self.recorder, self.index
+        for j in range(k):
+            if j:  # what plan() would do: the next chunk of the same prompt
+                chunk = PrefillChunk(rid, q, done, False, q)
+                blocks.grow(rid, done + q)
+                done += q
+            start = env.now
+            kv = None
+            if n_dec:
+                kv = t.kv_tokens[ids]
+                ctx = int(np.add.reduce(kv)) + n_dec
+            else:
+                ctx = 0
+            ptok, logits, work, kv_read = _prefill_totals((chunk,), win)
+            c = cost.iteration_from_totals(ptok, logits + n_dec, work, kv_read, n_dec, ctx)
+            took = c.time_s
+            yield env.timeout(took)
+            end = env.now
+            if n_dec:
+                self._advance_decodes(ids, DecodeRun(1, took, 0.0, True), end, start, kv)
+            rec.iteration(index, start, end, 1, ptok, 1, n_dec, ctx, took, took,
+                          blocks.used_blocks, blocks.total_blocks, c.flops, c.bytes)
+        if n_dec:
+            finished = ids[t.generated[ids] == t.output[ids]]
+            if len(finished):
+                self._finish(finished, end)
 
     def _hand_off(self, prefill, end: float, start: float) -> None:
         """Requests whose prefill just completed leave this replica's batch for another pool; their KV stays

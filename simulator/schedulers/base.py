@@ -69,6 +69,10 @@ class Plan:
     repeat: bool = False  # a decode run: repeat until a sequence finishes or memory runs out
     interruptible: bool = True  # an arrival ends the run at the next iteration boundary
     until_s: float | None = None  # a decode run ends at the first boundary at or after this time (a time slice)
+    # Iterations after this one that the scheduler would plan as this one again -- the same decodes and a chunk of
+    # the same size of the same (first) prefill, none completing it, nothing else admitted -- for as long as no
+    # decode finishes and the KV blocks suffice: the replica may run them in one go (``Replica._chunk_run``).
+    chunk_repeats: int = 0
 
 
 class Scheduler:

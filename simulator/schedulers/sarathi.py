@@ -103,7 +103,10 @@ class SarathiScheduler(Scheduler):
             chunks.append(chunk)
             budget -= chunk.tokens
         if chunks:
-            return Plan(tuple(chunks), ids)
+            plan = Plan(tuple(chunks), ids)
+            if budget == 0 and len(chunks) == 1 and not chunks[0].completes:
+                plan.chunk_repeats = self._repeats(chunks[0], p.chunk_size - len(decoding))
+            return plan
         if decoding:
             return Plan((), ids, repeat=True)
         if self.prefilling:
@@ -111,6 +114,21 @@ class SarathiScheduler(Scheduler):
             self.preempt_one()
             return self.plan()
         return None
+
+    def _repeats(self, chunk: PrefillChunk, budget: int) -> int:
+        """How many more iterations would plan as this one did: ``chunk`` (an ongoing prefill's, taking the whole
+        ``budget``, so no request is admitted) followed by chunks of ``budget`` tokens that do not complete it.
+
+        Why the scheduler says so: while the decodes stay the same (none finishes) and their KV and the chunks
+        fit, :meth:`plan` returns the same decodes and the next ``budget`` tokens of that prefill each time, so
+        the replica can price those iterations together and wait once. The prefill must be the first one in
+        ``prefilling`` (it gets the budget first); the chunk that completes it is left to :meth:`plan`, since
+        that one may leave budget for an admission.
+        """
+        if next(iter(self.prefilling)) != chunk.rid:
+            return 0
+        left = self.prefilling[chunk.rid] - chunk.cached - chunk.tokens  # prompt tokens after this chunk
+        return max(0, (left - 1) // budget)
 
     def _chunk(self, rid: int, target: int, budget: int, reserved_blocks: int) -> PrefillChunk | None:
         """The next chunk of ``rid``'s prefill, or None if its KV does not fit beside ``reserved_blocks``."""
