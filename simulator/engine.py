@@ -168,6 +168,7 @@ def simulate(
     if chunk_runs and system.gate is None:  # a gate's scheduler wrapper may act between iterations
         for replica in replicas:
             replica.chunk_runs = True
+            replica.stops = sim.max_time_s is not None
     if system.gate is not None:  # a technique gates which waiting requests each replica batches (CoE)
         gate = system.gate.bind(table, scenario.seed)
         for replica in replicas:

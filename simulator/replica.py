@@ -23,7 +23,7 @@ from simulator.costmodel.iteration import DecodeRun, IterationCostModel
 from simulator.kvcache import BlockManager, Retention
 from simulator.recorder import Recorder
 from simulator.requests import RequestTable
-from simulator.schedulers.base import Plan, PrefillChunk, Scheduler
+from simulator.schedulers.base import Plan, Scheduler
 from simulator.schedulers.preemption import SwapSpace
 from simulator.techniques.step import BoundStep
 
@@ -129,6 +129,7 @@ class Replica:
         # Chunk runs (``_chunk_run``): set by an engine where nothing outside a replica's loop acts on it between
         # iterations (no pools, no gate wrapping the scheduler).
         self.chunk_runs = False
+        self.stops = False  # whether the simulation stops at a set time (possibly in the middle of a run)
         self.process = env.process(self._loop())
 
     # ------------------------------------------------------------------ input
@@ -353,7 +354,7 @@ class Replica:
         meanwhile wait in the queue, as they would: every one of these chunks takes the whole token budget,
         so none could be admitted.
         """
-        t, blocks, cost = self.table, self.blocks, self.cost
+        t, blocks = self.table, self.blocks
         ids = plan.decode_ids
         n_dec = len(ids)
         (chunk,) = plan.prefill
@@ -367,33 +368,91 @@ class Replica:
         if k == 1:
             yield from self._iteration(plan)
             return
-        win = cost.prefill_window
-        env, rec, index = self.env, self.recorder, self.index
-        for j in range(k):
-            if j:  # what plan() would do: the next chunk of the same prompt
-                chunk = PrefillChunk(rid, q, done, False, q)
-                blocks.grow(rid, done + q)
-                done += q
+        env, rec, index, total = self.env, self.recorder, self.index, blocks.total_blocks
+        # The first iteration as the plain path runs it (its decodes' last tokens may differ); after it, every
+        # decode got its last token at the previous boundary.
+        start = env.now
+        kv = t.kv_tokens[ids] if n_dec else None
+        ctx = int(np.add.reduce(kv)) + n_dec if n_dec else 0
+        c = self._chunk_cost(rid, q, done - q, n_dec, ctx)
+        yield env.timeout(c.time_s)
+        end = env.now
+        if n_dec:
+            self._advance_decodes(ids, DecodeRun(1, c.time_s, 0.0, True), end, start, kv)
+        rec.iteration(index, start, end, 1, q, 1, n_dec, ctx, c.time_s, c.time_s, blocks.used_blocks, total,
+                      c.flops, c.bytes)
+        if n_dec and (n_dec > SMALL_BATCH or blocks._reservations or self.stops or (
+                self.warmup_s > 0 and bool((t.arrival_s[ids] < self.warmup_s).any()))):
+            yield from self._chunk_steps(ids, rid, q, done, k - 1)  # the general bookkeeping, step by step
+            return
+        # Small batches: the decodes' KV counts in a list, their table entries written once at the end (nothing
+        # reads them meanwhile: the scheduler is not asked, routers read only loads; but a simulation that
+        # stops may stop mid-run, so that takes the path above); blocks count as they go.
+        bs = blocks.block_size
+        kv_list = t.kv_tokens[ids].tolist() if n_dec else []
+        longest = 0.0
+        for _ in range(k - 1):
+            blocks.grow(rid, done + q)  # what plan() would do: the next chunk of the same prompt
             start = env.now
-            kv = None
-            if n_dec:
-                kv = t.kv_tokens[ids]
-                ctx = int(np.add.reduce(kv)) + n_dec
-            else:
-                ctx = 0
-            ptok, logits, work, kv_read = _prefill_totals((chunk,), win)
-            c = cost.iteration_from_totals(ptok, logits + n_dec, work, kv_read, n_dec, ctx)
+            ctx = sum(kv_list) + n_dec
+            c = self._chunk_cost(rid, q, done, n_dec, ctx)
+            done += q
             took = c.time_s
             yield env.timeout(took)
             end = env.now
             if n_dec:
-                self._advance_decodes(ids, DecodeRun(1, took, 0.0, True), end, start, kv)
-            rec.iteration(index, start, end, 1, ptok, 1, n_dec, ctx, took, took,
-                          blocks.used_blocks, blocks.total_blocks, c.flops, c.bytes)
+                gap = (start + took) - start  # from the last token (the previous boundary) to this one
+                rec.gap_run(gap, 0.0, 1, n_dec)
+                if gap > longest:
+                    longest = gap
+                opened = 0
+                for v in kv_list:
+                    if v % bs == 0:  # a block opens where the sequence's blocks are full
+                        opened += 1
+                blocks._add(opened)
+                kv_list = [v + 1 for v in kv_list]
+            rec.iteration(index, start, end, 1, q, 1, n_dec, ctx, took, took, blocks.used_blocks, total,
+                          c.flops, c.bytes)
         if n_dec:
-            finished = ids[t.generated[ids] == t.output[ids]]
-            if len(finished):
-                self._finish(finished, end)
+            t.kv_tokens[ids] = kv_list
+            t.max_tbt_s[ids] = np.maximum(t.max_tbt_s[ids], longest)
+            t.generated[ids] += k - 1
+            t.last_token_s[ids] = end
+            self._finish_decodes(ids, end)
+
+    def _chunk_steps(self, ids, rid: int, q: int, done: int, k: int):
+        """``k`` more iterations of a chunk run with :meth:`_iteration`'s bookkeeping (any batch)."""
+        env, t, blocks, rec = self.env, self.table, self.blocks, self.recorder
+        n_dec = len(ids)
+        for _ in range(k):
+            blocks.grow(rid, done + q)
+            start = env.now
+            kv = t.kv_tokens[ids]
+            ctx = int(np.add.reduce(kv)) + n_dec
+            c = self._chunk_cost(rid, q, done, n_dec, ctx)
+            done += q
+            yield env.timeout(c.time_s)
+            end = env.now
+            self._advance_decodes(ids, DecodeRun(1, c.time_s, 0.0, True), end, start, kv)
+            rec.iteration(self.index, start, end, 1, q, 1, n_dec, ctx, c.time_s, c.time_s, blocks.used_blocks,
+                          blocks.total_blocks, c.flops, c.bytes)
+        self._finish_decodes(ids, end)
+
+    def _finish_decodes(self, ids: np.ndarray, end: float) -> None:
+        t = self.table
+        finished = ids[t.generated[ids] == t.output[ids]]
+        if len(finished):
+            self._finish(finished, end)
+
+    def _chunk_cost(self, rid: int, q: int, cached: int, n_dec: int, ctx: int):
+        """The price of an iteration of one non-final ``q``-token chunk after ``cached`` tokens beside ``n_dec``
+        decodes of summed context ``ctx`` (the totals :func:`_prefill_totals` gives such a chunk)."""
+        win = self.cost.prefill_window
+        if win is None:
+            work, kv_read = 0.0 + prefill_attention_work(q, cached), prefill_kv_read(q, cached)
+        else:
+            work, kv_read = 0.0 + win.work(q, cached), 0.0 + win.kv_read(q, cached)
+        return self.cost.iteration_from_totals(q, n_dec, work, kv_read, n_dec, ctx)
 
     def _hand_off(self, prefill, end: float, start: float) -> None:
         """Requests whose prefill just completed leave this replica's batch for another pool; their KV stays
