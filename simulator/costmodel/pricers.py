@@ -176,9 +176,16 @@ class PrefillCurvePricer(RowPricer):
 
     def __init__(self, attention: pricing.PrefillPricer, source: str):
         self.attention, self.source = attention, source
+        # Memoised by everything the curve reads: a chunked-prefill replay meets the same chunk (a prompt's
+        # first 512 tokens, say) beside many different decode batches, and the curve costs ~30 us a call.
+        self._memo: dict[tuple[float, float, float, float, float], Priced] = {}
 
     def price(self, x: Sequence[float], flops: float, nbytes: float) -> Priced:
-        return self.attention.price(x[F.PREFILL_TOKENS], x[F.PREFILL_ATTN_WORK], flops, nbytes, x[F.PREFILL_KV_READ])
+        key = (x[F.PREFILL_TOKENS], x[F.PREFILL_ATTN_WORK], x[F.PREFILL_KV_READ], flops, nbytes)
+        hit = self._memo.get(key)
+        if hit is None:
+            hit = self._memo[key] = self.attention.price(key[0], key[1], flops, nbytes, key[2])
+        return hit
 
     def price_many(self, X: np.ndarray, flops: np.ndarray, nbytes: np.ndarray) -> np.ndarray:
         return self.attention.price_many(
