@@ -343,29 +343,35 @@ class Replica:
         )
 
     def _chunk_run(self, plan: Plan):
-        """``plan`` and the ``plan.chunk_repeats`` iterations the scheduler would plan after it, without asking it.
+        """``plan`` and the iterations the scheduler said it would plan after it, without asking it each time.
 
-        Each iteration still waits on its own SimPy timeout, created at the same moment as on the plain path,
-        so every event, boundary time and recorded row comes in the same order; what goes is the scheduler's
-        plan, the loop's checks and the per-iteration setup of :meth:`_iteration`, whose steps each iteration
-        repeats on the same numbers (the chunk's blocks, the decodes' KV and tokens, the price, the row).
-        The run ends early where a decode finishes (that changes the budget) and is not taken where the KV
-        blocks of the whole run might not fit (the scheduler would preempt or stall the chunk). Arrivals
-        meanwhile wait in the queue, as they would: every one of these chunks takes the whole token budget,
-        so none could be admitted.
+        Those are ``plan.chunk_repeats`` more chunks of the same size of the same prompt beside the same
+        decodes, then, if ``plan.chunk_final`` and no request waits by then, the chunk that completes the
+        prompt. Each iteration still waits on its own SimPy timeout, created at the same moment as on the
+        plain path, so every event, boundary time and recorded row comes in the same order; what goes is the
+        scheduler's plan, the loop's checks and the per-iteration setup of :meth:`_iteration`, whose steps each
+        iteration repeats on the same numbers (the chunk's blocks, the decodes' KV and tokens, the price, the
+        row). The run ends early where a decode finishes (that changes the budget) and is not taken where the
+        KV blocks of the whole run might not fit (the scheduler would preempt or stall the chunk). Arrivals
+        meanwhile wait in the queue, as they would: every repeated chunk takes the whole token budget, so none
+        could be admitted (the final chunk may leave budget: it joins only if nothing waits).
         """
         t, blocks = self.table, self.blocks
         ids = plan.decode_ids
         n_dec = len(ids)
         (chunk,) = plan.prefill
         k = 1 + plan.chunk_repeats
+        final = plan.chunk_final
         if n_dec:
-            k = min(k, int(np.minimum.reduce(t.output[ids] - t.generated[ids])))
+            limit = int(np.minimum.reduce(t.output[ids] - t.generated[ids]))
+            if limit <= k:  # a decode finishes within the repeats: the run stops there
+                k, final = limit, 0
         rid, q, done = chunk.rid, chunk.tokens, chunk.cached + chunk.tokens  # the first chunk is already held
-        if k > 1 and blocks.blocks_to_grow(rid, done + (k - 1) * q) + (
-                blocks.growth_after(ids, k) if n_dec else 0) > blocks.free_blocks:
-            k = 1
-        if k == 1:
+        steps = k + (1 if final else 0)
+        if steps > 1 and blocks.blocks_to_grow(rid, done + (k - 1) * q + final) + (
+                blocks.growth_after(ids, steps) if n_dec else 0) > blocks.free_blocks:
+            k, final, steps = 1, 0, 1
+        if steps == 1:
             yield from self._iteration(plan)
             return
         env, rec, index, total = self.env, self.recorder, self.index, blocks.total_blocks
@@ -374,28 +380,44 @@ class Replica:
         start = env.now
         kv = t.kv_tokens[ids] if n_dec else None
         ctx = int(np.add.reduce(kv)) + n_dec if n_dec else 0
-        c = self._chunk_cost(rid, q, done - q, n_dec, ctx)
+        c = self._chunk_cost(q, done - q, n_dec, ctx)
         yield env.timeout(c.time_s)
         end = env.now
         if n_dec:
             self._advance_decodes(ids, DecodeRun(1, c.time_s, 0.0, True), end, start, kv)
         rec.iteration(index, start, end, 1, q, 1, n_dec, ctx, c.time_s, c.time_s, blocks.used_blocks, total,
                       c.flops, c.bytes)
-        if n_dec and (n_dec > SMALL_BATCH or blocks._reservations or self.stops or (
-                self.warmup_s > 0 and bool((t.arrival_s[ids] < self.warmup_s).any()))):
-            yield from self._chunk_steps(ids, rid, q, done, k - 1)  # the general bookkeeping, step by step
-            return
-        # Small batches: the decodes' KV counts in a list, their table entries written once at the end (nothing
-        # reads them meanwhile: the scheduler is not asked, routers read only loads; but a simulation that
-        # stops may stop mid-run, so that takes the path above); blocks count as they go.
-        bs = blocks.block_size
+        if k > 1:
+            if n_dec and (n_dec > SMALL_BATCH or blocks._reservations or self.stops or (
+                    self.warmup_s > 0 and bool((t.arrival_s[ids] < self.warmup_s).any()))):
+                yield from self._chunk_steps(ids, rid, q, done, k - 1)  # the general bookkeeping, step by step
+            else:
+                yield from self._chunk_repeats(ids, rid, q, done, k - 1)
+        if n_dec:
+            self._finish_decodes(ids, env.now)
+        if final and not self.state.waiting and not self._arrival_due(env.now):
+            yield from self._iteration(Plan((self.scheduler.take_chunk(rid, final),), ids))
+
+    def _arrival_due(self, now: float) -> bool:
+        """Whether a preloaded arrival is due (the loop would queue it before planning)."""
+        nxt = self._next_arrival()
+        return nxt is not None and nxt <= now
+
+    def _chunk_repeats(self, ids, rid: int, q: int, done: int, k: int):
+        """``k`` repeated chunks of a chunk run beside a small decode batch (or none) that got its last token at
+        the run's previous boundary: the decodes' KV counts in a list, their table entries written once at the
+        end (nothing reads them meanwhile: the scheduler is not asked, routers read only loads; a simulation
+        that stops at a set time might stop mid-run, so it takes :meth:`_chunk_steps`); blocks count as they go."""
+        env, t, blocks, rec, index = self.env, self.table, self.blocks, self.recorder, self.index
+        take, total, bs = self.scheduler.take_chunk, blocks.total_blocks, blocks.block_size
+        n_dec = len(ids)
         kv_list = t.kv_tokens[ids].tolist() if n_dec else []
         longest = 0.0
-        for _ in range(k - 1):
-            blocks.grow(rid, done + q)  # what plan() would do: the next chunk of the same prompt
+        for _ in range(k):
+            take(rid, q)  # what plan() would do: the next chunk of the same prompt
             start = env.now
             ctx = sum(kv_list) + n_dec
-            c = self._chunk_cost(rid, q, done, n_dec, ctx)
+            c = self._chunk_cost(q, done, n_dec, ctx)
             done += q
             took = c.time_s
             yield env.timeout(took)
@@ -416,27 +438,25 @@ class Replica:
         if n_dec:
             t.kv_tokens[ids] = kv_list
             t.max_tbt_s[ids] = np.maximum(t.max_tbt_s[ids], longest)
-            t.generated[ids] += k - 1
+            t.generated[ids] += k
             t.last_token_s[ids] = end
-            self._finish_decodes(ids, end)
 
     def _chunk_steps(self, ids, rid: int, q: int, done: int, k: int):
-        """``k`` more iterations of a chunk run with :meth:`_iteration`'s bookkeeping (any batch)."""
+        """``k`` repeated chunks of a chunk run with :meth:`_iteration`'s bookkeeping (any batch)."""
         env, t, blocks, rec = self.env, self.table, self.blocks, self.recorder
         n_dec = len(ids)
         for _ in range(k):
-            blocks.grow(rid, done + q)
+            self.scheduler.take_chunk(rid, q)
             start = env.now
             kv = t.kv_tokens[ids]
             ctx = int(np.add.reduce(kv)) + n_dec
-            c = self._chunk_cost(rid, q, done, n_dec, ctx)
+            c = self._chunk_cost(q, done, n_dec, ctx)
             done += q
             yield env.timeout(c.time_s)
             end = env.now
             self._advance_decodes(ids, DecodeRun(1, c.time_s, 0.0, True), end, start, kv)
             rec.iteration(self.index, start, end, 1, q, 1, n_dec, ctx, c.time_s, c.time_s, blocks.used_blocks,
                           blocks.total_blocks, c.flops, c.bytes)
-        self._finish_decodes(ids, end)
 
     def _finish_decodes(self, ids: np.ndarray, end: float) -> None:
         t = self.table
@@ -444,7 +464,7 @@ class Replica:
         if len(finished):
             self._finish(finished, end)
 
-    def _chunk_cost(self, rid: int, q: int, cached: int, n_dec: int, ctx: int):
+    def _chunk_cost(self, q: int, cached: int, n_dec: int, ctx: int):
         """The price of an iteration of one non-final ``q``-token chunk after ``cached`` tokens beside ``n_dec``
         decodes of summed context ``ctx`` (the totals :func:`_prefill_totals` gives such a chunk)."""
         win = self.cost.prefill_window

@@ -101,8 +101,8 @@ def test_chunk_runs_change_no_number(name, monkeypatch):
 
 
 def test_runs_cover_the_chunks_the_scheduler_would_repeat(monkeypatch):
-    """The plans saved are the runs' repeated chunks: one prompt of 10 chunks beside one decode, alone on a
-    replica, takes one plan for its first 9 chunks (the 10th completes it and is planned as before)."""
+    """The plans saved are the run's: one prompt of 10 chunks beside one decode, alone on a replica with
+    nothing waiting, is planned once for all 10 (8 repeated chunks, then the one completing it)."""
     sc = Scenario.model_validate({**BASE, "name": "one-prompt", "deployment": {"device": "a100-80gb-sxm"}})
     stream = RequestStream(np.array([0.0, 0.05]), np.array([8, 2550]), np.array([200, 2]), source="test")
     fast, fast_plans = _run(sc, True, monkeypatch, stream)
@@ -111,4 +111,4 @@ def test_runs_cover_the_chunks_the_scheduler_would_repeat(monkeypatch):
     # Budget 256 - 1 decode = 255 tokens a chunk: 2,550 tokens are 10 chunks, the first 9 not completing.
     mixed = slow.iterations[slow.iterations["prefill_tokens"] > 0]
     assert mixed["prefill_tokens"].tolist()[1:] == [255] * 10  # after the short prompt's own prefill
-    assert slow_plans - fast_plans == 8
+    assert slow_plans - fast_plans == 9

@@ -105,7 +105,7 @@ class SarathiScheduler(Scheduler):
         if chunks:
             plan = Plan(tuple(chunks), ids)
             if budget == 0 and len(chunks) == 1 and not chunks[0].completes:
-                plan.chunk_repeats = self._repeats(chunks[0], p.chunk_size - len(decoding))
+                self._plan_run(plan, chunks[0], p.chunk_size - len(decoding))
             return plan
         if decoding:
             return Plan((), ids, repeat=True)
@@ -115,20 +115,34 @@ class SarathiScheduler(Scheduler):
             return self.plan()
         return None
 
-    def _repeats(self, chunk: PrefillChunk, budget: int) -> int:
-        """How many more iterations would plan as this one did: ``chunk`` (an ongoing prefill's, taking the whole
-        ``budget``, so no request is admitted) followed by chunks of ``budget`` tokens that do not complete it.
+    def _plan_run(self, plan: Plan, chunk: PrefillChunk, budget: int) -> None:
+        """Tell the replica which iterations would be planned as ``plan`` again (``Plan.chunk_repeats``,
+        ``Plan.chunk_final``): ``chunk`` is an ongoing prefill's and takes the whole ``budget``.
 
         Why the scheduler says so: while the decodes stay the same (none finishes) and their KV and the chunks
-        fit, :meth:`plan` returns the same decodes and the next ``budget`` tokens of that prefill each time, so
-        the replica can price those iterations together and wait once. The prefill must be the first one in
-        ``prefilling`` (it gets the budget first); the chunk that completes it is left to :meth:`plan`, since
-        that one may leave budget for an admission.
+        fit, :meth:`plan` returns the same decodes and the next ``budget`` tokens of that prefill each time
+        (no request can be admitted: the chunk leaves no budget), so the replica can run those iterations
+        without asking. The prefill must be the first one in ``prefilling`` (it gets the budget first). The
+        chunk that completes it may leave budget for an admission, so it joins the run only where no other
+        prefill is in progress, and the replica adds it only if nothing waits by then.
         """
         if next(iter(self.prefilling)) != chunk.rid:
-            return 0
+            return
         left = self.prefilling[chunk.rid] - chunk.cached - chunk.tokens  # prompt tokens after this chunk
-        return max(0, (left - 1) // budget)
+        repeats = (left - 1) // budget
+        plan.chunk_repeats = repeats
+        if len(self.prefilling) == 1:
+            plan.chunk_final = left - repeats * budget
+
+    def take_chunk(self, rid: int, tokens: int) -> PrefillChunk:
+        """The next ``tokens`` of ``rid``'s prefill, as :meth:`_chunk` takes them (the run checked the blocks)."""
+        st = self.state
+        done = int(st.table.kv_tokens[rid])
+        st.blocks.grow(rid, done + tokens)
+        completes = done + tokens == self.prefilling[rid]
+        if completes:
+            del self.prefilling[rid]
+        return PrefillChunk(rid, tokens, done, completes, tokens)
 
     def _chunk(self, rid: int, target: int, budget: int, reserved_blocks: int) -> PrefillChunk | None:
         """The next chunk of ``rid``'s prefill, or None if its KV does not fit beside ``reserved_blocks``."""
