@@ -268,7 +268,7 @@ class Replica:
             if self.on_busy is not None and not self._busy:
                 self._busy = True
                 self.on_busy(self, True)
-            if plan.chunk_repeats and self._chunk_run_ok():
+            if (plan.chunk_repeats or plan.chunk_final) and self._chunk_run_ok():
                 yield from self._chunk_run(plan)
             elif not (plan.repeat and not plan.prefill):
                 yield from self._iteration(plan)
