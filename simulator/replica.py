@@ -333,9 +333,10 @@ class Replica:
             self._finish(np.asarray(finished, dtype=np.int64), end)
 
     def _chunk_run_ok(self) -> bool:
-        """Whether this replica may run a scheduler's repeated chunk iterations in one go: only the plain path
-        (no step model, retention, swap, encoder, remote loads, hand-offs, receivers; the default block
-        manager; a cost model that prices by shape alone), so nothing but the shape decides an iteration."""
+        """Whether this replica may run a scheduler's repeated chunk iterations without a plan each: only on the
+        plain path (no step model, retention, swap, encoder, remote loads, hand-offs, receivers, GPU sharing;
+        the default block manager; a cost model that prices by shape alone), where nothing but the shape
+        decides an iteration and nothing outside the loop acts on the replica between iterations."""
         return (
             self.chunk_runs and self.step is None and self.kv is None and self._swap is None
             and self.encode is None and self.load is None and self.handoff is None and not self.receiving
@@ -465,7 +466,7 @@ class Replica:
             self._finish(finished, end)
 
     def _chunk_cost(self, q: int, cached: int, n_dec: int, ctx: int):
-        """The price of an iteration of one non-final ``q``-token chunk after ``cached`` tokens beside ``n_dec``
+        """The price of an iteration of one ``q``-token chunk (not completing its prompt) after ``cached`` tokens beside ``n_dec``
         decodes of summed context ``ctx`` (the totals :func:`_prefill_totals` gives such a chunk)."""
         win = self.cost.prefill_window
         if win is None:
