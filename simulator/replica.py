@@ -466,8 +466,8 @@ class Replica:
             self._finish(finished, end)
 
     def _chunk_cost(self, q: int, cached: int, n_dec: int, ctx: int):
-        """The price of an iteration of one ``q``-token chunk (not completing its prompt) after ``cached`` tokens beside ``n_dec``
-        decodes of summed context ``ctx`` (the totals :func:`_prefill_totals` gives such a chunk)."""
+        """The price of an iteration of one ``q``-token chunk (not completing its prompt) after ``cached``
+        tokens beside ``n_dec`` decodes of summed context ``ctx`` (the totals :func:`_prefill_totals` gives)."""
         win = self.cost.prefill_window
         if win is None:
             work, kv_read = 0.0 + prefill_attention_work(q, cached), prefill_kv_read(q, cached)
