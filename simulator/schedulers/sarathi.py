@@ -51,6 +51,12 @@ class SarathiScheduler(Scheduler):
         st, p = self.state, self.params
         t, blocks, bs = st.table, st.blocks, st.blocks.block_size
         prefilling = self.prefilling
+        if not prefilling and not st.waiting and st.running:
+            # Decodes only, nothing to admit (between arrivals, most plans): the decode run below, without the
+            # budget bookkeeping, where their next token fits (else the general path preempts).
+            ids = st.running_ids()
+            if blocks.growth_after(ids, 1) <= blocks.free_blocks:
+                return Plan((), ids, repeat=True)
         decoding = [r for r in st.running if r not in prefilling] if prefilling else list(st.running)
         # Decodes need one new token of KV each; preempt until that fits. ``decode_growth``: the blocks the
         # decodes will take at the end of this iteration; prefill chunks must leave them free.
