@@ -54,11 +54,13 @@ def simulate(
     system: System | None = None,
     stream: RequestStream | None = None,
     preload_arrivals: bool = True,
+    chunk_runs: bool = True,
 ) -> RunOutput:
     """Simulate ``scenario`` and return its records.
 
     ``preload_arrivals=False`` forces the event-per-arrival path even for
-    oblivious routers (the tests use it to show both paths agree).
+    oblivious routers, and ``chunk_runs=False`` one wait per chunked-prefill
+    iteration (``Replica._chunk_run``); the tests use them to show both paths agree.
     """
     if scenario.pools is not None:
         from simulator.pools.engine import simulate_pools
@@ -122,6 +124,10 @@ def simulate(
                     swap=swap_space_for(system, dep.pp))
         )
 
+    if chunk_runs and system.gate is None:  # a gate's scheduler wrapper may act between iterations
+        for replica in replicas:
+            replica.chunk_runs = True
+            replica.stops = sim.max_time_s is not None
     if system.gate is not None:  # a technique gates which waiting requests each replica batches (CoE)
         gate = system.gate.bind(table, scenario.seed)
         for replica in replicas:

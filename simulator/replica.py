@@ -126,6 +126,10 @@ class Replica:
         self.on_busy: Callable[[Replica, bool], None] | None = None
         self._busy = False
         self.stall_until = 0.0  # set by whoever pauses the replica (an SM re-partition)
+        # Chunk runs (``_chunk_run``): set by an engine where nothing outside a replica's loop acts on it between
+        # iterations (no pools, no gate wrapping the scheduler).
+        self.chunk_runs = False
+        self.stops = False  # whether the simulation stops at a set time (possibly in the middle of a run)
         self.process = env.process(self._loop())
 
     # ------------------------------------------------------------------ input
@@ -264,7 +268,9 @@ class Replica:
             if self.on_busy is not None and not self._busy:
                 self._busy = True
                 self.on_busy(self, True)
-            if not (plan.repeat and not plan.prefill):
+            if (plan.chunk_repeats or plan.chunk_final) and self._chunk_run_ok():
+                yield from self._chunk_run(plan)
+            elif not (plan.repeat and not plan.prefill):
                 yield from self._iteration(plan)
             elif self.step is None:
                 yield from self._decode_run(plan)
@@ -325,6 +331,149 @@ class Replica:
                 finished.extend(done.tolist())
         if finished:
             self._finish(np.asarray(finished, dtype=np.int64), end)
+
+    def _chunk_run_ok(self) -> bool:
+        """Whether this replica may run a scheduler's repeated chunk iterations without a plan each: only on the
+        plain path (no step model, retention, swap, encoder, remote loads, hand-offs, receivers, GPU sharing;
+        the default block manager; a cost model that prices by shape alone), where nothing but the shape
+        decides an iteration and nothing outside the loop acts on the replica between iterations."""
+        return (
+            self.chunk_runs and self.step is None and self.kv is None and self._swap is None
+            and self.encode is None and self.load is None and self.handoff is None and not self.receiving
+            and self.on_busy is None and type(self.blocks) is BlockManager and type(self.cost) is IterationCostModel
+        )
+
+    def _chunk_run(self, plan: Plan):
+        """``plan`` and the iterations the scheduler said it would plan after it, without asking it each time.
+
+        Those are ``plan.chunk_repeats`` more chunks of the same size of the same prompt beside the same
+        decodes, then, if ``plan.chunk_final`` and no request waits by then, the chunk that completes the
+        prompt. Each iteration still waits on its own SimPy timeout, created at the same moment as on the
+        plain path, so every event, boundary time and recorded row comes in the same order; what goes is the
+        scheduler's plan, the loop's checks and the per-iteration setup of :meth:`_iteration`, whose steps each
+        iteration repeats on the same numbers (the chunk's blocks, the decodes' KV and tokens, the price, the
+        row). The run ends early where a decode finishes (that changes the budget) and is not taken where the
+        KV blocks of the whole run might not fit (the scheduler would preempt or stall the chunk). Arrivals
+        meanwhile wait in the queue, as they would: every repeated chunk takes the whole token budget, so none
+        could be admitted (the final chunk may leave budget: it joins only if nothing waits).
+        """
+        t, blocks = self.table, self.blocks
+        ids = plan.decode_ids
+        n_dec = len(ids)
+        (chunk,) = plan.prefill
+        k = 1 + plan.chunk_repeats
+        final = plan.chunk_final
+        if n_dec:
+            limit = int(np.minimum.reduce(t.output[ids] - t.generated[ids]))
+            if limit <= k:  # a decode finishes within the repeats: the run stops there
+                k, final = limit, 0
+        rid, q, done = chunk.rid, chunk.tokens, chunk.cached + chunk.tokens  # the first chunk is already held
+        steps = k + (1 if final else 0)
+        if steps > 1 and blocks.blocks_to_grow(rid, done + (k - 1) * q + final) + (
+                blocks.growth_after(ids, steps) if n_dec else 0) > blocks.free_blocks:
+            k, final, steps = 1, 0, 1
+        if steps == 1:
+            yield from self._iteration(plan)
+            return
+        env, rec, index, total = self.env, self.recorder, self.index, blocks.total_blocks
+        # The first iteration as the plain path runs it (its decodes' last tokens may differ); after it, every
+        # decode got its last token at the previous boundary.
+        start = env.now
+        kv = t.kv_tokens[ids] if n_dec else None
+        ctx = int(np.add.reduce(kv)) + n_dec if n_dec else 0
+        c = self._chunk_cost(q, done - q, n_dec, ctx)
+        yield env.timeout(c.time_s)
+        end = env.now
+        if n_dec:
+            self._advance_decodes(ids, DecodeRun(1, c.time_s, 0.0, True), end, start, kv)
+        rec.iteration(index, start, end, 1, q, 1, n_dec, ctx, c.time_s, c.time_s, blocks.used_blocks, total,
+                      c.flops, c.bytes)
+        if k > 1:
+            if n_dec and (n_dec > SMALL_BATCH or blocks._reservations or self.stops or (
+                    self.warmup_s > 0 and bool((t.arrival_s[ids] < self.warmup_s).any()))):
+                yield from self._chunk_steps(ids, rid, q, done, k - 1)  # the general bookkeeping, step by step
+            else:
+                yield from self._chunk_repeats(ids, rid, q, done, k - 1)
+        if n_dec:
+            self._finish_decodes(ids, env.now)
+        if final and not self.state.waiting and not self._arrival_due(env.now):
+            yield from self._iteration(Plan((self.scheduler.take_chunk(rid, final),), ids))
+
+    def _arrival_due(self, now: float) -> bool:
+        """Whether a preloaded arrival is due (the loop would queue it before planning)."""
+        nxt = self._next_arrival()
+        return nxt is not None and nxt <= now
+
+    def _chunk_repeats(self, ids, rid: int, q: int, done: int, k: int):
+        """``k`` repeated chunks of a chunk run beside a small decode batch (or none) that got its last token at
+        the run's previous boundary: the decodes' KV counts in a list, their table entries written once at the
+        end (nothing reads them meanwhile: the scheduler is not asked, routers read only loads; a simulation
+        that stops at a set time might stop mid-run, so it takes :meth:`_chunk_steps`); blocks count as they go."""
+        env, t, blocks, rec, index = self.env, self.table, self.blocks, self.recorder, self.index
+        take, total, bs = self.scheduler.take_chunk, blocks.total_blocks, blocks.block_size
+        n_dec = len(ids)
+        kv_list = t.kv_tokens[ids].tolist() if n_dec else []
+        longest = 0.0
+        for _ in range(k):
+            take(rid, q)  # what plan() would do: the next chunk of the same prompt
+            start = env.now
+            ctx = sum(kv_list) + n_dec
+            c = self._chunk_cost(q, done, n_dec, ctx)
+            done += q
+            took = c.time_s
+            yield env.timeout(took)
+            end = env.now
+            if n_dec:
+                gap = (start + took) - start  # from the last token (the previous boundary) to this one
+                rec.gap_run(gap, 0.0, 1, n_dec)
+                if gap > longest:
+                    longest = gap
+                opened = 0
+                for v in kv_list:
+                    if v % bs == 0:  # a block opens where the sequence's blocks are full
+                        opened += 1
+                blocks._add(opened)
+                kv_list = [v + 1 for v in kv_list]
+            rec.iteration(index, start, end, 1, q, 1, n_dec, ctx, took, took, blocks.used_blocks, total,
+                          c.flops, c.bytes)
+        if n_dec:
+            t.kv_tokens[ids] = kv_list
+            t.max_tbt_s[ids] = np.maximum(t.max_tbt_s[ids], longest)
+            t.generated[ids] += k
+            t.last_token_s[ids] = end
+
+    def _chunk_steps(self, ids, rid: int, q: int, done: int, k: int):
+        """``k`` repeated chunks of a chunk run with :meth:`_iteration`'s bookkeeping (any batch)."""
+        env, t, blocks, rec = self.env, self.table, self.blocks, self.recorder
+        n_dec = len(ids)
+        for _ in range(k):
+            self.scheduler.take_chunk(rid, q)
+            start = env.now
+            kv = t.kv_tokens[ids]
+            ctx = int(np.add.reduce(kv)) + n_dec
+            c = self._chunk_cost(q, done, n_dec, ctx)
+            done += q
+            yield env.timeout(c.time_s)
+            end = env.now
+            self._advance_decodes(ids, DecodeRun(1, c.time_s, 0.0, True), end, start, kv)
+            rec.iteration(self.index, start, end, 1, q, 1, n_dec, ctx, c.time_s, c.time_s, blocks.used_blocks,
+                          blocks.total_blocks, c.flops, c.bytes)
+
+    def _finish_decodes(self, ids: np.ndarray, end: float) -> None:
+        t = self.table
+        finished = ids[t.generated[ids] == t.output[ids]]
+        if len(finished):
+            self._finish(finished, end)
+
+    def _chunk_cost(self, q: int, cached: int, n_dec: int, ctx: int):
+        """The price of an iteration of one ``q``-token chunk (not completing its prompt) after ``cached``
+        tokens beside ``n_dec`` decodes of summed context ``ctx`` (the totals :func:`_prefill_totals` gives)."""
+        win = self.cost.prefill_window
+        if win is None:
+            work, kv_read = 0.0 + prefill_attention_work(q, cached), prefill_kv_read(q, cached)
+        else:
+            work, kv_read = 0.0 + win.work(q, cached), 0.0 + win.kv_read(q, cached)
+        return self.cost.iteration_from_totals(q, n_dec, work, kv_read, n_dec, ctx)
 
     def _hand_off(self, prefill, end: float, start: float) -> None:
         """Requests whose prefill just completed leave this replica's batch for another pool; their KV stays

@@ -404,14 +404,16 @@ class IterationCostModel:
                 )
                 self._cache[key] = hit
                 return hit
-            # Mixed (chunked-prefill) iterations meet a new decode context nearly every step while the rest
-            # of the shape repeats: the features but the context are built once per ``fixed`` key, and the
-            # scopes reuse the rows that do not vary with the context under the same key.
-            fixed = key[:5]
+            # Mixed (chunked-prefill) iterations meet a new decode context and chunk position nearly every step
+            # while the chunk size and batch repeat: the features but those (scopes.MIXED_VARYING) are built once
+            # per ``fixed`` key, and the scopes reuse the rows that do not vary with them under the same key.
+            fixed = (prefill_tokens, logit_seqs, decode_seqs)
             base = self._mixed_base.get(fixed)
             if base is None:
-                base = self._mixed_base[fixed] = self._totals_x(*fixed)
+                base = self._mixed_base[fixed] = self._totals_x(prefill_tokens, logit_seqs, 0.0, 0, decode_seqs)
             x = base.copy()
+            x[F.PREFILL_ATTN_WORK] = prefill_attn_work
+            x[F.PREFILL_KV_READ] = prefill_kv_read
             x[F.DECODE_CONTEXT] = decode_context
             xl = x.tolist()
             layer, it = self._layer.time_keyed(x, xl, fixed), self._iter.time_keyed(x, xl, fixed)

@@ -75,6 +75,10 @@ class RowPricer(ABC):
     # Whether ``price`` reads the decode context from ``x`` (beyond the row's FLOPs and bytes): such a row is
     # re-priced at every context even where its work does not follow the context (see ``RowByRow.time_keyed``).
     reads_context: bool = False
+    # The features ``price`` reads from ``x`` beyond the row's FLOPs and bytes (None: not declared, so any):
+    # ``RowByRow.time_keyed`` reuses a row's price across mixed iterations only where it declares none that
+    # such iterations vary (the prefill chunk's attention work and KV read, the decode context).
+    reads_features: tuple[int, ...] | None = None
     split_block_tokens: float = 0  # KV tokens per block of a kernel whose split count follows the context (of the summed context for a sparse row)
 
     @abstractmethod
@@ -105,6 +109,8 @@ class RowPricer(ABC):
 
 class RooflinePricer(RowPricer):
     """The roofline with the device's constant efficiencies, plus a launch cost when the row has work."""
+
+    reads_features = ()
 
     def __init__(self, op: Operator, device: RooflineDevice):
         self.inv_c = 1.0 / device.effective_flops
@@ -139,6 +145,8 @@ class RooflinePricer(RowPricer):
 class GemmCurvePricer(RowPricer):
     """A GEMM row priced by the profile's GEMM curve at each of its GEMMs' shapes (per expert for MoE)."""
 
+    reads_features = (F.EXPERTS_HIT,)
+
     def __init__(self, gemm: pricing.GemmPricer, moe: bool, source: str):
         self.gemm, self.moe, self.source = gemm, moe, source
         # A dense row's price is a function of its (FLOPs, bytes) alone, which follow the iteration's token
@@ -164,11 +172,20 @@ class GemmCurvePricer(RowPricer):
 class PrefillCurvePricer(RowPricer):
     """Causal prefill attention priced by the profile's curve from the batch's tokens, work and KV read."""
 
+    reads_features = (F.PREFILL_TOKENS, F.PREFILL_ATTN_WORK, F.PREFILL_KV_READ)
+
     def __init__(self, attention: pricing.PrefillPricer, source: str):
         self.attention, self.source = attention, source
+        # Memoised by everything the curve reads: a chunked-prefill replay meets the same chunk (a prompt's
+        # first 512 tokens, say) beside many different decode batches, and the curve costs ~30 us a call.
+        self._memo: dict[tuple[float, float, float, float, float], Priced] = {}
 
     def price(self, x: Sequence[float], flops: float, nbytes: float) -> Priced:
-        return self.attention.price(x[F.PREFILL_TOKENS], x[F.PREFILL_ATTN_WORK], flops, nbytes, x[F.PREFILL_KV_READ])
+        key = (x[F.PREFILL_TOKENS], x[F.PREFILL_ATTN_WORK], x[F.PREFILL_KV_READ], flops, nbytes)
+        hit = self._memo.get(key)
+        if hit is None:
+            hit = self._memo[key] = self.attention.price(key[0], key[1], flops, nbytes, key[2])
+        return hit
 
     def price_many(self, X: np.ndarray, flops: np.ndarray, nbytes: np.ndarray) -> np.ndarray:
         return self.attention.price_many(
@@ -180,6 +197,7 @@ class DecodeCurvePricer(RowPricer):
     are lines in the context (two for the ``-v2`` form)."""
 
     reads_context = True
+    reads_features = (F.DECODE_SEQS, F.DECODE_CONTEXT)
 
     def __init__(self, attention: pricing.DecodePricer, op: Operator, source: str):
         self.attention, self.source = attention, source
@@ -228,6 +246,8 @@ class DecodeCurvePricer(RowPricer):
 class MemoryCurvePricer(RowPricer):
     """A bandwidth-bound kernel (RoPE, activation, residual add) priced by the profile's curve for it."""
 
+    reads_features = ()
+
     def __init__(self, memory: pricing.MemoryPricer, launches: float, source: str):
         self.memory, self.launches, self.source = memory, launches, source
         self._memo: dict[tuple[float, float], Priced] = {}  # by (FLOPs, bytes), as GemmCurvePricer's
@@ -247,6 +267,8 @@ class LinkPricer(RowPricer):
     """A data transfer over a link (the alpha-beta model): ``bytes / bandwidth`` plus the link's latency per
     launch. The row's FLOPs are ignored (a copy engine does no arithmetic); its time counts as the memory
     side, so breakdowns call it memory-bound."""
+
+    reads_features = ()
 
     source = "link model"
 

@@ -28,6 +28,10 @@ from simulator.costmodel import features as F
 from simulator.costmodel.operators import Collective, Operator, OperatorTable
 from simulator.costmodel.pricers import RowPricer
 
+#: The features that change from one mixed (chunked-prefill) iteration to the next of the same chunk size and
+#: decode batch: the chunk's attention work and KV read (its position in the prompt) and the decode context.
+MIXED_VARYING = (F.PREFILL_ATTN_WORK, F.PREFILL_KV_READ, F.DECODE_CONTEXT)
+
 Lines = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # compute slope, base, memory slope, base per row
 
 
@@ -79,7 +83,7 @@ class Scope(ABC):
         """Seconds of one pass at features ``x`` (``xl``: the same as a list)."""
 
     def time_keyed(self, x: np.ndarray, xl: list[float], key: tuple) -> float:
-        """:meth:`time`, where ``key`` identifies every feature of ``x`` but the decode context.
+        """:meth:`time`, where ``key`` identifies every feature of ``x`` but those of :data:`MIXED_VARYING`.
 
         Scopes that can reuse the context-free part of the pass across contexts (:class:`RowByRow`)
         override this; the default prices the whole pass.
@@ -116,9 +120,14 @@ class RowByRow(Scope):
 
     def __init__(self, ops: Sequence[Operator], pricers: Sequence[RowPricer]):
         super().__init__(ops, pricers)
-        # Rows whose price can change with the decode context alone: their work follows it, or their pricer
-        # reads it. The rest are priced once per context-free shape by ``time_keyed``.
-        varying = [bool(c) or p.reads_context for c, p in zip(self.context.tolist(), self.pricers, strict=True)]
+        # Rows whose price can change between mixed iterations of one chunk size and batch: their work follows
+        # the decode context or the chunk's attention features, or their pricer reads those (or does not say
+        # what it reads). The rest are priced once per key by ``time_keyed``.
+        moving = (self.flops[:, MIXED_VARYING] != 0).any(axis=1) | (self.bytes[:, MIXED_VARYING] != 0).any(axis=1)
+        varying = [
+            bool(m) or p.reads_context or p.reads_features is None or any(f in MIXED_VARYING for f in p.reads_features)
+            for m, p in zip(moving.tolist(), self.pricers, strict=True)
+        ]
         self._varying = varying
         self._first_varying = varying.index(True) if any(varying) else len(varying)
         self._fixed: dict[tuple, tuple[float, list[float | None]]] = {}
@@ -132,9 +141,9 @@ class RowByRow(Scope):
     def time_keyed(self, x: np.ndarray, xl: list[float], key: tuple) -> float:
         """:meth:`time` to the last bit, pricing only the context-varying rows when ``key`` was seen before.
 
-        Why: a chunked-prefill scheduler runs mixed iterations whose summed decode context changes every
-        step, so nearly every one is a new shape for the iteration cache, while its prefill chunk and
-        batch size -- everything the GEMM, norm and prefill-attention rows see -- repeat. Those rows'
+        Why: a chunked-prefill scheduler runs mixed iterations whose summed decode context and chunk
+        position change every step, so nearly every one is a new shape for the iteration cache, while its
+        chunk size and batch size -- everything the GEMM and norm rows see -- repeat. Those rows'
         prices are kept per ``key``; the sum is redone in table order (the rows before the first varying
         one as their cached running sum, the same left-to-right additions), so the total is bit-identical.
         """
@@ -363,8 +372,12 @@ class Collectives:
                                      f"profile {c.kind} x{c.group}")
                     self.fitted.append(fitted)
                 self.rows.append((scope, c, mult, fitted))
+        # No collective at all (one GPU per replica): every pass costs exactly 0.0, with no product to take.
+        self._none = not self.fitted and not self.link.any()
 
     def time(self, x: np.ndarray) -> float:
+        if self._none:
+            return 0.0
         t = float(self.link @ x)
         for c in self.fitted:
             t += c.mult * c.count * c.pricer.time(float(c.bytes @ x) * c.scale)

@@ -69,6 +69,13 @@ class Plan:
     repeat: bool = False  # a decode run: repeat until a sequence finishes or memory runs out
     interruptible: bool = True  # an arrival ends the run at the next iteration boundary
     until_s: float | None = None  # a decode run ends at the first boundary at or after this time (a time slice)
+    # Iterations after this one that the scheduler would plan as this one again -- the same decodes and a chunk of
+    # the same size of the same (first) prefill, none completing it, nothing else admitted -- for as long as no
+    # decode finishes and the KV blocks suffice: the replica may run them in one go (``Replica._chunk_run``).
+    chunk_repeats: int = 0
+    # Then, tokens of the chunk that completes that prefill where it would be planned as the only chunk once
+    # nothing waits (no other prefill in progress); 0: it is left to the scheduler.
+    chunk_final: int = 0
 
 
 class Scheduler:
@@ -180,6 +187,12 @@ class Scheduler:
 
     def on_preempted(self, rid: int) -> None:
         """Hook for schedulers that track extra per-sequence state."""
+
+    def take_chunk(self, rid: int, tokens: int) -> PrefillChunk:
+        """The next ``tokens`` of ``rid``'s prefill, taken as :meth:`plan` would take them (its blocks, the
+        scheduler's own state), for a chunk run the replica runs on the scheduler's word (``Plan.chunk_repeats``,
+        ``Plan.chunk_final``); only schedulers that set those need it."""
+        raise NotImplementedError(f"{type(self).__name__} plans no chunk runs")
 
     def retire(self, finished: np.ndarray) -> None:
         """Sequences that generated their last token leave the batch and free their KV."""

@@ -51,6 +51,12 @@ class SarathiScheduler(Scheduler):
         st, p = self.state, self.params
         t, blocks, bs = st.table, st.blocks, st.blocks.block_size
         prefilling = self.prefilling
+        if not prefilling and not st.waiting and st.running:
+            # Decodes only, nothing to admit (between arrivals, most plans): the decode run below, without the
+            # budget bookkeeping, where their next token fits (else the general path preempts).
+            ids = st.running_ids()
+            if blocks.growth_after(ids, 1) <= blocks.free_blocks:
+                return Plan((), ids, repeat=True)
         decoding = [r for r in st.running if r not in prefilling] if prefilling else list(st.running)
         # Decodes need one new token of KV each; preempt until that fits. ``decode_growth``: the blocks the
         # decodes will take at the end of this iteration; prefill chunks must leave them free.
@@ -103,7 +109,10 @@ class SarathiScheduler(Scheduler):
             chunks.append(chunk)
             budget -= chunk.tokens
         if chunks:
-            return Plan(tuple(chunks), ids)
+            plan = Plan(tuple(chunks), ids)
+            if budget == 0 and len(chunks) == 1 and not chunks[0].completes:
+                self._plan_run(plan, chunks[0], p.chunk_size - len(decoding))
+            return plan
         if decoding:
             return Plan((), ids, repeat=True)
         if self.prefilling:
@@ -111,6 +120,35 @@ class SarathiScheduler(Scheduler):
             self.preempt_one()
             return self.plan()
         return None
+
+    def _plan_run(self, plan: Plan, chunk: PrefillChunk, budget: int) -> None:
+        """Tell the replica which iterations would be planned as ``plan`` again (``Plan.chunk_repeats``,
+        ``Plan.chunk_final``): ``chunk`` is an ongoing prefill's and takes the whole ``budget``.
+
+        Why the scheduler says so: while the decodes stay the same (none finishes) and their KV and the chunks
+        fit, :meth:`plan` returns the same decodes and the next ``budget`` tokens of that prefill each time
+        (no request can be admitted: the chunk leaves no budget), so the replica can run those iterations
+        without asking. The prefill must be the first one in ``prefilling`` (it gets the budget first). The
+        chunk that completes it may leave budget for an admission, so it joins the run only where no other
+        prefill is in progress, and the replica adds it only if nothing waits by then.
+        """
+        if next(iter(self.prefilling)) != chunk.rid:
+            return
+        left = self.prefilling[chunk.rid] - chunk.cached - chunk.tokens  # prompt tokens after this chunk
+        repeats = (left - 1) // budget
+        plan.chunk_repeats = repeats
+        if len(self.prefilling) == 1:
+            plan.chunk_final = left - repeats * budget
+
+    def take_chunk(self, rid: int, tokens: int) -> PrefillChunk:
+        """The next ``tokens`` of ``rid``'s prefill, as :meth:`_chunk` takes them (the run checked the blocks)."""
+        st = self.state
+        done = int(st.table.kv_tokens[rid])
+        st.blocks.grow(rid, done + tokens)
+        completes = done + tokens == self.prefilling[rid]
+        if completes:
+            del self.prefilling[rid]
+        return PrefillChunk(rid, tokens, done, completes, tokens)
 
     def _chunk(self, rid: int, target: int, budget: int, reserved_blocks: int) -> PrefillChunk | None:
         """The next chunk of ``rid``'s prefill, or None if its KV does not fit beside ``reserved_blocks``."""
