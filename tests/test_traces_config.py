@@ -84,3 +84,13 @@ def test_max_total_tokens_clips_output_first_or_drops_and_says_how_many():
                                  num_requests=400, duration_s=None)
     assert len(dropped.prompt_tokens) == int((~over).sum())
     assert np.array_equal(dropped.arrival_s, plain.arrival_s[~over])
+
+
+def test_a_bare_count_is_a_fixed_length_and_other_scalars_are_refused():
+    cfg = WorkloadConfig.model_validate({"qps": 1.0, "prompt": 300, "output": 20})
+    assert cfg.length_config("prompt").describe() == "fixed(300)"
+    assert cfg.length_config("output").describe() == "fixed(20)"
+    for bad, where in ((0, "prompt.value"), (True, "prompt"), (1.5, "prompt"), ("300", "prompt")):
+        with pytest.raises(ValidationError) as err:
+            WorkloadConfig.model_validate({"qps": 1.0, "prompt": bad})
+        assert where in str(err.value)

@@ -82,6 +82,16 @@ class LengthConfig(_Strict):
         None, description="empirical with trace: which lengths to use (default: the side this config describes)"
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_count_is_fixed(cls, data: object) -> object:
+        """``prompt: 512`` is shorthand for ``{dist: fixed, value: 512}`` (what a user writing a number means).
+
+        A bool is not a count (``prompt: true`` stays an error), and the value is checked as ``value`` is."""
+        if isinstance(data, int) and not isinstance(data, bool):
+            return {"dist": "fixed", "value": data}
+        return data
+
     @field_validator("dist")
     @classmethod
     def _dist_known(cls, name: str) -> str:
@@ -233,10 +243,12 @@ class WorkloadConfig(_Strict):
         "seconds, instead of all at t = 0 (vLLM's and genai-perf's concurrency modes start all at once: 0)"
     )
     prompt: LengthConfig | None = Field(
-        None, description="prompt length distribution (default: from trace if set, else fixed 512)"
+        None, description="prompt length distribution (default: from trace if set, else fixed 512); a bare number "
+        "such as 512 means {dist: fixed, value: 512}"
     )
     output: LengthConfig | None = Field(
-        None, description="output length distribution (default: from trace if set, else fixed 128)"
+        None, description="output length distribution (default: from trace if set, else fixed 128); a bare number "
+        "means a fixed length"
     )
     trace: TraceConfig | None = Field(
         None, description="real trace supplying lengths, and arrivals when arrival is trace"
