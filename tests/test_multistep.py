@@ -102,3 +102,11 @@ def test_multi_token_steps_are_refused_with_multi_step_windows() -> None:
     with pytest.raises(CapsimError) as err:
         simulate(_scenario(4, techniques=spec), stream=STREAM)
     assert err.value.where == "scheduler.num_scheduler_steps"
+
+
+def test_fastswitch_refuses_multi_step_windows() -> None:
+    sc = _scenario(1).model_dump(mode="json")
+    sc["scheduler"] = {"name": "fastswitch", "num_scheduler_steps": 4}
+    with pytest.raises(CapsimError) as err:
+        simulate(Scenario.model_validate(sc), stream=STREAM)
+    assert err.value.where == "scheduler.num_scheduler_steps"
