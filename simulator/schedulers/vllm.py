@@ -115,6 +115,8 @@ class VllmScheduler(Scheduler):
         st, p = self.state, self.params
         waiting, running = st.waiting, st.running
         k = self.window_steps
+        if self._left and not running:  # the window's batch is gone (preempted): the scheduler runs now
+            self._left = 0
         if k > 1 and running and self._left:
             # Inside a window the scheduler does not run: the same batch decodes on to the window's end.
             ids = self.running_ids()
