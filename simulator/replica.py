@@ -18,6 +18,7 @@ from collections.abc import Callable
 import numpy as np
 import simpy
 
+from capsim.errors import CapsimError
 from simulator.costmodel.features import PrefillWindow, prefill_attention_work, prefill_kv_read
 from simulator.costmodel.iteration import DecodeRun, IterationCostModel
 from simulator.kvcache import BlockManager, Retention
@@ -96,6 +97,13 @@ class Replica:
         self.state = ReplicaState(env, table, blocks, max_context)
         self.state.swap = self._swap = swap
         self.scheduler = make_scheduler(self.state)
+        if step is not None and self.scheduler.window_steps > 1:
+            raise CapsimError(
+                "multi-step scheduling (num_scheduler_steps > 1) cannot be combined with a technique that "
+                "yields several tokens per decode step",
+                where="scheduler.num_scheduler_steps",
+                fix="set num_scheduler_steps: 1, or drop the multi-token technique",
+            )
         self.recorder = recorder
         self.on_finish = on_finish
         self.outstanding = 0  # routed here and not finished (router load signal)
@@ -103,7 +111,7 @@ class Replica:
         self._pre_ids: list[int] = []
         self._pre_times: list[float] = []
         self._pre_next = 0
-        self._run: tuple[DecodeRun, float, simpy.Timeout] | None = None  # interruptible run in flight
+        self._run: tuple[DecodeRun, float, simpy.Timeout, Plan] | None = None  # interruptible run in flight
         self._cut: DecodeRun | None = None  # that run, shortened by an arrival
         # Multi-pool deployments only (simulator.pools): where requests go when their prefill is done, and
         # requests whose KV arrived from another pool, joining the batch at the next iteration boundary.
@@ -183,9 +191,11 @@ class Replica:
         own ``Interruption`` relies on (``Process._target``, ``Process._resume``;
         stable since SimPy 3); the router property tests exercise it.
         """
-        run, start, wake = self._run
+        run, start, wake, plan = self._run
         now = self.env.now
         done = run.iterations_ending_by(now - start)
+        if plan.window > 1:  # multi-step scheduling: the scheduler runs again only at a window boundary
+            done = _window_boundary(done, plan)
         if done >= run.iterations:
             return  # the arrival came during the last iteration: the run ends there anyway
         cut = run.prefix(done)
@@ -530,6 +540,8 @@ class Replica:
                 ctx0 = int(np.add.reduce(kv)) + n
             steps = self.blocks.max_steps(ids, limit)
             if steps:
+                if plan.cap and steps > plan.cap:  # the window ends first (finished sequences leave there)
+                    steps = plan.cap
                 break
             # No block for even one more token. As vLLM's scheduler does within one step, preempt
             # the newest sequences until the rest can each store a token, and decode those now:
@@ -557,6 +569,8 @@ class Replica:
             self.index, start, end, run.iterations, 0, 0, n, ctx0, run.first, run.last,
             self.blocks.used_blocks, self.blocks.total_blocks, flops, nbytes,
         )
+        if plan.window > 1:
+            self.scheduler.decoded(run.iterations)
         if run.iterations == limit:
             self._finish(live[remaining == limit], end)
 
@@ -582,6 +596,8 @@ class Replica:
         nxt = self._next_arrival()
         if nxt is not None and plan.interruptible and run.iterations > 1:
             upto = run.iterations_ending_by(nxt - start)
+            if plan.window > 1:  # multi-step scheduling: the arrival waits for the window's end
+                upto = _window_boundary(upto, plan)
             if upto < run.iterations:
                 run = run.prefix(upto)
         if plan.until_s is not None and run.iterations > 1:  # the scheduler's time slice ends the run
@@ -590,7 +606,7 @@ class Replica:
                 run = run.prefix(max(upto, 1))
         if run.iterations > 1 and plan.interruptible:
             wake = env.timeout(run.total)
-            self._run = (run, start, wake)
+            self._run = (run, start, wake, plan)
             yield wake
             self._run = None
             if self._cut is not None:  # an arrival ended the run early (see _cut_run_short)
@@ -765,6 +781,15 @@ class Replica:
         self.scheduler.retire(finished)
         if self.on_finish is not None:
             self.on_finish(finished, now)
+
+
+def _window_boundary(done: int, plan: Plan) -> int:
+    """The first window boundary of a multi-step decode run at or after ``done`` iterations into it."""
+    first = plan.window_left
+    if done <= first:
+        return first
+    w = plan.window
+    return first + -(-(done - first) // w) * w
 
 
 def _prefill_totals(prefill, window: PrefillWindow | None = None) -> tuple[int, int, float, int]:

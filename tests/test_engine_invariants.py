@@ -27,6 +27,8 @@ SCHEDULERS = {
     # Preemption by swap (a small host swap space, so some victims also fall back to recompute).
     "vllm-swap": {"name": "vllm", "max_num_seqs": 8, "max_num_batched_tokens": 2048, "preemption_mode": "swap",
                   "swap_space_gib": 0.1},
+    # Multi-step scheduling (vLLM --num-scheduler-steps): decode windows of 4 iterations per scheduler call.
+    "vllm-multistep": {"name": "vllm", "max_num_seqs": 8, "max_num_batched_tokens": 2048, "num_scheduler_steps": 4},
     "sarathi-swap": {"name": "sarathi", "max_num_seqs": 8, "chunk_size": 256, "preemption_mode": "swap",
                      "swap_space_gib": 0.1, "swap_overlap": True, "swap_copy": "sequence"},
 }
@@ -148,7 +150,7 @@ def test_closed_loop_keeps_concurrency_requests_in_flight():
 def test_preloaded_arrivals_match_event_per_arrival_path():
     """Oblivious routers let replicas read their arrival schedule in advance; the result must be
     the same as submitting every request through an arrival event and an interrupt."""
-    for scheduler in ("vllm", "sarathi", "orca", "static"):
+    for scheduler in ("vllm", "sarathi", "orca", "static", "vllm-multistep"):
         sc = tiny_scenario(scheduler, seed=5, qps=20.0, n=60, replicas=2, router="round-robin", kv_tokens_budget=True)
         fast = simulate(sc).result
         slow = simulate(sc, preload_arrivals=False).result

@@ -96,3 +96,21 @@ def test_comparison_runs_on_a_small_subset_and_the_engine_profile_slows_the_deco
     for row in table:
         assert row["server"] == "vllm" and row["n"] == 1
         assert row["profile"]["median_ape"] == pytest.approx(row["profile"]["p90_ape"])
+
+
+def test_multi_step_variant_sets_the_servers_flag_and_delays_first_tokens(runs):
+    """The post-hoc variant sets vLLM's --num-scheduler-steps (10) on the vLLM rows only, and a new request's
+    prefill then waits for the decode window in flight: median TTFT rises on an online run."""
+    lengths = registered_lengths(runs)
+    for r in runs:
+        plain = scenario_for(r, r.engine, seed=1, lengths=lengths)
+        multi = scenario_for(r, r.engine, seed=1, lengths=lengths, multi_step=True)
+        assert "num_scheduler_steps" not in plain["scheduler"]
+        assert multi["scheduler"].get("num_scheduler_steps", 1) == (10 if r.engine == "vllm" else 1)
+        Scenario.model_validate(multi)
+    online = [next(r for r in runs if r.engine == "vllm" and r.mode == "online")]
+    one = compare(online, lengths, seeds=(1,), num_prompts=60)
+    ten = compare(online, lengths, seeds=(1,), num_prompts=60, multi_step=True)
+    ttft = {c.metric: c.predicted["vllm"] for c in one}["ttft_p50_ms"]
+    ttft10 = {c.metric: c.predicted["vllm"] for c in ten}["ttft_p50_ms"]
+    assert ttft10 > ttft

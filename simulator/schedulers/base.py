@@ -76,6 +76,13 @@ class Plan:
     # Then, tokens of the chunk that completes that prefill where it would be planned as the only chunk once
     # nothing waits (no other prefill in progress); 0: it is left to the scheduler.
     chunk_final: int = 0
+    # Multi-step scheduling (vLLM ``--num-scheduler-steps``): a decode run planned by a scheduler that runs
+    # ``window`` decode iterations per scheduler call. The scheduler next plans after ``window_left`` iterations
+    # and every ``window`` after that, so an arrival ends the run only at one of those boundaries, never between.
+    # ``cap`` > 0 ends the run after at most that many iterations (a window whose finished sequences must leave).
+    window: int = 1
+    window_left: int = 1
+    cap: int = 0
 
 
 class Scheduler:
@@ -93,6 +100,8 @@ class Scheduler:
     #: Whether the scheduler can take a request whose KV arrives from another pool mid-run (a decode pool of a
     #: disaggregated deployment). Request-level batching cannot: its batch is fixed until every member is done.
     receives_kv: ClassVar[bool] = True
+    #: Decode iterations per scheduler call (multi-step scheduling); 1: the scheduler plans every iteration.
+    window_steps: int = 1
 
     def __init__(self, params: SchedulerParams, state: ReplicaState):
         self.params = params
@@ -187,6 +196,10 @@ class Scheduler:
 
     def on_preempted(self, rid: int) -> None:
         """Hook for schedulers that track extra per-sequence state."""
+
+    def decoded(self, iterations: int) -> None:
+        """A decode run of a plan with ``window > 1`` ran ``iterations`` iterations (multi-step schedulers
+        track where their window stands; the replica calls this before it retires what finished)."""
 
     def take_chunk(self, rid: int, tokens: int) -> PrefillChunk:
         """The next ``tokens`` of ``rid``'s prefill, taken as :meth:`plan` would take them (its blocks, the

@@ -58,6 +58,13 @@ class FastSwitchParams(VllmParams):
         "this many more tokens (avoids swapping sequences of nearly equal service back and forth).",
     )
     max_switches: Count = Field(8, ge=1, description="Most sequences switched out per time slice.")
+    num_scheduler_steps: Count = Field(
+        1,
+        ge=1,
+        le=1,
+        description="Multi-step scheduling (the vllm scheduler's decode windows) is not modelled beside fairness "
+        "switches, which re-rank between any two iterations: 1 only.",
+    )
 
 
 @SCHEDULERS.register("fastswitch", aliases=("fairness", "fastswitch-fair"))
