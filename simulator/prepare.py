@@ -45,13 +45,15 @@ def prepare(scenario: Scenario, *, system: System | None = None, stream: Request
     dep = system.deployment
     blocks_per_engine = system.memory.kv_blocks // dep.pp
     prompt, output = stream.prompt_tokens, stream.output_tokens
+    scheduler = system.scheduler_cls(system.scheduler_params, None)  # its limits, without a replica
+    scheduler.check_step_model(system.step)
     mask, reasons = unservable_mask(
         prompt,
         output,
         max_context=system.model.max_context,
         # A multi-token step (speculation) writes, then rolls back, a few slots beyond what it keeps.
         kv_capacity_tokens=blocks_per_engine * dep.block_size - (system.step.max_lookahead if system.step else 0),
-        max_prefill_tokens=system.scheduler_cls(system.scheduler_params, None).max_prefill_tokens(),
+        max_prefill_tokens=scheduler.max_prefill_tokens(),
     )
     enforce(mask, reasons, prompt, output, sim.oversized)
     # Energy units and purchase prices here, so a TCO scenario missing a price fails in `capsim validate` too.

@@ -18,7 +18,6 @@ from collections.abc import Callable
 import numpy as np
 import simpy
 
-from capsim.errors import CapsimError
 from simulator.costmodel.features import PrefillWindow, prefill_attention_work, prefill_kv_read
 from simulator.costmodel.iteration import DecodeRun, IterationCostModel
 from simulator.kvcache import BlockManager, Retention
@@ -97,13 +96,7 @@ class Replica:
         self.state = ReplicaState(env, table, blocks, max_context)
         self.state.swap = self._swap = swap
         self.scheduler = make_scheduler(self.state)
-        if step is not None and self.scheduler.window_steps > 1:
-            raise CapsimError(
-                "multi-step scheduling (num_scheduler_steps > 1) cannot be combined with a technique that "
-                "yields several tokens per decode step",
-                where="scheduler.num_scheduler_steps",
-                fix="set num_scheduler_steps: 1, or drop the multi-token technique",
-            )
+        self.scheduler.check_step_model(step)
         self.recorder = recorder
         self.on_finish = on_finish
         self.outstanding = 0  # routed here and not finished (router load signal)

@@ -16,6 +16,7 @@ import pytest
 from capsim.errors import CapsimError
 from simulator.config.schema import Scenario
 from simulator.engine import simulate
+from simulator.prepare import prepare
 from traces import RequestStream
 
 
@@ -101,6 +102,10 @@ def test_multi_token_steps_are_refused_with_multi_step_windows() -> None:
     simulate(_scenario(1, techniques=spec), stream=STREAM)  # one step per call: fine
     with pytest.raises(CapsimError) as err:
         simulate(_scenario(4, techniques=spec), stream=STREAM)
+    assert err.value.where == "scheduler.num_scheduler_steps"
+    # `capsim validate` (prepare, no replica built) refuses it too, not only the run.
+    with pytest.raises(CapsimError) as err:
+        prepare(_scenario(4, techniques=spec))
     assert err.value.where == "scheduler.num_scheduler_steps"
 
 

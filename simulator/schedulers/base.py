@@ -115,6 +115,21 @@ class Scheduler:
         """Largest (re)prefill this scheduler can run in one iteration, if bounded."""
         return None
 
+    def check_step_model(self, step: object | None) -> None:
+        """Refuse a multi-token decode step (speculation) under multi-step scheduling.
+
+        Why here: ``capsim validate`` (which builds no replica) and the replica both ask, so a scenario that
+        cannot run is refused by both with the same message."""
+        if step is not None and self.window_steps > 1:
+            from capsim.errors import CapsimError
+
+            raise CapsimError(
+                "multi-step scheduling (num_scheduler_steps > 1) cannot be combined with a technique that "
+                "yields several tokens per decode step",
+                where="scheduler.num_scheduler_steps",
+                fix="set num_scheduler_steps: 1, or drop the multi-token technique",
+            )
+
     # -- shared mechanics -----------------------------------------------------
     @property
     def waiting(self) -> deque[int]:
