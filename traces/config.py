@@ -90,6 +90,11 @@ class LengthConfig(_Strict):
         A bool is not a count (``prompt: true`` stays an error), and the value is checked as ``value`` is."""
         if isinstance(data, int) and not isinstance(data, bool):
             return {"dist": "fixed", "value": data}
+        if isinstance(data, (bool, float, str)):  # a likely slip: say what a length may be
+            raise ValueError(
+                "a length is a whole number of tokens (a fixed length, e.g. 512) or a distribution such as "
+                "{dist: uniform, low: 100, high: 2000}"
+            )
         return data
 
     @field_validator("dist")
