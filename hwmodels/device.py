@@ -481,6 +481,18 @@ class DeviceSpec(BaseModel):
             where=where, fix="name one of its tiers, or add the tier to the device's memory_tiers",
         )
 
+    def computing_tier(self, name: str, *, where: str, runs: str) -> MemoryTier:
+        """The tier called ``name``, which must compute (PIM, a computational drive); ``runs`` says what the
+        caller would run in it, for the message when it does not."""
+        tier = self.tier(name, where=where)
+        if not tier.computes:
+            raise CapsimError(
+                f"tier {tier.name!r} of device {self.name!r} declares no compute, so {runs} cannot run in it",
+                where=where,
+                fix="name a tier with compute_tflops and internal_bandwidth_gbs, or add them to the tier",
+            )
+        return tier
+
     def link_between(self, a: str, b: str, *, where: str = "placement.tier") -> TierLink:
         """The link joining tiers ``a`` and ``b``; an error naming the device's links otherwise."""
         self.tier(a, where=where)

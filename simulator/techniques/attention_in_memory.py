@@ -95,14 +95,7 @@ class AttentionInMemory(Technique):
     )
 
     def _tier(self, ctx: BuildContext) -> MemoryTier:
-        tier = ctx.device.tier(self.params.tier, where=f"{self.where}.tier")
-        if not tier.computes:
-            raise CapsimError(
-                f"tier {tier.name!r} of device {ctx.device.name!r} declares no compute, so attention cannot run in it",
-                where=f"{self.where}.tier",
-                fix="name a tier with compute_tflops and internal_bandwidth_gbs, or add them to the tier",
-            )
-        return tier
+        return ctx.device.computing_tier(self.params.tier, where=f"{self.where}.tier", runs="attention")
 
     def processor(self, ctx: BuildContext) -> RooflineDevice:
         """The tier's compute as a roofline: its peak, its internal bandwidth, the device's efficiency constants."""

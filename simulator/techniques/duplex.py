@@ -199,13 +199,7 @@ class Duplex(Technique):
     )
 
     def _tier(self, dev: DeviceSpec) -> MemoryTier:
-        tier = dev.tier(self.params.tier, where=f"{self.where}.tier")
-        if not tier.computes:
-            raise CapsimError(
-                f"tier {tier.name!r} of device {dev.name!r} declares no compute, so no row can run in it",
-                where=f"{self.where}.tier",
-                fix="name a tier with compute_tflops and internal_bandwidth_gbs, or add them to the tier",
-            )
+        tier = dev.computing_tier(self.params.tier, where=f"{self.where}.tier", runs="a row")
         if tier.internal_bandwidth_gbs <= dev.memory_bandwidth_gbs:
             raise CapsimError(
                 f"tier {tier.name!r} reads at {tier.internal_bandwidth_gbs:g} GB/s, no more than the xPU's "
