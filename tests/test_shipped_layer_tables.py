@@ -27,11 +27,11 @@ RAW = ROOT.parent / "shared" / "data"
 
 @pytest.mark.skipif(not (RAW / "vidur" / "profiling").is_dir(), reason="raw Vidur tables (../shared/data) absent")
 def test_the_shipped_extract_holds_the_raw_tables_values_unaltered():
-    raw_layers, raw_attention, raw_counts = layer_tables.extract_from_raw(RAW)
+    raw_layers, raw_attention = layer_tables.extract_from_raw(RAW)
     layers, attention = layer_tables.shipped_tables()
     pd.testing.assert_frame_equal(layers, raw_layers, check_exact=True)
     pd.testing.assert_frame_equal(attention, raw_attention, check_exact=True)
-    assert layer_tables.model_layers(None) == dict(zip(raw_counts["model"], raw_counts["num_layers"], strict=True))
+    assert layer_tables.model_layers(None) == layer_tables.model_layers(RAW)
 
 
 def test_the_extract_covers_what_the_whole_layer_check_reads():

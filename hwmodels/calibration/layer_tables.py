@@ -41,8 +41,8 @@ def _gzip_csv(df: pd.DataFrame, path: Path) -> None:
     df.to_csv(path, index=False, compression={"method": "gzip", "mtime": 0, "compresslevel": 9})
 
 
-def extract_from_raw(data_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(layers, attention, model layer counts) read from Vidur's raw tables under ``data_dir/vidur``."""
+def extract_from_raw(data_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(layers, attention) read from Vidur's raw tables under ``data_dir/vidur``."""
     base = Path(data_dir) / "vidur" / "profiling"
     frames = []
     for gpu in LAYER_GPUS:
@@ -55,7 +55,7 @@ def extract_from_raw(data_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.Dat
             frames.append(part)
     layers = pd.concat(frames, ignore_index=True)
     attention = pd.read_csv(base / ATTENTION_RAW)[list(ATTENTION_COLS)]
-    return layers, attention, _raw_model_layers(data_dir)
+    return layers, attention
 
 
 def _raw_model_layers(data_dir: Path) -> pd.DataFrame:
@@ -70,10 +70,10 @@ def _raw_model_layers(data_dir: Path) -> pd.DataFrame:
 
 def write_extract(data_dir: Path) -> list[Path]:
     """Rebuild the shipped extract from the raw tables; returns the files written."""
-    layers, attention, counts = extract_from_raw(data_dir)
+    layers, attention = extract_from_raw(data_dir)
     _gzip_csv(layers, LAYERS_FILE)
     _gzip_csv(attention, ATTENTION_FILE)
-    counts.to_csv(MODEL_LAYERS_FILE, index=False)
+    _raw_model_layers(data_dir).to_csv(MODEL_LAYERS_FILE, index=False)
     return [LAYERS_FILE, ATTENTION_FILE, MODEL_LAYERS_FILE]
 
 
@@ -85,8 +85,7 @@ def shipped_tables() -> tuple[pd.DataFrame, pd.DataFrame]:
 def layer_tables(data_dir: Path | None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The raw tables when a raw-data folder holding Vidur's is given, else the shipped extract."""
     if data_dir is not None and (Path(data_dir) / "vidur" / "profiling" / "compute").is_dir():
-        layers, attention, _ = extract_from_raw(data_dir)
-        return layers, attention
+        return extract_from_raw(data_dir)
     return shipped_tables()
 
 
