@@ -17,7 +17,7 @@ from simulator.system import build_system
 def scenario(techniques=(), *, model="llama-3.1-8b", device="h100-sxm", prompt=8000, output=1000, qps=50.0,
              n=600, kv_dtype="bf16") -> Scenario:
     return Scenario.model_validate({
-        "seed": 3, "model": model, "deployment": {"device": device, "kv_dtype": kv_dtype},
+        "seed": 3, "model": model, "deployment": {"engine": "none", "device": device, "kv_dtype": kv_dtype},
         "scheduler": {"name": "vllm", "max_num_batched_tokens": max(8192, prompt)},
         "workload": {"arrival": "poisson", "qps": qps, "prompt": {"dist": "fixed", "value": prompt},
                      "output": {"dist": "fixed", "value": output}},
