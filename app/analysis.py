@@ -18,7 +18,7 @@ Tables:
   (busy-time weighted means over replicas), from the iteration records.
 * ``breakdown``: per-operator time of two representative iterations of the run -- the mean decode step (mean
   decode batch and context) and a typical prefill (median prefill tokens per iteration) -- from
-  ``System.cost_model().breakdown()``, with each operator's bound (compute, memory, communication).
+  ``System.cost_model().breakdown()``, with each operator's bound (compute, memory, communication; the engine profile's terms as 'overhead').
 """
 
 from __future__ import annotations

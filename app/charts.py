@@ -22,6 +22,7 @@ OP_CLASS_LABELS = {
     "attention_decode": "attention (decode)",
     "elementwise": "elementwise (norms, RoPE, activation, residual adds, embedding)",
     "communication": "communication (TP/PP)",
+    "overhead": "serving engine (host work, launch gaps, all-reduce floor)",
 }
 
 
@@ -36,9 +37,11 @@ CATEGORY_COLORS: dict[str, str] = {
     "compute": "#b07aa1",
     "memory": "#edc948",
     "communication": "#59a14f",
+    OP_CLASS_LABELS["overhead"]: "#9c755f",
+    "overhead": "#9c755f",
 }
 #: Colours for categories without a fixed one (a class added to the cost model later), in order of appearance.
-SPARE_COLORS = ("#ff9da7", "#9c755f", "#bab0ac", "#17becf", "#bcbd22")
+SPARE_COLORS = ("#ff9da7", "#bab0ac", "#17becf", "#bcbd22", "#86bcb6")
 
 
 def palette(values: list[str], fixed: dict[str, str] | None) -> dict[str, str] | None:

@@ -89,6 +89,8 @@ def auto_name(cfg: Configuration) -> str:
         if value not in (1, None):
             parts.append(f"{label}{value}")
     parts.append(str(cfg.scheduler.get("name", "vllm")))
+    if dep.get("engine") is not None:  # configurations that differ only in their engine profile stay apart
+        parts.append(f"engine-{dep['engine']}")
     return " ".join(parts)
 
 

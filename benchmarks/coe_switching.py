@@ -32,7 +32,7 @@ def system(model: str, device: str, tier: str, tp: int, fusion: bool = False):
         Scenario.model_validate(
             {
                 "model": model,
-                "deployment": {"device": device, "tp": tp},
+                "deployment": {"engine": "none", "device": device, "tp": tp},
                 "workload": {
                     "arrival": "poisson",
                     "qps": 1,

@@ -22,7 +22,7 @@ from simulator.system import build_system
 
 def _system(model: str, device: str, kernel: str):
     return build_system(Scenario.model_validate({
-        "model": model, "deployment": {"device": device},
+        "model": model, "deployment": {"engine": "none", "device": device},
         "techniques": [{"name": "decode-kernel", "kernel": kernel}],
     }))
 

@@ -32,13 +32,13 @@ def scenario(layout: str, qps: float, tpot: float, link: str = "nvlink", n: int 
         "simulation": {"num_requests": n},
     }
     if layout == "colocated":
-        data["deployment"] = {"device": "h100-sxm", "num_replicas": 3}
+        data["deployment"] = {"engine": "none", "device": "h100-sxm", "num_replicas": 3}
     else:
         p, d = int(layout[0]), int(layout[2])
         data["serving"] = {"name": "disaggregated", "link": {"kind": link}}
         data["pools"] = [
-            {"name": "prefill", "role": "prefill", "device": "h100-sxm", "num_replicas": p},
-            {"name": "decode", "role": "decode", "device": "h100-sxm", "num_replicas": d},
+            {"name": "prefill", "role": "prefill", "engine": "none", "device": "h100-sxm", "num_replicas": p},
+            {"name": "decode", "role": "decode", "engine": "none", "device": "h100-sxm", "num_replicas": d},
         ]
     return Scenario.model_validate(data)
 

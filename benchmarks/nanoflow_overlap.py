@@ -26,7 +26,7 @@ def run(scheduler: str, nano: int, num_requests: int) -> dict:
     doc = {
         "seed": 1,
         "model": "llama-3.1-8b",
-        "deployment": {"device": "h100-sxm"},
+        "deployment": {"engine": "none", "device": "h100-sxm"},
         "scheduler": SCHEDULERS[scheduler],
         "workload": {
             "arrival": "offline",

@@ -35,7 +35,7 @@ def mooncake(techniques=(), router="least-outstanding", replicas=8, qps=None, **
     if qps is not None:
         workload["qps"] = qps
     return Scenario.model_validate({
-        "seed": 1, "model": "llama-3.1-8b", "deployment": {"device": "h100-sxm", "num_replicas": replicas},
+        "seed": 1, "model": "llama-3.1-8b", "deployment": {"engine": "none", "device": "h100-sxm", "num_replicas": replicas},
         "scheduler": {"name": "vllm", "max_num_batched_tokens": 131072},
         "router": {"name": router, **router_params}, "workload": workload,
         "simulation": {"num_requests": None}, "techniques": list(techniques),
@@ -103,7 +103,7 @@ def table_d(shared=(0, 512, 1024, 2048, 4096, 8192)) -> None:
     print(f"{'S':>6} {'tok hit':>8} {'1 - hit':>8} {'TTFT off':>9} {'TTFT on':>8} {'on/off':>7}")
     for s_tokens in shared:
         data = {
-            "seed": 2, "model": "llama-3.1-8b", "deployment": {"device": "h100-sxm"},
+            "seed": 2, "model": "llama-3.1-8b", "deployment": {"engine": "none", "device": "h100-sxm"},
             "scheduler": {"name": "vllm", "max_num_batched_tokens": 16384},
             "workload": {"arrival": "poisson", "qps": 0.5, "prompt": {"dist": "fixed", "value": 2048},
                          "output": {"dist": "fixed", "value": 128}},
@@ -133,7 +133,7 @@ def table_e(shared=(1024, 4096, 16384), batches=(32, 128, 512)) -> None:
             tps = []
             for flag in (False, True):
                 sc = Scenario.model_validate({
-                    "seed": 3, "model": "llama-3.1-8b", "deployment": {"device": "h100-sxm"},
+                    "seed": 3, "model": "llama-3.1-8b", "deployment": {"engine": "none", "device": "h100-sxm"},
                     "scheduler": {"name": "vllm", "max_num_seqs": 512, "max_num_batched_tokens": 32768},
                     "workload": {"arrival": "closed-loop", "concurrency": b,
                                  "prompt": {"dist": "fixed", "value": 256}, "output": {"dist": "fixed", "value": 256},

@@ -13,6 +13,8 @@ first run (``docs/calibration-decisions.md``, *Serving runs of vLLM 0.6.0 and SG
                                                                       # length variants (a few minutes)
     PYTHONPATH=. python benchmarks/serving_accuracy.py --multi-step   # post-hoc: the vLLM rows with
                                                                       # --num-scheduler-steps 10, as run
+    PYTHONPATH=. python benchmarks/serving_accuracy.py --write-residuals  # store the vllm and sglang rows'
+                                                                      # TPOT / throughput ratios for intervals
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import json
 
 import numpy as np
 
+from hwmodels.calibration.engine_fit import replace_residual_rows
 from hwmodels.calibration.serving_runs import (
     MULTI_STEP,
     NOT_COMPARED,
@@ -29,6 +32,7 @@ from hwmodels.calibration.serving_runs import (
     error_table,
     load_runs,
     registered_lengths,
+    residual_rows,
     sensitivity_variants,
 )
 
@@ -47,7 +51,15 @@ def main() -> None:
         help="post-hoc variant: the vLLM rows with num_scheduler_steps 10, as the source's server ran "
         "(docs/calibration-decisions.md); without it, the registered set-up (1)",
     )
+    ap.add_argument(
+        "--write-residuals",
+        action="store_true",
+        help="write the registered run's TPOT and offline-throughput ratios of each server's own profile to "
+        "heldout_residuals.csv (the prediction intervals of vllm and sglang); refused with --multi-step",
+    )
     args = ap.parse_args()
+    if args.write_residuals and args.multi_step:
+        ap.error("--write-residuals stores the registered set-up's errors; drop --multi-step")
 
     runs = load_runs()
     lengths = registered_lengths(runs)
@@ -70,6 +82,10 @@ def main() -> None:
         for name, variant in sensitivity_variants(lengths).items():
             rows = error_table(compare(vllm_runs, variant, multi_step=args.multi_step))
             report["sensitivity"][name] = rows
+    if args.write_residuals:
+        rows = residual_rows(comparisons, lengths)
+        path = replace_residual_rows({r.engine for r in runs}, rows)
+        print(f"wrote {len(rows)} held-out rows of {', '.join(sorted({r.engine for r in runs}))} to {path}")
     if args.json:
         print(json.dumps(report, indent=2))
         return

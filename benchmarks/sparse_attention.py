@@ -33,7 +33,7 @@ QUEST = {"name": SPARSE, "page_size": 16, "summary_vectors": 2}
 
 
 def _system(model: str, device: str, techniques=()):
-    return build_system(Scenario.model_validate({"model": model, "deployment": {"device": device},
+    return build_system(Scenario.model_validate({"model": model, "deployment": {"engine": "none", "device": device},
                                                  "techniques": list(techniques)}))
 
 

@@ -31,7 +31,7 @@ SPEC = "speculative-decoding"
 
 
 def batch_table() -> None:
-    base = {"model": "llama-3.1-8b", "deployment": {"device": "h100-sxm"}}
+    base = {"model": "llama-3.1-8b", "deployment": {"engine": "none", "device": "h100-sxm"}}
     plain = build_system(Scenario.model_validate(base)).cost_model()
     ctx = 1024
     batches = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
@@ -56,7 +56,7 @@ def batch_table() -> None:
 
 def _run(qps: float, techniques: list) -> dict:
     sc = Scenario.model_validate({
-        "seed": 5, "model": "llama-2-7b", "deployment": {"device": "a100-80gb-sxm"},
+        "seed": 5, "model": "llama-2-7b", "deployment": {"engine": "none", "device": "a100-80gb-sxm"},
         "scheduler": {"name": "vllm", "max_num_seqs": 256},
         "workload": {"arrival": "poisson", "qps": qps, "prompt": {"dist": "fixed", "value": 512},
                      "output": {"dist": "fixed", "value": 256}},
@@ -99,14 +99,14 @@ def presets_table() -> None:
         out = []
         for techniques in ([], [{"name": SPEC, "preset": name}]):
             sc = Scenario.model_validate({
-                "seed": 1, "model": model, "deployment": {"device": device, "tp": tp},
+                "seed": 1, "model": model, "deployment": {"engine": "none", "device": device, "tp": tp},
                 "workload": {"arrival": "poisson", "qps": 0.05, "prompt": {"dist": "fixed", "value": 128},
                              "output": {"dist": "fixed", "value": 256}},
                 "simulation": {"num_requests": 20}, "techniques": techniques,
             })
             r = simulate(sc).result.requests
             out.append(float(((r["finish_s"] - r["first_token_s"]) / (r["output_tokens"] - 1)).mean()))
-        system = build_system(Scenario.model_validate({"model": model, "deployment": {"device": device, "tp": tp},
+        system = build_system(Scenario.model_validate({"model": model, "deployment": {"engine": "none", "device": device, "tp": tp},
                                                        "techniques": [{"name": SPEC, "preset": name}]}))
         p = system.techniques.techniques[0].params
         shape = system.step.chain_max

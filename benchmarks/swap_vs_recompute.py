@@ -42,6 +42,7 @@ def _doc(context: str, link: str, mode: str, num_requests: int, utilization: flo
         "seed": 1,
         "model": "llama-3.1-8b",
         "deployment": {
+            "engine": "none",
             "device": {"base": "h100-sxm", "name": f"h100-pcie-{link}", "interconnect": {"pcie_gbs": LINKS[link]}},
             "memory_utilization": utilization,
             "activation_reserve_gib": 0.0,

@@ -321,6 +321,13 @@ class DeviceSpec(BaseModel):
         default=None, description="Thermal throttling (sustained_fraction, time_constant_s): sustained work "
         "lowers the clocks. None: the device keeps its peak rates however long it runs (every GPU entry)."
     )
+    serving_engine: str | None = Field(
+        default=None,
+        description="Serving-engine profile (`deployment.engine`) a deployment on this device gets when it names "
+        "none. None: the project default, `vllm` (a current vLLM with CUDA graphs, the engine most GPU "
+        "deployments run). Devices no profile describes (phone and laptop NPUs, CPUs, the SN40L, whose serving "
+        "stacks are not vLLM) set 'none': kernels alone, plus nothing an unmeasured engine would add.",
+    )
     calibration_profile: str | None = Field(
         default=None,
         description="Calibrated profile that prices this device's kernels (a shipped profile's device id, or "

@@ -492,7 +492,7 @@ def estimate(
     engine: Annotated[
         str | None,
         typer.Option(help="Serving-engine profile added to every iteration (`capsim calibrate engines`); "
-                     "default: the scenario default."),
+                     "default: the scenario's, else the device's (vllm on GPUs; none prices the kernels alone)."),
     ] = None,
     overheads: Annotated[
         str | None,

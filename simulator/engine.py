@@ -166,6 +166,7 @@ def simulate(
         seed=scenario.seed,
         model=system.model.name,
         device=system.device.name,
+        engine=system.engine_name,
         # Metrics see one entry per engine; with pp > 1 each engine keeps tp GPUs (one per stage
         # at a time) busy, so GPU counts, busy GPU-seconds, energy and cost stay exact.
         num_replicas=engines,

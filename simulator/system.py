@@ -61,6 +61,11 @@ class System:
     kv_bytes_scale: float = 1.0
 
     @property
+    def engine_name(self) -> str:
+        """The engine profile pricing this system (``none`` when no terms apply)."""
+        return self.overheads.name if self.overheads is not None else "none"
+
+    @property
     def extra_usd_per_replica_hour(self) -> float:
         return sum(d.count * d.price_usd_per_hour for d in self.extra_devices)
 
@@ -162,12 +167,18 @@ def resolve_overheads(name: str, tp: int, *, where: str = "deployment.overheads"
                          gqa_reread=t["gqa_reread"])
 
 
-def resolve_engine(dep: DeploymentConfig) -> OverheadTerms:
-    """The deployment's one engine profile: ``engine``, or the older ``overheads`` field."""
+def resolve_engine(dep: DeploymentConfig, device: DeviceSpec) -> OverheadTerms:
+    """The deployment's one engine profile: ``engine``, or the older ``overheads`` field, or the device's default
+    (``DeviceSpec.serving_engine``, else ``vllm``)."""
     from hwmodels.calibration.engines import engine_name_of
 
-    name = engine_name_of(dep.engine, dep.overheads)
-    where = "deployment.overheads" if dep.engine is None and dep.overheads != "none" else "deployment.engine"
+    name = engine_name_of(dep.engine, dep.overheads, device.serving_engine)
+    if dep.engine is not None:
+        where = "deployment.engine"
+    elif dep.overheads != "none":
+        where = "deployment.overheads"
+    else:
+        where = f"device {device.name}: serving_engine" if device.serving_engine is not None else "deployment.engine"
     return resolve_overheads(name, dep.tp, where=where)
 
 
@@ -263,7 +274,7 @@ def build_system(scenario: Scenario) -> System:
             where="router.name", fix=f"add `techniques: [{{name: {needs}}}]` or choose another router",
         )
     roofline = roofline_for(device, dep, fmt)
-    overheads = resolve_engine(dep)
+    overheads = resolve_engine(dep, device)
     ctx = BuildContext(model, device, dep, roofline, overheads, scenario.seed,
                        max_batch_seqs=sched_params.max_batch_seqs())
     model = stack.apply_model(model, ctx)

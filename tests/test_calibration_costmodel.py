@@ -22,6 +22,9 @@ SHIPPED = ("a100-80gb-sxm", "h100-sxm", "h200")
 
 
 def system(model="llama-3.1-8b", device="h100-sxm", tp=1, **deployment):
+    """A system priced by its kernels alone unless the test names an engine (these tests check kernel pricing)."""
+    if "engine" not in deployment and deployment.get("overheads", "none") == "none":
+        deployment["engine"] = "none"
     return build_system(Scenario(model=model, deployment=DeploymentConfig(device=device, tp=tp, **deployment)))
 
 

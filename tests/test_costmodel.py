@@ -35,6 +35,8 @@ def system(model: str, device: str, tp: int = 1, **deployment):
     # These checks are of the datasheet roofline's formulas (COSTMODEL.md), so calibrated
     # profiles are switched off; tests/test_calibration_costmodel.py covers the calibrated path.
     deployment.setdefault("calibration", "datasheet")
+    if deployment.get("overheads", "none") == "none":
+        deployment.setdefault("engine", "none")  # the kernels alone: no serving-engine terms
     return build_system(Scenario(model=model, deployment=DeploymentConfig(device=device, tp=tp, **deployment)))
 
 

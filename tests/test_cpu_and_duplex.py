@@ -41,7 +41,7 @@ def scenario(
     doc = {
         "seed": 5,
         "model": model,
-        "deployment": {"device": device or H200_PIM},
+        "deployment": {"device": device or H200_PIM, "engine": "none"},  # hand checks of the kernels alone
         "workload": {
             "arrival": "poisson",
             "qps": qps,

@@ -8,14 +8,19 @@ import pytest
 
 from capsim.errors import CapsimError, UnknownNameError
 from hwmodels.calibration.engine_fit import FIT_TERMS, ape, fit_terms, load_rows, price_rows
-from hwmodels.calibration.engines import TERMS, engine_names, engine_profiles, engine_terms
+from hwmodels.calibration.engines import DEFAULT_ENGINE, TERMS, engine_names, engine_profiles, engine_terms
+from hwmodels.device import get_device
 from simulator.config.schema import DeploymentConfig, Scenario
 from simulator.costmodel.features import BatchShape
+from simulator.costmodel.iteration import IterationCostModel
 from simulator.system import build_system
 from tests.cli_helpers import assert_user_error
 
 
 def system(model="llama-3.1-8b", device="h100-sxm", tp=1, **deployment):
+    """A system with the engine the test names, else the kernels alone (``engine: none``, not the default)."""
+    if "engine" not in deployment and deployment.get("overheads", "none") == "none":
+        deployment["engine"] = "none"
     return build_system(Scenario(model=model, deployment=DeploymentConfig(device=device, tp=tp, **deployment)))
 
 
@@ -124,9 +129,38 @@ def test_kv_re_read_costs_only_grouped_query_models_and_grows_with_context():
 
 def test_engine_off_keeps_the_kernel_price_bit_identical():
     shape = BatchShape(decode_seqs=16, decode_context=16 * 700)
-    a = system(engine="none").cost_model().iteration(shape).time_s
-    b = system().cost_model().iteration(shape).time_s
+    off = system(engine="none")
+    a = off.cost_model().iteration(shape).time_s
+    b = IterationCostModel(off.table, off.roofline).iteration(shape).time_s  # no engine terms at all
     assert a == b
+
+
+def test_an_unset_engine_is_vllm_on_a_gpu_and_the_device_s_own_default_elsewhere():
+    """The default profile (issue 18): ``vllm`` where the catalog entry names none, the entry's ``serving_engine``
+    where it does (CPUs, NPUs: ``none``), the older ``overheads`` field before either."""
+    unset = build_system(Scenario(model="llama-3.1-8b", deployment=DeploymentConfig(device="h100-sxm")))
+    assert unset.engine_name == "vllm" == DEFAULT_ENGINE
+    shape = BatchShape(decode_seqs=16, decode_context=16 * 700)
+    assert unset.cost_model().iteration(shape).time_s > system(engine="none").cost_model().iteration(shape).time_s
+    cpu = build_system(Scenario(model="llama-3.1-8b", deployment=DeploymentConfig(device="xeon-8480")))
+    assert get_device("xeon-8480").serving_engine == "none" and cpu.engine_name == "none"
+    older = build_system(Scenario(model="llama-3.1-8b", deployment=DeploymentConfig(device="h100-sxm",
+                                                                                   overheads="vidur-a100")))
+    assert older.engine_name.startswith("vidur-a100")
+
+
+def test_an_inline_device_keeps_its_base_s_default_or_names_its_own():
+    spec = {"base": "xeon-8480", "name": "my-xeon"}
+    assert build_system(Scenario(model="llama-3.1-8b", deployment={"device": spec})).engine_name == "none"
+    own = {"base": "h100-sxm", "name": "my-h100", "serving_engine": "sglang"}
+    assert build_system(Scenario(model="llama-3.1-8b", deployment={"device": own})).engine_name == "sglang"
+
+
+def test_an_unknown_device_default_names_the_device_field():
+    bad = {"base": "h100-sxm", "name": "my-h100", "serving_engine": "vllm-nightly"}
+    with pytest.raises(CapsimError) as err:
+        build_system(Scenario(model="llama-3.1-8b", deployment={"device": bad}))
+    assert "serving_engine" in err.value.where and "vllm-nightly" in str(err.value)
 
 
 # ------------------------------------------------------------------------ fit
@@ -175,7 +209,8 @@ def test_the_shipped_tensorrt_profile_is_the_fit_of_its_training_rows_and_report
 
 def test_estimate_takes_an_engine_and_prices_it(cli):
     args = ("estimate", "--model", "llama-3.1-70b", "--tp", "8", "--batch", "4", "--output", "50", "--json")
-    off = json.loads(cli(*args).stdout)
+    off = json.loads(cli(*args, "--engine", "none").stdout)
+    assert json.loads(cli(*args).stdout)["engine"] == engine_terms("vllm", 8)["name"]  # the default on a GPU
     on = json.loads(cli(*args, "--engine", "vllm-eager").stdout)
     assert on["tpot_s"] > off["tpot_s"] and on["prefill_s"] > off["prefill_s"]
     assert off["engine"] == "none" and off["engine_prefill_s"] == 0.0

@@ -20,10 +20,17 @@ STORED = json.loads((Path(__file__).parent / "data" / "fingerprints.json").read_
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_tables_match_stored_fingerprints(name):
-    assert fingerprints(CASES[name]) == STORED[name]
+    assert fingerprints(CASES[name], name) == STORED[name]
 
 
 def test_fingerprint_changes_with_the_output():
     """The digest is sensitive: one request more changes it (so a match above is not vacuous)."""
     case = {**CASES["vllm-a100-profile"], "simulation": {"num_requests": 301}}
     assert fingerprints(case)["requests"] != STORED["vllm-a100-profile"]["requests"]
+
+
+def test_default_engine_case_differs_from_kernels_alone():
+    """The default-engine case really runs with an engine profile: pinning ``engine: none`` changes its tables."""
+    name = "vllm-h100-tp2-default-engine"
+    kernels_only = {**CASES[name], "deployment": {**CASES[name]["deployment"], "engine": "none"}}
+    assert fingerprints(kernels_only)["iterations"] != STORED[name]["iterations"]

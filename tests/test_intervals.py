@@ -115,7 +115,8 @@ def test_cli_run_intervals_on_an_uncalibrated_device_exits_2(tmp_path):
 def test_cli_run_intervals_json_block(tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text(
-        "model: llama-3.1-8b\ndeployment: {device: h100-sxm}\nworkload: {qps: 4}\nsimulation: {num_requests: 40}\n",
+        "model: llama-3.1-8b\ndeployment: {device: h100-sxm, engine: none}\nworkload: {qps: 4}\n"
+        "simulation: {num_requests: 40}\n",
         encoding="utf-8",
     )
     plain = CliRunner().invoke(app, ["run", str(path), "--json"])
@@ -131,8 +132,8 @@ def test_cli_run_intervals_json_block(tmp_path):
 def test_engine_with_e2e_rows_uses_them_and_others_fall_back_to_kernel_errors():
     fitted = residuals_for(build_system(scenario(engine="tensorrt-llm-2023")))
     assert fitted.prefill.ape is None and fitted.prefill.n == 16 and fitted.not_covered is None
-    inherited = residuals_for(build_system(scenario(engine="vllm")))
-    assert inherited.prefill.ape is not None and "vllm" in inherited.not_covered
+    inherited = residuals_for(build_system(scenario(engine="tensorrt-llm")))  # no end-to-end rows of its own
+    assert inherited.prefill.ape is not None and "tensorrt-llm" in inherited.not_covered
     datasheet = residuals_for(build_system(scenario(calibration="datasheet")))
     assert datasheet.decode.ape[1] > inherited.decode.ape[1]  # the datasheet's held-out error is larger
     assert "datasheet" in datasheet.source
@@ -263,3 +264,35 @@ def test_validate_checks_that_intervals_can_be_sized(tmp_path):
     assert_user_error(CliRunner().invoke(app, ["validate", str(path)]), "simulation.intervals", "no calibrated")
     path.write_text(path.read_text(encoding="utf-8").replace("l40s", "h100-sxm"), encoding="utf-8")
     assert CliRunner().invoke(app, ["validate", str(path)]).exit_code == 0
+
+
+def test_vllm_and_sglang_intervals_come_from_their_serving_runs():
+    """The default engine's intervals cover its own error: the held-out serving-run rows of vllm (TPOT and offline
+    throughput, A100 and H100) where the device has rows; elsewhere the kernel errors, with the note."""
+    vllm = residuals_for(build_system(scenario()))  # the default engine on an H100
+    stored = e2e_residuals()["vllm"]
+    assert vllm.not_covered is None and vllm.decode.n == len(stored) >= 6 and "vllm" in vllm.source
+    assert {r["kind"] for r in stored} == {"tpot", "throughput"} and {r["device"] for r in stored} >= {"h100-sxm"}
+    assert residuals_for(build_system(scenario(engine="sglang"))).decode.n == len(e2e_residuals()["sglang"])
+    on_h200 = residuals_for(build_system(Scenario.model_validate({"model": "llama-3.1-8b",
+                                                                 "deployment": {"device": "h200"}})))
+    assert on_h200.decode.ape is not None and "vllm" in on_h200.not_covered
+
+
+def test_stored_serving_rows_are_what_the_published_runs_and_their_predictions_give():
+    """Every TPOT and offline-throughput measurement of vllm and sglang in serving_runs.csv has one stored row whose
+    measured seconds are that measurement (ms -> s; tokens/s -> s per token) and whose ratio is measured / predicted.
+    The predictions need the full simulations (``benchmarks/serving_accuracy.py --write-residuals``)."""
+    from hwmodels.calibration.serving_runs import RESIDUAL_METRICS, load_runs
+
+    expected = sorted(
+        (r.engine, r.device, r.tp, RESIDUAL_METRICS[m], round(v / 1e3 if m.endswith("_ms") else 1.0 / v, 9))
+        for r in load_runs() for m, v in r.measured.items() if m in RESIDUAL_METRICS
+    )
+    rows = [row for e in ("vllm", "sglang") for row in e2e_residuals()[e]]
+    got = sorted((r["engine"], r["device"], r["tp"], r["kind"], round(float(r["measured_s"]), 9)) for r in rows)
+    assert [g[:4] for g in got] == [e[:4] for e in expected]
+    for g, e in zip(got, expected, strict=True):
+        assert g[4] == pytest.approx(e[4], rel=1e-5)
+    for r in rows:
+        assert r["ratio"] == pytest.approx(float(r["measured_s"]) / float(r["predicted_s"]), rel=1e-4)

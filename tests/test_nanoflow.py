@@ -23,7 +23,7 @@ LONE_DECODE = BatchShape(decode_seqs=1, decode_context=1000)
 def system(techniques=None, *, tp: int = 1, calibration: str = "datasheet", device: str = "h100-sxm"):
     doc = {
         "model": "llama-3.1-8b",
-        "deployment": {"device": device, "tp": tp, "calibration": calibration},
+        "deployment": {"device": device, "tp": tp, "calibration": calibration, "engine": "none"},  # kernels alone
         "scheduler": {"name": "vllm"},
         "workload": {
             "arrival": "poisson",

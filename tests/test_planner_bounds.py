@@ -24,13 +24,15 @@ from simulator.system import build_system
 
 
 def scenario(device="h100-sxm", qps=4.0, replicas=1, scheduler=None, model="llama-3.1-8b", slo=None,
-             prompt=(100, 1500), output=(10, 300), n=200, seed=0, tp=1, calibration="datasheet") -> Scenario:
+             prompt=(100, 1500), output=(10, 300), n=200, seed=0, tp=1, calibration="datasheet",
+             engine=None) -> Scenario:
     # Datasheet pricing by default: several tests check how tight the bound is against the
     # constant-efficiency roofline; calibrated profiles are covered where only soundness is claimed.
     return Scenario.model_validate({
         "seed": seed,
         "model": model,
-        "deployment": {"device": device, "num_replicas": replicas, "tp": tp, "calibration": calibration},
+        "deployment": {"device": device, "num_replicas": replicas, "tp": tp, "calibration": calibration,
+                       **({"engine": engine} if engine else {})},
         "scheduler": scheduler or {"name": "vllm"},
         "workload": {"arrival": "poisson", "qps": qps,
                      "prompt": {"dist": "uniform", "low": prompt[0], "high": prompt[1]},
@@ -66,8 +68,26 @@ def test_work_bound_never_exceeds_the_engine_price():
             x[F.EXPERTS_HIT] = F.expected_experts_hit(q + dec, system.table.num_experts, system.table.experts_per_token)
             price = cost.price_features(x)
             assert bounds.total_time(x) <= price + 1e-15
+            # The engine profile's terms (the default vllm here) are left out of the bound: valid because they never
+            # lower an iteration's price (see test_engine_terms_never_lower_an_iteration_s_price).
+            engine = float(cost._overhead(x))
+            assert engine >= 0
             if not bounds.calibrated:  # against the constant-efficiency roofline the bound is tight
-                assert price - bounds.total_time(x) <= launches + 1e-12
+                assert price - bounds.total_time(x) <= launches + engine + 1e-12
+
+
+@pytest.mark.parametrize("tp", [1, 2, 4, 8])
+def test_engine_terms_never_lower_an_iteration_s_price(tp):
+    """The work bound leaves every engine profile's terms out, which is a lower bound only if their sum is never
+    negative. Graph-captured profiles carry a negative per-collective term (their all-reduce beats the NCCL floor
+    the kernels are priced with); their per-layer term must outweigh it at every TP degree, for every profile."""
+    from hwmodels.calibration.engines import engine_names
+
+    for name in engine_names():
+        cost = build_system(scenario(device="h100-sxm", model="llama-3.1-8b", tp=tp, engine=name)).cost_model()
+        x = np.zeros(F.NUM_FEATURES)
+        x[F.ONE] = 1.0  # the least an iteration can be: no sequence, no token
+        assert float(cost._overhead(x)) >= 0, name
 
 
 SCHEDULERS = [{"name": "vllm"}, {"name": "sarathi", "chunk_size": 256}, {"name": "orca", "kv_reservation": "request"},

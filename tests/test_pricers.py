@@ -23,6 +23,9 @@ from simulator.system import build_system
 
 
 def system(model="llama-3.1-8b", device="h100-sxm", tp=1, **deployment):
+    """A system priced by its kernels alone unless the test names an engine (these tests check the pricers)."""
+    if "engine" not in deployment and deployment.get("overheads", "none") == "none":
+        deployment["engine"] = "none"
     return build_system(Scenario(model=model, deployment=DeploymentConfig(device=device, tp=tp, **deployment)))
 
 

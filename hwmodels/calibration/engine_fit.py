@@ -253,17 +253,22 @@ def write_residuals(
     engine: str, priced: list[Priced], terms_of: dict[int, dict[str, float]], path: Path | None = None
 ) -> Path:
     """Write :func:`residual_rows` to ``data/e2e/heldout_residuals.csv`` (replacing that engine's rows)."""
+    return replace_residual_rows({engine}, residual_rows(engine, priced, terms_of), path)
+
+
+def replace_residual_rows(engines: set[str], rows: list[dict[str, Any]], path: Path | None = None) -> Path:
+    """Replace the stored held-out rows of ``engines`` with ``rows`` (other engines' rows are kept, in order)."""
     import csv
 
     path = path or E2E_DIR / RESIDUALS_FILE
     kept = []
     if path.is_file():
         with path.open(encoding="utf-8") as f:
-            kept = [row for row in csv.DictReader(f) if row["engine"] != engine]
+            kept = [row for row in csv.DictReader(f) if row["engine"] not in engines]
     with path.open("w", encoding="utf-8", newline="") as f:
         w = csv.DictWriter(f, fieldnames=_RESIDUAL_COLUMNS, lineterminator="\n")
         w.writeheader()
-        w.writerows(kept + residual_rows(engine, priced, terms_of))
+        w.writerows(kept + rows)
     return path
 
 

@@ -117,14 +117,20 @@ def _resolve(key: str, tp: int, where: str, depth: int) -> dict[str, Any]:
     return out
 
 
-#: The profile of a deployment that names none (``deployment.engine`` unset, no ``overheads``).
-DEFAULT_ENGINE = "none"
+#: The profile of a deployment that names none (``deployment.engine`` unset, no ``overheads``) on a device whose
+#: catalog entry does not name its own (``DeviceSpec.serving_engine``): a current vLLM with CUDA graphs, the
+#: engine most GPU deployments run, and the one profile with a held-out check on published runs of its engine
+#: (docs/engine-profiles.md). ``engine: none`` prices the kernels alone.
+DEFAULT_ENGINE = "vllm"
 
 
-def engine_name_of(engine: str | None, overheads: str) -> str:
-    """The one profile a deployment names: ``engine``, else the older ``overheads`` field, else the default."""
+def engine_name_of(engine: str | None, overheads: str, device_default: str | None = None) -> str:
+    """The one profile a deployment names: ``engine``, else the older ``overheads`` field, else the device's
+    own default (``DeviceSpec.serving_engine``), else :data:`DEFAULT_ENGINE`."""
     if engine is None:
-        return overheads if overheads != "none" else DEFAULT_ENGINE
+        if overheads != "none":
+            return overheads
+        return device_default if device_default is not None else DEFAULT_ENGINE
     if overheads != "none" and normalise_name(engine) != normalise_name(overheads):
         raise CapsimError(
             f"deployment.overheads ({overheads!r}) and deployment.engine ({engine!r}) both name engine terms",

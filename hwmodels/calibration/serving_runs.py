@@ -261,3 +261,32 @@ def sensitivity_variants(base: Lengths) -> dict[str, Lengths]:
         "cv 0.5": replace(base, cv=0.5),
         "cv 1.5": replace(base, cv=1.5),
     }
+
+
+#: The compared metrics that measure iteration time -- what a prediction interval's multiplier scales -- and the
+#: kind of residual row each gives: the median TPOT is a decode step; offline output throughput is the whole
+#: server's time per output token. TTFT and E2E add queueing and the scheduling policy, so they give none
+#: (docs/calibration-decisions.md, *Prediction intervals of the vllm and sglang profiles*).
+RESIDUAL_METRICS: dict[str, str] = {"tpot_p50_ms": "tpot", "output_throughput_tps": "throughput"}
+
+
+def residual_rows(comparisons: list[Comparison], lengths: Lengths) -> list[dict[str, Any]]:
+    """Held-out rows (``heldout_residuals.csv``'s columns) of each run's own engine profile: measured / predicted
+    seconds per decode step (TPOT) or per output token (offline throughput)."""
+    rows = []
+    for c in comparisons:
+        kind = RESIDUAL_METRICS.get(c.metric)
+        if kind is None:
+            continue
+        predicted = c.predicted[c.run.engine]
+        if kind == "throughput":  # tokens per second -> seconds per token
+            predicted_s, measured_s = 1.0 / predicted, 1.0 / c.measured
+        else:  # milliseconds -> seconds
+            predicted_s, measured_s = predicted / 1e3, c.measured / 1e3
+        rows.append({
+            "engine": c.run.engine, "release": c.run.engine_version, "device": c.run.device, "model": c.run.model,
+            "tp": c.run.tp, "batch": "", "isl": f"{lengths.prompt_mean:g}", "osl": f"{lengths.output_mean:.4g}",
+            "kind": kind, "predicted_s": f"{predicted_s:.6g}", "measured_s": f"{measured_s:.6g}",
+            "ratio": f"{measured_s / predicted_s:.5f}",
+        })
+    return rows

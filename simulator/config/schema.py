@@ -60,7 +60,8 @@ class DeploymentConfig(BaseModel):
         "per sequence, per token, per layer, per collective, decode KV re-read): vllm, vllm-eager, tensorrt-llm, "
         "tensorrt-llm-2023, sglang, or a Vidur overhead set such as vidur-a100 (`capsim calibrate engines` lists "
         "them with their terms, sources and held-out errors); 'none' prices the kernels alone. Unset: the older "
-        "`overheads` field where it is set, else 'none'.",
+        "`overheads` field where it is set, else the device's own default (its catalog `serving_engine`: 'none' "
+        "for NPUs, CPUs and the SN40L), else 'vllm' (a current vLLM with CUDA graphs).",
     )
     overheads: str = Field(
         "none",

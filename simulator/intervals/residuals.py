@@ -146,7 +146,7 @@ def residuals_for(system, *, where: str = "simulation.intervals") -> ResidualMod
     from hwmodels.calibration.profile import shipped_profile
 
     dep = system.deployment
-    engine = normalise_name(engine_name_of(dep.engine, dep.overheads))
+    engine = normalise_name(engine_name_of(dep.engine, dep.overheads, system.device.serving_engine))
     profile = system.roofline.profile
     column = "calibrated"
     if profile is None and dep.calibration == "datasheet":

@@ -298,6 +298,9 @@ class RunInfo:
     # The device's thermal throttling curve (None: it keeps its peak rates, every GPU): a throttled replica's busy
     # power follows its lowered clocks (simulator/metrics/thermal_power.py).
     thermal: ThermalPower | None = None
+    # The serving-engine profile whose terms priced the run (deployment.engine, or the device's or capsim's
+    # default when unset; "none": kernels alone) -- shown because it changes every latency.
+    engine: str = "none"
 
     @property
     def num_gpus(self) -> int:

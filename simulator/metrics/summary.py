@@ -144,6 +144,8 @@ SUMMARY_KEYS: dict[str, str] = {
     "slo_tbt_s": "TBT target on each request's largest gap (s), null if not set",
     "slo_e2e_s": "E2E target (s), null if not set",
     "num_gpus": "GPUs in the deployment (replicas × GPUs per replica)",
+    "engine": "serving-engine profile whose terms priced every iteration (deployment.engine, or the default: "
+    "vllm, or the device's own); 'none': the kernels alone",
     "mfu": "model FLOPs utilisation over the window",
     "mbu": "memory bandwidth utilisation over the window",
     "mean_batch_size": "iteration-weighted mean of prefill + decode sequences per iteration",
@@ -592,6 +594,7 @@ def summarise(result: SimulationResult, slo: SLOConfig | None = None) -> dict[st
     for name in ("ttft_s", "tpot_s", "tbt_s", "e2e_s"):
         out[f"slo_{name}"] = getattr(slo, name)
     out["num_gpus"] = info.num_gpus
+    out["engine"] = info.engine
 
     pooled = bool(info.pools)
     out.update(_pools_iteration_stats(result, t0, t1, window) if pooled else _iteration_stats(result, t0, t1, window))

@@ -180,6 +180,7 @@ def _totals_table(summary: Mapping[str, Any]) -> Table:
          + (f" ({g('swap_outs')} swapped, {fmt_number(g('swap_bytes', 0) / 1e9, 2)} GB)" if g("swap_outs") else "")),
         ("energy (J/output token)", fmt_number(g("energy_per_output_token_j"), 3)),
         ("cost ($ / M output tokens)", fmt_usd(g("cost_per_million_output_tokens_usd"))),
+        ("serving-engine profile", str(g("engine", DASH))),
         ("simulated / wall time", f"{fmt_seconds(g('sim_time_s'))} / {fmt_seconds(g('wall_time_s'))}"),
         ("simulation speed (req/wall s)", fmt_number(g("sim_speed_rps"), 0)),
     ]

@@ -50,6 +50,11 @@ one-request batch, and every batch containing the request has features at
 least as large (a chunked prefill costs at least the whole one: per operator
 ``max`` is subadditive and the expert count is concave).
 
+Engine profiles. The serving-engine profile's terms (``deployment.engine``; ``vllm`` by default) are left out of
+every bound. That is valid because their sum is never negative for an iteration: the graph-captured profiles carry
+a negative per-collective term (their all-reduce beats the NCCL floor the kernels are priced with), but their
+per-layer term outweighs it at every TP degree (checked for every profile by ``tests/test_planner_bounds.py``).
+
 Calibration. With a calibrated device profile the engine may price an operator by a fitted curve instead
 of the constant-efficiency roofline; the bound then uses the hardware peaks (efficiency 1), drops
 communication, and computes floors from the same roofline bound, which stays valid as long as no fitted

@@ -698,6 +698,7 @@ def _run_info(
         seed=scenario.seed,
         model=head.model.name,
         device="+".join(dict.fromkeys(p.device for p in infos)),
+        engine="+".join(dict.fromkeys(p.plan.system.engine_name for p in engine.pools)),
         num_replicas=sum(p.num_replicas for p in infos),
         gpus_per_replica=head.deployment.tp,
         peak_flops_per_gpu=head.roofline.peak_flops,
