@@ -250,24 +250,26 @@ def register(app: typer.Typer) -> None:
         def action() -> None:
             from rich.table import Table
 
-            from hwmodels.calibration.engines import describe, engine_names, engine_terms
+            from hwmodels.calibration.engines import DEFAULT_ENGINE, describe, engine_names, engine_terms
 
             rows = []
             for name in engine_names():
                 entry, terms = describe(name), engine_terms(name, tp, where="--tp")
                 rows.append({"name": name, "terms": terms, "inherits": entry.get("inherits"),
                              "fitted_on": entry.get("fitted_on", entry.get("source", "")),
-                             "held_out_error": entry.get("held_out_error")})
+                             "held_out_error": entry.get("held_out_error"), "default": name == DEFAULT_ENGINE})
             if as_json:
                 print(json.dumps(rows, indent=2, default=str))
                 return
-            t = Table(title=f"engine profiles (deployment.engine) at tp={tp}")
+            t = Table(title=f"engine profiles (deployment.engine) at tp={tp}",
+                      caption=f"* the default where deployment.engine is unset, unless the device's catalog entry "
+                      f"names its own (serving_engine; none for NPUs, CPUs and the SN40L)")
             for col in ("name", "per step", "per seq", "per token", "per layer", "per coll.", "gqa re-read",
                         "inherits"):
                 t.add_column(col)
             for r in rows:
                 x = r["terms"]
-                t.add_row(x["name"], f"{x['per_step_s'] * 1e3:.3f} ms", f"{x['per_sequence_s'] * 1e6:.1f} us",
+                t.add_row(x["name"] + (" *" if r["default"] else ""), f"{x['per_step_s'] * 1e3:.3f} ms", f"{x['per_sequence_s'] * 1e6:.1f} us",
                           f"{x['per_token_s'] * 1e6:.2f} us", f"{x['per_layer_s'] * 1e6:.1f} us",
                           f"{x['per_collective_s'] * 1e6:.1f} us", f"{x['gqa_reread']:.3g}", str(r["inherits"] or "-"))
             out_console.print(t)
