@@ -274,7 +274,8 @@ def validate(
             dropped = int(prep.unservable.sum())
             out_console.print(
                 f"[green]ok[/] {sc.name}: {system.model.name} on {sc.deployment.num_replicas}x{system.device.name} "
-                f"tp={sc.deployment.tp} pp={sc.deployment.pp}; weights {m.weights_bytes / GIB:.1f} GiB/GPU"
+                f"tp={sc.deployment.tp} pp={sc.deployment.pp}, engine {system.engine_name}; "
+                f"weights {m.weights_bytes / GIB:.1f} GiB/GPU"
                 + (f" (+{m.offloaded_weight_bytes / GIB:.1f} GiB offloaded)" if m.offloaded_weight_bytes else "")
                 + f", KV capacity {m.kv_capacity_tokens:,} tokens/replica; workload {len(prep.stream):,} requests "
                 f"({prep.stream.source})" + (f", {dropped:,} unservable will be dropped" if dropped else ""),
@@ -301,7 +302,7 @@ def _validate_pools(sc) -> None:
         dep, m = p.system.deployment, p.system.memory
         out_console.print(
             f"   pool {p.name} ({p.role}): {dep.num_replicas}x{p.system.device.name} tp={dep.tp} pp={dep.pp}, "
-            f"{p.system.scheduler_cls.__name__}; weights {m.weights_bytes / GIB:.1f} GiB/GPU, "
+            f"{p.system.scheduler_cls.__name__}, engine {p.system.engine_name}; weights {m.weights_bytes / GIB:.1f} GiB/GPU, "
             f"KV capacity {m.kv_capacity_tokens:,} tokens/replica",
             highlight=False,
         )
