@@ -262,8 +262,8 @@ def register(app: typer.Typer) -> None:
                 print(json.dumps(rows, indent=2, default=str))
                 return
             t = Table(title=f"engine profiles (deployment.engine) at tp={tp}",
-                      caption=f"* the default where deployment.engine is unset, unless the device's catalog entry "
-                      f"names its own (serving_engine; none for NPUs, CPUs and the SN40L)")
+                      caption="* the default where deployment.engine is unset, unless the device's catalog entry "
+                      "names its own (serving_engine; none for NPUs, CPUs and the SN40L)")
             for col in ("name", "per step", "per seq", "per token", "per layer", "per coll.", "gqa re-read",
                         "inherits"):
                 t.add_column(col)
