@@ -9,9 +9,11 @@ whose reading is unambiguous and valid (a whole token count >= 1, an integer or 
 time, a date-time of the strict form ``YYYY-MM-DD HH:MM:SS[.fffffffff]``); anything else -- an empty or
 non-numeric cell, a decimal fraction in a CSV, a zero count, quotes, blank lines, ragged rows, a byte-order mark,
 text that is not UTF-8 -- makes it return None, and the pandas loader of the format reads the file and reports
-the problem with its usual message, row and fix. So every error a user sees still comes from
-:mod:`traces.loaders.common`; ``tests/test_traces_fast.py`` checks, on every shipped trace and on generated
-files (valid, corrupt and odd), that a table read here equals the pandas loader's.
+the problem with its usual message, row and fix. A missing column or a bad column mapping, which does not
+depend on how cells are parsed, is reported by the readers here through the same functions as by the pandas
+loaders. So every error a user sees comes from the same checks; ``tests/test_traces_fast.py`` checks, on every
+shipped trace and on generated files (valid, corrupt and odd), that a reader here returns None, or the pandas
+loader's columns bit for bit, or the pandas loader's error.
 
 Decimal fractions in CSV cells are left to pandas on purpose: its parser is not the correctly rounded
 ``float()``, so the last bit of a time could differ.
