@@ -37,6 +37,7 @@ def commands(synthetic: Path) -> dict[str, list[str]]:
     return {
         "estimate": ["estimate", "--model", "llama-3.1-8b", "--device", "h100-sxm"],
         "validate quickstart": ["validate", "scenarios/quickstart.yaml"],
+        "validate azure replay": ["validate", "scenarios/azure_conv_replay.yaml"],
         "validate synthetic": ["validate", str(synthetic)],
         "--help": ["--help"],
     }

@@ -10,11 +10,13 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
-#: Third-party packages that no one-shot command below needs: reading a trace needs pandas (and pandas pyarrow),
-#: running a simulation SimPy; fitting scipy; plots matplotlib; the dashboard streamlit; the optional backends
-#: torch and ray.
+#: Third-party packages that no one-shot command below needs: writing results needs pandas (and pandas pyarrow), as
+#: does reading a trace file that is not plain (traces/loaders/fast.py); running a simulation SimPy; fitting scipy;
+#: plots matplotlib; the dashboard streamlit; the optional backends torch and ray.
 HEAVY = ("pandas", "pyarrow", "scipy", "matplotlib", "simpy", "streamlit", "torch", "ray")
 
 
@@ -63,10 +65,32 @@ def test_validate_of_a_synthetic_workload_imports_no_heavy_package(tmp_path):
     assert "simulator.engine" not in modules and "simulator.replica" not in modules  # nothing is simulated
 
 
-def test_validate_of_a_trace_imports_pandas_to_read_it_and_nothing_else_heavy():
-    modules = _modules_after(["validate", str(REPO / "scenarios" / "quickstart.yaml")])  # ShareGPT lengths
-    assert "traces.loaders.vidur" in modules
-    assert _heavy(modules) == ["pandas", "pyarrow"]
+@pytest.mark.parametrize(
+    "scenario,loader",
+    [
+        ("quickstart.yaml", "vidur"),  # the ShareGPT lengths
+        ("azure_conv_replay.yaml", "azure"),  # date-time arrivals
+        ("examples/prefix_caching.yaml", "mooncake"),  # JSONL with prefix block ids
+    ],
+)
+def test_validate_of_a_shipped_trace_scenario_imports_no_heavy_package(scenario, loader):
+    """Every shipped trace format that a shipped scenario replays is read without pandas."""
+    modules = _modules_after(["validate", str(REPO / "scenarios" / scenario)])
+    assert f"traces.loaders.{loader}" in modules and "traces.replay" in modules  # the trace was read
+    assert _heavy(modules) == []
+
+
+def test_validate_of_a_plain_csv_trace_of_ones_own_imports_no_heavy_package(tmp_path):
+    trace = tmp_path / "mine.csv"  # no format and no mapping: the header is sniffed (format: auto) too
+    trace.write_text("time,input_tokens,output_tokens\n0,100,10\n15,200,20\n25,300,30\n")
+    scenario = tmp_path / "mine.yaml"
+    scenario.write_text(
+        "name: mine\nmodel: llama-3.1-8b\ndeployment: {device: h100-sxm, engine: none}\n"
+        f"workload: {{arrival: trace, trace: {{path: '{trace}'}}}}\n"
+        "simulation: {num_requests: null}\n"
+    )
+    modules = _modules_after(["validate", str(scenario)])
+    assert "traces.loaders.generic_csv" in modules and _heavy(modules) == []
 
 
 def test_help_imports_neither_numpy_nor_pydantic():

@@ -28,9 +28,8 @@ from capsim.registry import Registry
 from traces.stream import ClosedLoop
 
 if TYPE_CHECKING:
-    import pandas as pd
-
     from traces.config import WorkloadConfig
+    from traces.loaders.table import TraceTable
 
 #: Workload fields that belong to arrival processes; each process declares the ones it uses.
 ARRIVAL_PARAMETERS = ("qps", "cv", "concurrency", "think_time_s", "think_time_dist", "ramp_up_s", "servegen")
@@ -75,7 +74,7 @@ class ArrivalProcess:
         *,
         num_requests: int | None,
         duration_s: float | None,
-        trace: pd.DataFrame | None,
+        trace: TraceTable | None,
     ) -> ArrivalDraw:
         raise NotImplementedError
 
@@ -293,7 +292,7 @@ class TraceReplay(ArrivalProcess):
 
     def sample(self, cfg, rng, *, num_requests, duration_s, trace):
         label = cfg.trace.label() if cfg.trace is not None else "trace"
-        arrivals = trace["arrival_s"].to_numpy(dtype=np.float64)
+        arrivals = np.asarray(trace["arrival_s"], dtype=np.float64)
         if np.isnan(arrivals).any():
             raise CapsimError(
                 f"trace {label!r} has no arrival times (it only holds lengths)",

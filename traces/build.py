@@ -94,7 +94,7 @@ def build_requests(
     for role in ("prompt", "output"):
         length_cfg = cfg.length_config(role)
         if length_cfg is None and trace is not None:
-            lengths[role] = trace[f"{role}_tokens"].to_numpy(dtype=np.int64)[rows]
+            lengths[role] = np.asarray(trace[f"{role}_tokens"], dtype=np.int64)[rows]
             names[role] = None
         elif length_cfg is None:  # the arrival process drew them (e.g. ServeGen's per-client tables)
             lengths[role] = draw.lengths[role]
@@ -105,7 +105,7 @@ def build_requests(
 
     hashes = block_tokens = None
     if trace is not None and cfg.prompt is None and "prefix_block_hashes" in trace.columns:
-        column = trace["prefix_block_hashes"].to_numpy()
+        column = trace["prefix_block_hashes"]
         hashes = tuple(column[rows])
         block_tokens = trace.attrs.get("hash_block_tokens")
 

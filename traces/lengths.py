@@ -284,8 +284,8 @@ class Empirical(LengthDist):
             return values, p / p.sum()
         from traces.replay import load_trace_source  # lazy: replay imports the loaders
 
-        frame, _ = load_trace_source(cfg.trace, base_dir=base_dir)
-        return frame[f"{cfg.column or role}_tokens"].to_numpy(), None
+        table, _ = load_trace_source(cfg.trace, base_dir=base_dir)
+        return table[f"{cfg.column or role}_tokens"], None
 
     def sample(self, cfg, rng, n, *, role, base_dir):
         values, p = self._pool(cfg, role, base_dir)

@@ -2,9 +2,13 @@
 
 Why memoise: a sweep or capacity search builds hundreds of streams from the
 same trace; parsing the Mooncake JSONL each time would dominate. Loaded
-frames are cached by file path, size, modification time, format and column
-mapping, and are never modified in place (preparation always makes a new
-frame), so sharing them is safe.
+tables are cached by file path, size, modification time, format and column
+mapping, and are read-only (preparation always makes a new table), so sharing
+them is safe.
+
+Traces are handled as :class:`~traces.loaders.table.TraceTable` (numpy
+columns), not pandas frames, so that ``capsim validate`` of a replay does not
+import pandas; :func:`load_trace` still returns a frame for users.
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ from capsim.errors import CapsimError, UnknownNameError
 from capsim.lazy import lazy_module
 from traces.catalog import SHIPPED_TRACES
 from traces.config import TraceConfig
-from traces.loaders import load_file
+from traces.loaders import read_table
 from traces.loaders.generic import as_mapping
+from traces.loaders.table import TraceTable
 
 pd = lazy_module("pandas")  # imported on first use: commands that read no trace start without it
 
@@ -37,23 +42,23 @@ def _resolve_path(path: str, base_dir: Path | None) -> Path:
 
 
 @functools.lru_cache(maxsize=CACHE_SIZE)
-def _load_cached(path: str, fmt: str, columns: tuple, mtime_ns: int, size: int) -> pd.DataFrame:
+def _load_cached(path: str, fmt: str, columns: tuple, mtime_ns: int, size: int) -> TraceTable:
     # mtime_ns and size are part of the key only, so an edited file is re-read.
-    return load_file(path, fmt, dict(columns) or None)
+    return read_table(path, fmt, dict(columns) or None).freeze()
 
 
-def _load(path: Path, fmt: str, columns: object) -> pd.DataFrame:
+def _load(path: Path, fmt: str, columns: object) -> TraceTable:
     if not path.is_file():
-        return load_file(path, fmt, columns)  # raises the loaders' "file not found"
+        return read_table(path, fmt, columns)  # raises the loaders' "file not found"
     stat = path.stat()
     key = tuple(sorted(as_mapping(columns).items()))
     return _load_cached(str(path.resolve()), fmt, key, stat.st_mtime_ns, stat.st_size)
 
 
-def load_trace_source(source: str | TraceConfig, *, base_dir: Path | None = None) -> tuple[pd.DataFrame, str]:
+def load_trace_source(source: str | TraceConfig, *, base_dir: Path | None = None) -> tuple[TraceTable, str]:
     """Load a trace given as a :class:`TraceConfig` or a string (shipped id, else file path).
 
-    Returns the normalised frame (shared, do not modify) and a label for
+    Returns the normalised table (shared and read-only) and a label for
     messages. A string that is neither a shipped id nor an existing file
     raises :class:`~capsim.errors.UnknownNameError` with the closest ids.
     """
@@ -77,16 +82,16 @@ def load_trace_source(source: str | TraceConfig, *, base_dir: Path | None = None
     )
 
 
-def prepare_trace(frame: pd.DataFrame, cfg: TraceConfig, rng: np.random.Generator) -> pd.DataFrame:
+def prepare_trace(table: TraceTable, cfg: TraceConfig, rng: np.random.Generator) -> TraceTable:
     """Apply the window, sub-sampling, re-basing, ``time_scale`` and length clipping of ``cfg``.
 
-    Returns a new frame sorted by arrival (stable, so ties keep file order),
+    Returns a new table sorted by arrival (stable, so ties keep file order),
     with the first kept request at t = 0; length-only traces keep NaN arrivals.
     """
     label = cfg.label()
-    arrivals = frame["arrival_s"].to_numpy(dtype=np.float64)
+    arrivals = np.asarray(table["arrival_s"], dtype=np.float64)
     timed = not np.isnan(arrivals).any()
-    keep = np.ones(len(frame), dtype=bool)
+    keep = np.ones(len(table), dtype=bool)
     if cfg.start_s is not None or cfg.duration_s is not None:
         if not timed:
             raise CapsimError(
@@ -119,31 +124,30 @@ def prepare_trace(frame: pd.DataFrame, cfg: TraceConfig, rng: np.random.Generato
                 stacklevel=2,
             )
         rows = rows[np.argsort(arrivals[rows], kind="stable")]
-    out = frame.iloc[rows].reset_index(drop=True)
+    out = table.take(rows)
     if timed:
-        kept = out["arrival_s"].to_numpy(dtype=np.float64)
-        out["arrival_s"] = (kept - kept[0]) * cfg.time_scale if len(kept) else kept
+        kept = out["arrival_s"]
+        out = out.with_column("arrival_s", (kept - kept[0]) * cfg.time_scale if len(kept) else kept)
     if cfg.max_prompt_tokens is not None:
-        prompts = out["prompt_tokens"].to_numpy()
+        prompts = out["prompt_tokens"]
         clipped = np.minimum(prompts, cfg.max_prompt_tokens)
-        out["prompt_tokens"] = clipped
-        block = frame.attrs.get("hash_block_tokens")
+        out = out.with_column("prompt_tokens", clipped)
+        block = table.attrs.get("hash_block_tokens")
         if "prefix_block_hashes" in out.columns and block:
-            hashes = out["prefix_block_hashes"].to_numpy().copy()
+            hashes = out["prefix_block_hashes"].copy()
             for i in np.flatnonzero(clipped < prompts):  # a shorter prompt covers fewer blocks
                 hashes[i] = hashes[i][: -(-int(clipped[i]) // block)]
-            out["prefix_block_hashes"] = hashes
+            out = out.with_column("prefix_block_hashes", hashes)
     if cfg.max_output_tokens is not None:
-        out["output_tokens"] = np.minimum(out["output_tokens"].to_numpy(), cfg.max_output_tokens)
-    out.attrs = dict(frame.attrs)
+        out = out.with_column("output_tokens", np.minimum(out["output_tokens"], cfg.max_output_tokens))
     return out
 
 
 def load_trace(cfg: TraceConfig, *, seed: int = 0, base_dir: Path | None = None) -> pd.DataFrame:
-    """Load and prepare a trace as configured (a private copy, safe to modify).
+    """Load and prepare a trace as configured, as a pandas frame (a private copy, safe to modify).
 
     ``seed`` drives ``sample_fraction``. :func:`traces.build.build_requests`
     is the usual entry point; this is for inspecting what a config selects.
     """
-    frame, _ = load_trace_source(cfg, base_dir=base_dir)
-    return prepare_trace(frame, cfg, np.random.default_rng(seed)).copy()
+    table, _ = load_trace_source(cfg, base_dir=base_dir)
+    return prepare_trace(table, cfg, np.random.default_rng(seed)).to_frame()

@@ -25,6 +25,7 @@ import numpy as np
 from capsim.errors import TraceFormatError
 from capsim.lazy import lazy_module
 from capsim.registry import Registry
+from traces.loaders.table import TraceTable
 
 pd = lazy_module("pandas")  # imported on first use: commands that read no trace start without it
 
@@ -42,6 +43,10 @@ class TraceFormat:
     file whose header (CSV) or first record's keys (JSONL) are ``names`` is in
     this format -- generic formats return False and are the fallback of
     ``format: auto``; ``load(path, columns)`` returns the normalised frame.
+    ``read(path, columns)``, optional, returns the same columns as a
+    :class:`~traces.loaders.table.TraceTable` without pandas when the file is
+    plain and valid, else None -- then ``load`` reads it and reports any problem
+    (:mod:`traces.loaders.fast`).
     """
 
     name: str
@@ -49,6 +54,7 @@ class TraceFormat:
     description: str
     sniff: Callable[[Sequence[str]], bool]
     load: Callable[..., pd.DataFrame]
+    read: Callable[..., TraceTable | None] | None = None
 
 
 TRACE_FORMATS: Registry[TraceFormat] = Registry("trace format")

@@ -7,7 +7,7 @@ with one (``workload.trace.columns``) they use exactly the named columns.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +15,7 @@ import numpy as np
 from capsim.errors import TraceFormatError
 from capsim.lazy import lazy_module
 from traces.loaders.common import arrival_column, normalised_frame, token_column
+from traces.loaders.table import TraceTable, trace_table
 
 pd = lazy_module("pandas")  # imported on first use: commands that read no trace start without it
 
@@ -115,3 +116,35 @@ def frame_from_table(
         token_column(table[chosen["prompt"]], column=chosen["prompt"], role="prompt", **common),
         token_column(table[chosen["output"]], column=chosen["output"], role="output", **common),
     )
+
+
+def table_from_columns(
+    names: Sequence[str],
+    column: Callable[[str], Sequence[object] | None],
+    columns: object,
+    path: Path,
+    *,
+    counts: Callable[[Sequence[object]], np.ndarray | None],
+    arrivals: Callable[[Sequence[object], str | None], np.ndarray | None],
+) -> TraceTable | None:
+    """:func:`frame_from_table` without pandas, for the fast readers (:mod:`traces.loaders.fast`).
+
+    ``names`` are the file's columns, ``column(name)`` the values of one (None when some are absent);
+    ``counts`` and ``arrivals`` convert values or return None when they are not plain and valid, and then this
+    returns None too (the pandas loader reads the file and reports the problem). A bad mapping is reported
+    here, by the same checks as :func:`frame_from_table`.
+    """
+    mapping = as_mapping(columns)
+    chosen = resolve(names, mapping, path)
+    values = {role: column(name) for role, name in chosen.items() if name is not None}
+    if any(v is None for v in values.values()):
+        return None
+    prompt, output = counts(values["prompt"]), counts(values["output"])
+    if prompt is None or output is None:
+        return None
+    times = None
+    if "arrival" in values:
+        times = arrivals(values["arrival"], mapping.get("arrival_unit"))
+        if times is None:
+            return None
+    return trace_table(times, prompt, output)

@@ -11,7 +11,9 @@ from pathlib import Path
 
 from capsim.lazy import lazy_module
 from traces.loaders.common import TraceFormat, read_csv_table, register_format
-from traces.loaders.generic import frame_from_table
+from traces.loaders.fast import csv_arrivals, csv_columns, whole_counts
+from traces.loaders.generic import frame_from_table, table_from_columns
+from traces.loaders.table import TraceTable
 
 pd = lazy_module("pandas")  # imported on first use: commands that read no trace start without it
 
@@ -27,6 +29,17 @@ def load(path: str | Path, columns: object = None) -> pd.DataFrame:
     return frame_from_table(read_csv_table(path), columns, path)
 
 
+def read(path: str | Path, columns: object = None) -> TraceTable | None:
+    """The table of a plain, valid CSV without pandas, else None (then :func:`load` reads it)."""
+    path = Path(path)
+    plain = csv_columns(path)
+    if plain is None:
+        return None
+    names, cells = plain
+    by_name = dict(zip(names, cells, strict=True))
+    return table_from_columns(names, by_name.__getitem__, columns, path, counts=whole_counts, arrivals=csv_arrivals)
+
+
 FORMAT = register_format(
     TraceFormat(
         name="csv",
@@ -34,5 +47,6 @@ FORMAT = register_format(
         description="any CSV with a header; columns by common names or workload.trace.columns",
         sniff=sniff,
         load=load,
+        read=read,
     )
 )

@@ -7,7 +7,9 @@ from pathlib import Path
 
 from capsim.lazy import lazy_module
 from traces.loaders.common import TraceFormat, read_jsonl_records, register_format
-from traces.loaders.generic import frame_from_table
+from traces.loaders.fast import json_arrivals, json_counts, json_values
+from traces.loaders.generic import frame_from_table, table_from_columns
+from traces.loaders.table import TraceTable
 
 pd = lazy_module("pandas")  # imported on first use: commands that read no trace start without it
 
@@ -25,6 +27,16 @@ def load(path: str | Path, columns: object = None) -> pd.DataFrame:
     return frame_from_table(table, columns, path, rows=lines, word="line")
 
 
+def read(path: str | Path, columns: object = None) -> TraceTable | None:
+    """The table of a valid JSONL file without pandas, else None (then :func:`load` reads it)."""
+    path = Path(path)
+    records, _ = read_jsonl_records(path)  # a line that is not a JSON object is reported here, as by load
+    names = list(dict.fromkeys(key for record in records for key in record))  # a frame's columns: first seen first
+    return table_from_columns(
+        names, lambda name: json_values(records, name), columns, path, counts=json_counts, arrivals=json_arrivals
+    )
+
+
 FORMAT = register_format(
     TraceFormat(
         name="jsonl",
@@ -32,5 +44,6 @@ FORMAT = register_format(
         description="any JSON-lines file; keys by common names or workload.trace.columns",
         sniff=sniff,
         load=load,
+        read=read,
     )
 )

@@ -26,6 +26,8 @@ from traces.loaders.common import (
     row_where,
     token_column,
 )
+from traces.loaders.fast import json_arrivals, json_counts, json_values
+from traces.loaders.table import TraceTable, trace_table
 
 pd = lazy_module("pandas")  # imported on first use: commands that read no trace start without it
 
@@ -75,6 +77,42 @@ def load(path: str | Path, columns: object = None) -> pd.DataFrame:
     return result
 
 
+def _plain_hashes(records: list[dict]) -> np.ndarray | None:
+    """The ``hash_ids`` column as int64 arrays when every record holds a list of integers, else None."""
+    column = np.empty(len(records), dtype=object)  # filled one by one: equal-length lists must not become 2-D
+    for i, record in enumerate(records):
+        ids = record.get("hash_ids")
+        if type(ids) is not list or not all(type(x) is int for x in ids):
+            return None
+        try:
+            column[i] = np.asarray(ids, dtype=np.int64)
+        except OverflowError:
+            return None
+    return column
+
+
+def read(path: str | Path, columns: object = None) -> TraceTable | None:
+    """The table of a valid Mooncake file without pandas, else None (then :func:`load` reads it)."""
+    path = Path(path)
+    records, _ = read_jsonl_records(path)  # a line that is not a JSON object is reported here, as by load
+    stamps, prompt, output = (json_values(records, key) for key in NEEDED)
+    if stamps is None or prompt is None or output is None:
+        return None
+    arrivals, prompt, output = json_arrivals(stamps, "ms"), json_counts(prompt), json_counts(output)
+    if arrivals is None or prompt is None or output is None:
+        return None
+    extra = {}
+    if any("hash_ids" in record for record in records):
+        hashes = _plain_hashes(records)
+        if hashes is None:
+            return None
+        extra["prefix_block_hashes"] = hashes
+    table = trace_table(arrivals, prompt, output, **extra)
+    if extra:
+        table.attrs["hash_block_tokens"] = HASH_BLOCK_TOKENS
+    return table
+
+
 FORMAT = register_format(
     TraceFormat(
         name="mooncake",
@@ -82,5 +120,6 @@ FORMAT = register_format(
         description="Mooncake FAST'25 JSONL: timestamp (ms), input_length, output_length, hash_ids",
         sniff=sniff,
         load=load,
+        read=read,
     )
 )
