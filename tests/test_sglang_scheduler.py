@@ -10,9 +10,11 @@ import pytest
 import simpy
 from pydantic import ValidationError
 
+from capsim.errors import CapsimError
 from simulator.config.schema import Scenario
 from simulator.engine import simulate
 from simulator.kvcache import BlockManager
+from simulator.prepare import prepare
 from simulator.replica import ReplicaState
 from simulator.requests import RequestTable
 from simulator.schedulers import SCHEDULERS
@@ -162,3 +164,13 @@ def test_registered_and_validated():
     assert SCHEDULERS.get("sglang") is SglangScheduler
     with pytest.raises(ValidationError):
         SglangParams(init_new_token_ratio=1.5)
+
+
+def test_multi_token_decode_steps_are_refused_by_validate_and_run():
+    sc = _offline({"name": "sglang"}).model_dump(mode="json")
+    sc["techniques"] = [{"name": "speculative-decoding", "drafter": "ngram"}]
+    scenario = Scenario.model_validate(sc)
+    for call in (prepare, simulate):
+        with pytest.raises(CapsimError) as err:
+            call(scenario)
+        assert err.value.where == "scheduler.name"

@@ -137,6 +137,20 @@ class SglangScheduler(Scheduler):
     def max_prefill_tokens(self) -> int | None:
         return self.params.chunked_prefill_size
 
+    def check_step_model(self, step: object | None) -> None:
+        """Refuse a multi-token decode step (speculation): the ratio decays per decode *step*, and this scheduler
+        counts steps by the tokens a run added, which several tokens per step would overcount (SGLang 0.3.0 had
+        no speculative decoding to copy)."""
+        if step is not None:
+            from capsim.errors import CapsimError
+
+            raise CapsimError(
+                "the sglang scheduler (SGLang 0.3.0's admission) cannot be combined with a technique that yields "
+                "several tokens per decode step",
+                where="scheduler.name",
+                fix="drop the multi-token technique, or use the vllm or sarathi scheduler",
+            )
+
     # -- the new-token ratio ----------------------------------------------------
     def _catch_up(self) -> None:
         """Advance the ratio over the decode steps run since the last plan: one decay per step, except the step
