@@ -13,6 +13,8 @@ first run (``docs/calibration-decisions.md``, *Serving runs of vLLM 0.6.0 and SG
                                                                       # length variants (a few minutes)
     PYTHONPATH=. python benchmarks/serving_accuracy.py --multi-step   # post-hoc: the vLLM rows with
                                                                       # --num-scheduler-steps 10, as run
+    PYTHONPATH=. python benchmarks/serving_accuracy.py --sglang-admission  # post-hoc: the SGLang rows on
+                                                                      # SGLang 0.3.0's own scheduler
     PYTHONPATH=. python benchmarks/serving_accuracy.py --write-residuals  # store the vllm and sglang rows'
                                                                       # TPOT / throughput ratios for intervals
 """
@@ -28,6 +30,7 @@ from hwmodels.calibration.engine_fit import replace_residual_rows
 from hwmodels.calibration.serving_runs import (
     MULTI_STEP,
     NOT_COMPARED,
+    SGLANG_ADMISSION,
     compare,
     error_table,
     load_runs,
@@ -52,22 +55,30 @@ def main() -> None:
         "(docs/calibration-decisions.md); without it, the registered set-up (1)",
     )
     ap.add_argument(
+        "--sglang-admission",
+        action="store_true",
+        help="post-hoc variant: the SGLang rows on the `sglang` scheduler (SGLang 0.3.0's admission against KV "
+        "reserved for running requests' future tokens, its defaults; docs/calibration-decisions.md); without it, "
+        "the registered set-up (the `vllm` scheduler with SGLang's batch limits)",
+    )
+    ap.add_argument(
         "--write-residuals",
         action="store_true",
         help="write the registered run's TPOT and offline-throughput ratios of each server's own profile to "
-        "heldout_residuals.csv (the prediction intervals of vllm and sglang); refused with --multi-step",
+        "heldout_residuals.csv (the prediction intervals of vllm and sglang); refused with a post-hoc variant",
     )
     args = ap.parse_args()
-    if args.write_residuals and args.multi_step:
-        ap.error("--write-residuals stores the registered set-up's errors; drop --multi-step")
+    if args.write_residuals and (args.multi_step or args.sglang_admission):
+        ap.error("--write-residuals stores the registered set-up's errors; drop --multi-step / --sglang-admission")
 
     runs = load_runs()
     lengths = registered_lengths(runs)
-    comparisons = compare(runs, lengths, multi_step=args.multi_step)
+    comparisons = compare(runs, lengths, multi_step=args.multi_step, sglang_admission=args.sglang_admission)
     table = error_table(comparisons)
     report = {
         "target": TARGET,
         "multi_step": MULTI_STEP if args.multi_step else {},
+        "sglang_admission": SGLANG_ADMISSION if args.sglang_admission else {},
         "lengths": {"prompt_mean": lengths.prompt_mean, "output_mean": lengths.output_mean, "cv": lengths.cv},
         "not_compared": NOT_COMPARED,
         "rows": [
@@ -93,6 +104,8 @@ def main() -> None:
     print(f"published serving runs vs capsim ({TARGET})")
     if args.multi_step:
         print(f"post-hoc variant: num_scheduler_steps {MULTI_STEP} (other servers 1)")
+    if args.sglang_admission:
+        print(f"post-hoc variant: schedulers {SGLANG_ADMISSION} (other servers as registered)")
     print(
         f"lengths: lognormal, prompt mean {lengths.prompt_mean:.0f}, output mean {lengths.output_mean:.1f} "
         f"(from the offline rows), std = {lengths.cv:g} x mean; seeds 1-3, mean of each metric"

@@ -29,6 +29,8 @@ SCHEDULERS = {
                   "swap_space_gib": 0.1},
     # Multi-step scheduling (vLLM --num-scheduler-steps): decode windows of 4 iterations per scheduler call.
     "vllm-multistep": {"name": "vllm", "max_num_seqs": 8, "max_num_batched_tokens": 2048, "num_scheduler_steps": 4},
+    # SGLang 0.3.0's admission: KV reserved for running requests' future tokens, retraction to the queue's back.
+    "sglang": {"name": "sglang", "max_running_requests": 8, "chunked_prefill_size": 2048},
     "sarathi-swap": {"name": "sarathi", "max_num_seqs": 8, "chunk_size": 256, "preemption_mode": "swap",
                      "swap_space_gib": 0.1, "swap_overlap": True, "swap_copy": "sequence"},
 }

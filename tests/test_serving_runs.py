@@ -114,3 +114,28 @@ def test_multi_step_variant_sets_the_servers_flag_and_delays_first_tokens(runs):
     ttft = {c.metric: c.predicted["vllm"] for c in one}["ttft_p50_ms"]
     ttft10 = {c.metric: c.predicted["vllm"] for c in ten}["ttft_p50_ms"]
     assert ttft10 > ttft
+
+
+def test_sglang_admission_variant_gives_only_the_sglang_rows_sglangs_scheduler(runs):
+    """The post-hoc variant puts the SGLang rows on the ``sglang`` scheduler with its defaults (nothing set) and
+    leaves the vLLM rows as registered; on a small offline burst the reservation keeps the decode batch smaller."""
+    lengths = registered_lengths(runs)
+    for r in runs:
+        plain = scenario_for(r, r.engine, seed=1, lengths=lengths)
+        posthoc = scenario_for(r, r.engine, seed=1, lengths=lengths, sglang_admission=True)
+        assert plain["scheduler"]["name"] == "vllm"
+        if r.engine == "sglang":
+            assert posthoc["scheduler"] == {"name": "sglang"}
+        else:
+            assert posthoc == plain
+        Scenario.model_validate(posthoc)
+    from simulator.engine import simulate
+
+    offline = next(r for r in runs if r.engine == "sglang" and r.mode == "offline" and r.tp == 1)
+    widest = {}
+    for flag in (False, True):
+        s = Scenario.model_validate(
+            scenario_for(offline, "none", seed=1, lengths=lengths, num_prompts=1500, sglang_admission=flag)
+        )
+        widest[flag] = int(simulate(s).result.iterations["decode_seqs"].max())
+    assert widest[True] < widest[False]

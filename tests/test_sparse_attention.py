@@ -197,8 +197,8 @@ def test_composes_with_speculative_decoding():
 def test_runs_under_every_scheduler_with_host_kv_and_speculation(scheduler):
     techniques = [{"name": SPARSE, "density": 0.25, "kv_location": "host", "host_kv_gib": 0.5},
                   {"name": "sparse-prefill", "density": 0.3}]
-    # static batching and multi-step windows refuse speculation (their own rules)
-    if scheduler != "static" and SCHEDULERS[scheduler].get("num_scheduler_steps", 1) == 1:
+    # static batching, multi-step windows and the sglang scheduler refuse speculation (their own rules)
+    if scheduler not in ("static", "sglang") and SCHEDULERS[scheduler].get("num_scheduler_steps", 1) == 1:
         techniques.append({"name": "speculative-decoding", "drafter": "ngram", "k": 2, "acceptance": 0.7})
     sc = Scenario.model_validate({
         "seed": 4, "model": "llama-2-7b", "deployment": {"device": "a100-80gb-sxm"},

@@ -51,6 +51,12 @@ SERVER_SETTINGS: dict[str, dict[str, int]] = {
 # vLLM 0.6.0 serving runs*); used only when asked for (``multi_step=True``), so the registered run stays as it was.
 MULTI_STEP: dict[str, int] = {"vllm": 10}
 
+# SGLang 0.3.0's own scheduler (``simulator/schedulers/sglang.py``: admission against KV reserved for the running
+# requests' future tokens), with the source's defaults -- nothing set. Post-hoc: registered after the registered
+# results were seen (docs/calibration-decisions.md, *SGLang 0.3.0's admission on the SGLang serving runs*); used
+# only when asked for (``sglang_admission=True``), so the registered run stays as it was.
+SGLANG_ADMISSION: dict[str, dict[str, Any]] = {"sglang": {"name": "sglang"}}
+
 SEEDS: tuple[int, ...] = (1, 2, 3)
 PROMPT_MEAN_TOKENS = 231.0  # registered assumption (see the decisions log): the source does not state it
 MAX_PROMPT_TOKENS = 1024  # the benchmark's ShareGPT filter: prompt <= 1024, prompt + output <= 2048, both >= 4
@@ -143,15 +149,19 @@ def scenario_for(
     lengths: Lengths,
     num_prompts: int | None = None,
     multi_step: bool = False,
+    sglang_admission: bool = False,
 ) -> dict:
     """The capsim scenario (as a dict) that replays ``run`` with engine profile ``engine``.
 
     ``num_prompts`` overrides the run's count (tests use a few dozen to stay fast); ``multi_step`` sets the
-    server's ``--num-scheduler-steps`` from ``MULTI_STEP`` (the post-hoc variant; servers not listed keep 1).
+    server's ``--num-scheduler-steps`` from ``MULTI_STEP`` (the post-hoc variant; servers not listed keep 1);
+    ``sglang_admission`` gives the servers of ``SGLANG_ADMISSION`` that scheduler instead (post-hoc as well).
     """
-    settings = dict(SERVER_SETTINGS[run.engine])
+    settings: dict[str, Any] = {"name": "vllm", **SERVER_SETTINGS[run.engine]}
     if multi_step and run.engine in MULTI_STEP:
         settings["num_scheduler_steps"] = MULTI_STEP[run.engine]
+    if sglang_admission and run.engine in SGLANG_ADMISSION:
+        settings = dict(SGLANG_ADMISSION[run.engine])
     n = num_prompts if num_prompts is not None else run.num_prompts
     if run.mode == "online":
         arrivals: dict[str, Any] = {"arrival": "poisson", "qps": run.request_rate}
@@ -167,7 +177,7 @@ def scenario_for(
             "memory_utilization": run.memory_utilization,
             "engine": engine,
         },
-        "scheduler": {"name": "vllm", **settings},
+        "scheduler": settings,
         "workload": {**arrivals, **lengths.workload()},
         "simulation": {"num_requests": n, "warmup_s": 0.0},
     }
@@ -180,6 +190,7 @@ def predict(
     seeds: tuple[int, ...] = SEEDS,
     num_prompts: int | None = None,
     multi_step: bool = False,
+    sglang_admission: bool = False,
 ) -> dict[str, float]:
     """Predicted value of every compared metric measured on ``run``: the mean over ``seeds`` of capsim's runs."""
     from simulator.config.schema import Scenario
@@ -189,7 +200,9 @@ def predict(
     wanted = [m for m in run.measured if m in COMPARED]
     values: dict[str, list[float]] = defaultdict(list)
     for seed in seeds:
-        scenario = Scenario.model_validate(scenario_for(run, engine, seed, lengths, num_prompts, multi_step))
+        scenario = Scenario.model_validate(
+            scenario_for(run, engine, seed, lengths, num_prompts, multi_step, sglang_admission)
+        )
         summary = summarise(simulate(scenario).result, scenario.slo)
         for m in wanted:
             key, factor = COMPARED[m]
@@ -222,11 +235,15 @@ def compare(
     seeds: tuple[int, ...] = SEEDS,
     num_prompts: int | None = None,
     multi_step: bool = False,
+    sglang_admission: bool = False,
 ) -> list[Comparison]:
     """Every compared metric of every run, predicted with the run's engine profile and with ``none``."""
     out: list[Comparison] = []
     for run in runs:
-        preds = {engine: predict(run, engine, lengths, seeds, num_prompts, multi_step) for engine in profiles_for(run)}
+        preds = {
+            engine: predict(run, engine, lengths, seeds, num_prompts, multi_step, sglang_admission)
+            for engine in profiles_for(run)
+        }
         for metric, measured in run.measured.items():
             if metric in COMPARED:
                 out.append(Comparison(run, metric, measured, {e: p[metric] for e, p in preds.items()}))

@@ -7,7 +7,14 @@ scenario uses one scheduler; importing all of them slowed every one-shot command
 from simulator.schedulers.base import SCHEDULERS, Plan, PrefillChunk, Scheduler, SchedulerParams
 
 #: Each shipped scheduler's name and the module of this package that registers it (aliases live in the module).
-_SHIPPED = {"fastswitch": "fastswitch", "orca": "orca", "sarathi": "sarathi", "static": "static", "vllm": "vllm"}
+_SHIPPED = {
+    "fastswitch": "fastswitch",
+    "orca": "orca",
+    "sarathi": "sarathi",
+    "sglang": "sglang",
+    "static": "static",
+    "vllm": "vllm",
+}
 for _name, _module in _SHIPPED.items():
     SCHEDULERS.declare(_name, f"{__name__}.{_module}")
 
