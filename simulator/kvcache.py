@@ -141,6 +141,16 @@ class BlockManager:
         later = blocks_for(np.maximum(kv + steps, res), bs)
         return int((later - now).sum())
 
+    def growth_fits(self, ids: np.ndarray, steps: int, free: int) -> bool:
+        """Whether ``growth_after(ids, steps) <= free``, answered without gathering the KV where even the worst
+        case fits: ``steps`` more tokens open at most ``ceil(steps / block_size)`` blocks per sequence (the ceiling
+        of a sum is at most the sum of the ceilings, reservations or not). A chunked-prefill scheduler asks this at
+        nearly every plan. A subclass that counts blocks its own way (its own ``growth_after``) always counts."""
+        if type(self).growth_after is BlockManager.growth_after and len(ids) * -(
+                -(steps * self.step_tokens) // self.block_size) <= free:
+            return True
+        return self.growth_after(ids, steps) <= free
+
     def max_steps(self, ids: np.ndarray, limit: int) -> int:
         """Largest ``k <= limit`` such that ``k`` more tokens per sequence fit in the free blocks."""
         free = self.free_blocks

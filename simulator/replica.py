@@ -372,9 +372,10 @@ class Replica:
                 k, final = limit, 0
         rid, q, done = chunk.rid, chunk.tokens, chunk.cached + chunk.tokens  # the first chunk is already held
         steps = k + (1 if final else 0)
-        if steps > 1 and blocks.blocks_to_grow(rid, done + (k - 1) * q + final) + (
-                blocks.growth_after(ids, steps) if n_dec else 0) > blocks.free_blocks:
-            k, final, steps = 1, 0, 1
+        if steps > 1:
+            spare = blocks.free_blocks - blocks.blocks_to_grow(rid, done + (k - 1) * q + final)
+            if spare < 0 or (n_dec and not blocks.growth_fits(ids, steps, spare)):
+                k, final, steps = 1, 0, 1
         if steps == 1:
             yield from self._iteration(plan)
             return
