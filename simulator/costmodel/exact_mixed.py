@@ -19,7 +19,7 @@ arguments, and summed in table order from the same cached prefix (:meth:`RowByRo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -38,9 +38,12 @@ bytes, or halves and quarters of a byte for packed weights)."""
 _FEATURE_SHIFT = 1
 """Features must be multiples of ``2**-1``: whole counts, and causal pairs ``q (c + q/2)``."""
 
-Terms = tuple[float, tuple[tuple[int, float], ...]]
-"""A dot product at one key: the exact sum of its context-free terms, and ``(varying index, coefficient)`` of the
-nonzero coefficients of the varying features (indices into :data:`MIXED_VARYING`)."""
+Terms = tuple[float, float, float, float]
+"""A dot product at one key: the exact sum of its context-free terms, then the coefficients of the three varying
+features (chunk attention work, its KV read, the decode context), zeros included: a zero term adds an exact 0.0."""
+
+_W, _R, _C = MIXED_VARYING  # where the three varying features sit in a feature vector
+_MISSING = object()
 
 
 def grid_shift(values: np.ndarray) -> int | None:
@@ -79,8 +82,8 @@ class _KeyPlan:
 
     xl: tuple[float, ...]  # the features at zero varying features, as a list would hold them
     bound: float  # the terms' magnitudes summed at zero varying features
-    layer: _ScopePlan
-    it: _ScopePlan
+    layer: _ScopePlan | float  # a float: the scope's sum, no row of it moving
+    it: _ScopePlan | float
     comms: float
     flops: Terms
     bytes: Terms
@@ -151,7 +154,7 @@ class ExactMixed:
             for j in fixed_cols:  # exact: every term and partial sum is on the grid and below the bound
                 if coef[j] != 0.0:
                     const += coef[j] * xl[j]
-            return const, tuple((i, coef[j]) for i, j in enumerate(MIXED_VARYING) if coef[j] != 0.0)
+            return const, coef[_W], coef[_R], coef[_C]
 
         def scope_plan(scope: RowByRow, hit: tuple[float, list[float | None]]) -> _ScopePlan:
             prefix, cached = hit
@@ -168,8 +171,8 @@ class ExactMixed:
         plan = _KeyPlan(
             tuple(xl),
             bound,
-            scope_plan(m._layer, layer_hit),
-            scope_plan(m._iter, it_hit),
+            _constant(scope_plan(m._layer, layer_hit)),
+            _constant(scope_plan(m._iter, it_hit)),
             m._comms.time(base),
             terms(m._flops_total),
             terms(m._bytes_total),
@@ -182,17 +185,12 @@ class ExactMixed:
         self, key: tuple, base: np.ndarray, work: float, kv_read: float, context: float
     ) -> tuple[float, float, float] | None:
         """``(time_s, flops, bytes)`` of the mixed iteration at ``key`` with these varying features, or None."""
-        plans = self._plans
-        if key in plans:
-            plan = plans[key]
-            if plan is None:
-                return None
-        else:
+        plan = self._plans.get(key, _MISSING)
+        if plan is _MISSING:
             plan = self._plan(key, base)
-            if plan is None:
-                return None
-        v = (float(work), float(kv_read), float(context))
-        w, r, c = v
+        if plan is None:
+            return None
+        w, r, c = float(work), float(kv_read), float(context)
         if not (
             w >= 0.0
             and r >= 0.0
@@ -206,30 +204,51 @@ class ExactMixed:
         if not plan.bound + mw * w + mr * r + mc * c < self._limit:
             return None
         xl = list(plan.xl)
-        for j, val in zip(MIXED_VARYING, v, strict=True):
-            xl[j] = val
-        layer = _scope_time(plan.layer, xl, v)
-        it = _scope_time(plan.it, xl, v)
+        xl[_W] = w
+        xl[_R] = r
+        xl[_C] = c
+        # The scopes' sums (RowByRow.time_keyed's additions in its order; a scope whose rows all stay is one number).
+        layer = plan.layer
+        if layer.__class__ is _ScopePlan:
+            total = layer.prefix
+            for t in layer.rest:
+                if t.__class__ is _Row:
+                    f0, fw, fr, fc = t.flops
+                    b0, bw, br, bc = t.bytes
+                    total += t.price(xl, f0 + fw * w + fr * r + fc * c, b0 + bw * w + br * r + bc * c).time_s
+                else:
+                    total += t
+            layer = total
+        it = plan.it
+        if it.__class__ is _ScopePlan:
+            it = _scope_time(it, xl, w, r, c)
         m = self.model
-        time_s = float(m._layers * layer + it + plan.comms + m.overhead_of(xl))
+        time_s = m._layers * layer + it + plan.comms
+        time_s = float(time_s + m.overhead_of(xl)) if m._overheads_active else float(time_s + 0.0)
         self.taken += 1
-        return time_s, _dot(plan.flops, v), _dot(plan.bytes, v)
+        f0, fw, fr, fc = plan.flops
+        b0, bw, br, bc = plan.bytes
+        return time_s, f0 + fw * w + fr * r + fc * c, b0 + bw * w + br * r + bc * c
 
 
-def _dot(terms: Terms, v: Sequence[float]) -> float:
-    """A dot product at one key (exact, see the module)."""
-    s, coefs = terms
-    for i, c in coefs:
-        s += c * v[i]
-    return s
-
-
-def _scope_time(plan: _ScopePlan, xl: list[float], v: Sequence[float]) -> float:
+def _scope_time(plan: _ScopePlan, xl: list[float], w: float, r: float, c: float) -> float:
     """:meth:`RowByRow.time_keyed` of a planned key: the same additions in the same order."""
     total = plan.prefix
     for t in plan.rest:
         if t.__class__ is _Row:
-            total += t.price(xl, _dot(t.flops, v), _dot(t.bytes, v)).time_s
+            f0, fw, fr, fc = t.flops
+            b0, bw, br, bc = t.bytes
+            total += t.price(xl, f0 + fw * w + fr * r + fc * c, b0 + bw * w + br * r + bc * c).time_s
         else:
             total += t
+    return total
+
+
+def _constant(plan: _ScopePlan) -> _ScopePlan | float:
+    """A scope with no row to price per call, as its sum (the same additions in the same order), else itself."""
+    if any(t.__class__ is _Row for t in plan.rest):
+        return plan
+    total = plan.prefix
+    for t in plan.rest:
+        total += t
     return total
