@@ -133,8 +133,12 @@ class BlockManager:
         if not self._reservations:
             if steps == 1 and self._shift is not None:
                 # One token more opens a block exactly where a sequence's blocks are full (kv >= 0): one mask
-                # and a count instead of two ceiling divisions (a chunked-prefill scheduler asks every step).
-                return int(np.count_nonzero((kv & (bs - 1)) == 0))
+                # and a count instead of two ceiling divisions (a chunked-prefill scheduler asks every step);
+                # a few sequences (a mixed iteration's usual decodes) count in Python, cheaper than three calls.
+                mask = bs - 1
+                if len(kv) <= 4:
+                    return sum(1 for v in kv.tolist() if not v & mask)
+                return int(np.count_nonzero((kv & mask) == 0))
             return int((blocks_for(kv + steps, bs) - blocks_for(kv, bs)).sum())
         res = t.kv_reserved[ids]
         now = blocks_for(np.maximum(kv, res), bs)

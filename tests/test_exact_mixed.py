@@ -162,3 +162,19 @@ def test_growth_fits_answers_as_growth_after(reserved):
         steps = int(rng.integers(1, 70))
         free = int(rng.integers(-5, 200))
         assert blocks.growth_fits(ids, steps, free) == (blocks.growth_after(ids, steps) <= free)
+
+
+def test_growth_after_one_token_counts_full_blocks():
+    """One more token opens a block exactly where a sequence's blocks are full; small batches count it in Python,
+    larger ones with numpy: both against the ceiling divisions."""
+    rng = np.random.default_rng(3)
+    n = 200
+    table = RequestTable(np.zeros(n), np.full(n, 100, dtype=np.int64), np.full(n, 100, dtype=np.int64))
+    table.kv_tokens[:] = rng.integers(1, 100, n) * rng.choice([1, 16], n)  # many on a block boundary
+    blocks = BlockManager(100_000, 16, table)
+    for size in (1, 2, 3, 4, 5, 9, 40):
+        for _ in range(40):
+            ids = rng.choice(n, size, replace=False).astype(np.int64)
+            kv = table.kv_tokens[ids]
+            assert blocks.growth_after(ids, 1) == int((-(-(kv + 1) // 16) - -(-kv // 16)).sum())
+
