@@ -298,7 +298,7 @@ class Replica:
             ctx = 0
         elif self.kv is None:
             kv = t.kv_tokens[ids]  # unchanged until the decodes advance (only plan() moves KV)
-            ctx = int(np.add.reduce(kv)) + n_dec
+            ctx = (sum(kv.tolist()) if n_dec <= ONE_TOKEN_LOOP else int(np.add.reduce(kv))) + n_dec
         else:
             ctx = round(float(self.kv.retained(ids, t.kv_tokens[ids] + 1).sum()))
         ptok, logits, work, kv_read = _prefill_totals(plan.prefill, self.cost.prefill_window)
@@ -335,9 +335,7 @@ class Replica:
         if self.handoff is not None:
             self._hand_off(plan.prefill, end, start)
         if n_dec:
-            done = ids[t.generated[ids] == t.output[ids]]
-            if len(done):
-                finished.extend(done.tolist())
+            finished.extend(self._finished_among(ids))
         if finished:
             self._finish(np.asarray(finished, dtype=np.int64), end)
 
@@ -373,7 +371,11 @@ class Replica:
         k = 1 + plan.chunk_repeats
         final = plan.chunk_final
         if n_dec:
-            limit = int(np.minimum.reduce(t.output[ids] - t.generated[ids]))
+            if n_dec <= ONE_TOKEN_LOOP:  # a few decodes: element reads beat three numpy calls
+                out, gen = t.output, t.generated
+                limit = min([int(out[r] - gen[r]) for r in ids.tolist()])
+            else:
+                limit = int(np.minimum.reduce(t.output[ids] - t.generated[ids]))
             if limit <= k:  # a decode finishes within the repeats: the run stops there
                 k, final = limit, 0
         rid, q, done = chunk.rid, chunk.tokens, chunk.cached + chunk.tokens  # the first chunk is already held
@@ -390,7 +392,10 @@ class Replica:
         # decode got its last token at the previous boundary.
         start = env.now
         kv = t.kv_tokens[ids] if n_dec else None
-        ctx = int(np.add.reduce(kv)) + n_dec if n_dec else 0
+        if not n_dec:
+            ctx = 0
+        else:
+            ctx = (sum(kv.tolist()) if n_dec <= ONE_TOKEN_LOOP else int(np.add.reduce(kv))) + n_dec
         c = self._chunk_cost(q, done - q, n_dec, ctx)
         yield env.timeout(c.time_s)
         end = env.now
@@ -473,10 +478,17 @@ class Replica:
                           blocks.total_blocks, c.flops, c.bytes)
 
     def _finish_decodes(self, ids: np.ndarray, end: float) -> None:
-        t = self.table
-        finished = ids[t.generated[ids] == t.output[ids]]
+        finished = self._finished_among(ids)
         if len(finished):
-            self._finish(finished, end)
+            self._finish(np.asarray(finished, dtype=np.int64), end)
+
+    def _finished_among(self, ids: np.ndarray) -> list[int]:
+        """The sequences of ``ids`` that have all their tokens, in batch order."""
+        t = self.table
+        if len(ids) <= ONE_TOKEN_LOOP:
+            gen, out = t.generated, t.output
+            return [r for r in ids.tolist() if gen[r] == out[r]]
+        return ids[t.generated[ids] == t.output[ids]].tolist()
 
     def _chunk_cost(self, q: int, cached: int, n_dec: int, ctx: int):
         """The price of an iteration of one ``q``-token chunk (not completing its prompt) after ``cached``
