@@ -178,3 +178,22 @@ def test_growth_after_one_token_counts_full_blocks():
             kv = table.kv_tokens[ids]
             assert blocks.growth_after(ids, 1) == int((-(-(kv + 1) // 16) - -(-kv // 16)).sum())
 
+
+def test_a_pricer_that_reprices_a_row_keeps_its_price_on_the_fast_path():
+    """A subclass overriding ``price`` but not ``time_s`` (inheriting a faster ``time_s`` of its parent) is asked
+    for its own price."""
+    from simulator.costmodel.exact_mixed import _time_of
+    from simulator.costmodel.pricers import DecodeCurvePricer
+
+    class Doubled(DecodeCurvePricer):
+        def price(self, x, flops, nbytes):
+            p = super().price(x, flops, nbytes)
+            return replace(p, time_s=2.0 * p.time_s)
+
+    fast, _ = _models("llama-3.1-8b", "h100-sxm")
+    (decode,) = [p for p in fast._layer.pricers if isinstance(p, DecodeCurvePricer)]
+    doubled = object.__new__(Doubled)
+    doubled.__dict__.update(decode.__dict__)
+    x = [1.0, 0.0, 4.0, 4.0, 0.0, 0.0, 4096.0, 0.0]
+    assert _time_of(decode)(x, 1e6, 1e7) == decode.price(x, 1e6, 1e7).time_s
+    assert _time_of(doubled)(x, 1e6, 1e7) == 2.0 * decode.price(x, 1e6, 1e7).time_s

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from simulator.costmodel import features as F
+from simulator.costmodel.pricers import RowPricer
 from simulator.costmodel.scopes import MIXED_VARYING, RowByRow
 
 if TYPE_CHECKING:
@@ -62,7 +63,7 @@ def grid_shift(values: np.ndarray) -> int | None:
 class _Row:
     """A row whose price moves with the varying features: its pricer and its work as dot products."""
 
-    price: Callable
+    time_s: Callable  # the row's pricer's ``time_s``
     flops: Terms
     bytes: Terms
 
@@ -162,7 +163,7 @@ class ExactMixed:
             rest: list[float | _Row] = []
             for i, t in enumerate(cached, first):
                 if t is None:
-                    rest.append(_Row(scope.pricers[i].price, terms(scope.flops[i]), terms(scope.bytes[i])))
+                    rest.append(_Row(_time_of(scope.pricers[i]), terms(scope.flops[i]), terms(scope.bytes[i])))
                 else:
                     rest.append(t)
             return _ScopePlan(prefix, tuple(rest))
@@ -215,7 +216,7 @@ class ExactMixed:
                 if t.__class__ is _Row:
                     f0, fw, fr, fc = t.flops
                     b0, bw, br, bc = t.bytes
-                    total += t.price(xl, f0 + fw * w + fr * r + fc * c, b0 + bw * w + br * r + bc * c).time_s
+                    total += t.time_s(xl, f0 + fw * w + fr * r + fc * c, b0 + bw * w + br * r + bc * c)
                 else:
                     total += t
             layer = total
@@ -231,6 +232,17 @@ class ExactMixed:
         return time_s, f0 + fw * w + fr * r + fc * c, b0 + bw * w + br * r + bc * c
 
 
+def _time_of(pricer: RowPricer) -> Callable:
+    """The pricer's ``time_s`` where it is the time of its own ``price`` (the default, or one defined with or
+    below ``price``), else ``price(...).time_s``: a subclass that re-prices a row keeps its price here too."""
+    mro = type(pricer).__mro__
+    own_time = next(c for c in mro if "time_s" in c.__dict__)
+    own_price = next(c for c in mro if "price" in c.__dict__)
+    if own_time is RowPricer or issubclass(own_time, own_price):
+        return pricer.time_s
+    return lambda x, flops, nbytes: pricer.price(x, flops, nbytes).time_s
+
+
 def _scope_time(plan: _ScopePlan, xl: list[float], w: float, r: float, c: float) -> float:
     """:meth:`RowByRow.time_keyed` of a planned key: the same additions in the same order."""
     total = plan.prefix
@@ -238,7 +250,7 @@ def _scope_time(plan: _ScopePlan, xl: list[float], w: float, r: float, c: float)
         if t.__class__ is _Row:
             f0, fw, fr, fc = t.flops
             b0, bw, br, bc = t.bytes
-            total += t.price(xl, f0 + fw * w + fr * r + fc * c, b0 + bw * w + br * r + bc * c).time_s
+            total += t.time_s(xl, f0 + fw * w + fr * r + fc * c, b0 + bw * w + br * r + bc * c)
         else:
             total += t
     return total
