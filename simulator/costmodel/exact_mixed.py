@@ -8,12 +8,13 @@ products for the work totals), each ~1 us of call overhead for a few multiplicat
 Why the result is the same number: the simulated times are fingerprinted byte for byte, and numpy (BLAS) sums a
 dot product in an order of its own (blocked, vector lanes, fused multiply-adds), which Python cannot mimic in
 general. But where every coefficient is a multiple of ``2**-s`` and every feature a multiple of ``1/2`` (token
-counts, KV tokens, and causal pairs ``q (c + q/2)`` are), and the terms' magnitudes sum below ``2**(53 - s - 1)``,
-every product and every partial sum is an exact float: the dot product then has one value whatever the order of
-its additions (the exact one), and a short Python sum of the nonzero terms gives it. Each key (chunk tokens,
-sequences with logits, decode batch) checks the coefficients once; each call checks its three varying features
-and the bound, and otherwise (a sliding-window model's fractional pairs, a non-dyadic coefficient, a huge value)
-declines, so the caller takes the numpy path. The rows themselves are priced by the same pricers with the same
+counts, KV tokens, and causal pairs ``q (c + q/2)`` are), and the terms' magnitudes sum below ``2**(52 - s - 1)``
+(one bit below the exact limit, for the rounding of the bound itself), every product and every partial sum is an
+exact float: the dot product then has one value whatever the order of its additions (the exact one), and a short
+Python sum of its terms gives it. The model's coefficients are checked once (:meth:`ExactMixed.build`), each key's
+(chunk tokens, sequences with logits, decode batch) fixed features once, each call's three varying features and
+the bound every time; anything else (a sliding-window model's fractional pairs, a non-dyadic coefficient, a huge
+value) declines, so the caller takes the numpy path. The rows themselves are priced by the same pricers with the same
 arguments, and summed in table order from the same cached prefix (:meth:`RowByRow.time_keyed`'s arrangement).
 """
 
