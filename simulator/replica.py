@@ -319,7 +319,7 @@ class Replica:
         end = self.env.now
         if n_dec:
             one = DecodeRun(1, took, 0.0, True)
-            if kv is not None and n_dec <= ONE_TOKEN_LOOP and self._one_token_loop:
+            if step is None and kv is not None and n_dec <= ONE_TOKEN_LOOP and self._one_token_loop:
                 self._advance_one(ids, kv, took, end, start)
             elif step is None:
                 self._advance_decodes(ids, one, end, start, kv)

@@ -34,6 +34,8 @@ BASE = {
 CASES = {
     "light": {},  # mostly one decode beside each chunk
     "busier": {"workload": {**BASE["workload"], "qps": 12}},  # up to four, with differing last-token times
+    # A step model advances its own decodes (several tokens a step): the loop must stay out of its iterations.
+    "speculative": {"techniques": [{"name": "speculative-decoding", "drafter": "eagle", "k": 4, "acceptance": 0.7}]},
 }
 
 
@@ -59,7 +61,10 @@ def test_one_token_loop_changes_no_number(name, monkeypatch):
     fast, calls = _run(sc, monkeypatch, True)
     slow, none = _run(sc, monkeypatch, False)
     assert none == 0
-    assert calls > 50
+    if name == "speculative":
+        assert calls == 0
+    else:
+        assert calls > 50
     for table in ("iterations", "requests"):
         a, b = getattr(fast, table), getattr(slow, table)
         assert list(a.columns) == list(b.columns)
