@@ -133,13 +133,27 @@ class BlockManager:
         if not self._reservations:
             if steps == 1 and self._shift is not None:
                 # One token more opens a block exactly where a sequence's blocks are full (kv >= 0): one mask
-                # and a count instead of two ceiling divisions (a chunked-prefill scheduler asks every step).
-                return int(np.count_nonzero((kv & (bs - 1)) == 0))
+                # and a count instead of two ceiling divisions (a chunked-prefill scheduler asks every step);
+                # a few sequences (a mixed iteration's usual decodes) count in Python, cheaper than three calls.
+                mask = bs - 1
+                if len(kv) <= 4:
+                    return sum(1 for v in kv.tolist() if not v & mask)
+                return int(np.count_nonzero((kv & mask) == 0))
             return int((blocks_for(kv + steps, bs) - blocks_for(kv, bs)).sum())
         res = t.kv_reserved[ids]
         now = blocks_for(np.maximum(kv, res), bs)
         later = blocks_for(np.maximum(kv + steps, res), bs)
         return int((later - now).sum())
+
+    def growth_fits(self, ids: np.ndarray, steps: int, free: int) -> bool:
+        """Whether ``growth_after(ids, steps) <= free``, answered without gathering the KV where even the worst
+        case fits: ``steps`` more tokens open at most ``ceil(steps / block_size)`` blocks per sequence (the ceiling
+        of a sum is at most the sum of the ceilings, reservations or not). A chunked-prefill scheduler asks this at
+        nearly every plan. A subclass that counts blocks its own way (its own ``growth_after``) always counts."""
+        if type(self).growth_after is BlockManager.growth_after and len(ids) * -(
+                -(steps * self.step_tokens) // self.block_size) <= free:
+            return True
+        return self.growth_after(ids, steps) <= free
 
     def max_steps(self, ids: np.ndarray, limit: int) -> int:
         """Largest ``k <= limit`` such that ``k`` more tokens per sequence fit in the free blocks."""

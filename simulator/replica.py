@@ -27,6 +27,10 @@ from simulator.schedulers.base import Plan, Scheduler
 from simulator.schedulers.preemption import SwapSpace
 from simulator.techniques.step import BoundStep
 
+ONE_TOKEN_LOOP = 4
+"""Decode batches up to this size advance by one token element by element (:meth:`Replica._advance_one`): a
+numpy call on a tiny array costs ~0.5-1 us, a read or write of one element ~0.1 us."""
+
 SMALL_BATCH = 32
 """Batches up to this size do their reductions (sum, min, max, count) in Python on a ``tolist()``:
 one numpy reduction costs ~0.7 us of call overhead, a Python ``min`` over a few floats ~0.1 us
@@ -294,7 +298,7 @@ class Replica:
             ctx = 0
         elif self.kv is None:
             kv = t.kv_tokens[ids]  # unchanged until the decodes advance (only plan() moves KV)
-            ctx = int(np.add.reduce(kv)) + n_dec
+            ctx = (sum(kv.tolist()) if n_dec <= ONE_TOKEN_LOOP else int(np.add.reduce(kv))) + n_dec
         else:
             ctx = round(float(self.kv.retained(ids, t.kv_tokens[ids] + 1).sum()))
         ptok, logits, work, kv_read = _prefill_totals(plan.prefill, self.cost.prefill_window)
@@ -315,7 +319,9 @@ class Replica:
         end = self.env.now
         if n_dec:
             one = DecodeRun(1, took, 0.0, True)
-            if step is None:
+            if step is None and kv is not None and n_dec <= ONE_TOKEN_LOOP and self._one_token_loop:
+                self._advance_one(ids, kv, took, end, start)
+            elif step is None:
                 self._advance_decodes(ids, one, end, start, kv)
             else:
                 got = np.minimum(step.commit(ids, sp, 1), t.output[ids] - t.generated[ids])
@@ -329,9 +335,7 @@ class Replica:
         if self.handoff is not None:
             self._hand_off(plan.prefill, end, start)
         if n_dec:
-            done = ids[t.generated[ids] == t.output[ids]]
-            if len(done):
-                finished.extend(done.tolist())
+            finished.extend(self._finished_among(ids))
         if finished:
             self._finish(np.asarray(finished, dtype=np.int64), end)
 
@@ -367,14 +371,19 @@ class Replica:
         k = 1 + plan.chunk_repeats
         final = plan.chunk_final
         if n_dec:
-            limit = int(np.minimum.reduce(t.output[ids] - t.generated[ids]))
+            if n_dec <= ONE_TOKEN_LOOP:  # a few decodes: element reads beat three numpy calls
+                out, gen = t.output, t.generated
+                limit = min([int(out[r] - gen[r]) for r in ids.tolist()])
+            else:
+                limit = int(np.minimum.reduce(t.output[ids] - t.generated[ids]))
             if limit <= k:  # a decode finishes within the repeats: the run stops there
                 k, final = limit, 0
         rid, q, done = chunk.rid, chunk.tokens, chunk.cached + chunk.tokens  # the first chunk is already held
         steps = k + (1 if final else 0)
-        if steps > 1 and blocks.blocks_to_grow(rid, done + (k - 1) * q + final) + (
-                blocks.growth_after(ids, steps) if n_dec else 0) > blocks.free_blocks:
-            k, final, steps = 1, 0, 1
+        if steps > 1:
+            spare = blocks.free_blocks - blocks.blocks_to_grow(rid, done + (k - 1) * q + final)
+            if spare < 0 or (n_dec and not blocks.growth_fits(ids, steps, spare)):
+                k, final, steps = 1, 0, 1
         if steps == 1:
             yield from self._iteration(plan)
             return
@@ -383,12 +392,18 @@ class Replica:
         # decode got its last token at the previous boundary.
         start = env.now
         kv = t.kv_tokens[ids] if n_dec else None
-        ctx = int(np.add.reduce(kv)) + n_dec if n_dec else 0
+        if not n_dec:
+            ctx = 0
+        else:
+            ctx = (sum(kv.tolist()) if n_dec <= ONE_TOKEN_LOOP else int(np.add.reduce(kv))) + n_dec
         c = self._chunk_cost(q, done - q, n_dec, ctx)
         yield env.timeout(c.time_s)
         end = env.now
         if n_dec:
-            self._advance_decodes(ids, DecodeRun(1, c.time_s, 0.0, True), end, start, kv)
+            if n_dec <= ONE_TOKEN_LOOP and self._one_token_loop:
+                self._advance_one(ids, kv, c.time_s, end, start)
+            else:
+                self._advance_decodes(ids, DecodeRun(1, c.time_s, 0.0, True), end, start, kv)
         rec.iteration(index, start, end, 1, q, 1, n_dec, ctx, c.time_s, c.time_s, blocks.used_blocks, total,
                       c.flops, c.bytes)
         if k > 1:
@@ -463,10 +478,17 @@ class Replica:
                           blocks.total_blocks, c.flops, c.bytes)
 
     def _finish_decodes(self, ids: np.ndarray, end: float) -> None:
-        t = self.table
-        finished = ids[t.generated[ids] == t.output[ids]]
+        finished = self._finished_among(ids)
         if len(finished):
-            self._finish(finished, end)
+            self._finish(np.asarray(finished, dtype=np.int64), end)
+
+    def _finished_among(self, ids: np.ndarray) -> list[int]:
+        """The sequences of ``ids`` that have all their tokens, in batch order."""
+        t = self.table
+        if len(ids) <= ONE_TOKEN_LOOP:
+            gen, out = t.generated, t.output
+            return [r for r in ids.tolist() if gen[r] == out[r]]
+        return ids[t.generated[ids] == t.output[ids]].tolist()
 
     def _chunk_cost(self, q: int, cached: int, n_dec: int, ctx: int):
         """The price of an iteration of one ``q``-token chunk (not completing its prompt) after ``cached``
@@ -607,6 +629,51 @@ class Replica:
         else:
             yield env.timeout(run.total)
         return run
+
+    @property
+    def _one_token_loop(self) -> bool:
+        """Whether :meth:`_advance_one` may stand in for :meth:`_advance_decodes` of one iteration here: no padded
+        finished sequences, no warm-up split, and the default block manager counting by shifts, unreserved."""
+        b = self.blocks
+        return (not self.scheduler.pads_finished and self.warmup_s <= 0 and type(b) is BlockManager
+                and b._shift is not None and not b._reservations)
+
+    def _advance_one(self, ids: np.ndarray, kv: np.ndarray, took: float, end: float, start: float) -> None:
+        """:meth:`_advance_decodes` of one iteration of ``took`` seconds for a few decodes (``kv``: their KV tokens
+        before it), element by element: the same block count, table writes and recorded gaps, without the dozen
+        numpy calls on one- or two-element arrays that a mixed iteration's small decode batch otherwise pays
+        (chunked prefill at moderate load: a median of one decode beside each chunk)."""
+        t, rec, blocks = self.table, self.recorder, self.blocks
+        rids = ids.tolist()
+        kv_tok, last_tok, max_tbt, generated = t.kv_tokens, t.last_token_s, t.max_tbt_s, t.generated
+        mask = blocks.block_size - 1
+        kv_list = kv.tolist()
+        opened = 0
+        for v in kv_list:  # a block opens where the sequence's blocks are full (grow_all, one step)
+            if not v & mask:
+                opened += 1
+        blocks._add(opened)
+        last = [last_tok[r] for r in rids]
+        boundary = start + took
+        newest, oldest = max(last), min(last)
+        lo, hi = boundary - newest, boundary - oldest  # as _advance_tokens records them
+        n = len(rids)
+        if lo == hi:
+            rec.gap_run(lo, 0.0, 1, n)
+        else:
+            n_new, n_old = last.count(newest), last.count(oldest)
+            if n_new + n_old == n:
+                rec.gap_run(lo, 0.0, 1, n_new)
+                rec.gap_run(hi, 0.0, 1, n_old)
+            else:
+                rec.gap_values(boundary - np.array(last))
+        for r, v, prev in zip(rids, kv_list, last, strict=True):
+            kv_tok[r] = v + 1
+            gap = boundary - prev
+            if gap > max_tbt[r]:  # np.maximum of the two (neither is NaN: the decode has a last token)
+                max_tbt[r] = gap
+            generated[r] += 1
+            last_tok[r] = end
 
     def _advance_decodes(self, ids, run: DecodeRun, end, start, kv: np.ndarray | None = None):
         """The decode iterations of ``run`` of ``ids`` ended at ``end``: tokens, gaps and KV (``kv``: their

@@ -247,6 +247,21 @@ class DecodePricer:
             self._line_terms[key] = terms
         return terms
 
+    def _v2_time(self, seqs: float, context: float, nbytes: float) -> float:
+        """``-v2``: seconds of a step of ``seqs`` sequences of summed ``context`` (``seqs > 0``)."""
+        kv = self.b_tok * context
+        # ``lines`` inlined (a mixed iteration prices this at nearly every step), the same operations.
+        fixed, flat, base, slope, fa = self._terms_at(seqs, context / seqs)
+        fixed += max(nbytes - kv, 0.0) / (self.bw * self.p["m_max"])
+        fixed = float(fixed * fa) if fa is not None else float(fixed)
+        return fixed + max(flat, base + slope * context)
+
+    def time_s(self, seqs: float, context: float, flops: float, nbytes: float) -> float:
+        """``price(...).time_s`` without the compute and memory parts (the mixed-iteration fast path)."""
+        if self.v2 and seqs > 0.0:
+            return self._v2_time(seqs, context, nbytes)
+        return self.price(seqs, context, flops, nbytes).time_s
+
     def terms(self, seqs: float) -> DecodeTerms:
         """``-v1``: the step's fixed time, time per FLOP and per byte, and serial time per context token."""
         fixed, eta_c, eta_m, serial = curves.decode_terms(self.p, seqs, self.h, self.hkv)
@@ -256,12 +271,7 @@ class DecodePricer:
         if seqs <= 0.0:
             return ZERO
         if self.v2:
-            kv = self.b_tok * context
-            # ``lines`` inlined (a mixed iteration prices this at nearly every step), the same operations.
-            fixed, flat, base, slope, fa = self._terms_at(seqs, context / seqs)
-            fixed += max(nbytes - kv, 0.0) / (self.bw * self.p["m_max"])
-            fixed = float(fixed * fa) if fa is not None else float(fixed)
-            t = fixed + max(flat, base + slope * context)
+            t = self._v2_time(seqs, context, nbytes)
             return Priced(t, flops / (self.peak * self.p["c_max"]), nbytes / (self.bw * self.p["m_max"]))
         t = self.terms(seqs)
         tc = max(flops * t.per_flop, t.serial * context)

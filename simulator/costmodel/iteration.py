@@ -28,6 +28,7 @@ import numpy as np
 
 from hwmodels.roofline import RooflineDevice
 from simulator.costmodel import features as F
+from simulator.costmodel.exact_mixed import ExactMixed
 from simulator.costmodel.features import BatchShape
 from simulator.costmodel.operators import OperatorTable
 from simulator.costmodel.pricers import PRICERS, PricerRegistry, PricingContext, RooflinePricer
@@ -336,6 +337,9 @@ class IterationCostModel:
         split = [p for p in layer_pricers if p.split_regime(1.0, 1.0) != 0]
         self._split_regime = split[0].split_regime if split else None
         self._split_block = split[0].split_block_tokens if split else 0  # KV tokens per block of that kernel
+        # Mixed iterations in plain floats where that is provably the same number (costmodel/exact_mixed.py);
+        # None: always the numpy path.
+        self._exact_mixed = ExactMixed.build(self)
 
     # ----------------------------------------------------------------- single
     def features(self, shape: BatchShape) -> np.ndarray:
@@ -353,6 +357,20 @@ class IterationCostModel:
             t = t + o.per_collective_s * self._collectives_per_step
         if self._reread_slope:
             t = t + self._reread_slope * x[..., F.DECODE_CONTEXT]
+        return t
+
+    def overhead_of(self, xl: list[float]) -> float:
+        """:meth:`_overhead` of one row given as a list: the same operations in the same order, on floats."""
+        if not self._overheads_active:
+            return 0.0
+        o = self.overheads
+        t = o.per_iteration_s + o.per_sequence_s * xl[F.LOGIT_SEQS] + o.per_layer_s * self._layers
+        if o.per_token_s:
+            t = t + o.per_token_s * (xl[F.PREFILL_TOKENS] + xl[F.DECODE_SEQS])
+        if o.per_collective_s:
+            t = t + o.per_collective_s * self._collectives_per_step
+        if self._reread_slope:
+            t = t + self._reread_slope * xl[F.DECODE_CONTEXT]
         return t
 
     def price_features(self, x: np.ndarray) -> float:
@@ -411,6 +429,12 @@ class IterationCostModel:
             base = self._mixed_base.get(fixed)
             if base is None:
                 base = self._mixed_base[fixed] = self._totals_x(prefill_tokens, logit_seqs, 0.0, 0, decode_seqs)
+            fast = self._exact_mixed
+            if fast is not None:
+                got = fast.price(fixed, base, prefill_attn_work, prefill_kv_read, decode_context)
+                if got is not None:
+                    hit = self._cache[key] = IterationCost(*got)
+                    return hit
             x = base.copy()
             x[F.PREFILL_ATTN_WORK] = prefill_attn_work
             x[F.PREFILL_KV_READ] = prefill_kv_read

@@ -89,6 +89,11 @@ class RowPricer(ABC):
         """Seconds of the row at each shape (rows of ``X``), every one with work; None where not vectorised."""
         return None
 
+    def time_s(self, x: Sequence[float], flops: float, nbytes: float) -> float:
+        """``price(x, flops, nbytes).time_s``, the same number; a pricer may skip building the compute and
+        memory parts nobody reads (the mixed-iteration fast path, ``costmodel/exact_mixed.py``)."""
+        return self.price(x, flops, nbytes).time_s
+
     def decode_line(
         self, batch: int, flops: float, nbytes: float, context_per_seq: float | None, layers: float
     ) -> DecodeLine | None:
@@ -214,6 +219,11 @@ class DecodeCurvePricer(RowPricer):
         if self.attended != 1.0:
             return self.attention.price(x[F.DECODE_SEQS], x[F.DECODE_CONTEXT] * self.attended, flops, nbytes)
         return self.attention.price(x[F.DECODE_SEQS], x[F.DECODE_CONTEXT], flops, nbytes)
+
+    def time_s(self, x: Sequence[float], flops: float, nbytes: float) -> float:
+        if self.attended != 1.0:
+            return self.attention.time_s(x[F.DECODE_SEQS], x[F.DECODE_CONTEXT] * self.attended, flops, nbytes)
+        return self.attention.time_s(x[F.DECODE_SEQS], x[F.DECODE_CONTEXT], flops, nbytes)
 
     def decode_line(
         self, batch: int, flops: float, nbytes: float, context_per_seq: float | None, layers: float

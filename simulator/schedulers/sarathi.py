@@ -55,7 +55,7 @@ class SarathiScheduler(Scheduler):
             # Decodes only, nothing to admit (between arrivals, most plans): the decode run below, without the
             # budget bookkeeping, where their next token fits (else the general path preempts).
             ids = st.running_ids()
-            if blocks.growth_after(ids, 1) <= blocks.free_blocks:
+            if blocks.growth_fits(ids, 1, blocks.free_blocks):
                 return Plan((), ids, repeat=True)
         decoding = [r for r in st.running if r not in prefilling] if prefilling else list(st.running)
         # Decodes need one new token of KV each; preempt until that fits. ``decode_growth``: the blocks the
