@@ -21,7 +21,7 @@ from traces.loaders.common import (
     register_format,
     token_column,
 )
-from traces.loaders.fast import csv_arrivals, csv_columns, whole_counts
+from traces.loaders.fast import csv_arrivals, csv_named_columns, whole_counts
 from traces.loaders.table import TraceTable, trace_table
 
 pd = lazy_module("pandas")  # imported on first use: commands that read no trace start without it
@@ -50,13 +50,12 @@ def load(path: str | Path, columns: object = None) -> pd.DataFrame:
 def read(path: str | Path, columns: object = None) -> TraceTable | None:
     """The table of a plain, valid Azure 2023 file without pandas, else None (then :func:`load` reads it)."""
     path = Path(path)
-    plain = csv_columns(path)
+    plain = csv_named_columns(path)
     if plain is None:
         return None
-    names, cells = plain
+    names, column = plain
     if not sniff(names):
         raise missing_columns_error(path, COLUMNS, names, "azure")
-    column = dict(zip(names, cells, strict=True))
     arrivals = csv_arrivals(column["TIMESTAMP"], "datetime")
     prompt, output = whole_counts(column["ContextTokens"]), whole_counts(column["GeneratedTokens"])
     if arrivals is None or prompt is None or output is None:

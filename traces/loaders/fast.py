@@ -74,6 +74,15 @@ def csv_columns(path: Path) -> tuple[list[str], list[tuple[str, ...]]] | None:
     return names, list(zip(*rows[1:], strict=True))
 
 
+def csv_named_columns(path: Path) -> tuple[list[str], dict[str, tuple[str, ...]]] | None:
+    """:func:`csv_columns` keyed by header name (the names kept in order too, for checks and messages), else None."""
+    plain = csv_columns(path)
+    if plain is None:
+        return None
+    names, cells = plain
+    return names, dict(zip(names, cells, strict=True))
+
+
 def csv_header(path: Path) -> list[str] | None:
     """The stripped header names of a plain CSV (as :func:`csv_columns` defines it, rows unchecked), else None."""
     try:

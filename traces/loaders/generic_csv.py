@@ -11,7 +11,7 @@ from pathlib import Path
 
 from capsim.lazy import lazy_module
 from traces.loaders.common import TraceFormat, read_csv_table, register_format
-from traces.loaders.fast import csv_arrivals, csv_columns, whole_counts
+from traces.loaders.fast import csv_arrivals, csv_named_columns, whole_counts
 from traces.loaders.generic import frame_from_table, table_from_columns
 from traces.loaders.table import TraceTable
 
@@ -32,11 +32,10 @@ def load(path: str | Path, columns: object = None) -> pd.DataFrame:
 def read(path: str | Path, columns: object = None) -> TraceTable | None:
     """The table of a plain, valid CSV without pandas, else None (then :func:`load` reads it)."""
     path = Path(path)
-    plain = csv_columns(path)
+    plain = csv_named_columns(path)
     if plain is None:
         return None
-    names, cells = plain
-    by_name = dict(zip(names, cells, strict=True))
+    names, by_name = plain
     return table_from_columns(names, by_name.__getitem__, columns, path, counts=whole_counts, arrivals=csv_arrivals)
 
 

@@ -22,7 +22,7 @@ from traces.loaders.common import (
     register_format,
     token_column,
 )
-from traces.loaders.fast import csv_arrivals, csv_columns, whole_counts
+from traces.loaders.fast import csv_arrivals, csv_named_columns, whole_counts
 from traces.loaders.table import TraceTable, trace_table
 
 pd = lazy_module("pandas")  # imported on first use: commands that read no trace start without it
@@ -53,13 +53,12 @@ def load(path: str | Path, columns: object = None) -> pd.DataFrame:
 def read(path: str | Path, columns: object = None) -> TraceTable | None:
     """The table of a plain, valid vidur file without pandas, else None (then :func:`load` reads it)."""
     path = Path(path)
-    plain = csv_columns(path)
+    plain = csv_named_columns(path)
     if plain is None:
         return None
-    names, cells = plain
+    names, column = plain
     if not sniff(names):
         raise missing_columns_error(path, TOKEN_COLUMNS, names, "vidur")
-    column = dict(zip(names, cells, strict=True))
     prompt, output = whole_counts(column["num_prefill_tokens"]), whole_counts(column["num_decode_tokens"])
     arrivals = csv_arrivals(column[ARRIVAL], "s") if ARRIVAL in column else None
     if prompt is None or output is None or (ARRIVAL in column and arrivals is None):
