@@ -212,15 +212,7 @@ class ExactMixed:
         # The scopes' sums (RowByRow.time_keyed's additions in its order; a scope whose rows all stay is one number).
         layer = plan.layer
         if layer.__class__ is _ScopePlan:
-            total = layer.prefix
-            for t in layer.rest:
-                if t.__class__ is _Row:
-                    f0, fw, fr, fc = t.flops
-                    b0, bw, br, bc = t.bytes
-                    total += t.time_s(xl, f0 + fw * w + fr * r + fc * c, b0 + bw * w + br * r + bc * c)
-                else:
-                    total += t
-            layer = total
+            layer = _scope_time(layer, xl, w, r, c)
         it = plan.it
         if it.__class__ is _ScopePlan:
             it = _scope_time(it, xl, w, r, c)
