@@ -27,6 +27,7 @@ from app.checks import Issue
 from app.fields import describe_field, form_fields, prune_defaults
 from app.setup import CONFIG_SECTIONS, MAX_CONFIGURATIONS, SHARED_FIELDS, Configuration, template_configuration
 from app.widgets import Form
+from hwmodels.calibration.engines import engine_names
 from hwmodels.device import DEVICES
 from simulator.config.schema import DeploymentConfig, Scenario, SchedulerConfig, SimulationConfig
 from simulator.costmodel.precision import BYTES_PER_ELEMENT
@@ -460,8 +461,9 @@ def configuration_input(form: Form, ui: Any, index: int, init: Configuration) ->
     extras: dict[str, Any] = {}
     more_ui = ui.expander("more deployment options")
     rest = [f for n, f in dep_fields.items() if n not in ("device", "num_replicas", "tp", "pp")]
-    more = form.fields(more_ui, rest, f"{p}.deployment", init.deployment,
-                       options={n: list(BYTES_PER_ELEMENT) for n in DTYPE_FIELDS})
+    choices: dict[str, list[Any]] = {n: list(BYTES_PER_ELEMENT) for n in DTYPE_FIELDS}
+    choices["engine"] = engine_names()  # "(not set)": the device's default engine profile, else vllm
+    more = form.fields(more_ui, rest, f"{p}.deployment", init.deployment, options=choices)
     # Scenario sections without dedicated inputs (e.g. added to the schema later), drawn from the schema.
     handled = set(SHARED_FIELDS) | set(CONFIG_SECTIONS) | {"techniques"}
     others = [f for f in form_fields(Scenario) if f.name not in handled]

@@ -274,3 +274,25 @@ def test_technique_parameters_come_from_the_registry_and_round_trip(tmp_path):
     assert loaded[0].techniques == []
     assert loaded[1].techniques[0].name == "speculative-decoding"
     assert loaded[1].techniques[0].params == {"drafter": "ngram", "k": 3}
+
+
+def test_engine_profile_is_a_menu_of_the_registered_profiles_and_changes_the_answer(tmp_path):
+    """The serving-engine profile is chosen from the registered names ('(not set)': the default), and a second
+    configuration that differs only in its engine is a separate, differently priced configuration."""
+    from hwmodels.calibration.engines import engine_names
+
+    at = small(page())
+    box = at.selectbox(key=widget_key(0, "cfg1.deployment.engine"))
+    assert box.options[0] == "(not set)" and set(engine_names()) <= set(box.options)
+    at.selectbox(key=widget_key(0, "cfg1.deployment.device")).set_value("h100-sxm").run()
+    at.selectbox(key=widget_key(0, "cfg1.deployment.engine")).set_value("none").run()
+    at.button(key="run").click().run()
+    assert not at.exception and not at.error
+    table = summary_table(at)
+    assert list(table.columns) == ["h100-sxm vllm", "h100-sxm vllm engine-none"]
+    tpot = [seconds(str(c).split(" ")[0] + " " + str(c).split(" ")[1]) for c in table.loc["TPOT p50"]]
+    assert tpot[1] < tpot[0]  # the kernels alone are faster than with vLLM's terms
+    path = tmp_path / "downloaded.yaml"
+    path.write_text(at.code[0].value)
+    loaded = load_scenarios(path)
+    assert loaded[0].deployment.engine is None and loaded[1].deployment.engine == "none"
