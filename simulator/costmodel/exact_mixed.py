@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -228,12 +229,18 @@ class ExactMixed:
 def _time_of(pricer: RowPricer) -> Callable:
     """The pricer's ``time_s`` where it is the time of its own ``price`` (the default, or one defined with or
     below ``price``), else ``price(...).time_s``: a subclass that re-prices a row keeps its price here too."""
-    mro = type(pricer).__mro__
-    own_time = next(c for c in mro if "time_s" in c.__dict__)
-    own_price = next(c for c in mro if "price" in c.__dict__)
-    if own_time is RowPricer or issubclass(own_time, own_price):
+    if _time_is_own_price(type(pricer)):
         return pricer.time_s
     return lambda x, flops, nbytes: pricer.price(x, flops, nbytes).time_s
+
+
+@cache
+def _time_is_own_price(kind: type) -> bool:
+    """Whether ``kind.time_s`` is the time of ``kind.price`` (asked once per pricer class, not per planned key)."""
+    mro = kind.__mro__
+    own_time = next(c for c in mro if "time_s" in c.__dict__)
+    own_price = next(c for c in mro if "price" in c.__dict__)
+    return own_time is RowPricer or issubclass(own_time, own_price)
 
 
 def _scope_time(plan: _ScopePlan, xl: list[float], w: float, r: float, c: float) -> float:
