@@ -123,6 +123,21 @@ class BlockManager:
         if self.used_blocks > self.peak_used_blocks:
             self.peak_used_blocks = self.used_blocks
 
+    def open_blocks(self, blocks: int) -> None:
+        """Count ``blocks`` opened by sequences whose tokens the caller advanced itself (a replica's run
+        bookkeeping, which counts the full blocks element by element instead of asking :meth:`grow_all`)."""
+        self._add(blocks)
+
+    @property
+    def reserves_any(self) -> bool:
+        """Whether any sequence reserved KV up front: then held blocks follow reservations, not token counts."""
+        return self._reservations
+
+    @property
+    def blocks_by_shift(self) -> bool:
+        """Whether the block size is a power of two (block counts by bit shifts and masks)."""
+        return self._shift is not None
+
     # ---------------------------------------------------------------- runs
     def growth_after(self, ids: np.ndarray, steps: int) -> int:
         """Blocks the sequences ``ids`` need in addition after each stores ``steps`` more tokens."""

@@ -407,7 +407,7 @@ class Replica:
         rec.iteration(index, start, end, 1, q, 1, n_dec, ctx, c.time_s, c.time_s, blocks.used_blocks, total,
                       c.flops, c.bytes)
         if k > 1:
-            if n_dec and (n_dec > SMALL_BATCH or blocks._reservations or self.stops or (
+            if n_dec and (n_dec > SMALL_BATCH or blocks.reserves_any or self.stops or (
                     self.warmup_s > 0 and bool((t.arrival_s[ids] < self.warmup_s).any()))):
                 yield from self._chunk_steps(ids, rid, q, done, k - 1)  # the general bookkeeping, step by step
             else:
@@ -450,7 +450,7 @@ class Replica:
                 for v in kv_list:
                     if v % bs == 0:  # a block opens where the sequence's blocks are full
                         opened += 1
-                blocks._add(opened)
+                blocks.open_blocks(opened)
                 kv_list = [v + 1 for v in kv_list]
             rec.iteration(index, start, end, 1, q, 1, n_dec, ctx, took, took, blocks.used_blocks, total,
                           c.flops, c.bytes)
@@ -636,7 +636,7 @@ class Replica:
         finished sequences, no warm-up split, and the default block manager counting by shifts, unreserved."""
         b = self.blocks
         return (not self.scheduler.pads_finished and self.warmup_s <= 0 and type(b) is BlockManager
-                and b._shift is not None and not b._reservations)
+                and b.blocks_by_shift and not b.reserves_any)
 
     def _advance_one(self, ids: np.ndarray, kv: np.ndarray, took: float, end: float, start: float) -> None:
         """:meth:`_advance_decodes` of one iteration of ``took`` seconds for a few decodes (``kv``: their KV tokens
@@ -652,7 +652,7 @@ class Replica:
         for v in kv_list:  # a block opens where the sequence's blocks are full (grow_all, one step)
             if not v & mask:
                 opened += 1
-        blocks._add(opened)
+        blocks.open_blocks(opened)
         last = [last_tok[r] for r in rids]
         boundary = start + took
         newest, oldest = max(last), min(last)
