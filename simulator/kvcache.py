@@ -124,8 +124,9 @@ class BlockManager:
             self.peak_used_blocks = self.used_blocks
 
     def open_blocks(self, blocks: int) -> None:
-        """Count ``blocks`` opened by sequences whose tokens the caller advanced itself (a replica's run
-        bookkeeping, which counts the full blocks element by element instead of asking :meth:`grow_all`)."""
+        """Count ``blocks`` taken outside this manager's own calls: opened by sequences whose tokens the caller
+        advanced itself (a replica's run bookkeeping counts full blocks element by element instead of asking
+        :meth:`grow_all`), or held for KV that is still arriving (a migration's target)."""
         self._add(blocks)
 
     @property

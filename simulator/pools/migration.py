@@ -178,7 +178,7 @@ class Migrator:
         reserve = int(blocks_for(kv + self.cfg.headroom_tokens, target.blocks.block_size))
         if reserve > target.blocks.free_blocks - target.pending_blocks:
             return False
-        target.blocks._add(reserve)  # held for the incoming KV
+        target.blocks.open_blocks(reserve)  # held for the incoming KV
         self.busy.update((source.index, target.index))
         self.engine.env.process(self.migrate(rid, source, target, kv, reserve))
         return True
