@@ -6,6 +6,7 @@ subprocess so peak RSS is its own.
 
     python benchmarks/sim_speed.py            # all five workloads
     python benchmarks/sim_speed.py --only 1 2 # some of them
+    python benchmarks/sim_speed.py --only 3 8 --price-floor  # diagnostic: prices looked up, not computed
 
 Workloads (issue #2):
 1. Llama-2-7B on one A100-80GB, vLLM (max 128 seqs, 4,096 batched tokens), Poisson 2 req/s, 512/128 tokens, 10k requests.
@@ -110,12 +111,37 @@ WORKLOADS[11] = {**{k: v for k, v in WORKLOADS[3].items() if k != "deployment"},
                           {"name": "decode", "role": "decode", "device": "h100-sxm", "num_replicas": 2}]}
 
 
-def run_one(index: int) -> dict:
+def replay_mixed_prices(scenario) -> None:
+    """Price every later run's iterations from a table of the prices a first run computed (a dict lookup).
+
+    A diagnostic, not a mode: the wall time that remains is the replay's without the cost model's work on
+    iterations that carry prefill (chunked or whole), so it bounds what any speed-up of that pricing can give
+    (issue 19: how much of workload 8's time over workload 3's is pricing, how much the replica's bookkeeping of
+    its extra iterations). The outputs are those of the normal path (the same prices, looked up).
+    """
+    from simulator.costmodel.iteration import IterationCostModel
+    from simulator.engine import simulate
+
+    price = IterationCostModel.iteration_from_totals
+    table: dict[tuple, object] = {}
+
+    def recording(self, *key):
+        cost = table[key] = price(self, *key)
+        return cost
+
+    IterationCostModel.iteration_from_totals = recording
+    simulate(scenario)
+    IterationCostModel.iteration_from_totals = lambda self, *key: table[key]
+
+
+def run_one(index: int, price_floor: bool = False) -> dict:
     from simulator.config.schema import Scenario
     from simulator.engine import simulate
     from simulator.metrics.summary import summarise
 
     scenario = Scenario.model_validate(WORKLOADS[index])
+    if price_floor:
+        replay_mixed_prices(scenario)
     # Like timeit: the best of a few runs in one process (the first also pays one-off costs such as
     # loading a trace file and filling the cost model's caches). The 1M-request workload runs once.
     repeats = 3 if (WORKLOADS[index]["simulation"]["num_requests"] or 0) < 100_000 else 1
@@ -150,14 +176,18 @@ def run_one(index: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", type=int, nargs="*", default=sorted(WORKLOADS))
+    parser.add_argument("--price-floor", action="store_true",
+                        help="diagnostic: price iterations that carry prefill from a table a first run recorded "
+                             "(the time left is the run's without that pricing work)")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
-        print(json.dumps(run_one(args.child)))
+        print(json.dumps(run_one(args.child, args.price_floor)))
         return
     rows = []
     for i in args.only:
-        proc = subprocess.run([sys.executable, __file__, "--child", str(i)], capture_output=True, text=True)
+        cmd = [sys.executable, __file__, "--child", str(i)] + (["--price-floor"] if args.price_floor else [])
+        proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             print(proc.stderr, file=sys.stderr)
             raise SystemExit(f"workload {i} failed")
