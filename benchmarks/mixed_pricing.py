@@ -28,6 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout this script sits in
 
 from benchmarks.sim_speed import WORKLOADS  # noqa: E402
+from simulator.costmodel.exact_mixed import ExactMixed  # noqa: E402
 from simulator.costmodel.iteration import IterationCostModel  # noqa: E402
 
 Call = tuple[int, int, float, int, int, int]
@@ -40,8 +41,15 @@ CASES: dict[str, dict] = {
     "w8": _W8,
     "w8-a100": {**_W8, "deployment": {"device": "a100-80gb-sxm", "num_replicas": 4}},
     "w8-engine-none": {**_W8, "deployment": {"device": "h100-sxm", "num_replicas": 4, "engine": "none"}},
+    # sglang inherits vllm's terms (the same numbers as w8); tensorrt-llm-2023 adds the GQA re-read term that reads
+    # the decode context, vllm-eager the per-step and per-sequence terms.
     "w8-engine-sglang": {**_W8, "deployment": {"device": "h100-sxm", "num_replicas": 4, "engine": "sglang"}},
-    "sarathi-mistral-window": {**_W8, "model": "mistral-7b-v0.2", "workload": _TRACE_SUBSET,
+    "w8-engine-trtllm-2023": {**_W8, "deployment": {"device": "h100-sxm", "num_replicas": 4,
+                                                    "engine": "tensorrt-llm-2023"}},
+    "sarathi-engine-vllm-eager": {**_W8, "deployment": {"device": "h100-sxm", "num_replicas": 4,
+                                                        "engine": "vllm-eager"},
+                                  "workload": _TRACE_SUBSET, "simulation": {"num_requests": 3000}},
+    "sarathi-mistral-window": {**_W8, "model": "mistral-7b", "workload": _TRACE_SUBSET,
                                "simulation": {"num_requests": 3000}},
     "sarathi-mixtral-tp2": {**_W8, "model": "mixtral-8x7b",
                             "deployment": {"device": "h100-sxm", "tp": 2, "num_replicas": 2},
@@ -111,14 +119,28 @@ def replay(recorded: dict) -> tuple[float, str, IterationCostModel]:
     return wall, h.hexdigest()[:20], model
 
 
-def simulation_digests(case: dict) -> dict[str, str]:
+def simulation_digests(name: str, case: dict) -> dict[str, str]:
     """Digests of one simulation's request and iteration tables and of its token gaps (float bits)."""
     import numpy as np
 
     from simulator.engine import simulate
     from tests.fingerprint_cases import table_digest
 
-    out = simulate(_scenario(case)).result
+    taken = [0, 0]  # calls of the fast path, and those it priced
+    inner = ExactMixed.price
+
+    def counted(self: ExactMixed, *args):
+        got = inner(self, *args)
+        taken[0] += 1
+        taken[1] += got is not None
+        return got
+
+    ExactMixed.price = counted
+    try:
+        out = simulate(_scenario(case)).result
+    finally:
+        ExactMixed.price = inner
+    print(f"{name}: fast path asked {taken[0]}, priced {taken[1]}", file=sys.stderr)
     gaps = out.token_gaps
     h = hashlib.sha256()
     for name in ("first", "step", "count", "weight", "single_values"):
@@ -158,7 +180,7 @@ def main() -> None:
                           "exact_mixed_taken": None if fast is None else fast.taken}))
     else:
         names = args.only or list(CASES)
-        got = {name: simulation_digests(CASES[name]) for name in names}
+        got = {name: simulation_digests(name, CASES[name]) for name in names}
         print(json.dumps(got, indent=1))
         if args.out:
             Path(args.out).write_text(json.dumps(got, indent=1))
