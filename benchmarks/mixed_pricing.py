@@ -17,6 +17,7 @@ another engine profile.
 from __future__ import annotations
 
 import argparse
+import gc
 import hashlib
 import json
 import pickle
@@ -110,6 +111,7 @@ def replay(recorded: dict) -> tuple[float, str, IterationCostModel]:
     model = fresh_model(recorded)
     price = model.iteration_from_totals
     calls = recorded["calls"]
+    gc.collect()  # each repeat starts from the same heap (the previous repeat's caches are garbage)
     t0 = time.perf_counter()
     results = [price(*c) for c in calls]
     wall = time.perf_counter() - t0
@@ -169,14 +171,16 @@ def main() -> None:
         print(f"{len(recorded['calls'])} calls recorded to {args.calls}")
     elif args.command == "replay":
         recorded = pickle.loads(Path(args.calls).read_bytes())
-        runs = [replay(recorded) for _ in range(args.repeats)]
-        digests = {d for _, d, _ in runs}
+        walls, digests = [], set()
+        for _ in range(args.repeats):
+            wall, digest, model = replay(recorded)
+            walls.append(wall)
+            digests.add(digest)
         if len(digests) != 1:
             raise SystemExit(f"replays disagree: {sorted(digests)}")
-        model = runs[-1][2]
         fast = model._exact_mixed
-        print(json.dumps({"calls": len(recorded["calls"]), "best_s": min(w for w, _, _ in runs),
-                          "all_s": [round(w, 4) for w, _, _ in runs], "digest": digests.pop(),
+        print(json.dumps({"calls": len(recorded["calls"]), "best_s": round(min(walls), 4),
+                          "all_s": [round(w, 4) for w in walls], "digest": digests.pop(),
                           "exact_mixed_taken": None if fast is None else fast.taken}))
     else:
         names = args.only or list(CASES)

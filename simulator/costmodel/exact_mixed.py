@@ -61,7 +61,7 @@ def grid_shift(values: np.ndarray) -> int | None:
     return None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Row:
     """A row whose price moves with the varying features: its pricer and its work as dot products.
 
@@ -77,7 +77,7 @@ class _Row:
     uses: tuple[float, float, float]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _ScopePlan:
     """A scope at one key: the cached running sum of its leading fixed rows, then each later row's cached
     price or, where it varies, the row to price."""
@@ -86,7 +86,7 @@ class _ScopePlan:
     rest: tuple[float | _Row, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _KeyPlan:
     """Everything about one key that does not move with the varying features."""
 
@@ -174,7 +174,8 @@ class ExactMixed:
         m = self.model
         base = m._mixed_base_of(key)  # zero at the varying features
         xl = base.tolist()
-        if not all(v - v == 0.0 for v in xl):  # an infinite or NaN feature: a zero coefficient times it is NaN
+        total = sum(xl)
+        if total - total != 0.0:  # an infinite or NaN feature (a zero coefficient times it is NaN), or a huge sum
             self._plans[key] = None
             return None
         colmax, fixed_cols = self._colmax, self._fixed_cols
@@ -366,31 +367,31 @@ def _time_is_own_price(kind: type) -> bool:
 
 
 def _scope_time(plan: _ScopePlan, key_plan: _KeyPlan, w: float, r: float, c: float) -> float:
-    """:meth:`RowByRow.time_keyed` of a planned key: the same additions in the same order."""
+    """:meth:`RowByRow.time_keyed` of a planned key: the same additions in the same order (a memoised row's time
+    looked up here, not in a call of its own: most calls find it)."""
     total = plan.prefix
     for t in plan.rest:
-        if t.__class__ is _Row:
-            total += _row_time(t, key_plan, w, r, c)
-        else:
+        if t.__class__ is not _Row:
             total += t
+            continue
+        memo = t.memo
+        if memo is None:
+            total += _row_time(t, key_plan, w, r, c)
+            continue
+        uw, ur, uc = t.uses
+        k = (t.fixed, w * uw, r * ur, c * uc)
+        v = memo.get(k)
+        if v is None:
+            v = memo[k] = _row_time(t, key_plan, w, r, c)
+        total += v
     return total
 
 
 def _row_time(row: _Row, plan: _KeyPlan, w: float, r: float, c: float) -> float:
-    """The varying row's time at these varying features: from its memo where it was priced there before."""
-    memo = row.memo
-    if memo is not None:
-        uw, ur, uc = row.uses
-        k = (row.fixed, w * uw, r * ur, c * uc)
-        hit = memo.get(k)
-        if hit is not None:
-            return hit
+    """The varying row's time at these varying features, priced by its pricer."""
     f0, fw, fr, fc = row.flops
     b0, bw, br, bc = row.bytes
-    t = row.time_s(_features(plan, w, r, c), f0 + fw * w + fr * r + fc * c, b0 + bw * w + br * r + bc * c)
-    if memo is not None:
-        memo[k] = t
-    return t
+    return row.time_s(_features(plan, w, r, c), f0 + fw * w + fr * r + fc * c, b0 + bw * w + br * r + bc * c)
 
 
 def _constant(plan: _ScopePlan) -> _ScopePlan | float:
