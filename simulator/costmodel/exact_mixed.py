@@ -79,11 +79,11 @@ class _Row:
 
 @dataclass(slots=True)
 class _ScopePlan:
-    """A scope at one key: the cached running sum of its leading fixed rows, then each later row's cached
-    price or, where it varies, the row to price."""
+    """A scope at one key: the cached running sum of its leading fixed rows (up to the first varying one), then
+    each varying row with the cached prices of the fixed rows that follow it, in table order."""
 
     prefix: float
-    rest: tuple[float | _Row, ...]
+    segments: tuple[tuple[_Row, tuple[float, ...]], ...]
 
 
 @dataclass(slots=True)
@@ -218,17 +218,18 @@ class ExactMixed:
         fl = work[rows.flops_at:rows.flops_at + len(scope.pricers)]
         by = work[rows.bytes_at:rows.bytes_at + len(scope.pricers)]
         prefix, cached = self._fixed_rows(scope, key, xl, fl, by)
-        rest: list[float | _Row] = []
-        for i, t in enumerate(cached, scope._first_varying):
+        segments: list[tuple[_Row, list[float]]] = []
+        for i, t in enumerate(cached, scope._first_varying):  # the first is a varying row (None)
             if t is not None:
-                rest.append(t)
+                segments[-1][1].append(t)
                 continue
             memo = rows.memos[i]
             times, fixed, uses = (None, (), (0.0, 0.0, 0.0)) if memo is None else (
                 memo.times, tuple(xl[j] for j in memo.fixed_cols), memo.uses)
-            rest.append(_Row(rows.times[i], (fl[i], *rows.varying_flops[i]), (by[i], *rows.varying_bytes[i]),
-                             times, fixed, uses))
-        return _ScopePlan(prefix, tuple(rest))
+            row = _Row(rows.times[i], (fl[i], *rows.varying_flops[i]), (by[i], *rows.varying_bytes[i]),
+                       times, fixed, uses)
+            segments.append((row, []))
+        return _ScopePlan(prefix, tuple((row, tuple(tail)) for row, tail in segments))
 
     def _fixed_rows(
         self, scope: RowByRow, key: tuple, xl: list[float], fl: list[float], by: list[float]
@@ -370,20 +371,19 @@ def _scope_time(plan: _ScopePlan, key_plan: _KeyPlan, w: float, r: float, c: flo
     """:meth:`RowByRow.time_keyed` of a planned key: the same additions in the same order (a memoised row's time
     looked up here, not in a call of its own: most calls find it)."""
     total = plan.prefix
-    for t in plan.rest:
-        if t.__class__ is not _Row:
-            total += t
-            continue
-        memo = t.memo
+    for row, tail in plan.segments:
+        memo = row.memo
         if memo is None:
-            total += _row_time(t, key_plan, w, r, c)
-            continue
-        uw, ur, uc = t.uses
-        k = (t.fixed, w * uw, r * ur, c * uc)
-        v = memo.get(k)
-        if v is None:
-            v = memo[k] = _row_time(t, key_plan, w, r, c)
-        total += v
+            total += _row_time(row, key_plan, w, r, c)
+        else:
+            uw, ur, uc = row.uses
+            k = (row.fixed, w * uw, r * ur, c * uc)
+            v = memo.get(k)
+            if v is None:
+                v = memo[k] = _row_time(row, key_plan, w, r, c)
+            total += v
+        for t in tail:
+            total += t
     return total
 
 
@@ -395,10 +395,5 @@ def _row_time(row: _Row, plan: _KeyPlan, w: float, r: float, c: float) -> float:
 
 
 def _constant(plan: _ScopePlan) -> _ScopePlan | float:
-    """A scope with no row to price per call, as its sum (the same additions in the same order), else itself."""
-    if any(t.__class__ is _Row for t in plan.rest):
-        return plan
-    total = plan.prefix
-    for t in plan.rest:
-        total += t
-    return total
+    """A scope with no row to price per call, as its sum (its prefix: every row is in it), else itself."""
+    return plan if plan.segments else plan.prefix
