@@ -11,11 +11,35 @@ general. But where every coefficient is a multiple of ``2**-s`` and every featur
 counts, KV tokens, and causal pairs ``q (c + q/2)`` are), and the terms' magnitudes sum below ``2**(52 - s - 1)``
 (one bit below the exact limit, for the rounding of the bound itself), every product and every partial sum is an
 exact float: the dot product then has one value whatever the order of its additions (the exact one), and a short
-Python sum of its terms gives it. The model's coefficients are checked once (:meth:`ExactMixed.build`), each key's
-(chunk tokens, sequences with logits, decode batch) fixed features once, each call's three varying features and
-the bound every time; anything else (a sliding-window model's fractional pairs, a non-dyadic coefficient, a huge
-value) declines, so the caller takes the numpy path. The rows themselves are priced by the same pricers with the same
-arguments, and summed in table order from the same cached prefix (:meth:`RowByRow.time_keyed`'s arrangement).
+Python sum of its terms gives it -- as does numpy's own product, which is how a key's context-free work is taken
+(one product of every row's coefficients with the key's features). The model's coefficients are checked once
+(:meth:`ExactMixed.build`), each key's (chunk tokens, sequences with logits, decode batch) fixed features once,
+each call's three varying features and the bound every time; anything else (a non-dyadic coefficient, a
+fractional expert count, a huge value) declines, so the caller takes the numpy path. The rows themselves are
+priced by the same pricers with the same arguments, and summed in table order from the same prefix
+(:meth:`RowByRow.time_keyed`'s arrangement).
+
+What a key costs, and what a call costs:
+
+* A key is planned the first time it is seen, prefill-only keys (no decodes) included. Its fixed rows are priced
+  here (the numpy path did that before, and the plan was made at the key's second call) and left in the scopes'
+  caches (``RowByRow._fixed``), so a later call the fast path declines finds them as it would have.
+* A varying row (prefill and decode attention) is memoised across keys where its time is a function of the
+  features its pricer reads: the pricer says it is pure (``RowPricer.pure``, declared at or below the class that
+  defines its ``price`` and ``time_s``) and what it reads (``reads_features``, the decode context among them
+  where it reads that), and the row's work follows no other feature. Its memo key is those features' values:
+  ``attention_prefill`` by (chunk tokens, causal pairs, KV read) -- a prompt's first chunks recur across
+  requests and beside every decode batch -- and ``attention_decode`` by (decode batch, summed context).
+* The engine's time is kept per key where no term of it reads a varying feature (no GQA re-read term).
+
+Measured on workload 8 of ``benchmarks/sim_speed.py`` (H100, llama-3.1-8b, ``sarathi`` chunk 512, ``vllm``
+engine; 2-core shared machine, 2026-12-05): its 53,428 pricing calls meet 2,373 keys, 5,739 distinct prefill
+chunks and 12,175 distinct decode (batch, context) pairs; 39,212 calls are priced here (36,510 before: each key's
+first call and the prefill-only ones took the numpy path). Replaying them on a fresh cost model
+(``benchmarks/mixed_pricing.py replay``, best of 7) took 0.29-0.31 s against 0.36-0.40 s before, and
+``simulate()`` of the workload 2.06-2.14 s against 2.19-2.23 s (best of 5, alternating processes). What remains
+is spread thin: per call ~1.3 us warm (a memo lookup per varying row, the in-order sum, the work totals), more
+with cold caches inside a simulation; ~12 us per new key; ~7 us per new prefill chunk in its curve.
 """
 
 from __future__ import annotations
