@@ -112,7 +112,10 @@ class _ScopePlan:
 
 @dataclass(slots=True)
 class _KeyPlan:
-    """Everything about one key that does not move with the varying features."""
+    """Everything about one key that does not move with the varying features.
+
+    The plan records are slotted but not frozen: a frozen record's ``__init__`` sets each field through
+    ``object.__setattr__``, ~1 us a record, paid at every key's first call; nothing changes them once built."""
 
     xl: tuple[float, ...]  # the features at zero varying features, as a list would hold them
     bound: float  # the terms' magnitudes summed at zero varying features
