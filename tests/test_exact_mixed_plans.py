@@ -200,3 +200,29 @@ def test_a_pricer_without_the_promise_is_asked_every_call():
         assert _bits(fast.iteration_from_totals(*args)) == _bits(slow.iteration_from_totals(*args)), args
     assert _Stateful.calls[0] == len(shapes)
     assert fast._exact_mixed.taken == len(shapes)
+
+
+def test_keys_of_one_token_count_share_their_fixed_rows():
+    """A chunk of 500 beside 12 decodes and one of 510 beside 2 feed every GEMM and norm the same 512 tokens:
+    the layer's fixed rows are priced once for both keys (and for a third key with the same decodes)."""
+    fast, slow = _pair("h100-vllm-like")
+    em = fast._exact_mixed
+    shapes = [_totals(500, 0, 12, 800, False), _totals(510, 2048, 2, 900, True), _totals(500, 512, 12, 800, True)]
+    for args in shapes:
+        assert _bits(fast.iteration_from_totals(*args)) == _bits(slow.iteration_from_totals(*args)), args
+    assert em.planned == 3
+    assert len(em._layer_rows.by_signature) == 1
+    keys = [(a[0], a[1], a[4]) for a in shapes]
+    assert fast._layer._fixed[keys[0]] == slow._layer._fixed[keys[1]]  # the numpy path's prices for the other key
+
+
+def test_fixed_rows_of_a_pricer_without_the_promise_are_priced_per_key():
+    fast, _ = _pair("h100-vllm-like")
+    i = next(i for i, v in enumerate(fast._layer._varying) if not v)
+    loose = object.__new__(_RepricesPure)
+    loose.__dict__.update(fast._layer.pricers[i].__dict__)
+    pricers = list(fast._layer.pricers)
+    pricers[i] = loose
+    fast._layer.pricers = tuple(pricers)
+    assert ExactMixed.build(fast)._layer_rows.signature is None
+    assert ExactMixed.build(fast)._iter_rows.signature is not None
