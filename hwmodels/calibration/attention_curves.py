@@ -315,13 +315,14 @@ def prefill_shape(tokens, work, kv_read):
     return q, r * q, tokens / q
 
 
-def prefill_v2_terms(p, tokens, work, kv_read, heads, kv_heads, head_dim, head_factors=None):
+def prefill_v2_terms(p, tokens, work, kv_read, heads, kv_heads, head_dim, head_factors=None, shape=None):
     """``(fixed_s, eta_c, eta_m, work_scale, q)`` of ``attention-prefill-v2``; ``work_scale`` >= 1 multiplies the
     FLOPs; both efficiencies carry the occupancy of the kernel's CTAs.
 
     ``head_factors``: :func:`prefill_head_factors` of these heads, where the caller keeps them (a pricer of one
-    model's rows asks the same head size for every shape); None works them out here."""
-    q, c, n = prefill_shape(tokens, work, kv_read)
+    model's rows asks the same head size for every shape); None works them out here. ``shape``:
+    :func:`prefill_shape` of these sums, where the caller needs it too (the correction surface reads it)."""
+    q, c, n = prefill_shape(tokens, work, kv_read) if shape is None else shape
     m_tiles = _ceil(q / TILE_ROWS)
     # Tile-padded causal query-key pairs of one sequence: every m-tile i sees c + (i+1)*128 keys.
     padded = TILE_ROWS * (m_tiles * c + TILE_ROWS * m_tiles * (m_tiles + 1) / 2.0)

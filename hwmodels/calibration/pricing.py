@@ -147,15 +147,16 @@ class PrefillPricer:
         work = _max(work, 1e-9)
         if self.v2:
             kv_read = _max(kv_read, tokens)
+            shape = attention_curves.prefill_shape(tokens, work, kv_read)  # as correction.features does
             fixed, eta_c, eta_m, scale, q = attention_curves.prefill_v2_terms(
-                self.p, tokens, work, kv_read, self.h, self.hkv, self.dh, self._head_factors)
+                self.p, tokens, work, kv_read, self.h, self.hkv, self.dh, self._head_factors, shape)
             tc, tm = flops * scale / (self.peak * eta_c), nbytes / (self.bw * eta_m)
             write = attention_curves.cache_write_time(self.p, tokens, self.hkv, self.dh, self.kv_bytes, self.bw)
             # One Priced at the end (a mixed-iteration replay prices thousands of chunk positions): the same sums.
             time_s = fixed + curves.combine(tc, tm, q) + write
             if self.corr is None:
                 return Priced(time_s, tc, tm + write)
-            q_seq, _, seqs = attention_curves.prefill_shape(tokens, work, kv_read)  # as correction.features does
+            q_seq, _, seqs = shape
             g = correction.factor(self.corr, (q_seq, seqs * self.h))
             return Priced(time_s * g, tc, tm + write)
         fixed, eta_c, eta_m, q = curves.prefill_terms(self.p, tokens, work, self.h, self.hkv, self.dh)
