@@ -33,13 +33,14 @@ What a key costs, and what a call costs:
 * The engine's time is kept per key where no term of it reads a varying feature (no GQA re-read term).
 
 Measured on workload 8 of ``benchmarks/sim_speed.py`` (H100, llama-3.1-8b, ``sarathi`` chunk 512, ``vllm``
-engine; 2-core shared machine, 2026-12-05): its 53,428 pricing calls meet 2,373 keys, 5,739 distinct prefill
-chunks and 12,175 distinct decode (batch, context) pairs; 39,212 calls are priced here (36,510 before: each key's
-first call and the prefill-only ones took the numpy path). Replaying them on a fresh cost model
-(``benchmarks/mixed_pricing.py replay``, best of 7) took 0.29-0.31 s against 0.36-0.40 s before, and
-``simulate()`` of the workload 2.06-2.14 s against 2.19-2.23 s (best of 5, alternating processes). What remains
-is spread thin: per call ~1.3 us warm (a memo lookup per varying row, the in-order sum, the work totals), more
-with cold caches inside a simulation; ~12 us per new key; ~7 us per new prefill chunk in its curve.
+engine; 2-core shared machine, 2026-12-05, alternating with the code before, caba0a9): its 53,428 pricing calls
+meet 2,373 keys (511 layer signatures of fixed rows), 5,739 distinct prefill chunks and 12,175 distinct decode
+(batch, context) pairs; 39,212 calls are priced here (36,510 before: each key's first call and the prefill-only
+ones took the numpy path). Replaying them on a fresh cost model (``benchmarks/mixed_pricing.py replay``, best of
+7) takes 0.29 s against 0.37 s before; inside ``simulate()`` they take ~0.40 s against ~0.54 s. What remains is
+spread thin: ~1.3 us per call warm (a memo lookup per varying row, the in-order sum, the work totals) but ~5 us
+inside a simulation, whose plans and memos are no longer in the CPU's caches; ~35 us per new key there, with
+its GEMM and norm curves; ~11 us per new prefill chunk in its curve (docs/performance.md).
 """
 
 from __future__ import annotations
