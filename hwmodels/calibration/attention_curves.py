@@ -315,10 +315,14 @@ def prefill_shape(tokens, work, kv_read):
     return q, r * q, tokens / q
 
 
-def prefill_v2_terms(p, tokens, work, kv_read, heads, kv_heads, head_dim):
+def prefill_v2_terms(p, tokens, work, kv_read, heads, kv_heads, head_dim, head_factors=None, shape=None):
     """``(fixed_s, eta_c, eta_m, work_scale, q)`` of ``attention-prefill-v2``; ``work_scale`` >= 1 multiplies the
-    FLOPs; both efficiencies carry the occupancy of the kernel's CTAs."""
-    q, c, n = prefill_shape(tokens, work, kv_read)
+    FLOPs; both efficiencies carry the occupancy of the kernel's CTAs.
+
+    ``head_factors``: :func:`prefill_head_factors` of these heads, where the caller keeps them (a pricer of one
+    model's rows asks the same head size for every shape); None works them out here. ``shape``:
+    :func:`prefill_shape` of these sums, where the caller needs it too (the correction surface reads it)."""
+    q, c, n = prefill_shape(tokens, work, kv_read) if shape is None else shape
     m_tiles = _ceil(q / TILE_ROWS)
     # Tile-padded causal query-key pairs of one sequence: every m-tile i sees c + (i+1)*128 keys.
     padded = TILE_ROWS * (m_tiles * c + TILE_ROWS * m_tiles * (m_tiles + 1) / 2.0)
@@ -330,12 +334,19 @@ def prefill_v2_terms(p, tokens, work, kv_read, heads, kv_heads, head_dim):
     ctas = n * (pack * kv_heads * _ceil(q * group / TILE_ROWS) + (1.0 - pack) * heads * m_tiles)
     mean_keys = work / tokens
     occupancy = sat(ctas, p["u0"], p["au"])
-    eta_c = _c_by_dh(p, head_dim) * sat(mean_keys, p["L0"], p["aL"]) * occupancy
-    eta_c = eta_c * _mha(p, heads, kv_heads)
+    by_dh, mha = prefill_head_factors(p, heads, kv_heads, head_dim) if head_factors is None else head_factors
+    eta_c = by_dh * sat(mean_keys, p["L0"], p["aL"]) * occupancy
+    eta_c = eta_c * mha
     fixed = p["t0_s"] + p["kappa_s"] * heads * tokens + p["kappa_u_s"] * ctas
     # Few CTAs cannot keep enough loads in flight to stream at full bandwidth either (decision 19).
     eta_m = p["m_max"] * occupancy
     return fixed, eta_c, eta_m, work_scale, p["q"]
+
+
+def prefill_head_factors(p, heads, kv_heads, head_dim):
+    """The compute-efficiency factors of ``attention-prefill-v2`` that follow the heads alone: the peak fraction
+    of the head size, and the multi-head factor (queries with a KV head each)."""
+    return _c_by_dh(p, head_dim), _mha(p, heads, kv_heads)
 
 
 SM_THREADS = 2048

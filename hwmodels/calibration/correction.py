@@ -369,11 +369,19 @@ def log_factor_many(corr: Mapping[str, Any], feats: Sequence[np.ndarray]) -> np.
     return (wts * values[offs]).sum(axis=1)
 
 
+def _any_array(feats: Sequence[Any]) -> bool:
+    """Whether any feature is an array (a loop, not ``any`` over a generator: the scalar pricers ask per shape)."""
+    for v in feats:
+        if isinstance(v, np.ndarray):
+            return True
+    return False
+
+
 def factor(corr: Mapping[str, Any] | None, feats) -> Any:
     """``exp(g)`` for floats (one shape) or arrays; 1 when there is no correction."""
     if not corr:
         return 1.0
-    if not any(isinstance(v, np.ndarray) for v in feats):
+    if not _any_array(feats):
         return math.exp(log_factor(corr, feats))
     shape = np.broadcast(*[np.asarray(v) for v in feats]).shape
     arrs = [np.broadcast_to(np.asarray(v, dtype=float), shape).ravel() for v in feats]

@@ -134,6 +134,8 @@ class PrefillPricer:
         if corr and corr.get("kind") == "prefill-dh":
             fixed[3] = self.dh
         self.corr = correction.reduce(corr, fixed) if corr else None
+        # The model's heads are fixed: their efficiency factors are looked up once (a head-size table search).
+        self._head_factors = attention_curves.prefill_head_factors(self.p, self.h, self.hkv, self.dh) if self.v2 else None
 
     def price(self, tokens: float, work: float, flops: float, nbytes: float, kv_read: float = 0.0) -> Priced:
         if tokens <= 0.0:
@@ -145,16 +147,18 @@ class PrefillPricer:
         work = _max(work, 1e-9)
         if self.v2:
             kv_read = _max(kv_read, tokens)
+            shape = attention_curves.prefill_shape(tokens, work, kv_read)  # as correction.features does
             fixed, eta_c, eta_m, scale, q = attention_curves.prefill_v2_terms(
-                self.p, tokens, work, kv_read, self.h, self.hkv, self.dh)
-            priced = _combine(fixed, flops * scale / (self.peak * eta_c), nbytes / (self.bw * eta_m), q)
+                self.p, tokens, work, kv_read, self.h, self.hkv, self.dh, self._head_factors, shape)
+            tc, tm = flops * scale / (self.peak * eta_c), nbytes / (self.bw * eta_m)
             write = attention_curves.cache_write_time(self.p, tokens, self.hkv, self.dh, self.kv_bytes, self.bw)
-            priced = Priced(priced.time_s + write, priced.compute_s, priced.memory_s + write)
+            # One Priced at the end (a mixed-iteration replay prices thousands of chunk positions): the same sums.
+            time_s = fixed + curves.combine(tc, tm, q) + write
             if self.corr is None:
-                return priced
-            q_seq, _, seqs = attention_curves.prefill_shape(tokens, work, kv_read)  # as correction.features does
+                return Priced(time_s, tc, tm + write)
+            q_seq, _, seqs = shape
             g = correction.factor(self.corr, (q_seq, seqs * self.h))
-            return Priced(priced.time_s * g, priced.compute_s, priced.memory_s)
+            return Priced(time_s * g, tc, tm + write)
         fixed, eta_c, eta_m, q = curves.prefill_terms(self.p, tokens, work, self.h, self.hkv, self.dh)
         return _combine(fixed, flops / (self.peak * eta_c), nbytes / (self.bw * eta_m), q)
 

@@ -418,6 +418,13 @@ class IterationCostModel:
         key = (prefill_tokens, logit_seqs, prefill_attn_work, prefill_kv_read, decode_seqs, decode_context)
         hit = self._cache.get(key)
         if hit is None:
+            fixed = (prefill_tokens, logit_seqs, decode_seqs)
+            fast = self._exact_mixed
+            if fast is not None:
+                got = fast.price(fixed, prefill_attn_work, prefill_kv_read, decode_context)
+                if got is not None:
+                    hit = self._cache[key] = IterationCost(*got)
+                    return hit
             if not decode_seqs:  # prefill only: nothing to reuse across decode contexts
                 x = self._totals_x(prefill_tokens, logit_seqs, prefill_attn_work, prefill_kv_read, 0)
                 x[F.DECODE_CONTEXT] = decode_context
@@ -429,17 +436,7 @@ class IterationCostModel:
             # Mixed (chunked-prefill) iterations meet a new decode context and chunk position nearly every step
             # while the chunk size and batch repeat: the features but those (scopes.MIXED_VARYING) are built once
             # per ``fixed`` key, and the scopes reuse the rows that do not vary with them under the same key.
-            fixed = (prefill_tokens, logit_seqs, decode_seqs)
-            base = self._mixed_base.get(fixed)
-            if base is None:
-                base = self._mixed_base[fixed] = self._totals_x(prefill_tokens, logit_seqs, 0.0, 0, decode_seqs)
-            fast = self._exact_mixed
-            if fast is not None:
-                got = fast.price(fixed, base, prefill_attn_work, prefill_kv_read, decode_context)
-                if got is not None:
-                    hit = self._cache[key] = IterationCost(*got)
-                    return hit
-            x = base.copy()
+            x = self._mixed_base_of(fixed).copy()
             x[F.PREFILL_ATTN_WORK] = prefill_attn_work
             x[F.PREFILL_KV_READ] = prefill_kv_read
             x[F.DECODE_CONTEXT] = decode_context
@@ -449,6 +446,14 @@ class IterationCostModel:
             hit = IterationCost(time_s, float(self._flops_total @ x), float(self._bytes_total @ x))
             self._cache[key] = hit
         return hit
+
+    def _mixed_base_of(self, fixed: tuple) -> np.ndarray:
+        """The feature vector of the context-free key ``fixed`` = (prefill tokens, logit sequences, decode
+        sequences) at zero varying features, built once per key (callers copy it before changing it)."""
+        base = self._mixed_base.get(fixed)
+        if base is None:
+            base = self._mixed_base[fixed] = self._totals_x(fixed[0], fixed[1], 0.0, 0, fixed[2])
+        return base
 
     def _totals_x(
         self, prefill_tokens: int, logit_seqs: int, prefill_attn_work: float, prefill_kv_read: int, decode_seqs: int
@@ -461,7 +466,8 @@ class IterationCostModel:
         x[F.LOGIT_SEQS] = logit_seqs
         x[F.PREFILL_ATTN_WORK] = prefill_attn_work
         x[F.PREFILL_KV_READ] = prefill_kv_read
-        x[F.EXPERTS_HIT] = F.expected_experts_hit(
+        # A dense model hits its one expert (what expected_experts_hit returns for it, without its array calls).
+        x[F.EXPERTS_HIT] = 1.0 if self._E <= 1 else F.expected_experts_hit(
             prefill_tokens + decode_seqs * self.decode_tokens_per_seq, self._E, self._k)
         return x
 

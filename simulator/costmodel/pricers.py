@@ -79,6 +79,10 @@ class RowPricer(ABC):
     # ``RowByRow.time_keyed`` reuses a row's price across mixed iterations only where it declares none that
     # such iterations vary (the prefill chunk's attention work and KV read, the decode context).
     reads_features: tuple[int, ...] | None = None
+    # Whether ``price`` is a function of its arguments alone (the features it reads, the FLOPs and bytes): no state
+    # that changes its answers, no randomness. The mixed-iteration fast path (``costmodel/exact_mixed.py``) then
+    # keeps a row's time by those features across iterations; a pricer that does not say so is priced every time.
+    pure: bool = False
     split_block_tokens: float = 0  # KV tokens per block of a kernel whose split count follows the context (of the summed context for a sparse row)
 
     @abstractmethod
@@ -116,6 +120,7 @@ class RooflinePricer(RowPricer):
     """The roofline with the device's constant efficiencies, plus a launch cost when the row has work."""
 
     reads_features = ()
+    pure = True
 
     def __init__(self, op: Operator, device: RooflineDevice):
         self.inv_c = 1.0 / device.effective_flops
@@ -151,6 +156,7 @@ class GemmCurvePricer(RowPricer):
     """A GEMM row priced by the profile's GEMM curve at each of its GEMMs' shapes (per expert for MoE)."""
 
     reads_features = (F.EXPERTS_HIT,)
+    pure = True  # memos of pure functions only
 
     def __init__(self, gemm: pricing.GemmPricer, moe: bool, source: str):
         self.gemm, self.moe, self.source = gemm, moe, source
@@ -178,6 +184,7 @@ class PrefillCurvePricer(RowPricer):
     """Causal prefill attention priced by the profile's curve from the batch's tokens, work and KV read."""
 
     reads_features = (F.PREFILL_TOKENS, F.PREFILL_ATTN_WORK, F.PREFILL_KV_READ)
+    pure = True  # memos of pure functions only
 
     def __init__(self, attention: pricing.PrefillPricer, source: str):
         self.attention, self.source = attention, source
@@ -203,6 +210,7 @@ class DecodeCurvePricer(RowPricer):
 
     reads_context = True
     reads_features = (F.DECODE_SEQS, F.DECODE_CONTEXT)
+    pure = True
 
     def __init__(self, attention: pricing.DecodePricer, op: Operator, source: str):
         self.attention, self.source = attention, source
@@ -257,6 +265,7 @@ class MemoryCurvePricer(RowPricer):
     """A bandwidth-bound kernel (RoPE, activation, residual add) priced by the profile's curve for it."""
 
     reads_features = ()
+    pure = True  # memos of pure functions only
 
     def __init__(self, memory: pricing.MemoryPricer, launches: float, source: str):
         self.memory, self.launches, self.source = memory, launches, source
@@ -279,6 +288,7 @@ class LinkPricer(RowPricer):
     side, so breakdowns call it memory-bound."""
 
     reads_features = ()
+    pure = True
 
     source = "link model"
 
