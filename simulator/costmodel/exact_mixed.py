@@ -285,7 +285,7 @@ class ExactMixed:
         if signature is not None:
             hit = rows.by_signature.get(signature)
         if hit is None:
-            hit = _price_fixed_rows(scope, xl, fl, by)
+            hit = scope.fixed_prices(xl, fl, by)
             if signature is not None:
                 rows.by_signature[signature] = hit
         scope._fixed[key] = hit
@@ -334,20 +334,6 @@ class ExactMixed:
 def _varying_coefficients(row: np.ndarray) -> tuple[float, float, float]:
     """A coefficient row's entries at the three varying features."""
     return row[_W].item(), row[_R].item(), row[_C].item()
-
-
-def _price_fixed_rows(
-    scope: RowByRow, xl: list[float], fl: list[float], by: list[float]
-) -> tuple[float, list[float | None]]:
-    """:meth:`RowByRow.time_keyed`'s ``(prefix, rest)`` of rows with work ``fl`` and ``by`` at features ``xl``."""
-    pricers, first, varying = scope.pricers, scope._first_varying, scope._varying
-    prefix = 0.0
-    for i in range(first):
-        prefix += pricers[i].price(xl, fl[i], by[i]).time_s
-    rest: list[float | None] = [
-        None if varying[i] else pricers[i].price(xl, fl[i], by[i]).time_s for i in range(first, len(pricers))
-    ]
-    return prefix, rest
 
 
 def _scope_rows(scope: RowByRow, flops_at: int, bytes_at: int) -> _ScopeRows:

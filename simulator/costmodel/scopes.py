@@ -153,18 +153,26 @@ class RowByRow(Scope):
             return hit[0]
         fl, by = (self.flops @ x).tolist(), (self.bytes @ x).tolist()
         if hit is None:
-            prefix = 0.0
-            for i in range(first):
-                prefix += pricers[i].price(xl, fl[i], by[i]).time_s
-            rest: list[float | None] = [
-                None if v else pricers[i].price(xl, fl[i], by[i]).time_s
-                for i, v in enumerate(self._varying[first:], first)
-            ]
-            hit = self._fixed[key] = (prefix, rest)
+            hit = self._fixed[key] = self.fixed_prices(xl, fl, by)
         total, rest = hit
         for i, t in enumerate(rest, first):
             total += pricers[i].price(xl, fl[i], by[i]).time_s if t is None else t
         return total
+
+    def fixed_prices(self, xl: list[float], fl: list[float], by: list[float]) -> tuple[float, list[float | None]]:
+        """What :meth:`time_keyed` keeps per key: the running sum of the rows before the first varying one, in
+        table order, then each later row's price (None where it varies), for rows with work ``fl``, ``by`` at
+        features ``xl``. One function for both callers (this scope's numpy path and the mixed fast path in
+        ``costmodel/exact_mixed.py``), so the order of the additions cannot drift apart."""
+        pricers, first = self.pricers, self._first_varying
+        prefix = 0.0
+        for i in range(first):
+            prefix += pricers[i].price(xl, fl[i], by[i]).time_s
+        rest: list[float | None] = [
+            None if v else pricers[i].price(xl, fl[i], by[i]).time_s
+            for i, v in enumerate(self._varying[first:], first)
+        ]
+        return prefix, rest
 
     def time_many(self, X: np.ndarray) -> np.ndarray | None:
         """Declines (None) unless every row has work in all shapes or in none: pricers' "nothing to do"
