@@ -98,11 +98,12 @@ class PrefillWindow:
 def expected_experts_hit(tokens, num_experts: int, top_k: int):
     """Expected distinct experts hit by ``tokens`` tokens with uniform top-k routing.
 
-    E * (1 - (1 - k/E)^n) (COSTMODEL.md, "MoE"). Dense models (E = 1) return 1.
+    E * (1 - (1 - k/E)^n) (COSTMODEL.md, "MoE"). Dense models (E = 1) return 1: a float for a scalar count,
+    without array calls (the mixed-iteration hot path asks once per new batch shape), ones for an array.
     """
-    tokens = np.asarray(tokens, dtype=float)
     if num_experts <= 1:
-        return np.ones_like(tokens)
+        return np.ones(np.shape(tokens)) if isinstance(tokens, np.ndarray) else 1.0
+    tokens = np.asarray(tokens, dtype=float)
     return num_experts * (1.0 - (1.0 - top_k / num_experts) ** tokens)
 
 

@@ -466,8 +466,7 @@ class IterationCostModel:
         x[F.LOGIT_SEQS] = logit_seqs
         x[F.PREFILL_ATTN_WORK] = prefill_attn_work
         x[F.PREFILL_KV_READ] = prefill_kv_read
-        # A dense model hits its one expert (what expected_experts_hit returns for it, without its array calls).
-        x[F.EXPERTS_HIT] = 1.0 if self._E <= 1 else F.expected_experts_hit(
+        x[F.EXPERTS_HIT] = F.expected_experts_hit(
             prefill_tokens + decode_seqs * self.decode_tokens_per_seq, self._E, self._k)
         return x
 
