@@ -2,7 +2,7 @@
 
 A link is priced with the alpha-beta model: ``time = alpha + bytes / beta``
 (latency plus bytes over bandwidth). Collectives are built from link transfers
-with the textbook ring algorithm (COSTMODEL.md, "Parallelism"):
+with the textbook ring algorithm (docs/cost-model.md, "Operators": the TP all-reduce row):
 
 * ring all-reduce over ``t`` ranks moves ``2 (t-1)/t * bytes`` per rank in
   ``2 (t-1)`` latency-bound steps;

@@ -8,7 +8,7 @@ costs a fixed overhead:
 
     time = max(flops / (P * eta_c), bytes / (W * eta_m)) + overhead
 
-(COSTMODEL.md, "Roofline"). The functions here are vectorised over numpy
+(docs/cost-model.md, "From work to time"). The functions here are vectorised over numpy
 arrays because the simulator prices whole runs of decode iterations at once.
 """
 

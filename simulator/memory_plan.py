@@ -1,7 +1,7 @@
 """How a replica's GPU memory divides into weights, activations and KV cache.
 
 KV capacity = GPU memory x utilisation - weights - activation/workspace
-reserve, divided by KV bytes per token (COSTMODEL.md, "Memory"). The reserve
+reserve, divided by KV bytes per token (docs/cost-model.md, "Memory"). The reserve
 matters at the margin (it decides whether a 70B model fits on 2 GPUs), so
 when the user does not give it we estimate it the way vLLM's profiling run
 finds it -- the activations of the largest batch the scheduler may form, plus

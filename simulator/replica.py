@@ -1,6 +1,6 @@
 """A model replica: a SimPy process that runs one batch iteration after another.
 
-The loop is the one of DESIGN.md -- ``batch = scheduler.plan(); t = cost(batch);
+The loop is the one of docs/architecture.md -- ``batch = scheduler.plan(); t = cost(batch);
 yield env.timeout(t); apply(batch)`` -- with one addition that makes capacity
 planning fast: a *decode run*. When the scheduler says the decode batch will
 repeat unchanged, the replica prices all iterations until the next sequence

@@ -1,4 +1,4 @@
-"""The per-iteration cost model against hand-computed roofline numbers (COSTMODEL.md).
+"""The per-iteration cost model against hand-computed roofline numbers (docs/cost-model.md).
 
 Every expected value below is worked out from the primer's formulas and the
 architecture numbers of the models' Hugging Face ``config.json`` files, written
@@ -32,7 +32,7 @@ BF16 = 2.0
 
 
 def system(model: str, device: str, tp: int = 1, **deployment):
-    # These checks are of the datasheet roofline's formulas (COSTMODEL.md), so calibrated
+    # These checks are of the datasheet roofline's formulas (docs/cost-model.md), so calibrated
     # profiles are switched off; tests/test_calibration_costmodel.py covers the calibrated path.
     deployment.setdefault("calibration", "datasheet")
     if deployment.get("overheads", "none") == "none":
@@ -52,7 +52,7 @@ def device_numbers(name: str, dtype: str = "bf16"):
 
 
 def layer_gemm_params(m: dict) -> float:
-    """QKV d(h+2h_kv)d_h + output projection h d_h d + gated MLP 3 d f (COSTMODEL.md table)."""
+    """QKV d(h+2h_kv)d_h + output projection h d_h d + gated MLP 3 d f (docs/cost-model.md, "Operators")."""
     return m["d"] * (m["h"] + 2 * m["hkv"]) * m["dh"] + m["h"] * m["dh"] * m["d"] + 3 * m["d"] * m["f"]
 
 

@@ -1,4 +1,4 @@
-"""Memory plan: weights, KV bytes per token and KV capacity per GPU, by hand (COSTMODEL.md "Memory")."""
+"""Memory plan: weights, KV bytes per token and KV capacity per GPU, by hand (docs/cost-model.md, "Memory")."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Why here: the fit, the validation and the datasheet baseline must all price a
 measured row exactly as the cost model prices the operator that row stands for
-(``simulator/costmodel/operators.py``, COSTMODEL.md), otherwise a "calibrated"
+(``simulator/costmodel/operators.py``, docs/cost-model.md), otherwise a "calibrated"
 efficiency would absorb a formula mismatch. The formulas, per op class:
 
 * GEMM ``C[m,n] = A[m,k] B[k,n]``: ``2 m n k`` FLOPs; bytes

@@ -1,7 +1,7 @@
 """Per-iteration cost model: batch shape -> operators -> roofline time.
 
 See :mod:`simulator.costmodel.operators` for the operator table (FLOPs and bytes
-per layer, from COSTMODEL.md), :mod:`simulator.costmodel.pricers` for how one
+per layer, from docs/cost-model.md), :mod:`simulator.costmodel.pricers` for how one
 row is priced (the roofline or a calibrated curve, chosen by the row's class)
 and :mod:`simulator.costmodel.iteration` for the memoised, vectorised pricing
 the engine calls in its hot loop.

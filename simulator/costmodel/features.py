@@ -98,7 +98,7 @@ class PrefillWindow:
 def expected_experts_hit(tokens, num_experts: int, top_k: int):
     """Expected distinct experts hit by ``tokens`` tokens with uniform top-k routing.
 
-    E * (1 - (1 - k/E)^n) (COSTMODEL.md, "MoE"). Dense models (E = 1) return 1: a float for a scalar count,
+    E * (1 - (1 - k/E)^n) (docs/cost-model.md, "Batch features"). Dense models (E = 1) return 1: a float for a scalar count,
     without array calls (the mixed-iteration hot path asks once per new batch shape), ones for an array.
     """
     if num_experts <= 1:

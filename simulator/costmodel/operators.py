@@ -3,7 +3,7 @@
 Each operator is a row of coefficients over the batch features of
 :mod:`simulator.costmodel.features`: ``flops = F . x`` and ``bytes = M . x``,
 per GPU (tensor-parallel work is already divided by ``t``). Formulas are those
-of COSTMODEL.md; the comments name each term. Collectives are separate rows
+of docs/cost-model.md ("Operators"); the comments name each term. Collectives are separate rows
 priced by the alpha-beta link model instead of the roofline.
 
 Per layer, per token, per GPU (``h_t = h/t``, ``h_kv,t`` the KV heads one GPU holds, ``f_t = f/t``,

@@ -1,6 +1,6 @@
 """Energy and cost of the GPUs over a time window.
 
-Assumption (COSTMODEL.md, "Energy and cost"): a GPU draws its idle power P_idle whenever it is allocated and its
+Assumption (docs/energy-and-cost.md): a GPU draws its idle power P_idle whenever it is allocated and its
 board power limit (TDP) while its replica is executing an iteration, so over a window of length T
 
     energy = Σ_gpus (P_idle·T + (P_active − P_idle)·T_busy),   P_active = TDP,

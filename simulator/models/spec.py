@@ -2,7 +2,7 @@
 
 Why a dedicated type: every cost the simulator charges -- weight bytes, KV bytes
 per token, FLOPs per operator -- is a closed-form function of a dozen
-architecture numbers (COSTMODEL.md, "Notation"). Keeping those numbers in one
+architecture numbers (docs/cost-model.md, "Symbols"). Keeping those numbers in one
 validated, immutable object means a typo in a catalog entry or an inline model
 fails at load time with a clear message instead of producing a plausible but
 wrong simulation.
@@ -29,7 +29,7 @@ _NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 class ModelSpec(BaseModel):
     """Architecture numbers of one model, as its Hugging Face ``config.json`` states them.
 
-    Parameter counts follow COSTMODEL.md: QKV ``d*(h + 2*h_kv)*d_h``, output
+    Parameter counts follow docs/cost-model.md ("Operators"): QKV ``d*(h + 2*h_kv)*d_h``, output
     projection ``h*d_h*d``, MLP ``3*d*f`` (gated) or ``2*d*f`` (plain) per expert,
     a router of ``d*E`` for MoE, two norms per layer plus a final one, and
     ``V*d`` for the input embedding plus another ``V*d`` for the LM head when
